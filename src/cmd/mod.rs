@@ -1,0 +1,2 @@
+//! Subcommands of the `kxgw` binary. Each module owns its clap `Args` and a `run` function;
+//! `main.rs` only dispatches.

@@ -1,0 +1,10 @@
+//! kxgw: a kernel-bypass consumer gateway for Kafka partition logs.
+//!
+//! The library holds every layer so that the `kxgw` binary, the tests and the benchmarks
+//! all run the same code:
+//!
+//! - [`testnet`]: namespaces + veth pairs for tests, benchmarks and the demo.
+//! - [`cmd`]: the subcommands of the `kxgw` binary (thin: parse, call the library, report).
+
+pub mod cmd;
+pub mod testnet;

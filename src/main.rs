@@ -1,0 +1,29 @@
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// kxgw: a kernel-bypass consumer gateway for Kafka partition logs.
+#[derive(Debug, Parser)]
+#[command(name = "kxgw", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let result: anyhow::Result<ExitCode> = match cli.cmd {};
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kxgw: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
