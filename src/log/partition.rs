@@ -317,6 +317,13 @@ impl Partition {
         let offsets = st.offsets;
         let end = offsets.readable_end(self.isolation);
         if offset == end {
+            // A consumer caught up with a log whose validation stopped at a corrupt batch
+            // must learn why it gets nothing, instead of waiting forever.
+            if end == offsets.log_end {
+                if let Some(last) = st.segments.values().next_back() {
+                    last.corruption()?;
+                }
+            }
             return Ok(self.empty_slice(&st, offset));
         }
         if offset < offsets.log_start || offset > end {
