@@ -26,8 +26,6 @@ struct MemEntry {
     /// Base offset of the batch at `position`, relative to the segment base offset.
     rel_offset: u32,
     position: u32,
-    /// Largest batch max timestamp of the batches before `position` in this segment.
-    max_ts_before: i64,
 }
 
 /// A segment as validated so far.
@@ -42,6 +40,9 @@ struct Segment {
     /// Offset after the last valid batch (base offset when there is none).
     next_offset: i64,
     entries: Vec<MemEntry>,
+    /// Per entry: the largest batch max timestamp before its position (kept apart so the
+    /// offset lookup's binary search touches half the memory).
+    max_ts_before: Vec<i64>,
     bytes_since_entry: u64,
     /// Max timestamp of the valid batches (i64::MIN when none).
     max_ts: i64,
@@ -55,6 +56,7 @@ struct SegUpdate {
     valid_end: u64,
     next_offset: i64,
     new_entries: Vec<MemEntry>,
+    new_max_ts_before: Vec<i64>,
     bytes_since_entry: u64,
     max_ts: i64,
     end: ScanEnd,
@@ -88,6 +90,7 @@ impl Segment {
             valid_end: 0,
             next_offset: base_offset,
             entries: Vec::new(),
+            max_ts_before: Vec::new(),
             bytes_since_entry: 0,
             max_ts: i64::MIN,
             end: ScanEnd::Clean,
@@ -132,6 +135,7 @@ impl Segment {
         let m = map.as_ref().unwrap_or(&self.map);
         let base = self.base_offset;
         let mut new_entries = Vec::new();
+        let mut new_max_ts_before = Vec::new();
         let mut bytes_since = self.bytes_since_entry;
         let mut max_ts = self.max_ts;
         let s = segment::scan(m, self.valid_end as usize, self.next_offset, |pos, h| {
@@ -141,8 +145,8 @@ impl Segment {
                     new_entries.push(MemEntry {
                         rel_offset: rel,
                         position,
-                        max_ts_before: max_ts,
                     });
+                    new_max_ts_before.push(max_ts);
                     bytes_since = 0;
                 }
             }
@@ -154,6 +158,7 @@ impl Segment {
             valid_end: s.valid_end as u64,
             next_offset: s.next_offset,
             new_entries,
+            new_max_ts_before,
             bytes_since_entry: bytes_since,
             max_ts,
             end: s.end,
@@ -176,6 +181,7 @@ impl Segment {
         self.valid_end = u.valid_end;
         self.next_offset = u.next_offset;
         self.entries.extend(u.new_entries);
+        self.max_ts_before.extend(u.new_max_ts_before);
         self.bytes_since_entry = u.bytes_since_entry;
         self.max_ts = u.max_ts;
         self.end = u.end;
@@ -434,7 +440,7 @@ impl Partition {
                 continue;
             }
             // Last sparse entry before which no batch reaches ts.
-            let i = s.entries.partition_point(|e| e.max_ts_before < ts);
+            let i = s.max_ts_before.partition_point(|&m| m < ts);
             let mut pos = if i == 0 {
                 0
             } else {

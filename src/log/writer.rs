@@ -583,7 +583,9 @@ impl DemoBatches {
             self.value.clear();
             demo_value_into(&mut self.value, self.partition, off, self.record_size);
             let key = if self.key_size > 0 {
-                self.key = demo_key_sized(off, self.key_size);
+                self.key.clear();
+                let _ = write!(self.key, "key-{off:012}");
+                self.key.resize(self.key_size, b'k');
                 Some(self.key.as_slice())
             } else {
                 None
