@@ -146,6 +146,7 @@ fn follow(cfg: &ProduceConfig, rate: f64) -> anyhow::Result<()> {
     let mut b = BatchBuilder::new();
     let mut last_report = Instant::now();
     let mut i = 0usize;
+    let mut last_ckpt = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let due = start + Duration::from_secs_f64(written as f64 / rate);
         let now = Instant::now();
@@ -157,9 +158,11 @@ fn follow(cfg: &ProduceConfig, rate: f64) -> anyhow::Result<()> {
         demo.build(&mut b, w.next_offset(), per_batch, now_ms());
         w.append_built(&mut b)?;
         w.flush()?;
-        if cfg.write_checkpoint {
-            let tp = w.topic_partition().clone();
-            writer::update_checkpoint(&cfg.log_dir, &[(tp, w.next_offset())])?;
+        // The high watermark follows within 20 ms (a broker checkpoints it every 5 s, but
+        // readers bounded by it should see a live log move).
+        if cfg.write_checkpoint && last_ckpt.elapsed() >= Duration::from_millis(20) {
+            write_checkpoint(cfg, &writers)?;
+            last_ckpt = Instant::now();
         }
         written += per_batch as u64;
         i += 1;
@@ -168,9 +171,24 @@ fn follow(cfg: &ProduceConfig, rate: f64) -> anyhow::Result<()> {
             last_report = Instant::now();
         }
     }
+    if cfg.write_checkpoint {
+        write_checkpoint(cfg, &writers)?;
+    }
     println!("follow: appended {written} records, stopping");
     for (w, _) in &writers {
         println!("{}: log end {}", w.topic_partition(), w.next_offset());
     }
     Ok(())
+}
+
+fn write_checkpoint(
+    cfg: &ProduceConfig,
+    writers: &[(PartitionWriter, DemoBatches)],
+) -> anyhow::Result<()> {
+    let ends: Vec<_> = writers
+        .iter()
+        .map(|(w, _)| (w.topic_partition().clone(), w.next_offset()))
+        .collect();
+    writer::update_checkpoint(&cfg.log_dir, &ends)
+        .with_context(|| format!("checkpointing in {}", cfg.log_dir.display()))
 }

@@ -280,6 +280,13 @@ impl PartitionWriter {
         if partition < 0 {
             return Err(LogError::Invalid(format!("negative partition {partition}")));
         }
+        if cfg.segment_bytes > i32::MAX as u64 {
+            return Err(LogError::Invalid(format!(
+                "segment size {} above Kafka's limit of {} (index positions are 32-bit)",
+                cfg.segment_bytes,
+                i32::MAX
+            )));
+        }
         if cfg.segment_bytes < BATCH_HEADER_LEN as u64 {
             return Err(LogError::Invalid(format!(
                 "segment size {} is below one batch header",
@@ -411,6 +418,12 @@ impl PartitionWriter {
     pub fn append_built(&mut self, b: &mut BatchBuilder) -> Result<i64, LogError> {
         if b.is_empty() {
             return Err(LogError::Invalid("empty batch".into()));
+        }
+        if b.len() > batch::MAX_BATCH_LEN {
+            return Err(LogError::Invalid(format!(
+                "batch of {} bytes above the 2 GiB limit of the format",
+                b.len()
+            )));
         }
         if b.base_offset != self.next_offset {
             return Err(LogError::Invalid(format!(
