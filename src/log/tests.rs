@@ -327,3 +327,13 @@ fn old_segments_are_validated_on_first_use() {
     ));
     assert_eq!(p.read(bases[2], 1).unwrap().first_offset, bases[2]);
 }
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<LogDir>();
+    check::<super::Partition>();
+    check::<super::ReadSlice>();
+    check::<super::FollowerHandle>();
+    check::<LogError>();
+}

@@ -318,13 +318,24 @@ impl PartitionWriter {
     /// its batches, cut a torn or corrupt tail, rebuild its indexes.
     fn recover(&mut self, base: i64) -> Result<(), LogError> {
         let log_path = seg_path(&self.dir, base, LOG_SUFFIX);
-        let data = std::fs::read(&log_path).map_err(|e| LogError::io(&log_path, e))?;
+        let file = File::open(&log_path).map_err(|e| LogError::io(&log_path, e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| LogError::io(&log_path, e))?
+            .len();
+        let file_len = usize::try_from(file_len)
+            .map_err(|_| LogError::Invalid(format!("{}: too large", log_path.display())))?;
+        // SAFETY: read-only mapping of the segment we are about to append to; a concurrent
+        // writer to the same partition is a misuse (as two brokers on one log dir would be).
+        let data = unsafe { memmap2::MmapOptions::new().len(file_len).map(&file) }
+            .map_err(|e| LogError::io(&log_path, e))?;
         let mut cadence = IndexCadence::new(base, self.cfg.index_interval_bytes);
         let (mut index, mut time_index) = (Vec::new(), Vec::new());
         let s = segment::scan(&data, 0, base, |pos, h| {
             cadence.on_batch(pos as u64, h, &mut index, &mut time_index);
         });
-        if s.valid_end < data.len() {
+        drop(data);
+        if s.valid_end < file_len {
             let why = match &s.end {
                 ScanEnd::Corrupt { reason, .. } => reason.clone(),
                 ScanEnd::Incomplete { .. } => "torn batch".into(),
@@ -333,7 +344,7 @@ impl PartitionWriter {
             log::warn!(
                 "{}: truncating {} bytes from byte {} before appending ({why})",
                 log_path.display(),
-                data.len() - s.valid_end,
+                file_len - s.valid_end,
                 s.valid_end
             );
             let f = OpenOptions::new()
