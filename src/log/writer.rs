@@ -17,7 +17,9 @@ use super::TopicPartition;
 
 /// Demo key of `offset`: `key-000000000042` (16 bytes, printable).
 pub fn demo_key(offset: i64) -> Vec<u8> {
-    format!("key-{offset:012}").into_bytes()
+    let mut k = Vec::with_capacity(16);
+    push_demo_key(&mut k, offset);
+    k
 }
 
 /// Demo key padded with `k` or cut to `size` bytes.
@@ -49,11 +51,46 @@ pub fn demo_value(partition: i32, offset: i64, size: usize) -> Vec<u8> {
     v
 }
 
+/// Appends `v` in decimal, zero-padded to `width` digits (`format!("{v:0width$}")` without
+/// the formatting machinery: `produce` writes millions of these).
+fn push_padded(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    let mut tmp = [b'0'; 20];
+    let mut i = tmp.len();
+    while v > 0 {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    let digits = (tmp.len() - i).max(width).clamp(1, tmp.len());
+    out.extend_from_slice(&tmp[tmp.len() - digits..]);
+}
+
+/// Appends `key-<offset, 12 digits>` to `out`.
+fn push_demo_key(out: &mut Vec<u8>, offset: i64) {
+    match u64::try_from(offset) {
+        Ok(o) => {
+            out.extend_from_slice(b"key-");
+            push_padded(out, o, 12);
+        }
+        // Writing into a Vec cannot fail.
+        Err(_) => drop(write!(out, "key-{offset:012}")),
+    }
+}
+
 /// [`demo_value`] appended to `out` (no allocation when `out` has room).
 pub fn demo_value_into(out: &mut Vec<u8>, partition: i32, offset: i64, size: usize) {
     let start = out.len();
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "p{partition}-o{offset:012}-");
+    match (u64::try_from(partition), u64::try_from(offset)) {
+        (Ok(p), Ok(o)) => {
+            out.push(b'p');
+            push_padded(out, p, 1);
+            out.extend_from_slice(b"-o");
+            push_padded(out, o, 12);
+            out.push(b'-');
+        }
+        // Writing into a Vec cannot fail.
+        _ => drop(write!(out, "p{partition}-o{offset:012}-")),
+    }
     out.truncate(start + size);
     let mut i = out.len() - start;
     while i < size {
@@ -176,6 +213,10 @@ impl BatchBuilder {
 
     /// Fills in the header and CRC; returns the whole batch. Requires at least one record.
     pub fn finish(&mut self) -> &[u8] {
+        if self.buf.len() < BATCH_HEADER_LEN {
+            // finish() without begin(): an empty batch rather than a panic.
+            self.begin(self.base_offset);
+        }
         let b = &mut self.buf;
         let len = (b.len() - LOG_OVERHEAD) as i32;
         b[0..8].copy_from_slice(&self.base_offset.to_be_bytes());
@@ -608,7 +649,7 @@ impl DemoBatches {
             demo_value_into(&mut self.value, self.partition, off, self.record_size);
             let key = if self.key_size > 0 {
                 self.key.clear();
-                let _ = write!(self.key, "key-{off:012}");
+                push_demo_key(&mut self.key, off);
                 self.key.resize(self.key_size, b'k');
                 Some(self.key.as_slice())
             } else {
@@ -707,6 +748,33 @@ pub fn update_checkpoint(log_dir: &Path, ends: &[(TopicPartition, i64)]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padded_decimal_matches_format() {
+        for v in [
+            0u64,
+            1,
+            9,
+            10,
+            42,
+            999_999_999_999,
+            1_000_000_000_000,
+            u64::MAX,
+        ] {
+            for w in [1usize, 12, 20] {
+                let mut out = Vec::new();
+                push_padded(&mut out, v, w);
+                assert_eq!(out, format!("{v:0w$}").into_bytes(), "{v} {w}");
+            }
+        }
+        for o in [-5i64, 0, 7, 123_456_789_012_345] {
+            assert_eq!(demo_key(o), format!("key-{o:012}").into_bytes());
+            for p in [-1i32, 0, 17] {
+                let want = format!("p{p}-o{o:012}-");
+                assert_eq!(&demo_value(p, o, want.len())[..], want.as_bytes());
+            }
+        }
+    }
 
     #[test]
     fn demo_content() {
