@@ -614,12 +614,12 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Fills `b` with up to `n` demo records for `partition` starting at `b`'s base offset.
+/// Builds batches of demo records (what `kxgw produce` writes) with reusable buffers.
 pub struct DemoBatches {
-    pub partition: i32,
-    pub record_size: usize,
-    pub key_size: usize,
-    pub headers: usize,
+    partition: i32,
+    record_size: usize,
+    key_size: usize,
+    headers: usize,
     header_keys: Vec<String>,
     key: Vec<u8>,
     value: Vec<u8>,
