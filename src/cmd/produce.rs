@@ -48,7 +48,8 @@ pub struct Args {
     /// SIGINT/SIGTERM, flushing each batch so followers see it at once.
     #[arg(long, value_name = "RATE")]
     pub follow: Option<f64>,
-    /// Write/update replication-offset-checkpoint (the high watermarks) as a broker would.
+    /// Write/update replication-offset-checkpoint (the high watermarks) as a broker would
+    /// (always done when the log dir already has one).
     #[arg(long)]
     pub write_checkpoint: bool,
 }
@@ -68,7 +69,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             index_interval_bytes: args.index_interval_bytes,
             ..WriterConfig::default()
         },
-        write_checkpoint: args.write_checkpoint,
+        // A log dir that has high watermarks must get them for the new records too, or readers
+        // bounded by them (the default there) would never see those records.
+        write_checkpoint: args.write_checkpoint
+            || args
+                .log_dir
+                .join(crate::log::checkpoint::REPLICATION_OFFSET_CHECKPOINT)
+                .exists(),
     };
     let total = args.records.saturating_mul(args.partitions.max(0) as u64);
     let bar = if std::io::stderr().is_terminal() && total > 0 {
