@@ -4,7 +4,9 @@
 //! all run the same code:
 //!
 //! - [`testnet`]: namespaces + veth pairs for tests, benchmarks and the demo.
+//! - [`kafka`]: the Kafka-protocol TCP listener (consumer subset; sendfile or copy).
 //! - [`cmd`]: the subcommands of the `kxgw` binary (thin: parse, call the library, report).
 
 pub mod cmd;
+pub mod kafka;
 pub mod testnet;

@@ -1,0 +1,18 @@
+//! The Kafka-protocol TCP listener (consumer subset): the fallback path for ordinary NICs and
+//! stock clients (kcat, kafka-python, librdkafka), and the sendfile / copy baselines.
+//!
+//! - [`frame`]: request length prefixes and their limits.
+//! - [`apis`]: one handler per served API (ApiVersions, Metadata, ListOffsets, Fetch) and
+//!   refusals for the rest.
+//! - [`chunk`]: responses as in-memory pieces and segment-file ranges, spliced at encode time.
+//! - [`session`]: one connection as a sans-I/O state machine (bytes in, chunks out).
+//! - [`outq`]: writing chunks to a non-blocking socket with sendfile(2) or pread + send.
+//! - [`server`]: the mio event loop that owns the sockets.
+//! - [`stats`]: the counters printed on SIGUSR1 and every `--stats-interval`.
+
+pub mod chunk;
+pub mod frame;
+pub mod outq;
+pub mod stats;
+
+pub use outq::IoMode;
