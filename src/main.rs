@@ -11,14 +11,22 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Cmd {}
+enum Cmd {
+    /// Write demo partition logs in a broker's on-disk format (optionally keep appending).
+    Produce(kxgw::cmd::produce::Args),
+    /// List and verify the batches of a log dir, partition dir or segment file.
+    Inspect(kxgw::cmd::inspect::Args),
+}
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
-    let result: anyhow::Result<ExitCode> = match cli.cmd {};
+    let result: anyhow::Result<ExitCode> = match cli.cmd {
+        Cmd::Produce(args) => kxgw::cmd::produce::run(args),
+        Cmd::Inspect(args) => kxgw::cmd::inspect::run(args),
+    };
     match result {
         Ok(code) => code,
         Err(e) => {
