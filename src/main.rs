@@ -16,6 +16,8 @@ enum Cmd {
     Produce(kxgw::cmd::produce::Args),
     /// List and verify the batches of a log dir, partition dir or segment file.
     Inspect(kxgw::cmd::inspect::Args),
+    /// Serve partition logs to consumers (Kafka protocol over TCP).
+    Serve(kxgw::cmd::serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.cmd {
         Cmd::Produce(args) => kxgw::cmd::produce::run(args),
         Cmd::Inspect(args) => kxgw::cmd::inspect::run(args),
+        Cmd::Serve(args) => kxgw::cmd::serve::run(args),
     };
     match result {
         Ok(code) => code,

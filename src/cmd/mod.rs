@@ -3,3 +3,4 @@
 
 pub mod inspect;
 pub mod produce;
+pub mod serve;

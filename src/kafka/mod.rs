@@ -10,9 +10,21 @@
 //! - [`server`]: the mio event loop that owns the sockets.
 //! - [`stats`]: the counters printed on SIGUSR1 and every `--stats-interval`.
 
+pub mod apis;
 pub mod chunk;
 pub mod frame;
 pub mod outq;
+pub mod server;
+pub mod session;
 pub mod stats;
 
 pub use outq::IoMode;
+pub use server::{KafkaConfig, KafkaListener};
+
+/// Starts a Kafka listener serving `log` (what `kxgw serve --kafka-listen` runs).
+pub fn start(
+    cfg: KafkaConfig,
+    log: std::sync::Arc<crate::log::LogDir>,
+) -> anyhow::Result<KafkaListener> {
+    KafkaListener::start(cfg, log)
+}
