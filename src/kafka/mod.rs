@@ -12,11 +12,15 @@
 
 pub mod apis;
 pub mod chunk;
+#[cfg(test)]
+mod fetch_tests;
 pub mod frame;
 pub mod outq;
 pub mod server;
 pub mod session;
 pub mod stats;
+#[cfg(test)]
+mod testkit;
 
 pub use outq::IoMode;
 pub use server::{KafkaConfig, KafkaListener};
