@@ -372,6 +372,20 @@ impl EventLoop {
         }
     }
 
+    /// A consumer that resets its connection (it exited, or stopped mid-response) is
+    /// ordinary; anything else (a short segment file, ...) counts as an I/O error.
+    fn io_failed(&self, conn: &Conn, what: &str, e: &io::Error) {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ) {
+            log::debug!("kafka {}: peer gone during {what}: {e}", conn.peer);
+        } else {
+            log::warn!("kafka {}: {what} failed, closing: {e}", conn.peer);
+            inc(&self.stats.err_io);
+        }
+    }
+
     /// Reads, answers and writes until the connection can make no more progress now.
     fn drive_conn(&mut self, conn: &mut Conn) -> Drive {
         let ctx = Ctx {
@@ -391,8 +405,7 @@ impl EventLoop {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => progressed = true,
                     Err(e) => {
-                        log::info!("kafka {}: read failed, closing: {e}", conn.peer);
-                        inc(&self.stats.err_io);
+                        self.io_failed(conn, "read", &e);
                         return Drive::Close;
                     }
                 }
@@ -420,8 +433,7 @@ impl EventLoop {
                         progressed |= w.mem + w.file > 0;
                     }
                     Err(e) => {
-                        log::info!("kafka {}: write failed, closing: {e}", conn.peer);
-                        inc(&self.stats.err_io);
+                        self.io_failed(conn, "write", &e);
                         return Drive::Close;
                     }
                 }

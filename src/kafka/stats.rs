@@ -36,7 +36,7 @@ pub struct Stats {
     pub err_bad_request: AtomicU64,
     /// Partition-level errors returned (unknown topic, offset out of range, ...).
     pub err_partition: AtomicU64,
-    /// Socket errors (reset, broken pipe) and short segment files.
+    /// Socket errors other than a peer reset, and segment files shorter than promised.
     pub err_io: AtomicU64,
     /// Responses that could not be encoded (connection closed).
     pub err_encode: AtomicU64,
