@@ -116,8 +116,7 @@ impl Gateway {
             if log.matches("kafka stats:").count() > before {
                 return log
                     .lines()
-                    .filter(|l| l.contains("kafka stats:"))
-                    .next_back()
+                    .rfind(|l| l.contains("kafka stats:"))
                     .unwrap()
                     .to_string();
             }
