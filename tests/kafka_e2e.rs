@@ -486,7 +486,7 @@ fn bad_input_gets_errors_or_a_closed_connection_while_others_are_served() {
 }
 
 #[test]
-fn an_active_consumer_completes_with_a_thousand_idle_connections_open() {
+fn an_active_consumer_completes_with_a_thousand_idle_and_ten_stalled_connections() {
     require_tool("kcat");
     let net = TestNet::new("kconn", 1500).unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -502,9 +502,18 @@ fn an_active_consumer_completes_with_a_thousand_idle_connections_open() {
     }
     let addr = gw.addr;
     // Half of them handshake (ApiVersions) and then sit in a long-poll fetch at the log end,
-    // half never send a byte.
+    // half never send a byte; ten more are slow consumers that pipeline big fetches and never
+    // read a byte of the answers (their socket buffers fill, the gateway must not wait).
     let idle = in_client_ns(&net, move || {
         let mut conns = Vec::new();
+        for _ in 0..10 {
+            let mut s = TcpStream::connect(addr).expect("opening a slow connection");
+            for i in 0..20 {
+                s.write_all(&frame(ApiKey::Fetch, 11, i, &fetch("busy", 0, 0, 100)))
+                    .unwrap();
+            }
+            conns.push(s);
+        }
         for i in 0..1000 {
             let mut s = TcpStream::connect(addr).expect("opening an idle connection");
             if i % 2 == 0 {
@@ -527,7 +536,7 @@ fn an_active_consumer_completes_with_a_thousand_idle_connections_open() {
         conns
     });
     let stats = gw.stats();
-    assert!(counter(&stats, "open") >= 1000, "{stats}");
+    assert!(counter(&stats, "open") >= 1010, "{stats}");
     let started = Instant::now();
     let out = kcat(&net, addr, "busy", 0);
     let took = started.elapsed();

@@ -354,3 +354,42 @@ fn metadata_lists_served_topics_with_stable_ids() {
     assert_eq!(r.topics[0].error_code, 0);
     assert_eq!(r.topics[0].name.as_ref().unwrap().0.as_str(), "t");
 }
+
+#[test]
+fn a_corrupt_batch_is_never_served() {
+    let d = tempfile::tempdir().unwrap();
+    append(d.path(), "t", 0, 10, 10);
+    let seg = d.path().join("t-0").join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let pos = crate::log::batch::iter(&bytes)
+        .map(|b| b.unwrap())
+        .find(|(_, hdr)| hdr.base_offset == 30)
+        .map(|(pos, _)| pos)
+        .unwrap();
+    // A flipped bit inside the records of the batch at offset 30 (CRC now wrong).
+    bytes[pos + 100] ^= 0x10;
+    std::fs::write(&seg, &bytes).unwrap();
+    let mut h = Harness::new(LogDir::open(d.path(), None).unwrap());
+    let r: FetchResponse = h.call(
+        ApiKey::Fetch,
+        11,
+        &fetch_req(vec![topic(11, "t", vec![part(0, 30, 1 << 20)])], 1 << 20, 1, 0),
+    );
+    let p = &r.responses[0].partitions[0];
+    // Either the read hits the bad batch (CORRUPT_MESSAGE) or the log already stopped its
+    // readable end before it (a bad batch in the active segment ends the valid log).
+    assert!(
+        p.error_code == 2 || (p.error_code == 0 && p.high_watermark <= 30),
+        "error {} hw {}",
+        p.error_code,
+        p.high_watermark
+    );
+    assert!(records(&p.records).is_empty());
+    let r: FetchResponse = h.call(
+        ApiKey::Fetch,
+        11,
+        &fetch_req(vec![topic(11, "t", vec![part(0, 0, 1 << 20)])], 1 << 20, 1, 0),
+    );
+    let recs = records(&r.responses[0].partitions[0].records);
+    assert!(recs.iter().all(|(o, _, _)| *o < 30), "nothing from the bad batch");
+}
