@@ -373,7 +373,12 @@ fn a_corrupt_batch_is_never_served() {
     let r: FetchResponse = h.call(
         ApiKey::Fetch,
         11,
-        &fetch_req(vec![topic(11, "t", vec![part(0, 30, 1 << 20)])], 1 << 20, 1, 0),
+        &fetch_req(
+            vec![topic(11, "t", vec![part(0, 30, 1 << 20)])],
+            1 << 20,
+            1,
+            0,
+        ),
     );
     let p = &r.responses[0].partitions[0];
     // Either the read hits the bad batch (CORRUPT_MESSAGE) or the log already stopped its
@@ -388,8 +393,16 @@ fn a_corrupt_batch_is_never_served() {
     let r: FetchResponse = h.call(
         ApiKey::Fetch,
         11,
-        &fetch_req(vec![topic(11, "t", vec![part(0, 0, 1 << 20)])], 1 << 20, 1, 0),
+        &fetch_req(
+            vec![topic(11, "t", vec![part(0, 0, 1 << 20)])],
+            1 << 20,
+            1,
+            0,
+        ),
     );
     let recs = records(&r.responses[0].partitions[0].records);
-    assert!(recs.iter().all(|(o, _, _)| *o < 30), "nothing from the bad batch");
+    assert!(
+        recs.iter().all(|(o, _, _)| *o < 30),
+        "nothing from the bad batch"
+    );
 }

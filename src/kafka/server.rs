@@ -240,7 +240,12 @@ impl EventLoop {
                 match ev.token() {
                     LISTENER => self.accept_all(&mut accept_warned),
                     WAKER => self.on_appends(),
-                    t => self.drive(t),
+                    t => {
+                        if ev.is_read_closed() || ev.is_error() {
+                            self.peer_closed(t);
+                        }
+                        self.drive(t)
+                    }
                 }
             }
             if self.stop.load(Ordering::SeqCst) {
@@ -301,6 +306,23 @@ impl EventLoop {
                     inc(&self.stats.err_io);
                     break;
                 }
+            }
+        }
+    }
+
+    /// The peer hung up. A connection waiting on a long-poll fetch would not read (and so
+    /// not notice) until the fetch ends: drop it now, nobody is left to answer.
+    fn peer_closed(&mut self, token: Token) {
+        let gone = self
+            .conns
+            .get(&token)
+            .is_some_and(|c| c.session.is_parked());
+        if gone {
+            if let Some(mut c) = self.conns.remove(&token) {
+                log::debug!("kafka {}: hung up during a waiting fetch", c.peer);
+                self.parked.remove(&token);
+                let _ = self.poll.registry().deregister(&mut c.stream);
+                inc(&self.stats.conns_closed);
             }
         }
     }
