@@ -406,3 +406,47 @@ fn a_corrupt_batch_is_never_served() {
         "nothing from the bad batch"
     );
 }
+
+#[test]
+fn list_offsets_v0_by_hand() {
+    use bytes::{Buf, BufMut, BytesMut};
+    let (mut h, _d) = fixture();
+    let mut req = BytesMut::new();
+    req.put_i16(ApiKey::ListOffsets as i16);
+    req.put_i16(0);
+    req.put_i32(31); // correlation id
+    req.put_i16(-1); // null client id
+    req.put_i32(-1); // replica id
+    req.put_i32(1);
+    req.put_i16(1);
+    req.put_slice(b"t");
+    req.put_i32(3);
+    for (p, ts) in [(0i32, -1i64), (1, -2), (5, -1)] {
+        req.put_i32(p);
+        req.put_i64(ts);
+        req.put_i32(1);
+    }
+    let mut frame = (req.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&req);
+    let out = h.feed(&frame).unwrap();
+    let mut b = Bytes::from(out);
+    assert_eq!(b.get_i32() as usize, b.remaining());
+    assert_eq!(b.get_i32(), 31);
+    assert_eq!(b.get_i32(), 1);
+    assert_eq!(b.get_i16(), 1);
+    assert_eq!(b.split_to(1).as_ref(), b"t");
+    assert_eq!(b.get_i32(), 3);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let p = b.get_i32();
+        let code = b.get_i16();
+        let n = b.get_i32();
+        let offs: Vec<i64> = (0..n).map(|_| b.get_i64()).collect();
+        got.push((p, code, offs));
+    }
+    assert_eq!(
+        got,
+        vec![(0, 0, vec![100]), (1, 0, vec![0]), (5, 3, vec![])]
+    );
+    assert_eq!(b.remaining(), 0);
+}

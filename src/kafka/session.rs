@@ -215,6 +215,11 @@ impl Session {
                     .map_err(|e| bad(format!("{e:#}")))?;
                 metadata::handle(ctx, correlation_id, version, &req)?
             }
+            ApiKey::ListOffsets if version == 0 => {
+                inc(&ctx.stats.req_list_offsets);
+                list_offsets::v0::handle(ctx, correlation_id, &mut frame)
+                    .map_err(|e| bad(e.to_string()))?
+            }
             ApiKey::ListOffsets => {
                 inc(&ctx.stats.req_list_offsets);
                 let req = ListOffsetsRequest::decode(&mut frame, version)

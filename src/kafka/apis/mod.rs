@@ -25,7 +25,7 @@ use crate::log::LogDir;
 pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 16),
-    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::ListOffsets, 0, 7),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
 ];
