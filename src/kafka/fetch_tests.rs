@@ -450,3 +450,32 @@ fn list_offsets_v0_by_hand() {
     );
     assert_eq!(b.remaining(), 0);
 }
+
+#[test]
+fn high_watermark_isolation_hides_records_past_the_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    append(d.path(), "t", 0, 10, 10);
+    let tp = crate::log::TopicPartition::new("t", 0);
+    crate::log::writer::update_checkpoint(d.path(), &[(tp, 50)]).unwrap();
+    let mut h = Harness::new(LogDir::open(d.path(), None).unwrap());
+    let r: FetchResponse = h.call(
+        ApiKey::Fetch,
+        11,
+        &fetch_req(
+            vec![topic(11, "t", vec![part(0, 0, 1 << 20)])],
+            1 << 20,
+            1,
+            0,
+        ),
+    );
+    let p = &r.responses[0].partitions[0];
+    assert_eq!((p.high_watermark, p.last_stable_offset), (50, 50));
+    let recs = records(&p.records);
+    assert_eq!(recs.len(), 50);
+    check_demo(0, &recs, 0);
+    let req = ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+        .with_name(TopicName(StrBytes::from_static_str("t")))
+        .with_partitions(vec![ListOffsetsPartition::default().with_timestamp(-1)])]);
+    let r: ListOffsetsResponse = h.call(ApiKey::ListOffsets, 5, &req);
+    assert_eq!(r.topics[0].partitions[0].offset, 50);
+}
