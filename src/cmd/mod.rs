@@ -3,3 +3,5 @@
 
 pub mod inspect;
 pub mod produce;
+pub mod serve;
+pub mod stats;
