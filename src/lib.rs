@@ -7,9 +7,11 @@
 //! - [`metrics`]: counters in Prometheus text for `kxgw stats` and scrapers.
 //! - [`testnet`]: namespaces + veth pairs for tests, benchmarks and the demo.
 //! - [`kafka`]: the Kafka-protocol TCP listener (consumer subset; sendfile or copy).
+//! - [`fuzzing`]: fuzz entry points (cargo-fuzz targets in `fuzz/`, corpus replay in tests).
 //! - [`cmd`]: the subcommands of the `kxgw` binary (thin: parse, call the library, report).
 
 pub mod cmd;
+pub mod fuzzing;
 pub mod kafka;
 pub mod log;
 pub mod metrics;

@@ -1,0 +1,470 @@
+//! Fuzz entry points: one function per untrusted-input surface, each taking arbitrary bytes and
+//! required never to panic, hang or allocate without bound. The cargo-fuzz targets under
+//! `fuzz/` call them, and `tests/fuzz_corpus.rs` replays the committed corpus and every crash
+//! file through them on stable Rust, so each crash found stays a regression test.
+//!
+//! - [`kafka_request`]: a byte stream from a Kafka client, through the listener's session
+//!   (framing, request header, body decode, handlers, response encoding) over a real log.
+//! - [`log_batch`]: record batch parsing (`batch::verify`, `batch::iter`,
+//!   `record::decode_batch`), with the CRC optionally repaired so mutations reach the records.
+//! - [`log_segment`]: a partition directory of fuzzed `.log`, `.index`, `.timeindex` files
+//!   and checkpoint files, opened and read through [`LogDir`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::kafka::apis::{Ctx, NodeInfo};
+use crate::kafka::session::{chunks_to_vec, Session};
+use crate::kafka::stats::Stats;
+use crate::log::batch::{self, CRC_OFFSET};
+use crate::log::writer::{NewRecord, PartitionWriter, WriterConfig};
+use crate::log::{record, LogDir};
+
+/// Largest request the fuzzed session accepts (the listener's default is 100 MiB; a small
+/// limit keeps the fuzzer's memory bounded while exercising the same checks).
+const FUZZ_MAX_REQUEST: usize = 1 << 20;
+
+/// A scratch directory on tmpfs when there is one (fuzzing writes files on every input).
+fn scratch_root() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+struct KafkaFixture {
+    log: Arc<LogDir>,
+    node: NodeInfo,
+    stats: Stats,
+    _dir: ScratchDir,
+}
+
+/// Removes its directory on drop (the fixture is static, so in practice at process exit
+/// only when it is not; the corpus test builds its own per run).
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(tag: &str) -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let p = scratch_root().join(format!("kxgw-fuzz-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p)?;
+        Ok(ScratchDir(p))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A log with two partitions of topic `t` (a few batches, two segments in partition 0) and
+/// an empty topic `e`, so fetches, offsets and metadata requests reach real data.
+fn kafka_fixture() -> &'static KafkaFixture {
+    static F: OnceLock<KafkaFixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = ScratchDir::new("kafka").expect("fuzz fixture: scratch dir");
+        let cfg = WriterConfig {
+            segment_bytes: 600,
+            index_interval_bytes: 64,
+            ..WriterConfig::default()
+        };
+        for (topic, part, batches) in [("t", 0, 8), ("t", 1, 2), ("e", 0, 0)] {
+            let mut w = PartitionWriter::open(&dir.0, topic, part, cfg.clone())
+                .expect("fuzz fixture: writer");
+            for b in 0..batches {
+                let recs: Vec<NewRecord> = (0..3)
+                    .map(|i| NewRecord {
+                        timestamp: 1_700_000_000_000 + b * 10 + i,
+                        key: Some(b"k"),
+                        value: Some(b"value-bytes"),
+                        headers: vec![("h", Some(b"v"))],
+                    })
+                    .collect();
+                w.append(&recs).expect("fuzz fixture: append");
+            }
+            w.flush().expect("fuzz fixture: flush");
+        }
+        let log = LogDir::open(&dir.0, None).expect("fuzz fixture: open");
+        KafkaFixture {
+            log,
+            node: NodeInfo {
+                node_id: 0,
+                host: "198.18.0.1".into(),
+                port: 9092,
+                cluster_id: "kxgw".into(),
+            },
+            stats: Stats::default(),
+            _dir: dir,
+        }
+    })
+}
+
+/// Feeds `data` as the byte stream of one Kafka connection: the session frames it, decodes
+/// and answers every request (a waiting fetch is also expired), and every response is
+/// materialised, as the listener would send it. Errors are expected (the listener closes the
+/// connection); panics, hangs and huge allocations are the bugs.
+pub fn kafka_request(data: &[u8]) {
+    let f = kafka_fixture();
+    let ctx = Ctx {
+        log: &f.log,
+        node: &f.node,
+        stats: &f.stats,
+    };
+    let mut s = Session::new(FUZZ_MAX_REQUEST);
+    let now = Instant::now();
+    // Fed in two pieces so a request split across reads is covered too.
+    let cut = data.first().map_or(0, |&b| usize::from(b)).min(data.len());
+    for (i, piece) in [&data[..cut], &data[cut..]].into_iter().enumerate() {
+        s.receive(piece);
+        let t = now + Duration::from_secs(i as u64 * 3600);
+        loop {
+            if s.advance(&ctx, t).is_err() {
+                return;
+            }
+            let chunks = s.out().take();
+            // Stop when nothing more is answered (a parked fetch, or all input consumed).
+            if chunks.is_empty() || chunks_to_vec(&chunks).is_err() {
+                break;
+            }
+        }
+    }
+    // A fetch still waiting is answered at its deadline.
+    if s.is_parked() {
+        let _ = s.advance(&ctx, now + Duration::from_secs(365 * 24 * 3600));
+        let _ = chunks_to_vec(&s.out().take());
+    }
+}
+
+/// Parses `data` as record batches. If the first byte is odd, the CRC of the first batch is
+/// recomputed first, so the fuzzer reaches the header and record checks behind it.
+pub fn log_batch(data: &[u8]) {
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let mut buf = rest.to_vec();
+    if flags & 1 == 1 {
+        fix_crc(&mut buf);
+    }
+    let _ = batch::BatchHeader::parse(&buf);
+    let _ = batch::verify(&buf);
+    let _ = record::decode_batch(&buf);
+    let _ = record::decode_batch_refs(&buf);
+    for (at, h) in batch::iter(&buf).take(10_000).map_while(Result::ok) {
+        let _ = record::decode_batch(&buf[at..at + h.total_len()]);
+    }
+}
+
+/// Rewrites the CRC field of the batch at the front of `buf` to match its bytes (when the
+/// length field is plausible), so mutated batches are not all rejected by the CRC.
+fn fix_crc(buf: &mut [u8]) {
+    if buf.len() < batch::BATCH_HEADER_LEN {
+        return;
+    }
+    let len = i32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+    let Ok(len) = usize::try_from(len) else {
+        return;
+    };
+    let end = (batch::LOG_OVERHEAD + len).min(buf.len());
+    if end <= batch::ATTRIBUTES_OFFSET {
+        return;
+    }
+    let crc = batch::compute_crc(&buf[..end]);
+    buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Splits `data` into the files of one partition directory (`.log`, `.index`, `.timeindex`
+/// of two segments, the two checkpoint files), writes them, opens the log dir and reads
+/// every offset the partition reports plus a few outside it, and a few timestamps.
+///
+/// Layout: `data` is cut at every `\xff\xfe\xfd\xfc` marker; the pieces in order are
+/// segment 0 `.log`, `.index`, `.timeindex`, segment (base from piece 3's first 8 bytes)
+/// `.log`, `.index`, `.timeindex`, `replication-offset-checkpoint`,
+/// `log-start-offset-checkpoint`. Missing pieces are missing files.
+pub fn log_segment(data: &[u8]) {
+    let Ok(dir) = ScratchDir::new("seg") else {
+        return;
+    };
+    let pieces = split_pieces(data, 8);
+    let part = dir.0.join("f-0");
+    if std::fs::create_dir(&part).is_err() {
+        return;
+    }
+    let second_base = pieces
+        .get(3)
+        .and_then(|p| p.get(..8))
+        .map(|b| i64::from_be_bytes(b.try_into().unwrap_or([0; 8])) & 0xffff)
+        .unwrap_or(1000);
+    let files = [
+        (part.join(crate::log::segment::file_stem(0) + ".log"), 0),
+        (part.join(crate::log::segment::file_stem(0) + ".index"), 1),
+        (part.join(crate::log::segment::file_stem(0) + ".timeindex"), 2),
+        (
+            part.join(crate::log::segment::file_stem(second_base) + ".log"),
+            3,
+        ),
+        (
+            part.join(crate::log::segment::file_stem(second_base) + ".index"),
+            4,
+        ),
+        (
+            part.join(crate::log::segment::file_stem(second_base) + ".timeindex"),
+            5,
+        ),
+        (dir.0.join("replication-offset-checkpoint"), 6),
+        (dir.0.join("log-start-offset-checkpoint"), 7),
+    ];
+    for (path, i) in files {
+        let Some(bytes) = pieces.get(i) else { continue };
+        let bytes = if i == 3 {
+            bytes.get(8..).unwrap_or(&[])
+        } else {
+            bytes
+        };
+        if std::fs::write(&path, bytes).is_err() {
+            return;
+        }
+    }
+    for iso in [None, Some(crate::log::Isolation::LogEnd)] {
+        let Ok(log) = LogDir::open(&dir.0, iso) else {
+            continue;
+        };
+        for p in log.partitions() {
+            let o = p.offsets();
+            let _ = p.segment_bases();
+            let mut probes = vec![o.log_start, o.log_end, o.high_watermark, -1, 0, 1, 999];
+            probes.extend((o.log_start..o.log_end).take(64));
+            for off in probes {
+                for max in [1usize, 100, 1 << 20] {
+                    if let Ok(slice) = p.read(off, max) {
+                        // A served slice is whole valid batches only.
+                        for b in batch::iter(slice.bytes()) {
+                            if b.is_err() {
+                                panic!("read({off}, {max}) served a bad batch: {b:?}");
+                            }
+                        }
+                    }
+                }
+            }
+            for ts in [i64::MIN, -1, 0, 1_700_000_000_000, i64::MAX] {
+                let _ = p.offset_for_timestamp(ts);
+            }
+        }
+        let _ = log.refresh();
+    }
+}
+
+/// Cuts `data` at each 4-byte marker `ff fe fd fc`, at most `n` pieces.
+fn split_pieces(data: &[u8], n: usize) -> Vec<&[u8]> {
+    const MARK: &[u8] = &[0xff, 0xfe, 0xfd, 0xfc];
+    let mut out = Vec::new();
+    let mut rest = data;
+    while out.len() + 1 < n {
+        match rest.windows(4).position(|w| w == MARK) {
+            Some(i) => {
+                out.push(&rest[..i]);
+                rest = &rest[i + 4..];
+            }
+            None => break,
+        }
+    }
+    out.push(rest);
+    out
+}
+
+/// Joins pieces with the marker [`log_segment`] splits on (seed corpus construction).
+pub fn join_pieces(pieces: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, p) in pieces.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(&[0xff, 0xfe, 0xfd, 0xfc]);
+        }
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// One Kafka request as a client encodes it (length prefix, header, body).
+fn kafka_frame<R: kafka_protocol::protocol::Encodable>(
+    key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    req: &R,
+) -> Option<Vec<u8>> {
+    use kafka_protocol::messages::RequestHeader;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(7)
+        .with_client_id(Some(StrBytes::from_static_str("fuzz")));
+    let mut body = bytes::BytesMut::new();
+    header
+        .encode(&mut body, key.request_header_version(version))
+        .ok()?;
+    req.encode(&mut body, version).ok()?;
+    let mut out = i32::try_from(body.len()).ok()?.to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+/// Seed inputs for each target, built with the real encoders (the committed corpus starts
+/// from these): `(target, name, bytes)`.
+pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    let mut out = Vec::new();
+    let topic = || TopicName(StrBytes::from_static_str("t"));
+    for v in 0..=3 {
+        let req = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("fuzz"))
+            .with_client_software_version(StrBytes::from_static_str("1"));
+        out.extend(kafka_frame(ApiKey::ApiVersions, v, &req).map(|b| ("api_versions", v, b)));
+    }
+    for v in 0..=12 {
+        let mut t = metadata_request::MetadataRequestTopic::default().with_name(Some(topic()));
+        if v >= 10 {
+            t.topic_id = crate::kafka::apis::topic_id("t");
+        }
+        let req = MetadataRequest::default().with_topics(Some(vec![t]));
+        out.extend(kafka_frame(ApiKey::Metadata, v, &req).map(|b| ("metadata", v, b)));
+    }
+    for v in 0..=7 {
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(topic())
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(-2),
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(1)
+                        .with_timestamp(1_700_000_000_005),
+                ])]);
+        out.extend(kafka_frame(ApiKey::ListOffsets, v, &req).map(|b| ("list_offsets", v, b)));
+    }
+    for v in 4..=16 {
+        let mut t = fetch_request::FetchTopic::default().with_partitions(vec![
+            fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(4)
+                .with_partition_max_bytes(1 << 20),
+            fetch_request::FetchPartition::default()
+                .with_partition(1)
+                .with_fetch_offset(6)
+                .with_partition_max_bytes(100),
+        ]);
+        if v >= 13 {
+            t.topic_id = crate::kafka::apis::topic_id("t");
+        } else {
+            t.topic = topic();
+        }
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(500)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![t]);
+        out.extend(kafka_frame(ApiKey::Fetch, v, &req).map(|b| ("fetch", v, b)));
+    }
+    let produce = ProduceRequest::default().with_acks(1).with_topic_data(vec![
+        produce_request::TopicProduceData::default()
+            .with_name(topic())
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default().with_index(0)
+            ]),
+    ]);
+    out.extend(kafka_frame(ApiKey::Produce, 3, &produce).map(|b| ("produce", 3, b)));
+    let fc = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"));
+    out.extend(kafka_frame(ApiKey::FindCoordinator, 2, &fc).map(|b| ("find_coordinator", 2, b)));
+    let mut seeds: Vec<(&'static str, String, Vec<u8>)> = out
+        .into_iter()
+        .map(|(n, v, b)| ("kafka_request", format!("{n}-v{v}"), b))
+        .collect();
+    // A pipelined connection: ApiVersions, Metadata, ListOffsets, Fetch back to back.
+    let pipeline: Vec<u8> = seeds
+        .iter()
+        .filter(|(_, n, _)| ["api_versions-v3", "metadata-v9", "list_offsets-v5", "fetch-v11"].contains(&n.as_str()))
+        .flat_map(|(_, _, b)| b.clone())
+        .collect();
+    seeds.push(("kafka_request", "pipeline".into(), pipeline));
+
+    // Batches: plain, with headers, null key, several back to back; flag byte 0 and 1.
+    let mut b = crate::log::writer::BatchBuilder::new();
+    let mut batches = Vec::new();
+    for (base, n) in [(0i64, 1usize), (5, 3), (100, 10)] {
+        b.begin(base);
+        for i in 0..n {
+            b.push(&NewRecord {
+                timestamp: 1_700_000_000_000 + i as i64,
+                key: (i % 2 == 0).then_some(b"key".as_slice()),
+                value: Some(b"value"),
+                headers: if i == 1 { vec![("h", None), ("h2", Some(b"x"))] } else { Vec::new() },
+            });
+        }
+        batches.push(b.finish().to_vec());
+    }
+    for (i, bt) in batches.iter().enumerate() {
+        for flag in [0u8, 1] {
+            let mut v = vec![flag];
+            v.extend_from_slice(bt);
+            seeds.push(("log_batch", format!("batch{i}-flag{flag}"), v));
+        }
+    }
+    let mut all = vec![0u8];
+    all.extend(batches.concat());
+    seeds.push(("log_batch", "three-batches".into(), all));
+
+    // Segments: the files of a real partition with two segments, and checkpoints.
+    if let Ok(dir) = ScratchDir::new("seed") {
+        let cfg = WriterConfig {
+            segment_bytes: 400,
+            index_interval_bytes: 64,
+            ..WriterConfig::default()
+        };
+        if let Ok(mut w) = PartitionWriter::open(&dir.0, "f", 0, cfg) {
+            for i in 0..6 {
+                let rec = NewRecord {
+                    timestamp: 1_700_000_000_000 + i,
+                    key: Some(b"k"),
+                    value: Some(b"some value bytes"),
+                    headers: Vec::new(),
+                };
+                let _ = w.append(&[rec.clone(), rec]);
+            }
+            let _ = w.flush();
+            let part = dir.0.join("f-0");
+            let bases = crate::log::segment::list_segments(&part).unwrap_or_default();
+            let read = |base: i64, ext: &str| {
+                std::fs::read(part.join(crate::log::segment::file_stem(base) + ext))
+                    .unwrap_or_default()
+            };
+            let first = bases.first().copied().unwrap_or(0);
+            let second = bases.get(1).copied().unwrap_or(1000);
+            let mut seg2 = second.to_be_bytes().to_vec();
+            seg2.extend(read(second, ".log"));
+            let hw = b"0\n1\nf 0 6\n".to_vec();
+            let ls = b"0\n1\nf 0 0\n".to_vec();
+            let pieces: Vec<Vec<u8>> = vec![
+                read(first, ".log"),
+                read(first, ".index"),
+                read(first, ".timeindex"),
+                seg2,
+                read(second, ".index"),
+                read(second, ".timeindex"),
+                hw,
+                ls,
+            ];
+            let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+            seeds.push(("log_segment", "two-segments".into(), join_pieces(&refs)));
+            seeds.push(("log_segment", "one-segment".into(), join_pieces(&refs[..3])));
+        }
+    }
+    seeds
+}
