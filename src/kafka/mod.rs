@@ -2,6 +2,7 @@
 //! stock clients (kcat, kafka-python, librdkafka), and the sendfile / copy baselines.
 //!
 //! - [`frame`]: request length prefixes and their limits.
+//! - [`bounds`]: array counts checked against the body size before the codec allocates.
 //! - [`apis`]: one handler per served API (ApiVersions, Metadata, ListOffsets, Fetch) and
 //!   refusals for the rest.
 //! - [`chunk`]: responses as in-memory pieces and segment-file ranges, spliced at encode time.
@@ -11,6 +12,7 @@
 //! - [`stats`]: the counters printed on SIGUSR1 and every `--stats-interval`.
 
 pub mod apis;
+pub mod bounds;
 pub mod chunk;
 #[cfg(test)]
 mod fetch_tests;

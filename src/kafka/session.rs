@@ -171,6 +171,9 @@ impl Session {
         }
         let header_version = key.request_header_version(version);
         RequestHeader::decode(&mut frame, header_version).map_err(|e| bad(format!("{e:#}")))?;
+        // The codec allocates arrays by their wire count before reading them: refuse counts
+        // the body cannot hold before it sees them (see bounds).
+        super::bounds::check(key, version, &frame).map_err(|e| bad(e.to_string()))?;
         if key == ApiKey::Produce {
             // Advertised for librdkafka's sake (see apis::SERVED), never performed.
             inc(&ctx.stats.req_unsupported);
