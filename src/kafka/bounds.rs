@@ -260,18 +260,19 @@ impl Walker<'_> {
         Ok(b.iter().fold(0i64, |acc, &x| (acc << 8) | i64::from(x)))
     }
 
+    /// An unsigned varint exactly as the codec reads it: at most 5 bytes (a continuation bit
+    /// on the 5th is ignored), bits past 32 dropped.
     fn uvarint(&mut self) -> Result<u64, Stop> {
-        let mut v = 0u64;
-        for shift in (0..35).step_by(7) {
+        let mut v = 0u32;
+        for i in 0..5 {
             let b = *self.buf.get(self.pos).ok_or(Stop::Short)?;
             self.pos += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
+            v |= u32::from(b & 0x7f).wrapping_shl(i * 7);
+            if b < 0x80 {
+                break;
             }
         }
-        // Longer than a u32 varint: the codec rejects it.
-        Err(Stop::Short)
+        Ok(u64::from(v))
     }
 
     /// A length-prefixed string or bytes field; `wide` selects the i32 prefix (bytes).
@@ -623,6 +624,12 @@ mod tests {
         body.push(1); // zero topics
         body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert!(check(ApiKey::Fetch, 12, &body).is_err());
+        // A compact count in an over-long varint: the codec stops after 5 bytes and keeps the
+        // low 32 bits (0x8bbd502b here), so must the walk (the fuzzer's second find).
+        let mut body = vec![0u8; 4 * 3 + 4 + 1 + 8];
+        body.extend_from_slice(&[0xab, 0xa0, 0xf5, 0xdd, 0xd8, 0x45, 0xb4]);
+        let e = check(ApiKey::Fetch, 14, &body).unwrap_err();
+        assert_eq!(e.count, 0x8bbd_502b - 1);
         // A count that fits passes; the codec still judges the rest.
         assert_eq!(
             check(ApiKey::Metadata, 0, &[0, 0, 0, 1, 0, 1, b'x']),
