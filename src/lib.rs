@@ -8,3 +8,4 @@
 
 pub mod cmd;
 pub mod testnet;
+pub mod xdp;
