@@ -11,14 +11,22 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Cmd {}
+enum Cmd {
+    /// AF_XDP engine with the raw echo/generator service (self-test, ceiling generator).
+    XdpRaw(kxgw::cmd::xdp_raw::Args),
+    /// Verifying client of `kxgw xdp-raw`.
+    XdpRawClient(kxgw::cmd::xdp_raw::ClientArgs),
+}
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
-    let result: anyhow::Result<ExitCode> = match cli.cmd {};
+    let result: anyhow::Result<ExitCode> = match cli.cmd {
+        Cmd::XdpRaw(args) => kxgw::cmd::xdp_raw::run(args),
+        Cmd::XdpRawClient(args) => kxgw::cmd::xdp_raw::run_client(args),
+    };
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -1,2 +1,3 @@
 //! Subcommands of the `kxgw` binary. Each module owns its clap `Args` and a `run` function;
 //! `main.rs` only dispatches.
+pub mod xdp_raw;

@@ -3,16 +3,29 @@
 //! - [`loader`]: loads `bpf/kxgw.bpf.c`, attaches it through a bpf_link, owns its maps.
 //! - [`acl`]: consumer allowlist prefixes.
 //! - [`packet`]: request parsing and reply header building.
+//! - [`umem`]: the memfd-backed UMEM (frames + log arena); [`arena`]: the log arena cache.
+//! - [`xsk`]: per-queue AF_XDP sockets; [`engine`]: the per-queue workers and TX strategies.
 
 pub mod acl;
+pub mod arena;
+pub mod cli;
+pub mod engine;
 pub mod error;
 pub mod loader;
 pub mod packet;
+pub mod raw;
 pub mod skel;
+pub mod umem;
+pub mod xsk;
 
 pub use acl::Cidr;
+pub use engine::{
+    Datagram, Engine, EngineConfig, EngineStats, Service, TxPayload, TxStrategy, Waker,
+    WorkerContext,
+};
 pub use error::XdpError;
 pub use loader::{Steering, SteeringConfig, SteeringCounters, XdpMode};
+pub use xsk::{BindMode, ZeroCopyPolicy};
 
 #[cfg(test)]
 mod steering_tests;
