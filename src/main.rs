@@ -12,6 +12,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Write demo partition logs in a broker's on-disk format (optionally keep appending).
+    Produce(kxgw::cmd::produce::Args),
+    /// List and verify the batches of a log dir, partition dir or segment file.
+    Inspect(kxgw::cmd::inspect::Args),
     /// AF_XDP engine with the raw echo/generator service (self-test, ceiling generator).
     XdpRaw(kxgw::cmd::xdp_raw::Args),
     /// Verifying client of `kxgw xdp-raw`.
@@ -24,6 +28,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = match cli.cmd {
+        Cmd::Produce(args) => kxgw::cmd::produce::run(args),
+        Cmd::Inspect(args) => kxgw::cmd::inspect::run(args),
         Cmd::XdpRaw(args) => kxgw::cmd::xdp_raw::run(args),
         Cmd::XdpRawClient(args) => kxgw::cmd::xdp_raw::run_client(args),
     };

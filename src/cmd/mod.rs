@@ -1,3 +1,6 @@
 //! Subcommands of the `kxgw` binary. Each module owns its clap `Args` and a `run` function;
 //! `main.rs` only dispatches.
+
+pub mod inspect;
+pub mod produce;
 pub mod xdp_raw;
