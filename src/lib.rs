@@ -5,6 +5,7 @@
 //!
 //! - [`log`]: Kafka partition logs on disk (reader with follower, broker-compatible writer).
 //! - [`testnet`]: namespaces + veth pairs for tests, benchmarks and the demo.
+//! - [`xdp`]: the fast path: XDP steering program, AF_XDP engine (UMEM + log arena, sg/copy TX).
 //! - [`cmd`]: the subcommands of the `kxgw` binary (thin: parse, call the library, report).
 
 pub mod cmd;

@@ -186,6 +186,7 @@ pub fn fetch_pattern(
     window: u64,
 ) -> anyhow::Result<RawFetchReport> {
     use anyhow::{bail, Context};
+    let pattern = Pattern::new();
     let start = Instant::now();
     let mut report = RawFetchReport::default();
     sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))?;
@@ -233,14 +234,19 @@ pub fn fetch_pattern(
                         body.len()
                     );
                 }
-                for (i, b) in body.iter().enumerate() {
-                    let want = pattern_byte(pos + i as u64);
-                    if *b != want {
-                        bail!(
-                            "byte {} differs: got {b:#04x}, want {want:#04x}",
-                            pos + i as u64
-                        );
-                    }
+                let at = (pos % PATTERN_LEN) as usize;
+                let want = pattern
+                    .data
+                    .get(at..at + body.len())
+                    .ok_or_else(|| anyhow::anyhow!("datagram at {pos} wraps the pattern"))?;
+                if body != want {
+                    let i = body.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
+                    bail!(
+                        "byte {} differs: got {:#04x}, want {:#04x}",
+                        pos + i as u64,
+                        body[i],
+                        want[i]
+                    );
                 }
                 report.datagrams += 1;
                 if pos >= cursor && pos < win_end {
