@@ -112,14 +112,24 @@ impl Arena {
     /// Stages `bytes` (= bytes `position..position+len` of `source`) and appends one
     /// (UMEM address, length) per page piece to `out`, each holding a block reference until
     /// [`Arena::release`]. Pieces never cross a page (valid in aligned mode, and in zero-copy
-    /// mode where pages need not be physically contiguous).
+    /// mode where pages need not be physically contiguous). `ahead` starts with `bytes` and may
+    /// continue with the bytes that follow in the source (the rest of a fetch response): when
+    /// staging is needed, one write stages as much of it as the block holds, so a response
+    /// costs one `pwrite` per block rather than one per datagram page.
     pub fn stage(
         &mut self,
         source: &SourceId,
         position: u64,
         bytes: &[u8],
+        ahead: &[u8],
         out: &mut Vec<(u64, u32)>,
     ) -> Result<Result<(), ArenaFull>, XdpError> {
+        let ahead = if ahead.len() >= bytes.len() && ahead[..bytes.len()].as_ptr() == bytes.as_ptr()
+        {
+            ahead
+        } else {
+            bytes
+        };
         let start_len = out.len();
         let mut done = 0usize;
         while done < bytes.len() {
@@ -144,18 +154,15 @@ impl Arena {
             if lo <= a && z <= hi && lo < hi {
                 self.stats.hit_bytes += n as u64;
             } else {
-                if let Err(e) = self.area.pwrite(&bytes[done..done + n], addr) {
+                // Stage from here to the end of the block or of what the caller has.
+                let w = ((BLOCK - in_block) as usize).min(ahead.len() - done);
+                if let Err(e) = self.area.pwrite(&ahead[done..done + w], addr) {
                     self.release_all(&out[start_len..]);
                     out.truncate(start_len);
                     return Err(e);
                 }
-                self.stats.staged_bytes += n as u64;
-                // Keep one contiguous staged range per page: union when touching, else the new one.
-                self.blocks[b].pages[page] = if lo < hi && a <= hi && lo <= z {
-                    (lo.min(a), hi.max(z))
-                } else {
-                    (a, z)
-                };
+                self.stats.staged_bytes += w as u64;
+                self.mark(b, in_block, in_block + w as u64);
             }
             let blk = &mut self.blocks[b];
             blk.refs += 1;
@@ -164,6 +171,26 @@ impl Arena {
             done += n;
         }
         Ok(Ok(()))
+    }
+
+    /// Records bytes `from..to` of block `b` as staged.
+    fn mark(&mut self, b: usize, from: u64, to: u64) {
+        let pages = &mut self.blocks[b].pages;
+        let mut at = from;
+        while at < to {
+            let page = (at / FRAME) as usize;
+            let a = (at % FRAME) as u16;
+            let end = to.min((page as u64 + 1) * FRAME);
+            let z = (end - page as u64 * FRAME) as u16;
+            let (lo, hi) = pages[page];
+            // One contiguous staged range per page: union when touching, else the new one.
+            pages[page] = if lo < hi && a <= hi && lo <= z {
+                (lo.min(a), hi.max(z))
+            } else {
+                (a, z)
+            };
+            at = end;
+        }
     }
 
     fn release_all(&mut self, pieces: &[(u64, u32)]) {
@@ -253,6 +280,7 @@ mod tests {
                 &src,
                 pos,
                 &data[pos as usize..pos as usize + 9000],
+                &[],
                 &mut out,
             )
             .unwrap()
@@ -266,22 +294,25 @@ mod tests {
         assert_eq!(arena.references(), out.len() as u64);
         assert_eq!(arena.stats().staged_bytes, 9000);
         // Same bytes again: no staging, same addresses.
+        let hits_before = arena.stats().hit_bytes;
         let mut again = Vec::new();
         arena
             .stage(
                 &src,
                 pos,
                 &data[pos as usize..pos as usize + 9000],
+                &[],
                 &mut again,
             )
             .unwrap()
             .unwrap();
         assert_eq!(again, out);
-        assert_eq!(arena.stats().hit_bytes, 9000);
+        assert_eq!(arena.stats().hit_bytes - hits_before, 9000);
+        assert_eq!(arena.stats().staged_bytes, 9000);
         // Both blocks are referenced: a third block cannot be placed.
         let mut third = Vec::new();
         let r = arena
-            .stage(&source(2), 0, &data[..100], &mut third)
+            .stage(&source(2), 0, &data[..100], &[], &mut third)
             .unwrap();
         assert!(r.is_err());
         assert!(third.is_empty());
@@ -291,7 +322,7 @@ mod tests {
         }
         assert_eq!(arena.references(), 0);
         arena
-            .stage(&source(2), 0, &data[..100], &mut third)
+            .stage(&source(2), 0, &data[..100], &[], &mut third)
             .unwrap()
             .unwrap();
         assert_eq!(read(&area, third[0].0, 100), &data[..100]);
@@ -306,18 +337,60 @@ mod tests {
         let src = source(7);
         let mut out = Vec::new();
         arena
-            .stage(&src, 100, &data[100..700], &mut out)
+            .stage(&src, 100, &data[100..700], &[], &mut out)
             .unwrap()
             .unwrap();
         arena
-            .stage(&src, 700, &data[700..2000], &mut out)
+            .stage(&src, 700, &data[700..2000], &[], &mut out)
             .unwrap()
             .unwrap();
         arena
-            .stage(&src, 50, &data[50..2100], &mut out)
+            .stage(&src, 50, &data[50..2100], &[], &mut out)
             .unwrap()
             .unwrap();
         let (a, l) = out[2];
         assert_eq!(read(&area, a, l), &data[50..2100]);
+    }
+
+    #[test]
+    fn staging_ahead_serves_later_datagrams_without_writes() {
+        let area = area(2);
+        let mut arena = Arena::new(area.clone());
+        let data: Vec<u8> = (0..(BLOCK as usize + 70_000))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let src = source(3);
+        let start = BLOCK as usize - 50_000;
+        let mut out = Vec::new();
+        // First datagram of a response: stages up to the end of its block in one write.
+        arena
+            .stage(
+                &src,
+                start as u64,
+                &data[start..start + 1400],
+                &data[start..],
+                &mut out,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(arena.stats().staged_bytes, 50_000);
+        // The next datagrams of that block are hits; the one crossing into the next block
+        // stages the rest.
+        let mut pos = start + 1400;
+        while pos < data.len() {
+            let n = 1400.min(data.len() - pos);
+            let mut o = Vec::new();
+            arena
+                .stage(&src, pos as u64, &data[pos..pos + n], &data[pos..], &mut o)
+                .unwrap()
+                .unwrap();
+            let mut got = Vec::new();
+            for (a, l) in &o {
+                got.extend(read(&area, *a, *l));
+            }
+            assert_eq!(got, &data[pos..pos + n], "datagram at {pos}");
+            pos += n;
+        }
+        assert_eq!(arena.stats().staged_bytes, (data.len() - start) as u64);
     }
 }

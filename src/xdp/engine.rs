@@ -65,6 +65,11 @@ impl TxStrategy {
 pub trait TxPayload {
     /// The bytes.
     fn bytes(&self) -> &[u8];
+    /// `bytes()` followed by whatever the source has right after them that is likely to be
+    /// sent next (e.g. the rest of a fetch response): the arena stages it in one go.
+    fn ahead(&self) -> &[u8] {
+        self.bytes()
+    }
     /// Identity of the source the bytes come from.
     fn source(&self) -> SourceId;
     /// Position of the first byte within the source.
@@ -805,7 +810,13 @@ impl<S: Service> Worker<S> {
         let bytes = p.bytes();
         self.pieces.clear();
         let staged = match self.arena.lock() {
-            Ok(mut a) => a.stage(&p.source(), p.position(), bytes, &mut self.pieces),
+            Ok(mut a) => a.stage(
+                &p.source(),
+                p.position(),
+                bytes,
+                p.ahead(),
+                &mut self.pieces,
+            ),
             Err(_) => return false,
         };
         match staged {

@@ -55,6 +55,11 @@ impl TxPayload for PatternSlice {
         let p = self.position as usize;
         &self.pattern.data[p..p + self.len]
     }
+    fn ahead(&self) -> &[u8] {
+        let p = self.position as usize;
+        let end = (p + (1 << 20)).min(self.pattern.data.len());
+        &self.pattern.data[p..end.max(p + self.len)]
+    }
     fn source(&self) -> SourceId {
         SourceId {
             id: Arc::as_ptr(&self.pattern) as usize,
