@@ -36,9 +36,13 @@ struct Gateway {
 
 impl Gateway {
     fn start(net: &TestNet, extra: &[&str]) -> Gateway {
+        Gateway::start_on(net, &net.gw_if, GW_ADDR, extra)
+    }
+
+    fn start_on(net: &TestNet, iface: &str, addr: &str, extra: &[&str]) -> Gateway {
         let mut cmd = net.gw_command(exe());
-        cmd.args(["xdp-raw", "--listen", &format!("{GW_ADDR}:{PORT}")])
-            .args(["--xdp-iface", &net.gw_if, "--arena-mib", "16"])
+        cmd.args(["xdp-raw", "--listen", &format!("{addr}:{PORT}")])
+            .args(["--xdp-iface", iface, "--arena-mib", "16"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -94,11 +98,15 @@ fn counter(stats: &str, name: &str) -> u64 {
 }
 
 fn echo(net: &TestNet, msg: &'static [u8]) -> Option<Vec<u8>> {
+    echo_to(net, GW_ADDR, msg)
+}
+
+fn echo_to(net: &TestNet, addr: &str, msg: &'static [u8]) -> Option<Vec<u8>> {
+    let server: SocketAddr = format!("{addr}:{PORT}").parse().unwrap();
     in_ns(&net.client_ns, move || {
         let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
-        let server: SocketAddr = format!("{GW_ADDR}:{PORT}").parse().unwrap();
         let mut buf = [0u8; 2048];
         for _ in 0..6 {
             sock.send_to(msg, server).unwrap();
@@ -112,9 +120,13 @@ fn echo(net: &TestNet, msg: &'static [u8]) -> Option<Vec<u8>> {
 }
 
 fn generate(net: &TestNet, bytes: u64, size: usize) -> String {
+    generate_from(net, GW_ADDR, bytes, size)
+}
+
+fn generate_from(net: &TestNet, addr: &str, bytes: u64, size: usize) -> String {
     let out = net
         .client_command(exe())
-        .args(["xdp-raw-client", "--server", &format!("{GW_ADDR}:{PORT}")])
+        .args(["xdp-raw-client", "--server", &format!("{addr}:{PORT}")])
         .args(["--bytes", &bytes.to_string(), "--size", &size.to_string()])
         .output()
         .expect("running kxgw xdp-raw-client");
@@ -259,4 +271,56 @@ fn allowlist_drops_requests_from_unlisted_consumers() {
     let gw = Gateway::start(&net, &["--allow", "198.18.0.0/30"]);
     assert_eq!(echo(&net, b"yes").as_deref(), Some(&b"yes"[..]));
     gw.stop();
+}
+
+#[test]
+fn two_queues_share_one_umem_and_busy_polling_serves() {
+    let net = TestNet::new("xdpmq", 1500).unwrap();
+    // A second veth pair with two RX/TX queues per end, inside the same namespaces.
+    let (g, c) = (format!("{}m", net.gw_if), format!("{}m", net.client_if));
+    kxgw::testnet::ip([
+        "-n",
+        &net.gw_ns,
+        "link",
+        "add",
+        &g,
+        "numrxqueues",
+        "2",
+        "numtxqueues",
+        "2",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &c,
+        "numrxqueues",
+        "2",
+        "numtxqueues",
+        "2",
+        "netns",
+        &net.client_ns,
+    ])
+    .unwrap();
+    for (ns, dev, addr) in [
+        (&net.gw_ns, &g, "198.18.0.5/30"),
+        (&net.client_ns, &c, "198.18.0.6/30"),
+    ] {
+        kxgw::testnet::ip(["-n", ns, "addr", "add", addr, "dev", dev]).unwrap();
+        kxgw::testnet::ip(["-n", ns, "link", "set", dev, "up"]).unwrap();
+    }
+    for extra in [&[][..], &["--busy-poll"][..]] {
+        let gw = Gateway::start_on(&net, &g, "198.18.0.5", extra);
+        assert!(gw.banner.contains("2 queue(s)"), "{}", gw.banner);
+        assert_eq!(
+            echo_to(&net, "198.18.0.5", b"mq").as_deref(),
+            Some(&b"mq"[..])
+        );
+        // Several client sockets: flows spread over the queues.
+        for _ in 0..4 {
+            generate_from(&net, "198.18.0.5", 4 << 20, 1472);
+        }
+        let stats = gw.stop();
+        assert_eq!(counter(&stats, "tx_invalid_descs"), 0, "{stats}");
+        assert!(counter(&stats, "steered") >= 5, "{stats}");
+    }
 }

@@ -265,6 +265,7 @@ impl Engine {
         S: Service,
         F: FnMut(WorkerContext) -> S,
     {
+        super::loader::ifindex(&cfg.iface)?;
         let mtu = xsk::mtu(&cfg.iface)?;
         let max_datagram = max_datagram(mtu, cfg.endpoint)?;
         let available = xsk::rx_queue_count(&cfg.iface);
@@ -350,7 +351,7 @@ impl Engine {
                 .spawn(move || worker.run())
                 .map_err(|e| XdpError::Sys {
                     what: "spawning a worker thread".into(),
-                    source: e,
+                    err: e,
                     hint: "",
                 })?;
             workers.push(handle);

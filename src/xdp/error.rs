@@ -9,14 +9,14 @@ pub enum XdpError {
     #[error("loading the XDP steering program: {0}")]
     Load(String),
     /// Attaching the program to the interface failed.
-    #[error("attaching XDP ({mode}) to {iface}: {source}{hint}")]
+    #[error("attaching XDP ({mode}) to {iface}: {err}{hint}")]
     Attach {
         /// Interface name.
         iface: String,
         /// Requested mode.
         mode: &'static str,
         /// The kernel's answer.
-        source: io::Error,
+        err: io::Error,
         /// What usually causes this errno.
         hint: &'static str,
     },
@@ -32,12 +32,12 @@ pub enum XdpError {
     #[error("interface {0:?} not found in this network namespace")]
     NoInterface(String),
     /// A system call on the AF_XDP socket or the UMEM failed.
-    #[error("{what}: {source}{hint}")]
+    #[error("{what}: {err}{hint}")]
     Sys {
         /// What was attempted.
         what: String,
         /// The kernel's answer.
-        source: io::Error,
+        err: io::Error,
         /// What usually causes this errno.
         hint: &'static str,
     },
@@ -65,7 +65,7 @@ impl XdpError {
         };
         XdpError::Sys {
             what: what.into(),
-            source: io::Error::from_raw_os_error(errno),
+            err: io::Error::from_raw_os_error(errno),
             hint,
         }
     }
@@ -73,7 +73,7 @@ impl XdpError {
     /// The errno behind a `Sys` or `Attach` error, if any.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            XdpError::Sys { source, .. } | XdpError::Attach { source, .. } => source.raw_os_error(),
+            XdpError::Sys { err, .. } | XdpError::Attach { err, .. } => err.raw_os_error(),
             _ => None,
         }
     }

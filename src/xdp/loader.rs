@@ -182,7 +182,7 @@ impl Steering {
             return Err(XdpError::Attach {
                 iface: iface.to_string(),
                 mode: mode.name(),
-                source: std::io::Error::from_raw_os_error(errno),
+                err: std::io::Error::from_raw_os_error(errno),
                 hint,
             });
         }

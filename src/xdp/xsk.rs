@@ -165,6 +165,17 @@ fn bind_with_fallback(
     shared: Option<i32>,
     zc: ZeroCopyPolicy,
 ) -> Result<BindMode, XdpError> {
+    if shared.is_some() {
+        // A socket sharing the UMEM inherits its mode, need_wakeup and multi-buffer settings;
+        // the kernel refuses any of those flags next to XDP_SHARED_UMEM (EINVAL).
+        bind_retrying(fd, ifindex, queue, shared, 0).map_err(|e| {
+            XdpError::sys(
+                format!("binding an AF_XDP socket to {iface} queue {queue} (shared UMEM)"),
+                e,
+            )
+        })?;
+        return Ok(confirm_mode(fd, BindMode::Copy));
+    }
     let base = XDP_USE_NEED_WAKEUP | XDP_USE_SG;
     if zc == ZeroCopyPolicy::Prefer {
         match bind_retrying(fd, ifindex, queue, shared, base | XDP_ZEROCOPY) {
