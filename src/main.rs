@@ -16,6 +16,10 @@ enum Cmd {
     Produce(kxgw::cmd::produce::Args),
     /// List and verify the batches of a log dir, partition dir or segment file.
     Inspect(kxgw::cmd::inspect::Args),
+    /// Serve partition logs to consumers (Kafka protocol over TCP).
+    Serve(kxgw::cmd::serve::Args),
+    /// Show a running gateway's counters (from its control socket).
+    Stats(kxgw::cmd::stats::Args),
     /// AF_XDP engine with the raw echo/generator service (self-test, ceiling generator).
     XdpRaw(kxgw::cmd::xdp_raw::Args),
     /// Verifying client of `kxgw xdp-raw`.
@@ -30,6 +34,8 @@ fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.cmd {
         Cmd::Produce(args) => kxgw::cmd::produce::run(args),
         Cmd::Inspect(args) => kxgw::cmd::inspect::run(args),
+        Cmd::Serve(args) => kxgw::cmd::serve::run(args),
+        Cmd::Stats(args) => kxgw::cmd::stats::run(args),
         Cmd::XdpRaw(args) => kxgw::cmd::xdp_raw::run(args),
         Cmd::XdpRawClient(args) => kxgw::cmd::xdp_raw::run_client(args),
     };

@@ -3,4 +3,6 @@
 
 pub mod inspect;
 pub mod produce;
+pub mod serve;
+pub mod stats;
 pub mod xdp_raw;
