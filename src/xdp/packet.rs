@@ -389,4 +389,34 @@ mod tests {
             assert!(parse(&f[..n]).is_err(), "prefix of {n} bytes parsed");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn build_then_parse_round_trips(
+            v6 in proptest::prelude::any::<bool>(),
+            a in proptest::prelude::any::<u128>(),
+            b in proptest::prelude::any::<u128>(),
+            sp in proptest::prelude::any::<u16>(),
+            dp in proptest::prelude::any::<u16>(),
+            vlans in 0u8..=2,
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+        ) {
+            let (src, dst): (SocketAddr, SocketAddr) = if v6 {
+                ((Ipv6Addr::from(a), sp).into(), (Ipv6Addr::from(b), dp).into())
+            } else {
+                ((Ipv4Addr::from(a as u32), sp).into(), (Ipv4Addr::from(b as u32), dp).into())
+            };
+            let f = build_frame(&route(vlans), src, dst, &payload);
+            let r = parse(&f).unwrap();
+            proptest::prop_assert_eq!(r.src, src);
+            proptest::prop_assert_eq!(r.dst, dst);
+            proptest::prop_assert_eq!(r.payload, &payload[..]);
+            proptest::prop_assert_eq!(r.route.vlan_count, vlans);
+        }
+    }
 }
