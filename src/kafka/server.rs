@@ -36,7 +36,9 @@ pub struct KafkaConfig {
     pub io: IoMode,
     /// Host advertised in Metadata (default: the listen address, if it is not a wildcard).
     pub advertised_host: Option<String>,
-    /// Largest request accepted (Kafka's socket.request.max.bytes is 100 MiB).
+    /// Largest request accepted. Kafka's socket.request.max.bytes is 100 MiB, sized for
+    /// produce requests; a consumer's requests are small (a fetch of 10,000 partitions is
+    /// under 400 KiB), so 8 MiB bounds what one hostile connection can make us buffer.
     pub max_request_bytes: usize,
 }
 
@@ -47,7 +49,7 @@ impl KafkaConfig {
             listen,
             io,
             advertised_host: None,
-            max_request_bytes: 100 << 20,
+            max_request_bytes: 8 << 20,
         }
     }
 }
