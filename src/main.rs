@@ -18,6 +18,8 @@ enum Cmd {
     Inspect(kxgw::cmd::inspect::Args),
     /// Serve partition logs to consumers (Kafka protocol over TCP).
     Serve(kxgw::cmd::serve::Args),
+    /// Show a running gateway's counters (from its control socket).
+    Stats(kxgw::cmd::stats::Args),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
         Cmd::Produce(args) => kxgw::cmd::produce::run(args),
         Cmd::Inspect(args) => kxgw::cmd::inspect::run(args),
         Cmd::Serve(args) => kxgw::cmd::serve::run(args),
+        Cmd::Stats(args) => kxgw::cmd::stats::run(args),
     };
     match result {
         Ok(code) => code,

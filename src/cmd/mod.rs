@@ -4,3 +4,4 @@
 pub mod inspect;
 pub mod produce;
 pub mod serve;
+pub mod stats;
