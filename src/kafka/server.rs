@@ -147,6 +147,12 @@ impl KafkaListener {
         &self.stats
     }
 
+    /// The live counters, shareable (e.g. with a metrics provider:
+    /// `metrics.register(move |w| stats.write_metrics(w))`).
+    pub fn stats_handle(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
     /// Stops the loop, closes every connection and waits for the thread.
     pub fn shutdown(mut self) {
         self.stop_and_join();
