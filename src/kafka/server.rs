@@ -3,7 +3,8 @@
 //! events, by log appends (the log follower's hook wakes the loop through a `mio::Waker`) and
 //! by the deadline of its waiting fetch. A slow or vanished consumer only ever stalls itself.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,6 +106,7 @@ impl KafkaListener {
             listener,
             conns: HashMap::new(),
             parked: HashSet::new(),
+            deadlines: BinaryHeap::new(),
             next_token: FIRST_CONN,
             log,
             node,
@@ -212,6 +214,9 @@ struct EventLoop {
     conns: HashMap<Token, Conn>,
     /// Connections with a waiting fetch (checked for deadlines and appends).
     parked: HashSet<Token>,
+    /// Deadlines of waiting fetches, earliest first; entries whose fetch was answered or
+    /// replaced are skipped when they surface.
+    deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
     next_token: usize,
     log: Arc<LogDir>,
     node: NodeInfo,
@@ -269,11 +274,24 @@ impl EventLoop {
         log::info!("kafka listener stopped ({open} connections closed)");
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        self.parked
-            .iter()
-            .filter_map(|t| self.conns.get(t).and_then(|c| c.session.deadline()))
-            .min()
+    /// Whether a heap entry still is the deadline of a waiting fetch.
+    fn is_current(&self, deadline: Instant, token: Token) -> bool {
+        self.parked.contains(&token)
+            && self
+                .conns
+                .get(&token)
+                .is_some_and(|c| c.session.deadline() == Some(deadline))
+    }
+
+    /// The earliest deadline of a waiting fetch (stale heap entries are dropped on the way).
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((d, t))) = self.deadlines.peek() {
+            if self.is_current(d, Token(t)) {
+                return Some(d);
+            }
+            self.deadlines.pop();
+        }
+        None
     }
 
     fn accept_all(&mut self, warned: &mut bool) {
@@ -361,23 +379,15 @@ impl EventLoop {
     }
 
     fn expire(&mut self) {
-        if self.parked.is_empty() {
-            return;
-        }
         let now = Instant::now();
-        let due: Vec<Token> = self
-            .parked
-            .iter()
-            .copied()
-            .filter(|t| {
-                self.conns
-                    .get(t)
-                    .and_then(|c| c.session.deadline())
-                    .is_some_and(|d| d <= now)
-            })
-            .collect();
-        for t in due {
-            self.drive(t);
+        while let Some(&Reverse((d, t))) = self.deadlines.peek() {
+            if d > now {
+                break;
+            }
+            self.deadlines.pop();
+            if self.is_current(d, Token(t)) {
+                self.drive(Token(t));
+            }
         }
     }
 
@@ -385,12 +395,19 @@ impl EventLoop {
         let Some(mut conn) = self.conns.remove(&token) else {
             return;
         };
+        let before = conn.session.deadline();
         match self.drive_conn(&mut conn) {
             Drive::Open => {
-                if conn.session.is_parked() {
-                    self.parked.insert(token);
-                } else {
-                    self.parked.remove(&token);
+                match conn.session.deadline() {
+                    Some(d) => {
+                        self.parked.insert(token);
+                        if before != Some(d) {
+                            self.deadlines.push(Reverse((d, token.0)));
+                        }
+                    }
+                    None => {
+                        self.parked.remove(&token);
+                    }
                 }
                 self.conns.insert(token, conn);
             }
