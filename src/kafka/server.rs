@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -35,7 +35,8 @@ pub struct KafkaConfig {
     pub listen: SocketAddr,
     /// How record bytes are sent.
     pub io: IoMode,
-    /// Host advertised in Metadata (default: the listen address, if it is not a wildcard).
+    /// Host advertised in Metadata (default: the listen address; the host name when
+    /// listening on a wildcard address).
     pub advertised_host: Option<String>,
     /// Largest request accepted. Kafka's socket.request.max.bytes is 100 MiB, sized for
     /// produce requests; a consumer's requests are small (a fetch of 10,000 partitions is
@@ -73,10 +74,24 @@ impl KafkaListener {
         let local_addr = listener.local_addr()?;
         let host = match &cfg.advertised_host {
             Some(h) => h.clone(),
-            None if local_addr.ip().is_unspecified() => bail!(
-                "--advertised-host is needed when listening on {local_addr}: clients must be \
-                 told an address they can connect to"
-            ),
+            None if local_addr.ip().is_unspecified() => {
+                // As a Kafka broker without advertised.listeners: the host name.
+                let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .with_context(|| {
+                        format!(
+                            "listening on {local_addr} with no host name to advertise: \
+                             give --advertised-host"
+                        )
+                    })?;
+                log::warn!(
+                    "listening on {local_addr}: advertising host name {name:?} to clients \
+                     (set --advertised-host if they cannot resolve it)"
+                );
+                name
+            }
             None => local_addr.ip().to_string(),
         };
         let node = NodeInfo {
