@@ -170,10 +170,15 @@ fn check_lines(who: &str, out: &str, partition: i32, first: i64, count: usize, s
 }
 
 fn kcat(net: &TestNet, addr: SocketAddr, topic: &str, partition: i32) -> String {
+    kcat_from(net, addr, topic, partition, "beginning")
+}
+
+/// kcat from a start offset spec (`beginning`, `-100` = 100 before the end, `s@TS`...).
+fn kcat_from(net: &TestNet, addr: SocketAddr, topic: &str, partition: i32, from: &str) -> String {
     let out = net
         .client_command("timeout")
         .args(["60", "kcat", "-C", "-b", &addr.to_string(), "-t", topic])
-        .args(["-p", &partition.to_string(), "-o", "beginning", "-e"])
+        .args(["-p", &partition.to_string(), "-o", from, "-e"])
         .args(["-f", "%o\t%k\t%s\n"])
         .output()
         .expect("running kcat");
