@@ -45,7 +45,8 @@ pub struct Args {
     /// How the Kafka listener sends record bytes.
     #[arg(long, value_enum, default_value = "sendfile")]
     pub io: IoMode,
-    /// Host advertised to Kafka clients in Metadata (default: the listen address).
+    /// Host advertised to Kafka clients in Metadata (default: the listen address, or the
+    /// host name when listening on 0.0.0.0 / ::).
     #[arg(long)]
     pub advertised_host: Option<String>,
     /// Readable end of a partition (default: hw if replication-offset-checkpoint exists,
