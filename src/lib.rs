@@ -5,8 +5,10 @@
 //!
 //! - [`log`]: Kafka partition logs on disk (reader with follower, broker-compatible writer).
 //! - [`testnet`]: namespaces + veth pairs for tests, benchmarks and the demo.
+//! - [`fetch`]: the kxgw UDP fetch protocol (sans-I/O cores, kernel-UDP gateway and consumer).
 //! - [`cmd`]: the subcommands of the `kxgw` binary (thin: parse, call the library, report).
 
 pub mod cmd;
+pub mod fetch;
 pub mod log;
 pub mod testnet;

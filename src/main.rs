@@ -16,6 +16,11 @@ enum Cmd {
     Produce(kxgw::cmd::produce::Args),
     /// List and verify the batches of a log dir, partition dir or segment file.
     Inspect(kxgw::cmd::inspect::Args),
+    /// Consume a partition over the kxgw UDP fetch protocol (Kafka TCP fallback).
+    Consume(kxgw::cmd::consume::Args),
+    /// The kernel-UDP fetch endpoint alone (temporary; `serve --fetch-listen` replaces it).
+    #[command(hide = true)]
+    ServeFetch(kxgw::cmd::serve_fetch::Args),
 }
 
 fn main() -> ExitCode {
@@ -26,6 +31,8 @@ fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.cmd {
         Cmd::Produce(args) => kxgw::cmd::produce::run(args),
         Cmd::Inspect(args) => kxgw::cmd::inspect::run(args),
+        Cmd::Consume(args) => kxgw::cmd::consume::run(args),
+        Cmd::ServeFetch(args) => kxgw::cmd::serve_fetch::run(args),
     };
     match result {
         Ok(code) => code,
