@@ -191,6 +191,21 @@ impl Sink<'_> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    match run_inner(args) {
+        // `kxgw consume ... | head`: the reader left, which is not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(ExitCode::SUCCESS)
+        }
+        r => r,
+    }
+}
+
+fn run_inner(args: Args) -> Result<ExitCode> {
     if args.fetch.is_none() && args.bootstrap.is_none() {
         bail!("give --fetch ADDR (kxgw UDP fetch) and/or --bootstrap HOST:PORT (Kafka TCP)");
     }
@@ -331,7 +346,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let secs = t0.elapsed().as_secs_f64().max(1e-9);
     let t = &sink.tally;
     if args.verify {
-        println!(
+        writeln!(
+            sink.out,
             "verified {} records (offsets {}..{}) in {} batches, {} bytes ({:.1} MB) in {:.2} s: {:.0} records/s, {:.1} MB/s via {transport}; errors: {}",
             t.records,
             t.first.unwrap_or(0),
@@ -343,10 +359,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
             t.records as f64 / secs,
             t.bytes as f64 / 1e6 / secs,
             t.errors
-        );
+        )?;
         if !recovery.is_empty() {
-            println!("{recovery}");
+            writeln!(sink.out, "{recovery}")?;
         }
+        sink.out.flush()?;
     } else {
         log::info!("{} records via {transport}", t.records);
     }
