@@ -194,6 +194,14 @@ pub fn peek_type(datagram: &[u8]) -> Result<MsgType, WireError> {
     MsgType::from_u8(datagram[3]).ok_or(WireError::UnknownType(datagram[3]))
 }
 
+fn expect_type(datagram: &[u8], t: MsgType) -> Result<(), WireError> {
+    let got = peek_type(datagram)?;
+    if got != t {
+        return Err(WireError::UnknownType(got as u8));
+    }
+    Ok(())
+}
+
 fn put_common(out: &mut Vec<u8>, t: MsgType) {
     out.extend_from_slice(&MAGIC.to_be_bytes());
     out.push(VERSION);
@@ -280,6 +288,7 @@ impl FetchRequest<'_> {
 /// Reads only the request id and token of a FETCH: the gateway validates the source before
 /// parsing anything else.
 pub fn fetch_token(datagram: &[u8]) -> Result<(u32, &[u8]), WireError> {
+    expect_type(datagram, MsgType::Fetch)?;
     let mut r = Reader::new(datagram, "FETCH");
     r.take(COMMON_LEN)?;
     let request_id = r.u32()?;
@@ -290,6 +299,7 @@ pub fn fetch_token(datagram: &[u8]) -> Result<(u32, &[u8]), WireError> {
 
 /// Decodes a whole FETCH (after [`peek_type`] said it is one).
 pub fn decode_fetch(datagram: &[u8]) -> Result<FetchRequest<'_>, WireError> {
+    expect_type(datagram, MsgType::Fetch)?;
     let mut r = Reader::new(datagram, "FETCH");
     r.take(COMMON_LEN)?;
     let request_id = r.u32()?;
@@ -383,6 +393,7 @@ impl Retry {
     }
 
     pub fn decode(datagram: &[u8]) -> Result<Retry, WireError> {
+        expect_type(datagram, MsgType::Retry)?;
         let mut r = Reader::new(datagram, "RETRY");
         r.take(COMMON_LEN)?;
         let request_id = r.u32()?;
@@ -471,12 +482,13 @@ impl DataHeader {
 
     /// Decodes the header and checks that it is consistent with the payload length.
     pub fn decode(datagram: &[u8]) -> Result<(DataHeader, &[u8]), WireError> {
+        expect_type(datagram, MsgType::Data)?;
         let mut r = Reader::new(datagram, "DATA");
         r.take(COMMON_LEN)?;
         let request_id = r.u32()?;
         let slot = r.u16()?;
         let flags = r.u8()?;
-        r.u8()?;
+        let reserved = r.u8()?;
         let mut h = DataHeader {
             request_id,
             slot,
@@ -497,11 +509,21 @@ impl DataHeader {
         h.frag_count = r.u16()?;
         h.batch_len = r.u32()?;
         h.frag_pos = r.u32()?;
+        if datagram.len() < DATA_HEADER_LEN {
+            return Err(short("DATA header", DATA_HEADER_LEN, datagram.len()));
+        }
         let payload = r.rest();
         let bad = |detail: String| WireError::BadField {
             what: "DATA header",
             detail,
         };
+        if reserved != 0 || flags & !(FLAG_LAST | FLAG_FRAGMENT) != 0 {
+            return Err(bad(format!("flags {flags:#04x}, reserved {reserved}")));
+        }
+        if !h.is_fragment() && (h.frag_index, h.frag_count, h.batch_len, h.frag_pos) != (0, 0, 0, 0)
+        {
+            return Err(bad("fragment fields in a datagram of whole batches".into()));
+        }
         let end = h.resp_pos as u64 + payload.len() as u64;
         if end > h.resp_len as u64 {
             return Err(bad(format!(
@@ -570,6 +592,7 @@ impl ErrorMsg {
     }
 
     pub fn decode(datagram: &[u8]) -> Result<ErrorMsg, WireError> {
+        expect_type(datagram, MsgType::Error)?;
         let mut r = Reader::new(datagram, "ERROR");
         r.take(COMMON_LEN)?;
         Ok(ErrorMsg {
@@ -716,6 +739,33 @@ mod tests {
         .encode();
         d2.extend_from_slice(&[7; 1000]);
         assert!(DataHeader::decode(&d2).is_err());
+    }
+
+    proptest::proptest! {
+        /// No input makes a decoder panic; whatever decodes re-encodes to the same bytes.
+        #[test]
+        fn decoders_never_panic(mut d in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), t in 1u8..5) {
+            if d.len() >= 4 && t % 2 == 0 {
+                d[..4].copy_from_slice(&[0x4B, 0x58, 1, t]);
+            }
+            let _ = peek_type(&d);
+            let _ = fetch_token(&d);
+            if let Ok(r) = decode_fetch(&d) {
+                let again = r.encode(d.len()).unwrap();
+                proptest::prop_assert_eq!(&again, &d);
+            }
+            if let Ok((h, payload)) = DataHeader::decode(&d) {
+                let mut again = h.encode();
+                again.extend_from_slice(payload);
+                proptest::prop_assert_eq!(&again, &d);
+            }
+            if let Ok(e) = ErrorMsg::decode(&d).map_err(|_| ()).and_then(|e| if e.code == ErrorCode::Unknown { Err(()) } else { Ok(e) }) {
+                proptest::prop_assert_eq!(&e.encode()[..], &d[..ERROR_LEN]);
+            }
+            if let Ok(r) = Retry::decode(&d) {
+                proptest::prop_assert_eq!(&r.encode()[..], &d[..RETRY_LEN]);
+            }
+        }
     }
 
     #[test]
