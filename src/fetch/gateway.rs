@@ -175,7 +175,7 @@ impl UdpGateway {
                 self.server.handle_timeout(now);
             }
             // Send: a bounded amount per round so requests and acks keep being read.
-            for _ in 0..16 {
+            for _ in 0..4 {
                 while pending.len() < BATCH * 4 {
                     match self.server.poll_transmit(now) {
                         Some(t) => pending.push(t),
