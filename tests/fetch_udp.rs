@@ -350,5 +350,22 @@ fn consume_prints_records_like_kcat() {
         text,
         "10 key-000000000010\n11 key-000000000011\n12 key-000000000012\n"
     );
+    // Errors come back as small datagrams and end the consumer with a clear message.
+    let out = net
+        .client_command(exe())
+        .args(["consume", "--fetch", &gw_endpoint(), "--topic", "nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope-0: unknown topic or partition"), "{err}");
+    // A position past the end is moved to the end (and said so).
+    let out = consume(&net, &["--offset", "99999999", "--verify"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("offset 99999999 out of range, continuing at"),
+        "{err}"
+    );
     gw.terminate(Duration::from_secs(5)).unwrap();
 }

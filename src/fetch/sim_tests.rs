@@ -711,3 +711,51 @@ fn garbage_does_not_disturb_a_consumer() {
     assert_eq!(cs[0].next[0], end);
     assert!(server.stats().dropped_malformed > 0);
 }
+
+#[test]
+fn consumers_share_the_gateway() {
+    let (_dir, log, end) = setup(300);
+    let mut server = Server::new(log, server_cfg(1472));
+    let mut sim = Sim::new(
+        15,
+        Faults {
+            loss_to_client: 0.03,
+            jitter_us: 100,
+            ..Faults::default()
+        },
+    );
+    let sub = |start| Subscription {
+        topic: TOPIC.into(),
+        partition: 0,
+        start,
+    };
+    let mut cs = vec![
+        Consumer::new(
+            "198.18.0.2:41000",
+            small_window(),
+            vec![sub(StartAt::Earliest)],
+        ),
+        Consumer::new(
+            "198.18.0.2:41001",
+            small_window(),
+            vec![sub(StartAt::Offset(0))],
+        ),
+        Consumer::new(
+            "198.18.0.3:41000",
+            small_window(),
+            vec![sub(StartAt::Offset(100))],
+        ),
+    ];
+    cs[2].next[0] = 100;
+    run(
+        &mut sim,
+        &mut server,
+        &mut cs,
+        Duration::from_secs(60),
+        |_, _, cs| cs.iter().all(|c| c.client.is_finished()),
+    );
+    for c in &cs {
+        assert_eq!(c.next[0], end);
+    }
+    assert_eq!(server.sessions(), 3);
+}
