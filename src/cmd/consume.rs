@@ -291,6 +291,10 @@ fn run_inner(args: Args) -> Result<ExitCode> {
                     break 'outer;
                 }
             }
+            // A tailing consumer shows records as they come, not when the buffer fills.
+            if args.follow {
+                sink.out.flush()?;
+            }
             if c.client().is_finished() {
                 break;
             }
@@ -335,6 +339,9 @@ fn run_inner(args: Args) -> Result<ExitCode> {
                     }
                     None if args.follow => {}
                     None => break,
+                }
+                if args.follow {
+                    sink.out.flush()?;
                 }
             }
         }
