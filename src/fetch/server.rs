@@ -48,6 +48,9 @@ pub struct ServerConfig {
     pub max_requests: usize,
     /// Datagrams one session sends before the next session's turn.
     pub burst: usize,
+    /// Address-validation secret. Give every server of one gateway (one per transport
+    /// worker) the same value so a token from one validates on all; None: random.
+    pub token_secret: Option<[u8; 16]>,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +67,7 @@ impl Default for ServerConfig {
             max_parts: 256,
             max_requests: 4096,
             burst: 32,
+            token_secret: None,
         }
     }
 }
@@ -395,7 +399,10 @@ impl Server {
         cfg.burst = cfg.burst.max(1);
         Server {
             log,
-            keys: TokenKeys::new(cfg.token_rotation),
+            keys: match cfg.token_secret {
+                Some(s) => TokenKeys::with_secret(cfg.token_rotation, s),
+                None => TokenKeys::new(cfg.token_rotation),
+            },
             cfg,
             sessions: HashMap::new(),
             ready: VecDeque::new(),
