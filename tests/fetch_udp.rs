@@ -57,14 +57,14 @@ fn segments(dir: &Path) -> usize {
 /// Starts the gateway in the gateway namespace and waits until it serves.
 fn start_gateway(net: &TestNet, dir: &Path, extra: &[&str]) -> KillOnDrop {
     let mut cmd = net.gw_command(exe());
-    cmd.args(["serve-fetch", "--log-dir"])
+    cmd.args(["serve", "--log-dir"])
         .arg(dir)
         .args(["--fetch-listen", &gw_endpoint()])
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    let child = KillOnDrop(cmd.spawn().expect("spawning kxgw serve-fetch"));
+    let child = KillOnDrop(cmd.spawn().expect("spawning kxgw serve"));
     // The socket is bound before the process logs; give it a moment, then the client's
     // handshake retries cover the rest.
     std::thread::sleep(Duration::from_millis(300));
@@ -367,5 +367,42 @@ fn consume_prints_records_like_kcat() {
         err.contains("offset 99999999 out of range, continuing at"),
         "{err}"
     );
+    gw.terminate(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn falls_back_to_the_kafka_listener_when_udp_does_not_answer() {
+    let net = TestNet::new("fallbk", 1500).expect("test network");
+    let dir = tempfile::tempdir().unwrap();
+    let (records, bytes) = produce_log(dir.path(), 32, 8 << 20);
+    let kafka = format!("{GW_ADDR}:9092");
+    // Only the Kafka listener: nothing answers on the UDP port.
+    let mut gw = KillOnDrop(
+        net.gw_command(exe())
+            .args(["serve", "--log-dir"])
+            .arg(dir.path())
+            .args(["--kafka-listen", &kafka])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = consume(
+        &net,
+        &[
+            "--bootstrap",
+            &kafka,
+            "--connect-timeout-ms",
+            "500",
+            "--verify",
+        ],
+    );
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("falling back to the Kafka listener"), "{err}");
+    let (n, end, got) = verified(&out);
+    assert_eq!((n, end, got), (records, records as i64, bytes));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("via Kafka TCP"));
     gw.terminate(Duration::from_secs(5)).unwrap();
 }

@@ -4,4 +4,5 @@
 pub mod consume;
 pub mod inspect;
 pub mod produce;
-pub mod serve_fetch;
+pub mod serve;
+pub mod stats;
