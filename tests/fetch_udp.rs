@@ -24,7 +24,8 @@ fn gw_endpoint() -> String {
 /// Writes about `mib` MiB of demo records (1000-byte values, 32 per batch) to one partition,
 /// rolling segments at `segment_bytes`. Returns (records, bytes of all segments).
 fn produce_log(dir: &Path, mib: u64, segment_bytes: u64) -> (u64, u64) {
-    let records = mib * 1024 * 1024 / 1050;
+    // Each record takes a little more than its 1000-byte value on disk.
+    let records = mib * 1024 * 1024 / 1000;
     let s = produce(&ProduceConfig {
         log_dir: dir.to_path_buf(),
         topic: TOPIC.into(),
@@ -41,6 +42,7 @@ fn produce_log(dir: &Path, mib: u64, segment_bytes: u64) -> (u64, u64) {
         write_checkpoint: false,
     })
     .expect("producing the test log");
+    assert!(s.bytes >= mib << 20, "{} bytes < {mib} MiB", s.bytes);
     (records, s.bytes)
 }
 
