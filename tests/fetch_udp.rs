@@ -226,6 +226,9 @@ fn unvalidated_source_gets_no_more_than_it_sent() {
         }
     }
     eprintln!("unvalidated source: sent {sent} bytes, received {received}");
+    let out = consume(&net, &["--amplification-probe"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no amplification"));
     assert!(received > 0, "the padded token-less fetches get a RETRY");
     assert!(received <= sent, "received {received} > sent {sent}");
     gw.terminate(Duration::from_secs(5)).unwrap();

@@ -65,6 +65,73 @@ pub struct Args {
     /// Long-poll wait at the log end (with --follow).
     #[arg(long, value_name = "MS", default_value_t = 500)]
     pub max_wait_ms: u64,
+    /// Instead of consuming: send fetches without a valid token (as a spoofed source would)
+    /// and report how many bytes came back (never more than were sent).
+    #[arg(long, requires = "fetch")]
+    pub amplification_probe: bool,
+}
+
+/// `--amplification-probe`: token-less and forged-token fetches for a lot of data.
+fn amplification_probe(addr: SocketAddr, args: &Args) -> Result<ExitCode> {
+    use crate::fetch::wire::{FetchRequest, PartRequest, TOKEN_LEN};
+    let sock = std::net::UdpSocket::bind(if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    })
+    .context("binding a UDP socket")?;
+    sock.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let forged = [0xA5u8; TOKEN_LEN];
+    let mut sent = 0usize;
+    let mut sent_n = 0usize;
+    for round in 0..10u32 {
+        for (token, pad) in [
+            (&[][..], 0),
+            (&[][..], 64),
+            (&[][..], 1400),
+            (&forged[..], 0),
+        ] {
+            let req = FetchRequest {
+                request_id: round + 1,
+                ack_floor: 0,
+                window: u32::MAX,
+                max_wait_ms: 0,
+                token,
+                parts: vec![PartRequest {
+                    topic: &args.topic,
+                    partition: args.partition,
+                    offset: crate::fetch::wire::OFFSET_EARLIEST,
+                    max_bytes: 8 << 20,
+                    range_start: 0,
+                    range_end: 0,
+                }],
+            };
+            let d = req.encode(pad).context("encoding the probe")?;
+            sent += sock.send_to(&d, addr).context("sending the probe")?;
+            sent_n += 1;
+        }
+    }
+    let (mut got, mut got_n) = (0usize, 0usize);
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                got += n;
+                got_n += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    println!(
+        "amplification probe: sent {sent_n} fetches without a valid token ({sent} bytes), received {got_n} datagrams ({got} bytes): {}",
+        if got <= sent { "no amplification" } else { "AMPLIFIED" }
+    );
+    Ok(if got <= sent {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// What the output side counts.
@@ -206,6 +273,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 fn run_inner(args: Args) -> Result<ExitCode> {
+    if let (true, Some(addr)) = (args.amplification_probe, args.fetch) {
+        return amplification_probe(addr, &args);
+    }
     if args.fetch.is_none() && args.bootstrap.is_none() {
         bail!("give --fetch ADDR (kxgw UDP fetch) and/or --bootstrap HOST:PORT (Kafka TCP)");
     }
