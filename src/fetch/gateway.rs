@@ -139,6 +139,7 @@ impl UdpGateway {
         let mut rb = RecvBatch::new(BATCH, 4096);
         let mut pending: Vec<Transmit> = Vec::with_capacity(BATCH * 4);
         let mut blocked = false;
+        let mut warned: Vec<i32> = Vec::new();
         let mut last_report = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let mut busy = false;
@@ -202,7 +203,15 @@ impl UdpGateway {
                     Err(e) => {
                         // A send error concerns one destination (e.g. unreachable): drop
                         // that datagram rather than stall everyone.
-                        log::debug!("fetch: send to {}: {e}", pending[0].dst);
+                        let errno = e.raw_os_error().unwrap_or(0);
+                        if !warned.contains(&errno) {
+                            warned.push(errno);
+                            log::warn!(
+                                "fetch: send to {} failed: {e}{} (dropping the datagram; further errors of this kind are not logged)",
+                                pending[0].dst,
+                                if errno == libc::EMSGSIZE { " -- is --fetch-mtu above the path MTU?" } else { "" }
+                            );
+                        }
                         1
                     }
                 };
