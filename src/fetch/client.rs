@@ -446,7 +446,7 @@ impl Client {
         }
         match wire::peek_type(datagram) {
             Ok(MsgType::Retry) => match Retry::decode(datagram) {
-                Ok(r) => self.handle_retry(now, r),
+                Ok(r) => self.handle_retry(r),
                 Err(_) => self.stats.malformed += 1,
             },
             Ok(MsgType::Data) => match DataHeader::decode(datagram) {
@@ -462,7 +462,7 @@ impl Client {
             Ok(MsgType::Error) => match ErrorMsg::decode(datagram) {
                 Ok(e) => {
                     self.last_rx = Some(now);
-                    self.handle_error(now, e);
+                    self.handle_error(e);
                 }
                 Err(_) => self.stats.malformed += 1,
             },
@@ -470,7 +470,7 @@ impl Client {
         }
     }
 
-    fn handle_retry(&mut self, _now: Instant, r: Retry) {
+    fn handle_retry(&mut self, r: Retry) {
         self.token = Some(r.token);
         self.stats.retries += 1;
         if matches!(self.conn, Conn::Handshake { .. }) {
@@ -503,7 +503,7 @@ impl Client {
         }
     }
 
-    fn handle_error(&mut self, now: Instant, e: ErrorMsg) {
+    fn handle_error(&mut self, e: ErrorMsg) {
         let Some(req) = self.reqs.get_mut(&e.request_id) else {
             if e.code == ErrorCode::UnsupportedVersion {
                 log::error!(
@@ -568,7 +568,6 @@ impl Client {
             ErrorCode::Busy => self.requeue_whole(want),
             code => self.fail_sub(sub_i, code, e.log_start, e.log_end),
         }
-        let _ = now;
     }
 
     fn reset_sub(&mut self, i: usize, from: i64, to: i64) {
@@ -701,7 +700,7 @@ impl Client {
             }
         }
         if part_done {
-            self.part_done(h.request_id, h.slot as usize);
+            self.part_done(h.request_id);
         }
         // The gateway answers a session's requests in order: a datagram of a later request
         // (or a later partition of this one) means what is still missing before it is lost.
@@ -845,7 +844,7 @@ impl Client {
     }
 
     /// A part received all its bytes: the request is finished when all parts are.
-    fn part_done(&mut self, id: u32, _slot: usize) {
+    fn part_done(&mut self, id: u32) {
         if self
             .reqs
             .get(&id)

@@ -97,7 +97,7 @@ impl UdpConsumer {
             .map(|t| t.saturating_duration_since(now))
             .unwrap_or(max_wait)
             .min(max_wait);
-        let mut got = self.receive()?;
+        let got = self.receive()?;
         if !got && !wait.is_zero() {
             let mut pfd = libc::pollfd {
                 fd: self.sock.as_raw_fd(),
@@ -107,9 +107,8 @@ impl UdpConsumer {
             let ms = wait.as_micros().div_ceil(1000) as libc::c_int;
             // SAFETY: one live pollfd.
             unsafe { libc::poll(&mut pfd, 1, ms) };
-            got = self.receive()?;
+            self.receive()?;
         }
-        let _ = got;
         let now = Instant::now();
         if self.client.poll_timeout().is_some_and(|t| now >= t) {
             self.client.handle_timeout(now);

@@ -707,8 +707,8 @@ impl Server {
     }
 
     /// Next datagram to send; `None` when nothing is ready (idle, or windows full).
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        let _ = now;
+    /// (`now` is part of the contract for transports; this core paces by windows, not time.)
+    pub fn poll_transmit(&mut self, _now: Instant) -> Option<Transmit> {
         if let Some(t) = self.control.pop_front() {
             self.stats.datagrams_out += 1;
             self.stats.bytes_out += t.len() as u64;
