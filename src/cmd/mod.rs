@@ -2,6 +2,7 @@
 //! `main.rs` only dispatches.
 
 pub mod consume;
+pub mod demo;
 pub mod inspect;
 pub mod produce;
 pub mod serve;
