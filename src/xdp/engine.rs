@@ -201,6 +201,9 @@ struct QueueStats {
     oversize: AtomicU64,
     kick_errors: AtomicU64,
     tx_ring_short: AtomicU64,
+    // Kernel socket counters, copied by the worker (it owns the socket).
+    kernel_rx_dropped: AtomicU64,
+    kernel_tx_invalid: AtomicU64,
 }
 
 /// Engine counters summed over queues.
@@ -245,10 +248,8 @@ pub struct Engine {
     steering: Steering,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
-    stats: Vec<Arc<QueueStats>>,
-    fds: Vec<i32>,
+    handle: StatsHandle,
     wakers: Vec<Waker>,
-    arena: Arc<Mutex<Arena>>,
     mode: BindMode,
     strategy: TxStrategy,
     mtu: u32,
@@ -261,7 +262,7 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("mode", &self.mode)
             .field("strategy", &self.strategy)
-            .field("queues", &self.fds.len())
+            .field("queues", &self.handle.fds.len())
             .finish()
     }
 }
@@ -384,14 +385,19 @@ impl Engine {
             area.arena_len() >> 20,
             if cfg.busy_poll { "busy polling" } else { "need_wakeup + poll" },
         );
+        let handle = StatsHandle {
+            queues: stats,
+            fds,
+            arena,
+            steering: Arc::new(steering.counter_reader()?),
+            running: Arc::new(AtomicBool::new(true)),
+        };
         Ok(Engine {
             steering,
             stop,
             workers,
-            stats,
-            fds,
+            handle,
             wakers,
-            arena,
             mode,
             strategy: cfg.tx_strategy,
             mtu,
@@ -422,7 +428,12 @@ impl Engine {
 
     /// Number of queues served.
     pub fn queues(&self) -> usize {
-        self.fds.len()
+        self.handle.fds.len()
+    }
+
+    /// A handle other threads can read the counters through (metrics).
+    pub fn stats_handle(&self) -> StatsHandle {
+        self.handle.clone()
     }
 
     /// Wakers of all workers (e.g. for a log append hook).
@@ -437,8 +448,43 @@ impl Engine {
 
     /// Engine counters (summed over queues).
     pub fn stats(&self) -> EngineStats {
+        self.handle.stats()
+    }
+
+    /// Stops the workers (the XDP program is detached when the engine is dropped).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.handle.running.store(false, Ordering::Release);
+        for w in &self.wakers {
+            w.wake();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Read access to an engine's counters from any thread.
+#[derive(Clone)]
+pub struct StatsHandle {
+    queues: Vec<Arc<QueueStats>>,
+    fds: Vec<i32>,
+    arena: Arc<Mutex<Arena>>,
+    steering: Arc<super::loader::CounterReader>,
+    running: Arc<AtomicBool>,
+}
+
+impl StatsHandle {
+    /// Engine counters summed over queues (kernel socket counters while running).
+    pub fn stats(&self) -> EngineStats {
         let mut s = EngineStats::default();
-        for q in &self.stats {
+        for q in &self.queues {
             let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
             s.rx_packets += g(&q.rx_packets);
             s.rx_invalid += g(&q.rx_invalid);
@@ -453,12 +499,8 @@ impl Engine {
             s.oversize += g(&q.oversize);
             s.kick_errors += g(&q.kick_errors);
             s.tx_ring_short += g(&q.tx_ring_short);
-        }
-        for fd in &self.fds {
-            if let Some(k) = kernel_stats(*fd) {
-                s.rx_dropped += k[0];
-                s.tx_invalid_descs += k[2];
-            }
+            s.rx_dropped += g(&q.kernel_rx_dropped);
+            s.tx_invalid_descs += g(&q.kernel_tx_invalid);
         }
         if let Ok(a) = self.arena.lock() {
             s.arena = a.stats();
@@ -466,21 +508,9 @@ impl Engine {
         s
     }
 
-    /// Stops the workers (the XDP program is detached when the engine is dropped).
-    pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        for w in &self.wakers {
-            w.wake();
-        }
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.stop();
+    /// The XDP program's counters.
+    pub fn steering(&self) -> Result<SteeringCounters, XdpError> {
+        self.steering.read()
     }
 }
 
@@ -536,10 +566,22 @@ impl<S: Service> Worker<S> {
         w.commit();
     }
 
+    fn copy_kernel_stats(&self) {
+        if let Some(k) = kernel_stats(self.sock.fd()) {
+            self.stats.kernel_rx_dropped.store(k[0], Ordering::Relaxed);
+            self.stats.kernel_tx_invalid.store(k[2], Ordering::Relaxed);
+        }
+    }
+
     fn run(mut self) {
         let mut idle_spins = 0u32;
+        let mut next_stats = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
+            if now >= next_stats {
+                self.copy_kernel_stats();
+                next_stats = now + Duration::from_millis(200);
+            }
             let mut progress = self.complete();
             progress |= self.receive(now);
             if self.waker.take() {
@@ -581,6 +623,7 @@ impl<S: Service> Worker<S> {
             }
             self.sleep(now);
         }
+        self.copy_kernel_stats();
     }
 
     fn sleep(&mut self, now: Instant) {
@@ -742,9 +785,7 @@ impl<S: Service> Worker<S> {
         let sg = match self.strategy {
             TxStrategy::Sg => true,
             TxStrategy::Copy => false,
-            TxStrategy::Auto => {
-                self.mode == BindMode::ZeroCopy || frame_len > AUTO_COPY_MAX_FRAME
-            }
+            TxStrategy::Auto => self.mode == BindMode::ZeroCopy || frame_len > AUTO_COPY_MAX_FRAME,
         };
         self.descs.clear();
         let done = sg

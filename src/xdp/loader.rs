@@ -226,26 +226,14 @@ impl Steering {
 
     /// Current counters, summed over CPUs.
     pub fn counters(&self) -> Result<SteeringCounters, XdpError> {
-        let map = &self.skel.maps.counters;
-        let mut slots = [0u64; 5];
-        for (i, slot) in slots.iter_mut().enumerate() {
-            let per_cpu = map
-                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
-                .map_err(map_err("counters"))?
-                .unwrap_or_default();
-            *slot = per_cpu
-                .iter()
-                .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-                .map(u64::from_ne_bytes)
-                .sum();
-        }
-        Ok(SteeringCounters {
-            steered: slots[0],
-            passed: slots[1],
-            dropped_acl: slots[2],
-            dropped_malformed: slots[3],
-            no_socket: slots[4],
-        })
+        read_counters(&self.skel.maps.counters)
+    }
+
+    /// A handle on the counters that other threads can read (metrics).
+    pub fn counter_reader(&self) -> Result<CounterReader, XdpError> {
+        libbpf_rs::MapHandle::try_from(&self.skel.maps.counters)
+            .map(CounterReader)
+            .map_err(map_err("counters"))
     }
 
     /// Runs the program once on `frame` with BPF_PROG_TEST_RUN (no interface needed) and
@@ -263,6 +251,39 @@ impl Steering {
             .map_err(|e| XdpError::Load(format!("BPF_PROG_TEST_RUN: {e}")))?;
         Ok(out.return_value)
     }
+}
+
+/// Reads the steering counters from any thread (holds its own map fd).
+#[derive(Debug)]
+pub struct CounterReader(libbpf_rs::MapHandle);
+
+impl CounterReader {
+    /// Current counters, summed over CPUs.
+    pub fn read(&self) -> Result<SteeringCounters, XdpError> {
+        read_counters(&self.0)
+    }
+}
+
+fn read_counters(map: &impl MapCore) -> Result<SteeringCounters, XdpError> {
+    let mut slots = [0u64; 5];
+    for (i, slot) in slots.iter_mut().enumerate() {
+        let per_cpu = map
+            .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("counters"))?
+            .unwrap_or_default();
+        *slot = per_cpu
+            .iter()
+            .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+            .map(u64::from_ne_bytes)
+            .sum();
+    }
+    Ok(SteeringCounters {
+        steered: slots[0],
+        passed: slots[1],
+        dropped_acl: slots[2],
+        dropped_malformed: slots[3],
+        no_socket: slots[4],
+    })
 }
 
 /// The ifindex of `iface` in the current network namespace.

@@ -5,12 +5,15 @@
 //! - [`packet`]: request parsing and reply header building.
 //! - [`umem`]: the memfd-backed UMEM (frames + log arena); [`arena`]: the log arena cache.
 //! - [`xsk`]: per-queue AF_XDP sockets; [`engine`]: the per-queue workers and TX strategies.
+//! - [`fetch_endpoint`]: the fetch protocol over the engine, and `serve`'s endpoint with fallback.
+//! - [`raw`]: echo/generator service (`kxgw xdp-raw`); [`cli`]: the `--xdp-*` flags.
 
 pub mod acl;
 pub mod arena;
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod fetch_endpoint;
 pub mod loader;
 pub mod packet;
 pub mod raw;
