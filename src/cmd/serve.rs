@@ -12,8 +12,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
+use crate::fetch::gateway::FetchArgs;
 use crate::kafka::{self, IoMode, KafkaConfig, KafkaListener};
 use crate::log::{Isolation, LogDir};
+use crate::metrics::{self, Metrics};
+use crate::privileges;
+use crate::xdp::fetch_endpoint::FetchEndpoint;
 
 /// Which offset bounds what consumers may read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -45,7 +49,8 @@ pub struct Args {
     /// How the Kafka listener sends record bytes.
     #[arg(long, value_enum, default_value = "sendfile")]
     pub io: IoMode,
-    /// Host advertised to Kafka clients in Metadata (default: the listen address).
+    /// Host advertised to Kafka clients in Metadata (default: the listen address, or the
+    /// host name when listening on 0.0.0.0 / ::).
     #[arg(long)]
     pub advertised_host: Option<String>,
     /// Readable end of a partition (default: hw if replication-offset-checkpoint exists,
@@ -59,11 +64,32 @@ pub struct Args {
     /// the follower's file notifications, if it has them).
     #[arg(long, value_name = "MS", default_value_t = 50)]
     pub refresh_ms: u64,
+    /// The kxgw UDP fetch endpoint (--fetch-listen and its options).
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+    /// The AF_XDP fast path for the fetch endpoint (--xdp-iface and its options).
+    #[command(flatten)]
+    pub xdp: crate::xdp::cli::XdpArgs,
+    /// TOML file with the same settings as these flags (keys are the flag names with
+    /// underscores: log_dir, kafka_listen...); a flag on the command line wins over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Unix socket serving the counters to `kxgw stats` [default: /run/kxgw/kxgw-<pid>.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Also serve the counters as Prometheus text on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
+    /// Keep all capabilities after setup (by default they are dropped once XDP is attached
+    /// and every socket is bound: the running gateway needs none).
+    #[arg(long)]
+    pub keep_caps: bool,
 }
 
 /// The listeners started by this process (one field per listener kind).
 struct Running {
     kafka: Option<KafkaListener>,
+    fetch: Option<FetchEndpoint>,
 }
 
 impl Running {
@@ -71,11 +97,27 @@ impl Running {
         if let Some(k) = &self.kafka {
             log::info!("kafka stats: {}", k.stats());
         }
+        if let Some(f) = &self.fetch {
+            log::info!("fetch stats: {}", f.report());
+        }
+    }
+
+    fn register_metrics(&self, metrics: &Metrics) {
+        if let Some(k) = &self.kafka {
+            let stats = k.stats_handle();
+            metrics.register(move |w| stats.write_metrics(w));
+        }
+        if let Some(f) = &self.fetch {
+            f.register_metrics(metrics);
+        }
     }
 
     fn shutdown(self) {
         if let Some(k) = self.kafka {
             k.shutdown();
+        }
+        if let Some(f) = self.fetch {
+            f.shutdown();
         }
     }
 }
@@ -110,9 +152,27 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     let running = Running {
         kafka: start_kafka(&args, &log)?,
+        fetch: crate::xdp::fetch_endpoint::start(&log, &args.fetch, &args.xdp)?,
     };
-    if running.kafka.is_none() {
-        bail!("nothing to serve: give --kafka-listen ADDR:PORT");
+    if running.kafka.is_none() && running.fetch.is_none() {
+        bail!("nothing to serve: give --kafka-listen ADDR:PORT and/or --fetch-listen IP:PORT");
+    }
+
+    let metrics = Metrics::new();
+    running.register_metrics(&metrics);
+    let socket = args
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/run/kxgw/kxgw-{}.sock", std::process::id())));
+    let _control = metrics::serve_unix(&socket, Arc::clone(&metrics))?;
+    log::info!("counters: kxgw stats --socket {}", socket.display());
+    if let Some(addr) = &args.metrics_listen {
+        metrics::serve_http(addr, Arc::clone(&metrics))?;
+    }
+    if args.keep_caps {
+        log::info!("keeping capabilities (--keep-caps)");
+    } else {
+        privileges::drop_all().context("dropping capabilities after setup")?;
     }
 
     let tick = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
