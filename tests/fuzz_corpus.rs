@@ -14,6 +14,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("kafka_request", kxgw::fuzzing::kafka_request),
     ("log_batch", kxgw::fuzzing::log_batch),
     ("log_segment", kxgw::fuzzing::log_segment),
+    ("fetch_datagrams", kxgw::fuzzing::fetch_datagrams),
 ];
 
 fn fuzz_dir() -> PathBuf {
