@@ -194,8 +194,11 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
     }
 }
 
-/// Every file and directory under `root`: path, size, mtime, ctime, mode, inode.
-fn snapshot(root: &Path) -> Vec<(PathBuf, u64, i64, i64, i64, i64, u32, u64)> {
+/// path, size, mtime (s, ns), ctime (s, ns), mode, inode.
+type FileState = (PathBuf, u64, i64, i64, i64, i64, u32, u64);
+
+/// Every file and directory under `root`.
+fn snapshot(root: &Path) -> Vec<FileState> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
