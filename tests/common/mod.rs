@@ -1,0 +1,305 @@
+//! Shared helpers of the hardening tests (security_kafka, faults): a gateway process in a
+//! test namespace, raw Kafka requests, consumer-namespace threads.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
+
+pub const KXGW: &str = env!("CARGO_BIN_EXE_kxgw");
+
+pub fn produce(dir: &Path, topic: &str, records: u64, extra: &[&str]) {
+    let out = Command::new(KXGW)
+        .args(["produce", "--log-dir"])
+        .arg(dir)
+        .args(["--topic", topic, "--records", &records.to_string()])
+        .args(extra)
+        .output()
+        .expect("running kxgw produce");
+    assert!(
+        out.status.success(),
+        "kxgw produce: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `f` on a thread inside the consumer namespace.
+pub fn in_client_ns<R: Send + 'static>(net: &TestNet, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let path = format!("/var/run/netns/{}", net.client_ns);
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("opening the consumer namespace");
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("entering the consumer namespace");
+        f()
+    })
+    .join()
+    .expect("consumer-namespace thread panicked")
+}
+
+pub struct Gateway {
+    pub child: KillOnDrop,
+    pub stderr: PathBuf,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    pub fn start(net: &TestNet, dir: &Path, work: &Path) -> Gateway {
+        Self::start_with(net, dir, work, &[])
+    }
+
+    /// Starts `kxgw serve` with extra arguments; waits until the Kafka port accepts.
+    pub fn start_with(net: &TestNet, dir: &Path, work: &Path, extra: &[&str]) -> Gateway {
+        let n = std::fs::read_dir(work).map(|d| d.count()).unwrap_or(0);
+        let stderr = work.join(format!("serve-{n}.log"));
+        let addr: SocketAddr = format!("{GW_ADDR}:9092").parse().unwrap();
+        let child = net
+            .gw_command(KXGW)
+            .args(["serve", "--log-dir"])
+            .arg(dir)
+            .args(["--kafka-listen", &addr.to_string()])
+            .arg("--control-socket")
+            .arg(work.join(format!("ctl-{n}.sock")))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawning kxgw serve");
+        let gw = Gateway {
+            child: KillOnDrop(child),
+            stderr,
+            addr,
+        };
+        let ready = in_client_ns(net, move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        });
+        assert!(ready, "kxgw serve never listened:\n{}", gw.log());
+        gw
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Peak resident set of the gateway, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+
+    pub fn stop(mut self) -> String {
+        let status = self.child.terminate(Duration::from_secs(10)).unwrap();
+        let log = self.log();
+        assert!(status.success(), "kxgw serve exited {status}:\n{log}");
+        log
+    }
+}
+
+pub fn frame<R: Encodable>(key: ApiKey, version: i16, req: &R) -> Vec<u8> {
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(42)
+        .with_client_id(Some(StrBytes::from_static_str("sec")));
+    let mut body = BytesMut::new();
+    header
+        .encode(&mut body, key.request_header_version(version))
+        .unwrap();
+    req.encode(&mut body, version).unwrap();
+    let mut out = (body.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A raw request: the given header fields, then `body` verbatim.
+pub fn raw(key: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&key.to_be_bytes());
+    f.extend_from_slice(&version.to_be_bytes());
+    f.extend_from_slice(&42i32.to_be_bytes());
+    f.extend_from_slice(&3i16.to_be_bytes());
+    f.extend_from_slice(b"sec");
+    if ApiKey::try_from(key).is_ok_and(|k| k.request_header_version(version) >= 2) {
+        f.push(0); // no tagged fields
+    }
+    f.extend_from_slice(body);
+    let mut out = (f.len() as i32).to_be_bytes().to_vec();
+    out.extend(f);
+    out
+}
+
+pub fn read_response(s: &mut TcpStream) -> std::io::Result<Bytes> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf)?;
+    Ok(Bytes::from(buf))
+}
+
+pub fn call<Req: Encodable, Resp: Decodable>(
+    s: &mut TcpStream,
+    key: ApiKey,
+    version: i16,
+    req: &Req,
+) -> Resp {
+    s.write_all(&frame(key, version, req)).unwrap();
+    let mut b = read_response(s).unwrap();
+    let h = ResponseHeader::decode(&mut b, key.response_header_version(version)).unwrap();
+    assert_eq!(h.correlation_id, 42);
+    Resp::decode(&mut b, version).unwrap()
+}
+
+pub fn fetch(topic: &str, partition: i32, offset: i64) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(10)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
+/// Whether the server closed the connection without answering.
+pub fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// A Fetch for one partition with the given byte limits.
+pub fn fetch_max(topic: &str, partition: i32, offset: i64, max: i32, wait_ms: i32) -> FetchRequest {
+    let mut f = fetch(topic, partition, offset);
+    f.max_bytes = max;
+    f.max_wait_ms = wait_ms;
+    f.topics[0].partitions[0].partition_max_bytes = max;
+    f
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Current resident set of a process, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads `topic`-`partition` from `from` until `end` over one connection (reconnecting on
+/// any error until `patience` runs out), checking that every batch verifies and that offsets
+/// follow each other with no gap or repeat. Returns the number of batches.
+pub fn consume_verified(
+    addr: SocketAddr,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    end: i64,
+    patience: Duration,
+) -> Result<usize, String> {
+    consume_paced(addr, topic, partition, from, end, patience, Duration::ZERO)
+}
+
+/// [`consume_verified`], sleeping `pace` after each response (a slow consumer).
+pub fn consume_paced(
+    addr: SocketAddr,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    end: i64,
+    patience: Duration,
+    pace: Duration,
+) -> Result<usize, String> {
+    let mut offset = from;
+    let mut batches = 0;
+    let mut conn: Option<TcpStream> = None;
+    let mut last_ok = Instant::now();
+    while offset < end {
+        if last_ok.elapsed() > patience {
+            return Err(format!("stuck at offset {offset} for {patience:?}"));
+        }
+        let s = match conn.as_mut() {
+            Some(s) => s,
+            None => match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    conn.insert(s)
+                }
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            },
+        };
+        let req = frame(
+            ApiKey::Fetch,
+            11,
+            &fetch_max(topic, partition, offset, 1 << 20, 100),
+        );
+        let resp = s.write_all(&req).and_then(|()| read_response(s));
+        let Ok(mut b) = resp else {
+            conn = None;
+            continue;
+        };
+        let _ = ResponseHeader::decode(&mut b, 0).map_err(|e| e.to_string())?;
+        let r = FetchResponse::decode(&mut b, 11).map_err(|e| e.to_string())?;
+        let p = &r.responses[0].partitions[0];
+        if p.error_code != 0 {
+            return Err(format!("error {} at offset {offset}", p.error_code));
+        }
+        let bytes = p.records.clone().unwrap_or_default();
+        std::thread::sleep(pace);
+        for item in kxgw::log::batch::iter(&bytes) {
+            let (_, h) = item.map_err(|e| format!("bad batch served at {offset}: {e}"))?;
+            if h.base_offset > offset || h.last_offset() < offset {
+                return Err(format!(
+                    "batch {}..={} served for offset {offset}",
+                    h.base_offset,
+                    h.last_offset()
+                ));
+            }
+            offset = h.next_offset();
+            batches += 1;
+            last_ok = Instant::now();
+        }
+    }
+    Ok(batches)
+}
