@@ -300,9 +300,9 @@ fn torn_tail_is_not_served_until_complete() {
     gw.stop();
 }
 
-/// The high-watermark checkpoint goes bad while serving (garbage, then missing, then good
-/// again): the gateway never crashes, never serves past a high watermark it has read, logs
-/// the file, and follows a good checkpoint again. A garbage checkpoint at startup is refused
+/// The high-watermark checkpoint goes bad while serving (garbage, good, missing, good): the
+/// gateway never crashes, never serves past the last high watermark it read (a vanished
+/// checkpoint does not expose the log end), logs the file, and follows a good checkpoint. A garbage checkpoint at startup is refused
 /// with a message naming the file.
 #[test]
 fn checkpoint_missing_or_garbage() {
@@ -342,6 +342,16 @@ fn checkpoint_missing_or_garbage() {
     eventually(10, "the good checkpoint to be followed", || {
         ask(&net).0 == 800
     });
+    std::fs::remove_file(&ckpt).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (h, last) = ask(&net);
+    assert_eq!(
+        h, 800,
+        "a vanished checkpoint keeps the last high watermark"
+    );
+    assert!(last < 800);
+    std::fs::write(&ckpt, "0\n1\nh 0 900\n").unwrap();
+    eventually(10, "a new checkpoint to be followed", || ask(&net).0 == 900);
     let log = gw.stop();
     assert!(
         log.contains("replication-offset-checkpoint"),

@@ -17,6 +17,8 @@ type Hook = Box<dyn Fn(&Partition) + Send + Sync>;
 struct Checkpoints {
     hw: Option<Arc<Checkpoint>>,
     log_start: Option<Arc<Checkpoint>>,
+    /// The high-watermark checkpoint vanished after it had been read (warned once).
+    hw_vanished: bool,
 }
 
 pub struct LogDir {
@@ -124,8 +126,26 @@ impl LogDir {
             let mut c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
             // An unreadable checkpoint keeps the previous one (a broker rewrites it atomically,
             // so this is damage, not a race).
-            if let Ok(hw) = hw {
-                c.hw = hw.map(Arc::new);
+            // A vanished high-watermark checkpoint keeps the last one too: falling back to the
+            // log end would serve records the broker has not committed (a broker replaces the
+            // file by rename, so it is never missing in normal operation).
+            match hw {
+                Ok(None) if c.hw.is_some() => {
+                    if !c.hw_vanished {
+                        log::warn!(
+                            "{}: disappeared; keeping the high watermarks last read from it",
+                            self.path
+                                .join(checkpoint::REPLICATION_OFFSET_CHECKPOINT)
+                                .display()
+                        );
+                        c.hw_vanished = true;
+                    }
+                }
+                Ok(hw) => {
+                    c.hw = hw.map(Arc::new);
+                    c.hw_vanished = false;
+                }
+                Err(_) => {}
             }
             if let Ok(ls) = ls {
                 c.log_start = ls.map(Arc::new);
