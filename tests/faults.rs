@@ -388,3 +388,80 @@ fn checkpoint_missing_or_garbage() {
     );
     assert!(err.contains("replication-offset-checkpoint"), "{err}");
 }
+
+/// A 1 MiB UMEM log arena and eight consumers at once on the AF_XDP path with the sg
+/// strategy: the arena runs full (counted), those datagrams are copied instead, and every
+/// consumer still gets every record, verified.
+#[test]
+fn arena_full_falls_back_to_copy_and_every_record_arrives() {
+    let net = TestNet::new("farena", 1500).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("logs");
+    produce(
+        &dir,
+        "a",
+        40_000,
+        &["--record-size", "1000", "--partitions", "4"],
+    );
+    let fetch_addr = format!("{GW_ADDR}:9093");
+    let gw = Gateway::start_with(
+        &net,
+        &dir,
+        work.path(),
+        &[
+            "--fetch-listen",
+            &fetch_addr,
+            "--xdp-iface",
+            &net.gw_if,
+            "--arena-mib",
+            "1",
+            "--tx-strategy",
+            "sg",
+            "--require-xdp",
+        ],
+    );
+    let children: Vec<KillOnDrop> = (0..8)
+        .map(|i| {
+            let child = net
+                .client_command(KXGW)
+                .args(["consume", "--fetch", &fetch_addr, "--topic", "a"])
+                .args(["--partition", &(i % 4).to_string(), "--from-beginning"])
+                .args([
+                    "--verify",
+                    "--count",
+                    "10000",
+                    "--connect-timeout-ms",
+                    "10000",
+                ])
+                .args(["--format", ""])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            KillOnDrop(child)
+        })
+        .collect();
+    for (i, mut c) in children.into_iter().enumerate() {
+        let out = std::mem::replace(
+            &mut c.0,
+            std::process::Command::new("true").spawn().unwrap(),
+        )
+        .wait_with_output()
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("errors: 0"),
+            "consumer {i}: {}\n{text}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("verified 10000 records"),
+            "consumer {i}: {text}"
+        );
+    }
+    let full = gw.metric("kxgw_xdp_arena_full_total");
+    assert!(full > 0, "the arena never ran full:\n{}", gw.metrics());
+    let log = gw.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}

@@ -48,6 +48,8 @@ pub struct Gateway {
     pub child: KillOnDrop,
     pub stderr: PathBuf,
     pub addr: SocketAddr,
+    /// Control socket (`kxgw stats --socket`).
+    pub ctl: PathBuf,
 }
 
 impl Gateway {
@@ -59,6 +61,7 @@ impl Gateway {
     pub fn start_with(net: &TestNet, dir: &Path, work: &Path, extra: &[&str]) -> Gateway {
         let n = std::fs::read_dir(work).map(|d| d.count()).unwrap_or(0);
         let stderr = work.join(format!("serve-{n}.log"));
+        let ctl = work.join(format!("ctl-{n}.sock"));
         let addr: SocketAddr = format!("{GW_ADDR}:9092").parse().unwrap();
         let child = net
             .gw_command(KXGW)
@@ -66,7 +69,7 @@ impl Gateway {
             .arg(dir)
             .args(["--kafka-listen", &addr.to_string()])
             .arg("--control-socket")
-            .arg(work.join(format!("ctl-{n}.sock")))
+            .arg(&ctl)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -77,6 +80,7 @@ impl Gateway {
             child: KillOnDrop(child),
             stderr,
             addr,
+            ctl,
         };
         let ready = in_client_ns(net, move || {
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -90,6 +94,26 @@ impl Gateway {
         });
         assert!(ready, "kxgw serve never listened:\n{}", gw.log());
         gw
+    }
+
+    /// The counters in Prometheus text, from the control socket.
+    pub fn metrics(&self) -> String {
+        let out = Command::new(KXGW)
+            .args(["stats", "--raw", "--socket"])
+            .arg(&self.ctl)
+            .output()
+            .expect("running kxgw stats");
+        assert!(out.status.success(), "kxgw stats: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// One counter from [`Gateway::metrics`] (summed over label sets).
+    pub fn metric(&self, name: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
     }
 
     pub fn log(&self) -> String {
