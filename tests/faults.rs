@@ -465,3 +465,66 @@ fn arena_full_falls_back_to_copy_and_every_record_arrives() {
     let log = gw.stop();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// The gateway's interface goes down and up again under the AF_XDP fetch endpoint: the XDP
+/// program stays attached, and consumers are served again once the link is back.
+#[test]
+fn interface_down_and_up_under_af_xdp() {
+    let net = TestNet::new("fifdn", 1500).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("logs");
+    produce(&dir, "d", 20_000, &["--record-size", "500"]);
+    let fetch_addr = format!("{GW_ADDR}:9093");
+    let gw = Gateway::start_with(
+        &net,
+        &dir,
+        work.path(),
+        &[
+            "--fetch-listen",
+            &fetch_addr,
+            "--xdp-iface",
+            &net.gw_if,
+            "--require-xdp",
+        ],
+    );
+    let consume = || {
+        net.client_command(KXGW)
+            .args(["consume", "--fetch", &fetch_addr, "--topic", "d"])
+            .args(["--partition", "0", "--from-beginning", "--verify"])
+            .args([
+                "--count",
+                "20000",
+                "--connect-timeout-ms",
+                "15000",
+                "--format",
+                "",
+            ])
+            .output()
+            .unwrap()
+    };
+    let ok = |out: &std::process::Output| {
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("errors: 0")
+    };
+    let first = consume();
+    assert!(ok(&first), "before: {first:?}");
+    for state in ["down", "up"] {
+        let out = TestNet::sh_in(
+            &net.gw_ns,
+            &format!("ip link set dev {} {state}", net.gw_if),
+        )
+        .unwrap();
+        assert!(out.status.success(), "ip link set {state}: {out:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(net.gw_has_xdp().unwrap(), "XDP program still attached");
+    let after = consume();
+    assert!(
+        ok(&after),
+        "after down/up: {}\n{}\n{}",
+        after.status,
+        String::from_utf8_lossy(&after.stderr),
+        gw.log()
+    );
+    let log = gw.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
