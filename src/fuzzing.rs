@@ -67,11 +67,29 @@ impl Drop for ScratchDir {
     }
 }
 
+/// The static fixture of a process is never dropped: remove those of processes gone.
+fn remove_stale_fixtures() {
+    let Ok(rd) = std::fs::read_dir(scratch_root()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("kxgw-fuzz-")) else {
+            continue;
+        };
+        let pid = rest.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// A log with two partitions of topic `t` (a few batches, two segments in partition 0) and
 /// an empty topic `e`, so fetches, offsets and metadata requests reach real data.
 fn kafka_fixture() -> &'static KafkaFixture {
     static F: OnceLock<KafkaFixture> = OnceLock::new();
     F.get_or_init(|| {
+        remove_stale_fixtures();
         let dir = ScratchDir::new("kafka").expect("fuzz fixture: scratch dir");
         let cfg = WriterConfig {
             segment_bytes: 600,
