@@ -4,7 +4,9 @@
 //! all run the same code:
 //!
 //! - [`testnet`]: namespaces + veth pairs for tests, benchmarks and the demo.
+//! - [`bench`]: measuring instruments of `scripts/bench.sh` (hidden `kxgw bench-tool`).
 //! - [`cmd`]: the subcommands of the `kxgw` binary (thin: parse, call the library, report).
 
+pub mod bench;
 pub mod cmd;
 pub mod testnet;

@@ -11,14 +11,20 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Cmd {}
+enum Cmd {
+    /// Measuring instruments of scripts/bench.sh (not a user command).
+    #[command(hide = true)]
+    BenchTool(kxgw::cmd::bench_tool::Args),
+}
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
-    let result: anyhow::Result<ExitCode> = match cli.cmd {};
+    let result: anyhow::Result<ExitCode> = match cli.cmd {
+        Cmd::BenchTool(args) => kxgw::cmd::bench_tool::run(args),
+    };
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -1,2 +1,4 @@
 //! Subcommands of the `kxgw` binary. Each module owns its clap `Args` and a `run` function;
 //! `main.rs` only dispatches.
+
+pub mod bench_tool;
