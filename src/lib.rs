@@ -3,10 +3,12 @@
 //! The library holds every layer so that the `kxgw` binary, the tests and the benchmarks
 //! all run the same code:
 //!
+//! - [`log`]: Kafka partition logs on disk (reader with follower, broker-compatible writer).
 //! - [`testnet`]: namespaces + veth pairs for tests, benchmarks and the demo.
 //! - [`bench`]: measuring instruments of `scripts/bench.sh` (hidden `kxgw bench-tool`).
 //! - [`cmd`]: the subcommands of the `kxgw` binary (thin: parse, call the library, report).
 
 pub mod bench;
 pub mod cmd;
+pub mod log;
 pub mod testnet;

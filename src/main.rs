@@ -12,6 +12,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Write demo partition logs in a broker's on-disk format (optionally keep appending).
+    Produce(kxgw::cmd::produce::Args),
+    /// List and verify the batches of a log dir, partition dir or segment file.
+    Inspect(kxgw::cmd::inspect::Args),
     /// Measuring instruments of scripts/bench.sh (not a user command).
     #[command(hide = true)]
     BenchTool(kxgw::cmd::bench_tool::Args),
@@ -23,6 +27,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = match cli.cmd {
+        Cmd::Produce(args) => kxgw::cmd::produce::run(args),
+        Cmd::Inspect(args) => kxgw::cmd::inspect::run(args),
         Cmd::BenchTool(args) => kxgw::cmd::bench_tool::run(args),
     };
     match result {

@@ -2,3 +2,5 @@
 //! `main.rs` only dispatches.
 
 pub mod bench_tool;
+pub mod inspect;
+pub mod produce;

@@ -1,0 +1,424 @@
+//! `kxgw inspect PATH`: list the batches of a log dir, partition dir or segment file,
+//! check them (CRC, lengths, offsets, index files), optionally print records.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::log::batch::{self, BatchError, BatchHeader};
+use crate::log::checkpoint;
+use crate::log::index;
+use crate::log::record;
+use crate::log::segment::{self, file_stem, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use crate::log::TopicPartition;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A log dir, a partition dir (<topic>-<partition>) or a segment file (.log).
+    pub path: PathBuf,
+    /// Exit non-zero on any corruption (naming file and byte position).
+    #[arg(long)]
+    pub verify: bool,
+    /// Print the records of each batch (offset, timestamp, key, value size).
+    #[arg(long)]
+    pub records: bool,
+    /// With --records: print values too (lossy UTF-8).
+    #[arg(long)]
+    pub values: bool,
+    /// Only summaries and problems, no line per batch.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Default)]
+struct Totals {
+    segments: u64,
+    batches: u64,
+    records: u64,
+    bytes: u64,
+    first_offset: Option<i64>,
+    next_offset: Option<i64>,
+    errors: Vec<String>,
+    warnings: u64,
+}
+
+impl Totals {
+    fn add(&mut self, o: &Totals) {
+        self.segments += o.segments;
+        self.batches += o.batches;
+        self.records += o.records;
+        self.bytes += o.bytes;
+        self.errors.extend(o.errors.iter().cloned());
+        self.warnings += o.warnings;
+    }
+}
+
+struct Ctx<'a> {
+    args: &'a Args,
+    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+}
+
+impl Ctx<'_> {
+    fn line(&mut self, s: std::fmt::Arguments<'_>) {
+        // stdout going away (a closed pipe) is not worth an error of its own.
+        let _ = self.out.write_fmt(s);
+        let _ = self.out.write_all(b"\n");
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let md = std::fs::metadata(&args.path).with_context(|| format!("{}", args.path.display()))?;
+    let mut ctx = Ctx {
+        args: &args,
+        out: std::io::BufWriter::new(std::io::stdout().lock()),
+    };
+    let mut total = Totals::default();
+    let mut partitions = 0u64;
+    if md.is_file() {
+        let name = args.path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let base = segment::parse_log_name(name).with_context(|| {
+            format!(
+                "{}: not a segment file (<20-digit base offset>.log)",
+                args.path.display()
+            )
+        })?;
+        let t = inspect_segment(&mut ctx, &args.path, base, base)?;
+        total.add(&t);
+    } else if let Some(tp) = args
+        .path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(TopicPartition::from_dir_name)
+        .filter(|_| has_segments(&args.path))
+    {
+        partitions = 1;
+        let t = inspect_partition(&mut ctx, &args.path, &tp, None)?;
+        total.add(&t);
+    } else {
+        let hw = checkpoint::read(&args.path.join(checkpoint::REPLICATION_OFFSET_CHECKPOINT))?;
+        let mut dirs: Vec<(TopicPartition, PathBuf)> = Vec::new();
+        for e in
+            std::fs::read_dir(&args.path).with_context(|| format!("{}", args.path.display()))?
+        {
+            let e = e.with_context(|| format!("{}", args.path.display()))?;
+            if let Some(tp) = e
+                .file_name()
+                .to_str()
+                .and_then(TopicPartition::from_dir_name)
+            {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    dirs.push((tp, e.path()));
+                }
+            }
+        }
+        dirs.sort();
+        for (tp, dir) in &dirs {
+            let hw = hw.as_ref().map(|c| c.get(tp).copied());
+            let t = inspect_partition(&mut ctx, dir, tp, hw)?;
+            total.add(&t);
+        }
+        partitions = dirs.len() as u64;
+    }
+    ctx.line(format_args!(
+        "total: {partitions} partitions, {} segments, {} batches, {} records, {} bytes, {} errors, {} warnings",
+        total.segments,
+        total.batches,
+        total.records,
+        total.bytes,
+        total.errors.len(),
+        total.warnings
+    ));
+    let _ = ctx.out.flush();
+    drop(ctx);
+    if args.verify && !total.errors.is_empty() {
+        for e in &total.errors {
+            eprintln!("kxgw inspect: {e}");
+        }
+        eprintln!(
+            "kxgw inspect: verify failed: {} problem(s), first: {}",
+            total.errors.len(),
+            total.errors[0]
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A dir named like a partition is one if it holds segments or no partition dirs (a log
+/// dir may be named `kafka-logs-1`).
+fn has_segments(dir: &Path) -> bool {
+    if segment::list_segments(dir).is_ok_and(|s| !s.is_empty()) {
+        return true;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return true;
+    };
+    !rd.flatten().any(|e| {
+        e.file_type().is_ok_and(|t| t.is_dir())
+            && e.file_name()
+                .to_str()
+                .and_then(TopicPartition::from_dir_name)
+                .is_some()
+    })
+}
+
+fn inspect_partition(
+    ctx: &mut Ctx<'_>,
+    dir: &Path,
+    tp: &TopicPartition,
+    hw: Option<Option<i64>>,
+) -> anyhow::Result<Totals> {
+    let bases = segment::list_segments(dir).with_context(|| format!("{}", dir.display()))?;
+    let mut t = Totals::default();
+    let mut expect = bases.first().copied().unwrap_or(0);
+    for (i, &b) in bases.iter().enumerate() {
+        let path = dir.join(format!("{}{LOG_SUFFIX}", file_stem(b)));
+        if b < expect {
+            t.errors.push(format!(
+                "{}: segment base offset {b} below the previous segment's next offset {expect}",
+                path.display()
+            ));
+        }
+        let s = inspect_segment(ctx, &path, b, expect.max(b))?;
+        if let Some(n) = s.next_offset {
+            expect = n;
+        } else if i + 1 < bases.len() {
+            expect = b;
+        }
+        if t.first_offset.is_none() {
+            t.first_offset = s.first_offset;
+        }
+        t.next_offset = s.next_offset.or(t.next_offset);
+        t.add(&s);
+    }
+    let range = match (t.first_offset, t.next_offset) {
+        (Some(a), Some(b)) => format!("offsets {a}..{}", b - 1),
+        _ => "no records".into(),
+    };
+    let hw = match hw {
+        None => String::new(),
+        Some(None) => ", high watermark: not in checkpoint".into(),
+        Some(Some(h)) => format!(", high watermark {h}"),
+    };
+    ctx.line(format_args!(
+        "{tp}: {} segments, {} batches, {} records, {} bytes, {range}, log end {}{hw}",
+        t.segments,
+        t.batches,
+        t.records,
+        t.bytes,
+        t.next_offset.unwrap_or(expect)
+    ));
+    Ok(t)
+}
+
+fn inspect_segment(
+    ctx: &mut Ctx<'_>,
+    path: &Path,
+    base: i64,
+    mut expect: i64,
+) -> anyhow::Result<Totals> {
+    let file = File::open(path).with_context(|| format!("{}", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("{}", path.display()))?
+        .len();
+    // SAFETY: read-only mapping of a file we only read; a concurrent truncation by a writer
+    // could fault, which inspecting a log being rewritten accepts.
+    let map = unsafe { memmap2::MmapOptions::new().len(len as usize).map(&file) }
+        .with_context(|| format!("mapping {}", path.display()))?;
+    let data: &[u8] = &map;
+    let mut t = Totals {
+        segments: 1,
+        ..Default::default()
+    };
+    if !ctx.args.quiet {
+        ctx.line(format_args!("segment {} ({len} bytes)", path.display()));
+    }
+    let err = |t: &mut Totals, pos: usize, reason: String| {
+        t.errors.push(format!(
+            "{}: corrupt at byte {pos}: {reason}",
+            path.display()
+        ));
+    };
+    let mut starts: Vec<(usize, BatchHeader)> = Vec::new();
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let rest = &data[pos..];
+        if rest[..rest.len().min(batch::LOG_OVERHEAD)]
+            .iter()
+            .all(|&b| b == 0)
+        {
+            if rest.iter().all(|&b| b == 0) {
+                ctx.line(format_args!(
+                    "  zero-filled tail from byte {pos} ({} bytes, preallocated)",
+                    rest.len()
+                ));
+            } else {
+                err(&mut t, pos, "zeroed batch header followed by data".into());
+            }
+            break;
+        }
+        let h = match BatchHeader::parse(rest) {
+            Ok(h) if h.total_len() <= rest.len() => h,
+            Ok(h) => {
+                err(
+                    &mut t,
+                    pos,
+                    format!(
+                        "truncated batch: needs {} bytes, {} left in file",
+                        h.total_len(),
+                        rest.len()
+                    ),
+                );
+                break;
+            }
+            Err(e) => {
+                err(&mut t, pos, e.to_string());
+                break;
+            }
+        };
+        let whole = &rest[..h.total_len()];
+        let crc_ok = match batch::verify(whole) {
+            Ok(_) => true,
+            Err(e) => {
+                err(&mut t, pos, e.to_string());
+                false
+            }
+        };
+        if h.base_offset < expect {
+            err(
+                &mut t,
+                pos,
+                format!(
+                    "base offset {} below the previous batch's next offset {expect}",
+                    h.base_offset
+                ),
+            );
+        }
+        if !ctx.args.quiet {
+            ctx.line(format_args!(
+                "  batch base={} last={} count={} pos={pos} size={} crc={} first_ts={} max_ts={}{}",
+                h.base_offset,
+                h.last_offset(),
+                h.records_count,
+                h.total_len(),
+                if crc_ok { "ok" } else { "BAD" },
+                h.base_timestamp,
+                h.max_timestamp,
+                if h.is_control() { " control" } else { "" }
+            ));
+        }
+        if ctx.args.records && crc_ok {
+            print_records(ctx, &mut t, path, pos, whole);
+        }
+        t.batches += 1;
+        t.records += h.records_count.max(0) as u64;
+        t.bytes += h.total_len() as u64;
+        if t.first_offset.is_none() {
+            t.first_offset = Some(h.base_offset);
+        }
+        t.next_offset = Some(h.next_offset());
+        expect = expect.max(h.next_offset());
+        starts.push((pos, h));
+        pos += h.total_len();
+    }
+    check_indexes(ctx, &mut t, path, base, &starts);
+    Ok(t)
+}
+
+fn print_records(ctx: &mut Ctx<'_>, t: &mut Totals, path: &Path, pos: usize, whole: &[u8]) {
+    match record::decode_batch_refs(whole) {
+        Ok((_, recs)) => {
+            for r in recs {
+                let key = r.key.map_or("null".to_string(), |k| {
+                    format!("{:?}", String::from_utf8_lossy(k))
+                });
+                let value = match (r.value, ctx.args.values) {
+                    (None, _) => "null".to_string(),
+                    (Some(v), false) => format!("{} bytes", v.len()),
+                    (Some(v), true) => format!("{:?}", String::from_utf8_lossy(v)),
+                };
+                ctx.line(format_args!(
+                    "    offset={} ts={} key={key} value={value} headers={}",
+                    r.offset,
+                    r.timestamp,
+                    r.headers.len()
+                ));
+            }
+        }
+        Err(BatchError::Compressed(c)) => {
+            ctx.line(format_args!(
+                "    (compressed with codec {c}: records not shown)"
+            ));
+        }
+        Err(e) => t
+            .errors
+            .push(format!("{}: corrupt at byte {pos}: {e}", path.display())),
+    }
+}
+
+/// Cross-checks `.index` / `.timeindex` against the batches. Problems are warnings: a broker
+/// rebuilds damaged indexes, and the kxgw reader does not trust them either.
+fn check_indexes(
+    ctx: &mut Ctx<'_>,
+    t: &mut Totals,
+    log_path: &Path,
+    base: i64,
+    starts: &[(usize, BatchHeader)],
+) {
+    let mut warn = |ctx: &mut Ctx<'_>, msg: String| {
+        t.warnings += 1;
+        ctx.line(format_args!("  warning: {msg}"));
+    };
+    let idx_path = log_path.with_extension(&INDEX_SUFFIX[1..]);
+    if let Ok(buf) = std::fs::read(&idx_path) {
+        let (entries, problem) = index::parse_index(&buf);
+        if let Some((at, why)) = problem {
+            warn(ctx, format!("{}: byte {at}: {why}", idx_path.display()));
+        }
+        let mut i = 0;
+        for e in &entries {
+            while i < starts.len() && starts[i].0 < e.position as usize {
+                i += 1;
+            }
+            let ok = i < starts.len()
+                && starts[i].0 == e.position as usize
+                && starts[i].1.last_offset() == base + i64::from(e.relative_offset);
+            if !ok {
+                warn(
+                    ctx,
+                    format!(
+                        "{}: entry (relative offset {}, position {}) does not match a batch",
+                        idx_path.display(),
+                        e.relative_offset,
+                        e.position
+                    ),
+                );
+                break;
+            }
+        }
+    }
+    let ti_path = log_path.with_extension(&TIME_INDEX_SUFFIX[1..]);
+    if let Ok(buf) = std::fs::read(&ti_path) {
+        let (entries, problem) = index::parse_time_index(&buf);
+        if let Some((at, why)) = problem {
+            warn(ctx, format!("{}: byte {at}: {why}", ti_path.display()));
+        }
+        let last = starts.last().map(|(_, h)| h.last_offset());
+        if let (Some(e), Some(last)) = (entries.last(), last) {
+            if base + i64::from(e.relative_offset) > last {
+                warn(
+                    ctx,
+                    format!(
+                        "{}: entry offset {} beyond the segment's last offset {last}",
+                        ti_path.display(),
+                        base + i64::from(e.relative_offset)
+                    ),
+                );
+            }
+        }
+    }
+}

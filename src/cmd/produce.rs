@@ -1,0 +1,176 @@
+//! `kxgw produce`: write demo partition logs in the broker's on-disk format, optionally
+//! keep appending (`--follow RATE`) as a live log.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::log::writer::{
+    self, now_ms, BatchBuilder, DemoBatches, PartitionWriter, ProduceConfig, WriterConfig,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Log dir (a broker's log.dirs entry); created if missing.
+    #[arg(long)]
+    pub log_dir: PathBuf,
+    #[arg(long)]
+    pub topic: String,
+    #[arg(long, default_value_t = 1)]
+    pub partitions: i32,
+    /// Records per partition (appended after existing ones).
+    #[arg(long, default_value_t = 1000)]
+    pub records: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub record_size: usize,
+    /// Records per batch.
+    #[arg(long, default_value_t = 100)]
+    pub batch_records: usize,
+    /// Key size in bytes (0: null keys).
+    #[arg(long, default_value_t = 16)]
+    pub key_size: usize,
+    /// Headers per record.
+    #[arg(long, default_value_t = 0)]
+    pub headers: usize,
+    /// Bytes between .index entries (log.index.interval.bytes).
+    #[arg(long, default_value_t = 4096)]
+    pub index_interval_bytes: u32,
+    /// Roll segments at this size (log.segment.bytes).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub segment_bytes: u64,
+    /// After the initial records, keep appending RATE records/s (over all partitions) until
+    /// SIGINT/SIGTERM, flushing each batch so followers see it at once.
+    #[arg(long, value_name = "RATE")]
+    pub follow: Option<f64>,
+    /// Write/update replication-offset-checkpoint (the high watermarks) as a broker would.
+    #[arg(long)]
+    pub write_checkpoint: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cfg = ProduceConfig {
+        log_dir: args.log_dir.clone(),
+        topic: args.topic.clone(),
+        partitions: args.partitions,
+        records: args.records,
+        record_size: args.record_size,
+        batch_records: args.batch_records,
+        key_size: args.key_size,
+        headers: args.headers,
+        writer: WriterConfig {
+            segment_bytes: args.segment_bytes,
+            index_interval_bytes: args.index_interval_bytes,
+            ..WriterConfig::default()
+        },
+        write_checkpoint: args.write_checkpoint,
+    };
+    let total = args.records.saturating_mul(args.partitions.max(0) as u64);
+    let bar = if std::io::stderr().is_terminal() && total > 0 {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} records {msg} [{elapsed_precise}, eta {eta}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let mut last_tick = Instant::now();
+    let summary = writer::produce_with_progress(&cfg, &mut |records, bytes| {
+        if let Some(b) = &bar {
+            if last_tick.elapsed() > Duration::from_millis(100) || records == total {
+                b.set_position(records);
+                b.set_message(format!("{} MiB", bytes >> 20));
+                last_tick = Instant::now();
+            }
+        }
+    })
+    .with_context(|| format!("producing to {}", args.log_dir.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let secs = summary.elapsed.as_secs_f64();
+    println!(
+        "produced {} records in {} batches, {} bytes ({:.1} MiB) in {:.3} s ({:.1} MiB/s)",
+        summary.records,
+        summary.batches,
+        summary.bytes,
+        summary.bytes as f64 / (1 << 20) as f64,
+        secs,
+        summary.bytes as f64 / (1 << 20) as f64 / secs.max(1e-9)
+    );
+    for p in &summary.partitions {
+        println!(
+            "{}: offsets {}..{} (log end {})",
+            p.tp,
+            p.first_offset,
+            p.next_offset - 1,
+            p.next_offset
+        );
+    }
+    if let Some(rate) = args.follow {
+        follow(&cfg, rate)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Appends `rate` records/s round-robin over the partitions until SIGINT/SIGTERM.
+fn follow(cfg: &ProduceConfig, rate: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--follow RATE must be > 0");
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+    }
+    let mut writers = Vec::new();
+    for p in 0..cfg.partitions {
+        let w = PartitionWriter::open(&cfg.log_dir, &cfg.topic, p, cfg.writer.clone())?;
+        let demo = DemoBatches::new(p, cfg.record_size, cfg.key_size, cfg.headers);
+        writers.push((w, demo));
+    }
+    // About 50 batches a second at most, never more records than --batch-records.
+    let per_batch = ((rate / 50.0).ceil() as usize).clamp(1, cfg.batch_records.max(1));
+    log::info!(
+        "following: {rate} records/s, {per_batch} records per batch, {} partitions; SIGINT/SIGTERM stops",
+        cfg.partitions
+    );
+    let start = Instant::now();
+    let mut written: u64 = 0;
+    let mut b = BatchBuilder::new();
+    let mut last_report = Instant::now();
+    let mut i = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        let due = start + Duration::from_secs_f64(written as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep((due - now).min(Duration::from_millis(50)));
+            continue;
+        }
+        let (w, demo) = &mut writers[i % cfg.partitions as usize];
+        demo.build(&mut b, w.next_offset(), per_batch, now_ms());
+        w.append_built(&mut b)?;
+        w.flush()?;
+        if cfg.write_checkpoint {
+            let tp = w.topic_partition().clone();
+            writer::update_checkpoint(&cfg.log_dir, &[(tp, w.next_offset())])?;
+        }
+        written += per_batch as u64;
+        i += 1;
+        if last_report.elapsed() > Duration::from_secs(10) {
+            log::info!("appended {written} records");
+            last_report = Instant::now();
+        }
+    }
+    println!("follow: appended {written} records, stopping");
+    for (w, _) in &writers {
+        println!("{}: log end {}", w.topic_partition(), w.next_offset());
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Background refresh of a [`LogDir`]: inotify on the log dir and the partition dirs wakes it
+//! as soon as a segment grows, rolls or goes; a timer catches what inotify misses (writes
+//! through mmap, network filesystems).
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::LogDir;
+
+const INOTIFY: Token = Token(0);
+const STOP: Token = Token(1);
+
+/// Stops and joins the follower thread when dropped.
+pub struct FollowerHandle {
+    waker: Arc<Waker>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for FollowerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Inotify {
+    fd: OwnedFd,
+}
+
+const DIR_MASK: u32 = libc::IN_MODIFY
+    | libc::IN_CREATE
+    | libc::IN_DELETE
+    | libc::IN_MOVED_FROM
+    | libc::IN_MOVED_TO
+    | libc::IN_CLOSE_WRITE;
+
+impl Inotify {
+    fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the returned fd is owned by us from here on.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+        Ok(Inotify {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    fn watch(&self, path: &Path) -> io::Result<i32> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+        // SAFETY: c is a valid NUL-terminated path; fd is our inotify descriptor.
+        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), DIR_MASK) };
+        if wd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(wd)
+    }
+
+    /// Reads all pending events: the watch descriptors that fired (-1: queue overflow).
+    fn drain(&self, buf: &mut [u8], out: &mut HashSet<i32>) {
+        loop {
+            // SAFETY: buf is valid for buf.len() bytes; the kernel writes whole events.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return;
+            }
+            let n = n as usize;
+            let mut at = 0;
+            let hdr = std::mem::size_of::<libc::inotify_event>();
+            while at + hdr <= n {
+                let wd = i32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+                let len =
+                    u32::from_ne_bytes([buf[at + 12], buf[at + 13], buf[at + 14], buf[at + 15]])
+                        as usize;
+                out.insert(wd);
+                at += hdr + len;
+            }
+        }
+    }
+}
+
+pub(crate) fn spawn(dir: Arc<LogDir>, interval: Duration) -> io::Result<FollowerHandle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), STOP)?);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let inotify = match Inotify::new() {
+        Ok(i) => {
+            poll.registry().register(
+                &mut SourceFd(&i.fd.as_raw_fd()),
+                INOTIFY,
+                Interest::READABLE,
+            )?;
+            Some(i)
+        }
+        Err(e) => {
+            log::warn!(
+                "inotify unavailable ({e}); following {} by polling",
+                dir.path().display()
+            );
+            None
+        }
+    };
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("kxgw-log-follow".into())
+        .spawn(move || run(dir, interval, poll, inotify, stop2))?;
+    Ok(FollowerHandle {
+        waker,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn run(
+    dir: Arc<LogDir>,
+    interval: Duration,
+    mut poll: Poll,
+    inotify: Option<Inotify>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut events = Events::with_capacity(8);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut fired = HashSet::new();
+    // wd -> partition dir name (None: the log dir itself).
+    let mut watches: HashMap<i32, Option<super::TopicPartition>> = HashMap::new();
+    let mut watched: HashSet<super::TopicPartition> = HashSet::new();
+    let add_watches = |watches: &mut HashMap<_, _>, watched: &mut HashSet<_>| {
+        let Some(ino) = &inotify else { return };
+        if watches.is_empty() {
+            match ino.watch(dir.path()) {
+                Ok(wd) => {
+                    watches.insert(wd, None);
+                }
+                Err(e) => log::warn!("inotify watch {}: {e}", dir.path().display()),
+            }
+        }
+        for p in dir.partitions() {
+            let tp = p.topic_partition().clone();
+            if watched.contains(&tp) {
+                continue;
+            }
+            match ino.watch(p.dir()) {
+                Ok(wd) => {
+                    watches.insert(wd, Some(tp.clone()));
+                    watched.insert(tp);
+                }
+                Err(e) => log::warn!("inotify watch {}: {e}", p.dir().display()),
+            }
+        }
+    };
+    add_watches(&mut watches, &mut watched);
+    let mut next_full = Instant::now() + interval;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let timeout = next_full.saturating_duration_since(Instant::now());
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                log::error!("log follower poll: {e}");
+                std::thread::sleep(interval);
+            }
+        }
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        fired.clear();
+        if let Some(ino) = &inotify {
+            ino.drain(&mut buf, &mut fired);
+        }
+        let full = Instant::now() >= next_full
+            || fired
+                .iter()
+                .any(|wd| matches!(watches.get(wd), None | Some(None)));
+        if full {
+            if let Err(e) = dir.refresh() {
+                log::warn!("refresh {}: {e}", dir.path().display());
+            }
+            // Dirs that went away drop their watches in the kernel (IN_IGNORED); forget ours.
+            let live: HashSet<_> = dir
+                .partitions()
+                .iter()
+                .map(|p| p.topic_partition().clone())
+                .collect();
+            watched.retain(|tp| live.contains(tp));
+            watches.retain(|_, tp| tp.as_ref().is_none_or(|tp| live.contains(tp)));
+            add_watches(&mut watches, &mut watched);
+            next_full = Instant::now() + interval;
+        } else {
+            for wd in &fired {
+                if let Some(Some(tp)) = watches.get(wd) {
+                    if let Some(p) = dir.partition(&tp.topic, tp.partition) {
+                        dir.refresh_partition(&p);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Kafka partition logs on disk: `<log-dir>/<topic>-<partition>/<20-digit base offset>.log`
+//! with `.index` and `.timeindex`, record batches v2, as a broker writes them.
+//!
+//! - [`LogDir`] / [`Partition`]: the reader. Segments are mapped with memmap2; every batch is
+//!   CRC-checked once (the validation scan also builds a sparse in-memory offset/time index),
+//!   and [`Partition::read`] hands out [`ReadSlice`]s that borrow the mapping (no copy).
+//!   [`LogDir::refresh`] / [`LogDir::spawn_follower`] follow growth, rolls and retention.
+//! - [`writer`]: broker-compatible writer (`kxgw produce`).
+//! - [`batch`], [`record`], [`index`], [`checkpoint`], [`segment`]: the formats.
+
+pub mod batch;
+pub mod checkpoint;
+mod dir;
+pub mod error;
+mod follower;
+pub mod index;
+mod partition;
+pub mod record;
+pub mod segment;
+pub mod varint;
+pub mod writer;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use dir::LogDir;
+pub use error::{BatchError, LogError};
+pub use follower::FollowerHandle;
+pub use partition::Partition;
+
+/// Which end bounds reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isolation {
+    /// Up to the high watermark (from `replication-offset-checkpoint`), as a broker serves
+    /// consumers.
+    HighWatermark,
+    /// Up to the log end offset (every complete, valid batch).
+    LogEnd,
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hw" | "high-watermark" => Ok(Isolation::HighWatermark),
+            "log-end" | "leo" => Ok(Isolation::LogEnd),
+            _ => Err(format!("unknown isolation {s:?} (hw | log-end)")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+
+    /// Parses a partition directory name `<topic>-<partition>`; `None` for other names
+    /// (`-delete`, `-future`, `-stray` dirs, files).
+    pub fn from_dir_name(name: &str) -> Option<Self> {
+        let (topic, p) = name.rsplit_once('-')?;
+        if topic.is_empty() || p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(TopicPartition::new(topic, p.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub log_start: i64,
+    /// Next offset to be written: last offset of the last complete valid batch + 1.
+    pub log_end: i64,
+    /// From `replication-offset-checkpoint` when present (bounded by log start and log end),
+    /// else the log end.
+    pub high_watermark: i64,
+}
+
+impl PartitionOffsets {
+    pub fn readable_end(&self, iso: Isolation) -> i64 {
+        match iso {
+            Isolation::HighWatermark => self.high_watermark,
+            Isolation::LogEnd => self.log_end,
+        }
+    }
+}
+
+/// Whole batches of one segment, borrowed from its mapping. Cloning clones Arcs only.
+#[derive(Clone, Debug)]
+pub struct ReadSlice {
+    /// The segment file.
+    pub path: Arc<PathBuf>,
+    /// The open segment file: sendfile(2) / pread source.
+    pub file: Arc<File>,
+    /// Read-only mapping covering `position..position + len`.
+    pub map: Arc<memmap2::Mmap>,
+    /// File position of the first byte (a batch start).
+    pub position: u64,
+    /// Bytes of whole batches (0: nothing to read).
+    pub len: usize,
+    /// Base offset of the first batch.
+    pub first_offset: i64,
+    /// Last offset of the last batch + 1 (the requested offset when empty).
+    pub next_offset: i64,
+    /// Offsets of the partition as of this read.
+    pub offsets: PartitionOffsets,
+}
+
+impl ReadSlice {
+    /// The batches, straight from the mapping.
+    pub fn bytes(&self) -> &[u8] {
+        let start = self.position as usize;
+        &self.map[start..start + self.len]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,567 @@
+//! One partition's segments, validated once and read without copying.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::Bound;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use memmap2::{Mmap, MmapOptions};
+
+use super::batch::{be_i32, be_i64, LAST_OFFSET_DELTA_OFFSET, LOG_OVERHEAD};
+use super::checkpoint::Checkpoint;
+use super::error::LogError;
+use super::segment::{self, file_stem, ScanEnd, LOG_SUFFIX};
+use super::{Isolation, PartitionOffsets, ReadSlice, TopicPartition};
+
+/// Bytes of batches between two entries of the in-memory sparse index: a lookup scans at
+/// most this many bytes of batch headers after the binary search.
+const INDEX_STRIDE: u64 = 4096;
+
+/// One entry of the in-memory sparse index built by the validation scan.
+#[derive(Clone, Copy, Debug)]
+struct MemEntry {
+    /// Base offset of the batch at `position`, relative to the segment base offset.
+    rel_offset: u32,
+    position: u32,
+    /// Largest batch max timestamp of the batches before `position` in this segment.
+    max_ts_before: i64,
+}
+
+/// A segment as validated so far.
+struct Segment {
+    base_offset: i64,
+    path: Arc<PathBuf>,
+    file: Arc<File>,
+    dev_ino: (u64, u64),
+    map: Arc<Mmap>,
+    /// End of the validated prefix: every byte below is a whole, CRC-checked batch.
+    valid_end: u64,
+    /// Offset after the last valid batch (base offset when there is none).
+    next_offset: i64,
+    entries: Vec<MemEntry>,
+    bytes_since_entry: u64,
+    /// Max timestamp of the valid batches (i64::MIN when none).
+    max_ts: i64,
+    /// How the last validation scan ended (what lies at `valid_end`).
+    end: ScanEnd,
+}
+
+/// What a refresh found for one existing segment (computed without the state lock).
+struct SegUpdate {
+    map: Option<Arc<Mmap>>,
+    valid_end: u64,
+    next_offset: i64,
+    new_entries: Vec<MemEntry>,
+    bytes_since_entry: u64,
+    max_ts: i64,
+    end: ScanEnd,
+}
+
+fn map_file(path: &Path, file: &File, len: u64) -> Result<Mmap, LogError> {
+    let len = usize::try_from(len)
+        .map_err(|_| LogError::Invalid(format!("{}: too large to map", path.display())))?;
+    // SAFETY: the mapping is read-only and we only read bytes below the validated end, which
+    // a broker never rewrites (it appends; truncation and compaction replace files, which we
+    // detect by inode/size and remap). The file stays open for the mapping's lifetime.
+    unsafe { MmapOptions::new().len(len).map(file) }.map_err(|e| LogError::io(path, e))
+}
+
+impl Segment {
+    fn open(dir: &Path, base_offset: i64) -> Result<Option<Segment>, LogError> {
+        let path = dir.join(format!("{}{LOG_SUFFIX}", file_stem(base_offset)));
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(LogError::io(&path, e)),
+        };
+        let md = file.metadata().map_err(|e| LogError::io(&path, e))?;
+        let map = map_file(&path, &file, md.len())?;
+        let mut seg = Segment {
+            base_offset,
+            path: Arc::new(path),
+            file: Arc::new(file),
+            dev_ino: (md.dev(), md.ino()),
+            map: Arc::new(map),
+            valid_end: 0,
+            next_offset: base_offset,
+            entries: Vec::new(),
+            bytes_since_entry: 0,
+            max_ts: i64::MIN,
+            end: ScanEnd::Clean,
+        };
+        let u = seg.scan(None);
+        seg.apply(u);
+        Ok(Some(seg))
+    }
+
+    /// Validates from `valid_end` to the end of `map` (or the current map).
+    fn scan(&self, map: Option<Arc<Mmap>>) -> SegUpdate {
+        let m = map.as_ref().unwrap_or(&self.map);
+        let base = self.base_offset;
+        let mut new_entries = Vec::new();
+        let mut bytes_since = self.bytes_since_entry;
+        let mut max_ts = self.max_ts;
+        let s = segment::scan(m, self.valid_end as usize, self.next_offset, |pos, h| {
+            let rel = h.base_offset - base;
+            if bytes_since >= INDEX_STRIDE {
+                if let (Ok(rel), Ok(position)) = (u32::try_from(rel), u32::try_from(pos)) {
+                    new_entries.push(MemEntry {
+                        rel_offset: rel,
+                        position,
+                        max_ts_before: max_ts,
+                    });
+                    bytes_since = 0;
+                }
+            }
+            bytes_since += h.total_len() as u64;
+            max_ts = max_ts.max(h.max_timestamp);
+        });
+        SegUpdate {
+            map,
+            valid_end: s.valid_end as u64,
+            next_offset: s.next_offset,
+            new_entries,
+            bytes_since_entry: bytes_since,
+            max_ts,
+            end: s.end,
+        }
+    }
+
+    fn apply(&mut self, u: SegUpdate) {
+        if let Some(m) = u.map {
+            self.map = m;
+        }
+        if let ScanEnd::Corrupt { position, reason } = &u.end {
+            if self.end != u.end {
+                log::warn!(
+                    "{}: corrupt batch at byte {position}: {reason}; offsets from {} on are not served from this segment",
+                    self.path.display(),
+                    u.next_offset
+                );
+            }
+        }
+        self.valid_end = u.valid_end;
+        self.next_offset = u.next_offset;
+        self.entries.extend(u.new_entries);
+        self.bytes_since_entry = u.bytes_since_entry;
+        self.max_ts = u.max_ts;
+        self.end = u.end;
+    }
+
+    fn valid(&self) -> &[u8] {
+        &self.map[..self.valid_end as usize]
+    }
+
+    /// Position of the first batch whose last offset is >= `offset`, starting from the
+    /// sparse index entry at or below it.
+    fn find(&self, offset: i64) -> Result<Option<u64>, LogError> {
+        let rel = offset - self.base_offset;
+        let i = self
+            .entries
+            .partition_point(|e| i64::from(e.rel_offset) <= rel);
+        let mut pos = if i == 0 {
+            0
+        } else {
+            self.entries[i - 1].position as usize
+        };
+        let data = self.valid();
+        while pos < data.len() {
+            let last = be_i64(data, pos) + i64::from(be_i32(data, pos + LAST_OFFSET_DELTA_OFFSET));
+            if last >= offset {
+                return Ok(Some(pos as u64));
+            }
+            pos += LOG_OVERHEAD + be_i32(data, pos + 8) as usize;
+        }
+        self.corruption()?;
+        Ok(None)
+    }
+
+    fn corruption(&self) -> Result<(), LogError> {
+        match &self.end {
+            ScanEnd::Corrupt { position, reason } => Err(LogError::corrupt(
+                self.path.as_path(),
+                *position as u64,
+                reason,
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct PartState {
+    segments: BTreeMap<i64, Segment>,
+    offsets: PartitionOffsets,
+}
+
+/// One `<topic>-<partition>` directory.
+pub struct Partition {
+    tp: TopicPartition,
+    dir: PathBuf,
+    isolation: Isolation,
+    state: RwLock<PartState>,
+    /// Serialises refreshes: only a refresh mutates the state, so it can scan outside the lock.
+    refresh_lock: Mutex<Option<String>>,
+    /// Returned in empty slices of a partition without segments.
+    empty: (Arc<PathBuf>, Arc<File>, Arc<Mmap>),
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("tp", &self.tp)
+            .field("dir", &self.dir)
+            .field("offsets", &self.offsets())
+            .finish()
+    }
+}
+
+impl Partition {
+    pub(crate) fn new(
+        dir: PathBuf,
+        tp: TopicPartition,
+        isolation: Isolation,
+    ) -> Result<Self, LogError> {
+        let dir_file = File::open(&dir).map_err(|e| LogError::io(&dir, e))?;
+        let empty_map = MmapOptions::new()
+            .len(0)
+            .map_anon()
+            .and_then(|m| m.make_read_only())
+            .map_err(|e| LogError::io(&dir, e))?;
+        Ok(Partition {
+            empty: (
+                Arc::new(dir.clone()),
+                Arc::new(dir_file),
+                Arc::new(empty_map),
+            ),
+            tp,
+            dir,
+            isolation,
+            state: RwLock::new(PartState {
+                segments: BTreeMap::new(),
+                offsets: PartitionOffsets {
+                    log_start: 0,
+                    log_end: 0,
+                    high_watermark: 0,
+                },
+            }),
+            refresh_lock: Mutex::new(None),
+        })
+    }
+
+    fn state(&self) -> RwLockReadGuard<'_, PartState> {
+        // A panic while holding the lock cannot leave the state half-updated (updates are
+        // plain assignments), so a poisoned lock is still usable.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.tp.topic
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.tp.partition
+    }
+
+    pub fn topic_partition(&self) -> &TopicPartition {
+        &self.tp
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+
+    pub fn offsets(&self) -> PartitionOffsets {
+        self.state().offsets
+    }
+
+    pub fn readable_end(&self) -> i64 {
+        self.offsets().readable_end(self.isolation)
+    }
+
+    /// Base offsets of the segments currently known.
+    pub fn segment_bases(&self) -> Vec<i64> {
+        self.state().segments.keys().copied().collect()
+    }
+
+    fn empty_slice(&self, st: &PartState, offset: i64) -> ReadSlice {
+        let (path, file, map) = match st.segments.values().next_back() {
+            Some(s) => (s.path.clone(), s.file.clone(), s.map.clone()),
+            None => (
+                self.empty.0.clone(),
+                self.empty.1.clone(),
+                self.empty.2.clone(),
+            ),
+        };
+        ReadSlice {
+            path,
+            file,
+            map,
+            position: 0,
+            len: 0,
+            first_offset: offset,
+            next_offset: offset,
+            offsets: st.offsets,
+        }
+    }
+
+    /// Kafka's fetch rule: whole batches from the one containing `offset`, as many as fit in
+    /// `max_bytes` but at least one, all below the readable end, from one segment.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadSlice, LogError> {
+        let st = self.state();
+        let offsets = st.offsets;
+        let end = offsets.readable_end(self.isolation);
+        if offset == end {
+            // A consumer caught up with a log whose validation stopped at a corrupt batch
+            // must learn why it gets nothing, instead of waiting forever.
+            if end == offsets.log_end {
+                if let Some(last) = st.segments.values().next_back() {
+                    last.corruption()?;
+                }
+            }
+            return Ok(self.empty_slice(&st, offset));
+        }
+        if offset < offsets.log_start || offset > end {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start: offsets.log_start,
+                log_end: end,
+            });
+        }
+        let mut seg = st
+            .segments
+            .range(..=offset)
+            .next_back()
+            .or_else(|| st.segments.iter().next())
+            .map(|(_, s)| s);
+        while let Some(s) = seg {
+            if let Some(pos) = s.find(offset)? {
+                return Ok(self.collect(s, pos, offset, end, max_bytes, offsets));
+            }
+            // Not in this segment (compacted away, or a gap before the next one).
+            seg = st
+                .segments
+                .range((Bound::Excluded(s.base_offset), Bound::Unbounded))
+                .next()
+                .map(|(_, s)| s);
+        }
+        Ok(self.empty_slice(&st, offset))
+    }
+
+    fn collect(
+        &self,
+        s: &Segment,
+        start: u64,
+        offset: i64,
+        end: i64,
+        max_bytes: usize,
+        offsets: PartitionOffsets,
+    ) -> ReadSlice {
+        let data = s.valid();
+        let mut pos = start as usize;
+        let mut len = 0usize;
+        let mut first_offset = offset;
+        let mut next_offset = offset;
+        while pos < data.len() {
+            let base = be_i64(data, pos);
+            let last = base + i64::from(be_i32(data, pos + LAST_OFFSET_DELTA_OFFSET));
+            let size = LOG_OVERHEAD + be_i32(data, pos + 8) as usize;
+            if last >= end || (len > 0 && len + size > max_bytes) {
+                break;
+            }
+            if len == 0 {
+                first_offset = base;
+            }
+            len += size;
+            next_offset = last + 1;
+            pos += size;
+        }
+        ReadSlice {
+            path: s.path.clone(),
+            file: s.file.clone(),
+            map: s.map.clone(),
+            position: if len == 0 { 0 } else { start },
+            len,
+            first_offset,
+            next_offset,
+            offsets,
+        }
+    }
+
+    /// ListOffsets by timestamp: the first record (in offset order) whose timestamp is
+    /// >= `ts`, as (offset, timestamp); `None` if there is none below the readable end.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let st = self.state();
+        let end = st.offsets.readable_end(self.isolation);
+        for s in st.segments.values() {
+            if s.max_ts < ts {
+                continue;
+            }
+            // Last sparse entry before which no batch reaches ts.
+            let i = s.entries.partition_point(|e| e.max_ts_before < ts);
+            let mut pos = if i == 0 {
+                0
+            } else {
+                s.entries[i - 1].position as usize
+            };
+            let data = s.valid();
+            while pos < data.len() {
+                let b = &data[pos..];
+                let h = super::batch::BatchHeader::parse(b)
+                    .map_err(|e| LogError::corrupt(s.path.as_path(), pos as u64, e))?;
+                if h.last_offset() >= end {
+                    return Ok(None);
+                }
+                if h.max_timestamp >= ts && h.base_offset >= st.offsets.log_start {
+                    return Ok(Some(first_record_at_or_after(b, &h, ts)));
+                }
+                pos += h.total_len();
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rescans the partition dir. Returns whether the readable end advanced.
+    pub(crate) fn refresh(
+        &self,
+        hw: Option<&Checkpoint>,
+        log_start: Option<&Checkpoint>,
+    ) -> Result<bool, LogError> {
+        let mut last_err = self.refresh_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let res = self.refresh_locked(hw, log_start);
+        match &res {
+            Err(e) => {
+                let msg = e.to_string();
+                if last_err.as_deref() != Some(msg.as_str()) {
+                    log::warn!("{}: refresh failed: {msg}", self.tp);
+                }
+                *last_err = Some(msg);
+            }
+            Ok(_) => *last_err = None,
+        }
+        res
+    }
+
+    fn refresh_locked(
+        &self,
+        hw: Option<&Checkpoint>,
+        log_start: Option<&Checkpoint>,
+    ) -> Result<bool, LogError> {
+        let bases = segment::list_segments(&self.dir).map_err(|e| LogError::io(&self.dir, e))?;
+        enum Change {
+            Update(i64, SegUpdate),
+            Replace(i64, Segment),
+            Remove(i64),
+        }
+        let mut changes = Vec::new();
+        {
+            let st = self.state();
+            for b in st.segments.keys() {
+                if bases.binary_search(b).is_err() {
+                    changes.push(Change::Remove(*b));
+                }
+            }
+            drop(st);
+        }
+        for &b in &bases {
+            // Scans run without the state lock; only this (serialised) refresh mutates it.
+            let st = self.state();
+            let Some(seg) = st.segments.get(&b) else {
+                drop(st);
+                if let Some(s) = Segment::open(&self.dir, b)? {
+                    changes.push(Change::Replace(b, s));
+                }
+                continue;
+            };
+            let md = match std::fs::metadata(seg.path.as_path()) {
+                Ok(md) => md,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    changes.push(Change::Remove(b));
+                    continue;
+                }
+                Err(e) => return Err(LogError::io(seg.path.as_path(), e)),
+            };
+            let len = md.len();
+            if (md.dev(), md.ino()) != seg.dev_ino || len < seg.map.len() as u64 {
+                // Replaced (compaction swap, recovery rewrite) or truncated: start over.
+                drop(st);
+                match Segment::open(&self.dir, b)? {
+                    Some(s) => changes.push(Change::Replace(b, s)),
+                    None => changes.push(Change::Remove(b)),
+                }
+                continue;
+            }
+            let grown = len > seg.map.len() as u64;
+            if !grown && seg.end == ScanEnd::Clean {
+                continue;
+            }
+            let map = if grown {
+                Some(Arc::new(map_file(&seg.path, &seg.file, len)?))
+            } else {
+                None
+            };
+            let u = seg.scan(map);
+            drop(st);
+            changes.push(Change::Update(b, u));
+        }
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let before = st.offsets.readable_end(self.isolation);
+        for c in changes {
+            match c {
+                Change::Remove(b) => {
+                    st.segments.remove(&b);
+                }
+                Change::Replace(b, s) => {
+                    st.segments.insert(b, s);
+                }
+                Change::Update(b, u) => {
+                    if let Some(s) = st.segments.get_mut(&b) {
+                        s.apply(u);
+                    }
+                }
+            }
+        }
+        let first_base = st.segments.keys().next().copied();
+        let log_end = st
+            .segments
+            .values()
+            .next_back()
+            .map_or(0, |s| s.next_offset);
+        let ckpt_start = log_start.and_then(|c| c.get(&self.tp)).copied();
+        let log_start = match (first_base, ckpt_start) {
+            (Some(b), Some(c)) => b.max(c).min(log_end),
+            (Some(b), None) => b,
+            (None, Some(c)) => c,
+            (None, None) => 0,
+        };
+        let log_end = log_end.max(log_start);
+        let high_watermark = match hw {
+            None => log_end,
+            // Like a broker: a partition missing from the checkpoint starts at the log start.
+            Some(c) => c.get(&self.tp).copied().unwrap_or(log_start),
+        }
+        .clamp(log_start, log_end);
+        st.offsets = PartitionOffsets {
+            log_start,
+            log_end,
+            high_watermark,
+        };
+        Ok(st.offsets.readable_end(self.isolation) > before)
+    }
+}
+
+/// The first record of an uncompressed batch with timestamp >= `ts`; for compressed batches
+/// (records not decodable here) the batch's base offset and max timestamp.
+fn first_record_at_or_after(batch: &[u8], h: &super::batch::BatchHeader, ts: i64) -> (i64, i64) {
+    if let Ok((_, recs)) = super::record::decode_batch_refs(batch) {
+        if let Some(r) = recs.iter().find(|r| r.timestamp >= ts) {
+            return (r.offset, r.timestamp);
+        }
+    }
+    (h.base_offset, h.max_timestamp)
+}

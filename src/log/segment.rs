@@ -1,0 +1,142 @@
+//! Segment files: names, and the validation scan shared by the reader, the writer and
+//! `inspect` (whole batches, CRC-checked, offsets increasing).
+
+use std::path::Path;
+
+use super::batch::{self, BatchHeader, LOG_OVERHEAD};
+use super::error::BatchError;
+
+pub const LOG_SUFFIX: &str = ".log";
+pub const INDEX_SUFFIX: &str = ".index";
+pub const TIME_INDEX_SUFFIX: &str = ".timeindex";
+
+/// `00000000000000000042` (20 digits, as the broker names segments).
+pub fn file_stem(base_offset: i64) -> String {
+    format!("{base_offset:020}")
+}
+
+/// Base offset from a segment file name `<20 digits>.log`; `None` for anything else
+/// (`.log.deleted`, `.cleaned`, `.swap`, other files).
+pub fn parse_log_name(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(LOG_SUFFIX)?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// Sorted base offsets of the segments in a partition dir.
+pub fn list_segments(dir: &Path) -> std::io::Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if let Some(base) = e.file_name().to_str().and_then(parse_log_name) {
+            out.push(base);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// How a validation scan ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScanEnd {
+    /// All bytes are whole valid batches.
+    Clean,
+    /// A batch starts at `position` but the bytes end before it does (torn tail, or a write in
+    /// progress): not visible, not an error for the active segment.
+    Incomplete { position: usize, needed: usize },
+    /// Zero bytes from `position` on (a preallocated log file): treated as the end.
+    ZeroTail { position: usize },
+    /// The batch at `position` is corrupt (bad CRC, impossible header, offsets going back).
+    Corrupt { position: usize, reason: String },
+}
+
+impl ScanEnd {
+    pub fn position(&self) -> Option<usize> {
+        match self {
+            ScanEnd::Clean => None,
+            ScanEnd::Incomplete { position, .. }
+            | ScanEnd::ZeroTail { position }
+            | ScanEnd::Corrupt { position, .. } => Some(*position),
+        }
+    }
+}
+
+/// Result of a scan: where the valid prefix ends, the offset after its last batch.
+#[derive(Clone, Debug)]
+pub struct Scanned {
+    pub valid_end: usize,
+    pub next_offset: i64,
+    pub end: ScanEnd,
+}
+
+/// Validates whole batches of `buf` from `from` on; `next_offset` is the smallest base offset
+/// the next batch may have. Calls `each(position, header)` for every valid batch.
+pub fn scan(
+    buf: &[u8],
+    from: usize,
+    mut next_offset: i64,
+    mut each: impl FnMut(usize, &BatchHeader),
+) -> Scanned {
+    let mut pos = from;
+    let end = loop {
+        if pos >= buf.len() {
+            break ScanEnd::Clean;
+        }
+        let rest = &buf[pos..];
+        let head = &rest[..rest.len().min(LOG_OVERHEAD)];
+        if head.iter().all(|&b| b == 0) {
+            // A zero length can never start a batch: either preallocated zeros, or the
+            // writer extended the file and has not filled it yet. Either way: not yet data.
+            break ScanEnd::ZeroTail { position: pos };
+        }
+        match batch::verify(rest) {
+            Ok(h) => {
+                if h.base_offset < next_offset {
+                    break ScanEnd::Corrupt {
+                        position: pos,
+                        reason: format!(
+                            "base offset {} below the previous batch's next offset {next_offset}",
+                            h.base_offset
+                        ),
+                    };
+                }
+                each(pos, &h);
+                next_offset = h.next_offset();
+                pos += h.total_len();
+            }
+            Err(BatchError::Truncated { needed, .. }) => {
+                break ScanEnd::Incomplete {
+                    position: pos,
+                    needed,
+                }
+            }
+            Err(e) => {
+                break ScanEnd::Corrupt {
+                    position: pos,
+                    reason: e.to_string(),
+                }
+            }
+        }
+    };
+    Scanned {
+        valid_end: pos,
+        next_offset,
+        end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(file_stem(42), "00000000000000000042");
+        assert_eq!(parse_log_name("00000000000000000042.log"), Some(42));
+        assert_eq!(parse_log_name("00000000000000000042.log.deleted"), None);
+        assert_eq!(parse_log_name("00000000000000000042.index"), None);
+        assert_eq!(parse_log_name("0000000000000000042.log"), None);
+    }
+}

@@ -1,0 +1,736 @@
+//! Writing partition logs exactly as a broker lays them out: record batches v2 (magic 2,
+//! no compression, leader epoch 0, no producer id), `.index` / `.timeindex` entries on the
+//! broker's cadence, segments rolled at `segment_bytes`, named by their base offset.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::batch::{self, BATCH_HEADER_LEN, LOG_OVERHEAD};
+use super::checkpoint;
+use super::error::LogError;
+use super::index::IndexCadence;
+use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use super::varint;
+use super::TopicPartition;
+
+/// Demo key of `offset`: `key-000000000042` (16 bytes, printable).
+pub fn demo_key(offset: i64) -> Vec<u8> {
+    format!("key-{offset:012}").into_bytes()
+}
+
+/// Demo key padded with `k` or cut to `size` bytes.
+pub fn demo_key_sized(offset: i64, size: usize) -> Vec<u8> {
+    let mut k = demo_key(offset);
+    k.resize(size, b'k');
+    k
+}
+
+const ALPHABET_LEN: usize = 26;
+const PATTERN_LEN: usize = 4096 + ALPHABET_LEN;
+/// "abc...zabc..." so that filler can be copied in large chunks.
+static PATTERN: [u8; PATTERN_LEN] = {
+    let mut a = [0u8; PATTERN_LEN];
+    let mut i = 0;
+    while i < PATTERN_LEN {
+        a[i] = b'a' + (i % ALPHABET_LEN) as u8;
+        i += 1;
+    }
+    a
+};
+
+/// Demo value: `p<partition>-o<offset, 12 digits>-` followed by letters where byte `i` is
+/// `'a' + (offset + i) % 26`; cut to `size`. Printable, no newline, different per offset, so
+/// any consumer can check what it received.
+pub fn demo_value(partition: i32, offset: i64, size: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(size);
+    demo_value_into(&mut v, partition, offset, size);
+    v
+}
+
+/// [`demo_value`] appended to `out` (no allocation when `out` has room).
+pub fn demo_value_into(out: &mut Vec<u8>, partition: i32, offset: i64, size: usize) {
+    let start = out.len();
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "p{partition}-o{offset:012}-");
+    out.truncate(start + size);
+    let mut i = out.len() - start;
+    while i < size {
+        let phase = ((offset as u64).wrapping_add(i as u64) % ALPHABET_LEN as u64) as usize;
+        let n = (size - i).min(PATTERN_LEN - ALPHABET_LEN);
+        out.extend_from_slice(&PATTERN[phase..phase + n]);
+        i += n;
+    }
+}
+
+/// True when `value` is exactly `demo_value(partition, offset, value.len())`.
+pub fn is_demo_value(partition: i32, offset: i64, value: &[u8]) -> bool {
+    let mut v = Vec::with_capacity(value.len());
+    demo_value_into(&mut v, partition, offset, value.len());
+    v == value
+}
+
+/// One record to append. The offset is assigned by the writer.
+#[derive(Clone, Debug, Default)]
+pub struct NewRecord<'a> {
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+}
+
+/// Builds one record batch v2 in a reusable buffer.
+#[derive(Debug, Default)]
+pub struct BatchBuilder {
+    buf: Vec<u8>,
+    base_offset: i64,
+    base_ts: i64,
+    max_ts: i64,
+    count: i32,
+}
+
+fn bytes_len(b: Option<&[u8]>) -> usize {
+    match b {
+        None => varint::len_i64(-1),
+        Some(b) => varint::len_i64(b.len() as i64) + b.len(),
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        None => varint::put_i64(out, -1),
+        Some(b) => {
+            varint::put_i64(out, b.len() as i64);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+impl BatchBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a batch whose first record gets `base_offset`.
+    pub fn begin(&mut self, base_offset: i64) {
+        self.buf.clear();
+        self.buf.resize(BATCH_HEADER_LEN, 0);
+        self.base_offset = base_offset;
+        self.count = 0;
+        self.max_ts = i64::MIN;
+    }
+
+    pub fn count(&self) -> i32 {
+        self.count
+    }
+
+    /// Bytes the batch has so far (header included).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn push(&mut self, r: &NewRecord<'_>) {
+        self.push_parts(r.timestamp, r.key, r.value, &r.headers);
+    }
+
+    /// Appends a record (varint encoding, as MemoryRecordsBuilder writes it).
+    pub fn push_parts(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) {
+        if self.count == 0 {
+            self.base_ts = timestamp;
+        }
+        self.max_ts = self.max_ts.max(timestamp);
+        let ts_delta = timestamp.wrapping_sub(self.base_ts);
+        let offset_delta = i64::from(self.count);
+        let mut body = 1 + varint::len_i64(ts_delta) + varint::len_i64(offset_delta);
+        body += bytes_len(key) + bytes_len(value);
+        body += varint::len_i64(headers.len() as i64);
+        for (k, v) in headers {
+            body += bytes_len(Some(k.as_bytes())) + bytes_len(*v);
+        }
+        let out = &mut self.buf;
+        out.reserve(body + 5);
+        varint::put_i64(out, body as i64);
+        out.push(0); // record attributes
+        varint::put_i64(out, ts_delta);
+        varint::put_i64(out, offset_delta);
+        put_bytes(out, key);
+        put_bytes(out, value);
+        varint::put_i64(out, headers.len() as i64);
+        for (k, v) in headers {
+            put_bytes(out, Some(k.as_bytes()));
+            put_bytes(out, *v);
+        }
+        self.count += 1;
+    }
+
+    /// Fills in the header and CRC; returns the whole batch. Requires at least one record.
+    pub fn finish(&mut self) -> &[u8] {
+        let b = &mut self.buf;
+        let len = (b.len() - LOG_OVERHEAD) as i32;
+        b[0..8].copy_from_slice(&self.base_offset.to_be_bytes());
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        b[12..16].copy_from_slice(&0i32.to_be_bytes()); // partition leader epoch
+        b[16] = 2; // magic
+        b[21..23].copy_from_slice(&0i16.to_be_bytes()); // attributes: no compression, create time
+        b[23..27].copy_from_slice(&(self.count - 1).to_be_bytes());
+        b[27..35].copy_from_slice(&self.base_ts.to_be_bytes());
+        b[35..43].copy_from_slice(&self.max_ts.to_be_bytes());
+        b[43..51].copy_from_slice(&(-1i64).to_be_bytes()); // producer id
+        b[51..53].copy_from_slice(&(-1i16).to_be_bytes()); // producer epoch
+        b[53..57].copy_from_slice(&(-1i32).to_be_bytes()); // base sequence
+        b[57..61].copy_from_slice(&self.count.to_be_bytes());
+        let crc = batch::compute_crc(b);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        &self.buf
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    /// Roll to a new segment when the next batch would take the active one past this size.
+    pub segment_bytes: u64,
+    /// `log.index.interval.bytes`: bytes between `.index` entries.
+    pub index_interval_bytes: u32,
+    /// Buffer size of the segment writer (bytes); batches larger than it are written directly.
+    pub buffer_bytes: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            segment_bytes: 1 << 30,
+            index_interval_bytes: 4096,
+            buffer_bytes: 1 << 20,
+        }
+    }
+}
+
+struct ActiveSegment {
+    base_offset: i64,
+    size: u64,
+    log_path: PathBuf,
+    log: BufWriter<File>,
+    index: BufWriter<File>,
+    time_index: BufWriter<File>,
+    cadence: IndexCadence,
+}
+
+/// Appends batches to `<log_dir>/<topic>-<partition>/`, continuing existing offsets.
+pub struct PartitionWriter {
+    dir: PathBuf,
+    tp: TopicPartition,
+    cfg: WriterConfig,
+    seg: Option<ActiveSegment>,
+    next_offset: i64,
+    builder: BatchBuilder,
+    index_buf: Vec<u8>,
+    time_buf: Vec<u8>,
+}
+
+fn open_append(path: &Path) -> Result<File, LogError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| LogError::io(path, e))
+}
+
+fn seg_path(dir: &Path, base: i64, suffix: &str) -> PathBuf {
+    dir.join(format!("{}{suffix}", file_stem(base)))
+}
+
+/// Checks a topic name the way Kafka does (legal characters, length), so the directory name
+/// parses back.
+pub fn validate_topic(topic: &str) -> Result<(), LogError> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(LogError::Invalid(format!(
+            "invalid topic name {topic:?}: use 1-249 of [a-zA-Z0-9._-]"
+        )))
+    }
+}
+
+impl PartitionWriter {
+    pub fn open(
+        log_dir: &Path,
+        topic: &str,
+        partition: i32,
+        cfg: WriterConfig,
+    ) -> Result<Self, LogError> {
+        validate_topic(topic)?;
+        if partition < 0 {
+            return Err(LogError::Invalid(format!("negative partition {partition}")));
+        }
+        if cfg.segment_bytes < BATCH_HEADER_LEN as u64 {
+            return Err(LogError::Invalid(format!(
+                "segment size {} is below one batch header",
+                cfg.segment_bytes
+            )));
+        }
+        let tp = TopicPartition::new(topic, partition);
+        let dir = log_dir.join(tp.to_string());
+        std::fs::create_dir_all(&dir).map_err(|e| LogError::io(&dir, e))?;
+        let mut w = PartitionWriter {
+            dir,
+            tp,
+            cfg,
+            seg: None,
+            next_offset: 0,
+            builder: BatchBuilder::new(),
+            index_buf: Vec::new(),
+            time_buf: Vec::new(),
+        };
+        let bases = segment::list_segments(&w.dir).map_err(|e| LogError::io(&w.dir, e))?;
+        match bases.last() {
+            Some(&base) => w.recover(base)?,
+            None => w.create_segment(0)?,
+        }
+        Ok(w)
+    }
+
+    /// Reopens the last segment for appending, as a broker's log recovery would: validate
+    /// its batches, cut a torn or corrupt tail, rebuild its indexes.
+    fn recover(&mut self, base: i64) -> Result<(), LogError> {
+        let log_path = seg_path(&self.dir, base, LOG_SUFFIX);
+        let data = std::fs::read(&log_path).map_err(|e| LogError::io(&log_path, e))?;
+        let mut cadence = IndexCadence::new(base, self.cfg.index_interval_bytes);
+        let (mut index, mut time_index) = (Vec::new(), Vec::new());
+        let s = segment::scan(&data, 0, base, |pos, h| {
+            cadence.on_batch(pos as u64, h, &mut index, &mut time_index);
+        });
+        if s.valid_end < data.len() {
+            let why = match &s.end {
+                ScanEnd::Corrupt { reason, .. } => reason.clone(),
+                ScanEnd::Incomplete { .. } => "torn batch".into(),
+                _ => "zero-filled tail".into(),
+            };
+            log::warn!(
+                "{}: truncating {} bytes from byte {} before appending ({why})",
+                log_path.display(),
+                data.len() - s.valid_end,
+                s.valid_end
+            );
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&log_path)
+                .map_err(|e| LogError::io(&log_path, e))?;
+            f.set_len(s.valid_end as u64)
+                .map_err(|e| LogError::io(&log_path, e))?;
+        }
+        for (suffix, bytes) in [(INDEX_SUFFIX, &index), (TIME_INDEX_SUFFIX, &time_index)] {
+            let p = seg_path(&self.dir, base, suffix);
+            std::fs::write(&p, bytes).map_err(|e| LogError::io(&p, e))?;
+        }
+        self.next_offset = s.next_offset;
+        self.seg = Some(ActiveSegment {
+            base_offset: base,
+            size: s.valid_end as u64,
+            log: BufWriter::with_capacity(self.cfg.buffer_bytes, open_append(&log_path)?),
+            index: BufWriter::new(open_append(&seg_path(&self.dir, base, INDEX_SUFFIX))?),
+            time_index: BufWriter::new(open_append(&seg_path(&self.dir, base, TIME_INDEX_SUFFIX))?),
+            log_path,
+            cadence,
+        });
+        Ok(())
+    }
+
+    fn create_segment(&mut self, base: i64) -> Result<(), LogError> {
+        let log_path = seg_path(&self.dir, base, LOG_SUFFIX);
+        let log = open_append(&log_path)?;
+        let index = open_append(&seg_path(&self.dir, base, INDEX_SUFFIX))?;
+        let time_index = open_append(&seg_path(&self.dir, base, TIME_INDEX_SUFFIX))?;
+        self.next_offset = self.next_offset.max(base);
+        self.seg = Some(ActiveSegment {
+            base_offset: base,
+            size: 0,
+            log_path,
+            log: BufWriter::with_capacity(self.cfg.buffer_bytes, log),
+            index: BufWriter::new(index),
+            time_index: BufWriter::new(time_index),
+            cadence: IndexCadence::new(base, self.cfg.index_interval_bytes),
+        });
+        Ok(())
+    }
+
+    pub fn topic_partition(&self) -> &TopicPartition {
+        &self.tp
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Offset the next appended record gets.
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// Base offset of the active segment.
+    pub fn active_segment_base(&self) -> i64 {
+        self.seg
+            .as_ref()
+            .map_or(self.next_offset, |s| s.base_offset)
+    }
+
+    /// Appends `records` as one batch; returns its base offset.
+    pub fn append(&mut self, records: &[NewRecord<'_>]) -> Result<i64, LogError> {
+        if records.is_empty() {
+            return Err(LogError::Invalid("empty batch".into()));
+        }
+        let mut b = std::mem::take(&mut self.builder);
+        b.begin(self.next_offset);
+        for r in records {
+            b.push(r);
+        }
+        let res = self.append_built(&mut b);
+        self.builder = b;
+        res
+    }
+
+    /// Appends a batch built with [`BatchBuilder`] (begun at [`Self::next_offset`]); the
+    /// builder is finished here. Returns the base offset.
+    pub fn append_built(&mut self, b: &mut BatchBuilder) -> Result<i64, LogError> {
+        if b.is_empty() {
+            return Err(LogError::Invalid("empty batch".into()));
+        }
+        if b.base_offset != self.next_offset {
+            return Err(LogError::Invalid(format!(
+                "batch begun at offset {}, log is at {}",
+                b.base_offset, self.next_offset
+            )));
+        }
+        let bytes = b.finish();
+        let h = batch::BatchHeader::parse(bytes)
+            .map_err(|e| LogError::Invalid(format!("built batch is invalid: {e}")))?;
+        let need_roll = match &self.seg {
+            None => true,
+            Some(s) => {
+                (s.size > 0 && s.size + bytes.len() as u64 > self.cfg.segment_bytes)
+                    || h.last_offset() - s.base_offset > i64::from(i32::MAX)
+            }
+        };
+        if need_roll {
+            self.roll(h.base_offset)?;
+        }
+        let Some(seg) = self.seg.as_mut() else {
+            return Err(LogError::Invalid("no active segment".into()));
+        };
+        self.index_buf.clear();
+        self.time_buf.clear();
+        seg.cadence
+            .on_batch(seg.size, &h, &mut self.index_buf, &mut self.time_buf);
+        seg.log
+            .write_all(bytes)
+            .map_err(|e| LogError::io(&seg.log_path, e))?;
+        if !self.index_buf.is_empty() {
+            seg.index
+                .write_all(&self.index_buf)
+                .map_err(|e| LogError::io(seg.log_path.with_extension("index"), e))?;
+        }
+        if !self.time_buf.is_empty() {
+            seg.time_index
+                .write_all(&self.time_buf)
+                .map_err(|e| LogError::io(seg.log_path.with_extension("timeindex"), e))?;
+        }
+        seg.size += bytes.len() as u64;
+        self.next_offset = h.next_offset();
+        Ok(h.base_offset)
+    }
+
+    /// Closes the active segment (final time index entry) and starts one at `base`.
+    fn roll(&mut self, base: i64) -> Result<(), LogError> {
+        self.close_segment()?;
+        self.create_segment(base)
+    }
+
+    fn close_segment(&mut self) -> Result<(), LogError> {
+        if let Some(mut seg) = self.seg.take() {
+            self.time_buf.clear();
+            seg.cadence.on_roll(&mut self.time_buf);
+            seg.time_index
+                .write_all(&self.time_buf)
+                .map_err(|e| LogError::io(seg.log_path.with_extension("timeindex"), e))?;
+            flush_segment(&mut seg)?;
+        }
+        Ok(())
+    }
+
+    /// Writes buffered bytes to the files (whole batches: followers see complete batches).
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        match self.seg.as_mut() {
+            Some(seg) => flush_segment(seg),
+            None => Ok(()),
+        }
+    }
+}
+
+fn flush_segment(seg: &mut ActiveSegment) -> Result<(), LogError> {
+    seg.log
+        .flush()
+        .map_err(|e| LogError::io(&seg.log_path, e))?;
+    seg.index
+        .flush()
+        .map_err(|e| LogError::io(seg.log_path.with_extension("index"), e))?;
+    seg.time_index
+        .flush()
+        .map_err(|e| LogError::io(seg.log_path.with_extension("timeindex"), e))
+}
+
+impl Drop for PartitionWriter {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            log::error!("{}: flush on close failed: {e}", self.dir.display());
+        }
+    }
+}
+
+/// What `kxgw produce` writes (without `--follow`).
+#[derive(Clone, Debug)]
+pub struct ProduceConfig {
+    pub log_dir: PathBuf,
+    pub topic: String,
+    pub partitions: i32,
+    /// Records per partition.
+    pub records: u64,
+    /// Value size in bytes.
+    pub record_size: usize,
+    pub batch_records: usize,
+    /// Key size in bytes (0: null keys). Keys are [`demo_key_sized`].
+    pub key_size: usize,
+    /// Headers per record: `h<i>` = the record's offset in decimal.
+    pub headers: usize,
+    pub writer: WriterConfig,
+    /// Write/update `replication-offset-checkpoint` with the new log end offsets.
+    pub write_checkpoint: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionSummary {
+    pub tp: TopicPartition,
+    /// Offset of the first record written by this run.
+    pub first_offset: i64,
+    /// Log end offset after this run.
+    pub next_offset: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProduceSummary {
+    pub partitions: Vec<PartitionSummary>,
+    pub records: u64,
+    pub batches: u64,
+    /// Bytes of batches appended to segment files.
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// Current wall clock in ms since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Fills `b` with up to `n` demo records for `partition` starting at `b`'s base offset.
+pub struct DemoBatches {
+    pub partition: i32,
+    pub record_size: usize,
+    pub key_size: usize,
+    pub headers: usize,
+    header_keys: Vec<String>,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    header_value: String,
+}
+
+impl DemoBatches {
+    pub fn new(partition: i32, record_size: usize, key_size: usize, headers: usize) -> Self {
+        DemoBatches {
+            partition,
+            record_size,
+            key_size,
+            headers,
+            header_keys: (0..headers).map(|i| format!("h{i}")).collect(),
+            key: Vec::new(),
+            value: Vec::with_capacity(record_size),
+            header_value: String::new(),
+        }
+    }
+
+    /// Begins a batch at `base_offset` and adds `n` demo records with timestamp `ts`.
+    pub fn build(&mut self, b: &mut BatchBuilder, base_offset: i64, n: usize, ts: i64) {
+        b.begin(base_offset);
+        for i in 0..n as i64 {
+            let off = base_offset + i;
+            self.value.clear();
+            demo_value_into(&mut self.value, self.partition, off, self.record_size);
+            let key = if self.key_size > 0 {
+                self.key = demo_key_sized(off, self.key_size);
+                Some(self.key.as_slice())
+            } else {
+                None
+            };
+            if self.headers > 0 {
+                self.header_value.clear();
+                self.header_value.push_str(&off.to_string());
+            }
+            let mut hdrs: Vec<(&str, Option<&[u8]>)> = Vec::new();
+            if self.headers > 0 {
+                for k in &self.header_keys {
+                    hdrs.push((k.as_str(), Some(self.header_value.as_bytes())));
+                }
+            }
+            b.push_parts(ts, key, Some(&self.value), &hdrs);
+        }
+    }
+}
+
+/// Appends `cfg.records` demo records to each partition; `progress(records, bytes)` is called after
+/// each batch with the records and bytes appended so far.
+pub fn produce_with_progress(
+    cfg: &ProduceConfig,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ProduceSummary, LogError> {
+    if cfg.partitions < 1 {
+        return Err(LogError::Invalid("need at least one partition".into()));
+    }
+    if cfg.batch_records < 1 {
+        return Err(LogError::Invalid(
+            "need at least one record per batch".into(),
+        ));
+    }
+    validate_topic(&cfg.topic)?;
+    std::fs::create_dir_all(&cfg.log_dir).map_err(|e| LogError::io(&cfg.log_dir, e))?;
+    let start = Instant::now();
+    let mut summary = ProduceSummary {
+        partitions: Vec::new(),
+        records: 0,
+        batches: 0,
+        bytes: 0,
+        elapsed: Duration::ZERO,
+    };
+    let mut b = BatchBuilder::new();
+    for p in 0..cfg.partitions {
+        let mut w = PartitionWriter::open(&cfg.log_dir, &cfg.topic, p, cfg.writer.clone())?;
+        let first = w.next_offset();
+        let mut demo = DemoBatches::new(p, cfg.record_size, cfg.key_size, cfg.headers);
+        let mut left = cfg.records;
+        while left > 0 {
+            let n = left.min(cfg.batch_records as u64) as usize;
+            demo.build(&mut b, w.next_offset(), n, now_ms());
+            w.append_built(&mut b)?;
+            summary.bytes += b.len() as u64;
+            summary.batches += 1;
+            summary.records += n as u64;
+            left -= n as u64;
+            progress(summary.records, summary.bytes);
+        }
+        w.flush()?;
+        summary.partitions.push(PartitionSummary {
+            tp: w.topic_partition().clone(),
+            first_offset: first,
+            next_offset: w.next_offset(),
+        });
+    }
+    if cfg.write_checkpoint {
+        let ends: Vec<_> = summary
+            .partitions
+            .iter()
+            .map(|s| (s.tp.clone(), s.next_offset))
+            .collect();
+        update_checkpoint(&cfg.log_dir, &ends)?;
+    }
+    summary.elapsed = start.elapsed();
+    Ok(summary)
+}
+
+/// What `kxgw produce` runs (without `--follow`).
+pub fn produce(cfg: &ProduceConfig) -> Result<ProduceSummary, LogError> {
+    produce_with_progress(cfg, &mut |_, _| {})
+}
+
+/// Sets the high watermarks of `ends` in `<log_dir>/replication-offset-checkpoint`, keeping
+/// the other partitions' entries.
+pub fn update_checkpoint(log_dir: &Path, ends: &[(TopicPartition, i64)]) -> Result<(), LogError> {
+    let path = log_dir.join(checkpoint::REPLICATION_OFFSET_CHECKPOINT);
+    let mut c = checkpoint::read(&path)?.unwrap_or_default();
+    for (tp, off) in ends {
+        c.insert(tp.clone(), *off);
+    }
+    checkpoint::write(&path, &c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_content() {
+        assert_eq!(demo_key(42), b"key-000000000042");
+        let v = demo_value(3, 42, 40);
+        assert_eq!(v.len(), 40);
+        assert_eq!(&v[..17], b"p3-o000000000042-");
+        assert!(v.iter().all(|b| b.is_ascii_graphic()));
+        assert!(is_demo_value(3, 42, &v));
+        assert!(!is_demo_value(3, 43, &v));
+        assert_eq!(demo_value(0, 1, 5), b"p0-o0");
+        let long = demo_value(0, 7, 10_000);
+        assert_eq!(long.len(), 10_000);
+        assert_eq!(long[9_999], b'a' + ((7 + 9_999) % 26) as u8);
+    }
+
+    #[test]
+    fn writer_rolls_and_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WriterConfig {
+            segment_bytes: 2000,
+            index_interval_bytes: 300,
+            ..Default::default()
+        };
+        let val = [b'x'; 100];
+        {
+            let mut w = PartitionWriter::open(dir.path(), "t", 0, cfg.clone()).unwrap();
+            for i in 0..30 {
+                let recs = vec![
+                    NewRecord {
+                        timestamp: 1000 + i,
+                        value: Some(&val),
+                        ..Default::default()
+                    };
+                    3
+                ];
+                assert_eq!(w.append(&recs).unwrap(), i * 3);
+            }
+        }
+        let segs = segment::list_segments(&dir.path().join("t-0")).unwrap();
+        assert!(segs.len() > 3, "{segs:?}");
+        assert_eq!(segs[0], 0);
+        for s in &segs {
+            let len = std::fs::metadata(seg_path(&dir.path().join("t-0"), *s, LOG_SUFFIX))
+                .unwrap()
+                .len();
+            assert!(len <= 2000);
+        }
+        let mut w = PartitionWriter::open(dir.path(), "t", 0, cfg).unwrap();
+        assert_eq!(w.next_offset(), 90);
+        assert_eq!(w.append(&[NewRecord::default()]).unwrap(), 90);
+    }
+}

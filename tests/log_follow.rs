@@ -1,0 +1,121 @@
+//! A reader following a log while `kxgw produce --follow` appends to it: new batches appear
+//! through the follower (inotify + timer) and the on_append hook, segments roll, the high
+//! watermark from replication-offset-checkpoint bounds what is visible, every record checks.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kxgw::log::writer::is_demo_value;
+use kxgw::log::{batch, record, Isolation, LogDir};
+use kxgw::testnet::KillOnDrop;
+
+#[test]
+fn follow_a_live_log() {
+    let d = tempfile::tempdir().unwrap();
+    let log = LogDir::open(d.path(), Some(Isolation::HighWatermark)).unwrap();
+    assert!(log.partitions().is_empty());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    log.on_append(Box::new(move |p| {
+        let _ = tx.send(p.partition());
+    }));
+    let _follower = log.spawn_follower(Duration::from_millis(250)).unwrap();
+
+    let child = Command::new(env!("CARGO_BIN_EXE_kxgw"))
+        .args([
+            "produce",
+            "--log-dir",
+            d.path().to_str().unwrap(),
+            "--topic",
+            "live",
+        ])
+        .args(["--partitions", "2", "--records", "0", "--follow", "3000"])
+        .args([
+            "--record-size",
+            "60",
+            "--batch-records",
+            "40",
+            "--segment-bytes",
+            "20000",
+        ])
+        .arg("--write-checkpoint")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+
+    let target = 1500i64;
+    let mut next = [0i64; 2];
+    let mut wakeups = 0;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while next.iter().any(|&n| n < target) {
+        assert!(Instant::now() < deadline, "stuck at {next:?}");
+        if rx.recv_timeout(Duration::from_secs(2)).is_ok() {
+            wakeups += 1;
+        }
+        for (pi, n) in next.iter_mut().enumerate() {
+            let Some(p) = log.partition("live", pi as i32) else {
+                continue;
+            };
+            loop {
+                let s = p.read(*n, 8192).unwrap();
+                if s.is_empty() {
+                    assert!(*n >= p.offsets().high_watermark.min(p.readable_end()));
+                    break;
+                }
+                assert!(s.next_offset <= s.offsets.high_watermark);
+                for r in batch::iter(s.bytes()) {
+                    let (at, h) = r.unwrap();
+                    let recs = record::decode_batch(&s.bytes()[at..at + h.total_len()]).unwrap();
+                    for rec in recs {
+                        assert_eq!(rec.offset, *n, "gap or repeat in partition {pi}");
+                        let v = rec.value.unwrap();
+                        assert!(
+                            is_demo_value(pi as i32, rec.offset, &v),
+                            "value at {}",
+                            rec.offset
+                        );
+                        *n += 1;
+                    }
+                }
+                assert_eq!(*n, s.next_offset);
+            }
+        }
+    }
+    assert!(wakeups > 2, "on_append hook hardly ever ran ({wakeups})");
+    for pi in 0..2 {
+        let p = log.partition("live", pi).unwrap();
+        assert!(p.segment_bases().len() > 1, "no roll in partition {pi}");
+    }
+    let status = child.terminate(Duration::from_secs(10)).unwrap();
+    assert!(
+        status.success(),
+        "produce --follow did not exit cleanly on SIGTERM: {status}"
+    );
+    let mut out = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(out.contains("follow: appended"), "{out}");
+    // The follower converges on the final log end (high watermark = log end, checkpointed).
+    for pi in 0..2 {
+        let want: i64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("live-{pi}: log end ")))
+            .unwrap_or_else(|| panic!("no final log end in {out}"))
+            .parse()
+            .unwrap();
+        let p = log.partition("live", pi).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.readable_end() != want {
+            assert!(Instant::now() < deadline, "{:?} != {want}", p.offsets());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(p.offsets().log_end, want);
+    }
+}
