@@ -62,6 +62,7 @@ cleanup() {
   "$REPO/scripts/netns.sh" down --name "$NAME" >/dev/null 2>&1 || true
   rm -rf "$TMPFS_DIR" "$DISK_LOG_DIR"
   if [ $rc -ne 0 ]; then echo "bench.sh: failed (rc $rc); run logs kept in $WORK" >&2; fi
+  if [ $rc -eq 0 ] && [ -z "${KEEP_WORK:-}" ]; then rm -rf "$WORK"; fi
   exit $rc
 }
 trap cleanup EXIT
@@ -193,6 +194,7 @@ gw_cmd() { # path fs
     ceil-xdp-raw)
       [ $HAVE_XDPRAW = 1 ] && echo "$KXGW bench-tool xdp-raw-tx" ;;
   esac
+  return 0
 }
 
 # Bind mode and TX strategy an AF_XDP gateway reported in its log.

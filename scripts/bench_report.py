@@ -102,8 +102,7 @@ def ratio(a, b):
 
 def unavailable(cell):
     if cell is None or cell.status() == "n/a":
-        note = cell.notes() if cell else ""
-        return f"not available ({note})" if note else "not available"
+        return "not available"
     return "failed (run log kept)"
 
 
@@ -157,7 +156,6 @@ def main():
             label = PATH_DOC.get(path, path)
             if c.status() != "ok":
                 md.append(f"| {label} | {fs} | {unavailable(c)} | | | | | | | | {c.notes()} |")
-                plot_rows.append((f"{path} {fs}", None, None, None))
                 continue
             g = c.median("gbps")
             copy_g = med("paths", "kafka-copy", fs, "gbps")
@@ -178,7 +176,7 @@ def main():
                 f"{ratio(g, ceil)} | {ratio(g, iperf)} | {c.notes()} |"
             )
             v = c.values("gbps")
-            plot_rows.append((f"{path} {fs}", g, min(v), max(v)))
+            plot_rows.append((path if fs == "-" else f"{path} {fs}", g, min(v), max(v)))
     md.append("")
     md.append(
         "Ceiling of a path: the raw sendfile loop on the same filesystem for the Kafka TCP paths, the raw "

@@ -3,13 +3,15 @@
 //! machine (same clock) reads the stamp when the record arrives. The delay covers the append,
 //! the gateway noticing it, the response, and the consumer's receive path.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 
 use super::batches;
 use super::kafka_client::{FetchParams, KafkaFetcher};
+use crate::log::writer::{NewRecord, PartitionWriter, WriterConfig};
 
 /// Prefix of a stamped value: `kxts` + 20 decimal digits of ns since the epoch.
 pub const STAMP_PREFIX: &[u8] = b"kxts";
@@ -152,6 +154,45 @@ pub fn tail_kafka(
         offset = c.next_offset;
     }
     Ok(delays)
+}
+
+/// Appends `count` stamped records to `<log_dir>/<topic>-<partition>` at `rate` records/s, one
+/// record per batch, each stamped just before its append and flushed at once (so the delay
+/// measured starts when the bytes could first be seen). Returns the offset of the first one.
+pub fn produce_stamped(
+    log_dir: &Path,
+    topic: &str,
+    partition: i32,
+    count: u64,
+    rate: f64,
+    value_size: usize,
+) -> Result<i64> {
+    if rate.is_nan() || rate <= 0.0 {
+        bail!("--rate must be positive");
+    }
+    let mut w = PartitionWriter::open(log_dir, topic, partition, WriterConfig::default())
+        .with_context(|| format!("opening {topic}-{partition} under {}", log_dir.display()))?;
+    let first = w.next_offset();
+    let t0 = Instant::now();
+    for i in 0..count {
+        let due = t0 + Duration::from_secs_f64(i as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let ns = now_ns();
+        let value = stamped_value(ns, value_size);
+        let rec = NewRecord {
+            timestamp: (ns / 1_000_000) as i64,
+            key: None,
+            value: Some(&value),
+            headers: Vec::new(),
+        };
+        w.append(std::slice::from_ref(&rec))
+            .context("appending a stamped record")?;
+        w.flush().context("flushing a stamped record")?;
+    }
+    Ok(first)
 }
 
 #[cfg(test)]

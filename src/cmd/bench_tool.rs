@@ -62,6 +62,22 @@ enum Tool {
         #[arg(long)]
         no_verify: bool,
     },
+    /// Append stamped records at a fixed rate, one per batch (the tailing probes' producer).
+    TailProduce {
+        #[arg(long)]
+        log_dir: PathBuf,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        #[arg(long)]
+        count: u64,
+        /// Records per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+    },
     /// Tail a partition with Kafka long-poll fetches; produce-to-consume delay percentiles.
     TailKafka {
         #[arg(long)]
@@ -122,6 +138,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
             };
             let t = load::run(&cfg)?;
             println!("{}", t.to_json(&format!(",\"consumers\":{consumers}")));
+        }
+        Tool::TailProduce {
+            log_dir,
+            topic,
+            partition,
+            count,
+            rate,
+            value_size,
+        } => {
+            let first =
+                latency::produce_stamped(&log_dir, &topic, partition, count, rate, value_size)?;
+            println!("{{\"first_offset\":{first},\"count\":{count}}}");
         }
         Tool::TailKafka {
             bootstrap,
