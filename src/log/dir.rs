@@ -147,7 +147,7 @@ impl LogDir {
             map.values().cloned().collect()
         };
         for p in parts {
-            self.refresh_one(&p);
+            self.refresh_one(&p, false);
         }
         match ckpt_err {
             Some(e) => Err(LogError::Invalid(format!("checkpoint unreadable: {e}"))),
@@ -157,15 +157,20 @@ impl LogDir {
 
     /// Rescans one partition (segments only) with the checkpoints of the last full refresh.
     pub fn refresh_partition(&self, p: &Partition) {
-        self.refresh_one(p);
+        self.refresh_one(p, false);
     }
 
-    fn refresh_one(&self, p: &Partition) {
+    /// Rescans only the active segment of `p` (it grew).
+    pub(crate) fn refresh_partition_tail(&self, p: &Partition) {
+        self.refresh_one(p, true);
+    }
+
+    fn refresh_one(&self, p: &Partition, tail_only: bool) {
         let (hw, ls) = {
             let c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
             (c.hw.clone(), c.log_start.clone())
         };
-        let advanced = p.refresh(hw.as_deref(), ls.as_deref());
+        let advanced = p.refresh(hw.as_deref(), ls.as_deref(), tail_only);
         if let Ok(true) = advanced {
             let hooks = self.hooks.read().unwrap_or_else(|e| e.into_inner());
             for h in hooks.iter() {

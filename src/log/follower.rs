@@ -71,8 +71,9 @@ impl Inotify {
         Ok(wd)
     }
 
-    /// Reads all pending events: the watch descriptors that fired (-1: queue overflow).
-    fn drain(&self, buf: &mut [u8], out: &mut HashSet<i32>) {
+    /// Reads all pending events: the watch descriptors that fired (-1: queue overflow), each
+    /// with whether anything but a write happened (files created, deleted, renamed).
+    fn drain(&self, buf: &mut [u8], out: &mut HashMap<i32, bool>) {
         loop {
             // SAFETY: buf is valid for buf.len() bytes; the kernel writes whole events.
             let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -84,10 +85,12 @@ impl Inotify {
             let hdr = std::mem::size_of::<libc::inotify_event>();
             while at + hdr <= n {
                 let wd = i32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+                let mask = u32::from_ne_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
                 let len =
                     u32::from_ne_bytes([buf[at + 12], buf[at + 13], buf[at + 14], buf[at + 15]])
                         as usize;
-                out.insert(wd);
+                let structural = mask & !(libc::IN_MODIFY | libc::IN_CLOSE_WRITE) != 0;
+                *out.entry(wd).or_insert(false) |= structural;
                 at += hdr + len;
             }
         }
@@ -135,7 +138,7 @@ fn run(
 ) {
     let mut events = Events::with_capacity(8);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut fired = HashSet::new();
+    let mut fired = HashMap::new();
     // wd -> partition dir name (None: the log dir itself).
     let mut watches: HashMap<i32, Option<super::TopicPartition>> = HashMap::new();
     let mut watched: HashSet<super::TopicPartition> = HashSet::new();
@@ -165,6 +168,7 @@ fn run(
     };
     add_watches(&mut watches, &mut watched);
     let mut next_full = Instant::now() + interval;
+    let mut last_err: Option<String> = None;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let timeout = next_full.saturating_duration_since(Instant::now());
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
@@ -182,11 +186,18 @@ fn run(
         }
         let full = Instant::now() >= next_full
             || fired
-                .iter()
+                .keys()
                 .any(|wd| matches!(watches.get(wd), None | Some(None)));
         if full {
-            if let Err(e) = dir.refresh() {
-                log::warn!("refresh {}: {e}", dir.path().display());
+            match dir.refresh() {
+                Err(e) => {
+                    let msg = e.to_string();
+                    if last_err.as_deref() != Some(msg.as_str()) {
+                        log::warn!("refresh {}: {msg}", dir.path().display());
+                        last_err = Some(msg);
+                    }
+                }
+                Ok(()) => last_err = None,
             }
             // Dirs that went away drop their watches in the kernel (IN_IGNORED); forget ours.
             let live: HashSet<_> = dir
@@ -199,10 +210,14 @@ fn run(
             add_watches(&mut watches, &mut watched);
             next_full = Instant::now() + interval;
         } else {
-            for wd in &fired {
+            for (wd, structural) in &fired {
                 if let Some(Some(tp)) = watches.get(wd) {
                     if let Some(p) = dir.partition(&tp.topic, tp.partition) {
-                        dir.refresh_partition(&p);
+                        if *structural {
+                            dir.refresh_partition(&p);
+                        } else {
+                            dir.refresh_partition_tail(&p);
+                        }
                     }
                 }
             }

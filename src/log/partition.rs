@@ -12,7 +12,8 @@ use memmap2::{Mmap, MmapOptions};
 use super::batch::{be_i32, be_i64, LAST_OFFSET_DELTA_OFFSET, LOG_OVERHEAD};
 use super::checkpoint::Checkpoint;
 use super::error::LogError;
-use super::segment::{self, file_stem, ScanEnd, LOG_SUFFIX};
+use super::index;
+use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, LOG_SUFFIX};
 use super::{Isolation, PartitionOffsets, ReadSlice, TopicPartition};
 
 /// Bytes of batches between two entries of the in-memory sparse index: a lookup scans at
@@ -93,7 +94,37 @@ impl Segment {
         };
         let u = seg.scan(None);
         seg.apply(u);
+        seg.check_offset_index(dir);
         Ok(Some(seg))
+    }
+
+    /// Cross-checks the broker's `.index` against the validated batches. The reader finds
+    /// positions with its own sparse index (built by the validation scan it needs anyway for
+    /// the CRCs), so a damaged `.index` costs nothing; it is worth a warning all the same.
+    fn check_offset_index(&self, dir: &Path) {
+        let path = dir.join(format!("{}{INDEX_SUFFIX}", file_stem(self.base_offset)));
+        let Ok(buf) = std::fs::read(&path) else {
+            return;
+        };
+        let (entries, problem) = index::parse_index(&buf);
+        let mismatch = entries.iter().find(|e| {
+            let offset = self.base_offset + i64::from(e.relative_offset);
+            // Entries past the validated end may be a tail still being written: not checked.
+            u64::from(e.position) < self.valid_end
+                && !matches!(self.find(offset), Ok(Some(p)) if p == u64::from(e.position))
+        });
+        if let Some((at, why)) = problem {
+            log::warn!(
+                "{}: byte {at}: {why}; ignored (kxgw indexes segments from its own scan)",
+                path.display()
+            );
+        } else if let Some(e) = mismatch {
+            log::warn!(
+                "{}: entry {e:?} does not point at the batch of offset {}; ignored (kxgw indexes segments from its own scan)",
+                path.display(),
+                self.base_offset + i64::from(e.relative_offset)
+            );
+        }
     }
 
     /// Validates from `valid_end` to the end of `map` (or the current map).
@@ -426,14 +457,16 @@ impl Partition {
         Ok(None)
     }
 
-    /// Rescans the partition dir. Returns whether the readable end advanced.
+    /// Rescans the partition dir (`tail_only`: just the active segment, for "it grew"
+    /// notifications). Returns whether the readable end advanced.
     pub(crate) fn refresh(
         &self,
         hw: Option<&Checkpoint>,
         log_start: Option<&Checkpoint>,
+        tail_only: bool,
     ) -> Result<bool, LogError> {
         let mut last_err = self.refresh_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let res = self.refresh_locked(hw, log_start);
+        let res = self.refresh_locked(hw, log_start, tail_only);
         match &res {
             Err(e) => {
                 let msg = e.to_string();
@@ -451,15 +484,20 @@ impl Partition {
         &self,
         hw: Option<&Checkpoint>,
         log_start: Option<&Checkpoint>,
+        tail_only: bool,
     ) -> Result<bool, LogError> {
-        let bases = segment::list_segments(&self.dir).map_err(|e| LogError::io(&self.dir, e))?;
+        let last = self.state().segments.keys().next_back().copied();
+        let bases = match last {
+            Some(b) if tail_only => vec![b],
+            _ => segment::list_segments(&self.dir).map_err(|e| LogError::io(&self.dir, e))?,
+        };
         enum Change {
             Update(i64, SegUpdate),
             Replace(i64, Segment),
             Remove(i64),
         }
         let mut changes = Vec::new();
-        {
+        if !tail_only || last.is_none() {
             let st = self.state();
             for b in st.segments.keys() {
                 if bases.binary_search(b).is_err() {

@@ -268,3 +268,36 @@ fn offset_for_timestamp() {
     }
     assert_eq!(p.offset_for_timestamp(1591).unwrap(), None);
 }
+
+#[test]
+fn preallocated_and_garbage_indexes_are_tolerated() {
+    let d = tempfile::tempdir().unwrap();
+    let batches = write_log(d.path(), &[3; 40], 1 << 20);
+    let end = batches.last().unwrap().1;
+    let pdir = d.path().join("t-0");
+    let check = || {
+        let log = LogDir::open(d.path(), None).unwrap();
+        let p = log.partition("t", 0).unwrap();
+        assert_eq!(p.offsets().log_end, end);
+        for off in 0..end {
+            let s = p.read(off, 1).unwrap();
+            assert!(s.first_offset <= off && off < s.next_offset);
+        }
+    };
+    // Preallocated like a broker's active segment: 10 MiB, zeroed after the real entries.
+    for ext in ["index", "timeindex"] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(pdir.join(format!("{:020}.{ext}", 0)))
+            .unwrap();
+        f.set_len(10 << 20).unwrap();
+    }
+    check();
+    // Garbage and a torn entry.
+    std::fs::write(pdir.join(format!("{:020}.index", 0)), [0xabu8; 8 * 7 + 3]).unwrap();
+    std::fs::write(pdir.join(format!("{:020}.timeindex", 0)), [0x11u8; 5]).unwrap();
+    check();
+    // Missing altogether.
+    std::fs::remove_file(pdir.join(format!("{:020}.index", 0))).unwrap();
+    check();
+}
