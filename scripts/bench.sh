@@ -93,7 +93,7 @@ has "$CONSUME_HELP" --fetch && has "$CONSUME_HELP" --verify && HAVE_CONSUME=1
 BT_HELP=$("$KXGW" bench-tool --help 2>/dev/null || true)
 has "$BT_HELP" tail-produce && HAVE_TAILP=1
 has "$BT_HELP" tail-fetch && HAVE_TAILF=1
-has "$BT_HELP" xdp-raw-tx && HAVE_XDPRAW=1
+has "$(help_of xdp-raw)" --listen && has "$(help_of xdp-raw-client)" --server && HAVE_XDPRAW=1
 [ $HAVE_PRODUCE = 1 ] || { echo "bench.sh: '$KXGW produce' is missing: no log to serve, nothing to measure" >&2; exit 1; }
 
 # ---------------------------------------------------------------- network and logs
@@ -191,8 +191,8 @@ gw_cmd() { # path fs
       echo "$KXGW bench-tool sendfile-server --listen $GW_ADDR:$RAW_PORT --file $(BIG_SEGMENT "$2")" ;;
     ceil-iperf3)
       echo "iperf3" ;;
-    ceil-xdp-raw)
-      [ $HAVE_XDPRAW = 1 ] && echo "$KXGW bench-tool xdp-raw-tx" ;;
+    ceil-xdp-raw-copy|ceil-xdp-raw-sg)
+      [ $HAVE_XDPRAW = 1 ] && echo "$KXGW xdp-raw --listen $GW_ADDR:$FETCH_PORT --xdp-iface $GW_IF --tx-strategy ${1#ceil-xdp-raw-}" ;;
   esac
   return 0
 }
@@ -200,9 +200,9 @@ gw_cmd() { # path fs
 # Bind mode and TX strategy an AF_XDP gateway reported in its log.
 xdp_mode_of() {
   local bind tx
-  bind=$(grep -oiE 'zero-?copy|copy mode|XDP_COPY|XDP_ZEROCOPY' "$1" | head -1 || true)
-  tx=$(grep -oiE 'tx[ _-]strategy[=: ]+[a-z]+' "$1" | head -1 | grep -oiE '[a-z]+$' || true)
-  echo "${bind:-?}/${tx:-?}"
+  bind=$(grep -oE 'bound in [a-z-]+ mode' "$1" | head -1 | awk '{print $3}' || true)
+  tx=$(grep -oE 'TX strategy [a-z]+( \([^)]*\))?' "$1" | head -1 | sed 's/^TX strategy //' || true)
+  echo "${bind:-?} mode, TX ${tx:-?}"
 }
 
 record() { # section path fs consumers run status gbps rps pps cpu bytes secs note
@@ -269,6 +269,12 @@ PY
     kafka-*)
       out=$(in_cl "$KXGW" bench-tool kafka-load --bootstrap $GW_ADDR:$KAFKA_PORT --topic $TOPIC \
         --consumers "$n" --records $per 2>"$clog") || rc=$? ;;
+    ceil-xdp-raw-*)
+      # "N bytes verified in D datagrams, R retries, S s, G Gbit/s" -> the JSON the others print.
+      out=$(in_cl "$KXGW" xdp-raw-client --server $GW_ADDR:$FETCH_PORT --bytes "$LOG_BYTES" \
+        --size 65536 2>>"$clog" | tee -a "$clog" |
+        sed -nE 's/.* ([0-9]+) bytes verified in ([0-9]+) datagrams, ([0-9]+) retries, ([0-9.]+) s,.*/{"bytes":\1,"records":0,"secs":\4,"datagrams":\2,"retries":\3}/p') || rc=$?
+      [ -n "$out" ] || [ $rc -ne 0 ] || rc=1 ;;
     ceil-sendfile)
       out=$(in_cl "$KXGW" bench-tool stream-client --connect $GW_ADDR:$RAW_PORT \
         --bytes "$LOG_BYTES" --crc 2>"$clog") || rc=$? ;;
@@ -286,7 +292,7 @@ PY
   local g1 s1 p1
   g1=$(proc_ticks "$GW_PID"); s1=$(softirq_ticks); p1=$(rx_packets)
   local note=
-  case $path in xdp-*) note="bind/tx: $(xdp_mode_of "$logf")" ;; esac
+  case $path in xdp-*|ceil-xdp-*) note="$(xdp_mode_of "$logf")" ;; esac
   stop_gw
   if [ $rc -ne 0 ]; then
     record "$section" "$path" "$fs" "$n" "$run" failed - - - - - - "consumer exit $rc: $clog"
@@ -308,7 +314,7 @@ cpu = (($g1 - $g0) + ($s1 - $s0)) / $CLK_TCK
 print(f'{b*8/s/1e9:.4f}\t{rec/s:.1f}\t{($p1 - $p0)/s:.1f}\t{cpu/(b/2**30):.4f}')")
   local gbps rps pps cpu
   IFS=$'\t' read -r gbps rps pps cpu <<<"$r"
-  [ "$path" = ceil-sendfile ] && rps=-
+  case $path in ceil-*) rps=- ;; esac
   record "$section" "$path" "$fs" "$n" "$run" ok "$gbps" "$rps" "$pps" "$cpu" "$bytes" "$secs" "$note"
 }
 
@@ -359,7 +365,7 @@ measure_latency() { # path run
   wait $cpid || rc=$?
   out=$(cat "$clog.out")
   local note=
-  case $path in xdp-*) note="bind/tx: $(xdp_mode_of "$logf")" ;; esac
+  case $path in xdp-*) note="$(xdp_mode_of "$logf")" ;; esac
   stop_gw
   if [ $rc -ne 0 ] || [ -z "$out" ]; then
     record latency "$path" tmpfs 1 "$run" failed - - - - - - "exit $rc: $clog"; return 0
@@ -372,11 +378,11 @@ measure_latency() { # path run
 
 # ---------------------------------------------------------------- the runs
 PATHS="kafka-copy kafka-sendfile udp-sendmmsg udp-gso xdp-copy xdp-sg"
-CEILINGS="ceil-iperf3 ceil-sendfile ceil-xdp-raw"
 FANOUT_PATHS="kafka-sendfile udp-sendmmsg xdp-sg"
 LAT_PATHS="kafka-longpoll udp-kernel xdp-busypoll-off xdp-busypoll-on"
 : >"$RAW"
 T_START=$(date +%s)
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 for run in $(seq "$RUNS"); do
   say "run $run/$RUNS: paths and ceilings"
   for fs in tmpfs disk; do
@@ -384,7 +390,8 @@ for run in $(seq "$RUNS"); do
     measure ceiling ceil-sendfile "$fs" 1 "$run"
   done
   measure ceiling ceil-iperf3 - 1 "$run"
-  measure ceiling ceil-xdp-raw - 1 "$run"
+  measure ceiling ceil-xdp-raw-copy - 1 "$run"
+  measure ceiling ceil-xdp-raw-sg - 1 "$run"
   say "run $run/$RUNS: fan-out"
   for fs in $FANOUT_FS; do
     for n in $FANOUT_N; do
@@ -396,15 +403,17 @@ for run in $(seq "$RUNS"); do
   for p in $LAT_PATHS; do measure_latency "$p" "$run"; done
 done
 ELAPSED=$(( $(date +%s) - T_START ))
+LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
-XDP_BIND=$(grep -h -oiE 'zero-?copy|copy mode|XDP_COPY|XDP_ZEROCOPY' "$WORK"/paths-xdp-*.log 2>/dev/null | sort | uniq -c | sort -rn | head -1 | awk '{$1=""; print substr($0,2)}' || true)
+XDP_BIND=$(cat "$WORK"/*xdp*.log 2>/dev/null | grep -oE 'bound in [a-z-]+ mode' | awk '{print $3}' | sort | uniq -c | sort -rn |
+  awk '{printf "%s%s (%s gateway starts)", (NR > 1 ? ", " : ""), $2, $1}' || true)
 mkdir -p "$OUT"
 STAMP=$(date -u +%Y-%m-%d)
 BASE=$OUT/$STAMP-mtu$MTU
 [ $MODE = smoke ] && BASE=$OUT/smoke-mtu$MTU
 python3 "$REPO/scripts/bench_report.py" --raw "$RAW" --out "$BASE" \
-  --machine "kernel $(uname -r); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc); MTU $MTU (veth, namespaces $GW_NS/$CL_NS); AF_XDP bind mode: ${XDP_BIND:-n/a (no AF_XDP run)}; TX strategy: per row; gateway pinned to CPU $GW_CPU, consumers to CPU $CL_CPU; disk fs: $DISK_FS; mode $MODE, $RUNS run(s) per path, ${ELAPSED}s; kxgw $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+  --machine "kernel $(uname -r); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc); MTU $MTU (veth, namespaces $GW_NS/$CL_NS); AF_XDP bind mode: ${XDP_BIND:-n/a (no AF_XDP run)}; TX strategy: per row; gateway pinned to CPU $GW_CPU, consumers to CPU $CL_CPU; disk fs: $DISK_FS; mode $MODE, $RUNS run(s) per path, ${ELAPSED}s; load average before $LOAD0, after $LOAD1; kxgw $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')" \
   --log "$LOG_BYTES bytes per log ($RECORDS records of $RECORD_SIZE B, $BATCH_RECORDS records per batch, 1 partition)" \
   --fanout "$FANOUT_N"
 cp "$RAW" "$BASE.raw.tsv"
