@@ -260,7 +260,7 @@ PY
     record "$section" "$path" "$fs" "$n" "$run" failed - - - - - - "gateway did not come up: $logf"
     stop_gw; return 0
   fi
-  local g0 s0 p0 t0 t1 rc=0
+  local g0 s0 p0 t0 t1= rc=0
   g0=$(proc_ticks "$GW_PID"); s0=$(softirq_ticks); p0=$(rx_packets); t0=$(now)
   local per=$RECORDS
   [ "$n" -gt 1 ] && per=$(( (2 * RECORDS + n - 1) / n ))
@@ -286,9 +286,27 @@ PY
         pids+=($!)
       done
       for i in "${pids[@]}"; do wait "$i" || rc=$?; done
-      cat "$clog".* >"$clog" 2>/dev/null || true ;;
+      t1=$(now)
+      cat "$clog".* >"$clog" 2>/dev/null || true
+      rm -f "$clog".*
+      # "verified R records (...) in B batches, N bytes (...) in S s: X records/s, Y MB/s via T"
+      local sums
+      sums=$(sed -nE 's/^verified ([0-9]+) records .* ([0-9]+) bytes \(.* ([0-9.]+) MB\/s via (.*);.*/\1 \2 \3/p' "$clog" |
+        awk '{r += $1; b += $2; if ($3 > 0) s += $2 / ($3 * 1e6); k++} END {if (k) printf "%d %d %.6f %d", r, b, s, k}')
+      if [ -n "$sums" ]; then
+        local vr vb vs vk
+        read -r vr vb vs vk <<<"$sums"
+        if [ "$vk" != "$n" ]; then
+          rc=${rc:-0}; [ $rc -ne 0 ] || rc=1
+        elif [ "$n" = 1 ]; then
+          out="{\"bytes\":$vb,\"records\":$vr,\"secs\":$vs}"
+        else
+          # Aggregate: all bytes over the wall time from launching the consumers to the last exit.
+          out="{\"bytes\":$vb,\"records\":$vr,\"secs\":$(python3 -c "print($t1 - $t0)")}"
+        fi
+      fi ;;
   esac
-  t1=$(now)
+  [ -n "${t1:-}" ] || t1=$(now)
   local g1 s1 p1
   g1=$(proc_ticks "$GW_PID"); s1=$(softirq_ticks); p1=$(rx_packets)
   local note=
