@@ -4,11 +4,15 @@
 //! all run the same code:
 //!
 //! - [`log`]: Kafka partition logs on disk (reader with follower, broker-compatible writer).
+//! - [`metrics`]: counters in Prometheus text for `kxgw stats` and scrapers.
 //! - [`testnet`]: namespaces + veth pairs for tests, benchmarks and the demo.
+//! - [`kafka`]: the Kafka-protocol TCP listener (consumer subset; sendfile or copy).
 //! - [`bench`]: measuring instruments of `scripts/bench.sh` (hidden `kxgw bench-tool`).
 //! - [`cmd`]: the subcommands of the `kxgw` binary (thin: parse, call the library, report).
 
 pub mod bench;
 pub mod cmd;
+pub mod kafka;
 pub mod log;
+pub mod metrics;
 pub mod testnet;

@@ -16,6 +16,10 @@ enum Cmd {
     Produce(kxgw::cmd::produce::Args),
     /// List and verify the batches of a log dir, partition dir or segment file.
     Inspect(kxgw::cmd::inspect::Args),
+    /// Serve partition logs to consumers (Kafka protocol over TCP).
+    Serve(kxgw::cmd::serve::Args),
+    /// Show a running gateway's counters (from its control socket).
+    Stats(kxgw::cmd::stats::Args),
     /// Measuring instruments of scripts/bench.sh (not a user command).
     #[command(hide = true)]
     BenchTool(kxgw::cmd::bench_tool::Args),
@@ -29,6 +33,8 @@ fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.cmd {
         Cmd::Produce(args) => kxgw::cmd::produce::run(args),
         Cmd::Inspect(args) => kxgw::cmd::inspect::run(args),
+        Cmd::Serve(args) => kxgw::cmd::serve::run(args),
+        Cmd::Stats(args) => kxgw::cmd::stats::run(args),
         Cmd::BenchTool(args) => kxgw::cmd::bench_tool::run(args),
     };
     match result {

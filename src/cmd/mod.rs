@@ -4,3 +4,5 @@
 pub mod bench_tool;
 pub mod inspect;
 pub mod produce;
+pub mod serve;
+pub mod stats;

@@ -1,0 +1,155 @@
+//! `kxgw serve`: opens a log directory, follows it, and starts the listeners asked for.
+//! Each listener lives in its own module and is started by one function; this file only
+//! wires them to the shared log, the signals (SIGINT/SIGTERM stop, SIGUSR1 prints counters)
+//! and the periodic counter report.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+
+use crate::kafka::{self, IoMode, KafkaConfig, KafkaListener};
+use crate::log::{Isolation, LogDir};
+
+/// Which offset bounds what consumers may read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsolationArg {
+    /// Up to the high watermark (replication-offset-checkpoint), as a Kafka consumer sees it.
+    Hw,
+    /// Up to the end of the last complete batch.
+    LogEnd,
+}
+
+impl From<IsolationArg> for Isolation {
+    fn from(a: IsolationArg) -> Self {
+        match a {
+            IsolationArg::Hw => Isolation::HighWatermark,
+            IsolationArg::LogEnd => Isolation::LogEnd,
+        }
+    }
+}
+
+/// Serve partition logs to consumers.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Log directory to serve read-only (Kafka `log.dirs` layout: <topic>-<partition>/).
+    #[arg(long)]
+    pub log_dir: PathBuf,
+    /// Kafka-protocol TCP listener, e.g. 198.18.0.1:9092.
+    #[arg(long)]
+    pub kafka_listen: Option<SocketAddr>,
+    /// How the Kafka listener sends record bytes.
+    #[arg(long, value_enum, default_value = "sendfile")]
+    pub io: IoMode,
+    /// Host advertised to Kafka clients in Metadata (default: the listen address).
+    #[arg(long)]
+    pub advertised_host: Option<String>,
+    /// Readable end of a partition (default: hw if replication-offset-checkpoint exists,
+    /// else log-end).
+    #[arg(long, value_enum)]
+    pub isolation: Option<IsolationArg>,
+    /// Print counters every SECS seconds (0: only on SIGUSR1 and at exit).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub stats_interval: u64,
+    /// Rescan the log directory at least this often (appends are also seen sooner through
+    /// the follower's file notifications, if it has them).
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    pub refresh_ms: u64,
+}
+
+/// The listeners started by this process (one field per listener kind).
+struct Running {
+    kafka: Option<KafkaListener>,
+}
+
+impl Running {
+    fn report(&self) {
+        if let Some(k) = &self.kafka {
+            log::info!("kafka stats: {}", k.stats());
+        }
+    }
+
+    fn shutdown(self) {
+        if let Some(k) = self.kafka {
+            k.shutdown();
+        }
+    }
+}
+
+/// Runs `kxgw serve` until SIGINT or SIGTERM.
+pub fn run(args: Args) -> Result<ExitCode> {
+    // Signals first, so a stop request during startup is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1])
+        .context("installing signal handlers")?;
+    let (sig_tx, sig_rx) = crossbeam_channel::unbounded();
+    let sig_handle = signals.handle();
+    let sig_thread = std::thread::spawn(move || {
+        for s in signals.forever() {
+            if sig_tx.send(s).is_err() {
+                break;
+            }
+        }
+    });
+
+    let log = LogDir::open(&args.log_dir, args.isolation.map(Isolation::from))
+        .with_context(|| format!("opening log directory {}", args.log_dir.display()))?;
+    let parts = log.partitions();
+    log::info!(
+        "serving {} partitions from {} (isolation {:?})",
+        parts.len(),
+        args.log_dir.display(),
+        log.isolation()
+    );
+    let _follower = log
+        .spawn_follower(Duration::from_millis(args.refresh_ms.max(1)))
+        .context("starting the log follower")?;
+
+    let running = Running {
+        kafka: start_kafka(&args, &log)?,
+    };
+    if running.kafka.is_none() {
+        bail!("nothing to serve: give --kafka-listen ADDR:PORT");
+    }
+
+    let tick = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
+    loop {
+        let sig = match tick {
+            Some(t) => match sig_rx.recv_timeout(t) {
+                Ok(s) => Some(s),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            },
+            None => match sig_rx.recv() {
+                Ok(s) => Some(s),
+                Err(_) => break,
+            },
+        };
+        match sig {
+            None | Some(SIGUSR1) => running.report(),
+            Some(s) => {
+                log::info!("signal {s}: shutting down");
+                break;
+            }
+        }
+    }
+    running.report();
+    running.shutdown();
+    sig_handle.close();
+    let _ = sig_thread.join();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn start_kafka(args: &Args, log: &Arc<LogDir>) -> Result<Option<KafkaListener>> {
+    let Some(addr) = args.kafka_listen else {
+        return Ok(None);
+    };
+    let mut cfg = KafkaConfig::new(addr, args.io);
+    cfg.advertised_host = args.advertised_host.clone();
+    kafka::start(cfg, Arc::clone(log))
+        .with_context(|| format!("starting the kafka listener on {addr}"))
+        .map(Some)
+}

@@ -1,0 +1,211 @@
+//! Fetch v4-v16 (v13+ address topics by id). Sessionless: every request is a full fetch
+//! and responses carry session id 0, which clients take as "no incremental session"; an
+//! incremental request (non-zero session id) gets FETCH_SESSION_ID_NOT_FOUND.
+//!
+//! Record bytes are never copied here: each non-empty partition becomes a [`Hole`] whose
+//! placeholder views the segment mapping and whose range is the segment file position.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
+
+use super::{sb, Ctx};
+use crate::kafka::chunk::{encode_response, Chunk, EncodeError, FileRange, Hole};
+use crate::kafka::stats::inc;
+use crate::log::{LogError, ReadSlice};
+
+/// Result of evaluating a fetch against the log as it is now.
+pub enum Outcome {
+    /// Send this response.
+    Respond(Vec<Chunk>),
+    /// Not enough bytes for `min_bytes` yet and the deadline has not passed: wait.
+    Wait,
+}
+
+/// The partitions a fetch reads, by topic name (what a waiting fetch is woken for).
+pub fn wanted(ctx: &Ctx, req: &FetchRequest, version: i16) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for t in &req.topics {
+        let name = if version >= 13 {
+            ctx.topic_by_id(t.topic_id)
+        } else {
+            Some(t.topic.0.to_string())
+        };
+        if let Some(name) = name {
+            out.extend(t.partitions.iter().map(|p| (name.clone(), p.partition)));
+        }
+    }
+    out
+}
+
+/// Keeps a read slice mapped while its placeholder is alive.
+struct MappedRecords(ReadSlice);
+
+impl AsRef<[u8]> for MappedRecords {
+    fn as_ref(&self) -> &[u8] {
+        self.0.bytes()
+    }
+}
+
+fn hole(slice: &ReadSlice) -> Hole {
+    Hole {
+        placeholder: Bytes::from_owner(MappedRecords(slice.clone())),
+        range: FileRange {
+            file: Arc::clone(&slice.file),
+            position: slice.position,
+            len: slice.len,
+        },
+    }
+}
+
+fn error_partition(index: i32, code: i16) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(index)
+        .with_error_code(code)
+        .with_high_watermark(-1)
+        .with_last_stable_offset(-1)
+        .with_log_start_offset(-1)
+        .with_records(Some(Bytes::new()))
+}
+
+/// Reads every requested partition and answers if `min_bytes` is met, an error must be
+/// reported, or `expired` (max_wait_ms elapsed). Kafka's size rules: `partition_max_bytes`
+/// per partition, `max_bytes` overall, but the first batch of the first non-empty partition
+/// is returned whole even if larger, so a consumer can always make progress.
+pub fn evaluate(
+    ctx: &Ctx,
+    correlation_id: i32,
+    version: i16,
+    req: &FetchRequest,
+    expired: bool,
+) -> Result<Outcome, EncodeError> {
+    let mut body = FetchResponse::default();
+    if req.session_id != 0 {
+        body.error_code = ResponseError::FetchSessionIdNotFound.code();
+        inc(&ctx.stats.err_partition);
+        return respond(correlation_id, version, &body, &[]).map(Outcome::Respond);
+    }
+    let mut holes = Vec::new();
+    let mut total: usize = 0;
+    let mut any_error = false;
+    let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
+    let aborted = (req.isolation_level == 1).then(Vec::new);
+    for t in &req.topics {
+        let name = if version >= 13 {
+            ctx.topic_by_id(t.topic_id)
+        } else {
+            Some(t.topic.0.to_string())
+        };
+        let mut parts = Vec::with_capacity(t.partitions.len());
+        for fp in &t.partitions {
+            let Some(name) = name.as_deref() else {
+                any_error = true;
+                parts.push(error_partition(
+                    fp.partition,
+                    ResponseError::UnknownTopicId.code(),
+                ));
+                continue;
+            };
+            let Some(p) = ctx.log.partition(name, fp.partition) else {
+                any_error = true;
+                parts.push(error_partition(
+                    fp.partition,
+                    ResponseError::UnknownTopicOrPartition.code(),
+                ));
+                continue;
+            };
+            let remaining = max_bytes.saturating_sub(total);
+            let limit = usize::try_from(fp.partition_max_bytes)
+                .unwrap_or(0)
+                .min(if total == 0 {
+                    max_bytes.max(1)
+                } else {
+                    remaining
+                });
+            let mut pd = PartitionData::default()
+                .with_partition_index(fp.partition)
+                .with_aborted_transactions(aborted.clone())
+                .with_records(Some(Bytes::new()));
+            let offs = if limit == 0 {
+                p.offsets()
+            } else {
+                match p.read(fp.fetch_offset, limit) {
+                    Ok(slice) => {
+                        // Past the first non-empty partition, a batch must fit what is left.
+                        if !slice.is_empty() && (total == 0 || slice.len <= remaining) {
+                            total += slice.len;
+                            let h = hole(&slice);
+                            pd.records = Some(h.placeholder.clone());
+                            holes.push(h);
+                        }
+                        slice.offsets
+                    }
+                    Err(e) => {
+                        any_error = true;
+                        pd.error_code = match &e {
+                            LogError::OffsetOutOfRange { .. } => {
+                                ResponseError::OffsetOutOfRange.code()
+                            }
+                            LogError::Corrupt { .. } => {
+                                log::warn!("Fetch {name}-{}: {e}", fp.partition);
+                                ResponseError::CorruptMessage.code()
+                            }
+                            _ => {
+                                log::warn!("Fetch {name}-{}: {e}", fp.partition);
+                                ResponseError::UnknownServerError.code()
+                            }
+                        };
+                        p.offsets()
+                    }
+                }
+            };
+            let end = offs.readable_end(ctx.log.isolation());
+            pd.high_watermark = end;
+            pd.last_stable_offset = end;
+            pd.log_start_offset = offs.log_start;
+            parts.push(pd);
+        }
+        let mut tr = FetchableTopicResponse::default().with_partitions(parts);
+        if version >= 13 {
+            tr.topic_id = t.topic_id;
+        } else {
+            tr.topic = TopicName(sb(name.as_deref().unwrap_or_default()));
+        }
+        body.responses.push(tr);
+    }
+    let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
+    let no_partitions = req.topics.iter().all(|t| t.partitions.is_empty());
+    let ready = expired || any_error || no_partitions || req.max_wait_ms <= 0 || total >= min_bytes;
+    if !ready {
+        return Ok(Outcome::Wait);
+    }
+    if any_error {
+        for tr in &body.responses {
+            for pd in &tr.partitions {
+                if pd.error_code != 0 {
+                    inc(&ctx.stats.err_partition);
+                }
+            }
+        }
+    }
+    respond(correlation_id, version, &body, &holes).map(Outcome::Respond)
+}
+
+fn respond(
+    correlation_id: i32,
+    version: i16,
+    body: &FetchResponse,
+    holes: &[Hole],
+) -> Result<Vec<Chunk>, EncodeError> {
+    encode_response(
+        "Fetch",
+        correlation_id,
+        ApiKey::Fetch.response_header_version(version),
+        body,
+        version,
+        holes,
+    )
+}

@@ -1,0 +1,111 @@
+//! Metadata v0-v12: the gateway is the only broker (node 0, the advertised host/port) and
+//! leads every partition it serves. Topics are the log directory's; unknown names get
+//! UNKNOWN_TOPIC_OR_PARTITION, unknown ids UNKNOWN_TOPIC_ID. Nothing is ever created.
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use uuid::Uuid;
+
+use super::{sb, topic_id, Ctx};
+use crate::kafka::chunk::{encode_response, Chunk, EncodeError};
+use crate::kafka::stats::inc;
+
+fn topic_entry(ctx: &Ctx, version: i16, name: &str, partitions: &[i32]) -> MetadataResponseTopic {
+    let node = BrokerId(ctx.node.node_id);
+    let parts = partitions
+        .iter()
+        .map(|&p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p)
+                .with_leader_id(node)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+        })
+        .collect();
+    let mut t = MetadataResponseTopic::default()
+        .with_name(Some(TopicName(sb(name))))
+        .with_partitions(parts);
+    if version >= 10 {
+        t.topic_id = topic_id(name);
+    }
+    t
+}
+
+fn unknown(version: i16, name: Option<&str>, id: Uuid) -> MetadataResponseTopic {
+    // Response names are nullable from v12 only.
+    let shown = match name {
+        Some(n) => Some(TopicName(sb(n))),
+        None if version < 12 => Some(TopicName(sb(""))),
+        None => None,
+    };
+    let mut t = MetadataResponseTopic::default().with_name(shown);
+    if name.is_some() || version < 10 {
+        t.error_code = ResponseError::UnknownTopicOrPartition.code();
+    } else {
+        t.error_code = ResponseError::UnknownTopicId.code();
+        t.topic_id = id;
+    }
+    t
+}
+
+/// Answers one Metadata request.
+pub fn handle(
+    ctx: &Ctx,
+    correlation_id: i32,
+    version: i16,
+    req: &MetadataRequest,
+) -> Result<Vec<Chunk>, EncodeError> {
+    let all = ctx.topics();
+    // v0 has no null: an empty list means "all topics"; v1+ null means all, empty means none.
+    let wants_all = match &req.topics {
+        None => true,
+        Some(t) => t.is_empty() && version == 0,
+    };
+    let mut topics = Vec::new();
+    if wants_all {
+        for (name, parts) in &all {
+            topics.push(topic_entry(ctx, version, name, parts));
+        }
+    } else {
+        for want in req.topics.iter().flatten() {
+            let name = match &want.name {
+                Some(n) => Some(n.0.to_string()),
+                None if version >= 10 => ctx.topic_by_id(want.topic_id),
+                None => None,
+            };
+            match name.as_deref().and_then(|n| all.get_key_value(n)) {
+                Some((n, parts)) => topics.push(topic_entry(ctx, version, n, parts)),
+                None => {
+                    inc(&ctx.stats.err_partition);
+                    let asked = want.name.as_ref().map(|n| n.0.as_str());
+                    topics.push(unknown(version, asked, want.topic_id));
+                }
+            }
+        }
+    }
+    let mut broker = MetadataResponseBroker::default()
+        .with_node_id(BrokerId(ctx.node.node_id))
+        .with_host(sb(&ctx.node.host))
+        .with_port(ctx.node.port);
+    broker.rack = None;
+    let mut body = MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_topics(topics);
+    if version >= 1 {
+        body.controller_id = BrokerId(ctx.node.node_id);
+    }
+    if version >= 2 {
+        body.cluster_id = Some(sb(&ctx.node.cluster_id));
+    }
+    encode_response(
+        "Metadata",
+        correlation_id,
+        ApiKey::Metadata.response_header_version(version),
+        &body,
+        version,
+        &[],
+    )
+}

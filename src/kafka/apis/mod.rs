@@ -1,0 +1,115 @@
+//! Request handlers, one module per API. Each turns a decoded request into response chunks
+//! (sans-I/O: no sockets here, only the log).
+
+pub mod api_versions;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod unsupported;
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
+
+use super::stats::Stats;
+use crate::log::LogDir;
+
+/// The APIs and version ranges this gateway serves (what ApiVersions advertises).
+///
+/// Produce is the one exception: it is advertised but every produce is refused
+/// (INVALID_REQUEST, "read-only gateway"), because librdkafka only enables v2 record
+/// batches (its MsgVer2 feature, without which it cannot fetch at v4+) when the broker
+/// advertises Produce v3 as well as Fetch v4.
+pub const SERVED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 0, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+];
+
+/// The served version range of `key`, if the gateway serves it.
+pub fn served_range(key: ApiKey) -> Option<(i16, i16)> {
+    SERVED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|&(_, lo, hi)| (lo, hi))
+}
+
+/// The broker identity this listener advertises.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// Node id (the gateway is the only broker: 0).
+    pub node_id: i32,
+    /// Host clients connect to.
+    pub host: String,
+    /// Port clients connect to.
+    pub port: i32,
+    /// Cluster id in Metadata v2+.
+    pub cluster_id: String,
+}
+
+/// What a handler needs: the log, the advertised identity, the counters.
+pub struct Ctx<'a> {
+    /// The log directory served.
+    pub log: &'a LogDir,
+    /// Advertised broker identity.
+    pub node: &'a NodeInfo,
+    /// Listener counters.
+    pub stats: &'a Stats,
+}
+
+impl Ctx<'_> {
+    /// Topics served, with their partition ids, sorted by name.
+    pub fn topics(&self) -> BTreeMap<String, Vec<i32>> {
+        let mut topics: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for p in self.log.partitions() {
+            topics
+                .entry(p.topic().to_string())
+                .or_default()
+                .push(p.partition());
+        }
+        topics
+    }
+
+    /// The topic whose derived id is `id`.
+    pub fn topic_by_id(&self, id: Uuid) -> Option<String> {
+        self.topics().into_keys().find(|t| topic_id(t) == id)
+    }
+}
+
+/// A stable topic id derived from the name (the log directory has no topic ids of its own):
+/// four CRC32C lanes over salted copies of the name, with the RFC 9562 version-8 bits set, so
+/// it is never the nil id nor Kafka's reserved metadata-topic id.
+pub fn topic_id(topic: &str) -> Uuid {
+    let mut bytes = [0u8; 16];
+    for (lane, out) in bytes.chunks_mut(4).enumerate() {
+        let seed = crc32c::crc32c(format!("kxgw-topic-id/{lane}/").as_bytes());
+        let h = crc32c::crc32c_append(seed, topic.as_bytes());
+        out.copy_from_slice(&h.to_be_bytes());
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    Uuid::from_bytes(bytes)
+}
+
+/// A protocol string from an owned string.
+pub fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_ids_are_stable_distinct_and_valid() {
+        let a = topic_id("orders");
+        assert_eq!(a, topic_id("orders"));
+        assert_ne!(a, topic_id("orders2"));
+        assert_ne!(a, Uuid::nil());
+        assert_eq!(a.get_version_num(), 8);
+    }
+}

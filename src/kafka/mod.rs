@@ -1,0 +1,34 @@
+//! The Kafka-protocol TCP listener (consumer subset): the fallback path for ordinary NICs and
+//! stock clients (kcat, kafka-python, librdkafka), and the sendfile / copy baselines.
+//!
+//! - [`frame`]: request length prefixes and their limits.
+//! - [`apis`]: one handler per served API (ApiVersions, Metadata, ListOffsets, Fetch) and
+//!   refusals for the rest.
+//! - [`chunk`]: responses as in-memory pieces and segment-file ranges, spliced at encode time.
+//! - [`session`]: one connection as a sans-I/O state machine (bytes in, chunks out).
+//! - [`outq`]: writing chunks to a non-blocking socket with sendfile(2) or pread + send.
+//! - [`server`]: the mio event loop that owns the sockets.
+//! - [`stats`]: the counters printed on SIGUSR1 and every `--stats-interval`.
+
+pub mod apis;
+pub mod chunk;
+#[cfg(test)]
+mod fetch_tests;
+pub mod frame;
+pub mod outq;
+pub mod server;
+pub mod session;
+pub mod stats;
+#[cfg(test)]
+mod testkit;
+
+pub use outq::IoMode;
+pub use server::{KafkaConfig, KafkaListener};
+
+/// Starts a Kafka listener serving `log` (what `kxgw serve --kafka-listen` runs).
+pub fn start(
+    cfg: KafkaConfig,
+    log: std::sync::Arc<crate::log::LogDir>,
+) -> anyhow::Result<KafkaListener> {
+    KafkaListener::start(cfg, log)
+}

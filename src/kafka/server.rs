@@ -1,0 +1,474 @@
+//! The TCP side: one mio (epoll) event loop thread owning the listening socket and every
+//! connection. Sockets are non-blocking; each connection is a [`Session`] driven by readiness
+//! events, by log appends (the log follower's hook wakes the loop through a `mio::Waker`) and
+//! by the deadline of its waiting fetch. A slow or vanished consumer only ever stalls itself.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::apis::{Ctx, NodeInfo};
+use super::outq::IoMode;
+use super::session::Session;
+use super::stats::{add, inc, Stats};
+use crate::log::LogDir;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+/// Bytes read from a socket per step (then requests are processed before reading more).
+const READ_STEP: usize = 64 * 1024;
+
+/// How the Kafka listener is set up.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// How record bytes are sent.
+    pub io: IoMode,
+    /// Host advertised in Metadata (default: the listen address, if it is not a wildcard).
+    pub advertised_host: Option<String>,
+    /// Largest request accepted (Kafka's socket.request.max.bytes is 100 MiB).
+    pub max_request_bytes: usize,
+}
+
+impl KafkaConfig {
+    /// Defaults for everything but the address and I/O mode.
+    pub fn new(listen: SocketAddr, io: IoMode) -> Self {
+        KafkaConfig {
+            listen,
+            io,
+            advertised_host: None,
+            max_request_bytes: 100 << 20,
+        }
+    }
+}
+
+/// A running listener. Dropping it (or [`KafkaListener::shutdown`]) stops the loop and
+/// closes every connection.
+pub struct KafkaListener {
+    local_addr: SocketAddr,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl KafkaListener {
+    /// Binds, registers the log-append hook and starts the event loop thread.
+    pub fn start(cfg: KafkaConfig, log: Arc<LogDir>) -> Result<KafkaListener> {
+        raise_fd_limit();
+        let listener = bind(cfg.listen)?;
+        let local_addr = listener.local_addr()?;
+        let host = match &cfg.advertised_host {
+            Some(h) => h.clone(),
+            None if local_addr.ip().is_unspecified() => bail!(
+                "--advertised-host is needed when listening on {local_addr}: clients must be \
+                 told an address they can connect to"
+            ),
+            None => local_addr.ip().to_string(),
+        };
+        let node = NodeInfo {
+            node_id: 0,
+            host,
+            port: i32::from(local_addr.port()),
+            cluster_id: "kxgw".into(),
+        };
+        let poll = Poll::new().context("creating epoll instance")?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating waker")?);
+        let appended = Arc::new(Mutex::new(HashSet::new()));
+        {
+            let waker = Arc::clone(&waker);
+            let appended = Arc::clone(&appended);
+            log.on_append(Box::new(move |p| {
+                if let Ok(mut set) = appended.lock() {
+                    set.insert((p.topic().to_string(), p.partition()));
+                }
+                // The loop may have ended; a failed wake then has nobody to tell.
+                let _ = waker.wake();
+            }));
+        }
+        let stats = Arc::new(Stats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut el = EventLoop {
+            poll,
+            listener,
+            conns: HashMap::new(),
+            parked: HashSet::new(),
+            next_token: FIRST_CONN,
+            log,
+            node,
+            stats: Arc::clone(&stats),
+            io: cfg.io,
+            max_request: cfg.max_request_bytes,
+            appended,
+            stop: Arc::clone(&stop),
+            scratch: vec![0u8; READ_STEP],
+        };
+        el.poll
+            .registry()
+            .register(&mut el.listener, LISTENER, Interest::READABLE)?;
+        log::info!(
+            "kafka listener on {local_addr} (io {}, advertised {}:{})",
+            cfg.io.as_str(),
+            el.node.host,
+            el.node.port
+        );
+        let thread = std::thread::Builder::new()
+            .name("kafka-listener".into())
+            .spawn(move || el.run())
+            .context("spawning the kafka listener thread")?;
+        Ok(KafkaListener {
+            local_addr,
+            stats,
+            stop,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Stops the loop, closes every connection and waits for the thread.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("kafka listener thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for KafkaListener {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())
+        .with_context(|| format!("binding the kafka listener to {addr}"))?;
+    sock.listen(4096)?;
+    Ok(TcpListener::from_std(sock.into()))
+}
+
+/// Thousands of connections need more than the usual 1024 descriptors: raise the soft
+/// limit to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::warn!("raising RLIMIT_NOFILE from {soft} to {hard}: {e}");
+            }
+        }
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    session: Session,
+    read_eof: bool,
+}
+
+struct EventLoop {
+    poll: Poll,
+    listener: TcpListener,
+    conns: HashMap<Token, Conn>,
+    /// Connections with a waiting fetch (checked for deadlines and appends).
+    parked: HashSet<Token>,
+    next_token: usize,
+    log: Arc<LogDir>,
+    node: NodeInfo,
+    stats: Arc<Stats>,
+    io: IoMode,
+    max_request: usize,
+    appended: Arc<Mutex<HashSet<(String, i32)>>>,
+    stop: Arc<AtomicBool>,
+    scratch: Vec<u8>,
+}
+
+/// What one drive of a connection ended with.
+enum Drive {
+    Open,
+    Close,
+}
+
+impl EventLoop {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut accept_warned = false;
+        loop {
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("kafka listener: epoll failed, stopping: {e}");
+                break;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all(&mut accept_warned),
+                    WAKER => self.on_appends(),
+                    t => {
+                        if ev.is_read_closed() || ev.is_error() {
+                            self.peer_closed(t);
+                        }
+                        self.drive(t)
+                    }
+                }
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            self.expire();
+        }
+        let open = self.conns.len();
+        for (_, mut c) in self.conns.drain() {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            inc(&self.stats.conns_closed);
+        }
+        log::info!("kafka listener stopped ({open} connections closed)");
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.parked
+            .iter()
+            .filter_map(|t| self.conns.get(t).and_then(|c| c.session.deadline()))
+            .min()
+    }
+
+    fn accept_all(&mut self, warned: &mut bool) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, peer)) => {
+                    let token = Token(self.next_token);
+                    self.next_token += 1;
+                    let _ = stream.set_nodelay(true);
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::warn!("kafka {peer}: cannot register connection: {e}");
+                        continue;
+                    }
+                    inc(&self.stats.conns_accepted);
+                    log::debug!("kafka {peer}: connected");
+                    self.conns.insert(
+                        token,
+                        Conn {
+                            stream,
+                            peer,
+                            session: Session::new(self.max_request),
+                            read_eof: false,
+                        },
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: the pending connection stays queued; say it once.
+                    if !*warned {
+                        log::warn!("kafka listener: accept failed: {e}");
+                        *warned = true;
+                    }
+                    inc(&self.stats.err_io);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The peer hung up. A connection waiting on a long-poll fetch would not read (and so
+    /// not notice) until the fetch ends: drop it now, nobody is left to answer.
+    fn peer_closed(&mut self, token: Token) {
+        let gone = self
+            .conns
+            .get(&token)
+            .is_some_and(|c| c.session.is_parked());
+        if gone {
+            if let Some(mut c) = self.conns.remove(&token) {
+                log::debug!("kafka {}: hung up during a waiting fetch", c.peer);
+                self.parked.remove(&token);
+                let _ = self.poll.registry().deregister(&mut c.stream);
+                inc(&self.stats.conns_closed);
+            }
+        }
+    }
+
+    fn on_appends(&mut self) {
+        let touched: HashSet<(String, i32)> = match self.appended.lock() {
+            Ok(mut set) => std::mem::take(&mut *set),
+            Err(_) => return,
+        };
+        if touched.is_empty() {
+            return;
+        }
+        let ready: Vec<Token> = self
+            .parked
+            .iter()
+            .copied()
+            .filter(|t| {
+                self.conns.get(t).is_some_and(|c| {
+                    touched
+                        .iter()
+                        .any(|(topic, p)| c.session.waits_for(topic, *p))
+                })
+            })
+            .collect();
+        for t in ready {
+            self.drive(t);
+        }
+    }
+
+    fn expire(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<Token> = self
+            .parked
+            .iter()
+            .copied()
+            .filter(|t| {
+                self.conns
+                    .get(t)
+                    .and_then(|c| c.session.deadline())
+                    .is_some_and(|d| d <= now)
+            })
+            .collect();
+        for t in due {
+            self.drive(t);
+        }
+    }
+
+    fn drive(&mut self, token: Token) {
+        let Some(mut conn) = self.conns.remove(&token) else {
+            return;
+        };
+        match self.drive_conn(&mut conn) {
+            Drive::Open => {
+                if conn.session.is_parked() {
+                    self.parked.insert(token);
+                } else {
+                    self.parked.remove(&token);
+                }
+                self.conns.insert(token, conn);
+            }
+            Drive::Close => {
+                self.parked.remove(&token);
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+                inc(&self.stats.conns_closed);
+            }
+        }
+    }
+
+    /// A consumer that resets its connection (it exited, or stopped mid-response) is
+    /// ordinary; anything else (a short segment file, ...) counts as an I/O error.
+    fn io_failed(&self, conn: &Conn, what: &str, e: &io::Error) {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ) {
+            log::debug!("kafka {}: peer gone during {what}: {e}", conn.peer);
+        } else {
+            log::warn!("kafka {}: {what} failed, closing: {e}", conn.peer);
+            inc(&self.stats.err_io);
+        }
+    }
+
+    /// Reads, answers and writes until the connection can make no more progress now.
+    fn drive_conn(&mut self, conn: &mut Conn) -> Drive {
+        let ctx = Ctx {
+            log: &self.log,
+            node: &self.node,
+            stats: &self.stats,
+        };
+        loop {
+            let mut progressed = false;
+            if !conn.read_eof && conn.session.wants_input() {
+                match conn.stream.read(&mut self.scratch) {
+                    Ok(0) => conn.read_eof = true,
+                    Ok(n) => {
+                        conn.session.receive(&self.scratch[..n]);
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progressed = true,
+                    Err(e) => {
+                        self.io_failed(conn, "read", &e);
+                        return Drive::Close;
+                    }
+                }
+            }
+            if let Err(e) = conn.session.advance(&ctx, Instant::now()) {
+                log::warn!("kafka {}: closing connection: {e}", conn.peer);
+                match e {
+                    super::session::SessionError::Encode(_) => inc(&self.stats.err_encode),
+                    _ => inc(&self.stats.err_bad_request),
+                }
+                return Drive::Close;
+            }
+            let out = conn.session.out();
+            if !out.is_empty() {
+                match out.write_to(&conn.stream, self.io) {
+                    Ok(w) => {
+                        add(&self.stats.bytes_mem, w.mem);
+                        add(
+                            match self.io {
+                                IoMode::Sendfile => &self.stats.bytes_sendfile,
+                                IoMode::Copy => &self.stats.bytes_copy,
+                            },
+                            w.file,
+                        );
+                        progressed |= w.mem + w.file > 0;
+                    }
+                    Err(e) => {
+                        self.io_failed(conn, "write", &e);
+                        return Drive::Close;
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let idle = conn.session.out().is_empty() && !conn.session.is_parked();
+        if conn.read_eof && idle {
+            log::debug!("kafka {}: disconnected", conn.peer);
+            return Drive::Close;
+        }
+        Drive::Open
+    }
+}

@@ -1,0 +1,443 @@
+//! One client connection as a sans-I/O state machine: bytes in ([`Session::receive`]),
+//! response chunks out ([`Session::out`]), time and log appends as inputs
+//! ([`Session::advance`]). Requests are answered strictly in order, one at a time, as a Kafka
+//! broker does: a waiting (long-poll) fetch holds back the requests behind it.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, RequestHeader,
+};
+use kafka_protocol::protocol::Decodable;
+
+use super::apis::{self, api_versions, fetch, list_offsets, metadata, unsupported, Ctx};
+use super::chunk::{Chunk, EncodeError};
+use super::frame::{FrameError, Framer};
+use super::outq::OutQueue;
+use super::stats::inc;
+
+/// Stop answering requests while this many response bytes wait for the socket: a slow
+/// consumer is throttled by its own backlog and costs the gateway nothing more.
+pub const OUT_HIGH_WATER: usize = 4 << 20;
+
+/// Why a connection must be closed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Length prefix out of bounds (garbage, or a hostile 2 GiB frame).
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    /// A request whose header or body does not decode.
+    #[error("undecodable request (api key {api_key}, v{version}): {reason}")]
+    BadRequest {
+        /// Raw api key.
+        api_key: i16,
+        /// Raw api version.
+        version: i16,
+        /// Decoder's complaint.
+        reason: String,
+    },
+    /// A served API at a version outside the advertised range (Kafka closes too).
+    #[error("{api:?} v{version} is not supported (served: v{min}-v{max})")]
+    UnsupportedVersion {
+        /// The API.
+        api: ApiKey,
+        /// Requested version.
+        version: i16,
+        /// Lowest served.
+        min: i16,
+        /// Highest served.
+        max: i16,
+    },
+    /// A non-served API without a defined refusal.
+    #[error("{0}")]
+    Refused(#[from] unsupported::RefuseError),
+    /// A response that would not encode.
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
+}
+
+/// A fetch waiting for `min_bytes` or its deadline.
+struct Parked {
+    correlation_id: i32,
+    version: i16,
+    req: Box<FetchRequest>,
+    deadline: Instant,
+    wanted: Vec<(String, i32)>,
+}
+
+/// Per-connection protocol state.
+pub struct Session {
+    framer: Framer,
+    out: OutQueue,
+    parked: Option<Parked>,
+}
+
+impl Session {
+    /// A fresh connection refusing requests larger than `max_request` bytes.
+    pub fn new(max_request: usize) -> Self {
+        Session {
+            framer: Framer::new(max_request),
+            out: OutQueue::default(),
+            parked: None,
+        }
+    }
+
+    /// Feeds bytes read from the socket.
+    pub fn receive(&mut self, data: &[u8]) {
+        self.framer.extend(data);
+    }
+
+    /// Whether reading more input is useful now: only while requests can be processed or
+    /// the current frame is incomplete (bounded by the frame limit), so a client that
+    /// pipelines without reading its responses cannot grow our buffers.
+    pub fn wants_input(&self) -> bool {
+        let busy = self.parked.is_some() || self.out.pending_bytes() >= OUT_HIGH_WATER;
+        !busy || self.framer.wants() > 0 && self.framer.buffered() < 64 * 1024
+    }
+
+    /// The responses waiting for the socket.
+    pub fn out(&mut self) -> &mut OutQueue {
+        &mut self.out
+    }
+
+    /// When a waiting fetch must be answered regardless of data.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.parked.as_ref().map(|p| p.deadline)
+    }
+
+    /// Whether a waiting fetch reads `topic`-`partition`.
+    pub fn waits_for(&self, topic: &str, partition: i32) -> bool {
+        self.parked
+            .as_ref()
+            .is_some_and(|p| p.wanted.iter().any(|(t, q)| *q == partition && t == topic))
+    }
+
+    /// Whether a fetch is waiting.
+    pub fn is_parked(&self) -> bool {
+        self.parked.is_some()
+    }
+
+    /// Answers what can be answered now: the waiting fetch if it became ready (data arrived
+    /// or `now` passed its deadline), then queued requests until one waits or the output
+    /// backlog is too large. An error means the connection must be closed.
+    pub fn advance(&mut self, ctx: &Ctx, now: Instant) -> Result<(), SessionError> {
+        if let Some(p) = &self.parked {
+            let expired = now >= p.deadline;
+            match fetch::evaluate(ctx, p.correlation_id, p.version, &p.req, expired)? {
+                fetch::Outcome::Wait => return Ok(()),
+                fetch::Outcome::Respond(chunks) => {
+                    inc(if expired {
+                        &ctx.stats.fetch_expired
+                    } else {
+                        &ctx.stats.fetch_woken
+                    });
+                    self.out.push(chunks);
+                    self.parked = None;
+                }
+            }
+        }
+        while self.parked.is_none() && self.out.pending_bytes() < OUT_HIGH_WATER {
+            let Some(frame) = self.framer.next_frame()? else {
+                break;
+            };
+            self.handle(ctx, frame, now)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, ctx: &Ctx, mut frame: Bytes, now: Instant) -> Result<(), SessionError> {
+        // Frames are at least MIN_REQUEST (10) bytes: key, version, correlation id are there.
+        let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let bad = |reason: String| SessionError::BadRequest {
+            api_key: raw_key,
+            version,
+            reason,
+        };
+        let Ok(key) = ApiKey::try_from(raw_key) else {
+            inc(&ctx.stats.req_unsupported);
+            return Err(bad("unknown API key".into()));
+        };
+        let served = apis::served_range(key);
+        if key == ApiKey::ApiVersions && served.is_some_and(|(_, hi)| version > hi) {
+            // Kafka's rule: answer a too-new ApiVersions with v0 + UNSUPPORTED_VERSION, without
+            // parsing a header or body format we do not know.
+            inc(&ctx.stats.req_api_versions);
+            self.out
+                .push(api_versions::respond_unsupported(correlation_id)?);
+            return Ok(());
+        }
+        let header_version = key.request_header_version(version);
+        RequestHeader::decode(&mut frame, header_version).map_err(|e| bad(format!("{e:#}")))?;
+        if key == ApiKey::Produce {
+            // Advertised for librdkafka's sake (see apis::SERVED), never performed.
+            inc(&ctx.stats.req_unsupported);
+            if served.is_some_and(|(lo, hi)| (lo..=hi).contains(&version)) {
+                self.out.push(unsupported::refuse(
+                    key,
+                    version,
+                    correlation_id,
+                    &mut frame,
+                )?);
+                return Ok(());
+            }
+        }
+        let Some((min, max)) = served.filter(|&(lo, hi)| (lo..=hi).contains(&version)) else {
+            inc(&ctx.stats.req_unsupported);
+            if let Some((min, max)) = served {
+                return Err(SessionError::UnsupportedVersion {
+                    api: key,
+                    version,
+                    min,
+                    max,
+                });
+            }
+            let chunks = unsupported::refuse(key, version, correlation_id, &mut frame)?;
+            self.out.push(chunks);
+            return Ok(());
+        };
+        debug_assert!(min <= version && version <= max);
+        let chunks = match key {
+            ApiKey::ApiVersions => {
+                inc(&ctx.stats.req_api_versions);
+                // An undecodable body still gets the list, with INVALID_REQUEST (as Kafka).
+                let code = match ApiVersionsRequest::decode(&mut frame, version) {
+                    Ok(_) => 0,
+                    Err(_) => kafka_protocol::error::ResponseError::InvalidRequest.code(),
+                };
+                api_versions::respond(correlation_id, version, code)?
+            }
+            ApiKey::Metadata => {
+                inc(&ctx.stats.req_metadata);
+                let req = MetadataRequest::decode(&mut frame, version)
+                    .map_err(|e| bad(format!("{e:#}")))?;
+                metadata::handle(ctx, correlation_id, version, &req)?
+            }
+            ApiKey::ListOffsets if version == 0 => {
+                inc(&ctx.stats.req_list_offsets);
+                list_offsets::v0::handle(ctx, correlation_id, &mut frame)
+                    .map_err(|e| bad(e.to_string()))?
+            }
+            ApiKey::ListOffsets => {
+                inc(&ctx.stats.req_list_offsets);
+                let req = ListOffsetsRequest::decode(&mut frame, version)
+                    .map_err(|e| bad(format!("{e:#}")))?;
+                list_offsets::handle(ctx, correlation_id, version, &req)?
+            }
+            ApiKey::Fetch => {
+                inc(&ctx.stats.req_fetch);
+                let req =
+                    FetchRequest::decode(&mut frame, version).map_err(|e| bad(format!("{e:#}")))?;
+                match fetch::evaluate(ctx, correlation_id, version, &req, false)? {
+                    fetch::Outcome::Respond(chunks) => chunks,
+                    fetch::Outcome::Wait => {
+                        inc(&ctx.stats.fetch_parked);
+                        let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64);
+                        self.parked = Some(Parked {
+                            correlation_id,
+                            version,
+                            wanted: fetch::wanted(ctx, &req, version),
+                            req: Box::new(req),
+                            deadline: now + wait,
+                        });
+                        return Ok(());
+                    }
+                }
+            }
+            _ => return Err(bad("served API without a handler".into())),
+        };
+        if frame.has_remaining() {
+            log::debug!(
+                "{key:?} v{version}: {} trailing bytes ignored",
+                frame.remaining()
+            );
+        }
+        self.out.push(chunks);
+        Ok(())
+    }
+}
+
+/// Materialises chunks into bytes (tests and diagnostics: reads file ranges with pread).
+pub fn chunks_to_vec(chunks: &[Chunk]) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    for c in chunks {
+        match c {
+            Chunk::Mem(b) => out.extend_from_slice(b),
+            Chunk::File(r) => {
+                let mut buf = vec![0u8; r.len];
+                r.file.read_exact_at(&mut buf, r.position)?;
+                out.extend_from_slice(&buf);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::testkit::{request, Harness};
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    #[test]
+    fn api_versions_every_served_version_lists_exactly_the_served_apis() {
+        let (mut h, _d) = Harness::empty();
+        for v in 0..=3 {
+            let req = ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("t"))
+                .with_client_software_version(StrBytes::from_static_str("1"));
+            let r: ApiVersionsResponse = h.call(ApiKey::ApiVersions, v, &req);
+            assert_eq!(r.error_code, 0);
+            let got: Vec<(i16, i16, i16)> = r
+                .api_keys
+                .iter()
+                .map(|k| (k.api_key, k.min_version, k.max_version))
+                .collect();
+            let want: Vec<(i16, i16, i16)> = apis::SERVED
+                .iter()
+                .map(|&(k, lo, hi)| (k as i16, lo, hi))
+                .collect();
+            assert_eq!(got, want);
+            assert!(!got.iter().any(|k| k.0 == ApiKey::FindCoordinator as i16));
+        }
+    }
+
+    #[test]
+    fn too_new_api_versions_gets_v0_unsupported_version() {
+        let (mut h, _d) = Harness::empty();
+        // v4 as the crate encodes it; the gateway answers in v0 regardless.
+        let out = h
+            .feed(&request(
+                ApiKey::ApiVersions,
+                4,
+                99,
+                &ApiVersionsRequest::default(),
+            ))
+            .unwrap();
+        let mut b = Bytes::copy_from_slice(&out[4..]);
+        assert_eq!(
+            ResponseHeader::decode(&mut b, 0).unwrap().correlation_id,
+            99
+        );
+        let r = ApiVersionsResponse::decode(&mut b, 0).unwrap();
+        assert_eq!(r.error_code, 35);
+        assert_eq!(r.api_keys.len(), 1);
+        assert_eq!(r.api_keys[0].api_key, ApiKey::ApiVersions as i16);
+        assert_eq!(r.api_keys[0].max_version, 3);
+    }
+
+    #[test]
+    fn produce_and_group_apis_are_refused_with_an_error_not_a_close() {
+        let (mut h, _d) = Harness::empty();
+        let produce = ProduceRequest::default().with_acks(1).with_topic_data(vec![
+            produce_request::TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default().with_index(3)
+                ]),
+        ]);
+        let r: ProduceResponse = h.call(ApiKey::Produce, 8, &produce);
+        assert_eq!(r.responses[0].partition_responses[0].index, 3);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 42);
+        let fc = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"));
+        let r: FindCoordinatorResponse = h.call(ApiKey::FindCoordinator, 2, &fc);
+        assert_eq!(r.error_code, 35);
+        let r: HeartbeatResponse = h.call(ApiKey::Heartbeat, 4, &HeartbeatRequest::default());
+        assert_eq!(r.error_code, 35);
+        // The connection is still usable afterwards.
+        let r: MetadataResponse = h.call(
+            ApiKey::Metadata,
+            9,
+            &MetadataRequest::default().with_topics(None),
+        );
+        assert_eq!(r.brokers[0].port, 9092);
+        assert_eq!(
+            h.stats
+                .req_unsupported
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+    }
+
+    #[test]
+    fn garbage_and_unknown_apis_close_the_connection() {
+        let (mut h, _d) = Harness::empty();
+        assert!(matches!(
+            h.feed(&[0x7f, 0xff, 0xff, 0xff, 0, 0]),
+            Err(SessionError::Frame(_))
+        ));
+        let (mut h, _d) = Harness::empty();
+        let mut bogus = 12i32.to_be_bytes().to_vec();
+        bogus.extend_from_slice(&[0x7f, 0x00, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0, 0]);
+        assert!(matches!(
+            h.feed(&bogus),
+            Err(SessionError::BadRequest {
+                api_key: 0x7f00,
+                ..
+            })
+        ));
+        // A Metadata request whose body is cut short.
+        let (mut h, _d) = Harness::empty();
+        let mut req = request(
+            ApiKey::Metadata,
+            4,
+            1,
+            &MetadataRequest::default()
+                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+                )
+                .with_name(Some(TopicName(StrBytes::from_static_str("abcdef"))))])),
+        );
+        req.truncate(req.len() - 5);
+        let len = (req.len() - 4) as i32;
+        req[0..4].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(h.feed(&req), Err(SessionError::BadRequest { .. })));
+        // A served API at an unserved version.
+        let (mut h, _d) = Harness::empty();
+        let req = request(ApiKey::Metadata, 13, 1, &MetadataRequest::default());
+        assert!(matches!(
+            h.feed(&req),
+            Err(SessionError::UnsupportedVersion { .. })
+        ));
+    }
+
+    #[test]
+    fn metadata_every_version_encodes_and_reports_unknown_topics() {
+        let (mut h, _d) = Harness::empty();
+        for v in 0..=12 {
+            let mut t = metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str("nope"))));
+            if v < 10 {
+                t.topic_id = uuid::Uuid::nil();
+            }
+            let req = MetadataRequest::default().with_topics(Some(vec![t]));
+            let r: MetadataResponse = h.call(ApiKey::Metadata, v, &req);
+            assert_eq!(r.brokers.len(), 1, "v{v}");
+            assert_eq!(r.brokers[0].host.as_str(), "198.18.0.1");
+            assert_eq!(r.topics.len(), 1);
+            assert_eq!(r.topics[0].error_code, 3, "v{v}");
+        }
+    }
+
+    /// Random bytes after a valid length prefix never panic the session: they are either
+    /// answered or make it ask for the connection to be closed.
+    #[test]
+    fn random_frames_never_panic() {
+        use proptest::prelude::*;
+        let (h, _d) = Harness::empty();
+        let h = std::cell::RefCell::new(h);
+        proptest!(ProptestConfig::with_cases(2000), |(key in 0i16..80, ver in -1i16..20, body in proptest::collection::vec(any::<u8>(), 6..200))| {
+            let mut h = h.borrow_mut();
+            h.session = Session::new(1 << 20);
+            let mut frame = Vec::new();
+            frame.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+            frame.extend_from_slice(&key.to_be_bytes());
+            frame.extend_from_slice(&ver.to_be_bytes());
+            frame.extend_from_slice(&body);
+            let _ = h.feed(&frame);
+        });
+    }
+}

@@ -1,0 +1,99 @@
+//! Test helpers: a session over a real log directory, request encoding and response
+//! decoding with the kafka-protocol crate (the client side of the same codec).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use super::apis::{Ctx, NodeInfo};
+use super::session::{chunks_to_vec, Session, SessionError};
+use super::stats::Stats;
+use crate::log::LogDir;
+
+pub struct Harness {
+    pub log: Arc<LogDir>,
+    pub node: NodeInfo,
+    pub stats: Stats,
+    pub session: Session,
+}
+
+impl Harness {
+    pub fn new(log: Arc<LogDir>) -> Self {
+        Harness {
+            log,
+            node: NodeInfo {
+                node_id: 0,
+                host: "198.18.0.1".into(),
+                port: 9092,
+                cluster_id: "kxgw".into(),
+            },
+            stats: Stats::default(),
+            session: Session::new(1 << 20),
+        }
+    }
+
+    pub fn empty() -> (Self, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (Self::new(LogDir::open(dir.path(), None).unwrap()), dir)
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<u8>, SessionError> {
+        self.session.receive(bytes);
+        self.step(Instant::now())
+    }
+
+    pub fn step(&mut self, now: Instant) -> Result<Vec<u8>, SessionError> {
+        let ctx = Ctx {
+            log: &self.log,
+            node: &self.node,
+            stats: &self.stats,
+        };
+        self.session.advance(&ctx, now)?;
+        Ok(chunks_to_vec(&self.session.out().take()).unwrap())
+    }
+
+    /// Sends one request and returns its decoded response (which must be the only one).
+    pub fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        req: &Req,
+    ) -> Resp {
+        let out = self.feed(&request(key, version, 7, req)).unwrap();
+        decode_response(key, version, 7, &out)
+    }
+}
+
+pub fn request<Req: Encodable>(key: ApiKey, version: i16, corr: i32, req: &Req) -> Vec<u8> {
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(corr)
+        .with_client_id(Some(StrBytes::from_static_str("test")));
+    let mut body = BytesMut::new();
+    header
+        .encode(&mut body, key.request_header_version(version))
+        .unwrap();
+    req.encode(&mut body, version).unwrap();
+    let mut out = (body.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+pub fn decode_response<Resp: Decodable>(key: ApiKey, version: i16, corr: i32, wire: &[u8]) -> Resp {
+    let len = i32::from_be_bytes(wire[0..4].try_into().unwrap()) as usize;
+    assert_eq!(len + 4, wire.len(), "exactly one whole response frame");
+    let mut b = Bytes::copy_from_slice(&wire[4..]);
+    let h = ResponseHeader::decode(&mut b, key.response_header_version(version)).unwrap();
+    assert_eq!(h.correlation_id, corr);
+    let resp = Resp::decode(&mut b, version).unwrap();
+    assert_eq!(
+        b.remaining(),
+        0,
+        "{key:?} v{version}: trailing bytes in response"
+    );
+    resp
+}

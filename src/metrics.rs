@@ -1,0 +1,296 @@
+//! Gateway counters in the Prometheus text format, for `kxgw stats` and scrapers.
+//!
+//! Each component (Kafka listener, UDP transport, AF_XDP engine, XDP program) registers a
+//! provider that writes its current counters; nothing is sampled in the background, so a
+//! scrape always sees live values. Two read-only endpoints serve the same text: a Unix socket
+//! (default [`DEFAULT_CONTROL_SOCKET`]; reachable from any network namespace, which is what
+//! `kxgw stats` uses) and, with `--metrics-listen`, HTTP `GET /metrics`.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// Where a gateway serves its counters unless told otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/kxgw/kxgw.sock";
+
+type Provider = Box<dyn Fn(&mut MetricsWriter) + Send + Sync>;
+
+/// The set of providers of one gateway process.
+#[derive(Default)]
+pub struct Metrics {
+    providers: Mutex<Vec<Provider>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    /// Adds a provider; it is called on every scrape.
+    pub fn register(&self, provider: impl Fn(&mut MetricsWriter) + Send + Sync + 'static) {
+        self.providers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(provider));
+    }
+
+    /// The current counters of every provider, Prometheus text format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut w = MetricsWriter::default();
+        for p in self
+            .providers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            p(&mut w);
+        }
+        w.out
+    }
+}
+
+/// Accumulates samples; writes `# HELP`/`# TYPE` once per metric name.
+#[derive(Default, Debug)]
+pub struct MetricsWriter {
+    out: String,
+    described: std::collections::HashSet<String>,
+}
+
+impl MetricsWriter {
+    /// A monotonically increasing count.
+    pub fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: u64) {
+        self.sample(name, "counter", help, labels, &value.to_string());
+    }
+
+    /// A value that goes up and down (connections open, bind mode as 0/1...).
+    pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.sample(name, "gauge", help, labels, &value.to_string());
+    }
+
+    fn sample(&mut self, name: &str, kind: &str, help: &str, labels: &[(&str, &str)], v: &str) {
+        let full = format!("kxgw_{name}");
+        if self.described.insert(full.clone()) {
+            let _ = writeln!(self.out, "# HELP {full} {help}");
+            let _ = writeln!(self.out, "# TYPE {full} {kind}");
+        }
+        self.out.push_str(&full);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let escaped = val
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = write!(self.out, "{k}=\"{escaped}\"");
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {v}");
+    }
+}
+
+/// Serves the counters on a Unix socket: each connection gets the current text, then EOF.
+/// Removes a stale socket file first; the returned guard removes the file on drop.
+pub fn serve_unix(path: &Path, metrics: Arc<Metrics>) -> Result<SocketGuard> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the control socket directory {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", path.display()))
+        }
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::thread::Builder::new()
+        .name("kxgw-control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(mut s) => {
+                        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                        let _ = s.write_all(metrics.render().as_bytes());
+                    }
+                    Err(e) => log::warn!("control socket: accept failed: {e}"),
+                }
+            }
+        })
+        .context("starting the control socket thread")?;
+    Ok(SocketGuard(path.to_path_buf()))
+}
+
+/// Removes the control socket file when the gateway stops.
+#[derive(Debug)]
+pub struct SocketGuard(PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Serves `GET /metrics` over HTTP on `addr` (Prometheus scrapers).
+pub fn serve_http(addr: &str, metrics: Arc<Metrics>) -> Result<()> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| anyhow::anyhow!("binding the metrics listener {addr}: {e}"))?;
+    log::info!("metrics: Prometheus text on http://{addr}/metrics");
+    std::thread::Builder::new()
+        .name("kxgw-metrics".into())
+        .spawn(move || {
+            for req in server.incoming_requests() {
+                let resp = if req.url() == "/metrics" {
+                    let ctype = tiny_http::Header::from_bytes(
+                        &b"Content-Type"[..],
+                        &b"text/plain; version=0.0.4"[..],
+                    )
+                    .ok();
+                    let mut r = tiny_http::Response::from_string(metrics.render());
+                    if let Some(h) = ctype {
+                        r.add_header(h);
+                    }
+                    r
+                } else {
+                    tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
+                };
+                if let Err(e) = req.respond(resp) {
+                    log::debug!("metrics: response failed: {e}");
+                }
+            }
+        })
+        .context("starting the metrics thread")?;
+    Ok(())
+}
+
+/// Reads a running gateway's counters from its control socket.
+pub fn fetch_unix(path: &Path) -> Result<String> {
+    let mut s = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+        format!(
+            "connecting to the gateway's control socket {} (is `kxgw serve` running? \
+             pass --socket for another path)",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .with_context(|| format!("reading counters from {}", path.display()))?;
+    Ok(text)
+}
+
+/// One parsed sample of the text format: name, labels, value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Parses the samples of a text-format page (comments skipped; malformed lines ignored).
+pub fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|line| {
+            let (head, value) = line.rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            let (name, labels) = match head.split_once('{') {
+                Some((n, rest)) => (n, parse_labels(rest.strip_suffix('}')?)),
+                None => (head, Vec::new()),
+            };
+            Some(Sample {
+                name: name.to_string(),
+                labels,
+                value,
+            })
+        })
+        .collect()
+}
+
+fn parse_labels(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some((k, after)) = rest.split_once("=\"") {
+        let mut val = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        val.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => val.push(c),
+            }
+        }
+        out.push((k.trim_start_matches(',').to_string(), val));
+        rest = &after[end..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_then_parse_round_trips() {
+        let m = Metrics::new();
+        m.register(|w| {
+            w.counter("requests_total", "Requests.", &[("api", "Fetch")], 7);
+            w.counter("requests_total", "Requests.", &[("api", "Meta\"data")], 2);
+            w.gauge("connections", "Open connections.", &[], 3.0);
+        });
+        let text = m.render();
+        assert_eq!(
+            text.matches("# TYPE kxgw_requests_total counter").count(),
+            1
+        );
+        let samples = parse(&text);
+        assert_eq!(samples.len(), 3);
+        assert_eq!(samples[0].name, "kxgw_requests_total");
+        assert_eq!(
+            samples[1].labels,
+            vec![("api".to_string(), "Meta\"data".to_string())]
+        );
+        assert_eq!(samples[2].value, 3.0);
+    }
+
+    #[test]
+    fn unix_socket_serves_live_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let m = Metrics::new();
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let n2 = n.clone();
+        m.register(move |w| w.counter("x_total", "X.", &[], n2.load(Ordering::Relaxed)));
+        let guard = serve_unix(&path, m).unwrap();
+        assert!(fetch_unix(&path).unwrap().contains("kxgw_x_total 1"));
+        n.store(5, Ordering::Relaxed);
+        assert!(fetch_unix(&path).unwrap().contains("kxgw_x_total 5"));
+        drop(guard);
+        assert!(!path.exists());
+    }
+
+    use std::sync::atomic::Ordering;
+}
