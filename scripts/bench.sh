@@ -134,7 +134,9 @@ json_get() { python3 -c 'import json,sys; d=json.loads(sys.stdin.read().strip().
 GW_PID=
 start_bg() { # start_bg LOGFILE cmd...: gateway-side process pinned to the gateway CPU
   local logf=$1; shift
-  in_gw "$@" >"$logf" 2>&1 &
+  # exec: $! must be the gateway itself (ip netns exec and taskset exec too), not a subshell,
+  # so that the signal reaches it and /proc/$!/stat is its CPU time.
+  (exec ip netns exec "$GW_NS" taskset -c $GW_CPU "$@" >"$logf" 2>&1) &
   GW_PID=$!
   PIDS+=("$GW_PID")
 }
@@ -223,7 +225,7 @@ measure() { # section path fs consumers run
   local out=
   if [ "$path" = ceil-iperf3 ]; then
     # Sender (-Z: sendfile) in the gateway namespace on the gateway CPU, receiver on the other.
-    in_cl iperf3 -s -1 -B 198.18.0.2 -p $IPERF_PORT >"$logf" 2>&1 &
+    (exec ip netns exec "$CL_NS" taskset -c $CL_CPU iperf3 -s -1 -B 198.18.0.2 -p $IPERF_PORT >"$logf" 2>&1) &
     local spid=$!; PIDS+=("$spid"); sleep 0.3
     local secs=3; [ $MODE = smoke ] && secs=1
     local s0 s1 p0 p1 ticks ok=1
@@ -281,8 +283,8 @@ PY
     udp-*|xdp-*)
       local pids=() i
       for i in $(seq "$n"); do
-        in_cl "$KXGW" consume --fetch $GW_ADDR:$FETCH_PORT --topic $TOPIC --partition 0 \
-          --from-beginning --count $per --verify >"$clog.$i" 2>&1 &
+        (exec ip netns exec "$CL_NS" taskset -c $CL_CPU "$KXGW" consume --fetch $GW_ADDR:$FETCH_PORT \
+          --topic $TOPIC --partition 0 --from-beginning --count $per --verify >"$clog.$i" 2>&1) &
         pids+=($!)
       done
       for i in "${pids[@]}"; do wait "$i" || rc=$?; done
@@ -374,7 +376,7 @@ measure_latency() { # path run
   fi
   local out rc=0
   # shellcheck disable=SC2086
-  in_cl $client >"$clog.out" 2>"$clog" &
+  (exec ip netns exec "$CL_NS" taskset -c $CL_CPU $client >"$clog.out" 2>"$clog") &
   local cpid=$!
   sleep 0.3
   # The producer shares the consumer's CPU: the gateway's CPU stays the gateway's alone.
