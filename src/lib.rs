@@ -7,11 +7,13 @@
 //! - [`metrics`]: counters in Prometheus text for `kxgw stats` and scrapers.
 //! - [`testnet`]: namespaces + veth pairs for tests, benchmarks and the demo.
 //! - [`kafka`]: the Kafka-protocol TCP listener (consumer subset; sendfile or copy).
+//! - [`fetch`]: the kxgw UDP fetch protocol (sans-I/O cores, kernel-UDP gateway and consumer).
 //! - [`bench`]: measuring instruments of `scripts/bench.sh` (hidden `kxgw bench-tool`).
 //! - [`cmd`]: the subcommands of the `kxgw` binary (thin: parse, call the library, report).
 
 pub mod bench;
 pub mod cmd;
+pub mod fetch;
 pub mod kafka;
 pub mod log;
 pub mod metrics;

@@ -16,10 +16,12 @@ enum Cmd {
     Produce(kxgw::cmd::produce::Args),
     /// List and verify the batches of a log dir, partition dir or segment file.
     Inspect(kxgw::cmd::inspect::Args),
-    /// Serve partition logs to consumers (Kafka protocol over TCP).
+    /// Serve partition logs to consumers (Kafka protocol over TCP, kxgw fetch over UDP).
     Serve(kxgw::cmd::serve::Args),
     /// Show a running gateway's counters (from its control socket).
     Stats(kxgw::cmd::stats::Args),
+    /// Consume a partition over the kxgw UDP fetch protocol (Kafka TCP fallback).
+    Consume(kxgw::cmd::consume::Args),
     /// Measuring instruments of scripts/bench.sh (not a user command).
     #[command(hide = true)]
     BenchTool(kxgw::cmd::bench_tool::Args),
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(args) => kxgw::cmd::inspect::run(args),
         Cmd::Serve(args) => kxgw::cmd::serve::run(args),
         Cmd::Stats(args) => kxgw::cmd::stats::run(args),
+        Cmd::Consume(args) => kxgw::cmd::consume::run(args),
         Cmd::BenchTool(args) => kxgw::cmd::bench_tool::run(args),
     };
     match result {

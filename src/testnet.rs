@@ -171,9 +171,10 @@ impl TestNet {
     /// Drops `percent`% of incoming packets in the consumer namespace with an nft
     /// `numgen random` rule (this kernel has no netem).
     pub fn inject_client_loss(&self, percent: u32) -> Result<()> {
+        // One statement per line: nft 1.0.6 (Debian 12) rejects `drop; }` on one line.
         let rules = format!(
-            "table inet kxgwloss {{ chain input {{ type filter hook input priority -300; \
-             numgen random mod 100 < {percent} drop; }} }}"
+            "table inet kxgwloss {{\n chain input {{\n  type filter hook input priority -300;\n  \
+             numgen random mod 100 < {percent} drop\n }}\n}}\n"
         );
         let out = Self::command_in(&self.client_ns, "nft")
             .args(["-f", "-"])

@@ -170,10 +170,15 @@ fn check_lines(who: &str, out: &str, partition: i32, first: i64, count: usize, s
 }
 
 fn kcat(net: &TestNet, addr: SocketAddr, topic: &str, partition: i32) -> String {
+    kcat_from(net, addr, topic, partition, "beginning")
+}
+
+/// kcat from a start offset spec (`beginning`, `-100` = 100 before the end, `s@TS`...).
+fn kcat_from(net: &TestNet, addr: SocketAddr, topic: &str, partition: i32, from: &str) -> String {
     let out = net
         .client_command("timeout")
         .args(["60", "kcat", "-C", "-b", &addr.to_string(), "-t", topic])
-        .args(["-p", &partition.to_string(), "-o", "beginning", "-e"])
+        .args(["-p", &partition.to_string(), "-o", from, "-e"])
         .args(["-f", "%o\t%k\t%s\n"])
         .output()
         .expect("running kcat");
@@ -501,6 +506,12 @@ fn an_active_consumer_completes_with_a_thousand_idle_and_ten_stalled_connections
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
     }
     let addr = gw.addr;
+    // The same read with no other connections, for the printed comparison (not asserted:
+    // timings belong to the benchmarks).
+    let started = Instant::now();
+    let out = kcat(&net, addr, "busy", 0);
+    let alone = started.elapsed();
+    check_lines("kcat alone", &out, 0, 0, N as usize, 200);
     // Half of them handshake (ApiVersions) and then sit in a long-poll fetch at the log end,
     // half never send a byte; ten more are slow consumers that pipeline big fetches and never
     // read a byte of the answers (their socket buffers fill, the gateway must not wait).
@@ -547,7 +558,10 @@ fn an_active_consumer_completes_with_a_thousand_idle_and_ten_stalled_connections
         "idle connections kept: {stats}"
     );
     assert!(counter(&stats, "parked") >= 500, "{stats}");
-    eprintln!("1000 idle connections: kcat read {N} records in {took:?}; {stats}");
+    eprintln!(
+        "kcat read {N} records in {alone:?} alone, {took:?} with 1000 idle + 10 stalled \
+         connections open; {stats}"
+    );
     // Consumers that hang up while their fetch waits are dropped at once, not when the
     // 60 s wait ends.
     drop(idle);

@@ -48,7 +48,8 @@ pub struct Args {
     /// SIGINT/SIGTERM, flushing each batch so followers see it at once.
     #[arg(long, value_name = "RATE")]
     pub follow: Option<f64>,
-    /// Write/update replication-offset-checkpoint (the high watermarks) as a broker would.
+    /// Write/update replication-offset-checkpoint (the high watermarks) as a broker would
+    /// (always done when the log dir already has one).
     #[arg(long)]
     pub write_checkpoint: bool,
 }
@@ -68,7 +69,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             index_interval_bytes: args.index_interval_bytes,
             ..WriterConfig::default()
         },
-        write_checkpoint: args.write_checkpoint,
+        // A log dir that has high watermarks must get them for the new records too, or readers
+        // bounded by them (the default there) would never see those records.
+        write_checkpoint: args.write_checkpoint
+            || args
+                .log_dir
+                .join(crate::log::checkpoint::REPLICATION_OFFSET_CHECKPOINT)
+                .exists(),
     };
     let total = args.records.saturating_mul(args.partitions.max(0) as u64);
     let bar = if std::io::stderr().is_terminal() && total > 0 {
@@ -146,6 +153,7 @@ fn follow(cfg: &ProduceConfig, rate: f64) -> anyhow::Result<()> {
     let mut b = BatchBuilder::new();
     let mut last_report = Instant::now();
     let mut i = 0usize;
+    let mut last_ckpt = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let due = start + Duration::from_secs_f64(written as f64 / rate);
         let now = Instant::now();
@@ -157,9 +165,11 @@ fn follow(cfg: &ProduceConfig, rate: f64) -> anyhow::Result<()> {
         demo.build(&mut b, w.next_offset(), per_batch, now_ms());
         w.append_built(&mut b)?;
         w.flush()?;
-        if cfg.write_checkpoint {
-            let tp = w.topic_partition().clone();
-            writer::update_checkpoint(&cfg.log_dir, &[(tp, w.next_offset())])?;
+        // The high watermark follows within 20 ms (a broker checkpoints it every 5 s, but
+        // readers bounded by it should see a live log move).
+        if cfg.write_checkpoint && last_ckpt.elapsed() >= Duration::from_millis(20) {
+            write_checkpoint(cfg, &writers)?;
+            last_ckpt = Instant::now();
         }
         written += per_batch as u64;
         i += 1;
@@ -168,9 +178,24 @@ fn follow(cfg: &ProduceConfig, rate: f64) -> anyhow::Result<()> {
             last_report = Instant::now();
         }
     }
+    if cfg.write_checkpoint {
+        write_checkpoint(cfg, &writers)?;
+    }
     println!("follow: appended {written} records, stopping");
     for (w, _) in &writers {
         println!("{}: log end {}", w.topic_partition(), w.next_offset());
     }
     Ok(())
+}
+
+fn write_checkpoint(
+    cfg: &ProduceConfig,
+    writers: &[(PartitionWriter, DemoBatches)],
+) -> anyhow::Result<()> {
+    let ends: Vec<_> = writers
+        .iter()
+        .map(|(w, _)| (w.topic_partition().clone(), w.next_offset()))
+        .collect();
+    writer::update_checkpoint(&cfg.log_dir, &ends)
+        .with_context(|| format!("checkpointing in {}", cfg.log_dir.display()))
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
+use crate::fetch::gateway::{FetchArgs, FetchListener};
 use crate::kafka::{self, IoMode, KafkaConfig, KafkaListener};
 use crate::log::{Isolation, LogDir};
 
@@ -45,7 +46,8 @@ pub struct Args {
     /// How the Kafka listener sends record bytes.
     #[arg(long, value_enum, default_value = "sendfile")]
     pub io: IoMode,
-    /// Host advertised to Kafka clients in Metadata (default: the listen address).
+    /// Host advertised to Kafka clients in Metadata (default: the listen address, or the
+    /// host name when listening on 0.0.0.0 / ::).
     #[arg(long)]
     pub advertised_host: Option<String>,
     /// Readable end of a partition (default: hw if replication-offset-checkpoint exists,
@@ -59,11 +61,15 @@ pub struct Args {
     /// the follower's file notifications, if it has them).
     #[arg(long, value_name = "MS", default_value_t = 50)]
     pub refresh_ms: u64,
+    /// The kxgw UDP fetch endpoint (--fetch-listen and its options).
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 }
 
 /// The listeners started by this process (one field per listener kind).
 struct Running {
     kafka: Option<KafkaListener>,
+    fetch: Option<FetchListener>,
 }
 
 impl Running {
@@ -71,11 +77,17 @@ impl Running {
         if let Some(k) = &self.kafka {
             log::info!("kafka stats: {}", k.stats());
         }
+        if let Some(f) = &self.fetch {
+            log::info!("fetch stats: {}", f.stats());
+        }
     }
 
     fn shutdown(self) {
         if let Some(k) = self.kafka {
             k.shutdown();
+        }
+        if let Some(f) = self.fetch {
+            f.shutdown();
         }
     }
 }
@@ -110,9 +122,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     let running = Running {
         kafka: start_kafka(&args, &log)?,
+        fetch: FetchListener::start(&log, &args.fetch)?,
     };
-    if running.kafka.is_none() {
-        bail!("nothing to serve: give --kafka-listen ADDR:PORT");
+    if running.kafka.is_none() && running.fetch.is_none() {
+        bail!("nothing to serve: give --kafka-listen ADDR:PORT and/or --fetch-listen IP:PORT");
     }
 
     let tick = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));

@@ -3,7 +3,8 @@
 //! events, by log appends (the log follower's hook wakes the loop through a `mio::Waker`) and
 //! by the deadline of its waiting fetch. A slow or vanished consumer only ever stalls itself.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -34,9 +35,12 @@ pub struct KafkaConfig {
     pub listen: SocketAddr,
     /// How record bytes are sent.
     pub io: IoMode,
-    /// Host advertised in Metadata (default: the listen address, if it is not a wildcard).
+    /// Host advertised in Metadata (default: the listen address; the host name when
+    /// listening on a wildcard address).
     pub advertised_host: Option<String>,
-    /// Largest request accepted (Kafka's socket.request.max.bytes is 100 MiB).
+    /// Largest request accepted. Kafka's socket.request.max.bytes is 100 MiB, sized for
+    /// produce requests; a consumer's requests are small (a fetch of 10,000 partitions is
+    /// under 400 KiB), so 8 MiB bounds what one hostile connection can make us buffer.
     pub max_request_bytes: usize,
 }
 
@@ -47,7 +51,7 @@ impl KafkaConfig {
             listen,
             io,
             advertised_host: None,
-            max_request_bytes: 100 << 20,
+            max_request_bytes: 8 << 20,
         }
     }
 }
@@ -70,10 +74,24 @@ impl KafkaListener {
         let local_addr = listener.local_addr()?;
         let host = match &cfg.advertised_host {
             Some(h) => h.clone(),
-            None if local_addr.ip().is_unspecified() => bail!(
-                "--advertised-host is needed when listening on {local_addr}: clients must be \
-                 told an address they can connect to"
-            ),
+            None if local_addr.ip().is_unspecified() => {
+                // As a Kafka broker without advertised.listeners: the host name.
+                let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .with_context(|| {
+                        format!(
+                            "listening on {local_addr} with no host name to advertise: \
+                             give --advertised-host"
+                        )
+                    })?;
+                log::warn!(
+                    "listening on {local_addr}: advertising host name {name:?} to clients \
+                     (set --advertised-host if they cannot resolve it)"
+                );
+                name
+            }
             None => local_addr.ip().to_string(),
         };
         let node = NodeInfo {
@@ -103,6 +121,7 @@ impl KafkaListener {
             listener,
             conns: HashMap::new(),
             parked: HashSet::new(),
+            deadlines: BinaryHeap::new(),
             next_token: FIRST_CONN,
             log,
             node,
@@ -143,6 +162,12 @@ impl KafkaListener {
     /// The live counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The live counters, shareable (e.g. with a metrics provider:
+    /// `metrics.register(move |w| stats.write_metrics(w))`).
+    pub fn stats_handle(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
     }
 
     /// Stops the loop, closes every connection and waits for the thread.
@@ -204,6 +229,9 @@ struct EventLoop {
     conns: HashMap<Token, Conn>,
     /// Connections with a waiting fetch (checked for deadlines and appends).
     parked: HashSet<Token>,
+    /// Deadlines of waiting fetches, earliest first; entries whose fetch was answered or
+    /// replaced are skipped when they surface.
+    deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
     next_token: usize,
     log: Arc<LogDir>,
     node: NodeInfo,
@@ -261,11 +289,24 @@ impl EventLoop {
         log::info!("kafka listener stopped ({open} connections closed)");
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        self.parked
-            .iter()
-            .filter_map(|t| self.conns.get(t).and_then(|c| c.session.deadline()))
-            .min()
+    /// Whether a heap entry still is the deadline of a waiting fetch.
+    fn is_current(&self, deadline: Instant, token: Token) -> bool {
+        self.parked.contains(&token)
+            && self
+                .conns
+                .get(&token)
+                .is_some_and(|c| c.session.deadline() == Some(deadline))
+    }
+
+    /// The earliest deadline of a waiting fetch (stale heap entries are dropped on the way).
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((d, t))) = self.deadlines.peek() {
+            if self.is_current(d, Token(t)) {
+                return Some(d);
+            }
+            self.deadlines.pop();
+        }
+        None
     }
 
     fn accept_all(&mut self, warned: &mut bool) {
@@ -353,23 +394,15 @@ impl EventLoop {
     }
 
     fn expire(&mut self) {
-        if self.parked.is_empty() {
-            return;
-        }
         let now = Instant::now();
-        let due: Vec<Token> = self
-            .parked
-            .iter()
-            .copied()
-            .filter(|t| {
-                self.conns
-                    .get(t)
-                    .and_then(|c| c.session.deadline())
-                    .is_some_and(|d| d <= now)
-            })
-            .collect();
-        for t in due {
-            self.drive(t);
+        while let Some(&Reverse((d, t))) = self.deadlines.peek() {
+            if d > now {
+                break;
+            }
+            self.deadlines.pop();
+            if self.is_current(d, Token(t)) {
+                self.drive(Token(t));
+            }
         }
     }
 
@@ -377,12 +410,19 @@ impl EventLoop {
         let Some(mut conn) = self.conns.remove(&token) else {
             return;
         };
+        let before = conn.session.deadline();
         match self.drive_conn(&mut conn) {
             Drive::Open => {
-                if conn.session.is_parked() {
-                    self.parked.insert(token);
-                } else {
-                    self.parked.remove(&token);
+                match conn.session.deadline() {
+                    Some(d) => {
+                        self.parked.insert(token);
+                        if before != Some(d) {
+                            self.deadlines.push(Reverse((d, token.0)));
+                        }
+                    }
+                    None => {
+                        self.parked.remove(&token);
+                    }
                 }
                 self.conns.insert(token, conn);
             }

@@ -82,3 +82,102 @@ impl fmt::Display for Stats {
         )
     }
 }
+
+impl Stats {
+    /// Writes the counters as `kxgw_kafka_*` metrics (a provider for [`crate::metrics`]).
+    pub fn write_metrics(&self, w: &mut crate::metrics::MetricsWriter) {
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        let accepted = g(&self.conns_accepted);
+        let closed = g(&self.conns_closed);
+        w.gauge(
+            "kafka_connections_open",
+            "Kafka listener connections open",
+            &[],
+            accepted.saturating_sub(closed) as f64,
+        );
+        w.counter(
+            "kafka_connections_accepted_total",
+            "Kafka listener connections accepted",
+            &[],
+            accepted,
+        );
+        for (api, c) in [
+            ("ApiVersions", &self.req_api_versions),
+            ("Metadata", &self.req_metadata),
+            ("ListOffsets", &self.req_list_offsets),
+            ("Fetch", &self.req_fetch),
+            ("unsupported", &self.req_unsupported),
+        ] {
+            w.counter(
+                "kafka_requests_total",
+                "Kafka requests by API",
+                &[("api", api)],
+                g(c),
+            );
+        }
+        for (outcome, c) in [
+            ("parked", &self.fetch_parked),
+            ("woken", &self.fetch_woken),
+            ("expired", &self.fetch_expired),
+        ] {
+            w.counter(
+                "kafka_fetch_waits_total",
+                "Long-poll fetches: waited, answered on append, answered at max_wait_ms",
+                &[("outcome", outcome)],
+                g(c),
+            );
+        }
+        for (kind, c) in [
+            ("header", &self.bytes_mem),
+            ("sendfile", &self.bytes_sendfile),
+            ("copy", &self.bytes_copy),
+        ] {
+            w.counter(
+                "kafka_bytes_sent_total",
+                "Bytes sent: encoded protocol bytes, record bytes by sendfile or by copy",
+                &[("kind", kind)],
+                g(c),
+            );
+        }
+        for (kind, c) in [
+            ("bad_request", &self.err_bad_request),
+            ("partition", &self.err_partition),
+            ("io", &self.err_io),
+            ("encode", &self.err_encode),
+        ] {
+            w.counter(
+                "kafka_errors_total",
+                "Kafka listener errors by kind",
+                &[("kind", kind)],
+                g(c),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_carry_the_counters() {
+        let s = Stats::default();
+        add(&s.bytes_sendfile, 1234);
+        inc(&s.req_fetch);
+        inc(&s.conns_accepted);
+        let m = crate::metrics::Metrics::new();
+        let s = std::sync::Arc::new(s);
+        let s2 = s.clone();
+        m.register(move |w| s2.write_metrics(w));
+        let text = m.render();
+        assert!(
+            text.contains("kxgw_kafka_bytes_sent_total{kind=\"sendfile\"} 1234"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kxgw_kafka_requests_total{api=\"Fetch\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("kxgw_kafka_connections_open 1"), "{text}");
+    }
+}

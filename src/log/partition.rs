@@ -5,7 +5,7 @@ use std::fs::File;
 use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use memmap2::{Mmap, MmapOptions};
 
@@ -13,7 +13,7 @@ use super::batch::{be_i32, be_i64, LAST_OFFSET_DELTA_OFFSET, LOG_OVERHEAD};
 use super::checkpoint::Checkpoint;
 use super::error::LogError;
 use super::index;
-use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, LOG_SUFFIX};
+use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use super::{Isolation, PartitionOffsets, ReadSlice, TopicPartition};
 
 /// Bytes of batches between two entries of the in-memory sparse index: a lookup scans at
@@ -26,27 +26,104 @@ struct MemEntry {
     /// Base offset of the batch at `position`, relative to the segment base offset.
     rel_offset: u32,
     position: u32,
-    /// Largest batch max timestamp of the batches before `position` in this segment.
-    max_ts_before: i64,
 }
 
-/// A segment as validated so far.
+/// What the validation scan found in a segment, and the sparse index it built.
+struct SegIndex {
+    /// End of the validated prefix: every byte below is a whole, CRC-checked batch.
+    valid_end: u64,
+    /// Offset after the last valid batch (base offset when there is none).
+    next_offset: i64,
+    entries: Vec<MemEntry>,
+    /// Per entry: the largest batch max timestamp before its position (kept apart so the
+    /// offset lookup's binary search touches half the memory).
+    max_ts_before: Vec<i64>,
+    bytes_since_entry: u64,
+    /// Max timestamp of the valid batches (i64::MIN when none).
+    max_ts: i64,
+    /// How the last validation scan ended (what lies at `valid_end`).
+    end: ScanEnd,
+}
+
+impl SegIndex {
+    fn empty(base_offset: i64) -> Self {
+        SegIndex {
+            valid_end: 0,
+            next_offset: base_offset,
+            entries: Vec::new(),
+            max_ts_before: Vec::new(),
+            bytes_since_entry: 0,
+            max_ts: i64::MIN,
+            end: ScanEnd::Clean,
+        }
+    }
+
+    /// Validates `map` from `valid_end` on.
+    fn scan(&self, map: &Mmap, base: i64) -> SegUpdate {
+        let mut new_entries = Vec::new();
+        let mut new_max_ts_before = Vec::new();
+        let mut bytes_since = self.bytes_since_entry;
+        let mut max_ts = self.max_ts;
+        let s = segment::scan(map, self.valid_end as usize, self.next_offset, |pos, h| {
+            let rel = h.base_offset - base;
+            if bytes_since >= INDEX_STRIDE {
+                if let (Ok(rel), Ok(position)) = (u32::try_from(rel), u32::try_from(pos)) {
+                    new_entries.push(MemEntry {
+                        rel_offset: rel,
+                        position,
+                    });
+                    new_max_ts_before.push(max_ts);
+                    bytes_since = 0;
+                }
+            }
+            bytes_since += h.total_len() as u64;
+            max_ts = max_ts.max(h.max_timestamp);
+        });
+        SegUpdate {
+            map: None,
+            valid_end: s.valid_end as u64,
+            next_offset: s.next_offset,
+            new_entries,
+            new_max_ts_before,
+            bytes_since_entry: bytes_since,
+            max_ts,
+            end: s.end,
+        }
+    }
+
+    fn apply(&mut self, u: SegUpdate, path: &Path) {
+        if let ScanEnd::Corrupt { position, reason } = &u.end {
+            if self.end != u.end {
+                log::warn!(
+                    "{}: corrupt batch at byte {position}: {reason}; offsets from {} on are not served from this segment",
+                    path.display(),
+                    u.next_offset
+                );
+            }
+        }
+        self.valid_end = u.valid_end;
+        self.next_offset = u.next_offset;
+        self.entries.extend(u.new_entries);
+        self.max_ts_before.extend(u.new_max_ts_before);
+        self.bytes_since_entry = u.bytes_since_entry;
+        self.max_ts = u.max_ts;
+        self.end = u.end;
+    }
+}
+
+/// One segment file, mapped. Its [`SegIndex`] is built when the segment is first used: at
+/// once for the active segment (its end is the log end), on the first read for the older
+/// ones, so opening a large log dir does not read every byte of it.
 struct Segment {
     base_offset: i64,
     path: Arc<PathBuf>,
     file: Arc<File>,
     dev_ino: (u64, u64),
     map: Arc<Mmap>,
-    /// End of the validated prefix: every byte below is a whole, CRC-checked batch.
-    valid_end: u64,
-    /// Offset after the last valid batch (base offset when there is none).
-    next_offset: i64,
-    entries: Vec<MemEntry>,
-    bytes_since_entry: u64,
-    /// Max timestamp of the valid batches (i64::MIN when none).
-    max_ts: i64,
-    /// How the last validation scan ended (what lies at `valid_end`).
-    end: ScanEnd,
+    ix: OnceLock<SegIndex>,
+    /// Max timestamp of a not yet validated segment per the broker's `.timeindex` (its last
+    /// entry, written on roll): lets timestamp lookups skip the segment without a scan.
+    ts_hint: Option<i64>,
 }
 
 /// What a refresh found for one existing segment (computed without the state lock).
@@ -55,6 +132,7 @@ struct SegUpdate {
     valid_end: u64,
     next_offset: i64,
     new_entries: Vec<MemEntry>,
+    new_max_ts_before: Vec<i64>,
     bytes_since_entry: u64,
     max_ts: i64,
     end: ScanEnd,
@@ -70,7 +148,8 @@ fn map_file(path: &Path, file: &File, len: u64) -> Result<Mmap, LogError> {
 }
 
 impl Segment {
-    fn open(dir: &Path, base_offset: i64) -> Result<Option<Segment>, LogError> {
+    /// Opens and maps a segment; `validate`: build its index now (else on first use).
+    fn open(dir: &Path, base_offset: i64, validate: bool) -> Result<Option<Segment>, LogError> {
         let path = dir.join(format!("{}{LOG_SUFFIX}", file_stem(base_offset)));
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -79,39 +158,58 @@ impl Segment {
         };
         let md = file.metadata().map_err(|e| LogError::io(&path, e))?;
         let map = map_file(&path, &file, md.len())?;
-        let mut seg = Segment {
+        let ts_hint = if validate {
+            None
+        } else {
+            let ti = dir.join(format!("{}{TIME_INDEX_SUFFIX}", file_stem(base_offset)));
+            std::fs::read(ti)
+                .ok()
+                .and_then(|b| match index::parse_time_index(&b) {
+                    (e, None) => e.last().map(|e| e.timestamp),
+                    _ => None,
+                })
+        };
+        let seg = Segment {
             base_offset,
             path: Arc::new(path),
             file: Arc::new(file),
             dev_ino: (md.dev(), md.ino()),
             map: Arc::new(map),
-            valid_end: 0,
-            next_offset: base_offset,
-            entries: Vec::new(),
-            bytes_since_entry: 0,
-            max_ts: i64::MIN,
-            end: ScanEnd::Clean,
+            ix: OnceLock::new(),
+            ts_hint,
         };
-        let u = seg.scan(None);
-        seg.apply(u);
-        seg.check_offset_index(dir);
+        if validate {
+            seg.ix();
+        }
         Ok(Some(seg))
+    }
+
+    /// The validated state, validating the whole segment on first use.
+    fn ix(&self) -> &SegIndex {
+        self.ix.get_or_init(|| {
+            let mut ix = SegIndex::empty(self.base_offset);
+            let u = ix.scan(&self.map, self.base_offset);
+            ix.apply(u, &self.path);
+            self.check_offset_index(&ix);
+            ix
+        })
     }
 
     /// Cross-checks the broker's `.index` against the validated batches. The reader finds
     /// positions with its own sparse index (built by the validation scan it needs anyway for
     /// the CRCs), so a damaged `.index` costs nothing; it is worth a warning all the same.
-    fn check_offset_index(&self, dir: &Path) {
-        let path = dir.join(format!("{}{INDEX_SUFFIX}", file_stem(self.base_offset)));
+    fn check_offset_index(&self, ix: &SegIndex) {
+        let path = self.path.with_extension(&INDEX_SUFFIX[1..]);
         let Ok(buf) = std::fs::read(&path) else {
             return;
         };
         let (entries, problem) = index::parse_index(&buf);
+        let data = &self.map[..ix.valid_end as usize];
         let mismatch = entries.iter().find(|e| {
             let offset = self.base_offset + i64::from(e.relative_offset);
             // Entries past the validated end may be a tail still being written: not checked.
-            u64::from(e.position) < self.valid_end
-                && !matches!(self.find(offset), Ok(Some(p)) if p == u64::from(e.position))
+            u64::from(e.position) < ix.valid_end
+                && find_in(ix, data, self.base_offset, offset) != Some(u64::from(e.position))
         });
         if let Some((at, why)) = problem {
             log::warn!(
@@ -127,90 +225,50 @@ impl Segment {
         }
     }
 
-    /// Validates from `valid_end` to the end of `map` (or the current map).
+    /// Validates what was appended since the last scan (`map`: a new, larger mapping).
     fn scan(&self, map: Option<Arc<Mmap>>) -> SegUpdate {
-        let m = map.as_ref().unwrap_or(&self.map);
-        let base = self.base_offset;
-        let mut new_entries = Vec::new();
-        let mut bytes_since = self.bytes_since_entry;
-        let mut max_ts = self.max_ts;
-        let s = segment::scan(m, self.valid_end as usize, self.next_offset, |pos, h| {
-            let rel = h.base_offset - base;
-            if bytes_since >= INDEX_STRIDE {
-                if let (Ok(rel), Ok(position)) = (u32::try_from(rel), u32::try_from(pos)) {
-                    new_entries.push(MemEntry {
-                        rel_offset: rel,
-                        position,
-                        max_ts_before: max_ts,
-                    });
-                    bytes_since = 0;
-                }
-            }
-            bytes_since += h.total_len() as u64;
-            max_ts = max_ts.max(h.max_timestamp);
-        });
-        SegUpdate {
-            map,
-            valid_end: s.valid_end as u64,
-            next_offset: s.next_offset,
-            new_entries,
-            bytes_since_entry: bytes_since,
-            max_ts,
-            end: s.end,
-        }
+        let ix = self.ix();
+        let mut u = ix.scan(map.as_ref().unwrap_or(&self.map), self.base_offset);
+        u.map = map;
+        u
     }
 
-    fn apply(&mut self, u: SegUpdate) {
-        if let Some(m) = u.map {
+    fn apply(&mut self, mut u: SegUpdate) {
+        if let Some(m) = u.map.take() {
             self.map = m;
         }
-        if let ScanEnd::Corrupt { position, reason } = &u.end {
-            if self.end != u.end {
-                log::warn!(
-                    "{}: corrupt batch at byte {position}: {reason}; offsets from {} on are not served from this segment",
-                    self.path.display(),
-                    u.next_offset
-                );
-            }
+        self.ix();
+        if let Some(ix) = self.ix.get_mut() {
+            ix.apply(u, &self.path);
         }
-        self.valid_end = u.valid_end;
-        self.next_offset = u.next_offset;
-        self.entries.extend(u.new_entries);
-        self.bytes_since_entry = u.bytes_since_entry;
-        self.max_ts = u.max_ts;
-        self.end = u.end;
     }
 
     fn valid(&self) -> &[u8] {
-        &self.map[..self.valid_end as usize]
+        &self.map[..self.ix().valid_end as usize]
     }
 
-    /// Position of the first batch whose last offset is >= `offset`, starting from the
-    /// sparse index entry at or below it.
-    fn find(&self, offset: i64) -> Result<Option<u64>, LogError> {
-        let rel = offset - self.base_offset;
-        let i = self
-            .entries
-            .partition_point(|e| i64::from(e.rel_offset) <= rel);
-        let mut pos = if i == 0 {
-            0
-        } else {
-            self.entries[i - 1].position as usize
-        };
-        let data = self.valid();
-        while pos < data.len() {
-            let last = be_i64(data, pos) + i64::from(be_i32(data, pos + LAST_OFFSET_DELTA_OFFSET));
-            if last >= offset {
-                return Ok(Some(pos as u64));
-            }
-            pos += LOG_OVERHEAD + be_i32(data, pos + 8) as usize;
+    /// Max timestamp, from the `.timeindex` hint while the segment is not validated yet.
+    fn max_ts(&self) -> i64 {
+        match (self.ix.get(), self.ts_hint) {
+            (None, Some(hint)) => hint,
+            _ => self.ix().max_ts,
         }
-        self.corruption()?;
-        Ok(None)
+    }
+
+    /// Position of the first batch whose last offset is >= `offset`.
+    fn find(&self, offset: i64) -> Result<Option<u64>, LogError> {
+        let ix = self.ix();
+        match find_in(ix, self.valid(), self.base_offset, offset) {
+            Some(p) => Ok(Some(p)),
+            None => {
+                self.corruption()?;
+                Ok(None)
+            }
+        }
     }
 
     fn corruption(&self) -> Result<(), LogError> {
-        match &self.end {
+        match &self.ix().end {
             ScanEnd::Corrupt { position, reason } => Err(LogError::corrupt(
                 self.path.as_path(),
                 *position as u64,
@@ -219,6 +277,28 @@ impl Segment {
             _ => Ok(()),
         }
     }
+}
+
+/// The broker's lookup: the sparse index entry at or below `offset`, then a short scan of
+/// batch headers (of validated bytes only) for the first batch whose last offset >= `offset`.
+fn find_in(ix: &SegIndex, data: &[u8], base: i64, offset: i64) -> Option<u64> {
+    let rel = offset - base;
+    let i = ix
+        .entries
+        .partition_point(|e| i64::from(e.rel_offset) <= rel);
+    let mut pos = if i == 0 {
+        0
+    } else {
+        ix.entries[i - 1].position as usize
+    };
+    while pos < data.len() {
+        let last = be_i64(data, pos) + i64::from(be_i32(data, pos + LAST_OFFSET_DELTA_OFFSET));
+        if last >= offset {
+            return Some(pos as u64);
+        }
+        pos += LOG_OVERHEAD + be_i32(data, pos + 8) as usize;
+    }
+    None
 }
 
 struct PartState {
@@ -430,15 +510,16 @@ impl Partition {
         let st = self.state();
         let end = st.offsets.readable_end(self.isolation);
         for s in st.segments.values() {
-            if s.max_ts < ts {
+            if s.max_ts() < ts {
                 continue;
             }
             // Last sparse entry before which no batch reaches ts.
-            let i = s.entries.partition_point(|e| e.max_ts_before < ts);
+            let ix = s.ix();
+            let i = ix.max_ts_before.partition_point(|&m| m < ts);
             let mut pos = if i == 0 {
                 0
             } else {
-                s.entries[i - 1].position as usize
+                ix.entries[i - 1].position as usize
             };
             let data = s.valid();
             while pos < data.len() {
@@ -506,12 +587,14 @@ impl Partition {
             }
             drop(st);
         }
+        let active = bases.last().copied();
         for &b in &bases {
             // Scans run without the state lock; only this (serialised) refresh mutates it.
+            let is_active = Some(b) == active;
             let st = self.state();
             let Some(seg) = st.segments.get(&b) else {
                 drop(st);
-                if let Some(s) = Segment::open(&self.dir, b)? {
+                if let Some(s) = Segment::open(&self.dir, b, is_active)? {
                     changes.push(Change::Replace(b, s));
                 }
                 continue;
@@ -528,14 +611,17 @@ impl Partition {
             if (md.dev(), md.ino()) != seg.dev_ino || len < seg.map.len() as u64 {
                 // Replaced (compaction swap, recovery rewrite) or truncated: start over.
                 drop(st);
-                match Segment::open(&self.dir, b)? {
+                match Segment::open(&self.dir, b, is_active)? {
                     Some(s) => changes.push(Change::Replace(b, s)),
                     None => changes.push(Change::Remove(b)),
                 }
                 continue;
             }
             let grown = len > seg.map.len() as u64;
-            if !grown && seg.end == ScanEnd::Clean {
+            if !is_active && seg.ix.get().is_none() && !grown {
+                continue; // not used yet: validated on first read
+            }
+            if !grown && seg.ix().end == ScanEnd::Clean {
                 continue;
             }
             let map = if grown {
@@ -569,7 +655,7 @@ impl Partition {
             .segments
             .values()
             .next_back()
-            .map_or(0, |s| s.next_offset);
+            .map_or(0, |s| s.ix().next_offset);
         let ckpt_start = log_start.and_then(|c| c.get(&self.tp)).copied();
         let log_start = match (first_base, ckpt_start) {
             (Some(b), Some(c)) => b.max(c).min(log_end),

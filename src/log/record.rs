@@ -2,7 +2,7 @@
 //! timestampDelta varlong | offsetDelta varint | keyLen varint | key | valueLen varint | value |
 //! headerCount varint | (keyLen varint | key | valueLen varint | value)*.
 
-use super::batch::{BatchHeader, BATCH_HEADER_LEN};
+use super::batch::{BatchHeader, BATCH_HEADER_LEN, TIMESTAMP_TYPE_LOG_APPEND};
 use super::error::BatchError;
 use super::varint;
 
@@ -143,9 +143,15 @@ impl<'a> Cursor<'a> {
         if self.pos != end {
             return Err(self.err(format!("record length {len} does not match its fields")));
         }
+        // With LogAppendTime the broker stamps the batch: every record has its max timestamp.
+        let timestamp = if h.attributes & TIMESTAMP_TYPE_LOG_APPEND != 0 {
+            h.max_timestamp
+        } else {
+            h.base_timestamp.wrapping_add(ts_delta)
+        };
         Ok(RecordRef {
             offset: h.base_offset + i64::from(offset_delta),
-            timestamp: h.base_timestamp.wrapping_add(ts_delta),
+            timestamp,
             key,
             value,
             headers,
@@ -207,5 +213,29 @@ mod tests {
         let h = crate::log::batch::verify(&batch).unwrap();
         assert_eq!(h.max_timestamp, 6_000);
         assert_eq!(h.base_timestamp, 5_000);
+    }
+
+    #[test]
+    fn log_append_time_stamps_every_record() {
+        let mut b = BatchBuilder::new();
+        b.begin(0);
+        for ts in [10, 20] {
+            b.push(&NewRecord {
+                timestamp: ts,
+                ..Default::default()
+            });
+        }
+        let mut batch = b.finish().to_vec();
+        // What a broker with message.timestamp.type=LogAppendTime stores.
+        batch[22] |= 0x08;
+        batch[35..43].copy_from_slice(&99i64.to_be_bytes());
+        let crc = crate::log::batch::compute_crc(&batch);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        let got: Vec<i64> = decode_batch(&batch)
+            .unwrap()
+            .iter()
+            .map(|r| r.timestamp)
+            .collect();
+        assert_eq!(got, vec![99, 99]);
     }
 }

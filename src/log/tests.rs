@@ -301,3 +301,39 @@ fn preallocated_and_garbage_indexes_are_tolerated() {
     std::fs::remove_file(pdir.join(format!("{:020}.index", 0))).unwrap();
     check();
 }
+
+#[test]
+fn old_segments_are_validated_on_first_use() {
+    let d = tempfile::tempdir().unwrap();
+    write_log(d.path(), &[4; 60], 1000);
+    let log = LogDir::open(d.path(), None).unwrap();
+    let p = log.partition("t", 0).unwrap();
+    let bases = p.segment_bases();
+    assert!(bases.len() > 3);
+    // Damage the second segment after open: open did not read it, the first read does
+    // and refuses the damaged batch.
+    let seg = d.path().join(format!("t-0/{:020}.log", bases[1]));
+    let mut data = std::fs::read(&seg).unwrap();
+    let n = data.len();
+    data[n - 3] ^= 0xff;
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&data[n - 3..n - 2], (n - 3) as u64).unwrap();
+    assert_eq!(p.read(bases[1], 1).unwrap().first_offset, bases[1]);
+    let last_batch = bases[2] - 4;
+    assert!(matches!(
+        p.read(last_batch, 1),
+        Err(LogError::Corrupt { ref path, .. }) if *path == seg
+    ));
+    assert_eq!(p.read(bases[2], 1).unwrap().first_offset, bases[2]);
+}
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<LogDir>();
+    check::<super::Partition>();
+    check::<super::ReadSlice>();
+    check::<super::FollowerHandle>();
+    check::<LogError>();
+}

@@ -17,7 +17,9 @@ use super::TopicPartition;
 
 /// Demo key of `offset`: `key-000000000042` (16 bytes, printable).
 pub fn demo_key(offset: i64) -> Vec<u8> {
-    format!("key-{offset:012}").into_bytes()
+    let mut k = Vec::with_capacity(16);
+    push_demo_key(&mut k, offset);
+    k
 }
 
 /// Demo key padded with `k` or cut to `size` bytes.
@@ -49,11 +51,46 @@ pub fn demo_value(partition: i32, offset: i64, size: usize) -> Vec<u8> {
     v
 }
 
+/// Appends `v` in decimal, zero-padded to `width` digits (`format!("{v:0width$}")` without
+/// the formatting machinery: `produce` writes millions of these).
+fn push_padded(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    let mut tmp = [b'0'; 20];
+    let mut i = tmp.len();
+    while v > 0 {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    let digits = (tmp.len() - i).max(width).clamp(1, tmp.len());
+    out.extend_from_slice(&tmp[tmp.len() - digits..]);
+}
+
+/// Appends `key-<offset, 12 digits>` to `out`.
+fn push_demo_key(out: &mut Vec<u8>, offset: i64) {
+    match u64::try_from(offset) {
+        Ok(o) => {
+            out.extend_from_slice(b"key-");
+            push_padded(out, o, 12);
+        }
+        // Writing into a Vec cannot fail.
+        Err(_) => drop(write!(out, "key-{offset:012}")),
+    }
+}
+
 /// [`demo_value`] appended to `out` (no allocation when `out` has room).
 pub fn demo_value_into(out: &mut Vec<u8>, partition: i32, offset: i64, size: usize) {
     let start = out.len();
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "p{partition}-o{offset:012}-");
+    match (u64::try_from(partition), u64::try_from(offset)) {
+        (Ok(p), Ok(o)) => {
+            out.push(b'p');
+            push_padded(out, p, 1);
+            out.extend_from_slice(b"-o");
+            push_padded(out, o, 12);
+            out.push(b'-');
+        }
+        // Writing into a Vec cannot fail.
+        _ => drop(write!(out, "p{partition}-o{offset:012}-")),
+    }
     out.truncate(start + size);
     let mut i = out.len() - start;
     while i < size {
@@ -176,6 +213,10 @@ impl BatchBuilder {
 
     /// Fills in the header and CRC; returns the whole batch. Requires at least one record.
     pub fn finish(&mut self) -> &[u8] {
+        if self.buf.len() < BATCH_HEADER_LEN {
+            // finish() without begin(): an empty batch rather than a panic.
+            self.begin(self.base_offset);
+        }
         let b = &mut self.buf;
         let len = (b.len() - LOG_OVERHEAD) as i32;
         b[0..8].copy_from_slice(&self.base_offset.to_be_bytes());
@@ -280,6 +321,13 @@ impl PartitionWriter {
         if partition < 0 {
             return Err(LogError::Invalid(format!("negative partition {partition}")));
         }
+        if cfg.segment_bytes > i32::MAX as u64 {
+            return Err(LogError::Invalid(format!(
+                "segment size {} above Kafka's limit of {} (index positions are 32-bit)",
+                cfg.segment_bytes,
+                i32::MAX
+            )));
+        }
         if cfg.segment_bytes < BATCH_HEADER_LEN as u64 {
             return Err(LogError::Invalid(format!(
                 "segment size {} is below one batch header",
@@ -311,13 +359,24 @@ impl PartitionWriter {
     /// its batches, cut a torn or corrupt tail, rebuild its indexes.
     fn recover(&mut self, base: i64) -> Result<(), LogError> {
         let log_path = seg_path(&self.dir, base, LOG_SUFFIX);
-        let data = std::fs::read(&log_path).map_err(|e| LogError::io(&log_path, e))?;
+        let file = File::open(&log_path).map_err(|e| LogError::io(&log_path, e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| LogError::io(&log_path, e))?
+            .len();
+        let file_len = usize::try_from(file_len)
+            .map_err(|_| LogError::Invalid(format!("{}: too large", log_path.display())))?;
+        // SAFETY: read-only mapping of the segment we are about to append to; a concurrent
+        // writer to the same partition is a misuse (as two brokers on one log dir would be).
+        let data = unsafe { memmap2::MmapOptions::new().len(file_len).map(&file) }
+            .map_err(|e| LogError::io(&log_path, e))?;
         let mut cadence = IndexCadence::new(base, self.cfg.index_interval_bytes);
         let (mut index, mut time_index) = (Vec::new(), Vec::new());
         let s = segment::scan(&data, 0, base, |pos, h| {
             cadence.on_batch(pos as u64, h, &mut index, &mut time_index);
         });
-        if s.valid_end < data.len() {
+        drop(data);
+        if s.valid_end < file_len {
             let why = match &s.end {
                 ScanEnd::Corrupt { reason, .. } => reason.clone(),
                 ScanEnd::Incomplete { .. } => "torn batch".into(),
@@ -326,7 +385,7 @@ impl PartitionWriter {
             log::warn!(
                 "{}: truncating {} bytes from byte {} before appending ({why})",
                 log_path.display(),
-                data.len() - s.valid_end,
+                file_len - s.valid_end,
                 s.valid_end
             );
             let f = OpenOptions::new()
@@ -411,6 +470,12 @@ impl PartitionWriter {
     pub fn append_built(&mut self, b: &mut BatchBuilder) -> Result<i64, LogError> {
         if b.is_empty() {
             return Err(LogError::Invalid("empty batch".into()));
+        }
+        if b.len() > batch::MAX_BATCH_LEN {
+            return Err(LogError::Invalid(format!(
+                "batch of {} bytes above the 2 GiB limit of the format",
+                b.len()
+            )));
         }
         if b.base_offset != self.next_offset {
             return Err(LogError::Invalid(format!(
@@ -549,12 +614,12 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Fills `b` with up to `n` demo records for `partition` starting at `b`'s base offset.
+/// Builds batches of demo records (what `kxgw produce` writes) with reusable buffers.
 pub struct DemoBatches {
-    pub partition: i32,
-    pub record_size: usize,
-    pub key_size: usize,
-    pub headers: usize,
+    partition: i32,
+    record_size: usize,
+    key_size: usize,
+    headers: usize,
     header_keys: Vec<String>,
     key: Vec<u8>,
     value: Vec<u8>,
@@ -583,7 +648,9 @@ impl DemoBatches {
             self.value.clear();
             demo_value_into(&mut self.value, self.partition, off, self.record_size);
             let key = if self.key_size > 0 {
-                self.key = demo_key_sized(off, self.key_size);
+                self.key.clear();
+                push_demo_key(&mut self.key, off);
+                self.key.resize(self.key_size, b'k');
                 Some(self.key.as_slice())
             } else {
                 None
@@ -681,6 +748,33 @@ pub fn update_checkpoint(log_dir: &Path, ends: &[(TopicPartition, i64)]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padded_decimal_matches_format() {
+        for v in [
+            0u64,
+            1,
+            9,
+            10,
+            42,
+            999_999_999_999,
+            1_000_000_000_000,
+            u64::MAX,
+        ] {
+            for w in [1usize, 12, 20] {
+                let mut out = Vec::new();
+                push_padded(&mut out, v, w);
+                assert_eq!(out, format!("{v:0w$}").into_bytes(), "{v} {w}");
+            }
+        }
+        for o in [-5i64, 0, 7, 123_456_789_012_345] {
+            assert_eq!(demo_key(o), format!("key-{o:012}").into_bytes());
+            for p in [-1i32, 0, 17] {
+                let want = format!("p{p}-o{o:012}-");
+                assert_eq!(&demo_value(p, o, want.len())[..], want.as_bytes());
+            }
+        }
+    }
 
     #[test]
     fn demo_content() {

@@ -1,0 +1,955 @@
+//! Gateway side of the fetch protocol: one `Server` per transport worker.
+//!
+//! Per validated source address it keeps a session: the flow-control window the client
+//! advertised, the bytes sent for requests it has not acknowledged yet, a FIFO of response
+//! jobs (one per partition of a request, each a [`ReadSlice`] cut into datagrams lazily)
+//! and its parked long polls. Sessions take turns in bursts, so one consumer cannot starve
+//! the others. Unvalidated sources get nothing but a RETRY no larger than what they sent.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::log::batch::BatchHeader;
+use crate::log::{LogDir, LogError, Partition, ReadSlice};
+
+use super::token::TokenKeys;
+use super::wire::{
+    self, DataHeader, ErrorCode, ErrorMsg, FetchRequest, MsgType, Retry, WireError,
+    DATA_HEADER_LEN, FLAG_FRAGMENT, FLAG_LAST, MIN_INITIAL_LEN, OFFSET_EARLIEST, OFFSET_LATEST,
+    SLOT_REQUEST,
+};
+use super::{Payload, Transmit};
+
+/// Smallest datagram the protocol can work with (a header and some payload).
+pub const MIN_DATAGRAM: usize = 512;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest UDP payload the transport can carry (interface MTU - IP - UDP headers).
+    pub max_datagram: usize,
+    /// How often the address-validation secret rotates (tokens live 1-2 periods).
+    pub token_rotation: Duration,
+    /// Cap on one partition's response (the client's max_bytes is clamped to it).
+    pub max_fetch_bytes: u32,
+    /// Cap on a client's advertised window.
+    pub max_window: u32,
+    /// Cap on a long poll's wait.
+    pub max_wait: Duration,
+    /// A session without datagrams for this long is dropped.
+    pub session_idle: Duration,
+    pub max_sessions: usize,
+    /// Long polls parked per session.
+    pub max_parked: usize,
+    /// Partitions per request.
+    pub max_parts: usize,
+    /// Unacknowledged requests per session.
+    pub max_requests: usize,
+    /// Datagrams one session sends before the next session's turn.
+    pub burst: usize,
+    /// Address-validation secret. Give every server of one gateway (one per transport
+    /// worker) the same value so a token from one validates on all; None: random.
+    pub token_secret: Option<[u8; 16]>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_datagram: 1472,
+            token_rotation: Duration::from_secs(60),
+            max_fetch_bytes: 8 << 20,
+            max_window: 256 << 20,
+            max_wait: Duration::from_secs(30),
+            session_idle: Duration::from_secs(60),
+            max_sessions: 4096,
+            max_parked: 64,
+            max_parts: 256,
+            max_requests: 4096,
+            burst: 32,
+            token_secret: None,
+        }
+    }
+}
+
+/// Counters; every dropped datagram is counted under its reason.
+#[derive(Clone, Debug, Default)]
+pub struct ServerStats {
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    pub data_datagrams: u64,
+    pub payload_bytes: u64,
+    pub fetches: u64,
+    pub acks: u64,
+    pub retries_sent: u64,
+    pub errors_sent: u64,
+    pub dropped_malformed: u64,
+    pub dropped_wrong_type: u64,
+    pub dropped_unvalidated_small: u64,
+    pub dropped_duplicate: u64,
+    pub long_polls: u64,
+    pub long_polls_expired: u64,
+    pub window_stalls: u64,
+    pub sessions_opened: u64,
+    pub sessions_expired: u64,
+    pub busy: u64,
+}
+
+impl std::fmt::Display for ServerStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "in {} dgrams/{} B, out {} dgrams/{} B ({} data, {} payload B), fetches {}, acks {}, \
+             retries {}, errors {}, long polls {} ({} expired), window stalls {}, sessions {} opened/{} expired, \
+             dropped: malformed {}, wrong type {}, unvalidated-small {}, duplicate {}, busy {}",
+            self.datagrams_in,
+            self.bytes_in,
+            self.datagrams_out,
+            self.bytes_out,
+            self.data_datagrams,
+            self.payload_bytes,
+            self.fetches,
+            self.acks,
+            self.retries_sent,
+            self.errors_sent,
+            self.long_polls,
+            self.long_polls_expired,
+            self.window_stalls,
+            self.sessions_opened,
+            self.sessions_expired,
+            self.dropped_malformed,
+            self.dropped_wrong_type,
+            self.dropped_unvalidated_small,
+            self.dropped_duplicate,
+            self.busy
+        )
+    }
+}
+
+/// Fragmentation state of the batch being sent.
+#[derive(Debug)]
+struct Frag {
+    start: usize,
+    len: usize,
+    base: i64,
+    next: i64,
+    link: i64,
+    index: u16,
+    count: u16,
+}
+
+/// One partition's response: a slice cut into datagrams as they are sent.
+#[derive(Debug)]
+struct Job {
+    req_id: u32,
+    slot: u16,
+    partition: i32,
+    slice: ReadSlice,
+    /// Readable end as of the read (what the client may fetch up to).
+    readable_end: i64,
+    /// Link offset of the next datagram (see [`DataHeader::link_offset`]).
+    link: i64,
+    cursor: usize,
+    /// End of what this job sends (the slice end, or the end of a requested byte range).
+    limit: usize,
+    /// Start of a requested byte range, found on the first datagram.
+    seek: Option<usize>,
+    frag: Option<Frag>,
+    started: bool,
+    finished: bool,
+    long_poll: bool,
+}
+
+impl Job {
+    fn new(
+        req_id: u32,
+        slot: u16,
+        partition: &Partition,
+        offset: i64,
+        slice: ReadSlice,
+        range: (u32, u32),
+    ) -> Job {
+        let limit = match range.1 {
+            0 => slice.len,
+            e => (e as usize).min(slice.len),
+        };
+        Job {
+            limit,
+            seek: (range.0 > 0).then_some(range.0 as usize),
+            req_id,
+            slot,
+            partition: partition.partition(),
+            readable_end: slice.offsets.readable_end(partition.isolation()),
+            slice,
+            link: offset,
+            cursor: 0,
+            frag: None,
+            started: false,
+            finished: false,
+            long_poll: false,
+        }
+    }
+
+    fn batch_at(bytes: &[u8], pos: usize) -> Result<BatchHeader, String> {
+        let h = BatchHeader::parse(&bytes[pos..]).map_err(|e| format!("batch at {pos}: {e}"))?;
+        if pos + h.total_len() > bytes.len() {
+            return Err(format!("batch at {pos} runs past the slice"));
+        }
+        Ok(h)
+    }
+
+    /// Positions the job at byte `a` of the slice (a datagram boundary of the original
+    /// response): finds the batch holding it and the link offset before it.
+    fn seek_to(&mut self, a: usize, max_payload: usize) -> Result<(), String> {
+        let bytes = self.slice.bytes();
+        let mut pos = 0;
+        while pos < a {
+            let bh = Self::batch_at(bytes, pos)?;
+            let blen = bh.total_len();
+            if pos + blen > a {
+                let count = u16::try_from(blen.div_ceil(max_payload))
+                    .map_err(|_| format!("batch of {blen} bytes needs too many fragments"))?;
+                self.frag = Some(Frag {
+                    start: pos,
+                    len: blen,
+                    base: bh.base_offset,
+                    next: bh.next_offset(),
+                    link: self.link,
+                    index: ((a - pos) / max_payload).min(count as usize - 1) as u16,
+                    count,
+                });
+                break;
+            }
+            self.link = bh.next_offset();
+            pos += blen;
+        }
+        self.cursor = a;
+        Ok(())
+    }
+
+    /// Next datagram: header, payload offset and length within the slice.
+    fn next_datagram(
+        &mut self,
+        max_payload: usize,
+    ) -> Result<Option<(DataHeader, usize, usize)>, String> {
+        if self.finished {
+            return Ok(None);
+        }
+        self.started = true;
+        let total = self.limit;
+        if let Some(a) = self.seek.take() {
+            self.seek_to(a.min(total), max_payload)?;
+        }
+        let o = self.slice.offsets;
+        let mut h = DataHeader {
+            request_id: self.req_id,
+            slot: self.slot,
+            partition: self.partition,
+            resp_len: u32::try_from(total).map_err(|_| format!("response of {total} bytes"))?,
+            resp_pos: self.cursor as u32,
+            resp_next_offset: self.slice.next_offset,
+            high_watermark: o.high_watermark,
+            log_start: o.log_start,
+            log_end: self.readable_end,
+            ..Default::default()
+        };
+        if self.cursor >= total {
+            // Nothing (left) to send: one datagram that says so, with the offsets.
+            h.resp_pos = total as u32;
+            h.flags = FLAG_LAST;
+            h.link_offset = self.link;
+            h.base_offset = self.link;
+            h.end_offset = self.link;
+            self.finished = true;
+            return Ok(Some((h, 0, 0)));
+        }
+        let bytes = self.slice.bytes();
+        if self.frag.is_none() {
+            let bh = Self::batch_at(bytes, self.cursor)?;
+            let blen = bh.total_len();
+            if blen > max_payload || self.cursor + blen > total {
+                let count = blen.div_ceil(max_payload);
+                let count = u16::try_from(count)
+                    .map_err(|_| format!("batch of {blen} bytes needs {count} fragments"))?;
+                self.frag = Some(Frag {
+                    start: self.cursor,
+                    len: blen,
+                    base: bh.base_offset,
+                    next: bh.next_offset(),
+                    link: self.link,
+                    index: 0,
+                    count,
+                });
+            } else {
+                // As many whole batches as fit.
+                let start = self.cursor;
+                let mut end = start + blen;
+                let mut end_offset = bh.next_offset();
+                while end < total {
+                    let nh = Self::batch_at(bytes, end)?;
+                    if end - start + nh.total_len() > max_payload || end + nh.total_len() > total {
+                        break;
+                    }
+                    end += nh.total_len();
+                    end_offset = nh.next_offset();
+                }
+                h.link_offset = self.link;
+                h.base_offset = bh.base_offset;
+                h.end_offset = end_offset;
+                self.link = end_offset;
+                self.cursor = end;
+                if end == total {
+                    h.flags |= FLAG_LAST;
+                    self.finished = true;
+                }
+                return Ok(Some((h, start, end - start)));
+            }
+        }
+        let Some(f) = self.frag.as_mut() else {
+            return Err("fragment state lost".into());
+        };
+        let start = self.cursor;
+        let pos = start - f.start;
+        let n = max_payload.min(f.len - pos).min(total - start);
+        h.flags = FLAG_FRAGMENT;
+        h.link_offset = f.link;
+        h.base_offset = f.base;
+        h.end_offset = f.next;
+        h.frag_index = f.index;
+        h.frag_count = f.count;
+        h.batch_len = f.len as u32;
+        h.frag_pos = pos as u32;
+        f.index += 1;
+        self.cursor += n;
+        if self.cursor == f.start + f.len {
+            self.link = f.next;
+            self.frag = None;
+        }
+        if self.cursor == total {
+            h.flags |= FLAG_LAST;
+            self.finished = true;
+        }
+        Ok(Some((h, start, n)))
+    }
+}
+
+#[derive(Debug)]
+struct ParkedPart {
+    slot: u16,
+    partition: Arc<Partition>,
+    offset: i64,
+    max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Parked {
+    req_id: u32,
+    deadline: Instant,
+    parts: Vec<ParkedPart>,
+}
+
+#[derive(Debug)]
+struct Session {
+    window: u64,
+    /// Payload bytes sent for requests not yet acknowledged.
+    inflight: u64,
+    /// Requests below this id are acknowledged (finished at the client).
+    floor: u32,
+    /// Unacknowledged requests: payload bytes sent for each.
+    reqs: HashMap<u32, u64>,
+    jobs: VecDeque<Job>,
+    parked: Vec<Parked>,
+    last_seen: Instant,
+    queued: bool,
+    burst: usize,
+}
+
+/// The gateway's protocol state machine.
+pub struct Server {
+    log: Arc<LogDir>,
+    cfg: ServerConfig,
+    keys: TokenKeys,
+    sessions: HashMap<SocketAddr, Session>,
+    ready: VecDeque<SocketAddr>,
+    control: VecDeque<Transmit>,
+    stats: ServerStats,
+    next_sweep: Option<Instant>,
+}
+
+enum PartOutcome {
+    Data(Job),
+    /// Nothing to read yet: park it (long poll) or answer with the empty job.
+    Empty(Arc<Partition>, i64, usize, Job),
+    Error(ErrorMsg),
+}
+
+impl Server {
+    pub fn new(log: Arc<LogDir>, mut cfg: ServerConfig) -> Server {
+        if cfg.max_datagram < MIN_DATAGRAM {
+            log::warn!(
+                "fetch: max datagram {} is too small, using {MIN_DATAGRAM}",
+                cfg.max_datagram
+            );
+            cfg.max_datagram = MIN_DATAGRAM;
+        }
+        // Response lengths and positions are u32 on the wire.
+        cfg.max_fetch_bytes = cfg.max_fetch_bytes.clamp(1, i32::MAX as u32);
+        cfg.burst = cfg.burst.max(1);
+        Server {
+            log,
+            keys: match cfg.token_secret {
+                Some(s) => TokenKeys::with_secret(cfg.token_rotation, s),
+                None => TokenKeys::new(cfg.token_rotation),
+            },
+            cfg,
+            sessions: HashMap::new(),
+            ready: VecDeque::new(),
+            control: VecDeque::new(),
+            stats: ServerStats::default(),
+            next_sweep: None,
+        }
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// Validated sessions currently known.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Rotates the address-validation secret now (tests; operators restart to revoke).
+    pub fn rotate_secret(&mut self, now: Instant) {
+        self.keys.rotate(now);
+    }
+
+    fn control(&mut self, dst: SocketAddr, header: Vec<u8>) {
+        self.control.push_back(Transmit {
+            dst,
+            header,
+            payload: None,
+        });
+    }
+
+    fn error(&mut self, dst: SocketAddr, e: ErrorMsg) {
+        self.stats.errors_sent += 1;
+        self.control(dst, e.encode());
+    }
+
+    fn start_clocks(&mut self, now: Instant) {
+        self.keys.tick(now);
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + Duration::from_secs(1));
+        }
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, src: SocketAddr, datagram: &[u8]) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        self.start_clocks(now);
+        match wire::peek_type(datagram) {
+            Ok(MsgType::Fetch) => {}
+            Ok(_) => {
+                self.stats.dropped_wrong_type += 1;
+                return;
+            }
+            Err(WireError::UnsupportedVersion(_)) if datagram.len() >= wire::ERROR_LEN => {
+                // Small enough to send to anyone: no larger than what arrived.
+                self.error(
+                    src,
+                    ErrorMsg {
+                        request_id: 0,
+                        slot: SLOT_REQUEST,
+                        code: ErrorCode::UnsupportedVersion,
+                        partition: -1,
+                        log_start: -1,
+                        log_end: -1,
+                        high_watermark: -1,
+                    },
+                );
+                return;
+            }
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        }
+        let (req_id, token) = match wire::fetch_token(datagram) {
+            Ok(t) => t,
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        };
+        if !self.keys.verify(src.ip(), token) {
+            // Unvalidated: the only answer is a RETRY, and only when it is no larger than
+            // the datagram that asked (a spoofed source gets nothing it did not pay for).
+            if wire::decode_fetch(datagram).is_err() {
+                self.stats.dropped_malformed += 1;
+            } else if datagram.len() < MIN_INITIAL_LEN.max(wire::RETRY_LEN) {
+                self.stats.dropped_unvalidated_small += 1;
+            } else {
+                self.stats.retries_sent += 1;
+                let token = self.keys.mint(src.ip());
+                self.control(
+                    src,
+                    Retry {
+                        request_id: req_id,
+                        token,
+                    }
+                    .encode(),
+                );
+            }
+            return;
+        }
+        let req = match wire::decode_fetch(datagram) {
+            Ok(r) => r,
+            Err(e) => {
+                log::debug!("fetch: malformed request from {src}: {e}");
+                self.stats.dropped_malformed += 1;
+                self.error(
+                    src,
+                    ErrorMsg {
+                        request_id: req_id,
+                        slot: SLOT_REQUEST,
+                        code: ErrorCode::MalformedRequest,
+                        partition: -1,
+                        log_start: -1,
+                        log_end: -1,
+                        high_watermark: -1,
+                    },
+                );
+                return;
+            }
+        };
+        self.handle_fetch(now, src, req);
+    }
+
+    fn handle_fetch(&mut self, now: Instant, src: SocketAddr, req: FetchRequest<'_>) {
+        if !self.sessions.contains_key(&src) {
+            if self.sessions.len() >= self.cfg.max_sessions {
+                self.stats.busy += 1;
+                self.error(src, busy(req.request_id));
+                return;
+            }
+            self.stats.sessions_opened += 1;
+            self.sessions.insert(
+                src,
+                Session {
+                    window: 0,
+                    inflight: 0,
+                    floor: 0,
+                    reqs: HashMap::new(),
+                    jobs: VecDeque::new(),
+                    parked: Vec::new(),
+                    last_seen: now,
+                    queued: false,
+                    burst: 0,
+                },
+            );
+        }
+        let max_window = self.cfg.max_window as u64;
+        let max_datagram = self.cfg.max_datagram as u64;
+        let Some(s) = self.sessions.get_mut(&src) else {
+            return;
+        };
+        s.last_seen = now;
+        s.window = (req.window as u64).clamp(max_datagram, max_window);
+        // Acknowledgement: everything below the floor is finished at the client.
+        if wrapping_gt(req.ack_floor, s.floor) {
+            let floor = req.ack_floor;
+            let mut released = 0;
+            s.reqs.retain(|&id, bytes| {
+                let keep = !wrapping_gt(floor, id);
+                if !keep {
+                    released += *bytes;
+                }
+                keep
+            });
+            s.inflight = s.inflight.saturating_sub(released);
+            // Responses the client gave up on are not worth sending; answered long polls
+            // (parked, so outside the floor's order) still are.
+            s.jobs
+                .retain(|j| j.long_poll || !wrapping_gt(floor, j.req_id));
+            s.floor = floor;
+        }
+        if !s.queued && !s.jobs.is_empty() {
+            s.queued = true;
+            self.ready.push_back(src);
+        }
+        if req.parts.is_empty() {
+            self.stats.acks += 1;
+            return;
+        }
+        // Duplicated or stale request: it was (or is being) answered already.
+        if wrapping_gt(s.floor, req.request_id) || s.reqs.contains_key(&req.request_id) {
+            self.stats.dropped_duplicate += 1;
+            return;
+        }
+        if req.parts.len() > self.cfg.max_parts {
+            self.stats.dropped_malformed += 1;
+            let e = ErrorMsg {
+                request_id: req.request_id,
+                slot: SLOT_REQUEST,
+                code: ErrorCode::MalformedRequest,
+                partition: -1,
+                log_start: -1,
+                log_end: -1,
+                high_watermark: -1,
+            };
+            self.error(src, e);
+            return;
+        }
+        if s.reqs.len() >= self.cfg.max_requests {
+            self.stats.busy += 1;
+            self.error(src, busy(req.request_id));
+            return;
+        }
+        s.reqs.insert(req.request_id, 0);
+        self.stats.fetches += 1;
+
+        let mut outcomes = Vec::with_capacity(req.parts.len());
+        for (slot, p) in req.parts.iter().enumerate() {
+            outcomes.push(self.read_part(req.request_id, slot as u16, p));
+        }
+        let any_data = outcomes.iter().any(|o| matches!(o, PartOutcome::Data(_)));
+        let any_empty = outcomes.iter().any(|o| matches!(o, PartOutcome::Empty(..)));
+        let wait = Duration::from_millis(req.max_wait_ms as u64).min(self.cfg.max_wait);
+        let max_parked = self.cfg.max_parked;
+        let mut park = !any_data && any_empty && !wait.is_zero();
+        if park {
+            let parked = self.sessions.get(&src).map_or(0, |s| s.parked.len());
+            if parked >= max_parked {
+                // Answer now (empty) rather than hold unbounded state.
+                self.stats.busy += 1;
+                park = false;
+            }
+        }
+        let mut parked_parts = Vec::new();
+        let mut jobs = Vec::new();
+        for (slot, o) in outcomes.into_iter().enumerate() {
+            match o {
+                PartOutcome::Error(e) => self.error(src, e),
+                PartOutcome::Data(job) => jobs.push(job),
+                PartOutcome::Empty(partition, offset, max_bytes, job) => {
+                    if park {
+                        parked_parts.push(ParkedPart {
+                            slot: slot as u16,
+                            partition,
+                            offset,
+                            max_bytes,
+                        });
+                    } else {
+                        jobs.push(job);
+                    }
+                }
+            }
+        }
+        if park {
+            self.stats.long_polls += 1;
+            if let Some(s) = self.sessions.get_mut(&src) {
+                s.parked.push(Parked {
+                    req_id: req.request_id,
+                    deadline: now + wait,
+                    parts: parked_parts,
+                });
+            }
+        }
+        self.enqueue(src, jobs);
+    }
+
+    fn read_part(&self, req_id: u32, slot: u16, p: &wire::PartRequest<'_>) -> PartOutcome {
+        let Some(partition) = self.log.partition(p.topic, p.partition) else {
+            return PartOutcome::Error(ErrorMsg {
+                request_id: req_id,
+                slot,
+                code: ErrorCode::UnknownTopicOrPartition,
+                partition: p.partition,
+                log_start: -1,
+                log_end: -1,
+                high_watermark: -1,
+            });
+        };
+        let max_bytes = p.max_bytes.clamp(1, self.cfg.max_fetch_bytes) as usize;
+        let offset = match p.offset {
+            OFFSET_EARLIEST => partition.offsets().log_start,
+            OFFSET_LATEST => partition.readable_end(),
+            o => o,
+        };
+        let range = (p.range_start, p.range_end);
+        match read_into_job(req_id, slot, &partition, offset, max_bytes, range) {
+            // A ranged repair is never parked: its data exists.
+            PartOutcome::Data(j) if j.slice.is_empty() && range == (0, 0) => {
+                PartOutcome::Empty(partition, offset, max_bytes, j)
+            }
+            other => other,
+        }
+    }
+
+    fn enqueue(&mut self, src: SocketAddr, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(&src) {
+            s.jobs.extend(jobs);
+            if !s.queued {
+                s.queued = true;
+                self.ready.push_back(src);
+            }
+        }
+    }
+
+    /// Next datagram to send; `None` when nothing is ready (idle, or windows full).
+    /// (`now` is part of the contract for transports; this core paces by windows, not time.)
+    pub fn poll_transmit(&mut self, _now: Instant) -> Option<Transmit> {
+        if let Some(t) = self.control.pop_front() {
+            self.stats.datagrams_out += 1;
+            self.stats.bytes_out += t.len() as u64;
+            return Some(t);
+        }
+        let max_payload = self.cfg.max_datagram - DATA_HEADER_LEN;
+        let mut turns = self.ready.len() * 2 + 1;
+        while turns > 0 {
+            turns -= 1;
+            let addr = *self.ready.front()?;
+            let Some(s) = self.sessions.get_mut(&addr) else {
+                self.ready.pop_front();
+                continue;
+            };
+            let Some(job) = s.jobs.front_mut() else {
+                s.queued = false;
+                s.burst = 0;
+                self.ready.pop_front();
+                continue;
+            };
+            // Flow control at response granularity: a response starts only when it fits
+            // the window (or nothing else is in flight); once started it runs to its end,
+            // so a window smaller than a response cannot deadlock.
+            if !job.started && s.inflight > 0 && s.inflight + job.limit as u64 > s.window {
+                self.stats.window_stalls += 1;
+                s.queued = false;
+                s.burst = 0;
+                self.ready.pop_front();
+                continue;
+            }
+            match job.next_datagram(max_payload) {
+                Ok(Some((h, offset, len))) => {
+                    let req_id = job.req_id;
+                    let payload = (len > 0).then(|| Payload {
+                        slice: job.slice.clone(),
+                        offset,
+                        len,
+                    });
+                    if job.finished {
+                        s.jobs.pop_front();
+                    }
+                    // Bytes of an acknowledged request (a long poll answered after the
+                    // floor passed it) are not waited for: inflight = sum of `reqs`.
+                    if let Some(b) = s.reqs.get_mut(&req_id) {
+                        *b += len as u64;
+                        s.inflight += len as u64;
+                    }
+                    s.burst += 1;
+                    if s.burst >= self.cfg.burst || s.jobs.is_empty() {
+                        s.burst = 0;
+                        self.ready.pop_front();
+                        if s.jobs.is_empty() {
+                            s.queued = false;
+                        } else {
+                            self.ready.push_back(addr);
+                        }
+                    }
+                    let t = Transmit {
+                        dst: addr,
+                        header: h.encode(),
+                        payload,
+                    };
+                    self.stats.datagrams_out += 1;
+                    self.stats.data_datagrams += 1;
+                    self.stats.bytes_out += t.len() as u64;
+                    self.stats.payload_bytes += len as u64;
+                    return Some(t);
+                }
+                Ok(None) => {
+                    s.jobs.pop_front();
+                }
+                Err(reason) => {
+                    let j = s.jobs.pop_front();
+                    if let Some(j) = j {
+                        log::error!(
+                            "fetch: {}: cannot cut response into datagrams: {reason}",
+                            j.slice.path.display()
+                        );
+                        let o = j.slice.offsets;
+                        let e = ErrorMsg {
+                            request_id: j.req_id,
+                            slot: j.slot,
+                            code: ErrorCode::StorageError,
+                            partition: j.partition,
+                            log_start: o.log_start,
+                            log_end: j.readable_end,
+                            high_watermark: o.high_watermark,
+                        };
+                        self.stats.errors_sent += 1;
+                        let t = Transmit {
+                            dst: addr,
+                            header: e.encode(),
+                            payload: None,
+                        };
+                        self.stats.datagrams_out += 1;
+                        self.stats.bytes_out += t.len() as u64;
+                        return Some(t);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// When [`Server::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.keys.next_rotation();
+        let mut min = |x: Instant| t = Some(t.map_or(x, |y| y.min(x)));
+        if !self.sessions.is_empty() {
+            if let Some(s) = self.next_sweep {
+                min(s);
+            }
+        }
+        for s in self.sessions.values() {
+            for p in &s.parked {
+                min(p.deadline);
+            }
+        }
+        t
+    }
+
+    /// Long-poll expiry, secret rotation, idle-session expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.start_clocks(now);
+        self.answer_parked(now);
+        if self.next_sweep.is_some_and(|t| now >= t) {
+            self.next_sweep = Some(now + Duration::from_secs(1));
+            let idle = self.cfg.session_idle;
+            let before = self.sessions.len();
+            self.sessions
+                .retain(|_, s| now.duration_since(s.last_seen) < idle);
+            self.stats.sessions_expired += (before - self.sessions.len()) as u64;
+        }
+    }
+
+    /// The log grew: answer the long polls whose partitions now have data.
+    pub fn handle_log_append(&mut self, now: Instant) {
+        self.answer_parked(now);
+    }
+
+    fn answer_parked(&mut self, now: Instant) {
+        let mut answered: Vec<(SocketAddr, Parked)> = Vec::new();
+        for (addr, s) in self.sessions.iter_mut() {
+            let mut i = 0;
+            while i < s.parked.len() {
+                let p = &s.parked[i];
+                let expired = now >= p.deadline;
+                let has_data = p
+                    .parts
+                    .iter()
+                    .any(|pp| pp.partition.readable_end() > pp.offset);
+                // Data may also have arrived without an append notification (another
+                // worker refreshed the log): any check answers it.
+                if expired || has_data {
+                    if expired && !has_data {
+                        self.stats.long_polls_expired += 1;
+                    }
+                    answered.push((*addr, s.parked.swap_remove(i)));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for (addr, p) in answered {
+            let mut jobs = Vec::new();
+            for pp in p.parts {
+                match read_into_job(
+                    p.req_id,
+                    pp.slot,
+                    &pp.partition,
+                    pp.offset,
+                    pp.max_bytes,
+                    (0, 0),
+                ) {
+                    PartOutcome::Data(mut j) | PartOutcome::Empty(_, _, _, mut j) => {
+                        j.long_poll = true;
+                        jobs.push(j);
+                    }
+                    PartOutcome::Error(e) => self.error(addr, e),
+                }
+            }
+            self.enqueue(addr, jobs);
+        }
+    }
+}
+
+fn busy(request_id: u32) -> ErrorMsg {
+    ErrorMsg {
+        request_id,
+        slot: SLOT_REQUEST,
+        code: ErrorCode::Busy,
+        partition: -1,
+        log_start: -1,
+        log_end: -1,
+        high_watermark: -1,
+    }
+}
+
+/// Serial-number comparison (RFC 1982) so request ids may wrap.
+pub(crate) fn wrapping_gt(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < (1 << 31)
+}
+
+/// Reads a partition and turns the result into a response job (an empty read is still a
+/// job: it sends the one datagram that says "nothing yet", with the offsets).
+fn read_into_job(
+    req_id: u32,
+    slot: u16,
+    partition: &Arc<Partition>,
+    offset: i64,
+    max_bytes: usize,
+    range: (u32, u32),
+) -> PartOutcome {
+    match partition.read(offset, max_bytes) {
+        Ok(slice) => PartOutcome::Data(Job::new(req_id, slot, partition, offset, slice, range)),
+        Err(LogError::OffsetOutOfRange {
+            log_start, log_end, ..
+        }) => PartOutcome::Error(ErrorMsg {
+            request_id: req_id,
+            slot,
+            code: ErrorCode::OffsetOutOfRange,
+            partition: partition.partition(),
+            log_start,
+            log_end,
+            high_watermark: partition.offsets().high_watermark,
+        }),
+        Err(e) => {
+            log::error!(
+                "fetch: {}: read at offset {offset}: {e}",
+                partition.topic_partition()
+            );
+            let o = partition.offsets();
+            PartOutcome::Error(ErrorMsg {
+                request_id: req_id,
+                slot,
+                code: ErrorCode::StorageError,
+                partition: partition.partition(),
+                log_start: o.log_start,
+                log_end: partition.readable_end(),
+                high_watermark: o.high_watermark,
+            })
+        }
+    }
+}

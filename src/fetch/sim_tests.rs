@@ -1,0 +1,761 @@
+//! Server and client cores driven against each other in memory (no sockets): a real log
+//! written by the log writer, a simulated network with loss, duplication and reordering,
+//! virtual time.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::log::writer::{demo_key, demo_value, NewRecord, PartitionWriter, WriterConfig};
+use crate::log::{batch, record, LogDir};
+
+use super::client::{Client, ClientConfig, Event, StartAt, Subscription};
+use super::server::{Server, ServerConfig};
+use super::wire::{self, ErrorCode};
+
+const GW: &str = "198.18.0.1:9093";
+const TOPIC: &str = "sim";
+
+fn gw() -> SocketAddr {
+    GW.parse().unwrap()
+}
+
+/// Writes `batches` demo batches with sizes cycling through small (many per datagram),
+/// medium and large (fragmented) ones; small segments so reads stop at segment ends.
+fn write_log(dir: &Path, partition: i32, batches: usize) -> i64 {
+    let cfg = WriterConfig {
+        segment_bytes: 200_000,
+        ..WriterConfig::default()
+    };
+    let mut w = PartitionWriter::open(dir, TOPIC, partition, cfg).unwrap();
+    append(&mut w, partition, batches, 0);
+    w.flush().unwrap();
+    w.next_offset()
+}
+
+fn append(w: &mut PartitionWriter, partition: i32, batches: usize, salt: usize) {
+    for i in 0..batches {
+        let (n, size) = match (i + salt) % 5 {
+            0 => (1, 20),
+            1 => (3, 100),
+            2 => (10, 900),
+            3 => (2, 4000),
+            _ => (5, 3000),
+        };
+        let base = w.next_offset();
+        let keys: Vec<Vec<u8>> = (0..n).map(|k| demo_key(base + k as i64)).collect();
+        let vals: Vec<Vec<u8>> = (0..n)
+            .map(|k| demo_value(partition, base + k as i64, size))
+            .collect();
+        let recs: Vec<NewRecord<'_>> = (0..n)
+            .map(|k| NewRecord {
+                timestamp: 1,
+                key: Some(&keys[k]),
+                value: Some(&vals[k]),
+                headers: Vec::new(),
+            })
+            .collect();
+        w.append(&recs).unwrap();
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Faults {
+    loss_to_client: f64,
+    loss_to_server: f64,
+    dup: f64,
+    /// Extra random delay up to this many microseconds (reorders).
+    jitter_us: u64,
+    /// Drop every n-th datagram to the client (deterministic schedule), 0 = off.
+    drop_every: u64,
+    /// Drop datagrams number a..b to the client (a burst).
+    burst: (u64, u64),
+}
+
+struct Sim {
+    now: Instant,
+    rng: StdRng,
+    faults: Faults,
+    seq: u64,
+    to_client_count: u64,
+    queue: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Vec<u8>)>,
+}
+
+impl Sim {
+    fn new(seed: u64, faults: Faults) -> Sim {
+        Sim {
+            now: Instant::now(),
+            rng: StdRng::seed_from_u64(seed),
+            faults,
+            seq: 0,
+            to_client_count: 0,
+            queue: BTreeMap::new(),
+        }
+    }
+
+    fn send(&mut self, from: SocketAddr, to: SocketAddr, d: Vec<u8>) {
+        let to_client = from == gw();
+        if to_client {
+            self.to_client_count += 1;
+            let n = self.to_client_count;
+            let f = self.faults;
+            if (f.drop_every > 0 && n % f.drop_every == 0) || (n >= f.burst.0 && n < f.burst.1) {
+                return;
+            }
+        }
+        let loss = if to_client {
+            self.faults.loss_to_client
+        } else {
+            self.faults.loss_to_server
+        };
+        if self.rng.gen_bool(loss) {
+            return;
+        }
+        let copies = if self.rng.gen_bool(self.faults.dup) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let jitter = if self.faults.jitter_us > 0 {
+                self.rng.gen_range(0..self.faults.jitter_us)
+            } else {
+                0
+            };
+            let at = self.now + Duration::from_micros(50 + jitter);
+            self.seq += 1;
+            self.queue.insert((at, self.seq), (from, to, d.clone()));
+        }
+    }
+}
+
+struct Consumer {
+    addr: SocketAddr,
+    client: Client,
+    /// Per subscription: next expected offset; every record checked.
+    next: Vec<i64>,
+    records: u64,
+    events: Vec<Event>,
+}
+
+impl Consumer {
+    fn new(addr: &str, cfg: ClientConfig, subs: Vec<Subscription>) -> Consumer {
+        let next = subs
+            .iter()
+            .map(|s| match s.start {
+                StartAt::Offset(o) => o,
+                _ => 0,
+            })
+            .collect();
+        Consumer {
+            addr: addr.parse().unwrap(),
+            client: Client::new(gw(), cfg, subs),
+            next,
+            records: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Checks delivered batches: CRC, exactly-once in-order offsets, demo content.
+    fn take_events(&mut self) {
+        while let Some(ev) = self.client.poll_event() {
+            if let Event::Batch(b) = &ev {
+                batch::verify(&b.data).expect("delivered batch passes its CRC");
+                for r in record::decode_batch(&b.data).unwrap() {
+                    if r.offset < b.from_offset {
+                        continue;
+                    }
+                    assert_eq!(r.offset, self.next[b.sub], "offsets in order, exactly once");
+                    self.next[b.sub] += 1;
+                    self.records += 1;
+                    assert_eq!(r.key.as_deref(), Some(&demo_key(r.offset)[..]));
+                    let v = r.value.unwrap();
+                    assert_eq!(v, demo_value(b.partition, r.offset, v.len()));
+                }
+                continue;
+            }
+            self.events.push(ev);
+        }
+    }
+}
+
+/// Runs until `done` or the virtual deadline; returns the virtual time spent.
+fn run(
+    sim: &mut Sim,
+    server: &mut Server,
+    consumers: &mut [Consumer],
+    limit: Duration,
+    mut hook: impl FnMut(&mut Sim, &mut Server, &mut [Consumer]) -> bool,
+) -> Duration {
+    let start = sim.now;
+    loop {
+        while let Some(t) = server.poll_transmit(sim.now) {
+            assert!(
+                t.len() <= server.config().max_datagram,
+                "datagram over the limit"
+            );
+            let d = t.to_vec();
+            sim.send(gw(), t.dst, d);
+        }
+        for c in consumers.iter_mut() {
+            while let Some(d) = c.client.poll_transmit(sim.now) {
+                let a = c.addr;
+                sim.send(a, gw(), d);
+            }
+            c.take_events();
+        }
+        if hook(sim, server, consumers) {
+            return sim.now - start;
+        }
+        assert!(
+            sim.now - start < limit,
+            "did not finish within {limit:?} of virtual time"
+        );
+        let mut next = sim.queue.keys().next().map(|k| k.0);
+        let mut min = |x: Option<Instant>| {
+            if let Some(x) = x {
+                next = Some(next.map_or(x, |n: Instant| n.min(x)));
+            }
+        };
+        min(server.poll_timeout());
+        for c in consumers.iter() {
+            min(c.client.poll_timeout());
+        }
+        let Some(next) = next else {
+            panic!("nothing left to happen but not done");
+        };
+        sim.now = sim.now.max(next);
+        while let Some(entry) = sim.queue.first_entry() {
+            if entry.key().0 > sim.now {
+                break;
+            }
+            let (from, to, d) = entry.remove();
+            if to == gw() {
+                server.handle_datagram(sim.now, from, &d);
+            } else if let Some(c) = consumers.iter_mut().find(|c| c.addr == to) {
+                c.client.handle_datagram(sim.now, from, &d);
+            }
+        }
+        if server.poll_timeout().is_some_and(|t| sim.now >= t) {
+            server.handle_timeout(sim.now);
+        }
+        for c in consumers.iter_mut() {
+            if c.client.poll_timeout().is_some_and(|t| sim.now >= t) {
+                c.client.handle_timeout(sim.now);
+            }
+        }
+    }
+}
+
+fn setup(batches: usize) -> (tempfile::TempDir, Arc<LogDir>, i64) {
+    let dir = tempfile::tempdir().unwrap();
+    let end = write_log(dir.path(), 0, batches);
+    let log = LogDir::open(dir.path(), None).unwrap();
+    (dir, log, end)
+}
+
+fn server_cfg(max_datagram: usize) -> ServerConfig {
+    ServerConfig {
+        max_datagram,
+        ..ServerConfig::default()
+    }
+}
+
+fn small_window() -> ClientConfig {
+    ClientConfig {
+        window: 256 << 10,
+        fetch_bytes: 64 << 10,
+        ..ClientConfig::default()
+    }
+}
+
+fn consume_all(faults: Faults, seed: u64, max_datagram: usize) -> (Consumer, Server) {
+    let (_dir, log, end) = setup(400);
+    let mut server = Server::new(log, server_cfg(max_datagram));
+    let mut sim = Sim::new(seed, faults);
+    let sub = Subscription {
+        topic: TOPIC.into(),
+        partition: 0,
+        start: StartAt::Earliest,
+    };
+    let mut cs = vec![Consumer::new("198.18.0.2:40000", small_window(), vec![sub])];
+    run(
+        &mut sim,
+        &mut server,
+        &mut cs,
+        Duration::from_secs(600),
+        |_, _, cs| cs[0].client.is_finished(),
+    );
+    let c = cs.pop().unwrap();
+    eprintln!(
+        "seed {seed}: {} records to offset {end}: {:?}\n  server {:?}",
+        c.records,
+        c.client.stats(),
+        server.stats()
+    );
+    assert_eq!(c.next[0], end, "everything up to the log end delivered");
+    assert!(
+        c.events
+            .iter()
+            .any(|e| matches!(e, Event::CaughtUp { offset, .. } if *offset == end)),
+        "caught up reported: {:?}",
+        c.events
+    );
+    (c, server)
+}
+
+#[test]
+fn clean_network_delivers_everything_in_order() {
+    let (c, s) = consume_all(Faults::default(), 1, 1472);
+    assert_eq!(c.client.stats().refetches, 0, "{:?}", c.client.stats());
+    assert_eq!(c.client.stats().crc_errors, 0);
+    assert!(s.stats().data_datagrams > 100);
+}
+
+#[test]
+fn random_loss_both_ways_with_duplicates_and_reordering() {
+    let faults = Faults {
+        loss_to_client: 0.10,
+        loss_to_server: 0.05,
+        dup: 0.05,
+        jitter_us: 400,
+        ..Faults::default()
+    };
+    for seed in [2, 3] {
+        let (c, _) = consume_all(faults, seed, 1472);
+        let st = c.client.stats();
+        assert!(st.refetches > 0 && st.duplicate_datagrams > 0, "{st:?}");
+    }
+}
+
+#[test]
+fn deterministic_and_burst_loss_schedules() {
+    let every = Faults {
+        drop_every: 7,
+        ..Faults::default()
+    };
+    consume_all(every, 4, 1472);
+    let burst = Faults {
+        burst: (30, 400),
+        ..Faults::default()
+    };
+    consume_all(burst, 5, 9000 - 28);
+    // Jumbo datagrams: fewer fragments, same result.
+    consume_all(
+        Faults {
+            loss_to_client: 0.02,
+            ..Faults::default()
+        },
+        6,
+        65507,
+    );
+}
+
+#[test]
+fn flow_control_bounds_bytes_in_flight() {
+    let (_dir, log, end) = setup(200);
+    let mut server = Server::new(log, server_cfg(1472));
+    let mut sim = Sim::new(7, Faults::default());
+    let cfg = ClientConfig {
+        window: 32 << 10,
+        fetch_bytes: 16 << 10,
+        ..ClientConfig::default()
+    };
+    let sub = Subscription {
+        topic: TOPIC.into(),
+        partition: 0,
+        start: StartAt::Offset(0),
+    };
+    let mut cs = vec![Consumer::new("198.18.0.2:40001", cfg, vec![sub])];
+    let mut max_queued = 0usize;
+    run(
+        &mut sim,
+        &mut server,
+        &mut cs,
+        Duration::from_secs(60),
+        |sim, _, cs| {
+            // Bytes on the way to the client right after the gateway sent all it would.
+            let q: usize = sim
+                .queue
+                .values()
+                .filter(|(from, _, _)| *from == gw())
+                .map(|(_, _, d)| d.len().saturating_sub(wire::DATA_HEADER_LEN))
+                .sum();
+            max_queued = max_queued.max(q);
+            cs[0].client.is_finished()
+        },
+    );
+    assert_eq!(cs[0].next[0], end);
+    // The largest batch (~8 KiB) may exceed a fetch; the window is never exceeded by more.
+    assert!(
+        max_queued <= (32 << 10) + 16_384,
+        "{max_queued} bytes in flight"
+    );
+}
+
+#[test]
+fn long_poll_is_answered_on_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfgw = WriterConfig::default();
+    let mut w = PartitionWriter::open(dir.path(), TOPIC, 0, cfgw).unwrap();
+    append(&mut w, 0, 10, 0);
+    w.flush().unwrap();
+    let log = LogDir::open(dir.path(), None).unwrap();
+    let mut server = Server::new(log.clone(), server_cfg(1472));
+    let mut sim = Sim::new(8, Faults::default());
+    let cfg = ClientConfig {
+        follow: true,
+        max_wait: Duration::from_secs(5),
+        ..small_window()
+    };
+    let sub = Subscription {
+        topic: TOPIC.into(),
+        partition: 0,
+        start: StartAt::Earliest,
+    };
+    let mut cs = vec![Consumer::new("198.18.0.2:40002", cfg, vec![sub])];
+    let first_end = w.next_offset();
+    // Phase 1: catch up, then sit in a long poll.
+    run(
+        &mut sim,
+        &mut server,
+        &mut cs,
+        Duration::from_secs(30),
+        |_, s, cs| cs[0].next[0] == first_end && s.stats().long_polls > 0,
+    );
+    // A while later the log grows: the parked poll is answered at once, not at expiry.
+    sim.now += Duration::from_secs(1);
+    append(&mut w, 0, 7, 3);
+    w.flush().unwrap();
+    log.refresh().unwrap();
+    server.handle_log_append(sim.now);
+    let new_end = w.next_offset();
+    let took = run(
+        &mut sim,
+        &mut server,
+        &mut cs,
+        Duration::from_secs(30),
+        |_, _, cs| cs[0].next[0] == new_end,
+    );
+    assert!(took < Duration::from_millis(100), "answered after {took:?}");
+    assert_eq!(server.stats().long_polls_expired, 0);
+    // Nothing more: the poll expires after max_wait and is renewed.
+    run(
+        &mut sim,
+        &mut server,
+        &mut cs,
+        Duration::from_secs(30),
+        |_, s, _| s.stats().long_polls_expired > 0,
+    );
+    assert_eq!(cs[0].next[0], new_end);
+}
+
+#[test]
+fn several_partitions_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let e0 = write_log(dir.path(), 0, 60);
+    let e1 = write_log(dir.path(), 1, 90);
+    let log = LogDir::open(dir.path(), None).unwrap();
+    let mut server = Server::new(log, server_cfg(1472));
+    let mut sim = Sim::new(
+        9,
+        Faults {
+            loss_to_client: 0.05,
+            ..Faults::default()
+        },
+    );
+    let subs = vec![
+        Subscription {
+            topic: TOPIC.into(),
+            partition: 0,
+            start: StartAt::Earliest,
+        },
+        Subscription {
+            topic: TOPIC.into(),
+            partition: 1,
+            start: StartAt::Offset(5),
+        },
+    ];
+    let mut cs = vec![Consumer::new("198.18.0.2:40003", small_window(), subs)];
+    cs[0].next[1] = 5;
+    run(
+        &mut sim,
+        &mut server,
+        &mut cs,
+        Duration::from_secs(60),
+        |_, _, cs| cs[0].client.is_finished(),
+    );
+    assert_eq!(cs[0].next, vec![e0, e1]);
+}
+
+#[test]
+fn errors_unknown_partition_and_offset_out_of_range() {
+    let (_dir, log, end) = setup(20);
+    let mut server = Server::new(log, server_cfg(1472));
+    let mut sim = Sim::new(10, Faults::default());
+    let cfg = ClientConfig {
+        auto_reset: false,
+        ..small_window()
+    };
+    let subs = vec![
+        Subscription {
+            topic: "nope".into(),
+            partition: 0,
+            start: StartAt::Offset(0),
+        },
+        Subscription {
+            topic: TOPIC.into(),
+            partition: 0,
+            start: StartAt::Offset(end + 100),
+        },
+    ];
+    let mut cs = vec![Consumer::new("198.18.0.2:40004", cfg, subs)];
+    run(
+        &mut sim,
+        &mut server,
+        &mut cs,
+        Duration::from_secs(10),
+        |_, _, cs| cs[0].client.is_finished(),
+    );
+    let ev = &cs[0].events;
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            Event::PartitionError {
+                sub: 0,
+                code: ErrorCode::UnknownTopicOrPartition,
+                ..
+            }
+        )),
+        "{ev:?}"
+    );
+    assert!(ev.iter().any(|e| matches!(e, Event::PartitionError { sub: 1, code: ErrorCode::OffsetOutOfRange, log_start: 0, log_end } if *log_end == end)), "{ev:?}");
+    // With auto reset the same position jumps to the end and is caught up there.
+    let subs = vec![Subscription {
+        topic: TOPIC.into(),
+        partition: 0,
+        start: StartAt::Offset(end + 100),
+    }];
+    let mut cs = vec![Consumer::new("198.18.0.2:40005", small_window(), subs)];
+    run(
+        &mut sim,
+        &mut server,
+        &mut cs,
+        Duration::from_secs(10),
+        |_, _, cs| cs[0].client.is_finished(),
+    );
+    assert!(cs[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::OffsetReset { to, .. } if *to == end)));
+}
+
+#[test]
+fn unvalidated_sources_never_get_more_than_they_sent() {
+    let (_dir, log, _) = setup(50);
+    let mut server = Server::new(log, server_cfg(1472));
+    let now = Instant::now();
+    let spoofed: SocketAddr = "203.0.113.9:5555".parse().unwrap();
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut sent_in = 0usize;
+    let mut inputs: Vec<Vec<u8>> = Vec::new();
+    // A well-formed fetch of lots of data, without a token, with a forged one, padded or not.
+    for token in [&[][..], &[7u8; wire::TOKEN_LEN][..]] {
+        for pad in [0, 64, 1400] {
+            let req = wire::FetchRequest {
+                request_id: 1,
+                ack_floor: 0,
+                window: u32::MAX,
+                max_wait_ms: 0,
+                token,
+                parts: vec![wire::PartRequest {
+                    topic: TOPIC,
+                    partition: 0,
+                    offset: 0,
+                    max_bytes: 1 << 20,
+                    range_start: 0,
+                    range_end: 0,
+                }],
+            };
+            inputs.push(req.encode(pad).unwrap());
+        }
+    }
+    for _ in 0..200 {
+        let n = rng.gen_range(0..200);
+        let mut d: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+        if n >= 4 && rng.gen_bool(0.5) {
+            d[..4].copy_from_slice(&[0x4B, 0x58, 1, rng.gen_range(0..6)]);
+        }
+        inputs.push(d);
+    }
+    let mut sent_out = 0usize;
+    for d in &inputs {
+        sent_in += d.len();
+        server.handle_datagram(now, spoofed, d);
+        while let Some(t) = server.poll_transmit(now) {
+            assert_eq!(t.dst, spoofed);
+            assert!(
+                t.len() <= d.len(),
+                "answer {} > request {}",
+                t.len(),
+                d.len()
+            );
+            sent_out += t.len();
+        }
+    }
+    assert!(sent_out <= sent_in);
+    assert!(server.stats().retries_sent > 0);
+    assert_eq!(server.stats().data_datagrams, 0);
+    assert_eq!(server.sessions(), 0);
+
+    // A token is bound to the address it was sent to.
+    let mut c = Client::new(
+        gw(),
+        small_window(),
+        vec![Subscription {
+            topic: TOPIC.into(),
+            partition: 0,
+            start: StartAt::Offset(0),
+        }],
+    );
+    let me: SocketAddr = "198.18.0.2:40006".parse().unwrap();
+    let probe = c.poll_transmit(now).unwrap();
+    server.handle_datagram(now, me, &probe);
+    let retry = server.poll_transmit(now).unwrap();
+    c.handle_datagram(now, gw(), &retry.to_vec());
+    let fetch = c.poll_transmit(now).unwrap();
+    // Replayed from another address: only a RETRY comes back, to that address.
+    server.handle_datagram(now, spoofed, &fetch);
+    let t = server.poll_transmit(now).unwrap();
+    assert!(t.len() <= fetch.len());
+    assert!(server.poll_transmit(now).is_none());
+    // From the right address the data flows.
+    server.handle_datagram(now, me, &fetch);
+    let t = server.poll_transmit(now);
+    assert!(
+        t.as_ref().is_some_and(|t| t.payload.is_some()),
+        "{t:?} {:?}",
+        server.stats()
+    );
+}
+
+#[test]
+fn token_rotation_is_survived() {
+    let (_dir, log, end) = setup(100);
+    let mut server = Server::new(log, server_cfg(1472));
+    let mut sim = Sim::new(12, Faults::default());
+    let sub = Subscription {
+        topic: TOPIC.into(),
+        partition: 0,
+        start: StartAt::Offset(0),
+    };
+    let mut cs = vec![Consumer::new("198.18.0.2:40007", small_window(), vec![sub])];
+    let mut rotated = 0;
+    run(
+        &mut sim,
+        &mut server,
+        &mut cs,
+        Duration::from_secs(60),
+        |sim, s, cs| {
+            // Twice in a row: the client's token goes stale mid-stream.
+            if cs[0].next[0] > end / 2 && rotated == 0 {
+                s.rotate_secret(sim.now);
+                s.rotate_secret(sim.now);
+                rotated = 1;
+            }
+            cs[0].client.is_finished()
+        },
+    );
+    assert_eq!(cs[0].next[0], end);
+    assert!(cs[0].client.stats().retries >= 2);
+}
+
+#[test]
+fn garbage_does_not_disturb_a_consumer() {
+    let (_dir, log, end) = setup(150);
+    let mut server = Server::new(log, server_cfg(1472));
+    let mut sim = Sim::new(13, Faults::default());
+    let sub = Subscription {
+        topic: TOPIC.into(),
+        partition: 0,
+        start: StartAt::Offset(0),
+    };
+    let mut cs = vec![Consumer::new("198.18.0.2:40008", small_window(), vec![sub])];
+    let attacker: SocketAddr = "198.18.0.2:40009".parse().unwrap();
+    let mut rng = StdRng::seed_from_u64(14);
+    run(
+        &mut sim,
+        &mut server,
+        &mut cs,
+        Duration::from_secs(60),
+        |sim, _, cs| {
+            for _ in 0..3 {
+                let n = rng.gen_range(0..300);
+                let mut d: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+                if n > 4 {
+                    d[..4].copy_from_slice(&[0x4B, 0x58, 1, rng.gen_range(1..5)]);
+                }
+                // Garbage to the gateway and, spoofed as the gateway, to the consumer.
+                sim.send(attacker, gw(), d.clone());
+                let me = cs[0].addr;
+                sim.send(gw(), me, d);
+            }
+            cs[0].client.is_finished()
+        },
+    );
+    assert_eq!(cs[0].next[0], end);
+    assert!(server.stats().dropped_malformed > 0);
+}
+
+#[test]
+fn consumers_share_the_gateway() {
+    let (_dir, log, end) = setup(300);
+    let mut server = Server::new(log, server_cfg(1472));
+    let mut sim = Sim::new(
+        15,
+        Faults {
+            loss_to_client: 0.03,
+            jitter_us: 100,
+            ..Faults::default()
+        },
+    );
+    let sub = |start| Subscription {
+        topic: TOPIC.into(),
+        partition: 0,
+        start,
+    };
+    let mut cs = vec![
+        Consumer::new(
+            "198.18.0.2:41000",
+            small_window(),
+            vec![sub(StartAt::Earliest)],
+        ),
+        Consumer::new(
+            "198.18.0.2:41001",
+            small_window(),
+            vec![sub(StartAt::Offset(0))],
+        ),
+        Consumer::new(
+            "198.18.0.3:41000",
+            small_window(),
+            vec![sub(StartAt::Offset(100))],
+        ),
+    ];
+    cs[2].next[0] = 100;
+    run(
+        &mut sim,
+        &mut server,
+        &mut cs,
+        Duration::from_secs(60),
+        |_, _, cs| cs.iter().all(|c| c.client.is_finished()),
+    );
+    for c in &cs {
+        assert_eq!(c.next[0], end);
+    }
+    assert_eq!(server.sessions(), 3);
+}
