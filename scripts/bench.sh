@@ -35,9 +35,9 @@ while [ $# -gt 0 ]; do
 done
 case $MTU in 1500|9000|65535) ;; *) echo "bench.sh: --mtu must be 1500, 9000 or 65535" >&2; exit 2 ;; esac
 case $MODE in
-  full) : "${RUNS:=5}" "${LOG_MIB:=2048}"; FANOUT_N="1 4 16"; FANOUT_FS="tmpfs disk"; LAT_COUNT=20000 LAT_RATE=2000 ;;
-  quick) : "${RUNS:=3}" "${LOG_MIB:=1024}"; FANOUT_N="1 4 16"; FANOUT_FS="tmpfs"; LAT_COUNT=3000 LAT_RATE=2000 ;;
-  smoke) : "${RUNS:=1}" "${LOG_MIB:=32}"; FANOUT_N="1 4"; FANOUT_FS="tmpfs"; LAT_COUNT=200 LAT_RATE=1000 ;;
+  full) : "${RUNS:=5}" "${LOG_MIB:=2048}"; FANOUT_N="1 4 16"; FANOUT_FS="tmpfs disk"; LAT_COUNT=20000 LAT_RATE=2000 LAT_TIMEOUT=60 ;;
+  quick) : "${RUNS:=3}" "${LOG_MIB:=1024}"; FANOUT_N="1 4 16"; FANOUT_FS="tmpfs"; LAT_COUNT=3000 LAT_RATE=2000 LAT_TIMEOUT=15 ;;
+  smoke) : "${RUNS:=1}" "${LOG_MIB:=32}"; FANOUT_N="1 4"; FANOUT_FS="tmpfs"; LAT_COUNT=200 LAT_RATE=1000 LAT_TIMEOUT=5 ;;
 esac
 : "${OUT:=$REPO/bench/results}"
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root (namespaces, veth, XDP)" >&2; exit 1; }
@@ -351,10 +351,13 @@ measure_latency() { # path run
   case $path in
     kafka-longpoll)
       [ $HAVE_KAFKA = 1 ] && cmd="$KXGW serve --log-dir $dir --kafka-listen $GW_ADDR:$KAFKA_PORT --io sendfile"
-      client="$KXGW bench-tool tail-kafka --bootstrap $GW_ADDR:$KAFKA_PORT --topic tail --offset 1 --count $LAT_COUNT" ;;
-    udp-kernel)
+      client="$KXGW bench-tool tail-kafka --bootstrap $GW_ADDR:$KAFKA_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
+    udp-kernel|udp-kernel-busypoll)
       [ $HAVE_FETCH = 1 ] && [ $HAVE_TAILF = 1 ] && cmd="$KXGW serve --log-dir $dir --fetch-listen $GW_ADDR:$FETCH_PORT"
-      client="$KXGW bench-tool tail-fetch --fetch $GW_ADDR:$FETCH_PORT --topic tail --offset 1 --count $LAT_COUNT" ;;
+      if [ $path = udp-kernel-busypoll ]; then
+        if has "$SERVE_HELP" --fetch-busy-poll; then cmd="$cmd --fetch-busy-poll"; else cmd=; fi
+      fi
+      client="$KXGW bench-tool tail-fetch --fetch $GW_ADDR:$FETCH_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
     xdp-busypoll-off|xdp-busypoll-on)
       if [ $HAVE_XDP = 1 ] && [ $HAVE_TAILF = 1 ]; then
         cmd="$KXGW serve --log-dir $dir --xdp-iface $GW_IF --fetch-listen $GW_ADDR:$FETCH_PORT --tx-strategy auto"
@@ -362,7 +365,7 @@ measure_latency() { # path run
           if [ $HAVE_BUSY = 1 ]; then cmd="$cmd --busy-poll"; else cmd=; fi
         fi
       fi
-      client="$KXGW bench-tool tail-fetch --fetch $GW_ADDR:$FETCH_PORT --topic tail --offset 1 --count $LAT_COUNT" ;;
+      client="$KXGW bench-tool tail-fetch --fetch $GW_ADDR:$FETCH_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
   esac
   if [ -z "$cmd" ]; then
     record latency "$path" tmpfs 1 "$run" "n/a" - - - - - - "not in this build"; return 0
@@ -388,7 +391,9 @@ measure_latency() { # path run
   case $path in xdp-*) note="$(xdp_mode_of "$logf")" ;; esac
   stop_gw
   if [ $rc -ne 0 ] || [ -z "$out" ]; then
-    record latency "$path" tmpfs 1 "$run" failed - - - - - - "exit $rc: $clog"; return 0
+    local partial=
+    [ -n "$out" ] && partial="stalled: $(json_get count <<<"$out") of $LAT_COUNT records arrived, p50 of those $(json_get p50_us <<<"$out") µs; "
+    record latency "$path" tmpfs 1 "$run" failed - - - - - - "${partial}exit $rc: $clog"; return 0
   fi
   local p50 p99 p999
   p50=$(json_get p50_us <<<"$out") p99=$(json_get p99_us <<<"$out") p999=$(json_get p999_us <<<"$out")
@@ -399,7 +404,7 @@ measure_latency() { # path run
 # ---------------------------------------------------------------- the runs
 PATHS="kafka-copy kafka-sendfile udp-sendmmsg udp-gso xdp-copy xdp-sg"
 FANOUT_PATHS="kafka-sendfile udp-sendmmsg xdp-sg"
-LAT_PATHS="kafka-longpoll udp-kernel xdp-busypoll-off xdp-busypoll-on"
+LAT_PATHS="kafka-longpoll udp-kernel udp-kernel-busypoll xdp-busypoll-off xdp-busypoll-on"
 : >"$RAW"
 T_START=$(date +%s)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)

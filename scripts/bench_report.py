@@ -23,6 +23,7 @@ PATH_DOC = {
     "ceil-xdp-raw-sg": "ceiling: raw AF_XDP TX generator `--tx-strategy sg`, no protocol, no log",
     "kafka-longpoll": "Kafka TCP long-poll (`--io sendfile`)",
     "udp-kernel": "fetch protocol, kernel UDP",
+    "udp-kernel-busypoll": "fetch protocol, kernel UDP, `--fetch-busy-poll`",
     "xdp-busypoll-off": "fetch protocol, AF_XDP, busy poll off",
     "xdp-busypoll-on": "fetch protocol, AF_XDP, `--busy-poll`",
 }

@@ -156,6 +156,58 @@ pub fn tail_kafka(
     Ok(delays)
 }
 
+/// Tails a partition over the kxgw fetch protocol (kernel-UDP consumer, blocking in poll(2)
+/// like the Kafka probe blocks in read) from `offset` until `count` stamped records arrived
+/// (or `deadline` passed) and returns their delays (ns).
+pub fn tail_fetch(
+    server: std::net::SocketAddr,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    count: usize,
+    deadline: Duration,
+) -> Result<Vec<u64>> {
+    use crate::fetch::consumer::UdpConsumer;
+    use crate::fetch::{ClientConfig, Event, StartAt, Subscription};
+    let cfg = ClientConfig {
+        follow: true,
+        ..ClientConfig::default()
+    };
+    let sub = Subscription {
+        topic: topic.to_owned(),
+        partition,
+        start: StartAt::Offset(offset),
+    };
+    let mut c = UdpConsumer::connect(server, cfg, vec![sub])
+        .with_context(|| format!("connecting to {server}"))?;
+    let t0 = std::time::Instant::now();
+    let mut delays = Vec::with_capacity(count);
+    while delays.len() < count && t0.elapsed() < deadline {
+        c.poll(Duration::from_millis(100))
+            .context("fetch consumer poll")?;
+        while let Some(ev) = c.next_event() {
+            match ev {
+                Event::Batch(b) => {
+                    let arrival = now_ns();
+                    let data = Bytes::from(b.data);
+                    delays_in(&data, b.from_offset.max(offset), arrival, &mut delays)?;
+                }
+                Event::Unreachable => bail!("{server} did not answer the handshake"),
+                Event::PartitionError {
+                    code,
+                    log_start,
+                    log_end,
+                    ..
+                } => {
+                    bail!("partition error {code:?} (log {log_start}..{log_end})")
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(delays)
+}
+
 /// Appends `count` stamped records to `<log_dir>/<topic>-<partition>` at `rate` records/s, one
 /// record per batch, each stamped just before its append and flushed at once (so the delay
 /// measured starts when the bytes could first be seen). Returns the offset of the first one.

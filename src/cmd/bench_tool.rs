@@ -97,6 +97,21 @@ enum Tool {
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },
+    /// Tail a partition over the kxgw fetch protocol; produce-to-consume delay percentiles.
+    TailFetch {
+        #[arg(long)]
+        fetch: std::net::SocketAddr,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        #[arg(long)]
+        offset: i64,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
 }
 
 /// Runs one tool.
@@ -167,6 +182,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 offset,
                 count,
                 max_wait_ms,
+                Duration::from_secs(timeout_secs),
+            )?;
+            report_delays(&mut d, count)?;
+        }
+        Tool::TailFetch {
+            fetch,
+            topic,
+            partition,
+            offset,
+            count,
+            timeout_secs,
+        } => {
+            let mut d = latency::tail_fetch(
+                fetch,
+                &topic,
+                partition,
+                offset,
+                count,
                 Duration::from_secs(timeout_secs),
             )?;
             report_delays(&mut d, count)?;

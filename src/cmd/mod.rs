@@ -1,8 +1,8 @@
 //! Subcommands of the `kxgw` binary. Each module owns its clap `Args` and a `run` function;
 //! `main.rs` only dispatches.
 
-pub mod consume;
 pub mod bench_tool;
+pub mod consume;
 pub mod inspect;
 pub mod produce;
 pub mod serve;
