@@ -5,6 +5,7 @@
 //!
 //! - [`log`]: Kafka partition logs on disk (reader with follower, broker-compatible writer).
 //! - [`metrics`]: counters in Prometheus text for `kxgw stats` and scrapers.
+//! - [`config`], [`privileges`]: the service side of `kxgw serve` (TOML config, capabilities).
 //! - [`testnet`]: namespaces + veth pairs for tests, benchmarks and the demo.
 //! - [`kafka`]: the Kafka-protocol TCP listener (consumer subset; sendfile or copy).
 //! - [`fetch`]: the kxgw UDP fetch protocol (sans-I/O cores, kernel-UDP gateway and consumer).
@@ -13,8 +14,10 @@
 
 pub mod bench;
 pub mod cmd;
+pub mod config;
 pub mod fetch;
 pub mod kafka;
 pub mod log;
 pub mod metrics;
+pub mod privileges;
 pub mod testnet;

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// kxgw: a kernel-bypass consumer gateway for Kafka partition logs.
 #[derive(Debug, Parser)]
@@ -22,6 +22,8 @@ enum Cmd {
     Stats(kxgw::cmd::stats::Args),
     /// Consume a partition over the kxgw UDP fetch protocol (Kafka TCP fallback).
     Consume(kxgw::cmd::consume::Args),
+    /// Run the gateway end to end on a veth pair: demo log, AF_XDP + Kafka TCP, consumers.
+    Demo(kxgw::cmd::demo::Args),
     /// Measuring instruments of scripts/bench.sh (not a user command).
     #[command(hide = true)]
     BenchTool(kxgw::cmd::bench_tool::Args),
@@ -31,13 +33,20 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("kxgw: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result: anyhow::Result<ExitCode> = match cli.cmd {
         Cmd::Produce(args) => kxgw::cmd::produce::run(args),
         Cmd::Inspect(args) => kxgw::cmd::inspect::run(args),
         Cmd::Serve(args) => kxgw::cmd::serve::run(args),
         Cmd::Stats(args) => kxgw::cmd::stats::run(args),
         Cmd::Consume(args) => kxgw::cmd::consume::run(args),
+        Cmd::Demo(args) => kxgw::cmd::demo::run(args),
         Cmd::BenchTool(args) => kxgw::cmd::bench_tool::run(args),
     };
     match result {
@@ -47,4 +56,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses the command line, with `serve --config FILE` expanded into flags first.
+fn parse_cli() -> anyhow::Result<Cli> {
+    let cmd = Cli::command();
+    let known: Vec<String> = cmd
+        .find_subcommand("serve")
+        .map(|serve| {
+            serve
+                .get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let argv = kxgw::config::expand_serve_config(std::env::args_os().collect(), &known)?;
+    Ok(Cli::parse_from(argv))
 }

@@ -3,7 +3,7 @@
 //! Each component (Kafka listener, UDP transport, AF_XDP engine, XDP program) registers a
 //! provider that writes its current counters; nothing is sampled in the background, so a
 //! scrape always sees live values. Two read-only endpoints serve the same text: a Unix socket
-//! (default [`DEFAULT_CONTROL_SOCKET`]; reachable from any network namespace, which is what
+//! (default `/run/kxgw/kxgw-<pid>.sock`; reachable from any network namespace, which is what
 //! `kxgw stats` uses) and, with `--metrics-listen`, HTTP `GET /metrics`.
 
 use std::fmt::Write as _;
@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-/// Where a gateway serves its counters unless told otherwise.
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/kxgw/kxgw.sock";
+/// Where gateways put their control sockets (`kxgw-<pid>.sock`) unless told otherwise.
+pub const CONTROL_DIR: &str = "/run/kxgw";
 
 type Provider = Box<dyn Fn(&mut MetricsWriter) + Send + Sync>;
 

@@ -16,7 +16,7 @@ use crate::fetch::consumer::UdpConsumer;
 use crate::fetch::kafka_fallback::KafkaFetcher;
 use crate::fetch::{ClientConfig, Event, StartAt, Subscription};
 use crate::log::record::{decode_batch_refs, RecordRef};
-use crate::log::writer::{demo_key_sized, is_demo_value};
+use crate::log::writer::{demo_key, demo_value_into};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -150,6 +150,8 @@ struct Sink<'a> {
     out: std::io::BufWriter<std::io::StdoutLock<'static>>,
     tally: Tally,
     bar: Option<indicatif::ProgressBar>,
+    /// Reused for the expected demo value (no allocation per record).
+    scratch: Vec<u8>,
 }
 
 impl Sink<'_> {
@@ -189,12 +191,17 @@ impl Sink<'_> {
                         ));
                     }
                 }
-                let key_ok = r
-                    .key
-                    .is_none_or(|k| k == demo_key_sized(r.offset, k.len()).as_slice());
-                let value_ok = r
-                    .value
-                    .is_some_and(|v| is_demo_value(partition, r.offset, v));
+                // Keys are `demo_key` padded with 'k' or cut to the key size.
+                let key_ok = r.key.is_none_or(|k| {
+                    let d = demo_key(r.offset);
+                    let n = k.len().min(d.len());
+                    k[..n] == d[..n] && k[n..].iter().all(|&b| b == b'k')
+                });
+                let value_ok = r.value.is_some_and(|v| {
+                    self.scratch.clear();
+                    demo_value_into(&mut self.scratch, partition, r.offset, v.len());
+                    self.scratch == v
+                });
                 if !key_ok || !value_ok {
                     self.error(format!(
                         "record {} does not hold the demo content",
@@ -306,6 +313,7 @@ fn run_inner(args: Args) -> Result<ExitCode> {
         out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
         tally: Tally::default(),
         bar,
+        scratch: Vec::new(),
     };
     let t0 = Instant::now();
     let mut transport = String::new();

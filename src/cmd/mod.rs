@@ -3,6 +3,7 @@
 
 pub mod bench_tool;
 pub mod consume;
+pub mod demo;
 pub mod inspect;
 pub mod produce;
 pub mod serve;

@@ -15,6 +15,8 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use crate::fetch::gateway::{FetchArgs, FetchListener};
 use crate::kafka::{self, IoMode, KafkaConfig, KafkaListener};
 use crate::log::{Isolation, LogDir};
+use crate::metrics::{self, Metrics};
+use crate::privileges;
 
 /// Which offset bounds what consumers may read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -64,6 +66,20 @@ pub struct Args {
     /// The kxgw UDP fetch endpoint (--fetch-listen and its options).
     #[command(flatten)]
     pub fetch: FetchArgs,
+    /// TOML file with the same settings as these flags (keys are the flag names with
+    /// underscores: log_dir, kafka_listen...); a flag on the command line wins over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Unix socket serving the counters to `kxgw stats` [default: /run/kxgw/kxgw-<pid>.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Also serve the counters as Prometheus text on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
+    /// Keep all capabilities after setup (by default they are dropped once XDP is attached
+    /// and every socket is bound: the running gateway needs none).
+    #[arg(long)]
+    pub keep_caps: bool,
 }
 
 /// The listeners started by this process (one field per listener kind).
@@ -79,6 +95,16 @@ impl Running {
         }
         if let Some(f) = &self.fetch {
             log::info!("fetch stats: {}", f.stats());
+        }
+    }
+
+    fn register_metrics(&self, metrics: &Metrics) {
+        if let Some(k) = &self.kafka {
+            let stats = k.stats_handle();
+            metrics.register(move |w| stats.write_metrics(w));
+        }
+        if let Some(f) = &self.fetch {
+            f.register_metrics(metrics);
         }
     }
 
@@ -126,6 +152,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     if running.kafka.is_none() && running.fetch.is_none() {
         bail!("nothing to serve: give --kafka-listen ADDR:PORT and/or --fetch-listen IP:PORT");
+    }
+
+    let metrics = Metrics::new();
+    running.register_metrics(&metrics);
+    let socket = args
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/run/kxgw/kxgw-{}.sock", std::process::id())));
+    let _control = metrics::serve_unix(&socket, Arc::clone(&metrics))?;
+    log::info!("counters: kxgw stats --socket {}", socket.display());
+    if let Some(addr) = &args.metrics_listen {
+        metrics::serve_http(addr, Arc::clone(&metrics))?;
+    }
+    if args.keep_caps {
+        log::info!("keeping capabilities (--keep-caps)");
+    } else {
+        privileges::drop_all().context("dropping capabilities after setup")?;
     }
 
     let tick = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));

@@ -1,24 +1,29 @@
 //! `kxgw stats`: a running gateway's counters, read from its control socket.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
 use crate::metrics;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The gateway's control socket (`kxgw serve --control-socket`).
-    #[arg(long, default_value = metrics::DEFAULT_CONTROL_SOCKET)]
-    pub socket: PathBuf,
+    /// The gateway's control socket (`kxgw serve --control-socket`) [default: the one live
+    /// gateway socket under /run/kxgw].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
     /// Print the Prometheus text as served instead of the summary.
     #[arg(long)]
     pub raw: bool,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let text = metrics::fetch_unix(&args.socket)?;
+    let socket = match args.socket {
+        Some(s) => s,
+        None => find_socket(Path::new(metrics::CONTROL_DIR))?,
+    };
+    let text = metrics::fetch_unix(&socket)?;
     if args.raw {
         print!("{text}");
         return Ok(ExitCode::SUCCESS);
@@ -45,4 +50,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
         println!("  {name:<40} {labels:<36} {}", s.value);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The single live gateway socket in `dir`; sockets left by killed gateways are skipped.
+fn find_socket(dir: &Path) -> Result<PathBuf> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!(
+                "no gateway is running here ({} does not exist)",
+                dir.display()
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut live: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .filter(|p| std::os::unix::net::UnixStream::connect(p).is_ok())
+        .collect();
+    live.sort();
+    match live.len() {
+        0 => bail!(
+            "no running gateway has a control socket in {}",
+            dir.display()
+        ),
+        1 => Ok(live.remove(0)),
+        _ => bail!(
+            "several gateways are running; pick one with --socket: {}",
+            live.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }

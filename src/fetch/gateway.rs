@@ -342,55 +342,47 @@ impl FetchListener {
             let l: &[(&str, &str)] = &[("transport", "udp"), ("endpoint", &addr)];
             for (name, help, v) in [
                 (
-                    "kxgw_fetch_datagrams_in_total",
+                    "fetch_datagrams_in_total",
                     "Datagrams received",
                     s.datagrams_in,
                 ),
-                ("kxgw_fetch_bytes_in_total", "Bytes received", s.bytes_in),
+                ("fetch_bytes_in_total", "Bytes received", s.bytes_in),
                 (
-                    "kxgw_fetch_datagrams_out_total",
+                    "fetch_datagrams_out_total",
                     "Datagrams sent",
                     s.datagrams_out,
                 ),
-                ("kxgw_fetch_bytes_out_total", "Bytes sent", s.bytes_out),
+                ("fetch_bytes_out_total", "Bytes sent", s.bytes_out),
                 (
-                    "kxgw_fetch_payload_bytes_total",
+                    "fetch_payload_bytes_total",
                     "Log bytes sent",
                     s.payload_bytes,
                 ),
-                ("kxgw_fetch_requests_total", "Fetch requests", s.fetches),
+                ("fetch_requests_total", "Fetch requests", s.fetches),
                 (
-                    "kxgw_fetch_retries_total",
+                    "fetch_retries_total",
                     "RETRY (address validation) sent",
                     s.retries_sent,
                 ),
+                ("fetch_errors_total", "ERROR datagrams sent", s.errors_sent),
                 (
-                    "kxgw_fetch_errors_total",
-                    "ERROR datagrams sent",
-                    s.errors_sent,
-                ),
-                (
-                    "kxgw_fetch_dropped_malformed_total",
+                    "fetch_dropped_malformed_total",
                     "Malformed datagrams dropped",
                     s.dropped_malformed,
                 ),
                 (
-                    "kxgw_fetch_dropped_unvalidated_total",
+                    "fetch_dropped_unvalidated_total",
                     "Unvalidated datagrams too small to answer",
                     s.dropped_unvalidated_small,
                 ),
                 (
-                    "kxgw_fetch_dropped_duplicate_total",
+                    "fetch_dropped_duplicate_total",
                     "Duplicate requests dropped",
                     s.dropped_duplicate,
                 ),
+                ("fetch_long_polls_total", "Long polls parked", s.long_polls),
                 (
-                    "kxgw_fetch_long_polls_total",
-                    "Long polls parked",
-                    s.long_polls,
-                ),
-                (
-                    "kxgw_fetch_window_stalls_total",
+                    "fetch_window_stalls_total",
                     "Responses held by a client window",
                     s.window_stalls,
                 ),

@@ -759,3 +759,67 @@ fn consumers_share_the_gateway() {
     }
     assert_eq!(server.sessions(), 3);
 }
+
+/// A client that asks for far more than its window: the gateway holds responses back until
+/// the client acknowledges, whatever the client asked for.
+#[test]
+fn gateway_enforces_the_window_against_a_greedy_client() {
+    let (_dir, log, _) = setup(300);
+    let mut server = Server::new(log, server_cfg(1472));
+    let now = Instant::now();
+    let me: SocketAddr = "198.18.0.2:42000".parse().unwrap();
+    // Get a token.
+    let probe = wire::FetchRequest {
+        request_id: 0,
+        ack_floor: 0,
+        window: 0,
+        max_wait_ms: 0,
+        token: &[],
+        parts: vec![],
+    }
+    .encode(wire::MIN_INITIAL_LEN)
+    .unwrap();
+    server.handle_datagram(now, me, &probe);
+    let retry = wire::Retry::decode(&server.poll_transmit(now).unwrap().to_vec()).unwrap();
+    let window = 16 << 10;
+    let fetch = |id: u32, floor: u32, offset: i64| {
+        wire::FetchRequest {
+            request_id: id,
+            ack_floor: floor,
+            window,
+            max_wait_ms: 0,
+            token: &retry.token,
+            parts: vec![wire::PartRequest {
+                topic: TOPIC,
+                partition: 0,
+                offset,
+                max_bytes: 16 << 10,
+                range_start: 0,
+                range_end: 0,
+            }],
+        }
+        .encode(0)
+        .unwrap()
+    };
+    // Ten requests at once, never acknowledged.
+    for id in 1..=10 {
+        server.handle_datagram(now, me, &fetch(id, 1, 0));
+    }
+    let mut payload = 0;
+    while let Some(t) = server.poll_transmit(now) {
+        payload += t.payload.map_or(0, |p| p.len);
+    }
+    // One response may exceed the window (its first batch can be larger than max_bytes).
+    assert!(
+        payload > 0 && payload <= window as usize + 16_384,
+        "{payload}"
+    );
+    assert!(server.stats().window_stalls > 0);
+    // Acknowledging the first five lets (some of) the rest go.
+    server.handle_datagram(now, me, &fetch(11, 6, 0));
+    let mut more = 0;
+    while let Some(t) = server.poll_transmit(now) {
+        more += t.payload.map_or(0, |p| p.len);
+    }
+    assert!(more > 0 && more <= 2 * (window as usize + 16_384), "{more}");
+}
