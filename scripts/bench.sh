@@ -5,7 +5,7 @@
 #   sudo scripts/bench.sh [--quick|--smoke] [--mtu 1500|9000|65535] [--runs N]
 #                         [--log-mib N] [--out DIR] [--kxgw PATH] [--disk-dir DIR]
 #
-#   --quick      3 runs, 1 GiB logs, tmpfs-only fan-out: the whole run in < 10 min on 2 vCPUs
+#   --quick      3 runs, 512 MiB logs, tmpfs-only fan-out: the runs take < 10 min on 2 vCPUs
 #   --smoke      1 run per path, 32 MiB logs, fan-out 1 and 4: checks the harness end to end
 #   --kxgw PATH  use this binary instead of building target/release/kxgw
 #   --out DIR    results directory (default bench/results)
@@ -36,7 +36,7 @@ done
 case $MTU in 1500|9000|65535) ;; *) echo "bench.sh: --mtu must be 1500, 9000 or 65535" >&2; exit 2 ;; esac
 case $MODE in
   full) : "${RUNS:=5}" "${LOG_MIB:=2048}"; FANOUT_N="1 4 16"; FANOUT_FS="tmpfs disk"; LAT_COUNT=20000 LAT_RATE=2000 LAT_TIMEOUT=60 ;;
-  quick) : "${RUNS:=3}" "${LOG_MIB:=1024}"; FANOUT_N="1 4 16"; FANOUT_FS="tmpfs"; LAT_COUNT=3000 LAT_RATE=2000 LAT_TIMEOUT=15 ;;
+  quick) : "${RUNS:=3}" "${LOG_MIB:=512}"; FANOUT_N="1 4 16"; FANOUT_FS="tmpfs"; LAT_COUNT=2000 LAT_RATE=2000 LAT_TIMEOUT=8 ;;
   smoke) : "${RUNS:=1}" "${LOG_MIB:=32}"; FANOUT_N="1 4"; FANOUT_FS="tmpfs"; LAT_COUNT=200 LAT_RATE=1000 LAT_TIMEOUT=5 ;;
 esac
 : "${OUT:=$REPO/bench/results}"
@@ -62,7 +62,11 @@ cleanup() {
   "$REPO/scripts/netns.sh" down --name "$NAME" >/dev/null 2>&1 || true
   rm -rf "$TMPFS_DIR" "$DISK_LOG_DIR"
   if [ $rc -ne 0 ]; then echo "bench.sh: failed (rc $rc); run logs kept in $WORK" >&2; fi
-  if [ $rc -eq 0 ] && [ -z "${KEEP_WORK:-}" ]; then rm -rf "$WORK"; fi
+  if [ $rc -eq 0 ] && [ -z "${KEEP_WORK:-}" ] && ! grep -q $'\tfailed\t' "$RAW" 2>/dev/null; then
+    rm -rf "$WORK"
+  elif [ $rc -eq 0 ]; then
+    echo "bench.sh: run logs kept in $WORK" >&2
+  fi
   exit $rc
 }
 trap cleanup EXIT
@@ -265,7 +269,8 @@ PY
   local g0 s0 p0 t0 t1= rc=0
   g0=$(proc_ticks "$GW_PID"); s0=$(softirq_ticks); p0=$(rx_packets); t0=$(now)
   local per=$RECORDS
-  [ "$n" -gt 1 ] && per=$(( (2 * RECORDS + n - 1) / n ))
+  # Fan-out: n consumers of the same partition share one log's worth of reading.
+  [ "$n" -gt 1 ] && per=$(( (RECORDS + n - 1) / n ))
   [ $per -gt $RECORDS ] && per=$RECORDS
   case $path in
     kafka-*)
@@ -392,8 +397,8 @@ measure_latency() { # path run
   stop_gw
   if [ $rc -ne 0 ] || [ -z "$out" ]; then
     local partial=
-    [ -n "$out" ] && partial="stalled: $(json_get count <<<"$out") of $LAT_COUNT records arrived, p50 of those $(json_get p50_us <<<"$out") µs; "
-    record latency "$path" tmpfs 1 "$run" failed - - - - - - "${partial}exit $rc: $clog"; return 0
+    [ -n "$out" ] && partial="stalled: $(json_get count <<<"$out") of $LAT_COUNT records arrived"
+    record latency "$path" tmpfs 1 "$run" failed - - - - - - "${partial:-exit $rc}: $(basename "$clog")"; return 0
   fi
   local p50 p99 p999
   p50=$(json_get p50_us <<<"$out") p99=$(json_get p99_us <<<"$out") p999=$(json_get p999_us <<<"$out")

@@ -69,11 +69,12 @@ class Cell:
         return f"{m} ({fmt(min(v))}–{fmt(max(v))})"
 
     def notes(self):
-        notes = sorted({r["note"] for r in self.rows if r["note"] not in ("", "-")})
+        ok_notes = sorted({r["note"] for r in self.ok() if r["note"] not in ("", "-")})
         failed = [r for r in self.rows if r["status"] == "failed"]
-        if failed and self.ok():
-            notes.append(f"{len(failed)}/{len(self.rows)} runs failed")
-        return "; ".join(notes)
+        if failed:
+            first = failed[0]["note"]
+            ok_notes.append(f"{len(failed)}/{len(self.rows)} runs failed (run {failed[0]['run']}: {first})")
+        return "; ".join(ok_notes)
 
 
 def f2(x):
