@@ -9,6 +9,7 @@
 //! - [`testnet`]: namespaces + veth pairs for tests, benchmarks and the demo.
 //! - [`kafka`]: the Kafka-protocol TCP listener (consumer subset; sendfile or copy).
 //! - [`fetch`]: the kxgw UDP fetch protocol (sans-I/O cores, kernel-UDP gateway and consumer).
+//! - [`xdp`]: the fast path: XDP steering program, AF_XDP engine (UMEM + log arena, sg/copy TX).
 //! - [`bench`]: measuring instruments of `scripts/bench.sh` (hidden `kxgw bench-tool`).
 //! - [`cmd`]: the subcommands of the `kxgw` binary (thin: parse, call the library, report).
 
@@ -21,3 +22,4 @@ pub mod log;
 pub mod metrics;
 pub mod privileges;
 pub mod testnet;
+pub mod xdp;

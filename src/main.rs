@@ -24,6 +24,10 @@ enum Cmd {
     Consume(kxgw::cmd::consume::Args),
     /// Run the gateway end to end on a veth pair: demo log, AF_XDP + Kafka TCP, consumers.
     Demo(kxgw::cmd::demo::Args),
+    /// AF_XDP engine with the raw echo/generator service (self-test, ceiling generator).
+    XdpRaw(kxgw::cmd::xdp_raw::Args),
+    /// Verifying client of `kxgw xdp-raw`.
+    XdpRawClient(kxgw::cmd::xdp_raw::ClientArgs),
     /// Measuring instruments of scripts/bench.sh (not a user command).
     #[command(hide = true)]
     BenchTool(kxgw::cmd::bench_tool::Args),
@@ -47,6 +51,8 @@ fn main() -> ExitCode {
         Cmd::Stats(args) => kxgw::cmd::stats::run(args),
         Cmd::Consume(args) => kxgw::cmd::consume::run(args),
         Cmd::Demo(args) => kxgw::cmd::demo::run(args),
+        Cmd::XdpRaw(args) => kxgw::cmd::xdp_raw::run(args),
+        Cmd::XdpRawClient(args) => kxgw::cmd::xdp_raw::run_client(args),
         Cmd::BenchTool(args) => kxgw::cmd::bench_tool::run(args),
     };
     match result {

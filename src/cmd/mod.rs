@@ -8,3 +8,4 @@ pub mod inspect;
 pub mod produce;
 pub mod serve;
 pub mod stats;
+pub mod xdp_raw;

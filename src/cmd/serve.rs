@@ -12,11 +12,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
-use crate::fetch::gateway::{FetchArgs, FetchListener};
+use crate::fetch::gateway::FetchArgs;
 use crate::kafka::{self, IoMode, KafkaConfig, KafkaListener};
 use crate::log::{Isolation, LogDir};
 use crate::metrics::{self, Metrics};
 use crate::privileges;
+use crate::xdp::fetch_endpoint::FetchEndpoint;
 
 /// Which offset bounds what consumers may read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -66,6 +67,9 @@ pub struct Args {
     /// The kxgw UDP fetch endpoint (--fetch-listen and its options).
     #[command(flatten)]
     pub fetch: FetchArgs,
+    /// The AF_XDP fast path for the fetch endpoint (--xdp-iface and its options).
+    #[command(flatten)]
+    pub xdp: crate::xdp::cli::XdpArgs,
     /// TOML file with the same settings as these flags (keys are the flag names with
     /// underscores: log_dir, kafka_listen...); a flag on the command line wins over the file.
     #[arg(long, value_name = "FILE")]
@@ -85,7 +89,7 @@ pub struct Args {
 /// The listeners started by this process (one field per listener kind).
 struct Running {
     kafka: Option<KafkaListener>,
-    fetch: Option<FetchListener>,
+    fetch: Option<FetchEndpoint>,
 }
 
 impl Running {
@@ -94,7 +98,7 @@ impl Running {
             log::info!("kafka stats: {}", k.stats());
         }
         if let Some(f) = &self.fetch {
-            log::info!("fetch stats: {}", f.stats());
+            log::info!("fetch stats: {}", f.report());
         }
     }
 
@@ -148,7 +152,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     let running = Running {
         kafka: start_kafka(&args, &log)?,
-        fetch: FetchListener::start(&log, &args.fetch)?,
+        fetch: crate::xdp::fetch_endpoint::start(&log, &args.fetch, &args.xdp)?,
     };
     if running.kafka.is_none() && running.fetch.is_none() {
         bail!("nothing to serve: give --kafka-listen ADDR:PORT and/or --fetch-listen IP:PORT");

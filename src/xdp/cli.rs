@@ -1,0 +1,59 @@
+//! Command-line flags of the fast path, shared by `kxgw serve` and `kxgw xdp-raw`.
+
+use super::acl::Cidr;
+use super::engine::{EngineConfig, TxStrategy};
+use super::loader::XdpMode;
+use super::xsk::ZeroCopyPolicy;
+
+/// `--xdp-*` flags.
+#[derive(Clone, Debug, clap::Args)]
+pub struct XdpArgs {
+    /// Interface to attach the XDP steering program and AF_XDP sockets to.
+    #[arg(long = "xdp-iface", value_name = "IF")]
+    pub iface: Option<String>,
+    /// XDP attach mode.
+    #[arg(long = "xdp-mode", value_enum, default_value = "native")]
+    pub xdp_mode: XdpMode,
+    /// RX queues to serve (0..N); default: all queues of the interface.
+    #[arg(long)]
+    pub queues: Option<u32>,
+    /// Spin on the rings and enable kernel busy polling (lowest latency, burns a core per queue).
+    #[arg(long)]
+    pub busy_poll: bool,
+    /// How payload bytes are transmitted.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tx_strategy: TxStrategy,
+    /// Fail instead of falling back to kernel UDP when XDP cannot be set up.
+    #[arg(long)]
+    pub require_xdp: bool,
+    /// Consumer prefixes allowed to fetch (repeatable); default: everyone.
+    #[arg(long = "allow", value_name = "CIDR")]
+    pub allow: Vec<Cidr>,
+    /// Size of the UMEM log arena (MiB) that stages log pages for the sg strategy.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub arena_mib: u64,
+    /// Never try zero-copy binding (copy mode only).
+    #[arg(long)]
+    pub no_zero_copy: bool,
+}
+
+impl XdpArgs {
+    /// Engine configuration for `endpoint` on interface `iface`.
+    pub fn engine_config(&self, iface: &str, endpoint: std::net::SocketAddr) -> EngineConfig {
+        EngineConfig {
+            iface: iface.to_string(),
+            endpoint,
+            allow: self.allow.clone(),
+            xdp_mode: self.xdp_mode,
+            queues: self.queues,
+            busy_poll: self.busy_poll,
+            tx_strategy: self.tx_strategy,
+            arena_bytes: self.arena_mib.max(1) << 20,
+            zero_copy: if self.no_zero_copy {
+                ZeroCopyPolicy::Never
+            } else {
+                ZeroCopyPolicy::Prefer
+            },
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Fast path: the XDP steering program and the AF_XDP engine.
+//!
+//! - [`loader`]: loads `bpf/kxgw.bpf.c`, attaches it through a bpf_link, owns its maps.
+//! - [`acl`]: consumer allowlist prefixes.
+//! - [`packet`]: request parsing and reply header building.
+//! - [`umem`]: the memfd-backed UMEM (frames + log arena); [`arena`]: the log arena cache.
+//! - [`xsk`]: per-queue AF_XDP sockets; [`engine`]: the per-queue workers and TX strategies.
+//! - [`fetch_endpoint`]: the fetch protocol over the engine, and `serve`'s endpoint with fallback.
+//! - [`raw`]: echo/generator service (`kxgw xdp-raw`); [`cli`]: the `--xdp-*` flags.
+
+pub mod acl;
+pub mod arena;
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod fetch_endpoint;
+pub mod loader;
+pub mod packet;
+pub mod raw;
+pub mod skel;
+pub mod umem;
+pub mod xsk;
+
+pub use acl::Cidr;
+pub use engine::{
+    Datagram, Engine, EngineConfig, EngineStats, Service, TxPayload, TxStrategy, Waker,
+    WorkerContext,
+};
+pub use error::XdpError;
+pub use loader::{Steering, SteeringConfig, SteeringCounters, XdpMode};
+pub use xsk::{BindMode, ZeroCopyPolicy};
+
+#[cfg(test)]
+mod steering_tests;

@@ -1,0 +1,344 @@
+//! One AF_XDP socket per RX queue, all sharing one UMEM; each with its own fill and
+//! completion rings. Bind asks for zero-copy and falls back to copy mode; EBUSY right after a
+//! previous socket on the queue closed is retried with backoff.
+
+use std::ffi::CString;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use super::error::XdpError;
+use super::umem::{errno, UmemArea};
+
+const XDP_SHARED_UMEM: u16 = 1 << 0;
+const XDP_COPY: u16 = 1 << 1;
+const XDP_ZEROCOPY: u16 = 1 << 2;
+const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+/// Multi-buffer: packets of several descriptors chained with XDP_PKT_CONTD.
+const XDP_USE_SG: u16 = 1 << 4;
+const SOL_XDP: libc::c_int = 283;
+const XDP_OPTIONS: libc::c_int = 8;
+const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+
+/// How the socket is bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindMode {
+    /// The NIC DMAs to and from the UMEM.
+    ZeroCopy,
+    /// The kernel copies between the UMEM and skbs (veth, drivers without AF_XDP support).
+    Copy,
+}
+
+impl BindMode {
+    /// Lower-case name for logs and stats.
+    pub fn name(self) -> &'static str {
+        match self {
+            BindMode::ZeroCopy => "zero-copy",
+            BindMode::Copy => "copy",
+        }
+    }
+}
+
+/// Ring sizes of one socket (powers of two).
+#[derive(Clone, Copy, Debug)]
+pub struct RingSizes {
+    /// RX descriptors.
+    pub rx: u32,
+    /// TX descriptors.
+    pub tx: u32,
+}
+
+/// A bound socket: the rings a worker drives.
+pub struct QueueSocket {
+    /// Interface queue.
+    pub queue: u32,
+    /// Fill ring.
+    pub fill: xdpilone::FillQueue,
+    /// Completion ring.
+    pub comp: xdpilone::CompletionQueue,
+    /// RX ring.
+    pub rx: xdpilone::RingRx,
+    /// TX ring.
+    pub tx: xdpilone::RingTx,
+    /// How it is bound.
+    pub mode: BindMode,
+    user: xdpilone::User,
+}
+
+impl QueueSocket {
+    /// The socket fd (for the XSKMAP and poll).
+    pub fn fd(&self) -> i32 {
+        self.user.as_raw_fd()
+    }
+
+    /// Kernel statistics of the socket.
+    pub fn statistics(&self) -> Option<xdpilone::xdp::XdpStatisticsV2> {
+        self.user.statistics_v2().ok()
+    }
+}
+
+/// Which bind modes to try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZeroCopyPolicy {
+    /// Zero-copy, else copy.
+    Prefer,
+    /// Copy mode only.
+    Never,
+}
+
+/// Opens and binds the socket of `queue`. `first` is the socket that carries the UMEM
+/// registration (it must be bound before the others can share it).
+pub fn open(
+    area: &UmemArea,
+    iface: &str,
+    ifindex: u32,
+    queue: u32,
+    first: bool,
+    rings: RingSizes,
+    zc: ZeroCopyPolicy,
+) -> Result<QueueSocket, XdpError> {
+    let umem = area.umem();
+    let mut info = xdpilone::IfInfo::invalid();
+    let name = CString::new(iface).map_err(|_| XdpError::NoInterface(iface.into()))?;
+    info.from_name(&name)
+        .map_err(|e| XdpError::sys(format!("looking up {iface}"), e.get_raw().abs()))?;
+    info.set_queue(queue);
+    let sock = if first {
+        xdpilone::Socket::with_shared(&info, umem)
+    } else {
+        xdpilone::Socket::new(&info)
+    }
+    .map_err(|e| XdpError::sys("creating an AF_XDP socket", e.get_raw().abs()))?;
+    let dq = umem.fq_cq(&sock).map_err(|e| {
+        XdpError::sys(
+            format!("creating fill/completion rings for {iface} queue {queue}"),
+            e.get_raw().abs(),
+        )
+    })?;
+    let cfg = xdpilone::SocketConfig {
+        rx_size: NonZeroU32::new(rings.rx),
+        tx_size: NonZeroU32::new(rings.tx),
+        bind_flags: 0, // bind() below sets its own flags
+    };
+    let user = umem.rx_tx(&sock, &cfg).map_err(|e| {
+        XdpError::sys(
+            format!("creating RX/TX rings for {iface} queue {queue}"),
+            e.get_raw().abs(),
+        )
+    })?;
+    let rx = user
+        .map_rx()
+        .map_err(|e| XdpError::sys("mapping the RX ring", e.get_raw().abs()))?;
+    let tx = user
+        .map_tx()
+        .map_err(|e| XdpError::sys("mapping the TX ring", e.get_raw().abs()))?;
+    // Sockets after the first share the UMEM of the first socket (the UMEM's own fd).
+    let shared_fd = if first { None } else { Some(umem_fd(area)) };
+    let fd = user.as_raw_fd();
+    let mode = bind_with_fallback(fd, iface, ifindex, queue, shared_fd, zc)?;
+    let (fill, comp) = dq.into_parts();
+    Ok(QueueSocket {
+        queue,
+        fill,
+        comp,
+        rx,
+        tx,
+        mode,
+        user,
+    })
+}
+
+/// The fd that registered the UMEM (first socket): xdpilone exposes it through a socket
+/// created with `with_shared`.
+fn umem_fd(area: &UmemArea) -> i32 {
+    let info = xdpilone::IfInfo::invalid();
+    match xdpilone::Socket::with_shared(&info, area.umem()) {
+        Ok(s) => s.as_raw_fd(),
+        Err(_) => -1,
+    }
+}
+
+fn bind_with_fallback(
+    fd: i32,
+    iface: &str,
+    ifindex: u32,
+    queue: u32,
+    shared: Option<i32>,
+    zc: ZeroCopyPolicy,
+) -> Result<BindMode, XdpError> {
+    if shared.is_some() {
+        // A socket sharing the UMEM inherits its mode, need_wakeup and multi-buffer settings;
+        // the kernel refuses any of those flags next to XDP_SHARED_UMEM (EINVAL).
+        bind_retrying(fd, ifindex, queue, shared, 0).map_err(|e| {
+            XdpError::sys(
+                format!("binding an AF_XDP socket to {iface} queue {queue} (shared UMEM)"),
+                e,
+            )
+        })?;
+        return Ok(confirm_mode(fd, BindMode::Copy));
+    }
+    let base = XDP_USE_NEED_WAKEUP | XDP_USE_SG;
+    if zc == ZeroCopyPolicy::Prefer {
+        match bind_retrying(fd, ifindex, queue, shared, base | XDP_ZEROCOPY) {
+            Ok(()) => return Ok(confirm_mode(fd, BindMode::ZeroCopy)),
+            Err(e) => log::info!(
+                "AF_XDP {iface} queue {queue}: zero-copy bind refused ({}), falling back to copy mode",
+                std::io::Error::from_raw_os_error(e)
+            ),
+        }
+    }
+    bind_retrying(fd, ifindex, queue, shared, base | XDP_COPY).map_err(|e| {
+        XdpError::sys(
+            format!("binding an AF_XDP socket to {iface} queue {queue} (copy mode)"),
+            e,
+        )
+    })?;
+    Ok(confirm_mode(fd, BindMode::Copy))
+}
+
+/// Asks the kernel which mode the socket really got (XDP_OPTIONS).
+fn confirm_mode(fd: i32, asked: BindMode) -> BindMode {
+    let mut opts: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: getsockopt into a u32 with its length.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            XDP_OPTIONS,
+            (&mut opts as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return asked;
+    }
+    if opts & XDP_OPTIONS_ZEROCOPY != 0 {
+        BindMode::ZeroCopy
+    } else {
+        BindMode::Copy
+    }
+}
+
+#[repr(C)]
+struct SockaddrXdp {
+    family: u16,
+    flags: u16,
+    ifindex: u32,
+    queue_id: u32,
+    shared_umem_fd: u32,
+}
+
+/// bind(2), retrying EBUSY (queue still held by a socket that just closed) for up to ~3 s.
+fn bind_retrying(
+    fd: i32,
+    ifindex: u32,
+    queue: u32,
+    shared: Option<i32>,
+    flags: u16,
+) -> Result<(), i32> {
+    let mut addr = SockaddrXdp {
+        family: libc::AF_XDP as u16,
+        flags,
+        ifindex,
+        queue_id: queue,
+        shared_umem_fd: 0,
+    };
+    if let Some(s) = shared {
+        addr.flags |= XDP_SHARED_UMEM;
+        addr.shared_umem_fd = s as u32;
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        // SAFETY: bind with a properly sized sockaddr_xdp.
+        let r = unsafe {
+            libc::bind(
+                fd,
+                (&addr as *const SockaddrXdp).cast(),
+                std::mem::size_of::<SockaddrXdp>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = errno();
+        if e != libc::EBUSY || Instant::now() >= deadline {
+            return Err(e);
+        }
+        log::debug!("AF_XDP bind to queue {queue}: EBUSY, retrying in {backoff:?}");
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Enables kernel busy polling on the socket (SO_PREFER_BUSY_POLL, SO_BUSY_POLL,
+/// SO_BUSY_POLL_BUDGET). Best effort: returns what failed.
+pub fn enable_busy_poll(fd: i32) -> Result<(), String> {
+    const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+    const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+    for (opt, val, name) in [
+        (SO_PREFER_BUSY_POLL, 1, "SO_PREFER_BUSY_POLL"),
+        (libc::SO_BUSY_POLL, 20, "SO_BUSY_POLL"),
+        (SO_BUSY_POLL_BUDGET, 64, "SO_BUSY_POLL_BUDGET"),
+    ] {
+        let v: libc::c_int = val;
+        // SAFETY: setsockopt with an int value.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(format!(
+                "{name}: {}",
+                std::io::Error::from_raw_os_error(errno())
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// RX queues of `iface` in use (sysfs shows one `rx-N` per real RX queue).
+pub fn rx_queue_count(iface: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The interface MTU (SIOCGIFMTU).
+pub fn mtu(iface: &str) -> Result<u32, XdpError> {
+    let name = iface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(XdpError::NoInterface(iface.to_string()));
+    }
+    // SAFETY: a datagram socket only used for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(XdpError::sys("socket for SIOCGIFMTU", errno()));
+    }
+    // SAFETY: ifreq is plain old data; zeroed is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU fills ifr_ifru.ifru_mtu of a valid ifreq.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
+    let e = errno();
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(fd) };
+    if r != 0 {
+        return Err(XdpError::sys(format!("reading the MTU of {iface}"), e));
+    }
+    // SAFETY: the kernel wrote the mtu member.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).map_err(|_| XdpError::NoInterface(iface.to_string()))
+}

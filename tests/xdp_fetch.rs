@@ -1,0 +1,329 @@
+//! The fetch protocol over the AF_XDP fast path, end to end: `kxgw serve --xdp-iface` in the
+//! gateway namespace, `kxgw consume --verify` in the consumer namespace, real multi-segment
+//! logs written by the log writer.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use kxgw::log::writer::{produce, ProduceConfig, WriterConfig};
+use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
+
+const PORT: u16 = 9093;
+const TOPIC: &str = "xf";
+/// The subcommand that runs the gateway.
+const SERVE: &str = "serve";
+
+fn exe() -> &'static str {
+    env!("CARGO_BIN_EXE_kxgw")
+}
+
+fn endpoint() -> String {
+    format!("{GW_ADDR}:{PORT}")
+}
+
+fn produce_records(dir: &Path, records: u64, segment_bytes: u64) -> u64 {
+    let s = produce(&ProduceConfig {
+        log_dir: dir.to_path_buf(),
+        topic: TOPIC.into(),
+        partitions: 1,
+        records,
+        record_size: 1000,
+        batch_records: 32,
+        key_size: 16,
+        headers: 0,
+        writer: WriterConfig {
+            segment_bytes,
+            ..WriterConfig::default()
+        },
+        write_checkpoint: false,
+    })
+    .expect("producing the test log");
+    s.bytes
+}
+
+fn segments(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join(format!("{TOPIC}-0")))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))
+        })
+        .count()
+}
+
+struct Gateway {
+    child: KillOnDrop,
+    lines: mpsc::Receiver<String>,
+    banner: String,
+}
+
+impl Gateway {
+    /// Starts `kxgw serve` with the AF_XDP fetch endpoint and waits for its transport line.
+    fn start(net: &TestNet, dir: &Path, iface: &str, extra: &[&str]) -> Gateway {
+        let mut cmd = net.gw_command(exe());
+        cmd.args([SERVE, "--log-dir"])
+            .arg(dir)
+            .args(["--fetch-listen", &endpoint(), "--xdp-iface", iface])
+            .args(["--arena-mib", "64"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning kxgw serve");
+        let (tx, rx) = mpsc::channel();
+        // Both streams: the transport line is on stdout, the counters are logged to stderr.
+        let out = child.stdout.take().expect("piped");
+        let err = child.stderr.take().expect("piped");
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("gateway: {l}");
+                if tx2.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut child = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let banner = loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) if l.starts_with("kxgw: ") && l.contains("fetch endpoint") => break l,
+                Ok(_) => {}
+                Err(_) => {
+                    if let Ok(Some(s)) = child.0.try_wait() {
+                        panic!("kxgw serve exited early: {s}");
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "kxgw serve did not report its fetch endpoint"
+                    );
+                }
+            }
+        };
+        Gateway {
+            child,
+            lines: rx,
+            banner,
+        }
+    }
+
+    /// SIGTERM; returns what it printed on the way out (the counters).
+    fn stop(mut self) -> String {
+        let status = self.child.terminate(Duration::from_secs(10)).unwrap();
+        assert!(status.success(), "serve exit: {status}");
+        let mut rest = String::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            rest.push_str(&l);
+            rest.push('\n');
+        }
+        rest
+    }
+}
+
+fn counter(stats: &str, name: &str) -> u64 {
+    let at = stats
+        .find(&format!("{name}: "))
+        .unwrap_or_else(|| panic!("no {name} in {stats}"));
+    stats[at + name.len() + 2..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+fn consume(net: &TestNet, args: &[&str]) -> Output {
+    let out = net
+        .client_command(exe())
+        .args(["consume", "--fetch", &endpoint(), "--topic", TOPIC])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kxgw consume");
+    eprintln!(
+        "consume {args:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// "verified N records (offsets a..b) in K batches, B bytes ... errors: 0" -> (N, B).
+fn verified(out: &Output) -> (u64, u64) {
+    assert!(out.status.success(), "consume failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("verified "))
+        .unwrap_or_else(|| panic!("no summary in {text:?}"));
+    assert!(line.ends_with("errors: 0"), "{line}");
+    let w: Vec<&str> = line.split_whitespace().collect();
+    (w[1].parse().unwrap(), w[8].parse().unwrap())
+}
+
+/// One log, three gateways (one per TX strategy), each consumed whole and verified.
+fn whole_log_each_strategy(mtu: u32, loss: u32, records: u64, tag: &str) {
+    let net = TestNet::new(tag, mtu).expect("test network");
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = produce_records(dir.path(), records, 64 << 20);
+    assert!(segments(dir.path()) >= 2, "want a multi-segment log");
+    if loss > 0 {
+        net.inject_client_loss(loss).expect("loss rule");
+    }
+    for strategy in ["sg", "copy", "auto"] {
+        let gw = Gateway::start(&net, dir.path(), &net.gw_if, &["--tx-strategy", strategy]);
+        assert!(gw.banner.contains("AF_XDP"), "{}", gw.banner);
+        assert!(gw.banner.contains("bind mode copy"), "veth: {}", gw.banner);
+        assert!(net.gw_has_xdp().unwrap());
+        let t = Instant::now();
+        let out = consume(
+            &net,
+            &[
+                "--from-beginning",
+                "--verify",
+                "--count",
+                &records.to_string(),
+            ],
+        );
+        let took = t.elapsed();
+        let (n, got) = verified(&out);
+        assert_eq!(n, records, "every record");
+        assert_eq!(got, bytes, "byte-exact: every batch byte of every segment");
+        if loss > 0 {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(!text.contains("loss recovered: 0 re-fetches"), "{text}");
+        }
+        let stats = gw.stop();
+        eprintln!(
+            "MTU {mtu}, {loss}% loss, strategy {strategy}: {} MiB in {took:?}\n{stats}",
+            bytes >> 20
+        );
+        assert_eq!(counter(&stats, "tx_invalid_descs"), 0, "{stats}");
+        assert_eq!(counter(&stats, "oversize"), 0, "{stats}");
+        assert!(counter(&stats, "steered") > 0, "{stats}");
+        let (sg, copy) = (counter(&stats, "tx_sg"), counter(&stats, "tx_copy"));
+        let data = counter(&stats, "tx_packets");
+        match strategy {
+            "sg" => assert!(sg * 10 >= data * 9, "sg sends the data: {stats}"),
+            // copy, and auto in copy mode (veth): everything copied into frames.
+            _ => assert_eq!(sg, 0, "{stats}"),
+        }
+        assert!(sg + copy == data, "{stats}");
+    }
+}
+
+#[test]
+fn log_of_256_mib_byte_exact_with_each_tx_strategy() {
+    // 260000 records of 1000 B: ~267 MB in 64 MiB segments.
+    whole_log_each_strategy(1500, 0, 260_000, "xfbig");
+}
+
+#[test]
+fn log_of_256_mib_byte_exact_with_one_percent_loss() {
+    whole_log_each_strategy(1500, 1, 260_000, "xfloss");
+}
+
+#[test]
+fn jumbo_mtus_on_both_ends() {
+    whole_log_each_strategy(9000, 0, 70_000, "xfj9k");
+    whole_log_each_strategy(65535, 0, 70_000, "xfj64k");
+}
+
+#[test]
+fn tailing_consumer_gets_appends_over_af_xdp() {
+    let net = TestNet::new("xftail", 1500).expect("test network");
+    let dir = tempfile::tempdir().unwrap();
+    produce_records(dir.path(), 5000, 1 << 30);
+    let gw = Gateway::start(&net, dir.path(), &net.gw_if, &[]);
+    let mut consumer = KillOnDrop(
+        net.client_command(exe())
+            .args(["consume", "--fetch", &endpoint(), "--topic", TOPIC])
+            .args([
+                "--offset", "5000", "--follow", "--count", "3000", "--verify",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        consumer.0.try_wait().unwrap().is_none(),
+        "it waits at the end"
+    );
+    for _ in 0..3 {
+        produce_records(dir.path(), 1000, 1 << 30);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = consumer.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tailing consumer did not get 3000 records"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut text = String::new();
+    if let Some(mut o) = consumer.0.stdout.take() {
+        o.read_to_string(&mut text).unwrap();
+    }
+    assert!(status.success(), "{text}");
+    assert!(text.contains("verified 3000 records"), "{text}");
+    let stats = gw.stop();
+    assert!(counter(&stats, "steered") > 0, "{stats}");
+}
+
+#[test]
+fn without_xdp_it_falls_back_to_kernel_udp_unless_required() {
+    let net = TestNet::new("xffall", 1500).expect("test network");
+    let dir = tempfile::tempdir().unwrap();
+    produce_records(dir.path(), 2000, 1 << 30);
+    // No such interface: falls back, says why, still serves.
+    let gw = Gateway::start(&net, dir.path(), "nosuchif0", &[]);
+    assert!(gw.banner.contains("kernel UDP"), "{}", gw.banner);
+    assert!(
+        gw.banner.contains("nosuchif0"),
+        "names the interface: {}",
+        gw.banner
+    );
+    assert!(!net.gw_has_xdp().unwrap());
+    let out = consume(&net, &["--from-beginning", "--verify", "--count", "2000"]);
+    assert_eq!(verified(&out).0, 2000);
+    gw.stop();
+    // --require-xdp: refuses to start, and says why.
+    let out = net
+        .gw_command(exe())
+        .args([SERVE, "--log-dir"])
+        .arg(dir.path())
+        .args([
+            "--fetch-listen",
+            &endpoint(),
+            "--xdp-iface",
+            "nosuchif0",
+            "--require-xdp",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("require-xdp") && err.contains("nosuchif0"),
+        "{err}"
+    );
+}
