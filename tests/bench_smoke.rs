@@ -3,8 +3,9 @@
 //! out with a number for every path this build offers (and "not available" only for the others),
 //! so a path that lands but breaks under the benchmark fails here, not in a release run.
 
+use std::io::Read;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KXGW: &str = env!("CARGO_BIN_EXE_kxgw");
@@ -43,22 +44,53 @@ fn bench_smoke_produces_a_table_with_every_available_path() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = tempfile::tempdir().expect("temp dir");
     let t0 = Instant::now();
-    let run = Command::new(repo.join("scripts/bench.sh"))
+    let mut child = Command::new(repo.join("scripts/bench.sh"))
         .args(["--smoke", "--kxgw", KXGW, "--out"])
         .arg(out.path())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("running scripts/bench.sh");
+    // Drain the pipes on threads so a chatty run cannot block on a full pipe.
+    let mut so = child.stdout.take().expect("piped stdout");
+    let mut se = child.stderr.take().expect("piped stderr");
+    let so = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let se = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    // About 30 s on an idle 2-vCPU machine; the bound only catches a hang (SIGTERM makes the
+    // script's trap remove its namespaces).
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("waiting for bench.sh") {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(300) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+            panic!(
+                "bench.sh --smoke still running after 300 s: {}",
+                se.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let elapsed = t0.elapsed();
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let _ = so.join();
+    let stderr = se.join().unwrap_or_default();
     assert!(
-        run.status.success(),
-        "bench.sh --smoke failed: {}\n{stderr}",
-        run.status
+        status.success(),
+        "bench.sh --smoke failed: {status}\n{stderr}"
     );
-    assert!(
-        elapsed < Duration::from_secs(90),
-        "smoke run took {elapsed:?}"
-    );
+    eprintln!("bench.sh --smoke took {elapsed:?}");
 
     let md_path = out.path().join("smoke-mtu1500.md");
     let md = std::fs::read_to_string(&md_path)

@@ -6,12 +6,14 @@
 //! - [`load`]: N concurrent Kafka consumers of one partition, consumer-side throughput;
 //! - [`sendfile_loop`]: a protocol-free sendfile(2) server and stream reader, the ceiling of the
 //!   sendfile path on the same link;
+//! - [`raw_udp`]: a recvmmsg receiver for the raw AF_XDP generator (the fast path's ceiling);
 //! - [`latency`]: a stamping producer and tailing probes (produce-to-consume delay).
 
 pub mod batches;
 pub mod kafka_client;
 pub mod latency;
 pub mod load;
+pub mod raw_udp;
 pub mod sendfile_loop;
 
 use std::time::Duration;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 
-use crate::bench::{latency, load, sendfile_loop};
+use crate::bench::{latency, load, raw_udp, sendfile_loop};
 
 /// Arguments of `kxgw bench-tool`.
 #[derive(Debug, clap::Args)]
@@ -37,6 +37,18 @@ enum Tool {
         /// CRC32C every byte read (the same per-byte work as the Kafka load client).
         #[arg(long)]
         crc: bool,
+    },
+    /// Receive the raw AF_XDP generator's pattern (`kxgw xdp-raw`) with recvmmsg; throughput.
+    RawUdpClient {
+        #[arg(long)]
+        server: std::net::SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+        /// Datagram payload size asked for (the generator clamps it to its MTU).
+        #[arg(long, default_value_t = 65536)]
+        size: usize,
+        #[arg(long, default_value_t = 16 << 20)]
+        window: u64,
     },
     /// N concurrent Kafka Fetch consumers of one partition; aggregate throughput.
     KafkaLoad {
@@ -128,6 +140,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         } => {
             let t = sendfile_loop::read_stream(&connect, bytes, buf_size, crc)?;
             println!("{}", t.to_json(""));
+        }
+        Tool::RawUdpClient {
+            server,
+            bytes,
+            size,
+            window,
+        } => {
+            let r = raw_udp::receive(server, bytes, size, window, Duration::from_millis(100))?;
+            println!(
+                "{}",
+                r.throughput.to_json(&format!(
+                    ",\"datagrams\":{},\"lost_bytes\":{}",
+                    r.datagrams, r.lost_bytes
+                ))
+            );
         }
         Tool::KafkaLoad {
             bootstrap,
