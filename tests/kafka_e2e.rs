@@ -125,6 +125,18 @@ impl Gateway {
         }
     }
 
+    /// Counters once `ready` holds for them, or the last ones after 20 s.
+    fn stats_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let stats = self.stats();
+            if ready(&stats) || Instant::now() > deadline {
+                return stats;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Stops with SIGTERM and checks for a clean exit.
     fn stop(mut self) -> String {
         let status = self.child.terminate(Duration::from_secs(10)).unwrap();
@@ -546,7 +558,9 @@ fn an_active_consumer_completes_with_a_thousand_idle_and_ten_stalled_connections
         }
         conns
     });
-    let stats = gw.stats();
+    // connect() returns once the kernel has queued the connection; the gateway accepts and
+    // reads them on its own schedule, so wait for it to have seen all of them.
+    let stats = gw.stats_when(|s| counter(s, "open") >= 1010 && counter(s, "parked") >= 500);
     assert!(counter(&stats, "open") >= 1010, "{stats}");
     let started = Instant::now();
     let out = kcat(&net, addr, "busy", 0);
