@@ -450,5 +450,6 @@ python3 "$REPO/scripts/bench_report.py" --raw "$RAW" --out "$BASE" \
   --log "$LOG_BYTES bytes per log ($RECORDS records of $RECORD_SIZE B, $BATCH_RECORDS records per batch, 1 partition)" \
   --fanout "$FANOUT_N"
 cp "$RAW" "$BASE.raw.tsv"
+rm -f "$BASE"-*.dat
 say "wrote $BASE.md (raw runs: $BASE.raw.tsv, plots: $BASE-*.png) in ${ELAPSED}s"
 cat "$BASE.md"
