@@ -11,8 +11,10 @@
 //! - [`fetch`]: the kxgw UDP fetch protocol (sans-I/O cores, kernel-UDP gateway and consumer).
 //! - [`xdp`]: the fast path: XDP steering program, AF_XDP engine (UMEM + log arena, sg/copy TX).
 //! - [`fuzzing`]: fuzz entry points (cargo-fuzz targets in `fuzz/`, corpus replay in tests).
+//! - [`bench`]: measuring instruments of `scripts/bench.sh` (hidden `kxgw bench-tool`).
 //! - [`cmd`]: the subcommands of the `kxgw` binary (thin: parse, call the library, report).
 
+pub mod bench;
 pub mod cmd;
 pub mod config;
 pub mod fetch;

@@ -28,6 +28,9 @@ enum Cmd {
     XdpRaw(kxgw::cmd::xdp_raw::Args),
     /// Verifying client of `kxgw xdp-raw`.
     XdpRawClient(kxgw::cmd::xdp_raw::ClientArgs),
+    /// Measuring instruments of scripts/bench.sh (not a user command).
+    #[command(hide = true)]
+    BenchTool(kxgw::cmd::bench_tool::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Cmd::Demo(args) => kxgw::cmd::demo::run(args),
         Cmd::XdpRaw(args) => kxgw::cmd::xdp_raw::run(args),
         Cmd::XdpRawClient(args) => kxgw::cmd::xdp_raw::run_client(args),
+        Cmd::BenchTool(args) => kxgw::cmd::bench_tool::run(args),
     };
     match result {
         Ok(code) => code,

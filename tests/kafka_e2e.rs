@@ -125,6 +125,18 @@ impl Gateway {
         }
     }
 
+    /// Counters once `ready` holds for them, or the last ones after 20 s.
+    fn stats_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let stats = self.stats();
+            if ready(&stats) || Instant::now() > deadline {
+                return stats;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Stops with SIGTERM and checks for a clean exit.
     fn stop(mut self) -> String {
         let status = self.child.terminate(Duration::from_secs(10)).unwrap();
@@ -546,7 +558,9 @@ fn an_active_consumer_completes_with_a_thousand_idle_and_ten_stalled_connections
         }
         conns
     });
-    let stats = gw.stats();
+    // connect() returns once the kernel has queued the connection; the gateway accepts and
+    // reads them on its own schedule, so wait for it to have seen all of them.
+    let stats = gw.stats_when(|s| counter(s, "open") >= 1010 && counter(s, "parked") >= 500);
     assert!(counter(&stats, "open") >= 1010, "{stats}");
     let started = Instant::now();
     let out = kcat(&net, addr, "busy", 0);
@@ -575,4 +589,50 @@ fn an_active_consumer_completes_with_a_thousand_idle_and_ten_stalled_connections
         std::thread::sleep(Duration::from_millis(100));
     }
     gw.stop();
+}
+
+#[test]
+fn sigterm_drains_a_response_the_consumer_is_still_reading() {
+    let net = TestNet::new("kdrain", 1500).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("logs");
+    // 20,000 x 1000-byte records: a 1 MiB fetch response is far more than the socket
+    // buffers hold, so most of it is still queued in the gateway when SIGTERM arrives.
+    produce(&dir, "drain", 1, 20_000, &["--record-size", "1000"]);
+    let gw = Gateway::start(&net, &dir, 9092, "sendfile", work.path());
+    let addr = gw.addr;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn({
+        let net_ns = net.client_ns.clone();
+        move || {
+            kxgw_in_ns(&net_ns);
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&frame(ApiKey::Fetch, 11, 7, &fetch("drain", 0, 0, 0)))
+                .unwrap();
+            // Let the gateway queue the response, then wait for the SIGTERM before reading.
+            std::thread::sleep(Duration::from_millis(300));
+            tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).unwrap();
+            let len = u32::from_be_bytes(len) as usize;
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).unwrap();
+            len
+        }
+    });
+    rx.recv().unwrap();
+    let pid = nix::unistd::Pid::from_raw(gw.child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let len = reader.join().expect("the consumer read its whole response");
+    assert!(len > 1_000_000, "a full 1 MiB response, got {len} bytes");
+    let log = gw.stop();
+    assert!(!log.contains("unsent responses"), "{log}");
+}
+
+/// Moves the calling thread into network namespace `ns`.
+fn kxgw_in_ns(ns: &str) {
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
 }

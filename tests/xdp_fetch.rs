@@ -327,3 +327,49 @@ fn without_xdp_it_falls_back_to_kernel_udp_unless_required() {
         "{err}"
     );
 }
+
+#[test]
+fn kafka_tcp_and_arp_work_beside_xdp_and_sigkill_leaves_nothing_attached() {
+    let net = TestNet::new("xfkill", 1500).expect("test network");
+    let dir = tempfile::tempdir().unwrap();
+    produce_records(dir.path(), 3000, 1 << 30);
+    let kafka = format!("{GW_ADDR}:9092");
+    let mut gw = Gateway::start(&net, dir.path(), &net.gw_if, &["--kafka-listen", &kafka]);
+    assert!(gw.banner.contains("AF_XDP"), "{}", gw.banner);
+    assert!(net.gw_has_xdp().unwrap());
+    // A fresh ARP exchange, then the Kafka protocol over TCP, both through the XDP program.
+    kxgw::testnet::ip(["-n", &net.client_ns, "neigh", "flush", "all"]).unwrap();
+    let out = net
+        .client_command(exe())
+        .args(["consume", "--bootstrap", &kafka, "--topic", TOPIC])
+        .args(["--from-beginning", "--verify", "--count", "3000"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        verified(&out).0,
+        3000,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = consume(&net, &["--from-beginning", "--verify", "--count", "3000"]);
+    assert_eq!(verified(&out).0, 3000);
+    // SIGKILL: the bpf_link goes with the process.
+    gw.child.0.kill().unwrap();
+    gw.child.0.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while net.gw_has_xdp().unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "XDP program still attached after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A new gateway attaches, rebinds the queue and serves.
+    let gw2 = Gateway::start(&net, dir.path(), &net.gw_if, &[]);
+    assert!(gw2.banner.contains("AF_XDP"), "{}", gw2.banner);
+    let out = consume(&net, &["--from-beginning", "--verify", "--count", "3000"]);
+    assert_eq!(verified(&out).0, 3000);
+    let stats = gw2.stop();
+    assert!(counter(&stats, "steered") > 0, "{stats}");
+}

@@ -24,6 +24,8 @@ use crate::log::LogDir;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
+/// How long a stopping listener keeps sending responses it had already queued.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_CONN: usize = 2;
 /// Bytes read from a socket per step (then requests are processed before reading more).
 const READ_STEP: usize = 64 * 1024;
@@ -281,12 +283,52 @@ impl EventLoop {
             }
             self.expire();
         }
+        self.drain(&mut events, DRAIN_TIMEOUT);
         let open = self.conns.len();
         for (_, mut c) in self.conns.drain() {
             let _ = self.poll.registry().deregister(&mut c.stream);
             inc(&self.stats.conns_closed);
         }
         log::info!("kafka listener stopped ({open} connections closed)");
+    }
+
+    /// On shutdown: accept and read nothing more, but finish sending the responses already
+    /// queued (a consumer mid-response gets its whole response), for at most `timeout`.
+    fn drain(&mut self, events: &mut Events, timeout: Duration) {
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        for c in self.conns.values_mut() {
+            c.read_eof = true;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pending: Vec<Token> = self
+                .conns
+                .iter_mut()
+                .filter_map(|(t, c)| (!c.session.out().is_empty()).then_some(*t))
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                log::warn!(
+                    "kafka listener: {} connections still had unsent responses after {timeout:?}",
+                    pending.len()
+                );
+                return;
+            }
+            for t in pending {
+                self.drive(t);
+            }
+            let wait = deadline
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(50));
+            if let Err(e) = self.poll.poll(events, Some(wait)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return;
+                }
+            }
+        }
     }
 
     /// Whether a heap entry still is the deadline of a waiting fetch.

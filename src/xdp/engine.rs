@@ -280,6 +280,13 @@ impl Engine {
         let max_datagram = max_datagram(mtu, cfg.endpoint)?;
         let available = xsk::rx_queue_count(&cfg.iface);
         let queues = cfg.queues.unwrap_or(available).clamp(1, available.max(1));
+        if cfg.queues.is_some_and(|q| q != queues) {
+            log::warn!(
+                "--queues {}: {} has {available} RX queue(s); serving {queues}",
+                cfg.queues.unwrap_or(0),
+                cfg.iface
+            );
+        }
         let mut steering = Steering::load(&SteeringConfig {
             fetch: cfg.endpoint,
             allow: cfg.allow.clone(),

@@ -1,0 +1,164 @@
+//! A minimal blocking Kafka Fetch client: one connection, one request in flight, codecs from the
+//! `kafka-protocol` crate. It is the measuring consumer of the TCP paths, so it does no more
+//! work per byte than a real consumer must (read the response, walk and CRC-check the batches).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{
+    ApiKey, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+/// Largest response the client accepts (a bad length prefix must not allocate gigabytes).
+const MAX_RESPONSE: usize = 256 << 20;
+
+/// One partition's answer to a fetch.
+#[derive(Debug, Clone)]
+pub struct FetchAnswer {
+    /// Kafka error code of the partition (0 = none).
+    pub error_code: i16,
+    /// High watermark reported by the gateway.
+    pub high_watermark: i64,
+    /// The records section (whole batches, possibly a partial one at the end).
+    pub records: Bytes,
+}
+
+/// What a fetch asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchParams {
+    /// Partition to read.
+    pub partition: i32,
+    /// First offset wanted.
+    pub offset: i64,
+    /// `partition_max_bytes` (and `max_bytes`) of the request.
+    pub max_bytes: i32,
+    /// Long-poll bound.
+    pub max_wait_ms: i32,
+    /// Answer as soon as this many bytes are available.
+    pub min_bytes: i32,
+}
+
+/// A blocking connection to a Kafka(-protocol) listener.
+#[derive(Debug)]
+pub struct KafkaFetcher {
+    stream: TcpStream,
+    topic: String,
+    version: i16,
+    correlation: i32,
+}
+
+impl KafkaFetcher {
+    /// Connects to `addr` (HOST:PORT) for fetches of `topic` with Fetch request `version`.
+    pub fn connect(addr: &str, topic: &str, version: i16) -> Result<KafkaFetcher> {
+        if !(4..=11).contains(&version) {
+            bail!("fetch version {version} not supported by the bench client (4..=11)");
+        }
+        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        Ok(KafkaFetcher {
+            stream,
+            topic: topic.to_owned(),
+            version,
+            correlation: 0,
+        })
+    }
+
+    /// Sets a read timeout (long-poll responses may take up to max_wait_ms).
+    pub fn set_timeout(&self, t: Duration) -> Result<()> {
+        self.stream.set_read_timeout(Some(t)).context("SO_RCVTIMEO")
+    }
+
+    /// Sends one Fetch request and waits for its response.
+    pub fn fetch(&mut self, p: FetchParams) -> Result<FetchAnswer> {
+        self.correlation = self.correlation.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Fetch as i16)
+            .with_request_api_version(self.version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("kxgw-bench")));
+        let part = FetchPartition::default()
+            .with_partition(p.partition)
+            .with_current_leader_epoch(-1)
+            .with_fetch_offset(p.offset)
+            .with_last_fetched_epoch(-1)
+            .with_log_start_offset(-1)
+            .with_partition_max_bytes(p.max_bytes);
+        let topic = FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(self.topic.clone())))
+            .with_partitions(vec![part]);
+        let req = FetchRequest::default()
+            .with_replica_id((-1).into())
+            .with_max_wait_ms(p.max_wait_ms)
+            .with_min_bytes(p.min_bytes)
+            .with_max_bytes(p.max_bytes)
+            .with_isolation_level(0)
+            .with_session_id(0)
+            .with_session_epoch(-1)
+            .with_topics(vec![topic]);
+        let mut buf = BytesMut::with_capacity(128);
+        buf.put_i32(0);
+        header
+            .encode(&mut buf, FetchRequest::header_version(self.version))
+            .context("encoding request header")?;
+        req.encode(&mut buf, self.version)
+            .context("encoding Fetch")?;
+        let len = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        self.stream.write_all(&buf).context("sending Fetch")?;
+
+        let mut len = [0u8; 4];
+        self.stream
+            .read_exact(&mut len)
+            .context("reading response length")?;
+        let len = i32::from_be_bytes(len);
+        if len < 0 || len as usize > MAX_RESPONSE {
+            bail!("response length {len} out of range");
+        }
+        // read_to_end on a Take reads into spare capacity without zeroing it first.
+        let mut body = Vec::with_capacity(len as usize);
+        (&mut self.stream)
+            .take(len as u64)
+            .read_to_end(&mut body)
+            .context("reading response")?;
+        if body.len() != len as usize {
+            bail!(
+                "connection closed after {} of {len} response bytes",
+                body.len()
+            );
+        }
+        let mut body = Bytes::from(body);
+        let rh = ResponseHeader::decode(&mut body, FetchResponse::header_version(self.version))
+            .context("decoding response header")?;
+        if rh.correlation_id != self.correlation {
+            bail!(
+                "correlation id {} != {}",
+                rh.correlation_id,
+                self.correlation
+            );
+        }
+        let resp =
+            FetchResponse::decode(&mut body, self.version).context("decoding Fetch response")?;
+        if resp.error_code != 0 {
+            bail!("Fetch error code {}", resp.error_code);
+        }
+        let data = resp
+            .responses
+            .into_iter()
+            .filter(|t| t.topic.0.as_str() == self.topic)
+            .flat_map(|t| t.partitions)
+            .find(|d| d.partition_index == p.partition)
+            .with_context(|| {
+                format!("no data for {}-{} in the response", self.topic, p.partition)
+            })?;
+        Ok(FetchAnswer {
+            error_code: data.error_code,
+            high_watermark: data.high_watermark,
+            records: data.records.unwrap_or_default(),
+        })
+    }
+}

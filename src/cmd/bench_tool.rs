@@ -1,0 +1,252 @@
+//! `kxgw bench-tool` (hidden): the measuring instruments `scripts/bench.sh` drives. Each
+//! subcommand prints one JSON line on stdout.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::Subcommand;
+
+use crate::bench::{latency, load, raw_udp, sendfile_loop};
+
+/// Arguments of `kxgw bench-tool`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    tool: Tool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Tool {
+    /// Serve FILE over and over with sendfile(2) to every connection, no protocol (ceiling).
+    SendfileServer {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Read BYTES from a stream server and report the throughput.
+    StreamClient {
+        #[arg(long)]
+        connect: String,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long, default_value_t = 1 << 20)]
+        buf_size: usize,
+        /// CRC32C every byte read (the same per-byte work as the Kafka load client).
+        #[arg(long)]
+        crc: bool,
+    },
+    /// Receive the raw AF_XDP generator's pattern (`kxgw xdp-raw`) with recvmmsg; throughput.
+    RawUdpClient {
+        #[arg(long)]
+        server: std::net::SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+        /// Datagram payload size asked for (the generator clamps it to its MTU).
+        #[arg(long, default_value_t = 65536)]
+        size: usize,
+        #[arg(long, default_value_t = 16 << 20)]
+        window: u64,
+    },
+    /// N concurrent Kafka Fetch consumers of one partition; aggregate throughput.
+    KafkaLoad {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        #[arg(long, default_value_t = 1)]
+        consumers: usize,
+        #[arg(long, default_value_t = 0)]
+        start_offset: i64,
+        /// Records per consumer (0 = until the high watermark).
+        #[arg(long, default_value_t = 0)]
+        records: u64,
+        /// partition_max_bytes of each Fetch.
+        #[arg(long, default_value_t = 4 << 20)]
+        max_bytes: i32,
+        #[arg(long, default_value_t = 11)]
+        fetch_version: i16,
+        /// Skip the CRC32C check of each batch.
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Append stamped records at a fixed rate, one per batch (the tailing probes' producer).
+    TailProduce {
+        #[arg(long)]
+        log_dir: PathBuf,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        #[arg(long)]
+        count: u64,
+        /// Records per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+    },
+    /// Tail a partition with Kafka long-poll fetches; produce-to-consume delay percentiles.
+    TailKafka {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        /// First offset to wait for (the log end when the producer starts).
+        #[arg(long)]
+        offset: i64,
+        /// Stamped records to receive.
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 500)]
+        max_wait_ms: i32,
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+    /// Tail a partition over the kxgw fetch protocol; produce-to-consume delay percentiles.
+    TailFetch {
+        #[arg(long)]
+        fetch: std::net::SocketAddr,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        #[arg(long)]
+        offset: i64,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+}
+
+/// Runs one tool.
+pub fn run(args: Args) -> Result<ExitCode> {
+    match args.tool {
+        Tool::SendfileServer { listen, file } => {
+            sendfile_loop::serve(&listen, &file)?;
+        }
+        Tool::StreamClient {
+            connect,
+            bytes,
+            buf_size,
+            crc,
+        } => {
+            let t = sendfile_loop::read_stream(&connect, bytes, buf_size, crc)?;
+            println!("{}", t.to_json(""));
+        }
+        Tool::RawUdpClient {
+            server,
+            bytes,
+            size,
+            window,
+        } => {
+            let r = raw_udp::receive(server, bytes, size, window, Duration::from_millis(100))?;
+            println!(
+                "{}",
+                r.throughput.to_json(&format!(
+                    ",\"datagrams\":{},\"lost_bytes\":{}",
+                    r.datagrams, r.lost_bytes
+                ))
+            );
+        }
+        Tool::KafkaLoad {
+            bootstrap,
+            topic,
+            partition,
+            consumers,
+            start_offset,
+            records,
+            max_bytes,
+            fetch_version,
+            no_verify,
+        } => {
+            let cfg = load::LoadConfig {
+                bootstrap,
+                topic,
+                partition,
+                consumers,
+                start_offset,
+                records,
+                max_bytes,
+                version: fetch_version,
+                verify: !no_verify,
+            };
+            let t = load::run(&cfg)?;
+            println!("{}", t.to_json(&format!(",\"consumers\":{consumers}")));
+        }
+        Tool::TailProduce {
+            log_dir,
+            topic,
+            partition,
+            count,
+            rate,
+            value_size,
+        } => {
+            let first =
+                latency::produce_stamped(&log_dir, &topic, partition, count, rate, value_size)?;
+            println!("{{\"first_offset\":{first},\"count\":{count}}}");
+        }
+        Tool::TailKafka {
+            bootstrap,
+            topic,
+            partition,
+            offset,
+            count,
+            max_wait_ms,
+            timeout_secs,
+        } => {
+            let mut d = latency::tail_kafka(
+                &bootstrap,
+                &topic,
+                partition,
+                offset,
+                count,
+                max_wait_ms,
+                Duration::from_secs(timeout_secs),
+            )?;
+            report_delays(&mut d, count)?;
+        }
+        Tool::TailFetch {
+            fetch,
+            topic,
+            partition,
+            offset,
+            count,
+            timeout_secs,
+        } => {
+            let mut d = latency::tail_fetch(
+                fetch,
+                &topic,
+                partition,
+                offset,
+                count,
+                Duration::from_secs(timeout_secs),
+            )?;
+            report_delays(&mut d, count)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_delays(d: &mut [u64], wanted: usize) -> Result<()> {
+    match latency::Percentiles::of(d) {
+        Some(p) => {
+            println!("{}", p.to_json());
+            if p.count < wanted {
+                bail!(
+                    "only {} of {wanted} stamped records arrived before the timeout",
+                    p.count
+                );
+            }
+            Ok(())
+        }
+        None => bail!("no stamped record arrived"),
+    }
+}

@@ -1,0 +1,146 @@
+//! The benchmark harness end to end in its tiny configuration (`scripts/bench.sh --smoke`):
+//! namespaces, logs, every path once, the report and the plots. It asserts that the table came
+//! out with a number for every path this build offers (and "not available" only for the others),
+//! so a path that lands but breaks under the benchmark fails here, not in a release run.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KXGW: &str = env!("CARGO_BIN_EXE_kxgw");
+
+fn help(args: &[&str]) -> String {
+    let out = Command::new(KXGW)
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("running kxgw --help");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Cells of the table rows whose first cell starts with `label`.
+fn rows<'a>(md: &'a str, label: &str) -> Vec<Vec<&'a str>> {
+    md.lines()
+        .filter(|l| l.starts_with("| "))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+        })
+        .filter(|cells| cells[0].starts_with(label))
+        .collect()
+}
+
+/// The median (first number) of a "median (min–max)" cell.
+fn median(cell: &str) -> Option<f64> {
+    cell.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn bench_smoke_produces_a_table_with_every_available_path() {
+    kxgw::testnet::require_root().expect("bench smoke test");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tempfile::tempdir().expect("temp dir");
+    let t0 = Instant::now();
+    let mut child = Command::new(repo.join("scripts/bench.sh"))
+        .args(["--smoke", "--kxgw", KXGW, "--out"])
+        .arg(out.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running scripts/bench.sh");
+    // Drain the pipes on threads so a chatty run cannot block on a full pipe.
+    let mut so = child.stdout.take().expect("piped stdout");
+    let mut se = child.stderr.take().expect("piped stderr");
+    let so = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let se = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    // About 30 s on an idle 2-vCPU machine; the bound only catches a hang (SIGTERM makes the
+    // script's trap remove its namespaces).
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("waiting for bench.sh") {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(300) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+            panic!(
+                "bench.sh --smoke still running after 300 s: {}",
+                se.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let elapsed = t0.elapsed();
+    let _ = so.join();
+    let stderr = se.join().unwrap_or_default();
+    assert!(
+        status.success(),
+        "bench.sh --smoke failed: {status}\n{stderr}"
+    );
+    eprintln!("bench.sh --smoke took {elapsed:?}");
+
+    let md_path = out.path().join("smoke-mtu1500.md");
+    let md = std::fs::read_to_string(&md_path)
+        .unwrap_or_else(|e| panic!("{} not written: {e}\n{stderr}", md_path.display()));
+    assert!(
+        md.contains("**Machine:** kernel "),
+        "no machine line:\n{md}"
+    );
+    assert!(
+        out.path().join("smoke-mtu1500-throughput.png").exists(),
+        "throughput plot missing"
+    );
+
+    let serve = help(&["serve"]);
+    let consume = help(&["consume"]);
+    let fetch = serve.contains("--fetch-listen") && consume.contains("--fetch");
+    let expect = [
+        ("ceiling: iperf3", true),
+        ("ceiling: raw sendfile", true),
+        ("Kafka TCP, `--io copy`", serve.contains("--kafka-listen")),
+        (
+            "Kafka TCP, `--io sendfile`",
+            serve.contains("--kafka-listen"),
+        ),
+        ("fetch protocol, kernel UDP sendmmsg", fetch),
+        (
+            "fetch protocol, AF_XDP `--tx-strategy copy`",
+            fetch && serve.contains("--xdp-iface"),
+        ),
+        (
+            "fetch protocol, AF_XDP `--tx-strategy sg`",
+            fetch && serve.contains("--xdp-iface"),
+        ),
+    ];
+    for (label, available) in expect {
+        let found = rows(&md, label);
+        assert!(!found.is_empty(), "no row for {label}:\n{md}");
+        for cells in found {
+            let gbps = cells[2];
+            assert!(
+                !gbps.starts_with("failed"),
+                "{label}: run failed:\n{md}\n{stderr}"
+            );
+            if available {
+                let v =
+                    median(gbps).unwrap_or_else(|| panic!("{label}: no figure ({gbps}):\n{md}"));
+                assert!(v > 0.0 && v.is_finite(), "{label}: {v} Gbit/s");
+            } else {
+                assert!(gbps.starts_with("not available"), "{label}: {gbps}");
+            }
+        }
+    }
+}
