@@ -327,7 +327,7 @@ fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
     };
     tail_produce("1");
     let gw = Gateway::start_on(&net, dir.path(), &net.gw_if, &["--busy-poll"], Some(0));
-    let n = 1000u64;
+    let n = 3000u64;
     // Consumer and producer share the other CPU, as in scripts/bench.sh.
     let consumer = net
         .client_command("taskset")
@@ -349,7 +349,7 @@ fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
         .unwrap();
     let mut consumer = KillOnDrop(consumer);
     std::thread::sleep(Duration::from_millis(500));
-    // n records at 2000/s: half a second of appends.
+    // n records at 2000/s: 1.5 s of appends.
     tail_produce(&n.to_string());
     let deadline = Instant::now() + Duration::from_secs(25);
     let status = loop {
