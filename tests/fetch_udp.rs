@@ -411,3 +411,86 @@ fn falls_back_to_the_kafka_listener_when_udp_does_not_answer() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("via Kafka TCP"));
     gw.terminate(Duration::from_secs(5)).unwrap();
 }
+
+/// A tailing consumer keeps up with one-record batches appended at a steady 2000/s, each
+/// within 300 ms of its append (regression: the consumer stalled after a few hundred records
+/// when a long poll that found data at once was dropped by the acknowledgement after it).
+/// Pinned as in scripts/bench.sh: gateway on CPU 0, consumer and producer on CPU 1.
+#[test]
+fn tailing_consumer_keeps_up_with_steady_appends() {
+    let net = TestNet::new("tailr", 1500).expect("test network");
+    let dir = tempfile::tempdir().unwrap();
+    let tail_produce = |count: &str| {
+        let st = std::process::Command::new("taskset")
+            .args(["-c", "1", exe()])
+            .args(["bench-tool", "tail-produce", "--log-dir"])
+            .arg(dir.path())
+            .args(["--topic", "tail", "--count", count, "--rate", "2000"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("running kxgw bench-tool tail-produce");
+        assert!(st.success(), "tail-produce: {st}");
+    };
+    tail_produce("1");
+    let mut cmd = net.gw_command("taskset");
+    cmd.args(["-c", "0", exe(), "serve", "--log-dir"])
+        .arg(dir.path())
+        .args(["--fetch-listen", &gw_endpoint()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let mut gw = KillOnDrop(cmd.spawn().expect("spawning kxgw serve"));
+    std::thread::sleep(Duration::from_millis(300));
+    let n = 3000u64;
+    let mut consumer = KillOnDrop(
+        net.client_command("taskset")
+            .args(["-c", "1", exe()])
+            .args(["bench-tool", "tail-fetch", "--fetch", &gw_endpoint()])
+            .args([
+                "--topic",
+                "tail",
+                "--offset",
+                "1",
+                "--count",
+                &n.to_string(),
+            ])
+            .args(["--timeout-secs", "10"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    tail_produce(&n.to_string());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = consumer.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "tail-fetch did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut text = String::new();
+    if let Some(mut o) = consumer.0.stdout.take() {
+        use std::io::Read;
+        o.read_to_string(&mut text).unwrap();
+    }
+    gw.terminate(Duration::from_secs(5)).unwrap();
+    assert!(status.success(), "tail-fetch: {status} {text}");
+    let field = |k: &str| -> f64 {
+        let at = text
+            .find(&format!("\"{k}\":"))
+            .unwrap_or_else(|| panic!("{k} in {text}"));
+        let rest = &text[at + k.len() + 3..];
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        rest[..end]
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{k} in {text}: {e}"))
+    };
+    assert_eq!(field("count") as u64, n, "{text}");
+    assert!(
+        field("max_us") < 300_000.0,
+        "append-to-consume delay: {text}"
+    );
+}

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -63,7 +63,26 @@ struct Gateway {
 impl Gateway {
     /// Starts `kxgw serve` with the AF_XDP fetch endpoint and waits for its transport line.
     fn start(net: &TestNet, dir: &Path, iface: &str, extra: &[&str]) -> Gateway {
-        let mut cmd = net.gw_command(exe());
+        Self::start_on(net, dir, iface, extra, None)
+    }
+
+    /// As [`Gateway::start`], all of its threads pinned to one CPU when `cpu` is given (as
+    /// the benchmark runs it).
+    fn start_on(
+        net: &TestNet,
+        dir: &Path,
+        iface: &str,
+        extra: &[&str],
+        cpu: Option<u32>,
+    ) -> Gateway {
+        let mut cmd = match cpu {
+            Some(c) => {
+                let mut cmd = net.gw_command("taskset");
+                cmd.args(["-c", &c.to_string(), exe()]);
+                cmd
+            }
+            None => net.gw_command(exe()),
+        };
         cmd.args([SERVE, "--log-dir"])
             .arg(dir)
             .args(["--fetch-listen", &endpoint(), "--xdp-iface", iface])
@@ -286,6 +305,83 @@ fn tailing_consumer_gets_appends_over_af_xdp() {
     assert!(text.contains("verified 3000 records"), "{text}");
     let stats = gw.stop();
     assert!(counter(&stats, "steered") > 0, "{stats}");
+}
+
+/// With `--busy-poll` a tailing consumer gets each record soon after its append, not at the
+/// 500 ms long-poll limit (regression: p99 ~512 ms in the benchmark's tailing probe). Run as
+/// the benchmark runs it: gateway pinned to one CPU, one-record batches at a steady rate.
+#[test]
+fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
+    let net = TestNet::new("xfbusy", 1500).expect("test network");
+    let dir = tempfile::tempdir().unwrap();
+    let tail_produce = |count: &str| {
+        let st = Command::new("taskset")
+            .args(["-c", "1", exe()])
+            .args(["bench-tool", "tail-produce", "--log-dir"])
+            .arg(dir.path())
+            .args(["--topic", "tail", "--count", count, "--rate", "2000"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("running kxgw bench-tool tail-produce");
+        assert!(st.success(), "tail-produce: {st}");
+    };
+    tail_produce("1");
+    let gw = Gateway::start_on(&net, dir.path(), &net.gw_if, &["--busy-poll"], Some(0));
+    let n = 3000u64;
+    // Consumer and producer share the other CPU, as in scripts/bench.sh.
+    let consumer = net
+        .client_command("taskset")
+        .args(["-c", "1", exe()])
+        .args(["bench-tool", "tail-fetch", "--fetch", &endpoint()])
+        .args([
+            "--topic",
+            "tail",
+            "--offset",
+            "1",
+            "--count",
+            &n.to_string(),
+        ])
+        .args(["--timeout-secs", "20"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut consumer = KillOnDrop(consumer);
+    std::thread::sleep(Duration::from_millis(500));
+    // n records at 2000/s: 1.5 s of appends.
+    tail_produce(&n.to_string());
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let status = loop {
+        if let Some(s) = consumer.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "tail-fetch did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut text = String::new();
+    if let Some(mut o) = consumer.0.stdout.take() {
+        o.read_to_string(&mut text).unwrap();
+    }
+    let stats = gw.stop();
+    assert!(status.success(), "tail-fetch: {status} {text}\n{stats}");
+    let field = |k: &str| -> f64 {
+        let at = text
+            .find(&format!("\"{k}\":"))
+            .unwrap_or_else(|| panic!("{k} in {text}"));
+        let rest = &text[at + k.len() + 3..];
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        rest[..end]
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{k} in {text}: {e}"))
+    };
+    assert_eq!(field("count") as u64, n, "{text}");
+    // Every record within 300 ms of its append: far below the 500 ms long-poll limit.
+    assert!(
+        field("max_us") < 300_000.0,
+        "append-to-consume delay too long with --busy-poll: {text}\n{stats}"
+    );
 }
 
 #[test]

@@ -588,8 +588,11 @@ impl Server {
             self.stats.acks += 1;
             return;
         }
-        // Duplicated or stale request: it was (or is being) answered already.
-        if wrapping_gt(s.floor, req.request_id) || s.reqs.contains_key(&req.request_id) {
+        // Duplicated or stale request: it was (or is being) answered already. A long poll is
+        // the exception to "below the floor": the client's floor skips long polls, so the
+        // acknowledgement sent right after one may overtake it (reordering).
+        let stale = wrapping_gt(s.floor, req.request_id) && req.max_wait_ms == 0;
+        if stale || s.reqs.contains_key(&req.request_id) {
             self.stats.dropped_duplicate += 1;
             return;
         }
@@ -632,13 +635,21 @@ impl Server {
                 park = false;
             }
         }
+        // The client's ack_floor skips long-poll requests (parked or not: it cannot know
+        // which), so their answers must survive the floor passing them. Without this, a long
+        // poll that found data at once was dropped by the very next acknowledgement when
+        // both arrived before the answer went out, and the tailing consumer stalled.
+        let long_poll = req.max_wait_ms > 0;
         let mut parked_parts = Vec::new();
         let mut jobs = Vec::new();
         for (slot, o) in outcomes.into_iter().enumerate() {
             match o {
                 PartOutcome::Error(e) => self.error(src, e),
-                PartOutcome::Data(job) => jobs.push(job),
-                PartOutcome::Empty(partition, offset, max_bytes, job) => {
+                PartOutcome::Data(mut job) => {
+                    job.long_poll = long_poll;
+                    jobs.push(job);
+                }
+                PartOutcome::Empty(partition, offset, max_bytes, mut job) => {
                     if park {
                         parked_parts.push(ParkedPart {
                             slot: slot as u16,
@@ -647,6 +658,7 @@ impl Server {
                             max_bytes,
                         });
                     } else {
+                        job.long_poll = long_poll;
                         jobs.push(job);
                     }
                 }

@@ -823,3 +823,78 @@ fn gateway_enforces_the_window_against_a_greedy_client() {
     }
     assert!(more > 0 && more <= 2 * (window as usize + 16_384), "{more}");
 }
+
+/// A tailing consumer keeps up with a log appended at a steady rate: every record arrives,
+/// each soon after its append (regression: the tail used to stall after a few records).
+#[test]
+fn tailing_consumer_receives_steady_appends() {
+    for seed in 0..4u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PartitionWriter::open(dir.path(), TOPIC, 0, WriterConfig::default()).unwrap();
+        append(&mut w, 0, 1, 0);
+        w.flush().unwrap();
+        let log = LogDir::open(dir.path(), None).unwrap();
+        let mut server = Server::new(log.clone(), server_cfg(1472));
+        // Appends at steps off the network's 50 µs grid (and with jitter) so some land
+        // between an empty answer and the long poll that follows it.
+        let faults = Faults {
+            jitter_us: 40 * (seed % 2),
+            ..Faults::default()
+        };
+        let mut sim = Sim::new(seed, faults);
+        let cfg = ClientConfig {
+            follow: true,
+            max_wait: Duration::from_millis(500),
+            ..small_window()
+        };
+        let sub = Subscription {
+            topic: TOPIC.into(),
+            partition: 0,
+            start: StartAt::Offset(1),
+        };
+        let mut cs = vec![Consumer::new("198.18.0.2:40009", cfg, vec![sub])];
+        // One small batch every ~200-400 µs of virtual time.
+        let appends = 1000usize;
+        let step = Duration::from_micros(173 + 61 * seed);
+        let nowhere: SocketAddr = "198.18.0.9:9".parse().unwrap();
+        let mut done = 0usize;
+        let mut next_at = sim.now + Duration::from_millis(5);
+        sim.seq += 1;
+        sim.queue
+            .insert((next_at, sim.seq), (gw(), nowhere, Vec::new()));
+        let took = run(
+            &mut sim,
+            &mut server,
+            &mut cs,
+            Duration::from_secs(10),
+            |sim, s, cs| {
+                while done < appends && sim.now >= next_at {
+                    append(&mut w, 0, 1, 5 * done + 1);
+                    w.flush().unwrap();
+                    log.refresh().unwrap();
+                    s.handle_log_append(sim.now);
+                    // What the append answered goes out now, as a gateway's loop does.
+                    while let Some(t) = s.poll_transmit(sim.now) {
+                        sim.send(gw(), t.dst, t.to_vec());
+                    }
+                    done += 1;
+                    next_at += step;
+                    if done < appends {
+                        // A timer event so virtual time stops at the next append.
+                        sim.seq += 1;
+                        let k = (next_at, sim.seq);
+                        sim.queue.insert(k, (gw(), nowhere, Vec::new()));
+                    }
+                }
+                done == appends && cs[0].next[0] == w.next_offset()
+            },
+        );
+        let span = step * appends as u32 + Duration::from_millis(5);
+        assert!(
+            took < span + Duration::from_millis(300),
+            "seed {seed}: all {appends} appends delivered after {took:?} (appends took {span:?}); {:?}\n  server {:?}",
+            cs[0].client.stats(),
+            server.stats()
+        );
+    }
+}
