@@ -95,7 +95,9 @@ fn udp_consumers_vanishing_mid_response_do_not_disturb_the_gateway() {
     let net = TestNet::new("fvudp", 1500).unwrap();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("logs");
-    produce(&dir, "u", 50_000, &["--record-size", "500"]);
+    // Large enough (100 MB) that a consumer is still mid-transfer when it is killed,
+    // however fast the machine.
+    produce(&dir, "u", 200_000, &["--record-size", "500"]);
     let fetch_addr = format!("{GW_ADDR}:9093");
     let gw = Gateway::start_with(&net, &dir, work.path(), &["--fetch-listen", &fetch_addr]);
     let consume = |count: u64| {
@@ -109,9 +111,9 @@ fn udp_consumers_vanishing_mid_response_do_not_disturb_the_gateway() {
     };
     let mut killed_mid_way = 0;
     for i in 0..8 {
-        let child = consume(50_000).spawn().unwrap();
+        let child = consume(200_000).spawn().unwrap();
         let mut child = KillOnDrop(child);
-        std::thread::sleep(Duration::from_millis(20 + 15 * i));
+        std::thread::sleep(Duration::from_millis(20 + 10 * i));
         if child.0.try_wait().unwrap().is_none() {
             killed_mid_way += 1;
         }
@@ -122,7 +124,7 @@ fn udp_consumers_vanishing_mid_response_do_not_disturb_the_gateway() {
         killed_mid_way >= 4,
         "only {killed_mid_way} consumers were killed mid-way"
     );
-    let out = consume(50_000).output().unwrap();
+    let out = consume(200_000).output().unwrap();
     assert!(
         out.status.success(),
         "full consume after the vanished ones failed: {}\n{}",
