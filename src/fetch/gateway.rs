@@ -339,56 +339,7 @@ impl FetchListener {
         let addr = self.addr.to_string();
         metrics.register(move |w| {
             let s = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let l: &[(&str, &str)] = &[("transport", "udp"), ("endpoint", &addr)];
-            for (name, help, v) in [
-                (
-                    "fetch_datagrams_in_total",
-                    "Datagrams received",
-                    s.datagrams_in,
-                ),
-                ("fetch_bytes_in_total", "Bytes received", s.bytes_in),
-                (
-                    "fetch_datagrams_out_total",
-                    "Datagrams sent",
-                    s.datagrams_out,
-                ),
-                ("fetch_bytes_out_total", "Bytes sent", s.bytes_out),
-                (
-                    "fetch_payload_bytes_total",
-                    "Log bytes sent",
-                    s.payload_bytes,
-                ),
-                ("fetch_requests_total", "Fetch requests", s.fetches),
-                (
-                    "fetch_retries_total",
-                    "RETRY (address validation) sent",
-                    s.retries_sent,
-                ),
-                ("fetch_errors_total", "ERROR datagrams sent", s.errors_sent),
-                (
-                    "fetch_dropped_malformed_total",
-                    "Malformed datagrams dropped",
-                    s.dropped_malformed,
-                ),
-                (
-                    "fetch_dropped_unvalidated_total",
-                    "Unvalidated datagrams too small to answer",
-                    s.dropped_unvalidated_small,
-                ),
-                (
-                    "fetch_dropped_duplicate_total",
-                    "Duplicate requests dropped",
-                    s.dropped_duplicate,
-                ),
-                ("fetch_long_polls_total", "Long polls parked", s.long_polls),
-                (
-                    "fetch_window_stalls_total",
-                    "Responses held by a client window",
-                    s.window_stalls,
-                ),
-            ] {
-                w.counter(name, help, l, v);
-            }
+            s.write_metrics(w, &[("transport", "udp"), ("endpoint", &addr)]);
         });
     }
 

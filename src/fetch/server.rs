@@ -97,6 +97,70 @@ pub struct ServerStats {
     pub busy: u64,
 }
 
+impl ServerStats {
+    /// Writes these counters as `kxgw_fetch_*` metrics with the transport's labels; every
+    /// transport (kernel UDP, AF_XDP per queue) reports the same set.
+    pub fn write_metrics(&self, w: &mut crate::metrics::MetricsWriter, labels: &[(&str, &str)]) {
+        for (name, help, v) in [
+            (
+                "fetch_datagrams_in_total",
+                "Datagrams received",
+                self.datagrams_in,
+            ),
+            ("fetch_bytes_in_total", "Bytes received", self.bytes_in),
+            (
+                "fetch_datagrams_out_total",
+                "Datagrams sent",
+                self.datagrams_out,
+            ),
+            ("fetch_bytes_out_total", "Bytes sent", self.bytes_out),
+            (
+                "fetch_payload_bytes_total",
+                "Log bytes sent",
+                self.payload_bytes,
+            ),
+            ("fetch_requests_total", "Fetch requests", self.fetches),
+            (
+                "fetch_retries_total",
+                "RETRY (address validation) sent",
+                self.retries_sent,
+            ),
+            (
+                "fetch_errors_total",
+                "ERROR datagrams sent",
+                self.errors_sent,
+            ),
+            (
+                "fetch_dropped_malformed_total",
+                "Malformed datagrams dropped",
+                self.dropped_malformed,
+            ),
+            (
+                "fetch_dropped_unvalidated_total",
+                "Unvalidated datagrams too small to answer",
+                self.dropped_unvalidated_small,
+            ),
+            (
+                "fetch_dropped_duplicate_total",
+                "Duplicate requests dropped",
+                self.dropped_duplicate,
+            ),
+            (
+                "fetch_long_polls_total",
+                "Long polls parked",
+                self.long_polls,
+            ),
+            (
+                "fetch_window_stalls_total",
+                "Responses held by a client window",
+                self.window_stalls,
+            ),
+        ] {
+            w.counter(name, help, labels, v);
+        }
+    }
+}
+
 impl std::fmt::Display for ServerStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

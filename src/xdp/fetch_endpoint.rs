@@ -206,39 +206,7 @@ impl XdpFetch {
                         ("endpoint", &endpoint),
                         ("queue", &q),
                     ];
-                    for (name, help, v) in [
-                        (
-                            "fetch_datagrams_in_total",
-                            "Datagrams received",
-                            s.datagrams_in,
-                        ),
-                        ("fetch_bytes_in_total", "Bytes received", s.bytes_in),
-                        (
-                            "fetch_datagrams_out_total",
-                            "Datagrams sent",
-                            s.datagrams_out,
-                        ),
-                        ("fetch_bytes_out_total", "Bytes sent", s.bytes_out),
-                        (
-                            "fetch_payload_bytes_total",
-                            "Log bytes sent",
-                            s.payload_bytes,
-                        ),
-                        ("fetch_requests_total", "Fetch requests", s.fetches),
-                        (
-                            "fetch_retries_total",
-                            "RETRY (address validation) sent",
-                            s.retries_sent,
-                        ),
-                        ("fetch_errors_total", "ERROR datagrams sent", s.errors_sent),
-                        (
-                            "fetch_dropped_malformed_total",
-                            "Malformed datagrams dropped",
-                            s.dropped_malformed,
-                        ),
-                    ] {
-                        w.counter(name, help, l, v);
-                    }
+                    s.write_metrics(w, l);
                 }
             }
             w.gauge(
