@@ -140,8 +140,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // 3. Consumers, every partition over every path.
     let mut outcomes = Vec::new();
     for p in 0..args.partitions {
-        outcomes.push(consume_fetch(&net, &exe, p, args.records)?);
-        outcomes.push(consume_kafka_kxgw(&net, &exe, p, args.records)?);
+        outcomes.push(consume_kxgw(&net, &exe, p, args.records, VIA_FETCH)?);
+        outcomes.push(consume_kxgw(&net, &exe, p, args.records, VIA_KAFKA)?);
         outcomes.push(consume_kcat(&net, p, args.records, args.record_size)?);
     }
 
@@ -300,33 +300,25 @@ fn run_verify(path: String, mut cmd: Command, expected: u64) -> Result<Outcome> 
     })
 }
 
-fn consume_fetch(net: &TestNet, exe: &Path, p: i32, expected: u64) -> Result<Outcome> {
+/// `kxgw consume --verify` over the fetch protocol (`--fetch`) or Kafka TCP (`--bootstrap`).
+fn consume_kxgw(
+    net: &TestNet,
+    exe: &Path,
+    p: i32,
+    expected: u64,
+    (flag, port, label): (&str, u16, &str),
+) -> Result<Outcome> {
     let mut cmd = net.client_command(exe);
     cmd.arg("consume")
-        .args(["--fetch", &format!("{GW_ADDR}:{FETCH_PORT}")])
+        .args([flag, &format!("{GW_ADDR}:{port}")])
         .args(["--topic", TOPIC, "--partition", &p.to_string()])
-        .args([
-            "--from-beginning",
-            "--count",
-            &expected.to_string(),
-            "--verify",
-        ]);
-    run_verify(format!("p{p} kxgw fetch protocol, UDP"), cmd, expected)
+        .args(["--from-beginning", "--count", &expected.to_string()])
+        .arg("--verify");
+    run_verify(format!("p{p} {label}"), cmd, expected)
 }
 
-fn consume_kafka_kxgw(net: &TestNet, exe: &Path, p: i32, expected: u64) -> Result<Outcome> {
-    let mut cmd = net.client_command(exe);
-    cmd.arg("consume")
-        .args(["--bootstrap", &format!("{GW_ADDR}:{KAFKA_PORT}")])
-        .args(["--topic", TOPIC, "--partition", &p.to_string()])
-        .args([
-            "--from-beginning",
-            "--count",
-            &expected.to_string(),
-            "--verify",
-        ]);
-    run_verify(format!("p{p} Kafka TCP, kxgw consume"), cmd, expected)
-}
+const VIA_FETCH: (&str, u16, &str) = ("--fetch", FETCH_PORT, "kxgw fetch protocol, UDP");
+const VIA_KAFKA: (&str, u16, &str) = ("--bootstrap", KAFKA_PORT, "Kafka TCP, kxgw consume");
 
 /// kcat, a stock librdkafka consumer: every line is `offset key value`, checked here.
 fn consume_kcat(net: &TestNet, p: i32, expected: u64, size: usize) -> Result<Outcome> {
