@@ -401,7 +401,11 @@ fn run_inner(args: Args) -> Result<ExitCode> {
             let mut k =
                 KafkaFetcher::connect(b, &args.topic, args.partition, start, args.fetch_bytes)
                     .with_context(|| format!("connecting to the Kafka listener {b}"))?;
-            transport = format!("Kafka TCP {b} (fallback)");
+            transport = if args.fetch.is_some() {
+                format!("Kafka TCP {b} (fallback)")
+            } else {
+                format!("Kafka TCP {b}")
+            };
             recovery = String::new();
             while !stop.load(Ordering::Relaxed) && !sink.done() {
                 let wait = if args.follow {
