@@ -246,6 +246,32 @@ impl KillOnDrop {
     }
 }
 
+impl KillOnDrop {
+    /// Waits up to `timeout` for the child to exit on its own and returns its exit status
+    /// with everything it wrote to a piped stdout; `None` (child still running) on timeout.
+    pub fn wait_output(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Option<(std::process::ExitStatus, String)>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.0.try_wait()? {
+                break s;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut text = String::new();
+        if let Some(mut out) = self.0.stdout.take() {
+            use std::io::Read;
+            out.read_to_string(&mut text)?;
+        }
+        Ok(Some((status, text)))
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {

@@ -286,21 +286,10 @@ fn tailing_consumer_gets_appends_over_af_xdp() {
         produce_records(dir.path(), 1000, 1 << 30);
         std::thread::sleep(Duration::from_millis(300));
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = consumer.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the tailing consumer did not get 3000 records"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut text = String::new();
-    if let Some(mut o) = consumer.0.stdout.take() {
-        o.read_to_string(&mut text).unwrap();
-    }
+    let (status, text) = consumer
+        .wait_output(Duration::from_secs(20))
+        .unwrap()
+        .expect("the tailing consumer did not get 3000 records");
     assert!(status.success(), "{text}");
     assert!(text.contains("verified 3000 records"), "{text}");
     let stats = gw.stop();
