@@ -4,11 +4,14 @@
 #
 #   sudo scripts/bench.sh [--quick|--smoke] [--mtu 1500|9000|65535] [--runs N]
 #                         [--log-mib N] [--out DIR] [--kxgw PATH] [--disk-dir DIR]
+#                         [--only 'PATH...']
 #
-#   --quick      3 runs, 512 MiB logs, tmpfs-only fan-out: the runs take < 10 min on 2 vCPUs
+#   --quick      5 runs, 512 MiB logs, tmpfs-only fan-out: the runs take < 10 min on 2 vCPUs
 #   --smoke      1 run per path, 32 MiB logs, fan-out 1 and 4: checks the harness end to end
 #   --kxgw PATH  use this binary instead of building target/release/kxgw
 #   --out DIR    results directory (default bench/results)
+#   --only LIST  measure only these paths (names as in the raw TSV, e.g. 'kafka-sendfile
+#                ceil-sendfile'): for working on one path; the report says it is partial
 #
 # Layout: the gateway runs in <name>-gw pinned to CPU 0, every consumer in <name>-cl pinned to
 # CPU 1 (scripts/netns.sh, 198.18.0.1 <-> 198.18.0.2, no default route: nothing leaves them).
@@ -18,7 +21,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-MODE=full MTU=1500 RUNS= LOG_MIB= OUT= KXGW= DISK_DIR=/var/tmp
+MODE=full MTU=1500 RUNS= LOG_MIB= OUT= KXGW= DISK_DIR=/var/tmp ONLY=
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) MODE=quick; shift ;;
@@ -29,14 +32,15 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --kxgw) KXGW=$2; shift 2 ;;
     --disk-dir) DISK_DIR=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --only) ONLY=$2; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 case $MTU in 1500|9000|65535) ;; *) echo "bench.sh: --mtu must be 1500, 9000 or 65535" >&2; exit 2 ;; esac
 case $MODE in
   full) : "${RUNS:=5}" "${LOG_MIB:=2048}"; FANOUT_N="1 4 16"; FANOUT_FS="tmpfs disk"; LAT_COUNT=20000 LAT_RATE=2000 LAT_TIMEOUT=60 ;;
-  quick) : "${RUNS:=3}" "${LOG_MIB:=512}"; FANOUT_N="1 4 16"; FANOUT_FS="tmpfs"; LAT_COUNT=2000 LAT_RATE=2000 LAT_TIMEOUT=8 ;;
+  quick) : "${RUNS:=5}" "${LOG_MIB:=512}"; FANOUT_N="1 4 16"; FANOUT_FS="tmpfs"; LAT_COUNT=4000 LAT_RATE=2000 LAT_TIMEOUT=10 ;;
   smoke) : "${RUNS:=1}" "${LOG_MIB:=32}"; FANOUT_N="1 4"; FANOUT_FS="tmpfs"; LAT_COUNT=200 LAT_RATE=1000 LAT_TIMEOUT=5 ;;
 esac
 : "${OUT:=$REPO/bench/results}"
@@ -84,7 +88,7 @@ fi
 KXGW=$(readlink -f "$KXGW")
 
 help_of() { "$KXGW" "$@" --help 2>/dev/null || true; }
-SERVE_HELP=$(help_of serve) CONSUME_HELP=$(help_of consume) PRODUCE_HELP=$(help_of produce)
+SERVE_HELP=$(help_of serve) PRODUCE_HELP=$(help_of produce)
 has() { grep -q -- "$2" <<<"$1"; }
 HAVE_PRODUCE=0 HAVE_KAFKA=0 HAVE_FETCH=0 HAVE_GSO=0 HAVE_XDP=0 HAVE_BUSY=0 HAVE_CONSUME=0 HAVE_TAILP=0 HAVE_TAILF=0 HAVE_XDPRAW=0
 has "$PRODUCE_HELP" --record-size && HAVE_PRODUCE=1
@@ -93,8 +97,8 @@ has "$SERVE_HELP" --fetch-listen && HAVE_FETCH=1
 has "$SERVE_HELP" --udp-gso && HAVE_GSO=1
 has "$SERVE_HELP" --xdp-iface && has "$SERVE_HELP" --tx-strategy && HAVE_XDP=1
 has "$SERVE_HELP" --busy-poll && HAVE_BUSY=1
-has "$CONSUME_HELP" --fetch && has "$CONSUME_HELP" --verify && HAVE_CONSUME=1
 BT_HELP=$("$KXGW" bench-tool --help 2>/dev/null || true)
+has "$BT_HELP" fetch-load && HAVE_CONSUME=1
 has "$BT_HELP" tail-produce && HAVE_TAILP=1
 has "$BT_HELP" tail-fetch && HAVE_TAILF=1
 has "$(help_of xdp-raw)" --listen && has "$(help_of xdp-raw-client)" --server && HAVE_XDPRAW=1
@@ -216,9 +220,13 @@ record() { # section path fs consumers run status gbps rps pps cpu bytes secs no
   echo "$*" >>"$RAW"
 }
 
+# Whether --only lets a path run.
+wanted() { [ -z "$ONLY" ] || grep -qw -- "$1" <<<"$ONLY"; }
+
 # One consumer-side measurement of one path; appends a row to $RAW.
 measure() { # section path fs consumers run
   local section=$1 path=$2 fs=$3 n=$4 run=$5
+  wanted "$path" || return 0
   local cmd; cmd=$(gw_cmd "$path" "$fs")
   if [ -z "$cmd" ]; then
     record "$section" "$path" "$fs" "$n" "$run" "n/a" - - - - - - "not in this build"
@@ -266,8 +274,8 @@ PY
     record "$section" "$path" "$fs" "$n" "$run" failed - - - - - - "gateway did not come up: $logf"
     stop_gw; return 0
   fi
-  local g0 s0 p0 t0 t1= rc=0
-  g0=$(proc_ticks "$GW_PID"); s0=$(softirq_ticks); p0=$(rx_packets); t0=$(now)
+  local g0 s0 p0 rc=0
+  g0=$(proc_ticks "$GW_PID"); s0=$(softirq_ticks); p0=$(rx_packets)
   local per=$RECORDS
   # Fan-out: n consumers of the same partition share one log's worth of reading.
   [ "$n" -gt 1 ] && per=$(( (RECORDS + n - 1) / n ))
@@ -285,34 +293,11 @@ PY
       out=$(in_cl "$KXGW" bench-tool stream-client --connect $GW_ADDR:$RAW_PORT \
         --bytes "$LOG_BYTES" --crc 2>"$clog") || rc=$? ;;
     udp-*|xdp-*)
-      local pids=() i
-      for i in $(seq "$n"); do
-        (exec ip netns exec "$CL_NS" taskset -c $CL_CPU "$KXGW" consume --fetch $GW_ADDR:$FETCH_PORT \
-          --topic $TOPIC --partition 0 --from-beginning --count $per --verify >"$clog.$i" 2>&1) &
-        pids+=($!)
-      done
-      for i in "${pids[@]}"; do wait "$i" || rc=$?; done
-      t1=$(now)
-      cat "$clog".* >"$clog" 2>/dev/null || true
-      rm -f "$clog".*
-      # "verified R records (...) in B batches, N bytes (...) in S s: X records/s, Y MB/s via T"
-      local sums
-      sums=$(sed -nE 's/^verified ([0-9]+) records .* ([0-9]+) bytes \(.* ([0-9.]+) MB\/s via (.*);.*/\1 \2 \3/p' "$clog" |
-        awk '{r += $1; b += $2; if ($3 > 0) s += $2 / ($3 * 1e6); k++} END {if (k) printf "%d %d %.6f %d", r, b, s, k}')
-      if [ -n "$sums" ]; then
-        local vr vb vs vk
-        read -r vr vb vs vk <<<"$sums"
-        if [ "$vk" != "$n" ]; then
-          rc=${rc:-0}; [ $rc -ne 0 ] || rc=1
-        elif [ "$n" = 1 ]; then
-          out="{\"bytes\":$vb,\"records\":$vr,\"secs\":$vs}"
-        else
-          # Aggregate: all bytes over the wall time from launching the consumers to the last exit.
-          out="{\"bytes\":$vb,\"records\":$vr,\"secs\":$(python3 -c "print($t1 - $t0)")}"
-        fi
-      fi ;;
+      # One process, a thread per consumer, released together (as kafka-load): the protocol
+      # client CRC-checks each batch and the tool checks offset continuity.
+      out=$(in_cl "$KXGW" bench-tool fetch-load --fetch $GW_ADDR:$FETCH_PORT --topic $TOPIC \
+        --consumers "$n" --records $per 2>"$clog") || rc=$? ;;
   esac
-  [ -n "${t1:-}" ] || t1=$(now)
   local g1 s1 p1
   g1=$(proc_ticks "$GW_PID"); s1=$(softirq_ticks); p1=$(rx_packets)
   local note=
@@ -326,15 +311,12 @@ PY
     record "$section" "$path" "$fs" "$n" "$run" failed - - - - - - "consumer exit $rc: $clog"
     return 0
   fi
-  local bytes secs records
-  if [ -n "$out" ]; then
-    bytes=$(json_get bytes <<<"$out") secs=$(json_get secs <<<"$out") records=$(json_get records <<<"$out")
-  else
-    # kxgw consume: n consumers x per records of equal-sized batches, wall time of the slowest.
-    records=$((n * per))
-    bytes=$(python3 -c "print(int($LOG_BYTES * $records / $RECORDS))")
-    secs=$(python3 -c "print($t1 - $t0)")
+  if [ -z "$out" ]; then
+    record "$section" "$path" "$fs" "$n" "$run" failed - - - - - - "no result line: $clog"
+    return 0
   fi
+  local bytes secs records
+  bytes=$(json_get bytes <<<"$out") secs=$(json_get secs <<<"$out") records=$(json_get records <<<"$out")
   local r
   r=$(python3 -c "
 b, s, rec = $bytes, $secs, $records
@@ -349,6 +331,7 @@ print(f'{b*8/s/1e9:.4f}\t{rec/s:.1f}\t{($p1 - $p0)/s:.1f}\t{cpu/(b/2**30):.4f}')
 # Tailing latency of one path: the stamping producer appends to a live log the gateway follows.
 measure_latency() { # path run
   local path=$1 run=$2 cmd= client=
+  wanted "$path" || return 0
   local dir=$WORK/taillog; rm -rf "$dir"
   if [ $HAVE_TAILP = 0 ]; then
     record latency "$path" tmpfs 1 "$run" "n/a" - - - - - - "no stamping producer in this build"; return 0
@@ -445,8 +428,10 @@ mkdir -p "$OUT"
 STAMP=$(date -u +%Y-%m-%d)
 BASE=$OUT/$STAMP-mtu$MTU
 [ $MODE = smoke ] && BASE=$OUT/smoke-mtu$MTU
+# A partial run never replaces a full table.
+[ -n "$ONLY" ] && BASE=$OUT/partial-mtu$MTU
 python3 "$REPO/scripts/bench_report.py" --raw "$RAW" --out "$BASE" \
-  --machine "kernel $(uname -r); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc); MTU $MTU (veth, namespaces $GW_NS/$CL_NS); AF_XDP bind mode: ${XDP_BIND:-n/a (no AF_XDP run)}; TX strategy: per row; gateway pinned to CPU $GW_CPU, consumers to CPU $CL_CPU; disk fs: $DISK_FS; mode $MODE, $RUNS run(s) per path, ${ELAPSED}s; load average before $LOAD0, after $LOAD1; kxgw $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+  --machine "kernel $(uname -r); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc); MTU $MTU (veth, namespaces $GW_NS/$CL_NS); AF_XDP bind mode: ${XDP_BIND:-n/a (no AF_XDP run)}; TX strategy: per row; gateway pinned to CPU $GW_CPU, consumers to CPU $CL_CPU; disk fs: $DISK_FS; mode $MODE${ONLY:+ (only: $ONLY)}, $RUNS run(s) per path, ${ELAPSED}s; load average before $LOAD0, after $LOAD1; kxgw $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')" \
   --log "$LOG_BYTES bytes per log ($RECORDS records of $RECORD_SIZE B, $BATCH_RECORDS records per batch, 1 partition)" \
   --fanout "$FANOUT_N"
 cp "$RAW" "$BASE.raw.tsv"

@@ -2,8 +2,8 @@
 //! from an offset until it has a given number of records or reaches the log end. Reports the
 //! aggregate consumer-side throughput.
 
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::sync::Barrier;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -40,21 +40,25 @@ fn consume_one(cfg: &LoadConfig, start: &Barrier) -> Result<(u64, u64)> {
     // Wait even when connecting failed, or the others would wait for us forever.
     start.wait();
     let mut f = conn?;
+    let params = |offset| FetchParams {
+        partition: cfg.partition,
+        offset,
+        max_bytes: cfg.max_bytes,
+        max_wait_ms: 0,
+        min_bytes: 1,
+    };
     let mut offset = cfg.start_offset;
     let (mut bytes, mut records) = (0u64, 0u64);
+    f.send(params(offset))?;
     loop {
-        let ans = f.fetch(FetchParams {
-            partition: cfg.partition,
-            offset,
-            max_bytes: cfg.max_bytes,
-            max_wait_ms: 0,
-            min_bytes: 1,
-        })?;
+        let ans = f.receive(cfg.partition)?;
         if ans.error_code != 0 {
             bail!("partition error code {} at offset {offset}", ans.error_code);
         }
-        let c = batches::check(&ans.records, offset, cfg.verify)
-            .with_context(|| format!("checking the batches fetched at offset {offset}"))?;
+        // Headers first: they give the next offset, so the next Fetch is on the wire while this
+        // response's CRCs are checked (the pipelining of the Java consumer and librdkafka).
+        let c = batches::check(&ans.records, offset, false)
+            .with_context(|| format!("walking the batches fetched at offset {offset}"))?;
         if c.batches == 0 {
             if offset >= ans.high_watermark && cfg.records == 0 {
                 break;
@@ -64,13 +68,19 @@ fn consume_one(cfg: &LoadConfig, start: &Barrier) -> Result<(u64, u64)> {
                 ans.high_watermark
             );
         }
+        let done = (cfg.records > 0 && records + c.records >= cfg.records)
+            || (cfg.records == 0 && c.next_offset >= ans.high_watermark);
+        if !done {
+            f.send(params(c.next_offset))?;
+        }
+        if cfg.verify {
+            batches::check(&ans.records, offset, true)
+                .with_context(|| format!("checking the batches fetched at offset {offset}"))?;
+        }
         bytes += c.bytes as u64;
         records += c.records;
         offset = c.next_offset;
-        if cfg.records > 0 && records >= cfg.records {
-            break;
-        }
-        if cfg.records == 0 && offset >= ans.high_watermark {
+        if done {
             break;
         }
     }
@@ -80,34 +90,6 @@ fn consume_one(cfg: &LoadConfig, start: &Barrier) -> Result<(u64, u64)> {
 /// Runs the consumers and returns the aggregate (elapsed = from the common start to the last
 /// consumer's last byte).
 pub fn run(cfg: &LoadConfig) -> Result<Throughput> {
-    if cfg.consumers == 0 {
-        bail!("--consumers must be at least 1");
-    }
-    let barrier = Arc::new(Barrier::new(cfg.consumers + 1));
-    let handles: Vec<_> = (0..cfg.consumers)
-        .map(|_| {
-            let cfg = cfg.clone();
-            let barrier = Arc::clone(&barrier);
-            std::thread::spawn(move || consume_one(&cfg, &barrier))
-        })
-        .collect();
-    barrier.wait();
-    let t0 = Instant::now();
-    let mut total = Throughput::default();
-    let mut first_err = None;
-    for (i, h) in handles.into_iter().enumerate() {
-        match h.join() {
-            Ok(Ok((b, r))) => {
-                total.bytes += b;
-                total.records += r;
-            }
-            Ok(Err(e)) => first_err = first_err.or(Some(e.context(format!("consumer {i}")))),
-            Err(_) => first_err = first_err.or(Some(anyhow::anyhow!("consumer {i} panicked"))),
-        }
-    }
-    total.elapsed = t0.elapsed();
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(total),
-    }
+    let cfg = cfg.clone();
+    super::run_consumers(cfg.consumers, move |start| consume_one(&cfg, start))
 }

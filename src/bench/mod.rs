@@ -4,19 +4,24 @@
 //! - [`batches`]: walks and CRC-checks the record batches a consumer received;
 //! - [`kafka_client`]: a minimal blocking Kafka Fetch client (kcat is too slow to measure with);
 //! - [`load`]: N concurrent Kafka consumers of one partition, consumer-side throughput;
+//! - [`fetch_load`]: the same over the kxgw fetch protocol;
 //! - [`sendfile_loop`]: a protocol-free sendfile(2) server and stream reader, the ceiling of the
 //!   sendfile path on the same link;
 //! - [`raw_udp`]: a recvmmsg receiver for the raw AF_XDP generator (the fast path's ceiling);
 //! - [`latency`]: a stamping producer and tailing probes (produce-to-consume delay).
 
 pub mod batches;
+pub mod fetch_load;
 pub mod kafka_client;
 pub mod latency;
 pub mod load;
 pub mod raw_udp;
 pub mod sendfile_loop;
 
-use std::time::Duration;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
 
 /// What one measuring client reports, printed as one JSON line for the script to parse.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -42,5 +47,45 @@ impl Throughput {
             self.records as f64 / secs,
             extra
         )
+    }
+}
+
+/// Runs `consumers` threads of `consume` (which returns its bytes and records), released
+/// together by a barrier the thread must wait on once it is connected (or failed to). The
+/// aggregate's elapsed time runs from that common start to the last thread's end.
+pub fn run_consumers<F>(consumers: usize, consume: F) -> Result<Throughput>
+where
+    F: Fn(&Barrier) -> Result<(u64, u64)> + Send + Sync + 'static,
+{
+    if consumers == 0 {
+        bail!("--consumers must be at least 1");
+    }
+    let barrier = Arc::new(Barrier::new(consumers + 1));
+    let consume = Arc::new(consume);
+    let handles: Vec<_> = (0..consumers)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            let consume = Arc::clone(&consume);
+            std::thread::spawn(move || consume(&barrier))
+        })
+        .collect();
+    barrier.wait();
+    let t0 = Instant::now();
+    let mut total = Throughput::default();
+    let mut first_err = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok((b, r))) => {
+                total.bytes += b;
+                total.records += r;
+            }
+            Ok(Err(e)) => first_err = first_err.or(Some(e.context(format!("consumer {i}")))),
+            Err(_) => first_err = first_err.or(Some(anyhow::anyhow!("consumer {i} panicked"))),
+        }
+    }
+    total.elapsed = t0.elapsed();
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(total),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 
-use crate::bench::{latency, load, raw_udp, sendfile_loop};
+use crate::bench::{fetch_load, latency, load, raw_udp, sendfile_loop};
 
 /// Arguments of `kxgw bench-tool`.
 #[derive(Debug, clap::Args)]
@@ -49,6 +49,23 @@ enum Tool {
         size: usize,
         #[arg(long, default_value_t = 16 << 20)]
         window: u64,
+    },
+    /// N concurrent kxgw fetch-protocol consumers of one partition, from offset 0; aggregate
+    /// throughput (the fetch paths' counterpart of kafka-load).
+    FetchLoad {
+        #[arg(long)]
+        fetch: std::net::SocketAddr,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        #[arg(long, default_value_t = 1)]
+        consumers: usize,
+        /// Records per consumer.
+        #[arg(long)]
+        records: u64,
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
     },
     /// N concurrent Kafka Fetch consumers of one partition; aggregate throughput.
     KafkaLoad {
@@ -179,6 +196,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 verify: !no_verify,
             };
             let t = load::run(&cfg)?;
+            println!("{}", t.to_json(&format!(",\"consumers\":{consumers}")));
+        }
+        Tool::FetchLoad {
+            fetch,
+            topic,
+            partition,
+            consumers,
+            records,
+            timeout_secs,
+        } => {
+            let cfg = fetch_load::FetchLoadConfig {
+                server: fetch,
+                topic,
+                partition,
+                consumers,
+                records,
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            let t = fetch_load::run(&cfg)?;
             println!("{}", t.to_json(&format!(",\"consumers\":{consumers}")));
         }
         Tool::TailProduce {

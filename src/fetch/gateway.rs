@@ -227,7 +227,13 @@ impl UdpGateway {
                 last_report = Instant::now();
                 self.publish();
             }
-            if busy || self.busy_poll {
+            if busy {
+                continue;
+            }
+            if self.busy_poll {
+                // Idle spin: yield, so a log follower woken on this core (new records) runs at
+                // once instead of waiting for the spinner's time slice to run out.
+                let _ = nix::sched::sched_yield();
                 continue;
             }
             let timeout = self
