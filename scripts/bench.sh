@@ -101,6 +101,7 @@ BT_HELP=$("$KXGW" bench-tool --help 2>/dev/null || true)
 has "$BT_HELP" fetch-load && HAVE_CONSUME=1
 has "$BT_HELP" tail-produce && HAVE_TAILP=1
 has "$BT_HELP" tail-fetch && HAVE_TAILF=1
+BT_HELP_TAIL=$("$KXGW" bench-tool tail-fetch --help 2>/dev/null || true)
 has "$(help_of xdp-raw)" --listen && has "$(help_of xdp-raw-client)" --server && HAVE_XDPRAW=1
 [ $HAVE_PRODUCE = 1 ] || { echo "bench.sh: '$KXGW produce' is missing: no log to serve, nothing to measure" >&2; exit 1; }
 
@@ -221,7 +222,7 @@ record() { # section path fs consumers run status gbps rps pps cpu bytes secs no
 }
 
 # Whether --only lets a path run.
-wanted() { [ -z "$ONLY" ] || grep -qw -- "$1" <<<"$ONLY"; }
+wanted() { [ -z "$ONLY" ] || [[ " ${ONLY//,/ } " == *" $1 "* ]]; }
 
 # One consumer-side measurement of one path; appends a row to $RAW.
 measure() { # section path fs consumers run
@@ -332,6 +333,8 @@ print(f'{b*8/s/1e9:.4f}\t{rec/s:.1f}\t{($p1 - $p0)/s:.1f}\t{cpu/(b/2**30):.4f}')
 measure_latency() { # path run
   local path=$1 run=$2 cmd= client=
   wanted "$path" || return 0
+  # <path>-spin: the same gateway, the probe spins on its socket instead of sleeping in it.
+  local spin=; case $path in *-spin) spin=--spin ;; esac
   local dir=$WORK/taillog; rm -rf "$dir"
   if [ $HAVE_TAILP = 0 ]; then
     record latency "$path" tmpfs 1 "$run" "n/a" - - - - - - "no stamping producer in this build"; return 0
@@ -339,32 +342,34 @@ measure_latency() { # path run
   # A fresh live log on tmpfs with a few records so the partition exists.
   "$KXGW" bench-tool tail-produce --log-dir "$TMPFS_DIR/tail-$path-$run" --topic tail --count 1 --rate 1000 >/dev/null 2>&1 || true
   dir=$TMPFS_DIR/tail-$path-$run
-  case $path in
+  case ${path%-spin} in
     kafka-longpoll)
       [ $HAVE_KAFKA = 1 ] && cmd="$KXGW serve --log-dir $dir --kafka-listen $GW_ADDR:$KAFKA_PORT --io sendfile"
       client="$KXGW bench-tool tail-kafka --bootstrap $GW_ADDR:$KAFKA_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
     udp-kernel|udp-kernel-busypoll)
       [ $HAVE_FETCH = 1 ] && [ $HAVE_TAILF = 1 ] && cmd="$KXGW serve --log-dir $dir --fetch-listen $GW_ADDR:$FETCH_PORT"
-      if [ $path = udp-kernel-busypoll ]; then
+      if [ ${path%-spin} = udp-kernel-busypoll ]; then
         if has "$SERVE_HELP" --fetch-busy-poll; then cmd="$cmd --fetch-busy-poll"; else cmd=; fi
       fi
       client="$KXGW bench-tool tail-fetch --fetch $GW_ADDR:$FETCH_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
     xdp-busypoll-off|xdp-busypoll-on)
       if [ $HAVE_XDP = 1 ] && [ $HAVE_TAILF = 1 ]; then
         cmd="$KXGW serve --log-dir $dir --xdp-iface $GW_IF --fetch-listen $GW_ADDR:$FETCH_PORT --tx-strategy auto"
-        if [ $path = xdp-busypoll-on ]; then
+        if [ ${path%-spin} = xdp-busypoll-on ]; then
           if [ $HAVE_BUSY = 1 ]; then cmd="$cmd --busy-poll"; else cmd=; fi
         fi
       fi
       client="$KXGW bench-tool tail-fetch --fetch $GW_ADDR:$FETCH_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
   esac
+  if [ -n "$spin" ] && ! has "$BT_HELP_TAIL" --spin; then cmd=; fi
   if [ -z "$cmd" ]; then
     record latency "$path" tmpfs 1 "$run" "n/a" - - - - - - "not in this build"; return 0
   fi
+  client="$client $spin"
   local logf=$WORK/latency-$path-$run.log clog=$WORK/latency-$path-$run.client.log
   # shellcheck disable=SC2086
   start_bg "$logf" $cmd
-  local ready="wait_udp $FETCH_PORT"; [ $path = kafka-longpoll ] && ready="wait_tcp $KAFKA_PORT"
+  local ready="wait_udp $FETCH_PORT"; [ ${path%-spin} = kafka-longpoll ] && ready="wait_tcp $KAFKA_PORT"
   if ! $ready; then
     record latency "$path" tmpfs 1 "$run" failed - - - - - - "gateway did not come up: $logf"; stop_gw; return 0
   fi
@@ -395,7 +400,7 @@ measure_latency() { # path run
 # ---------------------------------------------------------------- the runs
 PATHS="kafka-copy kafka-sendfile udp-sendmmsg udp-gso xdp-copy xdp-sg"
 FANOUT_PATHS="kafka-sendfile udp-sendmmsg xdp-sg"
-LAT_PATHS="kafka-longpoll udp-kernel udp-kernel-busypoll xdp-busypoll-off xdp-busypoll-on"
+LAT_PATHS="kafka-longpoll udp-kernel udp-kernel-busypoll xdp-busypoll-off xdp-busypoll-on kafka-longpoll-spin udp-kernel-busypoll-spin xdp-busypoll-on-spin"
 : >"$RAW"
 T_START=$(date +%s)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)

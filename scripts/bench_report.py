@@ -26,6 +26,9 @@ PATH_DOC = {
     "udp-kernel-busypoll": "fetch protocol, kernel UDP, `--fetch-busy-poll`",
     "xdp-busypoll-off": "fetch protocol, AF_XDP, busy poll off",
     "xdp-busypoll-on": "fetch protocol, AF_XDP, `--busy-poll`",
+    "kafka-longpoll-spin": "Kafka TCP long-poll, spinning consumer",
+    "udp-kernel-busypoll-spin": "fetch protocol, kernel UDP, `--fetch-busy-poll`, spinning consumer",
+    "xdp-busypoll-on-spin": "fetch protocol, AF_XDP, `--busy-poll`, spinning consumer",
 }
 
 

@@ -57,6 +57,8 @@ pub struct KafkaFetcher {
     /// Response buffer, reused: a fresh multi-MiB allocation per response would cost the
     /// consumer a page fault per 4 KiB, work no real consumer does.
     buf: BytesMut,
+    /// Spin on a non-blocking socket instead of sleeping in read(2) (and the bound of a read).
+    spin: Option<Duration>,
 }
 
 impl KafkaFetcher {
@@ -74,12 +76,45 @@ impl KafkaFetcher {
             correlation: 0,
             in_flight: Default::default(),
             buf: BytesMut::new(),
+            spin: None,
         })
     }
 
     /// Sets a read timeout (long-poll responses may take up to max_wait_ms).
     pub fn set_timeout(&self, t: Duration) -> Result<()> {
         self.stream.set_read_timeout(Some(t)).context("SO_RCVTIMEO")
+    }
+
+    /// Makes reads spin on the non-blocking socket (yielding the core between tries) for at
+    /// most `bound` each: the consumer never sleeps, so its wake-up is not part of a delay.
+    pub fn set_spin(&mut self, bound: Duration) -> Result<()> {
+        self.stream.set_nonblocking(true).context("O_NONBLOCK")?;
+        self.spin = Some(bound);
+        Ok(())
+    }
+
+    /// Fills `buf` from the socket, blocking or spinning.
+    fn read_full(stream: &mut TcpStream, spin: Option<Duration>, buf: &mut [u8]) -> Result<()> {
+        let Some(bound) = spin else {
+            return stream.read_exact(buf).context("reading from the socket");
+        };
+        let t0 = std::time::Instant::now();
+        let mut done = 0;
+        while done < buf.len() {
+            match stream.read(&mut buf[done..]) {
+                Ok(0) => bail!("connection closed after {done} of {} bytes", buf.len()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if t0.elapsed() > bound {
+                        bail!("nothing to read for {bound:?}");
+                    }
+                    let _ = nix::sched::sched_yield();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("reading from the socket"),
+            }
+        }
+        Ok(())
     }
 
     /// Sends one Fetch request and waits for its response.
@@ -136,8 +171,7 @@ impl KafkaFetcher {
         };
 
         let mut len = [0u8; 4];
-        self.stream
-            .read_exact(&mut len)
+        Self::read_full(&mut self.stream, self.spin, &mut len)
             .context("reading response length")?;
         let len = i32::from_be_bytes(len);
         if len < 0 || len as usize > MAX_RESPONSE {
@@ -148,8 +182,7 @@ impl KafkaFetcher {
         // which is cheap next to the copy and keeps this free of unsafe.
         self.buf.clear();
         self.buf.resize(len as usize, 0);
-        self.stream
-            .read_exact(&mut self.buf)
+        Self::read_full(&mut self.stream, self.spin, &mut self.buf)
             .with_context(|| format!("reading a response of {len} bytes"))?;
         let mut body: Bytes = self.buf.split().freeze();
         let rh = ResponseHeader::decode(&mut body, FetchResponse::header_version(self.version))

@@ -117,19 +117,47 @@ pub fn delays_in(
     Ok(())
 }
 
-/// Tails a partition over the Kafka protocol with long-poll fetches from `offset` until `count`
-/// stamped records arrived (or `deadline` passed) and returns their delays (ns).
-pub fn tail_kafka(
-    bootstrap: &str,
-    topic: &str,
-    partition: i32,
-    mut offset: i64,
-    count: usize,
-    max_wait_ms: i32,
-    deadline: Duration,
-) -> Result<Vec<u64>> {
+/// How a tailing probe waits for the next response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Sleep in the kernel (read/poll), as stock consumers do.
+    Block,
+    /// Spin on a non-blocking socket, yielding the core between tries: the consumer's own
+    /// wake-up from an idle vCPU (tens of µs on this VM) leaves the delay.
+    Spin,
+}
+
+/// What a tailing probe reads and how long it may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Tail {
+    /// Partition of the topic.
+    pub partition: i32,
+    /// First offset to wait for.
+    pub offset: i64,
+    /// Stamped records to receive.
+    pub count: usize,
+    /// Give up after this long.
+    pub deadline: Duration,
+    /// Sleep or spin between responses.
+    pub wait: Wait,
+}
+
+/// Tails a partition over the Kafka protocol with long-poll fetches from `t.offset` until
+/// `t.count` stamped records arrived (or `t.deadline` passed) and returns their delays (ns).
+pub fn tail_kafka(bootstrap: &str, topic: &str, max_wait_ms: i32, t: Tail) -> Result<Vec<u64>> {
+    let Tail {
+        partition,
+        mut offset,
+        count,
+        deadline,
+        wait,
+    } = t;
     let mut f = KafkaFetcher::connect(bootstrap, topic, 11)?;
-    f.set_timeout(Duration::from_millis(max_wait_ms as u64) + Duration::from_secs(10))?;
+    let bound = Duration::from_millis(max_wait_ms as u64) + Duration::from_secs(10);
+    f.set_timeout(bound)?;
+    if wait == Wait::Spin {
+        f.set_spin(bound)?;
+    }
     let t0 = std::time::Instant::now();
     let mut delays = Vec::with_capacity(count);
     while delays.len() < count && t0.elapsed() < deadline {
@@ -157,16 +185,16 @@ pub fn tail_kafka(
 }
 
 /// Tails a partition over the kxgw fetch protocol (kernel-UDP consumer, blocking in poll(2)
-/// like the Kafka probe blocks in read) from `offset` until `count` stamped records arrived
-/// (or `deadline` passed) and returns their delays (ns).
-pub fn tail_fetch(
-    server: std::net::SocketAddr,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    count: usize,
-    deadline: Duration,
-) -> Result<Vec<u64>> {
+/// like the Kafka probe blocks in read, or spinning) from `t.offset` until `t.count` stamped
+/// records arrived (or `t.deadline` passed) and returns their delays (ns).
+pub fn tail_fetch(server: std::net::SocketAddr, topic: &str, t: Tail) -> Result<Vec<u64>> {
+    let Tail {
+        partition,
+        offset,
+        count,
+        deadline,
+        wait,
+    } = t;
     use crate::fetch::consumer::UdpConsumer;
     use crate::fetch::{ClientConfig, Event, StartAt, Subscription};
     let cfg = ClientConfig {
@@ -183,8 +211,13 @@ pub fn tail_fetch(
     let t0 = std::time::Instant::now();
     let mut delays = Vec::with_capacity(count);
     while delays.len() < count && t0.elapsed() < deadline {
-        c.poll(Duration::from_millis(100))
-            .context("fetch consumer poll")?;
+        match wait {
+            Wait::Block => c.poll(Duration::from_millis(100)),
+            Wait::Spin => c.poll(Duration::ZERO).inspect(|_| {
+                let _ = nix::sched::sched_yield();
+            }),
+        }
+        .context("fetch consumer poll")?;
         while let Some(ev) = c.next_event() {
             match ev {
                 Event::Batch(b) => {

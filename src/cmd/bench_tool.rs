@@ -123,6 +123,9 @@ enum Tool {
         count: usize,
         #[arg(long, default_value_t = 500)]
         max_wait_ms: i32,
+        /// Spin on the socket instead of sleeping in read(2).
+        #[arg(long)]
+        spin: bool,
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },
@@ -140,6 +143,9 @@ enum Tool {
         count: usize,
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
+        /// Spin on the socket instead of sleeping in poll(2).
+        #[arg(long)]
+        spin: bool,
     },
 }
 
@@ -237,16 +243,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             count,
             max_wait_ms,
             timeout_secs,
+            spin,
         } => {
-            let mut d = latency::tail_kafka(
-                &bootstrap,
-                &topic,
-                partition,
-                offset,
-                count,
-                max_wait_ms,
-                Duration::from_secs(timeout_secs),
-            )?;
+            let t = tail(partition, offset, count, timeout_secs, spin);
+            let mut d = latency::tail_kafka(&bootstrap, &topic, max_wait_ms, t)?;
             report_delays(&mut d, count)?;
         }
         Tool::TailFetch {
@@ -256,19 +256,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
             offset,
             count,
             timeout_secs,
+            spin,
         } => {
-            let mut d = latency::tail_fetch(
-                fetch,
-                &topic,
-                partition,
-                offset,
-                count,
-                Duration::from_secs(timeout_secs),
-            )?;
+            let t = tail(partition, offset, count, timeout_secs, spin);
+            let mut d = latency::tail_fetch(fetch, &topic, t)?;
             report_delays(&mut d, count)?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn tail(partition: i32, offset: i64, count: usize, timeout_secs: u64, spin: bool) -> latency::Tail {
+    latency::Tail {
+        partition,
+        offset,
+        count,
+        deadline: Duration::from_secs(timeout_secs),
+        wait: if spin {
+            latency::Wait::Spin
+        } else {
+            latency::Wait::Block
+        },
+    }
 }
 
 fn report_delays(d: &mut [u64], wanted: usize) -> Result<()> {
