@@ -55,12 +55,8 @@ enum Tool {
     FetchLoad {
         #[arg(long)]
         fetch: std::net::SocketAddr,
-        #[arg(long)]
-        topic: String,
-        #[arg(long, default_value_t = 0)]
-        partition: i32,
-        #[arg(long, default_value_t = 1)]
-        consumers: usize,
+        #[command(flatten)]
+        load: Load,
         /// Records per consumer.
         #[arg(long)]
         records: u64,
@@ -71,12 +67,8 @@ enum Tool {
     KafkaLoad {
         #[arg(long)]
         bootstrap: String,
-        #[arg(long)]
-        topic: String,
-        #[arg(long, default_value_t = 0)]
-        partition: i32,
-        #[arg(long, default_value_t = 1)]
-        consumers: usize,
+        #[command(flatten)]
+        load: Load,
         #[arg(long, default_value_t = 0)]
         start_offset: i64,
         /// Records per consumer (0 = until the high watermark).
@@ -111,42 +103,65 @@ enum Tool {
     TailKafka {
         #[arg(long)]
         bootstrap: String,
-        #[arg(long)]
-        topic: String,
-        #[arg(long, default_value_t = 0)]
-        partition: i32,
-        /// First offset to wait for (the log end when the producer starts).
-        #[arg(long)]
-        offset: i64,
-        /// Stamped records to receive.
-        #[arg(long)]
-        count: usize,
         #[arg(long, default_value_t = 500)]
         max_wait_ms: i32,
-        /// Spin on the socket instead of sleeping in read(2).
-        #[arg(long)]
-        spin: bool,
-        #[arg(long, default_value_t = 60)]
-        timeout_secs: u64,
+        #[command(flatten)]
+        tail: TailArgs,
     },
     /// Tail a partition over the kxgw fetch protocol; produce-to-consume delay percentiles.
     TailFetch {
         #[arg(long)]
         fetch: std::net::SocketAddr,
-        #[arg(long)]
-        topic: String,
-        #[arg(long, default_value_t = 0)]
-        partition: i32,
-        #[arg(long)]
-        offset: i64,
-        #[arg(long)]
-        count: usize,
-        #[arg(long, default_value_t = 60)]
-        timeout_secs: u64,
-        /// Spin on the socket instead of sleeping in poll(2).
-        #[arg(long)]
-        spin: bool,
+        #[command(flatten)]
+        tail: TailArgs,
     },
+}
+
+/// Which partition the load clients read, and how many of them.
+#[derive(Debug, clap::Args)]
+struct Load {
+    #[arg(long)]
+    topic: String,
+    #[arg(long, default_value_t = 0)]
+    partition: i32,
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+}
+
+/// What a tailing probe waits for.
+#[derive(Debug, clap::Args)]
+struct TailArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long, default_value_t = 0)]
+    partition: i32,
+    /// First offset to wait for (the log end when the producer starts).
+    #[arg(long)]
+    offset: i64,
+    /// Stamped records to receive.
+    #[arg(long)]
+    count: usize,
+    #[arg(long, default_value_t = 60)]
+    timeout_secs: u64,
+    /// Spin on the socket instead of sleeping in the kernel until a response arrives.
+    #[arg(long)]
+    spin: bool,
+}
+
+impl TailArgs {
+    fn tail(&self) -> latency::Tail {
+        latency::Tail {
+            partition: self.partition,
+            offset: self.offset,
+            count: self.count,
+            deadline: Duration::from_secs(self.timeout_secs),
+            wait: if self.spin {
+                latency::Wait::Spin
+            } else {
+                latency::Wait::Block
+            },
+        }
+    }
 }
 
 /// Runs one tool.
@@ -179,11 +194,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 ))
             );
         }
+        Tool::FetchLoad {
+            fetch,
+            load,
+            records,
+            timeout_secs,
+        } => {
+            let cfg = fetch_load::FetchLoadConfig {
+                server: fetch,
+                topic: load.topic,
+                partition: load.partition,
+                consumers: load.consumers,
+                records,
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            let t = fetch_load::run(&cfg)?;
+            println!(
+                "{}",
+                t.to_json(&format!(",\"consumers\":{}", cfg.consumers))
+            );
+        }
         Tool::KafkaLoad {
             bootstrap,
-            topic,
-            partition,
-            consumers,
+            load,
             start_offset,
             records,
             max_bytes,
@@ -192,9 +225,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         } => {
             let cfg = load::LoadConfig {
                 bootstrap,
-                topic,
-                partition,
-                consumers,
+                topic: load.topic,
+                partition: load.partition,
+                consumers: load.consumers,
                 start_offset,
                 records,
                 max_bytes,
@@ -202,26 +235,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 verify: !no_verify,
             };
             let t = load::run(&cfg)?;
-            println!("{}", t.to_json(&format!(",\"consumers\":{consumers}")));
-        }
-        Tool::FetchLoad {
-            fetch,
-            topic,
-            partition,
-            consumers,
-            records,
-            timeout_secs,
-        } => {
-            let cfg = fetch_load::FetchLoadConfig {
-                server: fetch,
-                topic,
-                partition,
-                consumers,
-                records,
-                timeout: Duration::from_secs(timeout_secs),
-            };
-            let t = fetch_load::run(&cfg)?;
-            println!("{}", t.to_json(&format!(",\"consumers\":{consumers}")));
+            println!(
+                "{}",
+                t.to_json(&format!(",\"consumers\":{}", cfg.consumers))
+            );
         }
         Tool::TailProduce {
             log_dir,
@@ -237,47 +254,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         Tool::TailKafka {
             bootstrap,
-            topic,
-            partition,
-            offset,
-            count,
             max_wait_ms,
-            timeout_secs,
-            spin,
+            tail,
         } => {
-            let t = tail(partition, offset, count, timeout_secs, spin);
-            let mut d = latency::tail_kafka(&bootstrap, &topic, max_wait_ms, t)?;
-            report_delays(&mut d, count)?;
+            let mut d = latency::tail_kafka(&bootstrap, &tail.topic, max_wait_ms, tail.tail())?;
+            report_delays(&mut d, tail.count)?;
         }
-        Tool::TailFetch {
-            fetch,
-            topic,
-            partition,
-            offset,
-            count,
-            timeout_secs,
-            spin,
-        } => {
-            let t = tail(partition, offset, count, timeout_secs, spin);
-            let mut d = latency::tail_fetch(fetch, &topic, t)?;
-            report_delays(&mut d, count)?;
+        Tool::TailFetch { fetch, tail } => {
+            let mut d = latency::tail_fetch(fetch, &tail.topic, tail.tail())?;
+            report_delays(&mut d, tail.count)?;
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn tail(partition: i32, offset: i64, count: usize, timeout_secs: u64, spin: bool) -> latency::Tail {
-    latency::Tail {
-        partition,
-        offset,
-        count,
-        deadline: Duration::from_secs(timeout_secs),
-        wait: if spin {
-            latency::Wait::Spin
-        } else {
-            latency::Wait::Block
-        },
-    }
 }
 
 fn report_delays(d: &mut [u64], wanted: usize) -> Result<()> {
