@@ -63,12 +63,7 @@ fn hostile_lengths_and_names_are_refused_and_the_log_dir_is_never_written() {
     let gw = Gateway::start(&net, &dir, work.path());
     let addr = gw.addr;
     let report = in_client_ns(&net, move || {
-        let connect = || {
-            let s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s
-        };
-        let mut good = connect();
+        let mut good = connect(addr);
         let r: FetchResponse = call(&mut good, ApiKey::Fetch, 11, &fetch("t", 0, 0));
         assert_eq!(r.responses[0].partitions[0].error_code, 0);
 
@@ -176,7 +171,7 @@ fn hostile_lengths_and_names_are_refused_and_the_log_dir_is_never_written() {
             }),
         ];
         for (what, bytes) in cases.drain(..) {
-            let mut s = connect();
+            let mut s = connect(addr);
             s.write_all(&bytes).unwrap();
             if !closed_by_server(&mut s) {
                 closed.push(what);
@@ -185,7 +180,7 @@ fn hostile_lengths_and_names_are_refused_and_the_log_dir_is_never_written() {
         assert!(closed.is_empty(), "answered instead of closed: {closed:?}");
 
         // Names that try to leave the log dir: unknown topic, never data.
-        let mut s = connect();
+        let mut s = connect(addr);
         let names = [
             "../secret",
             "..",

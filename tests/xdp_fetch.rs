@@ -2,13 +2,18 @@
 //! gateway namespace, `kxgw consume --verify` in the consumer namespace, real multi-segment
 //! logs written by the log writer.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kxgw::log::writer::{produce, ProduceConfig, WriterConfig};
+use common::{
+    consume_fetch, drain_lines, forward_lines, printed_counter, produce_demo_records,
+    segment_count, verified_summary,
+};
 use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const PORT: u16 = 9093;
@@ -22,36 +27,6 @@ fn exe() -> &'static str {
 
 fn endpoint() -> String {
     format!("{GW_ADDR}:{PORT}")
-}
-
-fn produce_records(dir: &Path, records: u64, segment_bytes: u64) -> u64 {
-    let s = produce(&ProduceConfig {
-        log_dir: dir.to_path_buf(),
-        topic: TOPIC.into(),
-        partitions: 1,
-        records,
-        record_size: 1000,
-        batch_records: 32,
-        key_size: 16,
-        headers: 0,
-        writer: WriterConfig {
-            segment_bytes,
-            ..WriterConfig::default()
-        },
-        write_checkpoint: false,
-    })
-    .expect("producing the test log");
-    s.bytes
-}
-
-fn segments(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join(format!("{TOPIC}-0")))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))
-        })
-        .count()
 }
 
 struct Gateway {
@@ -96,22 +71,8 @@ impl Gateway {
         // Both streams: the transport line is on stdout, the counters are logged to stderr.
         let out = child.stdout.take().expect("piped");
         let err = child.stderr.take().expect("piped");
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("gateway: {l}");
-                if tx2.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        forward_lines(out, tx.clone(), None);
+        forward_lines(err, tx, Some("gateway"));
         let mut child = KillOnDrop(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         let banner = loop {
@@ -140,63 +101,30 @@ impl Gateway {
     fn stop(mut self) -> String {
         let status = self.child.terminate(Duration::from_secs(10)).unwrap();
         assert!(status.success(), "serve exit: {status}");
-        let mut rest = String::new();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            rest.push_str(&l);
-            rest.push('\n');
-        }
-        rest
+        drain_lines(&self.lines)
     }
 }
 
-fn counter(stats: &str, name: &str) -> u64 {
-    let at = stats
-        .find(&format!("{name}: "))
-        .unwrap_or_else(|| panic!("no {name} in {stats}"));
-    stats[at + name.len() + 2..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<String>()
-        .parse()
-        .unwrap()
-}
-
 fn consume(net: &TestNet, args: &[&str]) -> Output {
-    let out = net
-        .client_command(exe())
-        .args(["consume", "--fetch", &endpoint(), "--topic", TOPIC])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running kxgw consume");
-    eprintln!(
-        "consume {args:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    consume_fetch(net, &endpoint(), TOPIC, args)
 }
 
 /// "verified N records (offsets a..b) in K batches, B bytes ... errors: 0" -> (N, B).
 fn verified(out: &Output) -> (u64, u64) {
     assert!(out.status.success(), "consume failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("verified "))
-        .unwrap_or_else(|| panic!("no summary in {text:?}"));
-    assert!(line.ends_with("errors: 0"), "{line}");
-    let w: Vec<&str> = line.split_whitespace().collect();
-    (w[1].parse().unwrap(), w[8].parse().unwrap())
+    let (n, _, bytes) = verified_summary(out);
+    (n, bytes)
 }
 
 /// One log, three gateways (one per TX strategy), each consumed whole and verified.
 fn whole_log_each_strategy(mtu: u32, loss: u32, records: u64, tag: &str) {
     let net = TestNet::new(tag, mtu).expect("test network");
     let dir = tempfile::tempdir().unwrap();
-    let bytes = produce_records(dir.path(), records, 64 << 20);
-    assert!(segments(dir.path()) >= 2, "want a multi-segment log");
+    let bytes = produce_demo_records(dir.path(), TOPIC, records, 64 << 20);
+    assert!(
+        segment_count(dir.path(), TOPIC) >= 2,
+        "want a multi-segment log"
+    );
     if loss > 0 {
         net.inject_client_loss(loss).expect("loss rule");
     }
@@ -228,11 +156,14 @@ fn whole_log_each_strategy(mtu: u32, loss: u32, records: u64, tag: &str) {
             "MTU {mtu}, {loss}% loss, strategy {strategy}: {} MiB in {took:?}\n{stats}",
             bytes >> 20
         );
-        assert_eq!(counter(&stats, "tx_invalid_descs"), 0, "{stats}");
-        assert_eq!(counter(&stats, "oversize"), 0, "{stats}");
-        assert!(counter(&stats, "steered") > 0, "{stats}");
-        let (sg, copy) = (counter(&stats, "tx_sg"), counter(&stats, "tx_copy"));
-        let data = counter(&stats, "tx_packets");
+        assert_eq!(printed_counter(&stats, "tx_invalid_descs"), 0, "{stats}");
+        assert_eq!(printed_counter(&stats, "oversize"), 0, "{stats}");
+        assert!(printed_counter(&stats, "steered") > 0, "{stats}");
+        let (sg, copy) = (
+            printed_counter(&stats, "tx_sg"),
+            printed_counter(&stats, "tx_copy"),
+        );
+        let data = printed_counter(&stats, "tx_packets");
         match strategy {
             "sg" => assert!(sg * 10 >= data * 9, "sg sends the data: {stats}"),
             // copy, and auto in copy mode (veth): everything copied into frames.
@@ -263,7 +194,7 @@ fn jumbo_mtus_on_both_ends() {
 fn tailing_consumer_gets_appends_over_af_xdp() {
     let net = TestNet::new("xftail", 1500).expect("test network");
     let dir = tempfile::tempdir().unwrap();
-    produce_records(dir.path(), 5000, 1 << 30);
+    produce_demo_records(dir.path(), TOPIC, 5000, 1 << 30);
     let gw = Gateway::start(&net, dir.path(), &net.gw_if, &[]);
     let mut consumer = KillOnDrop(
         net.client_command(exe())
@@ -283,7 +214,7 @@ fn tailing_consumer_gets_appends_over_af_xdp() {
         "it waits at the end"
     );
     for _ in 0..3 {
-        produce_records(dir.path(), 1000, 1 << 30);
+        produce_demo_records(dir.path(), TOPIC, 1000, 1 << 30);
         std::thread::sleep(Duration::from_millis(300));
     }
     let (status, text) = consumer
@@ -293,7 +224,7 @@ fn tailing_consumer_gets_appends_over_af_xdp() {
     assert!(status.success(), "{text}");
     assert!(text.contains("verified 3000 records"), "{text}");
     let stats = gw.stop();
-    assert!(counter(&stats, "steered") > 0, "{stats}");
+    assert!(printed_counter(&stats, "steered") > 0, "{stats}");
 }
 
 /// With `--busy-poll` a tailing consumer gets each record soon after its append, not at the
@@ -377,7 +308,7 @@ fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
 fn without_xdp_it_falls_back_to_kernel_udp_unless_required() {
     let net = TestNet::new("xffall", 1500).expect("test network");
     let dir = tempfile::tempdir().unwrap();
-    produce_records(dir.path(), 2000, 1 << 30);
+    produce_demo_records(dir.path(), TOPIC, 2000, 1 << 30);
     // No such interface: falls back, says why, still serves.
     let gw = Gateway::start(&net, dir.path(), "nosuchif0", &[]);
     assert!(gw.banner.contains("kernel UDP"), "{}", gw.banner);
@@ -417,7 +348,7 @@ fn without_xdp_it_falls_back_to_kernel_udp_unless_required() {
 fn kafka_tcp_and_arp_work_beside_xdp_and_sigkill_leaves_nothing_attached() {
     let net = TestNet::new("xfkill", 1500).expect("test network");
     let dir = tempfile::tempdir().unwrap();
-    produce_records(dir.path(), 3000, 1 << 30);
+    produce_demo_records(dir.path(), TOPIC, 3000, 1 << 30);
     let kafka = format!("{GW_ADDR}:9092");
     let mut gw = Gateway::start(&net, dir.path(), &net.gw_if, &["--kafka-listen", &kafka]);
     assert!(gw.banner.contains("AF_XDP"), "{}", gw.banner);
@@ -456,5 +387,5 @@ fn kafka_tcp_and_arp_work_beside_xdp_and_sigkill_leaves_nothing_attached() {
     let out = consume(&net, &["--from-beginning", "--verify", "--count", "3000"]);
     assert_eq!(verified(&out).0, 3000);
     let stats = gw2.stop();
-    assert!(counter(&stats, "steered") > 0, "{stats}");
+    assert!(printed_counter(&stats, "steered") > 0, "{stats}");
 }

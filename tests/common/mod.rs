@@ -1,11 +1,13 @@
-//! Shared helpers of the hardening tests (security_kafka, faults): a gateway process in a
-//! test namespace, raw Kafka requests, consumer-namespace threads.
+//! Shared helpers of the network tests (kafka_e2e, security_kafka, faults, soak, fetch_udp,
+//! xdp_fetch, xdp_engine): a gateway process in a test namespace, raw Kafka requests,
+//! namespace threads, `kxgw consume --fetch` runs and the counters gateways print.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -31,17 +33,43 @@ pub fn produce(dir: &Path, topic: &str, records: u64, extra: &[&str]) {
     );
 }
 
-/// Runs `f` on a thread inside the consumer namespace.
-pub fn in_client_ns<R: Send + 'static>(net: &TestNet, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let path = format!("/var/run/netns/{}", net.client_ns);
+/// Runs `f` on a thread that has entered network namespace `ns`: sockets it opens live there.
+pub fn in_ns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).expect("opening the consumer namespace");
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("entering the consumer namespace");
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns into {path}: {e}"));
         f()
     })
     .join()
-    .expect("consumer-namespace thread panicked")
+    .expect("namespace thread panicked")
+}
+
+/// Runs `f` on a thread inside the consumer namespace.
+pub fn in_client_ns<R: Send + 'static>(net: &TestNet, f: impl FnOnce() -> R + Send + 'static) -> R {
+    in_ns(&net.client_ns, f)
+}
+
+/// Whether `addr` accepts TCP connections from the consumer namespace within 20 s.
+pub fn wait_listening(net: &TestNet, addr: SocketAddr) -> bool {
+    in_client_ns(net, move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })
+}
+
+/// A connection to `addr` whose reads give up after 10 s.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
 }
 
 pub struct Gateway {
@@ -82,16 +110,7 @@ impl Gateway {
             addr,
             ctl,
         };
-        let ready = in_client_ns(net, move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            false
-        });
+        let ready = wait_listening(net, addr);
         assert!(ready, "kxgw serve never listened:\n{}", gw.log());
         gw
     }
@@ -142,11 +161,17 @@ impl Gateway {
     }
 }
 
+/// One request frame with correlation id 42.
 pub fn frame<R: Encodable>(key: ApiKey, version: i16, req: &R) -> Vec<u8> {
+    frame_corr(key, version, 42, req)
+}
+
+/// One request frame (length prefix, header, body) with correlation id `corr`.
+pub fn frame_corr<R: Encodable>(key: ApiKey, version: i16, corr: i32, req: &R) -> Vec<u8> {
     let header = RequestHeader::default()
         .with_request_api_key(key as i16)
         .with_request_api_version(version)
-        .with_correlation_id(42)
+        .with_correlation_id(corr)
         .with_client_id(Some(StrBytes::from_static_str("sec")));
     let mut body = BytesMut::new();
     header
@@ -183,17 +208,41 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
+/// Sends one request and decodes its response.
 pub fn call<Req: Encodable, Resp: Decodable>(
     s: &mut TcpStream,
     key: ApiKey,
     version: i16,
     req: &Req,
 ) -> Resp {
+    call_rest(s, key, version, req).0
+}
+
+/// [`call`], also checking that the response frame holds nothing after the response.
+pub fn call_exact<Req: Encodable, Resp: Decodable>(
+    s: &mut TcpStream,
+    key: ApiKey,
+    version: i16,
+    req: &Req,
+) -> Resp {
+    let (r, rest) = call_rest(s, key, version, req);
+    assert_eq!(rest.len(), 0);
+    r
+}
+
+/// Sends one request; returns its decoded response and the bytes of the frame after it.
+fn call_rest<Req: Encodable, Resp: Decodable>(
+    s: &mut TcpStream,
+    key: ApiKey,
+    version: i16,
+    req: &Req,
+) -> (Resp, Bytes) {
     s.write_all(&frame(key, version, req)).unwrap();
     let mut b = read_response(s).unwrap();
     let h = ResponseHeader::decode(&mut b, key.response_header_version(version)).unwrap();
     assert_eq!(h.correlation_id, 42);
-    Resp::decode(&mut b, version).unwrap()
+    let r = Resp::decode(&mut b, version).unwrap();
+    (r, b)
 }
 
 pub fn fetch(topic: &str, partition: i32, offset: i64) -> FetchRequest {
@@ -326,4 +375,123 @@ pub fn consume_paced(
         }
     }
     Ok(batches)
+}
+
+/// Writes `records` demo records (1000-byte values, 16-byte keys, 32 per batch) to partition 0
+/// of `topic` with the log writer, rolling segments at `segment_bytes`. Returns the bytes of
+/// all segments.
+pub fn produce_demo_records(dir: &Path, topic: &str, records: u64, segment_bytes: u64) -> u64 {
+    use kxgw::log::writer::{ProduceConfig, WriterConfig};
+    let s = kxgw::log::writer::produce(&ProduceConfig {
+        log_dir: dir.to_path_buf(),
+        topic: topic.into(),
+        partitions: 1,
+        records,
+        record_size: 1000,
+        batch_records: 32,
+        key_size: 16,
+        headers: 0,
+        writer: WriterConfig {
+            segment_bytes,
+            ..WriterConfig::default()
+        },
+        write_checkpoint: false,
+    })
+    .expect("producing the test log");
+    s.bytes
+}
+
+/// Number of segment files of partition 0 of `topic`.
+pub fn segment_count(dir: &Path, topic: &str) -> usize {
+    std::fs::read_dir(dir.join(format!("{topic}-0")))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))
+        })
+        .count()
+}
+
+/// Runs `kxgw consume --fetch endpoint --topic topic args..` in the consumer namespace and
+/// echoes what it printed.
+pub fn consume_fetch(net: &TestNet, endpoint: &str, topic: &str, args: &[&str]) -> Output {
+    let out = net
+        .client_command(KXGW)
+        .args(["consume", "--fetch", endpoint, "--topic", topic])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kxgw consume");
+    eprintln!(
+        "consume {args:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Parses "verified N records (offsets a..b) in K batches, B bytes ... errors: 0" (which it
+/// must end with) into (N, b, B).
+pub fn verified_summary(out: &Output) -> (u64, i64, u64) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("verified "))
+        .unwrap_or_else(|| panic!("no summary in {text:?}"));
+    assert!(line.ends_with("errors: 0"), "{line}");
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let n = w[1].parse().unwrap();
+    let end = w[4]
+        .trim_end_matches(')')
+        .rsplit("..")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = w[8].parse().unwrap();
+    (n, end, bytes)
+}
+
+/// Sends each line read from `from` to `to` (prefixed with `echo` on stderr when given) until
+/// the stream ends or nobody receives.
+pub fn forward_lines(
+    from: impl Read + Send + 'static,
+    to: mpsc::Sender<String>,
+    echo: Option<&'static str>,
+) {
+    std::thread::spawn(move || {
+        for l in BufReader::new(from).lines().map_while(Result::ok) {
+            if let Some(who) = echo {
+                eprintln!("{who}: {l}");
+            }
+            if to.send(l).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// The lines still coming on `lines`, until none arrives for 2 s (what a stopped gateway
+/// printed on the way out).
+pub fn drain_lines(lines: &mpsc::Receiver<String>) -> String {
+    let mut rest = String::new();
+    while let Ok(l) = lines.recv_timeout(Duration::from_secs(2)) {
+        rest.push_str(&l);
+        rest.push('\n');
+    }
+    rest
+}
+
+/// The value of `name` in counters printed as `name: N` (AF_XDP engine stats).
+pub fn printed_counter(stats: &str, name: &str) -> u64 {
+    let at = stats
+        .find(&format!("{name}: "))
+        .unwrap_or_else(|| panic!("no {name} in {stats}"));
+    stats[at + name.len() + 2..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap()
 }
