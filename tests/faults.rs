@@ -37,9 +37,17 @@ fn test_setup(tag: &str) -> (TestNet, tempfile::TempDir, PathBuf) {
     (net, work, dir)
 }
 
-/// The fetch endpoint the gateways serve with `--fetch-listen`.
-fn fetch_addr() -> String {
-    format!("{GW_ADDR}:9093")
+/// Starts a gateway that also serves the fetch protocol (`--fetch-listen`), with `extra`
+/// flags; returns it and its fetch endpoint.
+fn start_fetch_gateway(
+    net: &TestNet,
+    dir: &Path,
+    work: &Path,
+    extra: &[&str],
+) -> (Gateway, String) {
+    let fetch_addr = format!("{GW_ADDR}:9093");
+    let args = [&["--fetch-listen", fetch_addr.as_str()], extra].concat();
+    (Gateway::start_with(net, dir, work, &args), fetch_addr)
 }
 
 /// `kxgw consume --fetch` of `topic`-`partition` from the beginning, verified, in the consumer
@@ -130,8 +138,7 @@ fn udp_consumers_vanishing_mid_response_do_not_disturb_the_gateway() {
     // Large enough (100 MB) that a consumer is still mid-transfer when it is killed,
     // however fast the machine.
     produce(&dir, "u", 200_000, &["--record-size", "500"]);
-    let fetch_addr = fetch_addr();
-    let gw = Gateway::start_with(&net, &dir, work.path(), &["--fetch-listen", &fetch_addr]);
+    let (gw, fetch_addr) = start_fetch_gateway(&net, &dir, work.path(), &[]);
     let consume = |count: u64| {
         let count = count.to_string();
         verified_consume(
@@ -426,14 +433,11 @@ fn arena_full_falls_back_to_copy_and_every_record_arrives() {
         40_000,
         &["--record-size", "1000", "--partitions", "4"],
     );
-    let fetch_addr = fetch_addr();
-    let gw = Gateway::start_with(
+    let (gw, fetch_addr) = start_fetch_gateway(
         &net,
         &dir,
         work.path(),
         &[
-            "--fetch-listen",
-            &fetch_addr,
             "--xdp-iface",
             &net.gw_if,
             "--arena-mib",
@@ -484,18 +488,11 @@ fn arena_full_falls_back_to_copy_and_every_record_arrives() {
 fn interface_down_and_up_under_af_xdp() {
     let (net, work, dir) = test_setup("fifdn");
     produce(&dir, "d", 20_000, &["--record-size", "500"]);
-    let fetch_addr = fetch_addr();
-    let gw = Gateway::start_with(
+    let (gw, fetch_addr) = start_fetch_gateway(
         &net,
         &dir,
         work.path(),
-        &[
-            "--fetch-listen",
-            &fetch_addr,
-            "--xdp-iface",
-            &net.gw_if,
-            "--require-xdp",
-        ],
+        &["--xdp-iface", &net.gw_if, "--require-xdp"],
     );
     let consume = || {
         let extra = [

@@ -9,7 +9,10 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{consume_fetch, produce_demo_records, segment_count, verified_summary};
+use common::{
+    consume_fetch, json_number, produce_demo_records, segment_count, spawn_tail_fetch,
+    tail_produce, verified_summary,
+};
 use kxgw::log::writer::{produce, ProduceConfig, WriterConfig};
 use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
@@ -355,18 +358,7 @@ fn falls_back_to_the_kafka_listener_when_udp_does_not_answer() {
 fn tailing_consumer_keeps_up_with_steady_appends() {
     let net = TestNet::new("tailr", 1500).expect("test network");
     let dir = tempfile::tempdir().unwrap();
-    let tail_produce = |count: &str| {
-        let st = std::process::Command::new("taskset")
-            .args(["-c", "1", exe()])
-            .args(["bench-tool", "tail-produce", "--log-dir"])
-            .arg(dir.path())
-            .args(["--topic", "tail", "--count", count, "--rate", "2000"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("running kxgw bench-tool tail-produce");
-        assert!(st.success(), "tail-produce: {st}");
-    };
-    tail_produce("1");
+    tail_produce(dir.path(), "1");
     let mut cmd = net.gw_command("taskset");
     cmd.args(["-c", "0", exe(), "serve", "--log-dir"])
         .arg(dir.path())
@@ -376,53 +368,16 @@ fn tailing_consumer_keeps_up_with_steady_appends() {
     let mut gw = KillOnDrop(cmd.spawn().expect("spawning kxgw serve"));
     std::thread::sleep(Duration::from_millis(300));
     let n = 3000u64;
-    let mut consumer = KillOnDrop(
-        net.client_command("taskset")
-            .args(["-c", "1", exe()])
-            .args(["bench-tool", "tail-fetch", "--fetch", &gw_endpoint()])
-            .args([
-                "--topic",
-                "tail",
-                "--offset",
-                "1",
-                "--count",
-                &n.to_string(),
-            ])
-            .args(["--timeout-secs", "10"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let mut consumer = spawn_tail_fetch(&net, &gw_endpoint(), n, "10");
     std::thread::sleep(Duration::from_millis(500));
-    tail_produce(&n.to_string());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = consumer.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "tail-fetch did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut text = String::new();
-    if let Some(mut o) = consumer.0.stdout.take() {
-        use std::io::Read;
-        o.read_to_string(&mut text).unwrap();
-    }
+    tail_produce(dir.path(), &n.to_string());
+    let (status, text) = consumer
+        .wait_output(Duration::from_secs(20))
+        .unwrap()
+        .expect("tail-fetch did not finish");
     gw.terminate(Duration::from_secs(5)).unwrap();
     assert!(status.success(), "tail-fetch: {status} {text}");
-    let field = |k: &str| -> f64 {
-        let at = text
-            .find(&format!("\"{k}\":"))
-            .unwrap_or_else(|| panic!("{k} in {text}"));
-        let rest = &text[at + k.len() + 3..];
-        let end = rest.find([',', '}']).unwrap_or(rest.len());
-        rest[..end]
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{k} in {text}: {e}"))
-    };
+    let field = |k: &str| json_number(&text, k);
     assert_eq!(field("count") as u64, n, "{text}");
     assert!(
         field("max_us") < 300_000.0,

@@ -7,9 +7,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{drain_lines, forward_lines, in_ns, printed_counter};
+use common::{forward_lines, in_ns, printed_counter, PipedGateway};
 use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const PORT: u16 = 9093;
@@ -18,11 +18,8 @@ fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_kxgw")
 }
 
-struct Gateway {
-    child: KillOnDrop,
-    stdout: mpsc::Receiver<String>,
-    banner: String,
-}
+/// `kxgw xdp-raw` with its stdout lines (started below).
+type Gateway = PipedGateway;
 
 impl Gateway {
     fn start(net: &TestNet, extra: &[&str]) -> Gateway {
@@ -51,16 +48,10 @@ impl Gateway {
         assert!(banner.contains("serving"), "unexpected banner: {banner}");
         Gateway {
             child,
-            stdout: rx,
+            lines: rx,
             banner,
+            name: "gateway",
         }
-    }
-
-    /// SIGTERM, then the counters it prints on the way out.
-    fn stop(mut self) -> String {
-        let status = self.child.terminate(Duration::from_secs(10)).unwrap();
-        assert!(status.success(), "gateway exit: {status}");
-        drain_lines(&self.stdout)
     }
 }
 
@@ -210,16 +201,7 @@ fn sigkill_leaves_no_xdp_program_and_a_new_gateway_serves() {
     let mut gw = Gateway::start(&net, &[]);
     assert!(net.gw_has_xdp().unwrap());
     assert_eq!(echo(&net, b"one").as_deref(), Some(&b"one"[..]));
-    gw.child.0.kill().unwrap();
-    gw.child.0.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while net.gw_has_xdp().unwrap() {
-        assert!(
-            Instant::now() < deadline,
-            "XDP program still attached after SIGKILL"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    gw.kill_and_expect_xdp_detached(&net);
     let gw2 = Gateway::start(&net, &[]);
     assert!(net.gw_has_xdp().unwrap());
     assert_eq!(echo(&net, b"two").as_deref(), Some(&b"two"[..]));

@@ -4,15 +4,14 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    consume_fetch, drain_lines, forward_lines, printed_counter, produce_demo_records,
-    segment_count, verified_summary,
+    consume_fetch, forward_lines, json_number, printed_counter, produce_demo_records,
+    segment_count, spawn_tail_fetch, tail_produce, verified_summary, PipedGateway,
 };
 use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
@@ -29,11 +28,8 @@ fn endpoint() -> String {
     format!("{GW_ADDR}:{PORT}")
 }
 
-struct Gateway {
-    child: KillOnDrop,
-    lines: mpsc::Receiver<String>,
-    banner: String,
-}
+/// `kxgw serve` with the AF_XDP fetch endpoint and its output lines (started below).
+type Gateway = PipedGateway;
 
 impl Gateway {
     /// Starts `kxgw serve` with the AF_XDP fetch endpoint and waits for its transport line.
@@ -94,14 +90,8 @@ impl Gateway {
             child,
             lines: rx,
             banner,
+            name: "serve",
         }
-    }
-
-    /// SIGTERM; returns what it printed on the way out (the counters).
-    fn stop(mut self) -> String {
-        let status = self.child.terminate(Duration::from_secs(10)).unwrap();
-        assert!(status.success(), "serve exit: {status}");
-        drain_lines(&self.lines)
     }
 }
 
@@ -234,68 +224,21 @@ fn tailing_consumer_gets_appends_over_af_xdp() {
 fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
     let net = TestNet::new("xfbusy", 1500).expect("test network");
     let dir = tempfile::tempdir().unwrap();
-    let tail_produce = |count: &str| {
-        let st = Command::new("taskset")
-            .args(["-c", "1", exe()])
-            .args(["bench-tool", "tail-produce", "--log-dir"])
-            .arg(dir.path())
-            .args(["--topic", "tail", "--count", count, "--rate", "2000"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("running kxgw bench-tool tail-produce");
-        assert!(st.success(), "tail-produce: {st}");
-    };
-    tail_produce("1");
+    tail_produce(dir.path(), "1");
     let gw = Gateway::start_on(&net, dir.path(), &net.gw_if, &["--busy-poll"], Some(0));
     let n = 3000u64;
     // Consumer and producer share the other CPU, as in scripts/bench.sh.
-    let consumer = net
-        .client_command("taskset")
-        .args(["-c", "1", exe()])
-        .args(["bench-tool", "tail-fetch", "--fetch", &endpoint()])
-        .args([
-            "--topic",
-            "tail",
-            "--offset",
-            "1",
-            "--count",
-            &n.to_string(),
-        ])
-        .args(["--timeout-secs", "20"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut consumer = KillOnDrop(consumer);
+    let mut consumer = spawn_tail_fetch(&net, &endpoint(), n, "20");
     std::thread::sleep(Duration::from_millis(500));
     // n records at 2000/s: 1.5 s of appends.
-    tail_produce(&n.to_string());
-    let deadline = Instant::now() + Duration::from_secs(25);
-    let status = loop {
-        if let Some(s) = consumer.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "tail-fetch did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut text = String::new();
-    if let Some(mut o) = consumer.0.stdout.take() {
-        o.read_to_string(&mut text).unwrap();
-    }
+    tail_produce(dir.path(), &n.to_string());
+    let (status, text) = consumer
+        .wait_output(Duration::from_secs(25))
+        .unwrap()
+        .expect("tail-fetch did not finish");
     let stats = gw.stop();
     assert!(status.success(), "tail-fetch: {status} {text}\n{stats}");
-    let field = |k: &str| -> f64 {
-        let at = text
-            .find(&format!("\"{k}\":"))
-            .unwrap_or_else(|| panic!("{k} in {text}"));
-        let rest = &text[at + k.len() + 3..];
-        let end = rest.find([',', '}']).unwrap_or(rest.len());
-        rest[..end]
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{k} in {text}: {e}"))
-    };
+    let field = |k: &str| json_number(&text, k);
     assert_eq!(field("count") as u64, n, "{text}");
     // Every record within 300 ms of its append: far below the 500 ms long-poll limit.
     assert!(
@@ -370,17 +313,7 @@ fn kafka_tcp_and_arp_work_beside_xdp_and_sigkill_leaves_nothing_attached() {
     );
     let out = consume(&net, &["--from-beginning", "--verify", "--count", "3000"]);
     assert_eq!(verified(&out).0, 3000);
-    // SIGKILL: the bpf_link goes with the process.
-    gw.child.0.kill().unwrap();
-    gw.child.0.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while net.gw_has_xdp().unwrap() {
-        assert!(
-            Instant::now() < deadline,
-            "XDP program still attached after SIGKILL"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    gw.kill_and_expect_xdp_detached(&net);
     // A new gateway attaches, rebinds the queue and serves.
     let gw2 = Gateway::start(&net, dir.path(), &net.gw_if, &[]);
     assert!(gw2.banner.contains("AF_XDP"), "{}", gw2.banner);

@@ -472,6 +472,41 @@ pub fn forward_lines(
     });
 }
 
+/// A gateway started with its output piped: what it prints arrives on `lines` (see
+/// [`forward_lines`]); `banner` is the line with which it said it was up.
+pub struct PipedGateway {
+    pub child: KillOnDrop,
+    pub lines: mpsc::Receiver<String>,
+    pub banner: String,
+    /// Names the process in failure messages.
+    pub name: &'static str,
+}
+
+impl PipedGateway {
+    /// SIGTERM, which it must exit cleanly on; returns what it printed on the way out (the
+    /// counters).
+    pub fn stop(mut self) -> String {
+        let status = self.child.terminate(Duration::from_secs(10)).unwrap();
+        assert!(status.success(), "{} exit: {status}", self.name);
+        drain_lines(&self.lines)
+    }
+
+    /// SIGKILL; then the XDP program must leave the gateway's interface within 5 s (the
+    /// bpf_link goes with the process).
+    pub fn kill_and_expect_xdp_detached(&mut self, net: &TestNet) {
+        self.child.0.kill().unwrap();
+        self.child.0.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while net.gw_has_xdp().unwrap() {
+            assert!(
+                Instant::now() < deadline,
+                "XDP program still attached after SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// The lines still coming on `lines`, until none arrives for 2 s (what a stopped gateway
 /// printed on the way out).
 pub fn drain_lines(lines: &mpsc::Receiver<String>) -> String {
@@ -494,4 +529,61 @@ pub fn printed_counter(stats: &str, name: &str) -> u64 {
         .collect::<String>()
         .parse()
         .unwrap()
+}
+
+/// `kxgw bench-tool tail-produce` pinned to CPU 1 (as scripts/bench.sh runs it): appends
+/// `count` one-record batches to topic `tail` in `dir` at 2000/s.
+pub fn tail_produce(dir: &Path, count: &str) {
+    let st = Command::new("taskset")
+        .args(["-c", "1", KXGW])
+        .args(["bench-tool", "tail-produce", "--log-dir"])
+        .arg(dir)
+        .args(["--topic", "tail", "--count", count, "--rate", "2000"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("running kxgw bench-tool tail-produce");
+    assert!(st.success(), "tail-produce: {st}");
+}
+
+/// Starts `kxgw bench-tool tail-fetch` pinned to CPU 1 in the consumer namespace: `count`
+/// records of topic `tail` from offset 1 over the fetch protocol at `endpoint`, giving up
+/// after `timeout_secs`; its JSON summary goes to a piped stdout.
+pub fn spawn_tail_fetch(
+    net: &TestNet,
+    endpoint: &str,
+    count: u64,
+    timeout_secs: &str,
+) -> KillOnDrop {
+    let child = net
+        .client_command("taskset")
+        .args(["-c", "1", KXGW])
+        .args(["bench-tool", "tail-fetch", "--fetch", endpoint])
+        .args([
+            "--topic",
+            "tail",
+            "--offset",
+            "1",
+            "--count",
+            &count.to_string(),
+        ])
+        .args(["--timeout-secs", timeout_secs])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    KillOnDrop(child)
+}
+
+/// The number in field `"k":` of a JSON summary line (tail-fetch's).
+pub fn json_number(text: &str, k: &str) -> f64 {
+    let at = text
+        .find(&format!("\"{k}\":"))
+        .unwrap_or_else(|| panic!("{k} in {text}"));
+    let rest = &text[at + k.len() + 3..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end]
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{k} in {text}: {e}"))
 }
