@@ -7,35 +7,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 use kafka_protocol::messages::*;
 use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
-
-fn segments(part: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(part)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    v.sort();
-    v
-}
-
-fn base_of(seg: &Path) -> i64 {
-    kxgw::log::segment::parse_log_name(seg.file_name().unwrap().to_str().unwrap()).unwrap()
-}
-
-/// A test network tagged `tag`, a work dir, and the log dir inside it (not yet created).
-fn test_setup(tag: &str) -> (TestNet, tempfile::TempDir, PathBuf) {
-    let net = TestNet::new(tag, 1500).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("logs");
-    (net, work, dir)
-}
 
 /// Starts a gateway that also serves the fetch protocol (`--fetch-listen`), with `extra`
 /// flags; returns it and its fetch endpoint.
@@ -218,7 +196,7 @@ fn segment_deleted_by_retention_while_served() {
         &["--record-size", "1000", "--segment-bytes", "8000000"],
     );
     let part = dir.join("r-0");
-    let segs = segments(&part);
+    let segs = segment_files(&part);
     assert!(segs.len() >= 3, "{segs:?}");
     let second = base_of(&segs[1]);
     let gw = Gateway::start(&net, &dir, work.path());
@@ -301,7 +279,7 @@ fn torn_tail_is_not_served_until_complete() {
         });
     }
     let batch = b.finish().to_vec();
-    let seg = segments(&dir.join("w-0")).pop().unwrap();
+    let seg = segment_files(&dir.join("w-0")).pop().unwrap();
     let append = |bytes: &[u8]| {
         let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(bytes).unwrap();

@@ -10,8 +10,8 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    consume_fetch, json_number, produce_demo_records, segment_count, spawn_tail_fetch,
-    tail_produce, verified_summary,
+    consume_fetch, follower_output, json_number, produce_demo_records, segment_count,
+    start_follower, tail_probe, tail_produce, verified_summary,
 };
 use kxgw::log::writer::{produce, ProduceConfig, WriterConfig};
 use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
@@ -228,28 +228,7 @@ fn tailing_consumer_gets_appends_as_they_land() {
     let (records, _) = produce_log(dir.path(), 4, 1 << 30);
     let mut gw = start_gateway(&net, dir.path(), &[]);
     // A consumer at the end, waiting for 3000 new records.
-    let mut consumer = KillOnDrop(
-        net.client_command(exe())
-            .args(["consume", "--fetch", &gw_endpoint(), "--topic", TOPIC])
-            .args([
-                "--offset",
-                &records.to_string(),
-                "--follow",
-                "--count",
-                "3000",
-                "--verify",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(700));
-    assert!(
-        consumer.0.try_wait().unwrap().is_none(),
-        "it waits at the end"
-    );
+    let consumer = start_follower(&net, &gw_endpoint(), TOPIC, records, 3000);
     // Append in three bursts while it waits.
     for _ in 0..3 {
         produce(&ProduceConfig {
@@ -267,10 +246,7 @@ fn tailing_consumer_gets_appends_as_they_land() {
         .unwrap();
         std::thread::sleep(Duration::from_millis(300));
     }
-    let (status, text) = consumer
-        .wait_output(Duration::from_secs(20))
-        .unwrap()
-        .expect("the tailing consumer did not get 3000 records");
+    let (status, text) = follower_output(consumer, 3000);
     eprintln!("{text}");
     assert!(status.success());
     assert!(text.contains("verified 3000 records"), "{text}");
@@ -368,13 +344,14 @@ fn tailing_consumer_keeps_up_with_steady_appends() {
     let mut gw = KillOnDrop(cmd.spawn().expect("spawning kxgw serve"));
     std::thread::sleep(Duration::from_millis(300));
     let n = 3000u64;
-    let mut consumer = spawn_tail_fetch(&net, &gw_endpoint(), n, "10");
-    std::thread::sleep(Duration::from_millis(500));
-    tail_produce(dir.path(), &n.to_string());
-    let (status, text) = consumer
-        .wait_output(Duration::from_secs(20))
-        .unwrap()
-        .expect("tail-fetch did not finish");
+    let (status, text) = tail_probe(
+        &net,
+        dir.path(),
+        &gw_endpoint(),
+        n,
+        "10",
+        Duration::from_secs(20),
+    );
     gw.terminate(Duration::from_secs(5)).unwrap();
     assert!(status.success(), "tail-fetch: {status} {text}");
     let field = |k: &str| json_number(&text, k);

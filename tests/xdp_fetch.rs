@@ -10,8 +10,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    consume_fetch, forward_lines, json_number, printed_counter, produce_demo_records,
-    segment_count, spawn_tail_fetch, tail_produce, verified_summary, PipedGateway,
+    consume_fetch, follower_output, forward_lines, json_number, printed_counter,
+    produce_demo_records, segment_count, start_follower, tail_probe, tail_produce,
+    verified_summary, PipedGateway,
 };
 use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
@@ -186,31 +187,12 @@ fn tailing_consumer_gets_appends_over_af_xdp() {
     let dir = tempfile::tempdir().unwrap();
     produce_demo_records(dir.path(), TOPIC, 5000, 1 << 30);
     let gw = Gateway::start(&net, dir.path(), &net.gw_if, &[]);
-    let mut consumer = KillOnDrop(
-        net.client_command(exe())
-            .args(["consume", "--fetch", &endpoint(), "--topic", TOPIC])
-            .args([
-                "--offset", "5000", "--follow", "--count", "3000", "--verify",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(700));
-    assert!(
-        consumer.0.try_wait().unwrap().is_none(),
-        "it waits at the end"
-    );
+    let consumer = start_follower(&net, &endpoint(), TOPIC, 5000, 3000);
     for _ in 0..3 {
         produce_demo_records(dir.path(), TOPIC, 1000, 1 << 30);
         std::thread::sleep(Duration::from_millis(300));
     }
-    let (status, text) = consumer
-        .wait_output(Duration::from_secs(20))
-        .unwrap()
-        .expect("the tailing consumer did not get 3000 records");
+    let (status, text) = follower_output(consumer, 3000);
     assert!(status.success(), "{text}");
     assert!(text.contains("verified 3000 records"), "{text}");
     let stats = gw.stop();
@@ -227,15 +209,16 @@ fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
     tail_produce(dir.path(), "1");
     let gw = Gateway::start_on(&net, dir.path(), &net.gw_if, &["--busy-poll"], Some(0));
     let n = 3000u64;
-    // Consumer and producer share the other CPU, as in scripts/bench.sh.
-    let mut consumer = spawn_tail_fetch(&net, &endpoint(), n, "20");
-    std::thread::sleep(Duration::from_millis(500));
-    // n records at 2000/s: 1.5 s of appends.
-    tail_produce(dir.path(), &n.to_string());
-    let (status, text) = consumer
-        .wait_output(Duration::from_secs(25))
-        .unwrap()
-        .expect("tail-fetch did not finish");
+    // Consumer and producer share the other CPU, as in scripts/bench.sh; n records at
+    // 2000/s: 1.5 s of appends.
+    let (status, text) = tail_probe(
+        &net,
+        dir.path(),
+        &endpoint(),
+        n,
+        "20",
+        Duration::from_secs(25),
+    );
     let stats = gw.stop();
     assert!(status.success(), "tail-fetch: {status} {text}\n{stats}");
     let field = |k: &str| json_number(&text, k);

@@ -51,6 +51,14 @@ pub fn in_client_ns<R: Send + 'static>(net: &TestNet, f: impl FnOnce() -> R + Se
     in_ns(&net.client_ns, f)
 }
 
+/// A test network tagged `tag`, a work dir, and the log dir inside it (not yet created).
+pub fn test_setup(tag: &str) -> (TestNet, tempfile::TempDir, PathBuf) {
+    let net = TestNet::new(tag, 1500).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("logs");
+    (net, work, dir)
+}
+
 /// Whether `addr` accepts TCP connections from the consumer namespace within 20 s.
 pub fn wait_listening(net: &TestNet, addr: SocketAddr) -> bool {
     in_client_ns(net, move || {
@@ -401,15 +409,25 @@ pub fn produce_demo_records(dir: &Path, topic: &str, records: u64, segment_bytes
     s.bytes
 }
 
+/// The segment files (`*.log`) of partition directory `part`, oldest first.
+pub fn segment_files(part: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(part)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The base offset in a segment file's name.
+pub fn base_of(seg: &Path) -> i64 {
+    kxgw::log::segment::parse_log_name(seg.file_name().unwrap().to_str().unwrap()).unwrap()
+}
+
 /// Number of segment files of partition 0 of `topic`.
 pub fn segment_count(dir: &Path, topic: &str) -> usize {
-    std::fs::read_dir(dir.join(format!("{topic}-0")))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))
-        })
-        .count()
+    segment_files(&dir.join(format!("{topic}-0"))).len()
 }
 
 /// Runs `kxgw consume --fetch endpoint --topic topic args..` in the consumer namespace and
@@ -531,6 +549,50 @@ pub fn printed_counter(stats: &str, name: &str) -> u64 {
         .unwrap()
 }
 
+/// Starts a tailing `kxgw consume --follow --verify` in the consumer namespace at offset
+/// `from` of `topic` (fetch protocol at `endpoint`) that wants `count` records, stdout piped;
+/// checks that 700 ms later it is still waiting at the end.
+pub fn start_follower(
+    net: &TestNet,
+    endpoint: &str,
+    topic: &str,
+    from: u64,
+    count: u64,
+) -> KillOnDrop {
+    let mut consumer = KillOnDrop(
+        net.client_command(KXGW)
+            .args(["consume", "--fetch", endpoint, "--topic", topic])
+            .args([
+                "--offset",
+                &from.to_string(),
+                "--follow",
+                "--count",
+                &count.to_string(),
+                "--verify",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        consumer.0.try_wait().unwrap().is_none(),
+        "it waits at the end"
+    );
+    consumer
+}
+
+/// The exit status and output of a [`start_follower`] consumer wanting `count` records;
+/// fails if it has not exited within 20 s.
+pub fn follower_output(mut consumer: KillOnDrop, count: u64) -> (std::process::ExitStatus, String) {
+    consumer
+        .wait_output(Duration::from_secs(20))
+        .unwrap()
+        .unwrap_or_else(|| panic!("the tailing consumer did not get {count} records"))
+}
+
 /// `kxgw bench-tool tail-produce` pinned to CPU 1 (as scripts/bench.sh runs it): appends
 /// `count` one-record batches to topic `tail` in `dir` at 2000/s.
 pub fn tail_produce(dir: &Path, count: &str) {
@@ -545,15 +607,19 @@ pub fn tail_produce(dir: &Path, count: &str) {
     assert!(st.success(), "tail-produce: {st}");
 }
 
-/// Starts `kxgw bench-tool tail-fetch` pinned to CPU 1 in the consumer namespace: `count`
-/// records of topic `tail` from offset 1 over the fetch protocol at `endpoint`, giving up
-/// after `timeout_secs`; its JSON summary goes to a piped stdout.
-pub fn spawn_tail_fetch(
+/// The tailing probe as scripts/bench.sh runs it: `kxgw bench-tool tail-fetch` pinned to CPU 1
+/// in the consumer namespace waits at offset 1 of topic `tail` (fetch protocol at `endpoint`,
+/// giving up after `timeout_secs`); 500 ms later `count` records are appended with
+/// [`tail_produce`]. Returns its exit status and JSON summary once it exits; fails if it has
+/// not within `wait`.
+pub fn tail_probe(
     net: &TestNet,
+    dir: &Path,
     endpoint: &str,
     count: u64,
     timeout_secs: &str,
-) -> KillOnDrop {
+    wait: Duration,
+) -> (std::process::ExitStatus, String) {
     let child = net
         .client_command("taskset")
         .args(["-c", "1", KXGW])
@@ -572,7 +638,13 @@ pub fn spawn_tail_fetch(
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    KillOnDrop(child)
+    let mut consumer = KillOnDrop(child);
+    std::thread::sleep(Duration::from_millis(500));
+    tail_produce(dir, &count.to_string());
+    consumer
+        .wait_output(wait)
+        .unwrap()
+        .expect("tail-fetch did not finish")
 }
 
 /// The number in field `"k":` of a JSON summary line (tail-fetch's).
