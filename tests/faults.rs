@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -15,18 +15,41 @@ use common::*;
 use kafka_protocol::messages::*;
 use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
-fn segments(part: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(part)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    v.sort();
-    v
+/// Starts a gateway that also serves the fetch protocol (`--fetch-listen`), with `extra`
+/// flags; returns it and its fetch endpoint.
+fn start_fetch_gateway(
+    net: &TestNet,
+    dir: &Path,
+    work: &Path,
+    extra: &[&str],
+) -> (Gateway, String) {
+    let fetch_addr = format!("{GW_ADDR}:9093");
+    let args = [&["--fetch-listen", fetch_addr.as_str()], extra].concat();
+    (Gateway::start_with(net, dir, work, &args), fetch_addr)
 }
 
-fn base_of(seg: &Path) -> i64 {
-    kxgw::log::segment::parse_log_name(seg.file_name().unwrap().to_str().unwrap()).unwrap()
+/// `kxgw consume --fetch` of `topic`-`partition` from the beginning, verified, in the consumer
+/// namespace with its output piped; `extra` adds the count, format and the like.
+fn verified_consume(
+    net: &TestNet,
+    fetch_addr: &str,
+    topic: &str,
+    partition: &str,
+    extra: &[&str],
+) -> std::process::Command {
+    let mut c = net.client_command(KXGW);
+    c.args(["consume", "--fetch", fetch_addr, "--topic", topic])
+        .args(["--partition", partition, "--from-beginning", "--verify"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Stops the gateway (which must exit cleanly) and checks that nothing in it panicked.
+fn stop_without_panic(gw: Gateway) {
+    let log = gw.stop();
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 /// Waits until `f` holds (up to `secs`).
@@ -43,9 +66,7 @@ fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
 /// return to where they were, and a full consumer afterwards gets every batch intact.
 #[test]
 fn tcp_consumers_vanishing_mid_response_leak_nothing() {
-    let net = TestNet::new("fvtcp", 1500).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("logs");
+    let (net, work, dir) = test_setup("fvtcp");
     produce(&dir, "v", 20_000, &["--record-size", "1000"]);
     let gw = Gateway::start(&net, &dir, work.path());
     let pid = gw.pid();
@@ -84,30 +105,27 @@ fn tcp_consumers_vanishing_mid_response_leak_nothing() {
     })
     .unwrap();
     assert!(n > 0);
-    let log = gw.stop();
-    assert!(!log.contains("panicked"), "{log}");
+    stop_without_panic(gw);
 }
 
 /// UDP consumers (`kxgw consume --fetch`) killed in the middle of their transfers: the
 /// gateway keeps serving, and a full verified consume afterwards gets every record.
 #[test]
 fn udp_consumers_vanishing_mid_response_do_not_disturb_the_gateway() {
-    let net = TestNet::new("fvudp", 1500).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("logs");
+    let (net, work, dir) = test_setup("fvudp");
     // Large enough (100 MB) that a consumer is still mid-transfer when it is killed,
     // however fast the machine.
     produce(&dir, "u", 200_000, &["--record-size", "500"]);
-    let fetch_addr = format!("{GW_ADDR}:9093");
-    let gw = Gateway::start_with(&net, &dir, work.path(), &["--fetch-listen", &fetch_addr]);
+    let (gw, fetch_addr) = start_fetch_gateway(&net, &dir, work.path(), &[]);
     let consume = |count: u64| {
-        let mut c = net.client_command(KXGW);
-        c.args(["consume", "--fetch", &fetch_addr, "--topic", "u"])
-            .args(["--partition", "0", "--from-beginning", "--verify"])
-            .args(["--count", &count.to_string(), "--format", "none"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
+        let count = count.to_string();
+        verified_consume(
+            &net,
+            &fetch_addr,
+            "u",
+            "0",
+            &["--count", &count, "--format", "none"],
+        )
     };
     let mut killed_mid_way = 0;
     for i in 0..8 {
@@ -131,8 +149,7 @@ fn udp_consumers_vanishing_mid_response_do_not_disturb_the_gateway() {
         String::from_utf8_lossy(&out.stderr),
         gw.log()
     );
-    let log = gw.stop();
-    assert!(!log.contains("panicked"), "{log}");
+    stop_without_panic(gw);
 }
 
 /// The gateway is SIGKILLed while a consumer is reading; a new gateway on the same address
@@ -140,9 +157,7 @@ fn udp_consumers_vanishing_mid_response_do_not_disturb_the_gateway() {
 /// in order, intact.
 #[test]
 fn gateway_sigkill_under_load_and_restart_serves_again() {
-    let net = TestNet::new("fkill", 1500).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("logs");
+    let (net, work, dir) = test_setup("fkill");
     produce(&dir, "k", 200_000, &["--record-size", "200"]);
     let mut gw = Gateway::start(&net, &dir, work.path());
     let addr = gw.addr;
@@ -173,9 +188,7 @@ fn gateway_sigkill_under_load_and_restart_serves_again() {
 /// deleted range get OFFSET_OUT_OF_RANGE with the new log start, the rest is served.
 #[test]
 fn segment_deleted_by_retention_while_served() {
-    let net = TestNet::new("fret", 1500).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("logs");
+    let (net, work, dir) = test_setup("fret");
     produce(
         &dir,
         "r",
@@ -183,7 +196,7 @@ fn segment_deleted_by_retention_while_served() {
         &["--record-size", "1000", "--segment-bytes", "8000000"],
     );
     let part = dir.join("r-0");
-    let segs = segments(&part);
+    let segs = segment_files(&part);
     assert!(segs.len() >= 3, "{segs:?}");
     let second = base_of(&segs[1]);
     let gw = Gateway::start(&net, &dir, work.path());
@@ -244,17 +257,14 @@ fn segment_deleted_by_retention_while_served() {
         consume_verified(addr, "r", 0, second, 40_000, Duration::from_secs(20))
     });
     assert!(outcome.unwrap() > 0);
-    let log = gw.stop();
-    assert!(!log.contains("panicked"), "{log}");
+    stop_without_panic(gw);
 }
 
 /// Half a batch appended to the active segment (a writer caught mid-write): nothing past the
 /// last whole batch is served; when the rest lands, the batch is served intact.
 #[test]
 fn torn_tail_is_not_served_until_complete() {
-    let net = TestNet::new("ftorn", 1500).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("logs");
+    let (net, work, dir) = test_setup("ftorn");
     produce(&dir, "w", 1000, &[]);
     let gw = Gateway::start(&net, &dir, work.path());
     let addr = gw.addr;
@@ -269,7 +279,7 @@ fn torn_tail_is_not_served_until_complete() {
         });
     }
     let batch = b.finish().to_vec();
-    let seg = segments(&dir.join("w-0")).pop().unwrap();
+    let seg = segment_files(&dir.join("w-0")).pop().unwrap();
     let append = |bytes: &[u8]| {
         let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(bytes).unwrap();
@@ -308,9 +318,7 @@ fn torn_tail_is_not_served_until_complete() {
 /// with a message naming the file.
 #[test]
 fn checkpoint_missing_or_garbage() {
-    let net = TestNet::new("fckpt", 1500).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("logs");
+    let (net, work, dir) = test_setup("fckpt");
     produce(&dir, "h", 1000, &["--write-checkpoint"]);
     let ckpt = dir.join("replication-offset-checkpoint");
     std::fs::write(&ckpt, "0\n1\nh 0 500\n").unwrap();
@@ -396,23 +404,18 @@ fn checkpoint_missing_or_garbage() {
 /// consumer still gets every record, verified.
 #[test]
 fn arena_full_falls_back_to_copy_and_every_record_arrives() {
-    let net = TestNet::new("farena", 1500).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("logs");
+    let (net, work, dir) = test_setup("farena");
     produce(
         &dir,
         "a",
         40_000,
         &["--record-size", "1000", "--partitions", "4"],
     );
-    let fetch_addr = format!("{GW_ADDR}:9093");
-    let gw = Gateway::start_with(
+    let (gw, fetch_addr) = start_fetch_gateway(
         &net,
         &dir,
         work.path(),
         &[
-            "--fetch-listen",
-            &fetch_addr,
             "--xdp-iface",
             &net.gw_if,
             "--arena-mib",
@@ -424,20 +427,10 @@ fn arena_full_falls_back_to_copy_and_every_record_arrives() {
     );
     let children: Vec<KillOnDrop> = (0..8)
         .map(|i| {
-            let child = net
-                .client_command(KXGW)
-                .args(["consume", "--fetch", &fetch_addr, "--topic", "a"])
-                .args(["--partition", &(i % 4).to_string(), "--from-beginning"])
-                .args([
-                    "--verify",
-                    "--count",
-                    "10000",
-                    "--connect-timeout-ms",
-                    "10000",
-                ])
+            let partition = (i % 4).to_string();
+            let extra = ["--count", "10000", "--connect-timeout-ms", "10000"];
+            let child = verified_consume(&net, &fetch_addr, "a", &partition, &extra)
                 .args(["--format", ""])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
             KillOnDrop(child)
@@ -464,43 +457,31 @@ fn arena_full_falls_back_to_copy_and_every_record_arrives() {
     }
     let full = gw.metric("kxgw_xdp_arena_full_total");
     assert!(full > 0, "the arena never ran full:\n{}", gw.metrics());
-    let log = gw.stop();
-    assert!(!log.contains("panicked"), "{log}");
+    stop_without_panic(gw);
 }
 
 /// The gateway's interface goes down and up again under the AF_XDP fetch endpoint: the XDP
 /// program stays attached, and consumers are served again once the link is back.
 #[test]
 fn interface_down_and_up_under_af_xdp() {
-    let net = TestNet::new("fifdn", 1500).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("logs");
+    let (net, work, dir) = test_setup("fifdn");
     produce(&dir, "d", 20_000, &["--record-size", "500"]);
-    let fetch_addr = format!("{GW_ADDR}:9093");
-    let gw = Gateway::start_with(
+    let (gw, fetch_addr) = start_fetch_gateway(
         &net,
         &dir,
         work.path(),
-        &[
-            "--fetch-listen",
-            &fetch_addr,
-            "--xdp-iface",
-            &net.gw_if,
-            "--require-xdp",
-        ],
+        &["--xdp-iface", &net.gw_if, "--require-xdp"],
     );
     let consume = || {
-        net.client_command(KXGW)
-            .args(["consume", "--fetch", &fetch_addr, "--topic", "d"])
-            .args(["--partition", "0", "--from-beginning", "--verify"])
-            .args([
-                "--count",
-                "20000",
-                "--connect-timeout-ms",
-                "15000",
-                "--format",
-                "",
-            ])
+        let extra = [
+            "--count",
+            "20000",
+            "--connect-timeout-ms",
+            "15000",
+            "--format",
+            "",
+        ];
+        verified_consume(&net, &fetch_addr, "d", "0", &extra)
             .output()
             .unwrap()
     };
@@ -527,6 +508,5 @@ fn interface_down_and_up_under_af_xdp() {
         String::from_utf8_lossy(&after.stderr),
         gw.log()
     );
-    let log = gw.stop();
-    assert!(!log.contains("panicked"), "{log}");
+    stop_without_panic(gw);
 }

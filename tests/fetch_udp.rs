@@ -1,12 +1,18 @@
 //! The kxgw UDP fetch protocol end to end over kernel UDP: gateway in one network namespace,
 //! consumers in the other (TestNet), real logs written by the log writer.
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{
+    consume_fetch, follower_output, json_number, produce_demo_records, segment_count,
+    start_follower, tail_probe, tail_produce, verified_summary,
+};
 use kxgw::log::writer::{produce, ProduceConfig, WriterConfig};
 use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
@@ -26,34 +32,9 @@ fn gw_endpoint() -> String {
 fn produce_log(dir: &Path, mib: u64, segment_bytes: u64) -> (u64, u64) {
     // Each record takes a little more than its 1000-byte value on disk.
     let records = mib * 1024 * 1024 / 1000;
-    let s = produce(&ProduceConfig {
-        log_dir: dir.to_path_buf(),
-        topic: TOPIC.into(),
-        partitions: 1,
-        records,
-        record_size: 1000,
-        batch_records: 32,
-        key_size: 16,
-        headers: 0,
-        writer: WriterConfig {
-            segment_bytes,
-            ..WriterConfig::default()
-        },
-        write_checkpoint: false,
-    })
-    .expect("producing the test log");
-    assert!(s.bytes >= mib << 20, "{} bytes < {mib} MiB", s.bytes);
-    (records, s.bytes)
-}
-
-fn segments(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join(format!("{TOPIC}-0")))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))
-        })
-        .count()
+    let bytes = produce_demo_records(dir, TOPIC, records, segment_bytes);
+    assert!(bytes >= mib << 20, "{bytes} bytes < {mib} MiB");
+    (records, bytes)
 }
 
 /// Starts the gateway in the gateway namespace and waits until it serves.
@@ -74,48 +55,17 @@ fn start_gateway(net: &TestNet, dir: &Path, extra: &[&str]) -> KillOnDrop {
 }
 
 fn consume(net: &TestNet, args: &[&str]) -> Output {
-    let out = net
-        .client_command(exe())
-        .args(["consume", "--fetch", &gw_endpoint(), "--topic", TOPIC])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running kxgw consume");
-    eprintln!(
-        "consume {args:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Parses "verified N records (offsets a..b) in K batches, B bytes ..." into (N, b, B).
-fn verified(out: &Output) -> (u64, i64, u64) {
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("verified "))
-        .unwrap_or_else(|| panic!("no summary in {text:?}"));
-    assert!(line.ends_with("errors: 0"), "{line}");
-    let w: Vec<&str> = line.split_whitespace().collect();
-    let n = w[1].parse().unwrap();
-    let end = w[4]
-        .trim_end_matches(')')
-        .rsplit("..")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let bytes = w[8].parse().unwrap();
-    (n, end, bytes)
+    consume_fetch(net, &gw_endpoint(), TOPIC, args)
 }
 
 fn consume_whole_log(mtu: u32, loss: u32, mib: u64, tag: &str) {
     let net = TestNet::new(tag, mtu).expect("test network");
     let dir = tempfile::tempdir().unwrap();
     let (records, bytes) = produce_log(dir.path(), mib, 64 << 20);
-    assert!(segments(dir.path()) >= 2, "want a multi-segment log");
+    assert!(
+        segment_count(dir.path(), TOPIC) >= 2,
+        "want a multi-segment log"
+    );
     let mut gw = start_gateway(&net, dir.path(), &[]);
     if loss > 0 {
         net.inject_client_loss(loss).expect("loss rule");
@@ -124,7 +74,7 @@ fn consume_whole_log(mtu: u32, loss: u32, mib: u64, tag: &str) {
     let out = consume(&net, &["--from-beginning", "--verify"]);
     let took = t.elapsed();
     assert!(out.status.success());
-    let (n, end, got) = verified(&out);
+    let (n, end, got) = verified_summary(&out);
     assert_eq!(n, records, "every record");
     assert_eq!(end, records as i64);
     assert_eq!(got, bytes, "byte-exact: every batch byte of every segment");
@@ -266,7 +216,7 @@ fn malformed_datagrams_do_not_disturb_other_consumers() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let flooded = flood.join().unwrap();
     assert!(out.status.success());
-    assert_eq!(verified(&out).0, records);
+    assert_eq!(verified_summary(&out).0, records);
     assert!(flooded > 100, "the flood ran ({flooded} datagrams)");
     gw.terminate(Duration::from_secs(5)).unwrap();
 }
@@ -278,28 +228,7 @@ fn tailing_consumer_gets_appends_as_they_land() {
     let (records, _) = produce_log(dir.path(), 4, 1 << 30);
     let mut gw = start_gateway(&net, dir.path(), &[]);
     // A consumer at the end, waiting for 3000 new records.
-    let mut consumer = KillOnDrop(
-        net.client_command(exe())
-            .args(["consume", "--fetch", &gw_endpoint(), "--topic", TOPIC])
-            .args([
-                "--offset",
-                &records.to_string(),
-                "--follow",
-                "--count",
-                "3000",
-                "--verify",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(700));
-    assert!(
-        consumer.0.try_wait().unwrap().is_none(),
-        "it waits at the end"
-    );
+    let consumer = start_follower(&net, &gw_endpoint(), TOPIC, records, 3000);
     // Append in three bursts while it waits.
     for _ in 0..3 {
         produce(&ProduceConfig {
@@ -317,10 +246,7 @@ fn tailing_consumer_gets_appends_as_they_land() {
         .unwrap();
         std::thread::sleep(Duration::from_millis(300));
     }
-    let (status, text) = consumer
-        .wait_output(Duration::from_secs(20))
-        .unwrap()
-        .expect("the tailing consumer did not get 3000 records");
+    let (status, text) = follower_output(consumer, 3000);
     eprintln!("{text}");
     assert!(status.success());
     assert!(text.contains("verified 3000 records"), "{text}");
@@ -394,7 +320,7 @@ fn falls_back_to_the_kafka_listener_when_udp_does_not_answer() {
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("falling back to the Kafka listener"), "{err}");
-    let (n, end, got) = verified(&out);
+    let (n, end, got) = verified_summary(&out);
     assert_eq!((n, end, got), (records, records as i64, bytes));
     assert!(String::from_utf8_lossy(&out.stdout).contains("via Kafka TCP"));
     gw.terminate(Duration::from_secs(5)).unwrap();
@@ -408,18 +334,7 @@ fn falls_back_to_the_kafka_listener_when_udp_does_not_answer() {
 fn tailing_consumer_keeps_up_with_steady_appends() {
     let net = TestNet::new("tailr", 1500).expect("test network");
     let dir = tempfile::tempdir().unwrap();
-    let tail_produce = |count: &str| {
-        let st = std::process::Command::new("taskset")
-            .args(["-c", "1", exe()])
-            .args(["bench-tool", "tail-produce", "--log-dir"])
-            .arg(dir.path())
-            .args(["--topic", "tail", "--count", count, "--rate", "2000"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("running kxgw bench-tool tail-produce");
-        assert!(st.success(), "tail-produce: {st}");
-    };
-    tail_produce("1");
+    tail_produce(dir.path(), "1");
     let mut cmd = net.gw_command("taskset");
     cmd.args(["-c", "0", exe(), "serve", "--log-dir"])
         .arg(dir.path())
@@ -429,53 +344,17 @@ fn tailing_consumer_keeps_up_with_steady_appends() {
     let mut gw = KillOnDrop(cmd.spawn().expect("spawning kxgw serve"));
     std::thread::sleep(Duration::from_millis(300));
     let n = 3000u64;
-    let mut consumer = KillOnDrop(
-        net.client_command("taskset")
-            .args(["-c", "1", exe()])
-            .args(["bench-tool", "tail-fetch", "--fetch", &gw_endpoint()])
-            .args([
-                "--topic",
-                "tail",
-                "--offset",
-                "1",
-                "--count",
-                &n.to_string(),
-            ])
-            .args(["--timeout-secs", "10"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+    let (status, text) = tail_probe(
+        &net,
+        dir.path(),
+        &gw_endpoint(),
+        n,
+        "10",
+        Duration::from_secs(20),
     );
-    std::thread::sleep(Duration::from_millis(500));
-    tail_produce(&n.to_string());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = consumer.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "tail-fetch did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut text = String::new();
-    if let Some(mut o) = consumer.0.stdout.take() {
-        use std::io::Read;
-        o.read_to_string(&mut text).unwrap();
-    }
     gw.terminate(Duration::from_secs(5)).unwrap();
     assert!(status.success(), "tail-fetch: {status} {text}");
-    let field = |k: &str| -> f64 {
-        let at = text
-            .find(&format!("\"{k}\":"))
-            .unwrap_or_else(|| panic!("{k} in {text}"));
-        let rest = &text[at + k.len() + 3..];
-        let end = rest.find([',', '}']).unwrap_or(rest.len());
-        rest[..end]
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{k} in {text}: {e}"))
-    };
+    let field = |k: &str| json_number(&text, k);
     assert_eq!(field("count") as u64, n, "{text}");
     assert!(
         field("max_us") < 300_000.0,

@@ -2,20 +2,23 @@
 //! kafka-python) and raw sockets in the consumer namespace, logs written by `kxgw produce`.
 //! Every record received is compared with the writer's deterministic demo content.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use common::{
+    call_exact, closed_by_server, connect, fetch_max, frame_corr, in_client_ns, wait_listening,
+    KXGW,
+};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use kxgw::log::writer::{demo_key, demo_value};
 use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
-const KXGW: &str = env!("CARGO_BIN_EXE_kxgw");
 const PY_CONSUMER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/kafka_consume.py");
 
 fn require_tool(name: &str) {
@@ -30,33 +33,11 @@ fn require_tool(name: &str) {
     );
 }
 
+/// `kxgw produce` of `records` records into each of `partitions` partitions of `topic`.
 fn produce(dir: &Path, topic: &str, partitions: i32, records: u64, extra: &[&str]) {
-    let out = Command::new(KXGW)
-        .args(["produce", "--log-dir"])
-        .arg(dir)
-        .args(["--topic", topic, "--partitions", &partitions.to_string()])
-        .args(["--records", &records.to_string()])
-        .args(extra)
-        .output()
-        .expect("running kxgw produce");
-    assert!(
-        out.status.success(),
-        "kxgw produce failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `f` on a thread that entered the consumer namespace: sockets it opens live there.
-fn in_client_ns<R: Send + 'static>(net: &TestNet, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let path = format!("/var/run/netns/{}", net.client_ns);
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).expect("opening the consumer namespace");
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("entering the consumer namespace");
-        f()
-    })
-    .join()
-    .expect("consumer-namespace thread panicked")
+    let partitions = partitions.to_string();
+    let args = [&["--partitions", partitions.as_str()], extra].concat();
+    common::produce(dir, topic, records, &args);
 }
 
 struct Gateway {
@@ -84,17 +65,7 @@ impl Gateway {
             stderr,
             addr,
         };
-        let ready = in_client_ns(net, move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            false
-        });
-        if !ready {
+        if !wait_listening(net, addr) {
             let _ = gw.child.terminate(Duration::from_secs(2));
             panic!("kxgw serve never listened on {addr}:\n{}", gw.log());
         }
@@ -341,66 +312,9 @@ fn tailing_consumer_receives_records_appended_after_it_started() {
     gw.stop();
 }
 
-fn frame<R: Encodable>(key: ApiKey, version: i16, corr: i32, req: &R) -> Vec<u8> {
-    let header = RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(corr)
-        .with_client_id(Some(StrBytes::from_static_str("e2e")));
-    let mut body = BytesMut::new();
-    header
-        .encode(&mut body, key.request_header_version(version))
-        .unwrap();
-    req.encode(&mut body, version).unwrap();
-    let mut out = (body.len() as i32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
-}
-
-fn call<Req: Encodable, Resp: Decodable>(
-    s: &mut TcpStream,
-    key: ApiKey,
-    version: i16,
-    req: &Req,
-) -> Resp {
-    s.write_all(&frame(key, version, 42, req)).unwrap();
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf).unwrap();
-    let mut b = Bytes::from(buf);
-    let h = ResponseHeader::decode(&mut b, key.response_header_version(version)).unwrap();
-    assert_eq!(h.correlation_id, 42);
-    let r = Resp::decode(&mut b, version).unwrap();
-    assert_eq!(b.remaining(), 0);
-    r
-}
-
+/// A Fetch of one partition (1 MiB limits) waiting up to `wait_ms`.
 fn fetch(topic: &str, partition: i32, offset: i64, wait_ms: i32) -> FetchRequest {
-    FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(wait_ms)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_string(topic.into())))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(partition)
-                .with_fetch_offset(offset)
-                .with_partition_max_bytes(1 << 20)])])
-}
-
-/// Whether the server closed the connection (EOF or reset) within a few seconds, without
-/// sending anything first.
-fn closed_by_server(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
-    }
+    fetch_max(topic, partition, offset, 1 << 20, wait_ms)
 }
 
 #[test]
@@ -413,14 +327,9 @@ fn bad_input_gets_errors_or_a_closed_connection_while_others_are_served() {
     let gw = Gateway::start(&net, &dir, 9092, "sendfile", work.path());
     let addr = gw.addr;
     let report = in_client_ns(&net, move || {
-        let connect = || {
-            let s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s
-        };
         // A well-behaved consumer, used before, during and after the abuse.
-        let mut good = connect();
-        let r: FetchResponse = call(&mut good, ApiKey::Fetch, 11, &fetch("t", 0, 0, 100));
+        let mut good = connect(addr);
+        let r: FetchResponse = call_exact(&mut good, ApiKey::Fetch, 11, &fetch("t", 0, 0, 100));
         assert_eq!(r.responses[0].partitions[0].error_code, 0);
         assert!(!r.responses[0].partitions[0]
             .records
@@ -429,25 +338,25 @@ fn bad_input_gets_errors_or_a_closed_connection_while_others_are_served() {
             .is_empty());
 
         // Protocol-level errors keep the connection.
-        let mut s = connect();
+        let mut s = connect(addr);
         let md = MetadataRequest::default()
             .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
             )
             .with_name(Some(TopicName(StrBytes::from_static_str("nope"))))]));
-        let r: MetadataResponse = call(&mut s, ApiKey::Metadata, 9, &md);
+        let r: MetadataResponse = call_exact(&mut s, ApiKey::Metadata, 9, &md);
         assert_eq!(r.topics[0].error_code, 3, "unknown topic");
-        let r: FetchResponse = call(&mut s, ApiKey::Fetch, 11, &fetch("nope", 0, 0, 100));
+        let r: FetchResponse = call_exact(&mut s, ApiKey::Fetch, 11, &fetch("nope", 0, 0, 100));
         assert_eq!(r.responses[0].partitions[0].error_code, 3, "unknown topic");
-        let r: FetchResponse = call(&mut s, ApiKey::Fetch, 11, &fetch("t", 0, 5001, 100));
+        let r: FetchResponse = call_exact(&mut s, ApiKey::Fetch, 11, &fetch("t", 0, 5001, 100));
         let p = &r.responses[0].partitions[0];
         assert_eq!(p.error_code, 1, "offset out of range");
         assert_eq!((p.high_watermark, p.log_start_offset), (5000, 0));
-        let r: FetchResponse = call(&mut s, ApiKey::Fetch, 11, &fetch("t", 3, 0, 100));
+        let r: FetchResponse = call_exact(&mut s, ApiKey::Fetch, 11, &fetch("t", 3, 0, 100));
         assert_eq!(
             r.responses[0].partitions[0].error_code, 3,
             "unknown partition"
         );
-        let r: FindCoordinatorResponse = call(
+        let r: FindCoordinatorResponse = call_exact(
             &mut s,
             ApiKey::FindCoordinator,
             3,
@@ -456,30 +365,30 @@ fn bad_input_gets_errors_or_a_closed_connection_while_others_are_served() {
         assert_eq!(r.error_code, 35, "group coordination is not served");
 
         // Garbage, a hostile 2 GiB length prefix, a truncated frame: closed connections.
-        let mut g = connect();
+        let mut g = connect(addr);
         g.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert!(closed_by_server(&mut g), "garbage");
-        let mut g = connect();
+        let mut g = connect(addr);
         g.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 1, 0, 0]).unwrap();
         assert!(closed_by_server(&mut g), "2 GiB length prefix");
-        let mut g = connect();
-        let mut truncated = frame(ApiKey::Fetch, 11, 1, &fetch("t", 0, 0, 100));
+        let mut g = connect(addr);
+        let mut truncated = frame_corr(ApiKey::Fetch, 11, 1, &fetch("t", 0, 0, 100));
         truncated.truncate(truncated.len() / 2);
         g.write_all(&truncated).unwrap();
         g.shutdown(std::net::Shutdown::Write).unwrap();
         assert!(closed_by_server(&mut g), "truncated frame");
-        let mut g = connect();
-        let mut lying = frame(ApiKey::Fetch, 11, 1, &fetch("t", 0, 0, 100));
+        let mut g = connect(addr);
+        let mut lying = frame_corr(ApiKey::Fetch, 11, 1, &fetch("t", 0, 0, 100));
         let n = lying.len();
         lying[n - 30..].fill(0xff);
         g.write_all(&lying).unwrap();
         assert!(closed_by_server(&mut g), "undecodable body");
 
         // The good consumer is still served, and so is a new one.
-        let r: FetchResponse = call(&mut good, ApiKey::Fetch, 11, &fetch("t", 0, 100, 100));
+        let r: FetchResponse = call_exact(&mut good, ApiKey::Fetch, 11, &fetch("t", 0, 100, 100));
         assert_eq!(r.responses[0].partitions[0].error_code, 0);
-        let mut fresh = connect();
-        let r: ApiVersionsResponse = call(
+        let mut fresh = connect(addr);
+        let r: ApiVersionsResponse = call_exact(
             &mut fresh,
             ApiKey::ApiVersions,
             3,
@@ -532,7 +441,7 @@ fn an_active_consumer_completes_with_a_thousand_idle_and_ten_stalled_connections
         for _ in 0..10 {
             let mut s = TcpStream::connect(addr).expect("opening a slow connection");
             for i in 0..20 {
-                s.write_all(&frame(ApiKey::Fetch, 11, i, &fetch("busy", 0, 0, 100)))
+                s.write_all(&frame_corr(ApiKey::Fetch, 11, i, &fetch("busy", 0, 0, 100)))
                     .unwrap();
             }
             conns.push(s);
@@ -540,13 +449,13 @@ fn an_active_consumer_completes_with_a_thousand_idle_and_ten_stalled_connections
         for i in 0..1000 {
             let mut s = TcpStream::connect(addr).expect("opening an idle connection");
             if i % 2 == 0 {
-                let _: ApiVersionsResponse = call(
+                let _: ApiVersionsResponse = call_exact(
                     &mut s,
                     ApiKey::ApiVersions,
                     3,
                     &ApiVersionsRequest::default(),
                 );
-                s.write_all(&frame(
+                s.write_all(&frame_corr(
                     ApiKey::Fetch,
                     11,
                     9,
@@ -607,7 +516,7 @@ fn sigterm_drains_a_response_the_consumer_is_still_reading() {
         move || {
             kxgw_in_ns(&net_ns);
             let mut s = TcpStream::connect(addr).unwrap();
-            s.write_all(&frame(ApiKey::Fetch, 11, 7, &fetch("drain", 0, 0, 0)))
+            s.write_all(&frame_corr(ApiKey::Fetch, 11, 7, &fetch("drain", 0, 0, 0)))
                 .unwrap();
             // Let the gateway queue the response, then wait for the SIGTERM before reading.
             std::thread::sleep(Duration::from_millis(300));

@@ -5,14 +5,11 @@
 //! serve a batch that does not verify.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kxgw::testnet::TestNet;
 
 mod common;
 use common::*;
@@ -52,9 +49,7 @@ fn snapshot(root: &Path) -> Vec<FileState> {
 /// dir exactly as it was (names, sizes, times, modes).
 #[test]
 fn hostile_lengths_and_names_are_refused_and_the_log_dir_is_never_written() {
-    let net = TestNet::new("secin", 1500).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("logs");
+    let (net, work, dir) = test_setup("secin");
     produce(&dir, "t", 2000, &["--write-checkpoint"]);
     // A valid partition right outside the log dir: "../secret" would reach it if a topic
     // name were ever joined to the log dir path.
@@ -63,12 +58,7 @@ fn hostile_lengths_and_names_are_refused_and_the_log_dir_is_never_written() {
     let gw = Gateway::start(&net, &dir, work.path());
     let addr = gw.addr;
     let report = in_client_ns(&net, move || {
-        let connect = || {
-            let s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s
-        };
-        let mut good = connect();
+        let mut good = connect(addr);
         let r: FetchResponse = call(&mut good, ApiKey::Fetch, 11, &fetch("t", 0, 0));
         assert_eq!(r.responses[0].partitions[0].error_code, 0);
 
@@ -176,7 +166,7 @@ fn hostile_lengths_and_names_are_refused_and_the_log_dir_is_never_written() {
             }),
         ];
         for (what, bytes) in cases.drain(..) {
-            let mut s = connect();
+            let mut s = connect(addr);
             s.write_all(&bytes).unwrap();
             if !closed_by_server(&mut s) {
                 closed.push(what);
@@ -185,7 +175,7 @@ fn hostile_lengths_and_names_are_refused_and_the_log_dir_is_never_written() {
         assert!(closed.is_empty(), "answered instead of closed: {closed:?}");
 
         // Names that try to leave the log dir: unknown topic, never data.
-        let mut s = connect();
+        let mut s = connect(addr);
         let names = [
             "../secret",
             "..",
@@ -269,9 +259,7 @@ fn hostile_lengths_and_names_are_refused_and_the_log_dir_is_never_written() {
 /// gateway logs the file and byte position and counts the error; other segments are served.
 #[test]
 fn a_corrupt_batch_on_disk_is_never_served_and_is_logged_with_file_and_position() {
-    let net = TestNet::new("seccor", 1500).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("logs");
+    let (net, work, dir) = test_setup("seccor");
     produce(
         &dir,
         "c",
@@ -279,12 +267,7 @@ fn a_corrupt_batch_on_disk_is_never_served_and_is_logged_with_file_and_position(
         &["--segment-bytes", "100000", "--record-size", "100"],
     );
     let part = dir.join("c-0");
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(&part)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    segs.sort();
+    let segs = segment_files(&part);
     assert!(segs.len() >= 3, "want several segments, got {segs:?}");
     // Corrupt the third batch of the first segment.
     let victim = &segs[0];
@@ -296,14 +279,12 @@ fn a_corrupt_batch_on_disk_is_never_served_and_is_logged_with_file_and_position(
     bytes[pos + 80] ^= 0x40;
     std::fs::write(victim, &bytes).unwrap();
     let bad = (hdr.base_offset, hdr.last_offset());
-    let second_base =
-        kxgw::log::segment::parse_log_name(segs[1].file_name().unwrap().to_str().unwrap()).unwrap();
+    let second_base = base_of(&segs[1]);
 
     let gw = Gateway::start(&net, &dir, work.path());
     let addr = gw.addr;
     let (served, corrupt_seen) = in_client_ns(&net, move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = connect(addr);
         let mut served = Vec::new();
         let mut corrupt_seen = false;
         let mut offset = 0i64;

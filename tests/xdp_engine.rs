@@ -1,12 +1,15 @@
 //! End-to-end tests of the AF_XDP engine in two namespaces joined by a veth pair, with the
 //! raw echo/generator service (`kxgw xdp-raw`): no fetch protocol, no log, just the fast path.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{forward_lines, in_ns, printed_counter, PipedGateway};
 use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const PORT: u16 = 9093;
@@ -15,24 +18,8 @@ fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_kxgw")
 }
 
-/// Runs `f` on a thread that has entered network namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("setns into {path}: {e}"));
-        f()
-    })
-    .join()
-    .expect("namespace thread panicked")
-}
-
-struct Gateway {
-    child: KillOnDrop,
-    stdout: mpsc::Receiver<String>,
-    banner: String,
-}
+/// `kxgw xdp-raw` with its stdout lines (started below).
+type Gateway = PipedGateway;
 
 impl Gateway {
     fn start(net: &TestNet, extra: &[&str]) -> Gateway {
@@ -49,13 +36,7 @@ impl Gateway {
         let mut child: Child = cmd.spawn().expect("spawning kxgw xdp-raw");
         let out = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        forward_lines(out, tx, None);
         let mut child = KillOnDrop(child);
         let banner = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(l) => l,
@@ -67,34 +48,11 @@ impl Gateway {
         assert!(banner.contains("serving"), "unexpected banner: {banner}");
         Gateway {
             child,
-            stdout: rx,
+            lines: rx,
             banner,
+            name: "gateway",
         }
     }
-
-    /// SIGTERM, then the counters it prints on the way out.
-    fn stop(mut self) -> String {
-        let status = self.child.terminate(Duration::from_secs(10)).unwrap();
-        assert!(status.success(), "gateway exit: {status}");
-        let mut rest = String::new();
-        while let Ok(l) = self.stdout.recv_timeout(Duration::from_secs(2)) {
-            rest.push_str(&l);
-            rest.push('\n');
-        }
-        rest
-    }
-}
-
-fn counter(stats: &str, name: &str) -> u64 {
-    let at = stats
-        .find(&format!("{name}: "))
-        .unwrap_or_else(|| panic!("no {name} in {stats}"));
-    stats[at + name.len() + 2..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<String>()
-        .parse()
-        .unwrap()
 }
 
 fn echo(net: &TestNet, msg: &'static [u8]) -> Option<Vec<u8>> {
@@ -156,10 +114,13 @@ fn echo_and_generator_with_each_tx_strategy() {
         let report = generate(&net, 24 << 20, 1472);
         eprintln!("strategy {strategy}: {report}");
         let stats = gw.stop();
-        assert!(counter(&stats, "steered") >= 2, "{stats}");
-        assert_eq!(counter(&stats, "tx_invalid_descs"), 0, "{stats}");
-        assert_eq!(counter(&stats, "oversize"), 0, "{stats}");
-        let (sg, copy) = (counter(&stats, "tx_sg"), counter(&stats, "tx_copy"));
+        assert!(printed_counter(&stats, "steered") >= 2, "{stats}");
+        assert_eq!(printed_counter(&stats, "tx_invalid_descs"), 0, "{stats}");
+        assert_eq!(printed_counter(&stats, "oversize"), 0, "{stats}");
+        let (sg, copy) = (
+            printed_counter(&stats, "tx_sg"),
+            printed_counter(&stats, "tx_copy"),
+        );
         match strategy {
             "sg" => assert!(sg > 17_000, "{stats}"),
             // Copy mode + 1500 MTU: auto picks one descriptor + memcpy.
@@ -180,9 +141,9 @@ fn jumbo_mtus_use_multi_buffer_within_18_descriptors() {
             let report = generate(&net, 32 << 20, size);
             eprintln!("MTU {mtu} strategy {strategy}: {report}");
             let stats = gw.stop();
-            assert_eq!(counter(&stats, "tx_invalid_descs"), 0, "{stats}");
-            let packets = counter(&stats, "tx_packets");
-            let descs = counter(&stats, "tx_descs");
+            assert_eq!(printed_counter(&stats, "tx_invalid_descs"), 0, "{stats}");
+            let packets = printed_counter(&stats, "tx_packets");
+            let descs = printed_counter(&stats, "tx_descs");
             assert!(descs > packets, "jumbo datagrams are multi-buffer: {stats}");
             assert!(descs <= packets * 18, "{stats}");
         }
@@ -228,10 +189,10 @@ fn arp_and_tcp_pass_while_xdp_is_attached() {
     );
     let stats = gw.stop();
     assert!(
-        counter(&stats, "passed") >= 3,
+        printed_counter(&stats, "passed") >= 3,
         "ARP and TCP passed to the kernel: {stats}"
     );
-    assert_eq!(counter(&stats, "dropped_malformed"), 0, "{stats}");
+    assert_eq!(printed_counter(&stats, "dropped_malformed"), 0, "{stats}");
 }
 
 #[test]
@@ -240,16 +201,7 @@ fn sigkill_leaves_no_xdp_program_and_a_new_gateway_serves() {
     let mut gw = Gateway::start(&net, &[]);
     assert!(net.gw_has_xdp().unwrap());
     assert_eq!(echo(&net, b"one").as_deref(), Some(&b"one"[..]));
-    gw.child.0.kill().unwrap();
-    gw.child.0.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while net.gw_has_xdp().unwrap() {
-        assert!(
-            Instant::now() < deadline,
-            "XDP program still attached after SIGKILL"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    gw.kill_and_expect_xdp_detached(&net);
     let gw2 = Gateway::start(&net, &[]);
     assert!(net.gw_has_xdp().unwrap());
     assert_eq!(echo(&net, b"two").as_deref(), Some(&b"two"[..]));
@@ -265,8 +217,8 @@ fn allowlist_drops_requests_from_unlisted_consumers() {
     );
     assert_eq!(echo(&net, b"nope"), None);
     let stats = gw.stop();
-    assert!(counter(&stats, "dropped_acl") >= 1, "{stats}");
-    assert_eq!(counter(&stats, "steered"), 0, "{stats}");
+    assert!(printed_counter(&stats, "dropped_acl") >= 1, "{stats}");
+    assert_eq!(printed_counter(&stats, "steered"), 0, "{stats}");
 
     let gw = Gateway::start(&net, &["--allow", "198.18.0.0/30"]);
     assert_eq!(echo(&net, b"yes").as_deref(), Some(&b"yes"[..]));
@@ -320,8 +272,8 @@ fn two_queues_share_one_umem_and_busy_polling_serves() {
             generate_from(&net, "198.18.0.5", 4 << 20, 1472);
         }
         let stats = gw.stop();
-        assert_eq!(counter(&stats, "tx_invalid_descs"), 0, "{stats}");
-        assert!(counter(&stats, "steered") >= 5, "{stats}");
+        assert_eq!(printed_counter(&stats, "tx_invalid_descs"), 0, "{stats}");
+        assert!(printed_counter(&stats, "steered") >= 5, "{stats}");
     }
 }
 
@@ -344,6 +296,6 @@ fn ipv6_requests_get_checksummed_replies() {
     let report = generate_from(&net, "[2001:db8::1]", 8 << 20, 1452);
     eprintln!("IPv6: {report}");
     let stats = gw.stop();
-    assert!(counter(&stats, "steered") > 0, "{stats}");
-    assert!(counter(&stats, "tx_sg") > 5000, "{stats}");
+    assert!(printed_counter(&stats, "steered") > 0, "{stats}");
+    assert!(printed_counter(&stats, "tx_sg") > 5000, "{stats}");
 }

@@ -2,13 +2,18 @@
 //! gateway namespace, `kxgw consume --verify` in the consumer namespace, real multi-segment
 //! logs written by the log writer.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kxgw::log::writer::{produce, ProduceConfig, WriterConfig};
+use common::{
+    consume_fetch, follower_output, forward_lines, json_number, printed_counter,
+    produce_demo_records, segment_count, start_follower, tail_probe, tail_produce,
+    verified_summary, PipedGateway,
+};
 use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const PORT: u16 = 9093;
@@ -24,41 +29,8 @@ fn endpoint() -> String {
     format!("{GW_ADDR}:{PORT}")
 }
 
-fn produce_records(dir: &Path, records: u64, segment_bytes: u64) -> u64 {
-    let s = produce(&ProduceConfig {
-        log_dir: dir.to_path_buf(),
-        topic: TOPIC.into(),
-        partitions: 1,
-        records,
-        record_size: 1000,
-        batch_records: 32,
-        key_size: 16,
-        headers: 0,
-        writer: WriterConfig {
-            segment_bytes,
-            ..WriterConfig::default()
-        },
-        write_checkpoint: false,
-    })
-    .expect("producing the test log");
-    s.bytes
-}
-
-fn segments(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join(format!("{TOPIC}-0")))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))
-        })
-        .count()
-}
-
-struct Gateway {
-    child: KillOnDrop,
-    lines: mpsc::Receiver<String>,
-    banner: String,
-}
+/// `kxgw serve` with the AF_XDP fetch endpoint and its output lines (started below).
+type Gateway = PipedGateway;
 
 impl Gateway {
     /// Starts `kxgw serve` with the AF_XDP fetch endpoint and waits for its transport line.
@@ -96,22 +68,8 @@ impl Gateway {
         // Both streams: the transport line is on stdout, the counters are logged to stderr.
         let out = child.stdout.take().expect("piped");
         let err = child.stderr.take().expect("piped");
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("gateway: {l}");
-                if tx2.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        forward_lines(out, tx.clone(), None);
+        forward_lines(err, tx, Some("gateway"));
         let mut child = KillOnDrop(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         let banner = loop {
@@ -133,70 +91,31 @@ impl Gateway {
             child,
             lines: rx,
             banner,
+            name: "serve",
         }
     }
-
-    /// SIGTERM; returns what it printed on the way out (the counters).
-    fn stop(mut self) -> String {
-        let status = self.child.terminate(Duration::from_secs(10)).unwrap();
-        assert!(status.success(), "serve exit: {status}");
-        let mut rest = String::new();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            rest.push_str(&l);
-            rest.push('\n');
-        }
-        rest
-    }
-}
-
-fn counter(stats: &str, name: &str) -> u64 {
-    let at = stats
-        .find(&format!("{name}: "))
-        .unwrap_or_else(|| panic!("no {name} in {stats}"));
-    stats[at + name.len() + 2..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<String>()
-        .parse()
-        .unwrap()
 }
 
 fn consume(net: &TestNet, args: &[&str]) -> Output {
-    let out = net
-        .client_command(exe())
-        .args(["consume", "--fetch", &endpoint(), "--topic", TOPIC])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running kxgw consume");
-    eprintln!(
-        "consume {args:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    consume_fetch(net, &endpoint(), TOPIC, args)
 }
 
 /// "verified N records (offsets a..b) in K batches, B bytes ... errors: 0" -> (N, B).
 fn verified(out: &Output) -> (u64, u64) {
     assert!(out.status.success(), "consume failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("verified "))
-        .unwrap_or_else(|| panic!("no summary in {text:?}"));
-    assert!(line.ends_with("errors: 0"), "{line}");
-    let w: Vec<&str> = line.split_whitespace().collect();
-    (w[1].parse().unwrap(), w[8].parse().unwrap())
+    let (n, _, bytes) = verified_summary(out);
+    (n, bytes)
 }
 
 /// One log, three gateways (one per TX strategy), each consumed whole and verified.
 fn whole_log_each_strategy(mtu: u32, loss: u32, records: u64, tag: &str) {
     let net = TestNet::new(tag, mtu).expect("test network");
     let dir = tempfile::tempdir().unwrap();
-    let bytes = produce_records(dir.path(), records, 64 << 20);
-    assert!(segments(dir.path()) >= 2, "want a multi-segment log");
+    let bytes = produce_demo_records(dir.path(), TOPIC, records, 64 << 20);
+    assert!(
+        segment_count(dir.path(), TOPIC) >= 2,
+        "want a multi-segment log"
+    );
     if loss > 0 {
         net.inject_client_loss(loss).expect("loss rule");
     }
@@ -228,11 +147,14 @@ fn whole_log_each_strategy(mtu: u32, loss: u32, records: u64, tag: &str) {
             "MTU {mtu}, {loss}% loss, strategy {strategy}: {} MiB in {took:?}\n{stats}",
             bytes >> 20
         );
-        assert_eq!(counter(&stats, "tx_invalid_descs"), 0, "{stats}");
-        assert_eq!(counter(&stats, "oversize"), 0, "{stats}");
-        assert!(counter(&stats, "steered") > 0, "{stats}");
-        let (sg, copy) = (counter(&stats, "tx_sg"), counter(&stats, "tx_copy"));
-        let data = counter(&stats, "tx_packets");
+        assert_eq!(printed_counter(&stats, "tx_invalid_descs"), 0, "{stats}");
+        assert_eq!(printed_counter(&stats, "oversize"), 0, "{stats}");
+        assert!(printed_counter(&stats, "steered") > 0, "{stats}");
+        let (sg, copy) = (
+            printed_counter(&stats, "tx_sg"),
+            printed_counter(&stats, "tx_copy"),
+        );
+        let data = printed_counter(&stats, "tx_packets");
         match strategy {
             "sg" => assert!(sg * 10 >= data * 9, "sg sends the data: {stats}"),
             // copy, and auto in copy mode (veth): everything copied into frames.
@@ -263,37 +185,18 @@ fn jumbo_mtus_on_both_ends() {
 fn tailing_consumer_gets_appends_over_af_xdp() {
     let net = TestNet::new("xftail", 1500).expect("test network");
     let dir = tempfile::tempdir().unwrap();
-    produce_records(dir.path(), 5000, 1 << 30);
+    produce_demo_records(dir.path(), TOPIC, 5000, 1 << 30);
     let gw = Gateway::start(&net, dir.path(), &net.gw_if, &[]);
-    let mut consumer = KillOnDrop(
-        net.client_command(exe())
-            .args(["consume", "--fetch", &endpoint(), "--topic", TOPIC])
-            .args([
-                "--offset", "5000", "--follow", "--count", "3000", "--verify",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(700));
-    assert!(
-        consumer.0.try_wait().unwrap().is_none(),
-        "it waits at the end"
-    );
+    let consumer = start_follower(&net, &endpoint(), TOPIC, 5000, 3000);
     for _ in 0..3 {
-        produce_records(dir.path(), 1000, 1 << 30);
+        produce_demo_records(dir.path(), TOPIC, 1000, 1 << 30);
         std::thread::sleep(Duration::from_millis(300));
     }
-    let (status, text) = consumer
-        .wait_output(Duration::from_secs(20))
-        .unwrap()
-        .expect("the tailing consumer did not get 3000 records");
+    let (status, text) = follower_output(consumer, 3000);
     assert!(status.success(), "{text}");
     assert!(text.contains("verified 3000 records"), "{text}");
     let stats = gw.stop();
-    assert!(counter(&stats, "steered") > 0, "{stats}");
+    assert!(printed_counter(&stats, "steered") > 0, "{stats}");
 }
 
 /// With `--busy-poll` a tailing consumer gets each record soon after its append, not at the
@@ -303,68 +206,22 @@ fn tailing_consumer_gets_appends_over_af_xdp() {
 fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
     let net = TestNet::new("xfbusy", 1500).expect("test network");
     let dir = tempfile::tempdir().unwrap();
-    let tail_produce = |count: &str| {
-        let st = Command::new("taskset")
-            .args(["-c", "1", exe()])
-            .args(["bench-tool", "tail-produce", "--log-dir"])
-            .arg(dir.path())
-            .args(["--topic", "tail", "--count", count, "--rate", "2000"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("running kxgw bench-tool tail-produce");
-        assert!(st.success(), "tail-produce: {st}");
-    };
-    tail_produce("1");
+    tail_produce(dir.path(), "1");
     let gw = Gateway::start_on(&net, dir.path(), &net.gw_if, &["--busy-poll"], Some(0));
     let n = 3000u64;
-    // Consumer and producer share the other CPU, as in scripts/bench.sh.
-    let consumer = net
-        .client_command("taskset")
-        .args(["-c", "1", exe()])
-        .args(["bench-tool", "tail-fetch", "--fetch", &endpoint()])
-        .args([
-            "--topic",
-            "tail",
-            "--offset",
-            "1",
-            "--count",
-            &n.to_string(),
-        ])
-        .args(["--timeout-secs", "20"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut consumer = KillOnDrop(consumer);
-    std::thread::sleep(Duration::from_millis(500));
-    // n records at 2000/s: 1.5 s of appends.
-    tail_produce(&n.to_string());
-    let deadline = Instant::now() + Duration::from_secs(25);
-    let status = loop {
-        if let Some(s) = consumer.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "tail-fetch did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut text = String::new();
-    if let Some(mut o) = consumer.0.stdout.take() {
-        o.read_to_string(&mut text).unwrap();
-    }
+    // Consumer and producer share the other CPU, as in scripts/bench.sh; n records at
+    // 2000/s: 1.5 s of appends.
+    let (status, text) = tail_probe(
+        &net,
+        dir.path(),
+        &endpoint(),
+        n,
+        "20",
+        Duration::from_secs(25),
+    );
     let stats = gw.stop();
     assert!(status.success(), "tail-fetch: {status} {text}\n{stats}");
-    let field = |k: &str| -> f64 {
-        let at = text
-            .find(&format!("\"{k}\":"))
-            .unwrap_or_else(|| panic!("{k} in {text}"));
-        let rest = &text[at + k.len() + 3..];
-        let end = rest.find([',', '}']).unwrap_or(rest.len());
-        rest[..end]
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{k} in {text}: {e}"))
-    };
+    let field = |k: &str| json_number(&text, k);
     assert_eq!(field("count") as u64, n, "{text}");
     // Every record within 300 ms of its append: far below the 500 ms long-poll limit.
     assert!(
@@ -377,7 +234,7 @@ fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
 fn without_xdp_it_falls_back_to_kernel_udp_unless_required() {
     let net = TestNet::new("xffall", 1500).expect("test network");
     let dir = tempfile::tempdir().unwrap();
-    produce_records(dir.path(), 2000, 1 << 30);
+    produce_demo_records(dir.path(), TOPIC, 2000, 1 << 30);
     // No such interface: falls back, says why, still serves.
     let gw = Gateway::start(&net, dir.path(), "nosuchif0", &[]);
     assert!(gw.banner.contains("kernel UDP"), "{}", gw.banner);
@@ -417,7 +274,7 @@ fn without_xdp_it_falls_back_to_kernel_udp_unless_required() {
 fn kafka_tcp_and_arp_work_beside_xdp_and_sigkill_leaves_nothing_attached() {
     let net = TestNet::new("xfkill", 1500).expect("test network");
     let dir = tempfile::tempdir().unwrap();
-    produce_records(dir.path(), 3000, 1 << 30);
+    produce_demo_records(dir.path(), TOPIC, 3000, 1 << 30);
     let kafka = format!("{GW_ADDR}:9092");
     let mut gw = Gateway::start(&net, dir.path(), &net.gw_if, &["--kafka-listen", &kafka]);
     assert!(gw.banner.contains("AF_XDP"), "{}", gw.banner);
@@ -439,22 +296,12 @@ fn kafka_tcp_and_arp_work_beside_xdp_and_sigkill_leaves_nothing_attached() {
     );
     let out = consume(&net, &["--from-beginning", "--verify", "--count", "3000"]);
     assert_eq!(verified(&out).0, 3000);
-    // SIGKILL: the bpf_link goes with the process.
-    gw.child.0.kill().unwrap();
-    gw.child.0.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while net.gw_has_xdp().unwrap() {
-        assert!(
-            Instant::now() < deadline,
-            "XDP program still attached after SIGKILL"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    gw.kill_and_expect_xdp_detached(&net);
     // A new gateway attaches, rebinds the queue and serves.
     let gw2 = Gateway::start(&net, dir.path(), &net.gw_if, &[]);
     assert!(gw2.banner.contains("AF_XDP"), "{}", gw2.banner);
     let out = consume(&net, &["--from-beginning", "--verify", "--count", "3000"]);
     assert_eq!(verified(&out).0, 3000);
     let stats = gw2.stop();
-    assert!(counter(&stats, "steered") > 0, "{stats}");
+    assert!(printed_counter(&stats, "steered") > 0, "{stats}");
 }

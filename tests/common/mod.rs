@@ -1,11 +1,13 @@
-//! Shared helpers of the hardening tests (security_kafka, faults): a gateway process in a
-//! test namespace, raw Kafka requests, consumer-namespace threads.
+//! Shared helpers of the network tests (kafka_e2e, security_kafka, faults, soak, fetch_udp,
+//! xdp_fetch, xdp_engine): a gateway process in a test namespace, raw Kafka requests,
+//! namespace threads, `kxgw consume --fetch` runs and the counters gateways print.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -31,17 +33,51 @@ pub fn produce(dir: &Path, topic: &str, records: u64, extra: &[&str]) {
     );
 }
 
-/// Runs `f` on a thread inside the consumer namespace.
-pub fn in_client_ns<R: Send + 'static>(net: &TestNet, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let path = format!("/var/run/netns/{}", net.client_ns);
+/// Runs `f` on a thread that has entered network namespace `ns`: sockets it opens live there.
+pub fn in_ns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).expect("opening the consumer namespace");
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("entering the consumer namespace");
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns into {path}: {e}"));
         f()
     })
     .join()
-    .expect("consumer-namespace thread panicked")
+    .expect("namespace thread panicked")
+}
+
+/// Runs `f` on a thread inside the consumer namespace.
+pub fn in_client_ns<R: Send + 'static>(net: &TestNet, f: impl FnOnce() -> R + Send + 'static) -> R {
+    in_ns(&net.client_ns, f)
+}
+
+/// A test network tagged `tag`, a work dir, and the log dir inside it (not yet created).
+pub fn test_setup(tag: &str) -> (TestNet, tempfile::TempDir, PathBuf) {
+    let net = TestNet::new(tag, 1500).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("logs");
+    (net, work, dir)
+}
+
+/// Whether `addr` accepts TCP connections from the consumer namespace within 20 s.
+pub fn wait_listening(net: &TestNet, addr: SocketAddr) -> bool {
+    in_client_ns(net, move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })
+}
+
+/// A connection to `addr` whose reads give up after 10 s.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
 }
 
 pub struct Gateway {
@@ -82,16 +118,7 @@ impl Gateway {
             addr,
             ctl,
         };
-        let ready = in_client_ns(net, move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            false
-        });
+        let ready = wait_listening(net, addr);
         assert!(ready, "kxgw serve never listened:\n{}", gw.log());
         gw
     }
@@ -142,11 +169,17 @@ impl Gateway {
     }
 }
 
+/// One request frame with correlation id 42.
 pub fn frame<R: Encodable>(key: ApiKey, version: i16, req: &R) -> Vec<u8> {
+    frame_corr(key, version, 42, req)
+}
+
+/// One request frame (length prefix, header, body) with correlation id `corr`.
+pub fn frame_corr<R: Encodable>(key: ApiKey, version: i16, corr: i32, req: &R) -> Vec<u8> {
     let header = RequestHeader::default()
         .with_request_api_key(key as i16)
         .with_request_api_version(version)
-        .with_correlation_id(42)
+        .with_correlation_id(corr)
         .with_client_id(Some(StrBytes::from_static_str("sec")));
     let mut body = BytesMut::new();
     header
@@ -183,17 +216,41 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
+/// Sends one request and decodes its response.
 pub fn call<Req: Encodable, Resp: Decodable>(
     s: &mut TcpStream,
     key: ApiKey,
     version: i16,
     req: &Req,
 ) -> Resp {
+    call_rest(s, key, version, req).0
+}
+
+/// [`call`], also checking that the response frame holds nothing after the response.
+pub fn call_exact<Req: Encodable, Resp: Decodable>(
+    s: &mut TcpStream,
+    key: ApiKey,
+    version: i16,
+    req: &Req,
+) -> Resp {
+    let (r, rest) = call_rest(s, key, version, req);
+    assert_eq!(rest.len(), 0);
+    r
+}
+
+/// Sends one request; returns its decoded response and the bytes of the frame after it.
+fn call_rest<Req: Encodable, Resp: Decodable>(
+    s: &mut TcpStream,
+    key: ApiKey,
+    version: i16,
+    req: &Req,
+) -> (Resp, Bytes) {
     s.write_all(&frame(key, version, req)).unwrap();
     let mut b = read_response(s).unwrap();
     let h = ResponseHeader::decode(&mut b, key.response_header_version(version)).unwrap();
     assert_eq!(h.correlation_id, 42);
-    Resp::decode(&mut b, version).unwrap()
+    let r = Resp::decode(&mut b, version).unwrap();
+    (r, b)
 }
 
 pub fn fetch(topic: &str, partition: i32, offset: i64) -> FetchRequest {
@@ -326,4 +383,279 @@ pub fn consume_paced(
         }
     }
     Ok(batches)
+}
+
+/// Writes `records` demo records (1000-byte values, 16-byte keys, 32 per batch) to partition 0
+/// of `topic` with the log writer, rolling segments at `segment_bytes`. Returns the bytes of
+/// all segments.
+pub fn produce_demo_records(dir: &Path, topic: &str, records: u64, segment_bytes: u64) -> u64 {
+    use kxgw::log::writer::{ProduceConfig, WriterConfig};
+    let s = kxgw::log::writer::produce(&ProduceConfig {
+        log_dir: dir.to_path_buf(),
+        topic: topic.into(),
+        partitions: 1,
+        records,
+        record_size: 1000,
+        batch_records: 32,
+        key_size: 16,
+        headers: 0,
+        writer: WriterConfig {
+            segment_bytes,
+            ..WriterConfig::default()
+        },
+        write_checkpoint: false,
+    })
+    .expect("producing the test log");
+    s.bytes
+}
+
+/// The segment files (`*.log`) of partition directory `part`, oldest first.
+pub fn segment_files(part: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(part)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The base offset in a segment file's name.
+pub fn base_of(seg: &Path) -> i64 {
+    kxgw::log::segment::parse_log_name(seg.file_name().unwrap().to_str().unwrap()).unwrap()
+}
+
+/// Number of segment files of partition 0 of `topic`.
+pub fn segment_count(dir: &Path, topic: &str) -> usize {
+    segment_files(&dir.join(format!("{topic}-0"))).len()
+}
+
+/// Runs `kxgw consume --fetch endpoint --topic topic args..` in the consumer namespace and
+/// echoes what it printed.
+pub fn consume_fetch(net: &TestNet, endpoint: &str, topic: &str, args: &[&str]) -> Output {
+    let out = net
+        .client_command(KXGW)
+        .args(["consume", "--fetch", endpoint, "--topic", topic])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kxgw consume");
+    eprintln!(
+        "consume {args:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Parses "verified N records (offsets a..b) in K batches, B bytes ... errors: 0" (which it
+/// must end with) into (N, b, B).
+pub fn verified_summary(out: &Output) -> (u64, i64, u64) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("verified "))
+        .unwrap_or_else(|| panic!("no summary in {text:?}"));
+    assert!(line.ends_with("errors: 0"), "{line}");
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let n = w[1].parse().unwrap();
+    let end = w[4]
+        .trim_end_matches(')')
+        .rsplit("..")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = w[8].parse().unwrap();
+    (n, end, bytes)
+}
+
+/// Sends each line read from `from` to `to` (prefixed with `echo` on stderr when given) until
+/// the stream ends or nobody receives.
+pub fn forward_lines(
+    from: impl Read + Send + 'static,
+    to: mpsc::Sender<String>,
+    echo: Option<&'static str>,
+) {
+    std::thread::spawn(move || {
+        for l in BufReader::new(from).lines().map_while(Result::ok) {
+            if let Some(who) = echo {
+                eprintln!("{who}: {l}");
+            }
+            if to.send(l).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// A gateway started with its output piped: what it prints arrives on `lines` (see
+/// [`forward_lines`]); `banner` is the line with which it said it was up.
+pub struct PipedGateway {
+    pub child: KillOnDrop,
+    pub lines: mpsc::Receiver<String>,
+    pub banner: String,
+    /// Names the process in failure messages.
+    pub name: &'static str,
+}
+
+impl PipedGateway {
+    /// SIGTERM, which it must exit cleanly on; returns what it printed on the way out (the
+    /// counters).
+    pub fn stop(mut self) -> String {
+        let status = self.child.terminate(Duration::from_secs(10)).unwrap();
+        assert!(status.success(), "{} exit: {status}", self.name);
+        drain_lines(&self.lines)
+    }
+
+    /// SIGKILL; then the XDP program must leave the gateway's interface within 5 s (the
+    /// bpf_link goes with the process).
+    pub fn kill_and_expect_xdp_detached(&mut self, net: &TestNet) {
+        self.child.0.kill().unwrap();
+        self.child.0.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while net.gw_has_xdp().unwrap() {
+            assert!(
+                Instant::now() < deadline,
+                "XDP program still attached after SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The lines still coming on `lines`, until none arrives for 2 s (what a stopped gateway
+/// printed on the way out).
+pub fn drain_lines(lines: &mpsc::Receiver<String>) -> String {
+    let mut rest = String::new();
+    while let Ok(l) = lines.recv_timeout(Duration::from_secs(2)) {
+        rest.push_str(&l);
+        rest.push('\n');
+    }
+    rest
+}
+
+/// The value of `name` in counters printed as `name: N` (AF_XDP engine stats).
+pub fn printed_counter(stats: &str, name: &str) -> u64 {
+    let at = stats
+        .find(&format!("{name}: "))
+        .unwrap_or_else(|| panic!("no {name} in {stats}"));
+    stats[at + name.len() + 2..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+/// Starts a tailing `kxgw consume --follow --verify` in the consumer namespace at offset
+/// `from` of `topic` (fetch protocol at `endpoint`) that wants `count` records, stdout piped;
+/// checks that 700 ms later it is still waiting at the end.
+pub fn start_follower(
+    net: &TestNet,
+    endpoint: &str,
+    topic: &str,
+    from: u64,
+    count: u64,
+) -> KillOnDrop {
+    let mut consumer = KillOnDrop(
+        net.client_command(KXGW)
+            .args(["consume", "--fetch", endpoint, "--topic", topic])
+            .args([
+                "--offset",
+                &from.to_string(),
+                "--follow",
+                "--count",
+                &count.to_string(),
+                "--verify",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        consumer.0.try_wait().unwrap().is_none(),
+        "it waits at the end"
+    );
+    consumer
+}
+
+/// The exit status and output of a [`start_follower`] consumer wanting `count` records;
+/// fails if it has not exited within 20 s.
+pub fn follower_output(mut consumer: KillOnDrop, count: u64) -> (std::process::ExitStatus, String) {
+    consumer
+        .wait_output(Duration::from_secs(20))
+        .unwrap()
+        .unwrap_or_else(|| panic!("the tailing consumer did not get {count} records"))
+}
+
+/// `kxgw bench-tool tail-produce` pinned to CPU 1 (as scripts/bench.sh runs it): appends
+/// `count` one-record batches to topic `tail` in `dir` at 2000/s.
+pub fn tail_produce(dir: &Path, count: &str) {
+    let st = Command::new("taskset")
+        .args(["-c", "1", KXGW])
+        .args(["bench-tool", "tail-produce", "--log-dir"])
+        .arg(dir)
+        .args(["--topic", "tail", "--count", count, "--rate", "2000"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("running kxgw bench-tool tail-produce");
+    assert!(st.success(), "tail-produce: {st}");
+}
+
+/// The tailing probe as scripts/bench.sh runs it: `kxgw bench-tool tail-fetch` pinned to CPU 1
+/// in the consumer namespace waits at offset 1 of topic `tail` (fetch protocol at `endpoint`,
+/// giving up after `timeout_secs`); 500 ms later `count` records are appended with
+/// [`tail_produce`]. Returns its exit status and JSON summary once it exits; fails if it has
+/// not within `wait`.
+pub fn tail_probe(
+    net: &TestNet,
+    dir: &Path,
+    endpoint: &str,
+    count: u64,
+    timeout_secs: &str,
+    wait: Duration,
+) -> (std::process::ExitStatus, String) {
+    let child = net
+        .client_command("taskset")
+        .args(["-c", "1", KXGW])
+        .args(["bench-tool", "tail-fetch", "--fetch", endpoint])
+        .args([
+            "--topic",
+            "tail",
+            "--offset",
+            "1",
+            "--count",
+            &count.to_string(),
+        ])
+        .args(["--timeout-secs", timeout_secs])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut consumer = KillOnDrop(child);
+    std::thread::sleep(Duration::from_millis(500));
+    tail_produce(dir, &count.to_string());
+    consumer
+        .wait_output(wait)
+        .unwrap()
+        .expect("tail-fetch did not finish")
+}
+
+/// The number in field `"k":` of a JSON summary line (tail-fetch's).
+pub fn json_number(text: &str, k: &str) -> f64 {
+    let at = text
+        .find(&format!("\"{k}\":"))
+        .unwrap_or_else(|| panic!("{k} in {text}"));
+    let rest = &text[at + k.len() + 3..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end]
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{k} in {text}: {e}"))
 }
