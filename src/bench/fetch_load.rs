@@ -71,6 +71,7 @@ fn consume_one(cfg: &FetchLoadConfig, start: &Barrier) -> Result<(u64, u64)> {
                     records += (checked.next_offset - next) as u64;
                     bytes += b.data.len() as u64;
                     next = checked.next_offset;
+                    c.recycle(b.data);
                 }
                 Event::Unreachable => bail!("{} did not answer the handshake", cfg.server),
                 Event::PartitionError {

@@ -344,7 +344,10 @@ fn run_inner(args: Args) -> Result<ExitCode> {
                         answered = true;
                         log::debug!("fetch endpoint {addr} answered");
                     }
-                    Event::Batch(b) => sink.batch(b.partition, b.from_offset, &b.data)?,
+                    Event::Batch(b) => {
+                        sink.batch(b.partition, b.from_offset, &b.data)?;
+                        c.recycle(b.data);
+                    }
                     Event::CaughtUp { offset, .. } => {
                         log::debug!("caught up at offset {offset}");
                     }

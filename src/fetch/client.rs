@@ -310,9 +310,28 @@ pub struct Client {
     srtt: Option<Duration>,
     rttvar: Duration,
     last_rx: Option<Instant>,
+    /// Batch buffers handed back with [`Client::recycle`], reused for the next batches: a
+    /// fresh allocation per batch made a fast consumer spend its time in page faults.
+    spare: Vec<Vec<u8>>,
 }
 
 const MAX_PARTS_PER_REQUEST: usize = 32;
+/// Recycled batch buffers kept at most.
+const SPARE_BUFFERS: usize = 64;
+
+/// A buffer holding `bytes`, from the spare ones when there are.
+fn buffer_with(spare: &mut Vec<Vec<u8>>, bytes: &[u8]) -> Vec<u8> {
+    let mut b = spare.pop().unwrap_or_default();
+    b.extend_from_slice(bytes);
+    b
+}
+
+/// A zeroed buffer of `len` bytes, from the spare ones when there are.
+fn zeroed_buffer(spare: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
+    let mut b = spare.pop().unwrap_or_default();
+    b.resize(len, 0);
+    b
+}
 
 impl Client {
     pub fn new(server: SocketAddr, cfg: ClientConfig, subs: Vec<Subscription>) -> Client {
@@ -362,6 +381,7 @@ impl Client {
             srtt: None,
             rttvar: Duration::ZERO,
             last_rx: None,
+            spare: Vec::new(),
         }
     }
 
@@ -378,6 +398,15 @@ impl Client {
     }
 
     /// Every subscription stopped (caught up without `follow`, or failed).
+    /// Hands back the buffer of a delivered batch ([`Delivered::data`]) for reuse. Optional:
+    /// a consumer that keeps its batches just does not call it.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && buf.capacity() <= self.cfg.max_batch as usize {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
     pub fn is_finished(&self) -> bool {
         self.conn == Conn::Unreachable || self.subs.iter().all(|s| s.done)
     }
@@ -730,6 +759,7 @@ impl Client {
     /// payload is inconsistent with its header (the datagram then counts as not received).
     fn absorb(&mut self, sub_i: usize, h: &DataHeader, payload: &[u8]) -> bool {
         let max_batch = self.cfg.max_batch;
+        let spare = &mut self.spare;
         let sub = &mut self.subs[sub_i];
         if payload.is_empty() {
             return true;
@@ -746,7 +776,7 @@ impl Client {
             let asm = sub.frags.entry(h.base_offset).or_insert_with(|| Assembly {
                 link: h.link_offset,
                 next: h.end_offset,
-                buf: vec![0; h.batch_len as usize],
+                buf: zeroed_buffer(spare, h.batch_len as usize),
                 have: Vec::new(),
             });
             if asm.buf.len() != h.batch_len as usize || asm.next != h.end_offset {
@@ -827,7 +857,7 @@ impl Client {
                         Stored {
                             link,
                             base: bh.base_offset,
-                            data: bytes.to_vec(),
+                            data: buffer_with(spare, bytes),
                         },
                     );
                 }

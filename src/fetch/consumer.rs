@@ -78,6 +78,11 @@ impl UdpConsumer {
         &self.client
     }
 
+    /// See [`Client::recycle`].
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.client.recycle(buf);
+    }
+
     pub fn rcvbuf(&self) -> usize {
         self.rcvbuf
     }
