@@ -43,7 +43,7 @@ pub fn receive(
     .parse()
     .context("bind address")?;
     let sock = UdpSocket::bind(bind).context("binding the raw receiver")?;
-    crate::xdp::raw::grow_recv_buffer(&sock, 64 << 20);
+    crate::fetch::udp::grow_recv_buffer(&sock, 64 << 20);
     let fd = sock.as_raw_fd();
     let mut rb = RecvBatch::new(BATCH, MAX_UDP_PAYLOAD);
     let mut rep = RawReport::default();

@@ -76,7 +76,7 @@ pub fn run_client(args: ClientArgs) -> Result<ExitCode> {
         "[::]:0".parse()?
     };
     let sock = UdpSocket::bind(bind)?;
-    crate::xdp::raw::grow_recv_buffer(&sock, 64 << 20);
+    crate::fetch::udp::grow_recv_buffer(&sock, 64 << 20);
     let r = fetch_pattern(&sock, args.server, 0, args.bytes, args.size, args.window)?;
     let secs = r.elapsed.as_secs_f64().max(1e-9);
     println!(

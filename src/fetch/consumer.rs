@@ -50,10 +50,7 @@ impl UdpConsumer {
         let sock = UdpSocket::bind(bind)?;
         sock.connect(server)?;
         let sref = SockRef::from(&sock);
-        // As root, SO_RCVBUFFORCE passes net.core.rmem_max; otherwise take what we get.
-        if set_rcvbuf_force(&sock, DEFAULT_RCVBUF).is_err() {
-            let _ = sref.set_recv_buffer_size(DEFAULT_RCVBUF);
-        }
+        super::udp::grow_recv_buffer(&sock, DEFAULT_RCVBUF);
         let rcvbuf = sref.recv_buffer_size().unwrap_or(212992);
         let cap = (rcvbuf / 4).max(64 << 10) as u32;
         if cfg.window > cap {
@@ -164,22 +161,4 @@ impl UdpConsumer {
         }
         Ok(any)
     }
-}
-
-fn set_rcvbuf_force(sock: &UdpSocket, size: usize) -> io::Result<()> {
-    let v = size as libc::c_int;
-    // SAFETY: setsockopt with a valid int value on a live socket.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -175,17 +175,22 @@ fn send_file<S: AsFd>(sock: &S, r: &mut FileRange) -> io::Result<usize> {
     }
     let n = n as usize;
     if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!(
-                "segment file ended at {} with {} record bytes still to send",
-                r.position, r.len
-            ),
-        ));
+        return Err(file_ended(r));
     }
     r.position += n as u64;
     r.len -= n;
     Ok(n)
+}
+
+/// The segment is shorter than the range promised (truncated under us).
+fn file_ended(r: &FileRange) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!(
+            "segment file ended at {} with {} record bytes still to send",
+            r.position, r.len
+        ),
+    )
 }
 
 /// Copy mode: pread a piece of the range into the staging buffer, send it; bytes the socket
@@ -209,13 +214,7 @@ fn copy_file<S: AsFd>(
         let want = r.len.min(st.buf.len());
         let n = r.file.read_at(&mut st.buf[..want], r.position)?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "segment file ended at {} with {} record bytes still to send",
-                    r.position, r.len
-                ),
-            ));
+            return Err(file_ended(r));
         }
         r.position += n as u64;
         r.len -= n;

@@ -272,23 +272,3 @@ pub fn fetch_pattern(
     report.elapsed = start.elapsed();
     Ok(report)
 }
-
-/// Enlarges a socket's receive buffer past `rmem_max` when allowed (root), else as far as
-/// `rmem_max` goes: bursts of 64 KiB datagrams overflow the default buffer.
-pub fn grow_recv_buffer(sock: &std::net::UdpSocket, bytes: usize) {
-    use std::os::fd::AsRawFd;
-    let v = bytes as libc::c_int;
-    // SAFETY: setsockopt with an int on a valid socket.
-    let forced = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if forced != 0 {
-        let _ = socket2::SockRef::from(sock).set_recv_buffer_size(bytes);
-    }
-}
