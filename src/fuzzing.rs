@@ -394,21 +394,7 @@ fn kafka_frame<R: kafka_protocol::protocol::Encodable>(
     version: i16,
     req: &R,
 ) -> Option<Vec<u8>> {
-    use kafka_protocol::messages::RequestHeader;
-    use kafka_protocol::protocol::{Encodable, StrBytes};
-    let header = RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(7)
-        .with_client_id(Some(StrBytes::from_static_str("fuzz")));
-    let mut body = bytes::BytesMut::new();
-    header
-        .encode(&mut body, key.request_header_version(version))
-        .ok()?;
-    req.encode(&mut body, version).ok()?;
-    let mut out = i32::try_from(body.len()).ok()?.to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    Some(out)
+    crate::kafka::frame::encode_request(key, version, 7, "fuzz", req).ok()
 }
 
 /// Seed inputs for each target, built with the real encoders (the committed corpus starts

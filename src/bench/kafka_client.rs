@@ -9,12 +9,12 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{
-    ApiKey, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ResponseHeader, TopicName};
+use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
+
+use crate::kafka::frame::encode_request;
 
 /// Largest response the client accepts (a bad length prefix must not allocate gigabytes).
 const MAX_RESPONSE: usize = 256 << 20;
@@ -126,11 +126,6 @@ impl KafkaFetcher {
     /// Sends one Fetch request; [`KafkaFetcher::receive`] reads the responses in order.
     pub fn send(&mut self, p: FetchParams) -> Result<()> {
         self.correlation = self.correlation.wrapping_add(1);
-        let header = RequestHeader::default()
-            .with_request_api_key(ApiKey::Fetch as i16)
-            .with_request_api_version(self.version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("kxgw-bench")));
         let part = FetchPartition::default()
             .with_partition(p.partition)
             .with_current_leader_epoch(-1)
@@ -150,15 +145,14 @@ impl KafkaFetcher {
             .with_session_id(0)
             .with_session_epoch(-1)
             .with_topics(vec![topic]);
-        let mut buf = BytesMut::with_capacity(128);
-        buf.put_i32(0);
-        header
-            .encode(&mut buf, FetchRequest::header_version(self.version))
-            .context("encoding request header")?;
-        req.encode(&mut buf, self.version)
-            .context("encoding Fetch")?;
-        let len = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
+        let buf = encode_request(
+            ApiKey::Fetch,
+            self.version,
+            self.correlation,
+            "kxgw-bench",
+            &req,
+        )
+        .context("encoding Fetch")?;
         self.stream.write_all(&buf).context("sending Fetch")?;
         self.in_flight.push_back(self.correlation);
         Ok(())

@@ -8,18 +8,19 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    RequestHeader, ResponseHeader, TopicName,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::log::batch::BatchHeader;
 
 use super::client::StartAt;
+use crate::kafka::frame::encode_request;
 
 const FETCH_VERSION: i16 = 4;
 const LIST_OFFSETS_VERSION: i16 = 1;
@@ -80,20 +81,8 @@ impl KafkaFetcher {
         req: &Req,
     ) -> Result<Resp> {
         self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("kxgw-consume")));
-        let mut buf = BytesMut::new();
-        header
-            .encode(&mut buf, Req::header_version(version))
-            .context("encoding the request header")?;
-        req.encode(&mut buf, version)
+        let frame = encode_request(key, version, self.correlation, "kxgw-consume", req)
             .context("encoding the request")?;
-        let mut frame = Vec::with_capacity(buf.len() + 4);
-        frame.extend_from_slice(&(buf.len() as i32).to_be_bytes());
-        frame.extend_from_slice(&buf);
         self.stream
             .write_all(&frame)
             .context("sending the request")?;

@@ -3,6 +3,8 @@
 //! the connection is closed, as a Kafka broker does (`InvalidReceiveException`).
 
 use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::{Encodable, StrBytes};
 
 /// Smallest request: api_key(2) + api_version(2) + correlation_id(4) + client_id length(2).
 pub const MIN_REQUEST: usize = 10;
@@ -87,6 +89,30 @@ impl Framer {
             Some(Ok(_)) => Ok(None),
         }
     }
+}
+
+/// Encodes one request as a client sends it: the `i32` size, the request header (in the header
+/// version `key` and `version` call for), then the body. Every client-side encoder in the
+/// crate (the fallback consumer, the bench client, tests and fuzz seeds) goes through here.
+pub fn encode_request<R: Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation: i32,
+    client_id: &'static str,
+    req: &R,
+) -> anyhow::Result<Vec<u8>> {
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_static_str(client_id)));
+    let mut buf = BytesMut::with_capacity(128);
+    buf.extend_from_slice(&[0; 4]);
+    header.encode(&mut buf, key.request_header_version(version))?;
+    req.encode(&mut buf, version)?;
+    let len = i32::try_from(buf.len() - 4)?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.to_vec())
 }
 
 #[cfg(test)]

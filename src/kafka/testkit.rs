@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::{ApiKey, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
 
 use super::apis::{Ctx, NodeInfo};
 use super::session::{chunks_to_vec, Session, SessionError};
@@ -68,19 +68,7 @@ impl Harness {
 }
 
 pub fn request<Req: Encodable>(key: ApiKey, version: i16, corr: i32, req: &Req) -> Vec<u8> {
-    let header = RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(corr)
-        .with_client_id(Some(StrBytes::from_static_str("test")));
-    let mut body = BytesMut::new();
-    header
-        .encode(&mut body, key.request_header_version(version))
-        .unwrap();
-    req.encode(&mut body, version).unwrap();
-    let mut out = (body.len() as i32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
+    super::frame::encode_request(key, version, corr, "test", req).unwrap()
 }
 
 pub fn decode_response<Resp: Decodable>(key: ApiKey, version: i16, corr: i32, wire: &[u8]) -> Resp {
