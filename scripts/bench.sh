@@ -102,6 +102,8 @@ has "$BT_HELP" fetch-load && HAVE_CONSUME=1
 has "$BT_HELP" tail-produce && HAVE_TAILP=1
 has "$BT_HELP" tail-fetch && HAVE_TAILF=1
 BT_HELP_TAIL=$("$KXGW" bench-tool tail-fetch --help 2>/dev/null || true)
+# The raw AF_XDP ceiling's receiver CRCs every byte, as the fetch client and stream-client do.
+RAW_CRC=; has "$(help_of bench-tool raw-udp-client)" --crc && RAW_CRC=--crc
 has "$(help_of xdp-raw)" --listen && has "$(help_of xdp-raw-client)" --server && HAVE_XDPRAW=1
 [ $HAVE_PRODUCE = 1 ] || { echo "bench.sh: '$KXGW produce' is missing: no log to serve, nothing to measure" >&2; exit 1; }
 
@@ -197,6 +199,9 @@ gw_cmd() { # path fs
     xdp-copy|xdp-sg|xdp-auto)
       [ $HAVE_XDP = 1 ] && [ $HAVE_CONSUME = 1 ] || return 0
       local extra=; has "$SERVE_HELP" --require-xdp && extra=--require-xdp
+      # sg sends tmpfs segments from their own pages (registered as UMEM); other filesystems
+      # (and so the disk rows) are staged through the arena.
+      [ $1 = xdp-sg ] && has "$SERVE_HELP" --umem-segments && extra="$extra --umem-segments"
       echo "$KXGW serve --log-dir $dir --xdp-iface $GW_IF --fetch-listen $GW_ADDR:$FETCH_PORT --tx-strategy ${1#xdp-} $extra" ;;
     ceil-sendfile)
       echo "$KXGW bench-tool sendfile-server --listen $GW_ADDR:$RAW_PORT --file $(BIG_SEGMENT "$2")" ;;
@@ -213,7 +218,11 @@ xdp_mode_of() {
   local bind tx
   bind=$(grep -oE 'bound in [a-z-]+ mode' "$1" | head -1 | awk '{print $3}' || true)
   tx=$(grep -oE 'TX strategy [a-z]+( \([^)]*\))?' "$1" | head -1 | sed 's/^TX strategy //' || true)
-  echo "${bind:-?} mode, TX ${tx:-?}"
+  local pages=
+  if [ "$tx" = sg ] && grep -q "fetch endpoint" "$1"; then
+    if grep -q 'MiB) registered as UMEM' "$1"; then pages=", log pages registered as UMEM"; else pages=", log staged in arena"; fi
+  fi
+  echo "${bind:-?} mode, TX ${tx:-?}$pages"
 }
 
 record() { # section path fs consumers run status gbps rps pps cpu bytes secs note
@@ -287,9 +296,10 @@ PY
         --consumers "$n" --records $per 2>"$clog") || rc=$? ;;
     ceil-xdp-raw-*)
       # recvmmsg receiver (bench-tool): xdp-raw-client verifies every byte with one recv per
-      # datagram and would be the bottleneck of the ceiling it measures.
+      # datagram and would be the bottleneck of the ceiling it measures. --crc: the same
+      # per-byte CRC32C work as the fetch client, so the ceiling bounds a path measured alike.
       out=$(in_cl "$KXGW" bench-tool raw-udp-client --server $GW_ADDR:$FETCH_PORT \
-        --bytes "$LOG_BYTES" --size 65536 2>"$clog") || rc=$? ;;
+        --bytes "$LOG_BYTES" --size 65536 $RAW_CRC 2>"$clog") || rc=$? ;;
     ceil-sendfile)
       out=$(in_cl "$KXGW" bench-tool stream-client --connect $GW_ADDR:$RAW_PORT \
         --bytes "$LOG_BYTES" --crc 2>"$clog") || rc=$? ;;

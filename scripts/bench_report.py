@@ -191,7 +191,8 @@ def main():
     md.append(
         "Ceiling of a path: the raw sendfile loop on the same filesystem for the Kafka TCP paths, the raw "
         "AF_XDP TX generator with the same TX strategy for the AF_XDP paths, the faster raw AF_XDP generator "
-        "for the kernel-UDP paths. packets/s = packets received by the consumer-side "
+        "for the kernel-UDP paths. Every ceiling's receiver does the consumers' per-byte work: CRC32C over every byte "
+        "(`stream-client --crc`, `raw-udp-client --crc`). packets/s = packets received by the consumer-side "
         "veth (TCP: GRO/GSO super-packets, not wire segments). Gateway CPU = utime+stime of the gateway "
         "process plus the softirq time of its CPU (on veth that includes the receive side's softirq "
         "processing, which runs on the sender's CPU).\n"

@@ -1,6 +1,8 @@
 //! Receiver for the raw AF_XDP generator (`kxgw xdp-raw`, no protocol, no log): asks for the
 //! pattern in large windows (`GEN <position> <bytes> <size>`) and counts what arrives with
-//! recvmmsg, checking only each datagram's 16-byte header. It exists because a ceiling must not
+//! recvmmsg, checking each datagram's 16-byte header and, with `crc`, running CRC32C over every
+//! payload byte: the per-byte work the fetch client does on record batches, so the ceiling
+//! bounds a path measured the same way (as `stream-client --crc` does for sendfile). It exists because a ceiling must not
 //! be limited by its client: `kxgw xdp-raw-client` verifies every byte with one recv per
 //! datagram, which on this VM is slower than the gateway paths it should bound. Lost datagrams
 //! are not asked again (a ceiling has no reliability); they are reported.
@@ -27,13 +29,15 @@ pub struct RawReport {
 }
 
 /// Asks `server` for `bytes` pattern bytes in `window`-byte requests of `size`-byte datagrams.
-/// A window ends when all its bytes arrived or nothing arrived for `idle`.
+/// A window ends when all its bytes arrived or nothing arrived for `idle`. `crc`: CRC32C every
+/// payload byte.
 pub fn receive(
     server: SocketAddr,
     bytes: u64,
     size: usize,
     window: u64,
     idle: Duration,
+    crc: bool,
 ) -> Result<RawReport> {
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0"
@@ -50,6 +54,7 @@ pub fn receive(
     let t0 = Instant::now();
     let mut pos = 0u64;
     let mut last_data = t0;
+    let mut acc = 0u32;
     while pos < bytes {
         let want = window.min(bytes - pos);
         let req = format!("GEN {pos} {want} {size}");
@@ -86,6 +91,9 @@ pub fn receive(
                         d.len()
                     );
                 }
+                if crc {
+                    acc = crc32c::crc32c_append(acc, &d[GEN_HEADER..]);
+                }
                 got += len as u64;
                 rep.datagrams += 1;
             }
@@ -96,6 +104,7 @@ pub fn receive(
     }
     // Idle waits after the last datagram (a window that ended by timeout) are not delivery time.
     rep.throughput.elapsed = last_data - t0;
+    log::debug!("raw payload crc32c {:#010x}", std::hint::black_box(acc));
     if rep.throughput.bytes == 0 {
         bail!("nothing arrived from {server}");
     }

@@ -49,6 +49,9 @@ enum Tool {
         size: usize,
         #[arg(long, default_value_t = 16 << 20)]
         window: u64,
+        /// CRC32C every payload byte (the same per-byte work as the fetch client).
+        #[arg(long)]
+        crc: bool,
     },
     /// N concurrent kxgw fetch-protocol consumers of one partition, from offset 0; aggregate
     /// throughput (the fetch paths' counterpart of kafka-load).
@@ -184,8 +187,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             bytes,
             size,
             window,
+            crc,
         } => {
-            let r = raw_udp::receive(server, bytes, size, window, Duration::from_millis(100))?;
+            let r = raw_udp::receive(server, bytes, size, window, Duration::from_millis(100), crc)?;
             println!(
                 "{}",
                 r.throughput.to_json(&format!(

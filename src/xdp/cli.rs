@@ -32,6 +32,13 @@ pub struct XdpArgs {
     /// Size of the UMEM log arena (MiB) that stages log pages for the sg strategy.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub arena_mib: u64,
+    /// Register the log's segment files that live on tmpfs as UMEM themselves, so `sg`
+    /// descriptors point at their pages with no staging copy. Opens them read-write (required
+    /// for a UMEM mapping; kxgw never writes them) and pins them; segments must not be
+    /// truncated while the gateway runs. Files elsewhere and bytes appended after startup are
+    /// staged through the arena.
+    #[arg(long)]
+    pub umem_segments: bool,
     /// Never try zero-copy binding (copy mode only).
     #[arg(long)]
     pub no_zero_copy: bool,
@@ -49,6 +56,7 @@ impl XdpArgs {
             busy_poll: self.busy_poll,
             tx_strategy: self.tx_strategy,
             arena_bytes: self.arena_mib.max(1) << 20,
+            resident: Vec::new(),
             zero_copy: if self.no_zero_copy {
                 ZeroCopyPolicy::Never
             } else {

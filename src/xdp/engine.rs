@@ -31,6 +31,7 @@ use super::arena::{Arena, ArenaStats, SourceId};
 use super::error::XdpError;
 use super::loader::{Steering, SteeringConfig, SteeringCounters, XdpMode};
 use super::packet::{self, Route};
+use super::resident::ResidentCache;
 use super::umem::{errno, UmemArea, FRAME};
 use super::xsk::{self, BindMode, QueueSocket, RingSizes, ZeroCopyPolicy};
 use super::Cidr;
@@ -81,6 +82,10 @@ pub trait TxPayload {
     }
     /// Identity of the source the bytes come from.
     fn source(&self) -> SourceId;
+    /// The source's open file, if it has one: a registered segment is found through it.
+    fn file(&self) -> Option<&std::fs::File> {
+        None
+    }
     /// Position of the first byte within the source.
     fn position(&self) -> u64;
 }
@@ -182,6 +187,8 @@ pub struct EngineConfig {
     pub tx_strategy: TxStrategy,
     /// Log arena size in bytes (rounded to 1 MiB blocks).
     pub arena_bytes: u64,
+    /// Segment files to register as UMEM as they are (those on tmpfs; others are staged).
+    pub resident: Vec<std::path::PathBuf>,
     /// Try zero-copy first?
     pub zero_copy: ZeroCopyPolicy,
 }
@@ -196,6 +203,7 @@ struct QueueStats {
     tx_sg: AtomicU64,
     tx_copy: AtomicU64,
     tx_descs: AtomicU64,
+    tx_resident_bytes: AtomicU64,
     arena_full: AtomicU64,
     no_route: AtomicU64,
     oversize: AtomicU64,
@@ -225,6 +233,8 @@ pub struct EngineStats {
     pub tx_copy: u64,
     /// TX descriptors used.
     pub tx_descs: u64,
+    /// Payload bytes sent straight from registered segment pages (no staging).
+    pub tx_resident_bytes: u64,
     /// sg datagrams sent by copy because the arena was full of in-flight blocks.
     pub arena_full: u64,
     /// Datagrams dropped: destination never sent us a request.
@@ -254,7 +264,7 @@ pub struct Engine {
     strategy: TxStrategy,
     mtu: u32,
     max_datagram: usize,
-    _area: Arc<UmemArea>,
+    area: Arc<UmemArea>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -293,9 +303,19 @@ impl Engine {
         })?;
         let ifindex = steering.attach(&cfg.iface, cfg.xdp_mode)?;
         let per_queue = RX_FRAMES + TX_FRAMES;
+        let opened = super::resident::open(&cfg.resident)?;
+        if !opened.elsewhere.is_empty() {
+            log::info!(
+                "--umem-segments: {} segment file(s) not on tmpfs (e.g. {}) cannot be registered \
+                 as UMEM; their bytes are staged through the arena",
+                opened.elsewhere.len(),
+                opened.elsewhere[0].display()
+            );
+        }
         let area = Arc::new(UmemArea::new(
             per_queue * queues,
             cfg.arena_bytes.max(super::arena::BLOCK),
+            opened.files,
             FILL_RING,
             COMP_RING,
         )?);
@@ -359,6 +379,7 @@ impl Engine {
                 waker: waker.clone(),
                 descs: Vec::with_capacity(MAX_DESCS),
                 pieces: Vec::with_capacity(MAX_DESCS),
+                resident: ResidentCache::new(),
                 released: Vec::new(),
                 held: Vec::new(),
             };
@@ -376,7 +397,7 @@ impl Engine {
             wakers.push(waker);
         }
         log::info!(
-            "AF_XDP on {} ({} queue(s)): bound in {} mode, TX strategy {}{}, MTU {mtu} (max datagram {max_datagram} B), arena {} MiB, {}",
+            "AF_XDP on {} ({} queue(s)): bound in {} mode, TX strategy {}{}, MTU {mtu} (max datagram {max_datagram} B), arena {} MiB{}, {}",
             cfg.iface,
             queues,
             mode.name(),
@@ -390,6 +411,13 @@ impl Engine {
                 ""
             },
             area.arena_len() >> 20,
+            match area.resident().files() {
+                0 => String::new(),
+                n => format!(
+                    ", {n} segment file(s) ({} MiB) registered as UMEM",
+                    area.resident().bytes() >> 20
+                ),
+            },
             if cfg.busy_poll { "busy polling" } else { "need_wakeup + poll" },
         );
         let handle = StatsHandle {
@@ -409,13 +437,19 @@ impl Engine {
             strategy: cfg.tx_strategy,
             mtu,
             max_datagram,
-            _area: area,
+            area,
         })
     }
 
     /// How the sockets are bound.
     pub fn bind_mode(&self) -> BindMode {
         self.mode
+    }
+
+    /// Segment files registered as UMEM as they are: (files, bytes).
+    pub fn resident(&self) -> (usize, u64) {
+        let r = self.area.resident();
+        (r.files(), r.bytes())
     }
 
     /// Configured TX strategy.
@@ -502,6 +536,7 @@ impl StatsHandle {
             s.tx_copy += g(&q.tx_copy);
             s.tx_descs += g(&q.tx_descs);
             s.arena_full += g(&q.arena_full);
+            s.tx_resident_bytes += g(&q.tx_resident_bytes);
             s.no_route += g(&q.no_route);
             s.oversize += g(&q.oversize);
             s.kick_errors += g(&q.kick_errors);
@@ -562,6 +597,7 @@ struct Worker<S: Service> {
     waker: Waker,
     descs: Vec<xdpilone::xdp::XdpDesc>,
     pieces: Vec<(u64, u32)>,
+    resident: ResidentCache,
     released: Vec<u64>,
     held: Vec<xdpilone::xdp::XdpDesc>,
 }
@@ -664,15 +700,17 @@ impl<S: Service> Worker<S> {
     /// Reaps the completion ring: TX frames return to the free list, arena references drop.
     fn complete(&mut self) -> bool {
         let arena_start = self.area.arena_offset();
+        // Resident segment pages hold no references: nothing to release for them.
+        let arena_end = arena_start + self.area.arena_len();
         let mut n = 0u32;
         {
             let mut c = self.sock.comp.complete(COMP_RING);
             while let Some(addr) = c.read() {
                 n += 1;
-                if addr >= arena_start {
-                    self.released.push(addr);
-                } else {
+                if addr < arena_start {
                     self.tx_free.push(addr & !(FRAME - 1));
+                } else if addr < arena_end {
+                    self.released.push(addr);
                 }
             }
             c.release();
@@ -871,15 +909,29 @@ impl<S: Service> Worker<S> {
         };
         let bytes = p.bytes();
         self.pieces.clear();
-        let staged = match self.arena.lock() {
-            Ok(mut a) => a.stage(
+        let resident = p.file().is_some_and(|file| {
+            self.resident.pieces(
+                self.area.resident(),
                 &p.source(),
+                file,
                 p.position(),
-                bytes,
-                p.ahead(),
+                bytes.len(),
                 &mut self.pieces,
-            ),
-            Err(_) => return false,
+            )
+        });
+        let staged = if resident {
+            Ok(Ok(()))
+        } else {
+            match self.arena.lock() {
+                Ok(mut a) => a.stage(
+                    &p.source(),
+                    p.position(),
+                    bytes,
+                    p.ahead(),
+                    &mut self.pieces,
+                ),
+                Err(_) => return false,
+            }
         };
         match staged {
             Ok(Ok(())) => {}
@@ -925,6 +977,11 @@ impl<S: Service> Worker<S> {
                 len: *len,
                 options: if i == last { 0 } else { XDP_PKT_CONTD },
             });
+        }
+        if resident {
+            self.stats
+                .tx_resident_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         }
         true
     }

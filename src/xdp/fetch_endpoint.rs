@@ -13,7 +13,7 @@ use super::cli::XdpArgs;
 use super::engine::{Datagram, Engine, Service, TxPayload, WorkerContext};
 use crate::fetch::gateway::{FetchArgs, FetchListener};
 use crate::fetch::{Payload, Server, ServerConfig, ServerStats};
-use crate::log::LogDir;
+use crate::log::{segment, LogDir};
 
 impl TxPayload for Payload {
     fn bytes(&self) -> &[u8] {
@@ -36,6 +36,10 @@ impl TxPayload for Payload {
 
     fn position(&self) -> u64 {
         self.file_position()
+    }
+
+    fn file(&self) -> Option<&std::fs::File> {
+        Some(&self.slice.file)
     }
 }
 
@@ -101,6 +105,20 @@ impl Service for FetchService {
     }
 }
 
+/// Every segment file of every partition of `log`, for `--umem-segments`.
+fn segment_files(log: &LogDir) -> Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for p in log.partitions() {
+        let bases = segment::list_segments(p.dir())
+            .with_context(|| format!("listing the segments of {}", p.dir().display()))?;
+        out.extend(bases.into_iter().map(|b| {
+            p.dir()
+                .join(format!("{}{}", segment::file_stem(b), segment::LOG_SUFFIX))
+        }));
+    }
+    Ok(out)
+}
+
 /// The fetch endpoint on AF_XDP.
 pub struct XdpFetch {
     engine: Engine,
@@ -117,7 +135,10 @@ impl XdpFetch {
         endpoint: SocketAddr,
         args: &XdpArgs,
     ) -> Result<XdpFetch> {
-        let cfg = args.engine_config(iface, endpoint);
+        let mut cfg = args.engine_config(iface, endpoint);
+        if args.umem_segments {
+            cfg.resident = segment_files(log)?;
+        }
         let published = Arc::new(Mutex::new(Vec::new()));
         let engine = Engine::start(&cfg, |ctx: WorkerContext| {
             let slot = match published.lock() {
@@ -162,8 +183,15 @@ impl XdpFetch {
 
     /// One line per queue of fetch counters, then the engine's and the XDP program's.
     pub fn report(&self) -> String {
+        let resident = match self.engine.resident() {
+            (0, _) => String::new(),
+            (n, bytes) => format!(
+                ", {n} segment file(s) ({} MiB) registered as UMEM",
+                bytes >> 20
+            ),
+        };
         let mut out = format!(
-            "fetch over AF_XDP on {} {} (bind mode {}, TX strategy {}, {} queue(s))",
+            "fetch over AF_XDP on {} {} (bind mode {}, TX strategy {}, {} queue(s){resident})",
             self.iface,
             self.endpoint,
             self.engine.bind_mode().name(),
@@ -239,7 +267,7 @@ impl XdpFetch {
                 ),
                 (
                     "xdp_tx_sg_total",
-                    "Datagrams sent as header + arena descriptors",
+                    "Datagrams sent as header + log page descriptors",
                     e.tx_sg,
                 ),
                 (
@@ -267,6 +295,11 @@ impl XdpFetch {
                     "xdp_no_route_total",
                     "Datagrams to peers never heard from",
                     e.no_route,
+                ),
+                (
+                    "xdp_tx_resident_bytes_total",
+                    "Log bytes sent from segment pages registered as UMEM (--umem-segments)",
+                    e.tx_resident_bytes,
                 ),
                 (
                     "xdp_arena_staged_bytes_total",

@@ -3,7 +3,8 @@
 //! - [`loader`]: loads `bpf/kxgw.bpf.c`, attaches it through a bpf_link, owns its maps.
 //! - [`acl`]: consumer allowlist prefixes.
 //! - [`packet`]: request parsing and reply header building.
-//! - [`umem`]: the memfd-backed UMEM (frames + log arena); [`arena`]: the log arena cache.
+//! - [`umem`]: the UMEM (frames + log arena + resident segments); [`arena`]: the log arena
+//!   cache; [`resident`]: tmpfs segment files registered as UMEM (`--umem-segments`).
 //! - [`xsk`]: per-queue AF_XDP sockets; [`engine`]: the per-queue workers and TX strategies.
 //! - [`fetch_endpoint`]: the fetch protocol over the engine, and `serve`'s endpoint with fallback.
 //! - [`raw`]: echo/generator service (`kxgw xdp-raw`); [`cli`]: the `--xdp-*` flags.
@@ -17,6 +18,7 @@ pub mod fetch_endpoint;
 pub mod loader;
 pub mod packet;
 pub mod raw;
+pub mod resident;
 pub mod skel;
 pub mod umem;
 pub mod xsk;

@@ -1,15 +1,18 @@
-//! The UMEM: one memfd (tmpfs) mapped MAP_SHARED read-write and registered with the kernel.
+//! The UMEM: one address range registered with the kernel.
 //!
-//! Layout: `[ frame area: per-queue RX + TX frames ][ log arena ]`. The whole area is one
-//! memfd because only tmpfs/anonymous pages can be pinned for a UMEM (ext4/xfs file pages give
-//! EFAULT/ENOMEM, see DESIGN.md), and a memfd can be written with `pwrite` at tracked offsets:
-//! the arena stages log segment bytes that way. The file is sized once and never truncated
-//! (a truncate would silently detach it from the pinned pages).
+//! Layout: `[ frame area: per-queue RX + TX frames ][ log arena ][ resident segments ]`. Frames
+//! and arena are one memfd mapped MAP_SHARED read-write, because only tmpfs/anonymous pages can
+//! be pinned for a UMEM (ext4/xfs file pages give EFAULT/ENOMEM, see DESIGN.md) and a memfd can
+//! be written with `pwrite` at tracked offsets: the arena stages log segment bytes that way. It
+//! is sized once and never truncated (a truncate would silently detach it from the pinned
+//! pages). With `--umem-segments`, tmpfs segment files follow the arena, each mapped as it is
+//! (see [`super::resident`]); the range is reserved first and each part mapped into it.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
 use super::error::XdpError;
+use super::resident::{Resident, ResidentFile, Window};
 
 /// UMEM chunk size: the kernel's maximum (8192+ is EINVAL), one page.
 pub const FRAME: u64 = 4096;
@@ -19,8 +22,11 @@ pub struct UmemArea {
     umem: xdpilone::Umem,
     base: NonNull<u8>,
     len: usize,
+    // Frames + arena: the memfd part.
+    own: usize,
     memfd: OwnedFd,
     frames: u32,
+    resident: Resident,
 }
 
 // SAFETY: UmemArea owns a MAP_SHARED mapping and the fds; the raw pointer is only used to derive
@@ -32,17 +38,24 @@ unsafe impl Sync for UmemArea {}
 
 impl UmemArea {
     /// Creates and registers an area of `frames` frames followed by `arena_bytes` (rounded up
-    /// to whole frames) of log arena.
+    /// to whole frames) of log arena, then the `resident` files, each mapped as it is.
     pub fn new(
         frames: u32,
         arena_bytes: u64,
+        resident: Vec<ResidentFile>,
         fill_size: u32,
         complete_size: u32,
     ) -> Result<UmemArea, XdpError> {
         let arena_bytes = arena_bytes.div_ceil(FRAME) * FRAME;
-        let len = u64::from(frames) * FRAME + arena_bytes;
-        let len_usize = usize::try_from(len)
-            .map_err(|_| XdpError::Config(format!("UMEM of {len} bytes too large")))?;
+        let own = u64::from(frames) * FRAME + arena_bytes;
+        let len = own
+            + resident
+                .iter()
+                .map(|f| f.len.div_ceil(FRAME) * FRAME)
+                .sum::<u64>();
+        let too_large = |n: u64| XdpError::Config(format!("UMEM of {n} bytes too large"));
+        let len_usize = usize::try_from(len).map_err(|_| too_large(len))?;
+        let own_usize = usize::try_from(own).map_err(|_| too_large(own))?;
         // SAFETY: memfd_create with a valid NUL-terminated name; the fd is checked below.
         let fd = unsafe { libc::memfd_create(c"kxgw-umem".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
@@ -52,32 +65,82 @@ impl UmemArea {
         let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Pre-size once: pages past EOF cannot be pinned and must never be truncated later.
         // SAFETY: valid fd, plain integer argument.
-        if unsafe { libc::ftruncate(memfd.as_raw_fd(), len as libc::off_t) } != 0 {
+        if unsafe { libc::ftruncate(memfd.as_raw_fd(), own as libc::off_t) } != 0 {
             return Err(XdpError::sys(
-                format!("sizing the UMEM memfd to {len} bytes"),
+                format!("sizing the UMEM memfd to {own} bytes"),
                 errno(),
             ));
         }
-        // SAFETY: mapping a file we own, full length, shared read-write (read-only mappings
-        // cannot be registered).
+        // One contiguous address range for everything: reserve it, then map each part into it.
+        // SAFETY: a fresh anonymous reservation; nothing else uses the range.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len_usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                memfd.as_raw_fd(),
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
                 0,
             )
         };
         if ptr == libc::MAP_FAILED {
             return Err(XdpError::sys(
-                format!("mapping the {} MiB UMEM memfd", len >> 20),
+                format!("reserving {} MiB of address space for the UMEM", len >> 20),
                 errno(),
             ));
         }
+        // Unmaps the whole range on any failure below.
+        let fail = |e: XdpError| {
+            // SAFETY: unmapping the range reserved above; nothing references it yet.
+            unsafe { libc::munmap(ptr, len_usize) };
+            e
+        };
+        // SAFETY: maps over the start of our own reservation (MAP_FIXED replaces only it),
+        // shared read-write (read-only mappings cannot be registered).
+        let own_ptr = unsafe {
+            libc::mmap(
+                ptr,
+                own_usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE | libc::MAP_FIXED,
+                memfd.as_raw_fd(),
+                0,
+            )
+        };
+        if own_ptr == libc::MAP_FAILED {
+            return Err(fail(XdpError::sys(
+                format!("mapping the {} MiB UMEM memfd", own >> 20),
+                errno(),
+            )));
+        }
+        let mut windows = Vec::with_capacity(resident.len());
+        let mut at = own;
+        for f in resident {
+            let span = f.len.div_ceil(FRAME) * FRAME;
+            // SAFETY: `at..at + span` lies inside our reservation (len sums every span); the
+            // file is open read-write and at least `f.len` long, so every page of the span
+            // holds file bytes (only the last one partly).
+            let p = unsafe {
+                libc::mmap(
+                    ptr.cast::<u8>().add(at as usize).cast(),
+                    span as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    f.file.as_raw_fd(),
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(fail(XdpError::sys(
+                    format!("mapping {} into the UMEM", f.path.display()),
+                    errno(),
+                )));
+            }
+            windows.push(Window::new(f, at));
+            at += span;
+        }
         let base = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| XdpError::Config("mmap returned NULL".into()))?;
+            .ok_or_else(|| fail(XdpError::Config("mmap returned NULL".into())))?;
         let area = NonNull::slice_from_raw_parts(base, len_usize);
         let config = xdpilone::UmemConfig {
             fill_size,
@@ -91,20 +154,20 @@ impl UmemArea {
         let umem = match unsafe { xdpilone::Umem::new(config, area) } {
             Ok(u) => u,
             Err(e) => {
-                // SAFETY: unmapping what we mapped above; nothing references it.
-                unsafe { libc::munmap(ptr, len_usize) };
-                return Err(XdpError::sys(
+                return Err(fail(XdpError::sys(
                     format!("registering the {} MiB UMEM (XDP_UMEM_REG)", len >> 20),
                     e.get_raw().abs(),
-                ));
+                )));
             }
         };
         Ok(UmemArea {
             umem,
             base,
             len: len_usize,
+            own: own_usize,
             memfd,
             frames,
+            resident: Resident::new(windows),
         })
     }
 
@@ -125,7 +188,12 @@ impl UmemArea {
 
     /// Arena length in bytes.
     pub fn arena_len(&self) -> u64 {
-        self.len as u64 - self.arena_offset()
+        self.own as u64 - self.arena_offset()
+    }
+
+    /// The segment files registered as they are (after the arena).
+    pub fn resident(&self) -> &Resident {
+        &self.resident
     }
 
     /// Total length.
@@ -146,7 +214,7 @@ impl UmemArea {
     /// Writes `bytes` at UMEM offset `offset` through the memfd (the staging write of the arena).
     pub fn pwrite(&self, bytes: &[u8], offset: u64) -> Result<(), XdpError> {
         let end = offset + bytes.len() as u64;
-        if end > self.len as u64 {
+        if end > self.own as u64 {
             return Err(XdpError::Config(format!(
                 "arena write {offset}..{end} beyond the UMEM ({} bytes)",
                 self.len
