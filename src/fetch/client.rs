@@ -312,25 +312,49 @@ pub struct Client {
     last_rx: Option<Instant>,
     /// Batch buffers handed back with [`Client::recycle`], reused for the next batches: a
     /// fresh allocation per batch made a fast consumer spend its time in page faults.
-    spare: Vec<Vec<u8>>,
+    spare: Spare,
 }
 
 const MAX_PARTS_PER_REQUEST: usize = 32;
-/// Recycled batch buffers kept at most.
-const SPARE_BUFFERS: usize = 64;
 
-/// A buffer holding `bytes`, from the spare ones when there are.
-fn buffer_with(spare: &mut Vec<Vec<u8>>, bytes: &[u8]) -> Vec<u8> {
-    let mut b = spare.pop().unwrap_or_default();
-    b.extend_from_slice(bytes);
-    b
+/// Recycled batch buffers, at most `limit` bytes of capacity in all: the client's window, so
+/// a window's worth of batches in flight is served from them (a smaller pool left most
+/// batches to fresh allocations, which glibc then returned to the kernel and faulted back in).
+#[derive(Debug, Default)]
+struct Spare {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+    limit: usize,
 }
 
-/// A zeroed buffer of `len` bytes, from the spare ones when there are.
-fn zeroed_buffer(spare: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
-    let mut b = spare.pop().unwrap_or_default();
-    b.resize(len, 0);
-    b
+impl Spare {
+    fn take(&mut self) -> Vec<u8> {
+        let b = self.bufs.pop().unwrap_or_default();
+        self.bytes -= b.capacity();
+        b
+    }
+
+    fn put(&mut self, mut buf: Vec<u8>) {
+        if self.bytes + buf.capacity() <= self.limit {
+            buf.clear();
+            self.bytes += buf.capacity();
+            self.bufs.push(buf);
+        }
+    }
+
+    /// A buffer holding `bytes`.
+    fn with(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut b = self.take();
+        b.extend_from_slice(bytes);
+        b
+    }
+
+    /// A zeroed buffer of `len` bytes.
+    fn zeroed(&mut self, len: usize) -> Vec<u8> {
+        let mut b = self.take();
+        b.resize(len, 0);
+        b
+    }
 }
 
 impl Client {
@@ -361,6 +385,7 @@ impl Client {
             })
             .collect();
         let interval = cfg.handshake_interval;
+        let spare_limit = cfg.window as usize;
         Client {
             cfg,
             server,
@@ -381,7 +406,10 @@ impl Client {
             srtt: None,
             rttvar: Duration::ZERO,
             last_rx: None,
-            spare: Vec::new(),
+            spare: Spare {
+                limit: spare_limit,
+                ..Spare::default()
+            },
         }
     }
 
@@ -400,11 +428,8 @@ impl Client {
     /// Every subscription stopped (caught up without `follow`, or failed).
     /// Hands back the buffer of a delivered batch ([`Delivered::data`]) for reuse. Optional:
     /// a consumer that keeps its batches just does not call it.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS && buf.capacity() <= self.cfg.max_batch as usize {
-            buf.clear();
-            self.spare.push(buf);
-        }
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.spare.put(buf);
     }
 
     pub fn is_finished(&self) -> bool {
@@ -426,6 +451,11 @@ impl Client {
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Whether [`Client::poll_event`] has something.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
     }
 
     fn rto(&self) -> Duration {
@@ -776,7 +806,7 @@ impl Client {
             let asm = sub.frags.entry(h.base_offset).or_insert_with(|| Assembly {
                 link: h.link_offset,
                 next: h.end_offset,
-                buf: zeroed_buffer(spare, h.batch_len as usize),
+                buf: spare.zeroed(h.batch_len as usize),
                 have: Vec::new(),
             });
             if asm.buf.len() != h.batch_len as usize || asm.next != h.end_offset {
@@ -857,7 +887,7 @@ impl Client {
                         Stored {
                             link,
                             base: bh.base_offset,
-                            data: buffer_with(spare, bytes),
+                            data: spare.with(bytes),
                         },
                     );
                 }
@@ -1279,5 +1309,36 @@ impl Client {
         for i in 0..self.subs.len() {
             self.deliver(i);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spare;
+
+    #[test]
+    fn spare_buffers_are_reused_up_to_the_byte_limit() {
+        let mut s = Spare {
+            limit: 40_000,
+            ..Spare::default()
+        };
+        let a = s.zeroed(16_000);
+        let b = s.with(&[7u8; 16_000]);
+        let c = s.zeroed(16_000);
+        assert_eq!(s.bytes, 0, "nothing to reuse yet");
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        s.put(a);
+        s.put(b);
+        s.put(c); // over the limit: dropped
+        assert_eq!(s.bufs.len(), 2);
+        assert_eq!(s.bytes, 32_000);
+        // Reused (last in, first out), emptied, then refilled as asked.
+        let z = s.zeroed(15_000);
+        assert_eq!(z.as_ptr(), pb);
+        assert!(z.iter().all(|&x| x == 0) && z.len() == 15_000);
+        let w = s.with(&[1, 2, 3]);
+        assert_eq!(w.as_ptr(), pa);
+        assert_eq!(w, [1, 2, 3]);
+        assert_eq!(s.bytes, 0);
     }
 }

@@ -135,7 +135,7 @@ impl UdpConsumer {
         Ok(())
     }
 
-    /// Drains the socket into the core; true when anything arrived.
+    /// Drains the socket into the core until batches are ready; true when anything arrived.
     fn receive(&mut self) -> io::Result<bool> {
         let mut any = false;
         let server = self.client.server();
@@ -158,6 +158,12 @@ impl UdpConsumer {
             }
             // Requests (and acks) go out as soon as the data that allows them is in.
             self.flush(now)?;
+            // Batches are ready: hand them over now rather than after draining the socket,
+            // which at full speed could take many windows (late delivery, and every batch
+            // buffer freshly allocated because none came back for reuse meanwhile).
+            if self.client.has_events() {
+                break;
+            }
         }
         Ok(any)
     }
