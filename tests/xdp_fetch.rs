@@ -185,6 +185,20 @@ fn tmpfs_segments_registered_as_umem_are_sent_from_their_own_pages() {
         segment_count(dir.path(), TOPIC) >= 2,
         "want a multi-segment log"
     );
+    // Opened read-write and pinned, but never written: the first (closed) segment's bytes
+    // and mtime must not move (pinning stamps mtime and ctime; kxgw puts mtime back, ctime
+    // cannot be).
+    let first = dir
+        .path()
+        .join(format!("{TOPIC}-0"))
+        .join("00000000000000000000.log");
+    let stamp = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).unwrap();
+        (m.len(), m.mtime(), m.mtime_nsec())
+    };
+    let first_before = stamp(&first);
+    let first_bytes = std::fs::read(&first).unwrap();
     let gw = Gateway::start(
         &net,
         dir.path(),
@@ -212,6 +226,15 @@ fn tmpfs_segments_registered_as_umem_are_sent_from_their_own_pages() {
     );
     let stats = gw.stop();
     eprintln!("{stats}");
+    assert_eq!(
+        stamp(&first),
+        first_before,
+        "size and mtime of a registered segment"
+    );
+    assert!(
+        std::fs::read(&first).unwrap() == first_bytes,
+        "the gateway never writes a segment"
+    );
     assert!(
         stats.contains("segment file(s)") && stats.contains("registered as UMEM"),
         "the gateway says what it registered: {stats}"

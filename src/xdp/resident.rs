@@ -17,6 +17,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use nix::sys::time::TimeSpec;
+
 use super::arena::SourceId;
 use super::error::XdpError;
 use super::umem::FRAME;
@@ -31,6 +33,8 @@ pub struct ResidentFile {
     pub len: u64,
     /// (device, inode): how a source is matched to its window.
     pub dev_ino: (u64, u64),
+    /// Access and modification times when opened (put back after registration).
+    times: (TimeSpec, TimeSpec),
 }
 
 /// What `open` found.
@@ -79,6 +83,10 @@ pub fn open(paths: &[PathBuf]) -> Result<Opened, XdpError> {
             file,
             len: md.len(),
             dev_ino: (md.dev(), md.ino()),
+            times: (
+                TimeSpec::new(md.atime(), md.atime_nsec()),
+                TimeSpec::new(md.mtime(), md.mtime_nsec()),
+            ),
         });
     }
     Ok(out)
@@ -103,9 +111,32 @@ pub struct Window {
     dev_ino: (u64, u64),
     path: PathBuf,
     // The open file keeps the inode (and so the pinned pages' identity) alive.
-    _file: File,
+    file: File,
+    times: (TimeSpec, TimeSpec),
     // Set once the file was seen shorter than the window: detached, never used again.
     dead: AtomicBool,
+}
+
+impl Window {
+    /// Registration pins the pages for writing, and a write fault on a shared file mapping
+    /// stamps the file's mtime and ctime (tmpfs has no `page_mkwrite`), although no byte
+    /// changes. Puts the modification time back, unless the file grew meanwhile (then a
+    /// writer's stamp is the right one); ctime cannot be set back.
+    pub(crate) fn restore_mtime(&self) {
+        let Ok(md) = self.file.metadata() else {
+            return;
+        };
+        if md.len() != self.len {
+            return;
+        }
+        let (atime, mtime) = self.times;
+        if let Err(e) = nix::sys::stat::futimens(self.file.as_raw_fd(), &atime, &mtime) {
+            log::warn!(
+                "{}: could not restore its modification time after UMEM registration: {e}",
+                self.path.display()
+            );
+        }
+    }
 }
 
 impl Window {
@@ -115,7 +146,8 @@ impl Window {
             len: f.len,
             dev_ino: f.dev_ino,
             path: f.path,
-            _file: f.file,
+            file: f.file,
+            times: f.times,
             dead: AtomicBool::new(false),
         }
     }

@@ -160,6 +160,9 @@ impl UmemArea {
                 )));
             }
         };
+        for w in &windows {
+            w.restore_mtime();
+        }
         Ok(UmemArea {
             umem,
             base,
