@@ -26,6 +26,10 @@ pub struct Args {
 
 /// Runs until SIGINT/SIGTERM, then prints the counters.
 pub fn run(args: Args) -> Result<ExitCode> {
+    // Handlers first: whoever read the banner below may signal at once.
+    let term = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
     let iface = args.xdp.iface.clone().context("--xdp-iface is required")?;
     let cfg = args.xdp.engine_config(&iface, args.listen);
     let pattern = Pattern::new();
@@ -39,9 +43,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         engine.queues(),
         engine.mtu()
     );
-    let term = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
     }

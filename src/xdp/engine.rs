@@ -297,12 +297,7 @@ impl Engine {
                 cfg.iface
             );
         }
-        let mut steering = Steering::load(&SteeringConfig {
-            fetch: cfg.endpoint,
-            allow: cfg.allow.clone(),
-        })?;
-        let ifindex = steering.attach(&cfg.iface, cfg.xdp_mode)?;
-        let per_queue = RX_FRAMES + TX_FRAMES;
+        // Before anything is attached: a segment that cannot be opened fails the start cleanly.
         let opened = super::resident::open(&cfg.resident)?;
         if !opened.elsewhere.is_empty() {
             log::info!(
@@ -312,6 +307,12 @@ impl Engine {
                 opened.elsewhere[0].display()
             );
         }
+        let mut steering = Steering::load(&SteeringConfig {
+            fetch: cfg.endpoint,
+            allow: cfg.allow.clone(),
+        })?;
+        let ifindex = steering.attach(&cfg.iface, cfg.xdp_mode)?;
+        let per_queue = RX_FRAMES + TX_FRAMES;
         let area = Arc::new(UmemArea::new(
             per_queue * queues,
             cfg.arena_bytes.max(super::arena::BLOCK),
