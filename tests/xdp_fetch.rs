@@ -100,6 +100,19 @@ fn consume(net: &TestNet, args: &[&str]) -> Output {
     consume_fetch(net, &endpoint(), TOPIC, args)
 }
 
+/// `kxgw consume --verify` of the first `records` records.
+fn consume_first(net: &TestNet, records: u64) -> Output {
+    consume(
+        net,
+        &[
+            "--from-beginning",
+            "--verify",
+            "--count",
+            &records.to_string(),
+        ],
+    )
+}
+
 /// "verified N records (offsets a..b) in K batches, B bytes ... errors: 0" -> (N, B).
 fn verified(out: &Output) -> (u64, u64) {
     assert!(out.status.success(), "consume failed");
@@ -125,15 +138,7 @@ fn whole_log_each_strategy(mtu: u32, loss: u32, records: u64, tag: &str) {
         assert!(gw.banner.contains("bind mode copy"), "veth: {}", gw.banner);
         assert!(net.gw_has_xdp().unwrap());
         let t = Instant::now();
-        let out = consume(
-            &net,
-            &[
-                "--from-beginning",
-                "--verify",
-                "--count",
-                &records.to_string(),
-            ],
-        );
+        let out = consume_first(&net, records);
         let took = t.elapsed();
         let (n, got) = verified(&out);
         assert_eq!(n, records, "every record");
@@ -208,15 +213,7 @@ fn tmpfs_segments_registered_as_umem_are_sent_from_their_own_pages() {
     // Appended after registration: past every window, so staged through the arena.
     let after = produce_demo_records(dir.path(), TOPIC, 8_000, 16 << 20);
     let records = 48_000u64;
-    let out = consume(
-        &net,
-        &[
-            "--from-beginning",
-            "--verify",
-            "--count",
-            &records.to_string(),
-        ],
-    );
+    let out = consume_first(&net, records);
     let (n, got) = verified(&out);
     assert_eq!(n, records, "every record");
     assert_eq!(

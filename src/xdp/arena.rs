@@ -35,6 +35,17 @@ pub struct SourceId {
     pub keep: Arc<dyn Any + Send + Sync>,
 }
 
+#[cfg(test)]
+impl SourceId {
+    /// A source with identity `id` and nothing to keep alive (tests).
+    pub(crate) fn anonymous(id: usize) -> SourceId {
+        SourceId {
+            id,
+            keep: Arc::new(()),
+        }
+    }
+}
+
 struct Block {
     key: Option<(usize, u64)>,
     keep: Option<Arc<dyn Any + Send + Sync>>,
@@ -250,10 +261,7 @@ mod tests {
     use super::*;
 
     fn source(id: usize) -> SourceId {
-        SourceId {
-            id,
-            keep: Arc::new(()),
-        }
+        SourceId::anonymous(id)
     }
 
     fn read(area: &UmemArea, addr: u64, len: u32) -> Vec<u8> {

@@ -273,16 +273,12 @@ impl Default for ResidentCache {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-    use std::sync::Arc;
 
     use super::*;
     use crate::xdp::umem::UmemArea;
 
     fn source(id: usize) -> SourceId {
-        SourceId {
-            id,
-            keep: Arc::new(()),
-        }
+        SourceId::anonymous(id)
     }
 
     fn read(area: &UmemArea, pieces: &[(u64, u32)]) -> Vec<u8> {
