@@ -2,10 +2,11 @@
 //! pattern in large windows (`GEN <position> <bytes> <size>`) and counts what arrives with
 //! recvmmsg, checking each datagram's 16-byte header and, with `crc`, running CRC32C over every
 //! payload byte: the per-byte work the fetch client does on record batches, so the ceiling
-//! bounds a path measured the same way (as `stream-client --crc` does for sendfile). It exists because a ceiling must not
-//! be limited by its client: `kxgw xdp-raw-client` verifies every byte with one recv per
-//! datagram, which on this VM is slower than the gateway paths it should bound. Lost datagrams
-//! are not asked again (a ceiling has no reliability); they are reported.
+//! bounds a path measured the same way (as `stream-client --crc` does for sendfile). It
+//! exists because a ceiling must not be limited by its client: `kxgw xdp-raw-client` verifies
+//! every byte with one recv per datagram, which on this VM is slower than the gateway paths it
+//! should bound. Lost datagrams are not asked again (a ceiling has no reliability); they are
+//! reported.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;

@@ -909,11 +909,13 @@ impl<S: Service> Worker<S> {
             return false;
         };
         let bytes = p.bytes();
+        // One source (an Arc clone) per datagram, for the resident lookup and the arena.
+        let source = p.source();
         self.pieces.clear();
         let resident = p.file().is_some_and(|file| {
             self.resident.pieces(
                 self.area.resident(),
-                &p.source(),
+                &source,
                 file,
                 p.position(),
                 bytes.len(),
@@ -924,13 +926,7 @@ impl<S: Service> Worker<S> {
             Ok(Ok(()))
         } else {
             match self.arena.lock() {
-                Ok(mut a) => a.stage(
-                    &p.source(),
-                    p.position(),
-                    bytes,
-                    p.ahead(),
-                    &mut self.pieces,
-                ),
+                Ok(mut a) => a.stage(&source, p.position(), bytes, p.ahead(), &mut self.pieces),
                 Err(_) => return false,
             }
         };

@@ -179,7 +179,8 @@ impl Resident {
         self.windows.iter().map(|w| w.len).sum()
     }
 
-    /// UMEM range `[start, end)` the windows occupy.
+    /// UMEM range `[start, end)` the windows occupy (tests check the layout with it).
+    #[cfg(test)]
     pub fn range(&self) -> Option<(u64, u64)> {
         let start = self.windows.first()?.offset;
         let last = self.windows.last()?;
