@@ -234,8 +234,11 @@ fn systemd_unit_verifies() {
 
 #[test]
 fn vagrantfile_validates() {
+    // --ignore-provider: validate the Vagrantfile itself. Without it vagrant also demands a
+    // usable provider (VirtualBox, libvirt), which a fresh CI machine does not have, and the
+    // test passed only where one happened to be installed.
     let out = Command::new("vagrant")
-        .arg("validate")
+        .args(["validate", "--ignore-provider"])
         .current_dir(repo())
         .env("VAGRANT_CHECKPOINT_DISABLE", "1")
         .output()
