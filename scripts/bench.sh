@@ -3,12 +3,14 @@
 # fan-out and tailing latency, in one run. Writes a markdown table and PNG plots.
 #
 #   sudo scripts/bench.sh [--quick|--smoke] [--mtu 1500|9000|65535] [--runs N]
-#                         [--log-mib N] [--out DIR] [--kxgw PATH] [--disk-dir DIR]
+#                         [--log-mib N] [--out DIR] [--kxgw PATH] [--bench PATH]
+#                         [--disk-dir DIR]
 #                         [--only 'PATH...']
 #
 #   --quick      5 runs, 512 MiB logs, tmpfs-only fan-out: the runs take < 10 min on 2 vCPUs
 #   --smoke      1 run per path, 32 MiB logs, fan-out 1 and 4: checks the harness end to end
 #   --kxgw PATH  use this binary instead of building target/release/kxgw
+#   --bench PATH the measuring tools (default: kxgw-bench next to the kxgw binary)
 #   --out DIR    results directory (default bench/results)
 #   --only LIST  measure only these paths (names as in the raw TSV, e.g. 'kafka-sendfile
 #                ceil-sendfile'): for working on one path; the report says it is partial
@@ -21,7 +23,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-MODE=full MTU=1500 RUNS= LOG_MIB= OUT= KXGW= DISK_DIR=/var/tmp ONLY=
+MODE=full MTU=1500 RUNS= LOG_MIB= OUT= KXGW= BENCH= DISK_DIR=/var/tmp ONLY=
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) MODE=quick; shift ;;
@@ -31,9 +33,10 @@ while [ $# -gt 0 ]; do
     --log-mib) LOG_MIB=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --kxgw) KXGW=$2; shift 2 ;;
+    --bench) BENCH=$2; shift 2 ;;
     --disk-dir) DISK_DIR=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -81,11 +84,14 @@ say() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 # ---------------------------------------------------------------- build and feature detection
 if [ -z "$KXGW" ]; then
   say "building release binary"
-  (cd "$REPO" && cargo build --release --quiet)
+  (cd "$REPO" && cargo build --release --quiet -p kxgw-cli -p kxgw-bench)
   KXGW=$REPO/target/release/kxgw
 fi
 [ -x "$KXGW" ] || { echo "bench.sh: $KXGW is not executable" >&2; exit 1; }
 KXGW=$(readlink -f "$KXGW")
+: "${BENCH:=$(dirname "$KXGW")/kxgw-bench}"
+[ -x "$BENCH" ] || { echo "bench.sh: $BENCH is not executable (cargo build --release -p kxgw-bench, or pass --bench)" >&2; exit 1; }
+BENCH=$(readlink -f "$BENCH")
 
 help_of() { "$KXGW" "$@" --help 2>/dev/null || true; }
 SERVE_HELP=$(help_of serve) PRODUCE_HELP=$(help_of produce)
@@ -97,13 +103,13 @@ has "$SERVE_HELP" --fetch-listen && HAVE_FETCH=1
 has "$SERVE_HELP" --udp-gso && HAVE_GSO=1
 has "$SERVE_HELP" --xdp-iface && has "$SERVE_HELP" --tx-strategy && HAVE_XDP=1
 has "$SERVE_HELP" --busy-poll && HAVE_BUSY=1
-BT_HELP=$("$KXGW" bench-tool --help 2>/dev/null || true)
+BT_HELP=$("$BENCH" --help 2>/dev/null || true)
 has "$BT_HELP" fetch-load && HAVE_CONSUME=1
 has "$BT_HELP" tail-produce && HAVE_TAILP=1
 has "$BT_HELP" tail-fetch && HAVE_TAILF=1
-BT_HELP_TAIL=$("$KXGW" bench-tool tail-fetch --help 2>/dev/null || true)
+BT_HELP_TAIL=$("$BENCH" tail-fetch --help 2>/dev/null || true)
 # The raw AF_XDP ceiling's receiver CRCs every byte, as the fetch client and stream-client do.
-RAW_CRC=; has "$(help_of bench-tool raw-udp-client)" --crc && RAW_CRC=--crc
+RAW_CRC=; has "$("$BENCH" raw-udp-client --help 2>/dev/null || true)" --crc && RAW_CRC=--crc
 has "$(help_of xdp-raw)" --listen && has "$(help_of xdp-raw-client)" --server && HAVE_XDPRAW=1
 [ $HAVE_PRODUCE = 1 ] || { echo "bench.sh: '$KXGW produce' is missing: no log to serve, nothing to measure" >&2; exit 1; }
 
@@ -204,7 +210,7 @@ gw_cmd() { # path fs
       [ $1 = xdp-sg ] && has "$SERVE_HELP" --umem-segments && extra="$extra --umem-segments"
       echo "$KXGW serve --log-dir $dir --xdp-iface $GW_IF --fetch-listen $GW_ADDR:$FETCH_PORT --tx-strategy ${1#xdp-} $extra" ;;
     ceil-sendfile)
-      echo "$KXGW bench-tool sendfile-server --listen $GW_ADDR:$RAW_PORT --file $(BIG_SEGMENT "$2")" ;;
+      echo "$BENCH sendfile-server --listen $GW_ADDR:$RAW_PORT --file $(BIG_SEGMENT "$2")" ;;
     ceil-iperf3)
       echo "iperf3" ;;
     ceil-xdp-raw-copy|ceil-xdp-raw-sg)
@@ -292,21 +298,21 @@ PY
   [ $per -gt $RECORDS ] && per=$RECORDS
   case $path in
     kafka-*)
-      out=$(in_cl "$KXGW" bench-tool kafka-load --bootstrap $GW_ADDR:$KAFKA_PORT --topic $TOPIC \
+      out=$(in_cl "$BENCH" kafka-load --bootstrap $GW_ADDR:$KAFKA_PORT --topic $TOPIC \
         --consumers "$n" --records $per 2>"$clog") || rc=$? ;;
     ceil-xdp-raw-*)
-      # recvmmsg receiver (bench-tool): xdp-raw-client verifies every byte with one recv per
+      # recvmmsg receiver (kxgw-bench): xdp-raw-client verifies every byte with one recv per
       # datagram and would be the bottleneck of the ceiling it measures. --crc: the same
       # per-byte CRC32C work as the fetch client, so the ceiling bounds a path measured alike.
-      out=$(in_cl "$KXGW" bench-tool raw-udp-client --server $GW_ADDR:$FETCH_PORT \
+      out=$(in_cl "$BENCH" raw-udp-client --server $GW_ADDR:$FETCH_PORT \
         --bytes "$LOG_BYTES" --size 65536 $RAW_CRC 2>"$clog") || rc=$? ;;
     ceil-sendfile)
-      out=$(in_cl "$KXGW" bench-tool stream-client --connect $GW_ADDR:$RAW_PORT \
+      out=$(in_cl "$BENCH" stream-client --connect $GW_ADDR:$RAW_PORT \
         --bytes "$LOG_BYTES" --crc 2>"$clog") || rc=$? ;;
     udp-*|xdp-*)
       # One process, a thread per consumer, released together (as kafka-load): the protocol
       # client CRC-checks each batch and the tool checks offset continuity.
-      out=$(in_cl "$KXGW" bench-tool fetch-load --fetch $GW_ADDR:$FETCH_PORT --topic $TOPIC \
+      out=$(in_cl "$BENCH" fetch-load --fetch $GW_ADDR:$FETCH_PORT --topic $TOPIC \
         --consumers "$n" --records $per 2>"$clog") || rc=$? ;;
   esac
   local g1 s1 p1
@@ -350,18 +356,18 @@ measure_latency() { # path run
     record latency "$path" tmpfs 1 "$run" "n/a" - - - - - - "no stamping producer in this build"; return 0
   fi
   # A fresh live log on tmpfs with a few records so the partition exists.
-  "$KXGW" bench-tool tail-produce --log-dir "$TMPFS_DIR/tail-$path-$run" --topic tail --count 1 --rate 1000 >/dev/null 2>&1 || true
+  "$BENCH" tail-produce --log-dir "$TMPFS_DIR/tail-$path-$run" --topic tail --count 1 --rate 1000 >/dev/null 2>&1 || true
   dir=$TMPFS_DIR/tail-$path-$run
   case ${path%-spin} in
     kafka-longpoll)
       [ $HAVE_KAFKA = 1 ] && cmd="$KXGW serve --log-dir $dir --kafka-listen $GW_ADDR:$KAFKA_PORT --io sendfile"
-      client="$KXGW bench-tool tail-kafka --bootstrap $GW_ADDR:$KAFKA_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
+      client="$BENCH tail-kafka --bootstrap $GW_ADDR:$KAFKA_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
     udp-kernel|udp-kernel-busypoll)
       [ $HAVE_FETCH = 1 ] && [ $HAVE_TAILF = 1 ] && cmd="$KXGW serve --log-dir $dir --fetch-listen $GW_ADDR:$FETCH_PORT"
       if [ ${path%-spin} = udp-kernel-busypoll ]; then
         if has "$SERVE_HELP" --fetch-busy-poll; then cmd="$cmd --fetch-busy-poll"; else cmd=; fi
       fi
-      client="$KXGW bench-tool tail-fetch --fetch $GW_ADDR:$FETCH_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
+      client="$BENCH tail-fetch --fetch $GW_ADDR:$FETCH_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
     xdp-busypoll-off|xdp-busypoll-on)
       if [ $HAVE_XDP = 1 ] && [ $HAVE_TAILF = 1 ]; then
         cmd="$KXGW serve --log-dir $dir --xdp-iface $GW_IF --fetch-listen $GW_ADDR:$FETCH_PORT --tx-strategy auto"
@@ -369,7 +375,7 @@ measure_latency() { # path run
           if [ $HAVE_BUSY = 1 ]; then cmd="$cmd --busy-poll"; else cmd=; fi
         fi
       fi
-      client="$KXGW bench-tool tail-fetch --fetch $GW_ADDR:$FETCH_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
+      client="$BENCH tail-fetch --fetch $GW_ADDR:$FETCH_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
   esac
   if [ -n "$spin" ] && ! has "$BT_HELP_TAIL" --spin; then cmd=; fi
   if [ -z "$cmd" ]; then
@@ -389,7 +395,7 @@ measure_latency() { # path run
   local cpid=$!
   sleep 0.3
   # The producer shares the consumer's CPU: the gateway's CPU stays the gateway's alone.
-  taskset -c $CL_CPU "$KXGW" bench-tool tail-produce --log-dir "$dir" --topic tail \
+  taskset -c $CL_CPU "$BENCH" tail-produce --log-dir "$dir" --topic tail \
     --count "$LAT_COUNT" --rate "$LAT_RATE" >>"$clog" 2>&1 || rc=$?
   wait $cpid || rc=$?
   out=$(cat "$clog.out")

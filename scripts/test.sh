@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
-cargo test --all-targets "$@"
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --all-targets "$@"

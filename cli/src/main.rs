@@ -1,3 +1,7 @@
+mod cmd;
+mod flags;
+mod metrics_http;
+
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -13,24 +17,21 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Write demo partition logs in a broker's on-disk format (optionally keep appending).
-    Produce(kxgw::cmd::produce::Args),
+    Produce(cmd::produce::Args),
     /// List and verify the batches of a log dir, partition dir or segment file.
-    Inspect(kxgw::cmd::inspect::Args),
+    Inspect(cmd::inspect::Args),
     /// Serve partition logs to consumers (Kafka protocol over TCP, kxgw fetch over UDP).
-    Serve(kxgw::cmd::serve::Args),
+    Serve(cmd::serve::Args),
     /// Show a running gateway's counters (from its control socket).
-    Stats(kxgw::cmd::stats::Args),
+    Stats(cmd::stats::Args),
     /// Consume a partition over the kxgw UDP fetch protocol (Kafka TCP fallback).
-    Consume(kxgw::cmd::consume::Args),
+    Consume(cmd::consume::Args),
     /// Run the gateway end to end on a veth pair: demo log, AF_XDP + Kafka TCP, consumers.
-    Demo(kxgw::cmd::demo::Args),
+    Demo(cmd::demo::Args),
     /// AF_XDP engine with the raw echo/generator service (self-test, ceiling generator).
-    XdpRaw(kxgw::cmd::xdp_raw::Args),
+    XdpRaw(cmd::xdp_raw::Args),
     /// Verifying client of `kxgw xdp-raw`.
-    XdpRawClient(kxgw::cmd::xdp_raw::ClientArgs),
-    /// Measuring instruments of scripts/bench.sh (not a user command).
-    #[command(hide = true)]
-    BenchTool(kxgw::cmd::bench_tool::Args),
+    XdpRawClient(cmd::xdp_raw::ClientArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,15 +46,14 @@ fn main() -> ExitCode {
         }
     };
     let result: anyhow::Result<ExitCode> = match cli.cmd {
-        Cmd::Produce(args) => kxgw::cmd::produce::run(args),
-        Cmd::Inspect(args) => kxgw::cmd::inspect::run(args),
-        Cmd::Serve(args) => kxgw::cmd::serve::run(args),
-        Cmd::Stats(args) => kxgw::cmd::stats::run(args),
-        Cmd::Consume(args) => kxgw::cmd::consume::run(args),
-        Cmd::Demo(args) => kxgw::cmd::demo::run(args),
-        Cmd::XdpRaw(args) => kxgw::cmd::xdp_raw::run(args),
-        Cmd::XdpRawClient(args) => kxgw::cmd::xdp_raw::run_client(args),
-        Cmd::BenchTool(args) => kxgw::cmd::bench_tool::run(args),
+        Cmd::Produce(args) => cmd::produce::run(args),
+        Cmd::Inspect(args) => cmd::inspect::run(args),
+        Cmd::Serve(args) => cmd::serve::run(args),
+        Cmd::Stats(args) => cmd::stats::run(args),
+        Cmd::Consume(args) => cmd::consume::run(args),
+        Cmd::Demo(args) => cmd::demo::run(args),
+        Cmd::XdpRaw(args) => cmd::xdp_raw::run(args),
+        Cmd::XdpRawClient(args) => cmd::xdp_raw::run_client(args),
     };
     match result {
         Ok(code) => code,

@@ -40,8 +40,8 @@ fn median(cell: &str) -> Option<f64> {
 
 #[test]
 fn bench_smoke_produces_a_table_with_every_available_path() {
-    kxgw::testnet::require_root().expect("bench smoke test");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    kxgw_testkit::testnet::require_root().expect("bench smoke test");
+    let repo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let out = tempfile::tempdir().expect("temp dir");
     let t0 = Instant::now();
     let mut child = Command::new(repo.join("scripts/bench.sh"))

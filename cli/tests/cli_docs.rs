@@ -4,7 +4,7 @@ use std::process::Command;
 
 #[test]
 fn cli_reference_matches_the_binary() {
-    let root = env!("CARGO_MANIFEST_DIR");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let dir = tempfile::tempdir().unwrap();
     let fresh = dir.path().join("cli.md");
     let out = Command::new(format!("{root}/scripts/gen-cli-docs.sh"))

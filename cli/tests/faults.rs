@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use kafka_protocol::messages::*;
-use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
+use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 /// Starts a gateway that also serves the fetch protocol (`--fetch-listen`), with `extra`
 /// flags; returns it and its fetch endpoint.

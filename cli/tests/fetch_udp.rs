@@ -14,7 +14,7 @@ use common::{
     start_follower, tail_probe, tail_produce, verified_summary,
 };
 use kxgw::log::writer::{produce, ProduceConfig, WriterConfig};
-use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
+use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const PORT: u16 = 9093;
 const TOPIC: &str = "fetch";

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 type Entry = fn(&[u8]);
 
 const TARGETS: &[(&str, Entry)] = &[
-    ("kafka_request", kxgw::fuzzing::kafka_request),
-    ("log_batch", kxgw::fuzzing::log_batch),
-    ("log_segment", kxgw::fuzzing::log_segment),
-    ("fetch_datagrams", kxgw::fuzzing::fetch_datagrams),
+    ("kafka_request", kxgw_testkit::fuzzing::kafka_request),
+    ("log_batch", kxgw_testkit::fuzzing::log_batch),
+    ("log_segment", kxgw_testkit::fuzzing::log_segment),
+    ("fetch_datagrams", kxgw_testkit::fuzzing::fetch_datagrams),
 ];
 
 fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
 }
 
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -56,7 +56,7 @@ fn replay(target: &str, name: &str, data: &[u8]) {
 
 #[test]
 fn seeds_replay() {
-    let seeds = kxgw::fuzzing::seeds();
+    let seeds = kxgw_testkit::fuzzing::seeds();
     let write = std::env::var_os("KXGW_FUZZ_WRITE_SEEDS").is_some();
     for (target, name, data) in &seeds {
         replay(target, name, data);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kxgw::log::writer::is_demo_value;
 use kxgw::log::{batch, record, Isolation, LogDir};
-use kxgw::testnet::KillOnDrop;
+use kxgw_testkit::testnet::KillOnDrop;
 
 #[test]
 fn follow_a_live_log() {

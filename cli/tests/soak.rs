@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::Decodable;
-use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
+use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const TCP_CONSUMERS: usize = 1000;
 const TCP_THREADS: usize = 20;

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{forward_lines, in_ns, printed_counter, PipedGateway};
-use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
+use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const PORT: u16 = 9093;
 
@@ -155,7 +155,7 @@ fn arp_and_tcp_pass_while_xdp_is_attached() {
     let net = TestNet::new("xdparp", 1500).unwrap();
     let gw = Gateway::start(&net, &[]);
     // Forget the neighbour entry so the connection below needs a fresh ARP exchange.
-    kxgw::testnet::ip(["-n", &net.client_ns, "neigh", "flush", "all"]).unwrap();
+    kxgw_testkit::testnet::ip(["-n", &net.client_ns, "neigh", "flush", "all"]).unwrap();
     let (ready_tx, ready_rx) = mpsc::channel();
     let gw_ns = net.gw_ns.clone();
     let server = std::thread::spawn(move || {
@@ -230,7 +230,7 @@ fn two_queues_share_one_umem_and_busy_polling_serves() {
     let net = TestNet::new("xdpmq", 1500).unwrap();
     // A second veth pair with two RX/TX queues per end, inside the same namespaces.
     let (g, c) = (format!("{}m", net.gw_if), format!("{}m", net.client_if));
-    kxgw::testnet::ip([
+    kxgw_testkit::testnet::ip([
         "-n",
         &net.gw_ns,
         "link",
@@ -257,8 +257,8 @@ fn two_queues_share_one_umem_and_busy_polling_serves() {
         (&net.gw_ns, &g, "198.18.0.5/30"),
         (&net.client_ns, &c, "198.18.0.6/30"),
     ] {
-        kxgw::testnet::ip(["-n", ns, "addr", "add", addr, "dev", dev]).unwrap();
-        kxgw::testnet::ip(["-n", ns, "link", "set", dev, "up"]).unwrap();
+        kxgw_testkit::testnet::ip(["-n", ns, "addr", "add", addr, "dev", dev]).unwrap();
+        kxgw_testkit::testnet::ip(["-n", ns, "link", "set", dev, "up"]).unwrap();
     }
     for extra in [&[][..], &["--busy-poll"][..]] {
         let gw = Gateway::start_on(&net, &g, "198.18.0.5", extra);
@@ -284,7 +284,7 @@ fn ipv6_requests_get_checksummed_replies() {
         (&net.gw_ns, &net.gw_if, "2001:db8::1/64"),
         (&net.client_ns, &net.client_if, "2001:db8::2/64"),
     ] {
-        kxgw::testnet::ip(["-n", ns, "addr", "add", addr, "dev", dev, "nodad"]).unwrap();
+        kxgw_testkit::testnet::ip(["-n", ns, "addr", "add", addr, "dev", dev, "nodad"]).unwrap();
     }
     let gw = Gateway::start_on(
         &net,

@@ -14,7 +14,7 @@ use common::{
     produce_demo_records, segment_count, start_follower, tail_probe, tail_produce,
     verified_summary, PipedGateway,
 };
-use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
+use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const PORT: u16 = 9093;
 const TOPIC: &str = "xf";
@@ -358,7 +358,7 @@ fn kafka_tcp_and_arp_work_beside_xdp_and_sigkill_leaves_nothing_attached() {
     assert!(gw.banner.contains("AF_XDP"), "{}", gw.banner);
     assert!(net.gw_has_xdp().unwrap());
     // A fresh ARP exchange, then the Kafka protocol over TCP, both through the XDP program.
-    kxgw::testnet::ip(["-n", &net.client_ns, "neigh", "flush", "all"]).unwrap();
+    kxgw_testkit::testnet::ip(["-n", &net.client_ns, "neigh", "flush", "all"]).unwrap();
     let out = net
         .client_command(exe())
         .args(["consume", "--bootstrap", &kafka, "--topic", TOPIC])

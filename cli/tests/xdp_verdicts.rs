@@ -313,7 +313,7 @@ fn configs() -> Vec<SteeringConfig> {
 
 #[test]
 fn steering_verdicts_match_the_reference_classifier() {
-    kxgw::testnet::require_root().unwrap();
+    kxgw_testkit::testnet::require_root().unwrap();
     let total: usize = std::env::var("KXGW_XDP_PACKETS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| kxgw::fuzzing::fetch_datagrams(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kxgw_testkit::fuzzing::fetch_datagrams(data));

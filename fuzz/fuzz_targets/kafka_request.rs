@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| kxgw::fuzzing::kafka_request(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kxgw_testkit::fuzzing::kafka_request(data));

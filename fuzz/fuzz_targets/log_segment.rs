@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| kxgw::fuzzing::log_segment(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kxgw_testkit::fuzzing::log_segment(data));

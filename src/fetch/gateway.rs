@@ -276,26 +276,22 @@ impl UdpGateway {
 }
 
 /// On/off switch for CLI flags.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnOff {
     On,
     Off,
 }
 
 /// The fetch endpoint's flags of `kxgw serve` (flattened into its arguments).
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug)]
 pub struct FetchArgs {
     /// kxgw UDP fetch endpoint (kernel UDP transport), e.g. 198.18.0.1:9093.
-    #[arg(long, value_name = "IP:PORT")]
     pub fetch_listen: Option<SocketAddr>,
     /// Send fetch datagrams with UDP GSO (UDP_SEGMENT) when the kernel has it.
-    #[arg(long, value_enum, default_value = "on")]
     pub udp_gso: OnOff,
     /// MTU to size fetch datagrams from (default: the MTU of the listen address's interface).
-    #[arg(long, value_name = "BYTES")]
     pub fetch_mtu: Option<usize>,
     /// Busy-poll the fetch socket instead of sleeping (lower latency, one core spinning).
-    #[arg(long)]
     pub fetch_busy_poll: bool,
 }
 

@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use super::chunk::{Chunk, FileRange};
 
 /// How record bytes are sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoMode {
     /// `sendfile(2)` from the segment file: no copy through user space.
     Sendfile,

@@ -270,7 +270,7 @@ mod tests {
     }
 
     fn area(blocks: u64) -> Arc<UmemArea> {
-        crate::testnet::require_root().unwrap();
+        crate::test_support::require_root().unwrap();
         Arc::new(UmemArea::new(16, blocks * BLOCK, Vec::new(), 64, 64).unwrap())
     }
 

@@ -6,41 +6,31 @@ use super::loader::XdpMode;
 use super::xsk::ZeroCopyPolicy;
 
 /// `--xdp-*` flags.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug)]
 pub struct XdpArgs {
     /// Interface to attach the XDP steering program and AF_XDP sockets to.
-    #[arg(long = "xdp-iface", value_name = "IF")]
     pub iface: Option<String>,
     /// XDP attach mode.
-    #[arg(long = "xdp-mode", value_enum, default_value = "native")]
     pub xdp_mode: XdpMode,
     /// RX queues to serve (0..N); default: all queues of the interface.
-    #[arg(long)]
     pub queues: Option<u32>,
     /// Spin on the rings and enable kernel busy polling (lowest latency, burns a core per queue).
-    #[arg(long)]
     pub busy_poll: bool,
     /// How payload bytes are transmitted.
-    #[arg(long, value_enum, default_value = "auto")]
     pub tx_strategy: TxStrategy,
     /// Fail instead of falling back to kernel UDP when XDP cannot be set up.
-    #[arg(long)]
     pub require_xdp: bool,
     /// Consumer prefixes allowed to fetch (repeatable); default: everyone.
-    #[arg(long = "allow", value_name = "CIDR")]
     pub allow: Vec<Cidr>,
     /// Size of the UMEM log arena (MiB) that stages log pages for the sg strategy.
-    #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub arena_mib: u64,
     /// Register the log's segment files that live on tmpfs as UMEM themselves, so `sg`
     /// descriptors point at their pages with no staging copy. Opens them read-write (required
     /// for a UMEM mapping; kxgw never writes them) and pins them; segments must not be
     /// truncated while the gateway runs. Files elsewhere and bytes appended after startup are
     /// staged through the arena.
-    #[arg(long)]
     pub umem_segments: bool,
     /// Never try zero-copy binding (copy mode only).
-    #[arg(long)]
     pub no_zero_copy: bool,
 }
 

@@ -50,7 +50,7 @@ const COMP_RING: u32 = 4096;
 const BATCH: u32 = 64;
 
 /// How TX payload bytes reach the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxStrategy {
     /// `sg` in zero-copy mode; `copy` in copy mode (measured faster at every size on veth).
     Auto,

@@ -17,7 +17,7 @@ use super::error::XdpError;
 use super::skel::{KxgwSkel, KxgwSkelBuilder};
 
 /// Where the program is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpMode {
     /// In the driver (XDP_FLAGS_DRV_MODE): the mode AF_XDP zero-copy needs.
     Native,

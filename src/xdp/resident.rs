@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn a_tmpfs_file_is_served_from_its_own_pages_until_it_shrinks() {
-        crate::testnet::require_root().unwrap();
+        crate::test_support::require_root().unwrap();
         let dir = tempfile::tempdir_in("/dev/shm").expect("a temporary dir in /dev/shm (tmpfs)");
         let path = dir.path().join("00000000000000000000.log");
         let data: Vec<u8> = (0..3 * FRAME as usize + 1234)

@@ -15,7 +15,7 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
 fn load(fetch: &str, allow: &[&str]) -> Steering {
-    crate::testnet::require_root().unwrap();
+    crate::test_support::require_root().unwrap();
     let cfg = SteeringConfig {
         fetch: fetch.parse().unwrap(),
         allow: allow.iter().map(|c| c.parse::<Cidr>().unwrap()).collect(),

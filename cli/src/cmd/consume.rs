@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::fetch::consumer::UdpConsumer;
-use crate::fetch::kafka_fallback::KafkaFetcher;
-use crate::fetch::{ClientConfig, Event, StartAt, Subscription};
-use crate::log::record::{decode_batch_refs, RecordRef};
-use crate::log::writer::{demo_key, demo_value_into};
+use kxgw::fetch::consumer::UdpConsumer;
+use kxgw::fetch::kafka_fallback::KafkaFetcher;
+use kxgw::fetch::{ClientConfig, Event, StartAt, Subscription};
+use kxgw::log::record::{decode_batch_refs, RecordRef};
+use kxgw::log::writer::{demo_key, demo_value_into};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -73,7 +73,7 @@ pub struct Args {
 
 /// `--amplification-probe`: token-less and forged-token fetches for a lot of data.
 fn amplification_probe(addr: SocketAddr, args: &Args) -> Result<ExitCode> {
-    use crate::fetch::wire::{FetchRequest, PartRequest, TOKEN_LEN};
+    use kxgw::fetch::wire::{FetchRequest, PartRequest, TOKEN_LEN};
     let sock = std::net::UdpSocket::bind(if addr.is_ipv6() {
         "[::]:0"
     } else {
@@ -100,7 +100,7 @@ fn amplification_probe(addr: SocketAddr, args: &Args) -> Result<ExitCode> {
                 parts: vec![PartRequest {
                     topic: &args.topic,
                     partition: args.partition,
-                    offset: crate::fetch::wire::OFFSET_EARLIEST,
+                    offset: kxgw::fetch::wire::OFFSET_EARLIEST,
                     max_bytes: 8 << 20,
                     range_start: 0,
                     range_end: 0,

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::log::writer::{demo_key, demo_value};
-use crate::metrics;
-use crate::testnet::{KillOnDrop, TestNet, GW_ADDR};
+use kxgw::log::writer::{demo_key, demo_value};
+use kxgw::metrics;
+use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const TOPIC: &str = "demo";
 const KAFKA_PORT: u16 = 9092;
@@ -73,7 +73,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         net.gw_if,
         net.client_ns,
         net.client_if,
-        crate::testnet::CLIENT_ADDR,
+        kxgw_testkit::testnet::CLIENT_ADDR,
         net.mtu
     );
 

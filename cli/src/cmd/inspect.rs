@@ -8,12 +8,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::log::batch::{self, BatchError, BatchHeader};
-use crate::log::checkpoint;
-use crate::log::index;
-use crate::log::record;
-use crate::log::segment::{self, file_stem, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
-use crate::log::TopicPartition;
+use kxgw::log::batch::{self, BatchError, BatchHeader};
+use kxgw::log::checkpoint;
+use kxgw::log::index;
+use kxgw::log::record;
+use kxgw::log::segment::{self, file_stem, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use kxgw::log::TopicPartition;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

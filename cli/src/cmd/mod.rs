@@ -1,7 +1,6 @@
 //! Subcommands of the `kxgw` binary. Each module owns its clap `Args` and a `run` function;
 //! `main.rs` only dispatches.
 
-pub mod bench_tool;
 pub mod consume;
 pub mod demo;
 pub mod inspect;

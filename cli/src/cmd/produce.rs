@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::log::writer::{
+use kxgw::log::writer::{
     self, now_ms, BatchBuilder, DemoBatches, PartitionWriter, ProduceConfig, WriterConfig,
 };
 
@@ -74,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         write_checkpoint: args.write_checkpoint
             || args
                 .log_dir
-                .join(crate::log::checkpoint::REPLICATION_OFFSET_CHECKPOINT)
+                .join(kxgw::log::checkpoint::REPLICATION_OFFSET_CHECKPOINT)
                 .exists(),
     };
     let total = args.records.saturating_mul(args.partitions.max(0) as u64);

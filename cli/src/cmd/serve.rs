@@ -12,12 +12,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
-use crate::fetch::gateway::FetchArgs;
-use crate::kafka::{self, IoMode, KafkaConfig, KafkaListener};
-use crate::log::{Isolation, LogDir};
-use crate::metrics::{self, Metrics};
-use crate::privileges;
-use crate::xdp::fetch_endpoint::FetchEndpoint;
+use crate::flags::{FetchArgs, IoMode};
+use kxgw::kafka::{self, KafkaConfig, KafkaListener};
+use kxgw::log::{Isolation, LogDir};
+use kxgw::metrics::{self, Metrics};
+use kxgw::privileges;
+use kxgw::xdp::fetch_endpoint::FetchEndpoint;
 
 /// Which offset bounds what consumers may read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -69,7 +69,7 @@ pub struct Args {
     pub fetch: FetchArgs,
     /// The AF_XDP fast path for the fetch endpoint (--xdp-iface and its options).
     #[command(flatten)]
-    pub xdp: crate::xdp::cli::XdpArgs,
+    pub xdp: crate::flags::XdpArgs,
     /// TOML file with the same settings as these flags (keys are the flag names with
     /// underscores: log_dir, kafka_listen...); a flag on the command line wins over the file.
     #[arg(long, value_name = "FILE")]
@@ -152,7 +152,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     let running = Running {
         kafka: start_kafka(&args, &log)?,
-        fetch: crate::xdp::fetch_endpoint::start(&log, &args.fetch, &args.xdp)?,
+        fetch: kxgw::xdp::fetch_endpoint::start(&log, &(&args.fetch).into(), &(&args.xdp).into())?,
     };
     if running.kafka.is_none() && running.fetch.is_none() {
         bail!("nothing to serve: give --kafka-listen ADDR:PORT and/or --fetch-listen IP:PORT");
@@ -167,7 +167,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let _control = metrics::serve_unix(&socket, Arc::clone(&metrics))?;
     log::info!("counters: kxgw stats --socket {}", socket.display());
     if let Some(addr) = &args.metrics_listen {
-        metrics::serve_http(addr, Arc::clone(&metrics))?;
+        crate::metrics_http::serve_http(addr, Arc::clone(&metrics))?;
     }
     if args.keep_caps {
         log::info!("keeping capabilities (--keep-caps)");
@@ -207,7 +207,7 @@ fn start_kafka(args: &Args, log: &Arc<LogDir>) -> Result<Option<KafkaListener>> 
     let Some(addr) = args.kafka_listen else {
         return Ok(None);
     };
-    let mut cfg = KafkaConfig::new(addr, args.io);
+    let mut cfg = KafkaConfig::new(addr, args.io.into());
     cfg.advertised_host = args.advertised_host.clone();
     kafka::start(cfg, Arc::clone(log))
         .with_context(|| format!("starting the kafka listener on {addr}"))

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use crate::metrics;
+use kxgw::metrics;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::xdp::cli::XdpArgs;
-use crate::xdp::raw::{fetch_pattern, Pattern, RawService};
-use crate::xdp::Engine;
+use crate::flags::XdpArgs;
+use kxgw::xdp::raw::{fetch_pattern, Pattern, RawService};
+use kxgw::xdp::Engine;
 
 /// Flags of `kxgw xdp-raw`.
 #[derive(Debug, clap::Args)]
@@ -31,7 +31,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
     let iface = args.xdp.iface.clone().context("--xdp-iface is required")?;
-    let cfg = args.xdp.engine_config(&iface, args.listen);
+    let cfg = kxgw::xdp::cli::XdpArgs::from(&args.xdp).engine_config(&iface, args.listen);
     let pattern = Pattern::new();
     let mut engine = Engine::start(&cfg, |ctx| RawService::new(pattern.clone(), &ctx))
         .with_context(|| format!("starting the AF_XDP engine on {iface}"))?;
@@ -77,7 +77,7 @@ pub fn run_client(args: ClientArgs) -> Result<ExitCode> {
         "[::]:0".parse()?
     };
     let sock = UdpSocket::bind(bind)?;
-    crate::fetch::udp::grow_recv_buffer(&sock, 64 << 20);
+    kxgw::fetch::udp::grow_recv_buffer(&sock, 64 << 20);
     let r = fetch_pattern(&sock, args.server, 0, args.bytes, args.size, args.window)?;
     let secs = r.elapsed.as_secs_f64().max(1e-9);
     println!(

@@ -14,9 +14,21 @@ use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kxgw::testnet::{KillOnDrop, TestNet, GW_ADDR};
+use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 pub const KXGW: &str = env!("CARGO_BIN_EXE_kxgw");
+
+/// The `kxgw-bench` binary (package tools/bench), built next to `kxgw` by
+/// `cargo test --workspace`; another package's binary has no CARGO_BIN_EXE_ variable.
+pub fn kxgw_bench() -> PathBuf {
+    let bench = Path::new(KXGW).with_file_name("kxgw-bench");
+    assert!(
+        bench.is_file(),
+        "{} is missing: run `cargo build -p kxgw-bench` (cargo test --workspace builds it)",
+        bench.display()
+    );
+    bench
+}
 
 pub fn produce(dir: &Path, topic: &str, records: u64, extra: &[&str]) {
     let out = Command::new(KXGW)
@@ -581,21 +593,22 @@ pub fn follower_output(mut consumer: KillOnDrop, count: u64) -> (std::process::E
         .unwrap_or_else(|| panic!("the tailing consumer did not get {count} records"))
 }
 
-/// `kxgw bench-tool tail-produce` pinned to CPU 1 (as scripts/bench.sh runs it): appends
+/// `kxgw-bench tail-produce` pinned to CPU 1 (as scripts/bench.sh runs it): appends
 /// `count` one-record batches to topic `tail` in `dir` at 2000/s.
 pub fn tail_produce(dir: &Path, count: &str) {
     let st = Command::new("taskset")
-        .args(["-c", "1", KXGW])
-        .args(["bench-tool", "tail-produce", "--log-dir"])
+        .args(["-c", "1"])
+        .arg(kxgw_bench())
+        .args(["tail-produce", "--log-dir"])
         .arg(dir)
         .args(["--topic", "tail", "--count", count, "--rate", "2000"])
         .stdout(Stdio::null())
         .status()
-        .expect("running kxgw bench-tool tail-produce");
+        .expect("running kxgw-bench tail-produce");
     assert!(st.success(), "tail-produce: {st}");
 }
 
-/// The tailing probe as scripts/bench.sh runs it: `kxgw bench-tool tail-fetch` pinned to CPU 1
+/// The tailing probe as scripts/bench.sh runs it: `kxgw-bench tail-fetch` pinned to CPU 1
 /// in the consumer namespace waits at offset 1 of topic `tail` (fetch protocol at `endpoint`,
 /// giving up after `timeout_secs`); 500 ms later `count` records are appended with
 /// [`tail_produce`]. Returns its exit status and JSON summary once it exits; fails if it has
@@ -610,8 +623,9 @@ pub fn tail_probe(
 ) -> (std::process::ExitStatus, String) {
     let child = net
         .client_command("taskset")
-        .args(["-c", "1", KXGW])
-        .args(["bench-tool", "tail-fetch", "--fetch", endpoint])
+        .args(["-c", "1"])
+        .arg(kxgw_bench())
+        .args(["tail-fetch", "--fetch", endpoint])
         .args([
             "--topic",
             "tail",

@@ -1,17 +1,20 @@
-//! `kxgw bench-tool` (hidden): the measuring instruments `scripts/bench.sh` drives. Each
-//! subcommand prints one JSON line on stdout.
+//! `kxgw-bench`: the measuring instruments `scripts/bench.sh` drives. Each subcommand prints
+//! one JSON line on stdout.
+
+mod bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 
 use crate::bench::{fetch_load, latency, load, raw_udp, sendfile_loop};
 
-/// Arguments of `kxgw bench-tool`.
-#[derive(Debug, clap::Args)]
+/// Measuring instruments of scripts/bench.sh (not a product binary).
+#[derive(Debug, Parser)]
+#[command(name = "kxgw-bench", version)]
 pub struct Args {
     #[command(subcommand)]
     tool: Tool,
@@ -168,7 +171,20 @@ impl TailArgs {
 }
 
 /// Runs one tool.
-pub fn run(args: Args) -> Result<ExitCode> {
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kxgw-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode> {
     match args.tool {
         Tool::SendfileServer { listen, file } => {
             sendfile_loop::serve(&listen, &file)?;

@@ -17,12 +17,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::kafka::apis::{Ctx, NodeInfo};
-use crate::kafka::session::{chunks_to_vec, Session};
-use crate::kafka::stats::Stats;
-use crate::log::batch::{self, CRC_OFFSET};
-use crate::log::writer::{NewRecord, PartitionWriter, WriterConfig};
-use crate::log::{record, LogDir};
+use kxgw::kafka::apis::{Ctx, NodeInfo};
+use kxgw::kafka::session::{chunks_to_vec, Session};
+use kxgw::kafka::stats::Stats;
+use kxgw::log::batch::{self, CRC_OFFSET};
+use kxgw::log::writer::{NewRecord, PartitionWriter, WriterConfig};
+use kxgw::log::{record, LogDir};
 
 /// Largest request the fuzzed session accepts (the listener's default is 100 MiB; a small
 /// limit keeps the fuzzer's memory bounded while exercising the same checks).
@@ -223,22 +223,22 @@ pub fn log_segment(data: &[u8]) {
         .map(|b| i64::from_be_bytes(b.try_into().unwrap_or([0; 8])) & 0xffff)
         .unwrap_or(1000);
     let files = [
-        (part.join(crate::log::segment::file_stem(0) + ".log"), 0),
-        (part.join(crate::log::segment::file_stem(0) + ".index"), 1),
+        (part.join(kxgw::log::segment::file_stem(0) + ".log"), 0),
+        (part.join(kxgw::log::segment::file_stem(0) + ".index"), 1),
         (
-            part.join(crate::log::segment::file_stem(0) + ".timeindex"),
+            part.join(kxgw::log::segment::file_stem(0) + ".timeindex"),
             2,
         ),
         (
-            part.join(crate::log::segment::file_stem(second_base) + ".log"),
+            part.join(kxgw::log::segment::file_stem(second_base) + ".log"),
             3,
         ),
         (
-            part.join(crate::log::segment::file_stem(second_base) + ".index"),
+            part.join(kxgw::log::segment::file_stem(second_base) + ".index"),
             4,
         ),
         (
-            part.join(crate::log::segment::file_stem(second_base) + ".timeindex"),
+            part.join(kxgw::log::segment::file_stem(second_base) + ".timeindex"),
             5,
         ),
         (dir.0.join("replication-offset-checkpoint"), 6),
@@ -255,7 +255,7 @@ pub fn log_segment(data: &[u8]) {
             return;
         }
     }
-    for iso in [None, Some(crate::log::Isolation::LogEnd)] {
+    for iso in [None, Some(kxgw::log::Isolation::LogEnd)] {
         let Ok(log) = LogDir::open(&dir.0, iso) else {
             continue;
         };
@@ -308,8 +308,8 @@ fn split_pieces(data: &[u8], n: usize) -> Vec<&[u8]> {
 /// whose token field is 20 bytes gets a valid token for the client address, so the fuzzer
 /// reaches the request parser and the handlers behind the address validation.
 pub fn fetch_datagrams(data: &[u8]) {
-    use crate::fetch::{token::TokenKeys, wire, Client, ClientConfig, Server, ServerConfig};
-    use crate::fetch::{StartAt, Subscription};
+    use kxgw::fetch::{token::TokenKeys, wire, Client, ClientConfig, Server, ServerConfig};
+    use kxgw::fetch::{StartAt, Subscription};
     let f = kafka_fixture();
     let secret = [7u8; 16];
     let cfg = ServerConfig {
@@ -360,7 +360,7 @@ pub fn fetch_datagrams(data: &[u8]) {
 
 /// Takes what the gateway and the consumer cores want to send (bounded: a bug that makes
 /// them send forever shows up as a fuzzer timeout, not a hang here).
-fn drain_fetch(server: &mut crate::fetch::Server, client: &mut crate::fetch::Client, now: Instant) {
+fn drain_fetch(server: &mut kxgw::fetch::Server, client: &mut kxgw::fetch::Client, now: Instant) {
     for _ in 0..10_000 {
         match server.poll_transmit(now) {
             Some(t) => {
@@ -394,7 +394,7 @@ fn kafka_frame<R: kafka_protocol::protocol::Encodable>(
     version: i16,
     req: &R,
 ) -> Option<Vec<u8>> {
-    crate::kafka::frame::encode_request(key, version, 7, "fuzz", req).ok()
+    kxgw::kafka::frame::encode_request(key, version, 7, "fuzz", req).ok()
 }
 
 /// Seed inputs for each target, built with the real encoders (the committed corpus starts
@@ -413,7 +413,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     for v in 0..=12 {
         let mut t = metadata_request::MetadataRequestTopic::default().with_name(Some(topic()));
         if v >= 10 {
-            t.topic_id = crate::kafka::apis::topic_id("t");
+            t.topic_id = kxgw::kafka::apis::topic_id("t");
         }
         let req = MetadataRequest::default().with_topics(Some(vec![t]));
         out.extend(kafka_frame(ApiKey::Metadata, v, &req).map(|b| ("metadata", v, b)));
@@ -445,7 +445,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                 .with_partition_max_bytes(100),
         ]);
         if v >= 13 {
-            t.topic_id = crate::kafka::apis::topic_id("t");
+            t.topic_id = kxgw::kafka::apis::topic_id("t");
         } else {
             t.topic = topic();
         }
@@ -490,7 +490,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     // Fetch protocol: a real exchange between a consumer core and a gateway core over the
     // fixture log (handshake FETCH, RETRY, FETCH with token, DATA, acknowledgements).
     {
-        use crate::fetch::{Client, ClientConfig, Server, ServerConfig, StartAt, Subscription};
+        use kxgw::fetch::{Client, ClientConfig, Server, ServerConfig, StartAt, Subscription};
         let f = kafka_fixture();
         let mut server = Server::new(
             f.log.clone(),
@@ -548,7 +548,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     }
 
     // Batches: plain, with headers, null key, several back to back; flag byte 0 and 1.
-    let mut b = crate::log::writer::BatchBuilder::new();
+    let mut b = kxgw::log::writer::BatchBuilder::new();
     let mut batches = Vec::new();
     for (base, n) in [(0i64, 1usize), (5, 3), (100, 10)] {
         b.begin(base);
@@ -596,9 +596,9 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             }
             let _ = w.flush();
             let part = dir.0.join("f-0");
-            let bases = crate::log::segment::list_segments(&part).unwrap_or_default();
+            let bases = kxgw::log::segment::list_segments(&part).unwrap_or_default();
             let read = |base: i64, ext: &str| {
-                std::fs::read(part.join(crate::log::segment::file_stem(base) + ext))
+                std::fs::read(part.join(kxgw::log::segment::file_stem(base) + ext))
                     .unwrap_or_default()
             };
             let first = bases.first().copied().unwrap_or(0);

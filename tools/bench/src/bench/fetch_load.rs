@@ -13,8 +13,8 @@ use anyhow::{bail, Context, Result};
 
 use super::batches;
 use super::Throughput;
-use crate::fetch::consumer::UdpConsumer;
-use crate::fetch::{ClientConfig, Event, StartAt, Subscription};
+use kxgw::fetch::consumer::UdpConsumer;
+use kxgw::fetch::{ClientConfig, Event, StartAt, Subscription};
 
 /// What the fetch consumers do.
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ResponseHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
 
-use crate::kafka::frame::encode_request;
+use kxgw::kafka::frame::encode_request;
 
 /// Largest response the client accepts (a bad length prefix must not allocate gigabytes).
 const MAX_RESPONSE: usize = 256 << 20;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::batches;
 use super::kafka_client::{FetchParams, KafkaFetcher};
-use crate::log::writer::{NewRecord, PartitionWriter, WriterConfig};
+use kxgw::log::writer::{NewRecord, PartitionWriter, WriterConfig};
 
 /// Prefix of a stamped value: `kxts` + 20 decimal digits of ns since the epoch.
 pub const STAMP_PREFIX: &[u8] = b"kxts";
@@ -76,7 +76,7 @@ impl Percentiles {
     }
 
     /// One JSON line, microseconds.
-    pub fn to_json(&self) -> String {
+    pub fn to_json(self) -> String {
         let us = |ns: u64| ns as f64 / 1000.0;
         format!(
             "{{\"count\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1}}}",
@@ -195,8 +195,8 @@ pub fn tail_fetch(server: std::net::SocketAddr, topic: &str, t: Tail) -> Result<
         deadline,
         wait,
     } = t;
-    use crate::fetch::consumer::UdpConsumer;
-    use crate::fetch::{ClientConfig, Event, StartAt, Subscription};
+    use kxgw::fetch::consumer::UdpConsumer;
+    use kxgw::fetch::{ClientConfig, Event, StartAt, Subscription};
     let cfg = ClientConfig {
         follow: true,
         ..ClientConfig::default()

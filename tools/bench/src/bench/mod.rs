@@ -1,4 +1,4 @@
-//! Benchmark helpers behind the hidden `kxgw bench-tool` subcommand, driven by
+//! Benchmark helpers of the `kxgw-bench` binary, driven by
 //! `scripts/bench.sh`. They are measuring instruments, not product paths:
 //!
 //! - [`batches`]: walks and CRC-checks the record batches a consumer received;
@@ -36,7 +36,7 @@ pub struct Throughput {
 
 impl Throughput {
     /// One JSON object (no serde_json dependency for four numbers).
-    pub fn to_json(&self, extra: &str) -> String {
+    pub fn to_json(self, extra: &str) -> String {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         format!(
             "{{\"bytes\":{},\"records\":{},\"secs\":{:.6},\"gbps\":{:.4},\"records_per_s\":{:.1}{}}}",

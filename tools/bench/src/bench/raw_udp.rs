@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::Throughput;
-use crate::fetch::udp::{RecvBatch, BATCH, MAX_UDP_PAYLOAD};
-use crate::xdp::raw::{GEN_HEADER, GEN_MAGIC};
+use kxgw::fetch::udp::{RecvBatch, BATCH, MAX_UDP_PAYLOAD};
+use kxgw::xdp::raw::{GEN_HEADER, GEN_MAGIC};
 
 /// What the raw receiver got.
 #[derive(Debug, Clone, Copy, Default)]
@@ -48,7 +48,7 @@ pub fn receive(
     .parse()
     .context("bind address")?;
     let sock = UdpSocket::bind(bind).context("binding the raw receiver")?;
-    crate::fetch::udp::grow_recv_buffer(&sock, 64 << 20);
+    kxgw::fetch::udp::grow_recv_buffer(&sock, 64 << 20);
     let fd = sock.as_raw_fd();
     let mut rb = RecvBatch::new(BATCH, MAX_UDP_PAYLOAD);
     let mut rep = RawReport::default();
