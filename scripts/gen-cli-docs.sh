@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates docs/cli.md, the flag reference, from the binary's own --help output
-# (tests/cli_docs.rs fails when the two drift apart).
+# (cli/tests/cli_docs.rs fails when the two drift apart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kxgw=${KXGW:-target/debug/kxgw}
