@@ -1,7 +1,7 @@
 //! Fuzz entry points: one function per untrusted-input surface, each taking arbitrary bytes and
 //! required never to panic, hang or allocate without bound. The cargo-fuzz targets under
-//! `fuzz/` call them, and `tests/fuzz_corpus.rs` replays the committed corpus and every crash
-//! file through them on stable Rust, so each crash found stays a regression test.
+//! `fuzz/` call them, and `cli/tests/fuzz_corpus.rs` replays the committed corpus and every
+//! crash file through them on stable Rust, so each crash found stays a regression test.
 //!
 //! - [`kafka_request`]: a byte stream from a Kafka client, through the listener's session
 //!   (framing, request header, body decode, handlers, response encoding) over a real log.
