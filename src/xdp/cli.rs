@@ -3,7 +3,7 @@
 use super::acl::Cidr;
 use super::engine::{EngineConfig, TxStrategy};
 use super::loader::XdpMode;
-use super::xsk::ZeroCopyPolicy;
+use super::bind::BindPolicy;
 
 /// `--xdp-*` flags.
 #[derive(Clone, Debug, clap::Args)]
@@ -39,7 +39,12 @@ pub struct XdpArgs {
     /// staged through the arena.
     #[arg(long)]
     pub umem_segments: bool,
-    /// Never try zero-copy binding (copy mode only).
+    /// AF_XDP bind: `auto` takes the best the driver offers (zero-copy multi-buffer,
+    /// zero-copy single-buffer, copy multi-buffer, copy); `zero-copy` fails without it;
+    /// `copy` never tries zero-copy.
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    pub xdp_bind: BindPolicy,
+    /// Same as `--xdp-bind copy` (kept for existing command lines).
     #[arg(long)]
     pub no_zero_copy: bool,
 }
@@ -57,10 +62,10 @@ impl XdpArgs {
             tx_strategy: self.tx_strategy,
             arena_bytes: self.arena_mib.max(1) << 20,
             resident: Vec::new(),
-            zero_copy: if self.no_zero_copy {
-                ZeroCopyPolicy::Never
+            bind: if self.no_zero_copy {
+                BindPolicy::Copy
             } else {
-                ZeroCopyPolicy::Prefer
+                self.xdp_bind
             },
         }
     }
