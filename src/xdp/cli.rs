@@ -1,9 +1,9 @@
 //! Command-line flags of the fast path, shared by `kxgw serve` and `kxgw xdp-raw`.
 
 use super::acl::Cidr;
+use super::bind::BindPolicy;
 use super::engine::{EngineConfig, TxStrategy};
 use super::loader::XdpMode;
-use super::bind::BindPolicy;
 
 /// `--xdp-*` flags.
 #[derive(Clone, Debug, clap::Args)]
@@ -47,6 +47,10 @@ pub struct XdpArgs {
     /// Same as `--xdp-bind copy` (kept for existing command lines).
     #[arg(long)]
     pub no_zero_copy: bool,
+    /// Write the UMEM's physical page ranges (from /proc/self/pagemap) to FILE after binding,
+    /// to check a trace of the driver's TX DMA addresses against (scripts/testvm.sh).
+    #[arg(long, value_name = "FILE")]
+    pub xdp_umem_pagemap: Option<std::path::PathBuf>,
 }
 
 impl XdpArgs {
@@ -67,6 +71,7 @@ impl XdpArgs {
             } else {
                 self.xdp_bind
             },
+            umem_pagemap: self.xdp_umem_pagemap.clone(),
         }
     }
 }

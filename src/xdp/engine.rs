@@ -28,13 +28,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::arena::{Arena, ArenaStats, SourceId};
+use super::bind::{self, BindMode, BindPolicy};
 use super::error::XdpError;
+use super::frames::FrameLedger;
 use super::loader::{Steering, SteeringConfig, SteeringCounters, XdpMode};
 use super::packet::{self, Route};
 use super::resident::ResidentCache;
 use super::umem::{errno, UmemArea, FRAME};
-use super::bind::{self, BindMode, BindPolicy};
-use super::frames::FrameLedger;
 use super::xsk::{self, QueueSocket, RingSizes};
 use super::Cidr;
 
@@ -193,6 +193,8 @@ pub struct EngineConfig {
     pub resident: Vec<std::path::PathBuf>,
     /// Which AF_XDP bind modes to try (`--xdp-bind`).
     pub bind: BindPolicy,
+    /// Where to write the UMEM's physical page ranges (`--xdp-umem-pagemap`).
+    pub umem_pagemap: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -350,6 +352,10 @@ impl Engine {
         }
         let mode = sockets.first().map(|s| s.mode).unwrap_or(BindMode::COPY);
         let strategy = bind::tx_strategy_for(cfg.tx_strategy, mode)?;
+        if let Some(path) = &cfg.umem_pagemap {
+            super::pagemap::write_ranges(area.base(), area.len(), path)
+                .map_err(|e| XdpError::Config(format!("--xdp-umem-pagemap: {e:#}")))?;
+        }
         let mtu_datagram = max_datagram;
         let max_datagram = bind::fit_datagram(max_datagram, mode, cfg.endpoint.is_ipv6());
         if max_datagram < mtu_datagram {
@@ -659,14 +665,19 @@ impl<S: Service> Worker<S> {
     }
 
     fn publish_frames(&self) {
-        let out = self.ledger.outstanding(self.tx_free.len(), self.tx_waiting());
+        let out = self
+            .ledger
+            .outstanding(self.tx_free.len(), self.tx_waiting());
         self.stats.frames_outstanding.store(out, Ordering::Relaxed);
     }
 
     /// At shutdown: lets in-flight TX complete (bounded), then checks no frame went missing.
     fn drain_and_check(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self.ledger.tx_with_kernel(self.tx_free.len(), self.tx_waiting()) > 0
+        while self
+            .ledger
+            .tx_with_kernel(self.tx_free.len(), self.tx_waiting())
+            > 0
             && Instant::now() < deadline
         {
             self.kick();

@@ -39,8 +39,7 @@ impl FrameLedger {
 
     /// TX frames with the kernel: neither free nor in a packet still waiting for ring room.
     pub fn tx_with_kernel(&self, tx_free: usize, tx_waiting: usize) -> u64 {
-        self.tx_frames
-            .saturating_sub((tx_free + tx_waiting) as u64)
+        self.tx_frames.saturating_sub((tx_free + tx_waiting) as u64)
     }
 
     /// Frames with the kernel (fill + RX + TX + completion rings).

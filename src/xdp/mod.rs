@@ -19,6 +19,7 @@ pub mod fetch_endpoint;
 pub mod frames;
 pub mod loader;
 pub mod packet;
+pub mod pagemap;
 pub mod raw;
 pub mod resident;
 pub mod skel;
@@ -26,13 +27,13 @@ pub mod umem;
 pub mod xsk;
 
 pub use acl::Cidr;
+pub use bind::{BindMode, BindPolicy};
 pub use engine::{
     Datagram, Engine, EngineConfig, EngineStats, Service, TxPayload, TxStrategy, Waker,
     WorkerContext,
 };
 pub use error::XdpError;
 pub use loader::{Steering, SteeringConfig, SteeringCounters, XdpMode};
-pub use bind::{BindMode, BindPolicy};
 
 #[cfg(test)]
 mod steering_tests;

@@ -159,7 +159,11 @@ fn bind_best(
     let mut last = (BindMode::COPY, libc::EINVAL);
     for mode in policy.attempts() {
         let mut flags = XDP_USE_NEED_WAKEUP;
-        flags |= if mode.zero_copy { XDP_ZEROCOPY } else { XDP_COPY };
+        flags |= if mode.zero_copy {
+            XDP_ZEROCOPY
+        } else {
+            XDP_COPY
+        };
         if mode.multi_buffer {
             flags |= XDP_USE_SG;
         }
