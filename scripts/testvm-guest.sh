@@ -64,17 +64,23 @@ trace_start() {
 # The DMA addresses of TX descriptors (kretprobe) against the UMEM's physical pages.
 trace_check() {
   echo 0 >$TR/events/kxgw/xpdma/enable
-  grep -o 'ret=[0-9]*' $TR/trace | cut -d= -f2 >/tmp/dma
+  cat $TR/trace >/tmp/trace.txt
+  grep -o 'ret=[0-9a-fx]*' /tmp/trace.txt | cut -d= -f2 >/tmp/dma
   echo >$TR/trace
   echo '-:kxgw/xpdma' >>$TR/kprobe_events
   res=$(awk 'NR == FNR { for (p = int($1 / 4096); p < int($2 / 4096); p++) page[p] = 1; next }
       { n++; if (int($1 / 4096) in page) ok++; else { out++; if (!first) first = $1 } }
       END { printf "%d %d %d %s", n, ok, out, first }' /tmp/pm /tmp/dma)
+  what=$1
   set -- $res
   ranges=$(wc -l </tmp/pm)
-  log "DMA proof ($1): $2 TX DMA addresses (xp_raw_get_dma), $3 inside the UMEM's pages ($ranges physical ranges), $4 outside${5:+ (first: $5)}"
-  [ "$2" -gt 0 ] || bad "$1: no TX DMA address traced in zero-copy mode"
-  [ "$4" = 0 ] || bad "$1: $4 TX DMA address(es) outside the UMEM"
+  log "DMA proof ($what): $1 TX DMA addresses (xp_raw_get_dma), $2 inside the UMEM's pages ($ranges physical ranges), $3 outside${4:+ (first: $4)}"
+  if [ "$3" != 0 ]; then
+    log "  trace sample: $(grep -m2 xpdma /tmp/trace.txt)"
+    log "  UMEM ranges: $(head -2 /tmp/pm | tr '\n' ' ')"
+  fi
+  [ "$1" -gt 0 ] || bad "$what: no TX DMA address traced in zero-copy mode"
+  [ "$3" = 0 ] || bad "$what: $3 TX DMA address(es) outside the UMEM"
 }
 
 # serve_start IF BIND STRATEGY [extra...]: starts the gateway in gw; 0 once it printed its
