@@ -48,7 +48,8 @@ set_loss() {
   ip netns exec cl /usr/local/bin/nft delete table inet kxgwloss 2>/dev/null
   [ "$1" = 0 ] && return 0
   printf 'table inet kxgwloss {\n chain input {\n  type filter hook input priority -300;\n  numgen random mod 100 < %s drop\n }\n}\n' "$1" |
-    ip netns exec cl /usr/local/bin/nft -f - || bad "installing the ${1}% loss rule"
+    ip netns exec cl /usr/local/bin/nft -f - 2>/tmp/nft.err ||
+    bad "installing the ${1}% loss rule: $(cat /tmp/nft.err)"
 }
 
 trace_start() {
@@ -108,7 +109,9 @@ serve_stop() {
   wait $SERVE
   rc=$?
   [ $rc = 0 ] || bad "kxgw serve exited $rc"
-  grep -q "frame(s) leaked\|unaccounted for" /tmp/serve.err && bad "UMEM frames leaked: $(grep -m1 leaked /tmp/serve.err)"
+  if grep -q "UMEM frame(s) leaked\|unaccounted for at shutdown" /tmp/serve.err; then
+    bad "UMEM frames leaked: $(grep "UMEM frame(s) leaked\|unaccounted for at shutdown" /tmp/serve.err)"
+  fi
   grep -q "no UMEM frame leaked" /tmp/serve.err || bad "no frame-ledger line at shutdown"
   grep -m1 "no UMEM frame leaked" /tmp/serve.err | sed 's/^/guest:   /'
 }

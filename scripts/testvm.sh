@@ -107,7 +107,9 @@ ensure_qemu() {
 
 # --- guest kernel: download, unpack, pick the modules the test needs ------------------------
 # Module names the guest loads (with their dependencies, resolved from .modinfo).
-MODULES="virtio_pci virtio_net igb 9pnet_virtio 9p nf_tables nft_numgen"
+# crc32c_generic: 6.12's libcrc32c (nf_tables) asks the crypto API for crc32c at load time,
+# which is no modinfo dependency.
+MODULES="virtio_pci virtio_net igb 9pnet_virtio 9p crc32c_generic nf_tables nft_numgen"
 
 kernel_version() {
   local meta deps
@@ -218,7 +220,8 @@ apt_setup
 KVER=$(kernel_version)
 KDIR=$CACHE/$KVER
 if [ -s "$KDIR/vmlinuz" ] && [ -s "$KDIR/base.cpio.gz" ] && [ -s "$KDIR/modules/order" ] &&
-  [ "$KDIR/base.cpio.gz" -nt "$REPO/scripts/testvm-init.sh" ]; then
+  [ "$KDIR/base.cpio.gz" -nt "$REPO/scripts/testvm-init.sh" ] &&
+  [ "$(cat "$KDIR/modules.list" 2>/dev/null)" = "$MODULES" ]; then
   say "guest kernel $KVER ($SUITE): cached in $KDIR"
 else
   say "guest kernel $KVER ($SUITE): building into $KDIR"
@@ -226,6 +229,7 @@ else
   mkdir -p "$KDIR"
   fetch_kernel "$KVER" "$KDIR"
   base_initramfs "$KDIR"
+  echo "$MODULES" >"$KDIR/modules.list"
 fi
 
 SHARE=$RUN/share

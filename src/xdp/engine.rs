@@ -680,6 +680,14 @@ impl<S: Service> Worker<S> {
             > 0
             && Instant::now() < deadline
         {
+            // The rest of a partly queued packet: the kernel holds its first descriptors
+            // until it comes.
+            if !self.held.is_empty() {
+                std::mem::swap(&mut self.descs, &mut self.held);
+                if !self.push_descs() {
+                    std::mem::swap(&mut self.descs, &mut self.held);
+                }
+            }
             self.kick();
             if !self.complete() {
                 std::thread::sleep(Duration::from_millis(1));
