@@ -119,7 +119,21 @@ static __always_inline int truncated(struct xdp_md *ctx)
 
 static __always_inline __u64 ip_offset(struct xdp_md *ctx, void *ip)
 {
-	return (__u64)(ip - (void *)(long)ctx->data);
+	__u64 off = (__u64)(ip - (void *)(long)ctx->data);
+	/* Keep it a scalar: otherwise clang folds `off + len` into `ip + len - data`, pointer
+	 * math the 6.1/6.12 verifiers refuse. */
+	barrier_var(off);
+	return off;
+}
+
+/* A 16-bit big-endian header field as a bounded scalar. Verifiers before 6.13 (6.1, 6.12)
+ * do not track bounds through a byte swap, so without the mask the value is "unbounded" and
+ * any pointer math with it is refused; the barrier keeps clang from dropping the mask. */
+static __always_inline __u32 be16_field(__be16 v)
+{
+	__u32 x = bpf_ntohs(v);
+	barrier_var(x);
+	return x & 0xffff;
 }
 
 static __always_inline int steer(struct xdp_md *ctx)
@@ -143,7 +157,7 @@ static __always_inline int check_udp(struct xdp_md *ctx, struct udphdr *udp, __u
 		return truncated(ctx);
 	if (udp->dest != fetch_port)
 		return pass();
-	__u16 ulen = bpf_ntohs(udp->len);
+	__u32 ulen = be16_field(udp->len);
 	/* IPv6 jumbograms (len 0) never reach the fetch port legitimately. */
 	if (ulen < sizeof(*udp) || ulen > ip_payload_len) {
 		count(CNT_DROPPED_MALFORMED);
@@ -173,7 +187,7 @@ static __always_inline int handle_v4(struct xdp_md *ctx, struct iphdr *ip)
 	if (ip->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_))
 		return pass();
 	__u32 hlen = ip->ihl * 4;
-	__u16 tot = bpf_ntohs(ip->tot_len);
+	__u32 tot = be16_field(ip->tot_len);
 	/* The IP datagram must fit in the frame (fragments included). */
 	if (tot < hlen || ip_offset(ctx, ip) + tot > bpf_xdp_get_buff_len(ctx)) {
 		count(CNT_DROPPED_MALFORMED);
@@ -213,7 +227,7 @@ static __always_inline int handle_v6(struct xdp_md *ctx, struct ipv6hdr *ip6)
 		return pass();
 	if (!fetch_any_addr && !v6_addr_eq(&ip6->daddr))
 		return pass();
-	__u16 plen = bpf_ntohs(ip6->payload_len);
+	__u32 plen = be16_field(ip6->payload_len);
 	if (ip_offset(ctx, ip6) + sizeof(*ip6) + plen > bpf_xdp_get_buff_len(ctx)) {
 		count(CNT_DROPPED_MALFORMED);
 		return XDP_DROP;

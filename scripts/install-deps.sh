@@ -8,12 +8,41 @@ APT_PACKAGES=(
   iproute2 bpftool nftables ethtool                                     # test network
   kcat iperf3 gnuplot-nox                                               # clients, ceilings, plots
   python3 python3-pip ruby vagrant systemd                              # kafka-python, Vagrantfile check, unit check
+  xz-utils zstd binutils                                                # scripts/testvm.sh: guest modules, strip
 )
 PIP_PACKAGES=(kafka-python==2.3.3)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: run as root (apt-get install)" >&2
   exit 1
+fi
+
+# QEMU >= 8 (the igb model) for scripts/testvm.sh: Debian 12 has 7.2, bookworm-backports has
+# 10.x. A private sources list (bookworm + bookworm-backports) and private apt lists keep the
+# machine's own sources untouched.
+install_qemu() {
+  if command -v qemu-system-x86_64 >/dev/null &&
+    qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"'; then
+    return
+  fi
+  local d=/var/cache/kxgw-testvm/apt-host
+  mkdir -p "$d/lists/partial" "$d/cache/archives/partial"
+  cat >"$d/sources.list" <<'EOF'
+deb http://deb.debian.org/debian bookworm main
+deb http://deb.debian.org/debian bookworm-updates main
+deb http://deb.debian.org/debian-security bookworm-security main
+deb http://deb.debian.org/debian bookworm-backports main
+EOF
+  local o=(-o Dir::Etc::SourceList="$d/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o Dir::State::Lists="$d/lists" -o Dir::Cache="$d/cache")
+  echo "install-deps: apt-get install -t bookworm-backports qemu-system-x86"
+  apt-get "${o[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get "${o[@]}" install -y -qq --no-install-recommends \
+    -t bookworm-backports qemu-system-x86 >/dev/null
+}
+install_qemu
+if [ "${1:-}" = "--qemu" ]; then
+  exit 0
 fi
 
 missing=()

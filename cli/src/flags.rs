@@ -47,6 +47,18 @@ mirror_enum! {
 }
 
 mirror_enum! {
+    /// How AF_XDP sockets are bound.
+    BindPolicy => kxgw::xdp::bind::BindPolicy {
+        /// The best the driver offers: zero-copy multi-buffer, zero-copy, copy multi-buffer, copy.
+        Auto,
+        /// Zero-copy or fail (multi-buffer if the driver has it).
+        ZeroCopy,
+        /// Copy mode only (multi-buffer if the kernel has it).
+        Copy,
+    }
+}
+
+mirror_enum! {
     /// How record bytes are sent.
     IoMode => kxgw::kafka::IoMode {
         /// `sendfile(2)` from the segment file: no copy through user space.
@@ -126,9 +138,18 @@ pub struct XdpArgs {
     /// staged through the arena.
     #[arg(long)]
     pub umem_segments: bool,
-    /// Never try zero-copy binding (copy mode only).
+    /// AF_XDP bind: `auto` takes the best the driver offers (zero-copy multi-buffer,
+    /// zero-copy single-buffer, copy multi-buffer, copy); `zero-copy` fails without it;
+    /// `copy` never tries zero-copy.
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    pub xdp_bind: BindPolicy,
+    /// Same as `--xdp-bind copy` (kept for existing command lines).
     #[arg(long)]
     pub no_zero_copy: bool,
+    /// Write the UMEM's physical page ranges (from /proc/self/pagemap) to FILE after binding,
+    /// to check a trace of the driver's TX DMA addresses against (scripts/testvm.sh).
+    #[arg(long, value_name = "FILE")]
+    pub xdp_umem_pagemap: Option<std::path::PathBuf>,
 }
 
 impl From<&XdpArgs> for kxgw::xdp::cli::XdpArgs {
@@ -143,7 +164,9 @@ impl From<&XdpArgs> for kxgw::xdp::cli::XdpArgs {
             allow: a.allow.clone(),
             arena_mib: a.arena_mib,
             umem_segments: a.umem_segments,
+            xdp_bind: a.xdp_bind.into(),
             no_zero_copy: a.no_zero_copy,
+            xdp_umem_pagemap: a.xdp_umem_pagemap.clone(),
         }
     }
 }

@@ -1,9 +1,9 @@
 //! Command-line flags of the fast path, shared by `kxgw serve` and `kxgw xdp-raw`.
 
 use super::acl::Cidr;
+use super::bind::BindPolicy;
 use super::engine::{EngineConfig, TxStrategy};
 use super::loader::XdpMode;
-use super::xsk::ZeroCopyPolicy;
 
 /// `--xdp-*` flags.
 #[derive(Clone, Debug)]
@@ -30,8 +30,15 @@ pub struct XdpArgs {
     /// truncated while the gateway runs. Files elsewhere and bytes appended after startup are
     /// staged through the arena.
     pub umem_segments: bool,
-    /// Never try zero-copy binding (copy mode only).
+    /// AF_XDP bind: `auto` takes the best the driver offers (zero-copy multi-buffer,
+    /// zero-copy single-buffer, copy multi-buffer, copy); `zero-copy` fails without it;
+    /// `copy` never tries zero-copy.
+    pub xdp_bind: BindPolicy,
+    /// Same as `--xdp-bind copy` (kept for existing command lines).
     pub no_zero_copy: bool,
+    /// Write the UMEM's physical page ranges (from /proc/self/pagemap) to FILE after binding,
+    /// to check a trace of the driver's TX DMA addresses against (scripts/testvm.sh).
+    pub xdp_umem_pagemap: Option<std::path::PathBuf>,
 }
 
 impl XdpArgs {
@@ -47,11 +54,12 @@ impl XdpArgs {
             tx_strategy: self.tx_strategy,
             arena_bytes: self.arena_mib.max(1) << 20,
             resident: Vec::new(),
-            zero_copy: if self.no_zero_copy {
-                ZeroCopyPolicy::Never
+            bind: if self.no_zero_copy {
+                BindPolicy::Copy
             } else {
-                ZeroCopyPolicy::Prefer
+                self.xdp_bind
             },
+            umem_pagemap: self.xdp_umem_pagemap.clone(),
         }
     }
 }

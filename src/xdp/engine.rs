@@ -28,12 +28,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::arena::{Arena, ArenaStats, SourceId};
+use super::bind::{self, BindMode, BindPolicy};
 use super::error::XdpError;
+use super::frames::FrameLedger;
 use super::loader::{Steering, SteeringConfig, SteeringCounters, XdpMode};
 use super::packet::{self, Route};
 use super::resident::ResidentCache;
 use super::umem::{errno, UmemArea, FRAME};
-use super::xsk::{self, BindMode, QueueSocket, RingSizes, ZeroCopyPolicy};
+use super::xsk::{self, QueueSocket, RingSizes};
 use super::Cidr;
 
 /// Descriptors per packet the kernel accepts (1 + MAX_SKB_FRAGS); a 19th drops the packet.
@@ -189,8 +191,10 @@ pub struct EngineConfig {
     pub arena_bytes: u64,
     /// Segment files to register as UMEM as they are (those on tmpfs; others are staged).
     pub resident: Vec<std::path::PathBuf>,
-    /// Try zero-copy first?
-    pub zero_copy: ZeroCopyPolicy,
+    /// Which AF_XDP bind modes to try (`--xdp-bind`).
+    pub bind: BindPolicy,
+    /// Where to write the UMEM's physical page ranges (`--xdp-umem-pagemap`).
+    pub umem_pagemap: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -212,6 +216,8 @@ struct QueueStats {
     // Kernel socket counters, copied by the worker (it owns the socket).
     kernel_rx_dropped: AtomicU64,
     kernel_tx_invalid: AtomicU64,
+    frames_outstanding: AtomicU64,
+    frames_leaked: AtomicU64,
 }
 
 /// Engine counters summed over queues.
@@ -249,6 +255,10 @@ pub struct EngineStats {
     pub tx_invalid_descs: u64,
     /// Kernel: RX packets dropped (no fill buffers, too large...).
     pub rx_dropped: u64,
+    /// UMEM frames with the kernel (fill + RX + TX + completion rings).
+    pub frames_outstanding: u64,
+    /// Frames unaccounted for at shutdown after TX drained (must be 0).
+    pub frames_leaked: u64,
     /// Arena counters.
     pub arena: ArenaStats,
 }
@@ -331,7 +341,7 @@ impl Engine {
                 q,
                 q == 0,
                 RingSizes { rx: RING, tx: RING },
-                cfg.zero_copy,
+                cfg.bind,
             )?;
             if cfg.busy_poll {
                 if let Err(e) = xsk::enable_busy_poll(sock.fd()) {
@@ -340,7 +350,22 @@ impl Engine {
             }
             sockets.push(sock);
         }
-        let mode = sockets.first().map(|s| s.mode).unwrap_or(BindMode::Copy);
+        let mode = sockets.first().map(|s| s.mode).unwrap_or(BindMode::COPY);
+        let strategy = bind::tx_strategy_for(cfg.tx_strategy, mode)?;
+        if let Some(path) = &cfg.umem_pagemap {
+            super::pagemap::write_ranges(area.base(), area.len(), path)
+                .map_err(|e| XdpError::Config(format!("--xdp-umem-pagemap: {e:#}")))?;
+        }
+        let mtu_datagram = max_datagram;
+        let max_datagram = bind::fit_datagram(max_datagram, mode, cfg.endpoint.is_ipv6());
+        if max_datagram < mtu_datagram {
+            log::info!(
+                "AF_XDP on {}: bound {} (no XDP_USE_SG): datagrams limited to {max_datagram} B \
+                 so each packet fits one 4 KiB UMEM chunk (MTU allows {mtu_datagram} B)",
+                cfg.iface,
+                mode.name()
+            );
+        }
         let mut workers = Vec::new();
         let mut stats = Vec::new();
         let mut fds = Vec::new();
@@ -364,7 +389,7 @@ impl Engine {
                 .collect();
             fds.push(sock.fd());
             let mut worker = Worker {
-                mode: sock.mode,
+                mode,
                 sock,
                 service,
                 area: area.clone(),
@@ -372,7 +397,7 @@ impl Engine {
                 tx_free,
                 routes: HashMap::new(),
                 stats: st.clone(),
-                strategy: cfg.tx_strategy,
+                strategy,
                 mtu,
                 in_flight: 0,
                 busy: cfg.busy_poll,
@@ -383,6 +408,7 @@ impl Engine {
                 resident: ResidentCache::new(),
                 released: Vec::new(),
                 held: Vec::new(),
+                ledger: FrameLedger::new(RX_FRAMES, TX_FRAMES),
             };
             worker.fill(&rx_frames);
             let handle = std::thread::Builder::new()
@@ -398,18 +424,16 @@ impl Engine {
             wakers.push(waker);
         }
         log::info!(
-            "AF_XDP on {} ({} queue(s)): bound in {} mode, TX strategy {}{}, MTU {mtu} (max datagram {max_datagram} B), arena {} MiB{}, {}",
+            "AF_XDP on {} ({} queue(s)): bound {}, TX strategy {}{}, MTU {mtu} (max datagram {max_datagram} B), arena {} MiB{}, {}",
             cfg.iface,
             queues,
             mode.name(),
             cfg.tx_strategy.name(),
-            if cfg.tx_strategy == TxStrategy::Auto {
-                match mode {
-                    BindMode::ZeroCopy => " (sg)",
-                    BindMode::Copy => " (copy mode: copy)",
-                }
-            } else {
-                ""
+            match (cfg.tx_strategy, strategy) {
+                (TxStrategy::Auto, TxStrategy::Copy) => " (single-buffer: copy)",
+                (TxStrategy::Auto, _) if mode.zero_copy => " (sg)",
+                (TxStrategy::Auto, _) => " (copy mode: copy)",
+                _ => "",
             },
             area.arena_len() >> 20,
             match area.resident().files() {
@@ -435,7 +459,7 @@ impl Engine {
             handle,
             wakers,
             mode,
-            strategy: cfg.tx_strategy,
+            strategy,
             mtu,
             max_datagram,
             area,
@@ -500,8 +524,24 @@ impl Engine {
         for w in &self.wakers {
             w.wake();
         }
+        let joined = !self.workers.is_empty();
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+        if joined {
+            let s = self.handle.stats();
+            if s.frames_leaked > 0 {
+                log::error!(
+                    "AF_XDP shutdown: {} UMEM frame(s) leaked ({} still with the kernel)",
+                    s.frames_leaked,
+                    s.frames_outstanding
+                );
+            } else {
+                log::info!(
+                    "AF_XDP shutdown: no UMEM frame leaked ({} on the fill/RX rings, TX drained)",
+                    s.frames_outstanding
+                );
+            }
         }
     }
 }
@@ -544,6 +584,8 @@ impl StatsHandle {
             s.tx_ring_short += g(&q.tx_ring_short);
             s.rx_dropped += g(&q.kernel_rx_dropped);
             s.tx_invalid_descs += g(&q.kernel_tx_invalid);
+            s.frames_outstanding += g(&q.frames_outstanding);
+            s.frames_leaked += g(&q.frames_leaked);
         }
         if let Ok(a) = self.arena.lock() {
             s.arena = a.stats();
@@ -601,13 +643,67 @@ struct Worker<S: Service> {
     resident: ResidentCache,
     released: Vec<u64>,
     held: Vec<xdpilone::xdp::XdpDesc>,
+    ledger: FrameLedger,
 }
 
 impl<S: Service> Worker<S> {
     fn fill(&mut self, frames: &[u64]) {
         let mut w = self.sock.fill.fill(frames.len() as u32);
-        w.insert(frames.iter().copied());
+        let taken = w.insert(frames.iter().copied());
         w.commit();
+        self.ledger.filled(frames.len(), taken);
+    }
+
+    /// Frames of packets waiting for TX ring room (not with the kernel, not free).
+    fn tx_waiting(&self) -> usize {
+        let frames_end = self.area.arena_offset();
+        self.held
+            .iter()
+            .chain(self.descs.iter())
+            .filter(|d| d.addr < frames_end && d.addr % FRAME == 0)
+            .count()
+    }
+
+    fn publish_frames(&self) {
+        let out = self
+            .ledger
+            .outstanding(self.tx_free.len(), self.tx_waiting());
+        self.stats.frames_outstanding.store(out, Ordering::Relaxed);
+    }
+
+    /// At shutdown: lets in-flight TX complete (bounded), then checks no frame went missing.
+    fn drain_and_check(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self
+            .ledger
+            .tx_with_kernel(self.tx_free.len(), self.tx_waiting())
+            > 0
+            && Instant::now() < deadline
+        {
+            // The rest of a partly queued packet: the kernel holds its first descriptors
+            // until it comes.
+            if !self.held.is_empty() {
+                std::mem::swap(&mut self.descs, &mut self.held);
+                if !self.push_descs() {
+                    std::mem::swap(&mut self.descs, &mut self.held);
+                }
+            }
+            self.kick();
+            if !self.complete() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.publish_frames();
+        let leaked = self.ledger.leaked(self.tx_free.len(), self.tx_waiting());
+        self.stats.frames_leaked.store(leaked, Ordering::Relaxed);
+        if leaked > 0 {
+            log::error!(
+                "queue {}: {leaked} UMEM frame(s) unaccounted for at shutdown ({} lost to short fills, {:?})",
+                self.sock.queue,
+                self.ledger.lost(),
+                self.ledger
+            );
+        }
     }
 
     fn copy_kernel_stats(&self) {
@@ -624,6 +720,7 @@ impl<S: Service> Worker<S> {
             let now = Instant::now();
             if now >= next_stats {
                 self.copy_kernel_stats();
+                self.publish_frames();
                 next_stats = now + Duration::from_millis(200);
             }
             let mut progress = self.complete();
@@ -670,6 +767,7 @@ impl<S: Service> Worker<S> {
             self.sleep(now);
         }
         self.copy_kernel_stats();
+        self.drain_and_check();
     }
 
     fn sleep(&mut self, now: Instant) {
@@ -777,6 +875,7 @@ impl<S: Service> Worker<S> {
             }
             r.release();
         }
+        self.ledger.received(got);
         if !frames.is_empty() {
             self.fill(&frames);
         }
@@ -833,7 +932,7 @@ impl<S: Service> Worker<S> {
         let sg = match self.strategy {
             TxStrategy::Sg => true,
             TxStrategy::Copy => false,
-            TxStrategy::Auto => self.mode == BindMode::ZeroCopy || frame_len > AUTO_COPY_MAX_FRAME,
+            TxStrategy::Auto => self.mode.zero_copy || frame_len > AUTO_COPY_MAX_FRAME,
         };
         self.descs.clear();
         let done = sg

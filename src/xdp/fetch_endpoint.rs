@@ -222,7 +222,12 @@ impl XdpFetch {
         let published = self.published.clone();
         let endpoint = self.endpoint.to_string();
         let iface = self.iface.clone();
-        let mode = self.engine.bind_mode().name();
+        let mode = self.engine.bind_mode().copy_name();
+        let multi_buffer = if self.engine.bind_mode().multi_buffer {
+            "true"
+        } else {
+            "false"
+        };
         let strategy = self.engine.tx_strategy().name();
         metrics.register(move |w| {
             let base: &[(&str, &str)] = &[("transport", "af_xdp"), ("endpoint", &endpoint)];
@@ -239,8 +244,13 @@ impl XdpFetch {
             }
             w.gauge(
                 "xdp_bind_info",
-                "AF_XDP socket bind mode and TX strategy (value 1)",
-                &[("iface", &iface), ("mode", mode), ("tx_strategy", strategy)],
+                "AF_XDP socket bind mode (zero-copy or copy, multi-buffer or not) and TX strategy (value 1)",
+                &[
+                    ("iface", &iface),
+                    ("mode", mode),
+                    ("multi_buffer", multi_buffer),
+                    ("tx_strategy", strategy),
+                ],
                 1.0,
             );
             let e = handle.stats();

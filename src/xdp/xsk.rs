@@ -1,6 +1,6 @@
 //! One AF_XDP socket per RX queue, all sharing one UMEM; each with its own fill and
-//! completion rings. Bind asks for zero-copy and falls back to copy mode; EBUSY right after a
-//! previous socket on the queue closed is retried with backoff.
+//! completion rings. Bind tries the modes of `--xdp-bind` best first ([`super::bind`]); EBUSY
+//! right after a previous socket on the queue closed is retried with backoff.
 
 use std::ffi::CString;
 use std::num::NonZeroU32;
@@ -19,24 +19,7 @@ const SOL_XDP: libc::c_int = 283;
 const XDP_OPTIONS: libc::c_int = 8;
 const XDP_OPTIONS_ZEROCOPY: u32 = 1;
 
-/// How the socket is bound.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BindMode {
-    /// The NIC DMAs to and from the UMEM.
-    ZeroCopy,
-    /// The kernel copies between the UMEM and skbs (veth, drivers without AF_XDP support).
-    Copy,
-}
-
-impl BindMode {
-    /// Lower-case name for logs and stats.
-    pub fn name(self) -> &'static str {
-        match self {
-            BindMode::ZeroCopy => "zero-copy",
-            BindMode::Copy => "copy",
-        }
-    }
-}
+pub use super::bind::{BindMode, BindPolicy};
 
 /// Ring sizes of one socket (powers of two).
 #[derive(Clone, Copy, Debug)]
@@ -76,15 +59,6 @@ impl QueueSocket {
     }
 }
 
-/// Which bind modes to try.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ZeroCopyPolicy {
-    /// Zero-copy, else copy.
-    Prefer,
-    /// Copy mode only.
-    Never,
-}
-
 /// Opens and binds the socket of `queue`. `first` is the socket that carries the UMEM
 /// registration (it must be bound before the others can share it).
 pub fn open(
@@ -94,7 +68,7 @@ pub fn open(
     queue: u32,
     first: bool,
     rings: RingSizes,
-    zc: ZeroCopyPolicy,
+    policy: BindPolicy,
 ) -> Result<QueueSocket, XdpError> {
     let umem = area.umem();
     let mut info = xdpilone::IfInfo::invalid();
@@ -134,7 +108,7 @@ pub fn open(
     // Sockets after the first share the UMEM of the first socket (the UMEM's own fd).
     let shared_fd = if first { None } else { Some(umem_fd(area)) };
     let fd = user.as_raw_fd();
-    let mode = bind_with_fallback(fd, iface, ifindex, queue, shared_fd, zc)?;
+    let mode = bind_best(fd, iface, ifindex, queue, shared_fd, policy)?;
     let (fill, comp) = dq.into_parts();
     Ok(QueueSocket {
         queue,
@@ -157,46 +131,70 @@ fn umem_fd(area: &UmemArea) -> i32 {
     }
 }
 
-fn bind_with_fallback(
+/// Binds the first mode of `policy` the driver accepts, best first (module docs of
+/// [`super::bind`]); says why each better one was refused.
+fn bind_best(
     fd: i32,
     iface: &str,
     ifindex: u32,
     queue: u32,
     shared: Option<i32>,
-    zc: ZeroCopyPolicy,
+    policy: BindPolicy,
 ) -> Result<BindMode, XdpError> {
     if shared.is_some() {
         // A socket sharing the UMEM inherits its mode, need_wakeup and multi-buffer settings;
-        // the kernel refuses any of those flags next to XDP_SHARED_UMEM (EINVAL).
+        // the kernel refuses any of those flags next to XDP_SHARED_UMEM (EINVAL). The engine
+        // reports the first socket's mode.
         bind_retrying(fd, ifindex, queue, shared, 0).map_err(|e| {
             XdpError::sys(
                 format!("binding an AF_XDP socket to {iface} queue {queue} (shared UMEM)"),
                 e,
             )
         })?;
-        return Ok(confirm_mode(fd, BindMode::Copy));
+        return Ok(BindMode {
+            zero_copy: confirm_zero_copy(fd, false),
+            multi_buffer: false,
+        });
     }
-    let base = XDP_USE_NEED_WAKEUP | XDP_USE_SG;
-    if zc == ZeroCopyPolicy::Prefer {
-        match bind_retrying(fd, ifindex, queue, shared, base | XDP_ZEROCOPY) {
-            Ok(()) => return Ok(confirm_mode(fd, BindMode::ZeroCopy)),
-            Err(e) => log::info!(
-                "AF_XDP {iface} queue {queue}: zero-copy bind refused ({}), falling back to copy mode",
-                std::io::Error::from_raw_os_error(e)
-            ),
+    let mut last = (BindMode::COPY, libc::EINVAL);
+    for mode in policy.attempts() {
+        let mut flags = XDP_USE_NEED_WAKEUP;
+        flags |= if mode.zero_copy {
+            XDP_ZEROCOPY
+        } else {
+            XDP_COPY
+        };
+        if mode.multi_buffer {
+            flags |= XDP_USE_SG;
+        }
+        match bind_retrying(fd, ifindex, queue, shared, flags) {
+            Ok(()) => {
+                return Ok(BindMode {
+                    zero_copy: confirm_zero_copy(fd, mode.zero_copy),
+                    multi_buffer: mode.multi_buffer,
+                })
+            }
+            Err(e) => {
+                log::info!(
+                    "AF_XDP {iface} queue {queue}: {} bind refused ({})",
+                    mode.name(),
+                    std::io::Error::from_raw_os_error(e)
+                );
+                last = (mode, e);
+            }
         }
     }
-    bind_retrying(fd, ifindex, queue, shared, base | XDP_COPY).map_err(|e| {
-        XdpError::sys(
-            format!("binding an AF_XDP socket to {iface} queue {queue} (copy mode)"),
-            e,
-        )
-    })?;
-    Ok(confirm_mode(fd, BindMode::Copy))
+    Err(XdpError::sys(
+        format!(
+            "binding an AF_XDP socket to {iface} queue {queue} (--xdp-bind {policy:?}; last tried: {})",
+            last.0.name()
+        ),
+        last.1,
+    ))
 }
 
 /// Asks the kernel which mode the socket really got (XDP_OPTIONS).
-fn confirm_mode(fd: i32, asked: BindMode) -> BindMode {
+fn confirm_zero_copy(fd: i32, asked: bool) -> bool {
     let mut opts: u32 = 0;
     let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
     // SAFETY: getsockopt into a u32 with its length.
@@ -212,11 +210,7 @@ fn confirm_mode(fd: i32, asked: BindMode) -> BindMode {
     if r != 0 {
         return asked;
     }
-    if opts & XDP_OPTIONS_ZEROCOPY != 0 {
-        BindMode::ZeroCopy
-    } else {
-        BindMode::Copy
-    }
+    opts & XDP_OPTIONS_ZEROCOPY != 0
 }
 
 #[repr(C)]
