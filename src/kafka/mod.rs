@@ -14,6 +14,7 @@
 pub mod apis;
 pub mod bounds;
 pub mod chunk;
+pub mod client;
 #[cfg(test)]
 mod fetch_tests;
 pub mod frame;

@@ -19,7 +19,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::log::batch::BatchHeader;
 
-use super::client::StartAt;
+use crate::fetch::StartAt;
 use crate::kafka::frame::encode_request;
 
 const FETCH_VERSION: i16 = 4;
