@@ -221,15 +221,14 @@ fn segment_deleted_by_retention_while_served() {
         for ext in ["log", "index", "timeindex"] {
             std::fs::remove_file(first.with_extension(ext)).unwrap();
         }
-        let len = i32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+        let len = kxgw::kafka::frame::response_size(head[..4].try_into().unwrap()).unwrap();
         let mut rest = vec![0u8; len + 4 - head.len()];
         s.read_exact(&mut rest).unwrap();
         let mut whole = head[4..].to_vec();
         whole.extend(rest);
         let mut b = bytes::Bytes::from(whole);
-        use kafka_protocol::protocol::Decodable;
-        ResponseHeader::decode(&mut b, 0).unwrap();
-        let r = FetchResponse::decode(&mut b, 11).unwrap();
+        let r: FetchResponse =
+            kxgw::kafka::frame::decode_response(ApiKey::Fetch, 11, 42, &mut b).unwrap();
         let p = &r.responses[0].partitions[0];
         assert_eq!(p.error_code, 0);
         let recs = p.records.clone().unwrap();

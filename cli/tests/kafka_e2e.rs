@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    call_exact, closed_by_server, connect, fetch_max, frame_corr, in_client_ns, wait_listening,
-    KXGW,
+    call_exact, closed_by_server, connect, fetch_max, frame_corr, in_client_ns, read_response,
+    wait_listening, KXGW,
 };
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
@@ -523,12 +523,7 @@ fn sigterm_drains_a_response_the_consumer_is_still_reading() {
             tx.send(()).unwrap();
             std::thread::sleep(Duration::from_millis(300));
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut len = [0u8; 4];
-            s.read_exact(&mut len).unwrap();
-            let len = u32::from_be_bytes(len) as usize;
-            let mut body = vec![0u8; len];
-            s.read_exact(&mut body).unwrap();
-            len
+            read_response(&mut s).unwrap().len()
         }
     });
     rx.recv().unwrap();

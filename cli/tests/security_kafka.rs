@@ -158,12 +158,10 @@ fn hostile_lengths_and_names_are_refused_and_the_log_dir_is_never_written() {
                 "find_coordinator v4 keys 2^32-2",
                 raw(10, 4, &[0, 0xff, 0xff, 0xff, 0xff, 0x0f]),
             ),
-            ("client id length 32767 in a short frame", {
-                let mut f = vec![0, 18, 0, 0, 0, 0, 0, 1, 0x7f, 0xff, b'x'];
-                let mut out = (f.len() as i32).to_be_bytes().to_vec();
-                out.append(&mut f);
-                out
-            }),
+            (
+                "client id length 32767 in a short frame",
+                kxgw::kafka::frame::size_prefixed(&[0, 18, 0, 0, 0, 0, 0, 1, 0x7f, 0xff, b'x']),
+            ),
         ];
         for (what, bytes) in cases.drain(..) {
             let mut s = connect(addr);

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::Decodable;
 use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const TCP_CONSUMERS: usize = 1000;
@@ -41,8 +40,8 @@ fn step(c: &mut Conn, end: i64) -> Result<Duration, String> {
     c.s.write_all(&req).map_err(|e| format!("send: {e}"))?;
     let mut b = read_response(&mut c.s).map_err(|e| format!("receive: {e}"))?;
     let rtt = t0.elapsed();
-    ResponseHeader::decode(&mut b, 0).map_err(|e| e.to_string())?;
-    let r = FetchResponse::decode(&mut b, 11).map_err(|e| e.to_string())?;
+    let r: FetchResponse = kxgw::kafka::frame::decode_response(ApiKey::Fetch, 11, 42, &mut b)
+        .map_err(|e| e.to_string())?;
     let p = &r.responses[0].partitions[0];
     if p.error_code != 0 {
         return Err(format!("error code {} at {}", p.error_code, c.offset));

@@ -13,7 +13,6 @@
 pub mod client;
 pub mod consumer;
 pub mod gateway;
-pub mod kafka_fallback;
 pub mod server;
 pub mod token;
 pub mod udp;

@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::ResponseHeader;
 use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::Encodable;
+
+use super::frame::encode_response_into;
 
 /// A byte range of an open file (a log segment). The `Arc<File>` keeps the inode readable
 /// even if retention deletes the segment while the response is in flight.
@@ -168,7 +169,8 @@ pub struct EncodeError {
     pub source: anyhow::Error,
 }
 
-/// Encodes a whole response frame: `i32 length ++ header ++ body`, splicing `holes`.
+/// Encodes a whole response frame: `i32 length ++ header ++ body`, splicing `holes`. The
+/// framing is [`encode_response_into`]'s; this only supplies the splicing buffer.
 pub fn encode_response<M: Encodable>(
     what: &'static str,
     correlation_id: i32,
@@ -182,26 +184,18 @@ pub fn encode_response<M: Encodable>(
         version,
         source,
     };
-    let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    let header_len = header.compute_size(header_version).map_err(err)?;
-    let body_len = body.compute_size(version).map_err(err)?;
-    let total = header_len + body_len;
-    let frame_len = i32::try_from(total).map_err(|_| {
-        err(anyhow::anyhow!(
-            "response of {total} bytes exceeds the i32 frame"
-        ))
-    })?;
     let file_bytes: usize = holes.iter().map(|h| h.range.len).sum();
-    let mut buf = SpliceBuf::new(4 + total.saturating_sub(file_bytes), holes);
-    buf.put_i32(frame_len);
-    header.encode(&mut buf, header_version).map_err(err)?;
-    body.encode(&mut buf, version).map_err(err)?;
+    let mut expected = 0;
+    let buf = encode_response_into(correlation_id, header_version, body, version, |size| {
+        expected = size;
+        SpliceBuf::new(size.saturating_sub(file_bytes), holes)
+    })
+    .map_err(err)?;
     let written = buf.offset();
     let (chunks, spliced) = buf.finish();
-    if written != 4 + total || spliced != holes.len() {
+    if written != expected || spliced != holes.len() {
         return Err(err(anyhow::anyhow!(
-            "encoded {written} bytes / {spliced} file ranges, expected {} / {}",
-            4 + total,
+            "encoded {written} bytes / {spliced} file ranges, expected {expected} / {}",
             holes.len()
         )));
     }
@@ -214,8 +208,8 @@ mod tests {
     use kafka_protocol::messages::fetch_response::{
         FetchResponse, FetchableTopicResponse, PartitionData,
     };
-    use kafka_protocol::messages::TopicName;
-    use kafka_protocol::protocol::{Decodable, StrBytes};
+    use kafka_protocol::messages::{ApiKey, TopicName};
+    use kafka_protocol::protocol::StrBytes;
     use std::io::Write;
 
     fn materialise(chunks: &[Chunk]) -> Vec<u8> {
@@ -286,11 +280,12 @@ mod tests {
             let reference = encode_response("Fetch", 42, hv, &resp, version, &[]).unwrap();
             assert_eq!(reference.len(), 1);
             assert_eq!(wire, materialise(&reference), "v{version}");
-            let frame_len = i32::from_be_bytes(wire[0..4].try_into().unwrap()) as usize;
-            assert_eq!(frame_len, wire.len() - 4);
-            let mut body = Bytes::copy_from_slice(&wire[4..]);
-            ResponseHeader::decode(&mut body, hv).unwrap();
-            let back = FetchResponse::decode(&mut body, version).unwrap();
+            let mut wire = Bytes::from(wire);
+            let mut body = crate::kafka::frame::split_response(&mut wire).unwrap();
+            assert_eq!(wire.len(), 0);
+            let back: FetchResponse =
+                crate::kafka::frame::decode_response(ApiKey::Fetch, version, 42, &mut body)
+                    .unwrap();
             let recs = &back.responses[0].partitions;
             assert_eq!(recs[0].records.as_deref(), Some(&content[100..400]));
             assert_eq!(recs[1].records.as_deref(), Some(&content[1000..4000]));

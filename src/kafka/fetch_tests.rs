@@ -426,12 +426,11 @@ fn list_offsets_v0_by_hand() {
         req.put_i64(ts);
         req.put_i32(1);
     }
-    let mut frame = (req.len() as i32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&req);
-    let out = h.feed(&frame).unwrap();
-    let mut b = Bytes::from(out);
-    assert_eq!(b.get_i32() as usize, b.remaining());
-    assert_eq!(b.get_i32(), 31);
+    let out = h.feed(&crate::kafka::frame::size_prefixed(&req)).unwrap();
+    let mut wire = Bytes::from(out);
+    let mut b = crate::kafka::frame::split_response(&mut wire).unwrap();
+    assert_eq!(wire.len(), 0, "one whole response frame");
+    crate::kafka::frame::decode_response_header(ApiKey::ListOffsets, 0, 31, &mut b).unwrap();
     assert_eq!(b.get_i32(), 1);
     assert_eq!(b.get_i16(), 1);
     assert_eq!(b.split_to(1).as_ref(), b"t");

@@ -1,10 +1,17 @@
-//! Request framing: `i32 size ++ size bytes`. A size that is negative, too small for a request
-//! header, or above the limit means the peer is not speaking the protocol (or is hostile):
-//! the connection is closed, as a Kafka broker does (`InvalidReceiveException`).
+//! Framing: `i32 size ++ size bytes`, for requests and responses. A request size that is
+//! negative, too small for a request header, or above the limit means the peer is not speaking
+//! the protocol (or is hostile): the connection is closed, as a Kafka broker does
+//! (`InvalidReceiveException`).
+//!
+//! Every frame the crate and its tools write or read goes through here: [`encode_request`] and
+//! [`decode_response`] on the client side, [`encode_response_into`] on the server side (the
+//! listener's writer splices file ranges through it), [`Framer`] for the requests it receives.
 
+use anyhow::{bail, Context};
 use bytes::{Buf, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader};
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::buf::ByteBufMut;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 /// Smallest request: api_key(2) + api_version(2) + correlation_id(4) + client_id length(2).
 pub const MIN_REQUEST: usize = 10;
@@ -115,6 +122,110 @@ pub fn encode_request<R: Encodable>(
     Ok(buf.to_vec())
 }
 
+/// `frame` with its `i32` size in front: for frames written by hand (versions the codec does
+/// not have, malformed requests in tests).
+pub fn size_prefixed(frame: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + frame.len());
+    out.extend_from_slice(&(frame.len() as i32).to_be_bytes());
+    out.extend_from_slice(frame);
+    out
+}
+
+/// A body encoded already (a version the codec does not have, such as ListOffsets v0), so it
+/// can be framed by [`encode_response_into`] like any message.
+pub struct RawBody<'a>(pub &'a [u8]);
+
+impl Encodable for RawBody<'_> {
+    fn encode<B: ByteBufMut>(&self, buf: &mut B, _version: i16) -> anyhow::Result<()> {
+        buf.put_slice(self.0);
+        Ok(())
+    }
+
+    fn compute_size(&self, _version: i16) -> anyhow::Result<usize> {
+        Ok(self.0.len())
+    }
+}
+
+/// Encodes one response frame: the `i32` size, the response header (`header_version`, with
+/// `correlation_id`), then `body` at `version`, into the buffer `new_buf` makes for a frame of
+/// the given total size. The listener passes a buffer that splices file ranges; others pass
+/// `BytesMut::with_capacity`.
+pub fn encode_response_into<B: ByteBufMut, M: Encodable>(
+    correlation_id: i32,
+    header_version: i16,
+    body: &M,
+    version: i16,
+    new_buf: impl FnOnce(usize) -> B,
+) -> anyhow::Result<B> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let total = header.compute_size(header_version)? + body.compute_size(version)?;
+    let Ok(frame_len) = i32::try_from(total) else {
+        bail!("response of {total} bytes exceeds the i32 frame");
+    };
+    let mut buf = new_buf(4 + total);
+    buf.put_i32(frame_len);
+    header.encode(&mut buf, header_version)?;
+    body.encode(&mut buf, version)?;
+    Ok(buf)
+}
+
+/// Largest response a client accepts (a bad size prefix must not allocate gigabytes).
+pub const MAX_RESPONSE: usize = 256 << 20;
+
+/// The size a response frame's `i32` prefix announces, checked against [`MAX_RESPONSE`].
+pub fn response_size(prefix: [u8; 4]) -> anyhow::Result<usize> {
+    let n = i32::from_be_bytes(prefix);
+    match usize::try_from(n) {
+        Ok(n) if n <= MAX_RESPONSE => Ok(n),
+        _ => bail!("response frame of {n} bytes"),
+    }
+}
+
+/// Takes the first whole response frame (without its size prefix) off the front of `wire`.
+pub fn split_response(wire: &mut Bytes) -> anyhow::Result<Bytes> {
+    let Some(prefix) = wire.get(..4) else {
+        bail!("{} bytes: no response size", wire.len());
+    };
+    let n = response_size(prefix.try_into()?)?;
+    if wire.len() < 4 + n {
+        bail!("response frame of {n} bytes, {} received", wire.len() - 4);
+    }
+    wire.advance(4);
+    Ok(wire.split_to(n))
+}
+
+/// Decodes the response header at the front of `frame` (a response frame without its size
+/// prefix) in the header version `key` and `version` call for and checks it answers
+/// `correlation`; `frame` is left holding the body.
+pub fn decode_response_header(
+    key: ApiKey,
+    version: i16,
+    correlation: i32,
+    frame: &mut Bytes,
+) -> anyhow::Result<()> {
+    let h = ResponseHeader::decode(frame, key.response_header_version(version))
+        .context("decoding the response header")?;
+    if h.correlation_id != correlation {
+        bail!(
+            "correlation id {} in answer to {correlation}",
+            h.correlation_id
+        );
+    }
+    Ok(())
+}
+
+/// Decodes one response (header checked by [`decode_response_header`], then the body);
+/// whatever follows the response in `frame` is left there.
+pub fn decode_response<R: Decodable>(
+    key: ApiKey,
+    version: i16,
+    correlation: i32,
+    frame: &mut Bytes,
+) -> anyhow::Result<R> {
+    decode_response_header(key, version, correlation, frame)?;
+    R::decode(frame, version).with_context(|| format!("decoding a {key:?} v{version} response"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +248,39 @@ mod tests {
             }
             assert_eq!(got, vec![10, 33, 1000], "step {step}");
             assert_eq!(f.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn responses_round_trip_and_bad_frames_are_refused() {
+        use kafka_protocol::messages::MetadataResponse;
+        let body = MetadataResponse::default().with_throttle_time_ms(7);
+        for version in [3i16, 9] {
+            let key = ApiKey::Metadata;
+            let hv = key.response_header_version(version);
+            let wire = encode_response_into(5, hv, &body, version, BytesMut::with_capacity)
+                .unwrap()
+                .freeze();
+            // Two frames back to back: each is taken off whole.
+            let mut two = Bytes::from([wire.as_ref(), wire.as_ref()].concat());
+            for _ in 0..2 {
+                let mut f = split_response(&mut two).unwrap();
+                let got: MetadataResponse = decode_response(key, version, 5, &mut f).unwrap();
+                assert_eq!(got, body);
+                assert_eq!(f.len(), 0);
+            }
+            assert!(split_response(&mut two).is_err());
+            let mut f = wire.slice(4..);
+            assert!(decode_response::<MetadataResponse>(key, version, 6, &mut f).is_err());
+            let mut short = wire.slice(..wire.len() - 1);
+            assert!(split_response(&mut short).is_err());
+        }
+        let raw =
+            encode_response_into(31, 0, &RawBody(&[1, 2]), 0, BytesMut::with_capacity).unwrap();
+        assert_eq!(raw.as_ref(), &[0, 0, 0, 6, 0, 0, 0, 31, 1, 2]);
+        assert_eq!(size_prefixed(&[9]), vec![0, 0, 0, 1, 9]);
+        for prefix in [-1i32, (MAX_RESPONSE + 1) as i32] {
+            assert!(response_size(prefix.to_be_bytes()).is_err(), "{prefix}");
         }
     }
 

@@ -1,7 +1,8 @@
 //! The Kafka-protocol TCP listener (consumer subset): the fallback path for ordinary NICs and
 //! stock clients (kcat, kafka-python, librdkafka), and the sendfile / copy baselines.
 //!
-//! - [`frame`]: request length prefixes and their limits.
+//! - [`frame`]: request and response framing (size prefix, header, correlation id) and its
+//!   limits, for the listener and every client.
 //! - [`bounds`]: array counts checked against the body size before the codec allocates.
 //! - [`apis`]: one handler per served API (ApiVersions, Metadata, ListOffsets, Fetch) and
 //!   refusals for the rest.
@@ -10,10 +11,13 @@
 //! - [`outq`]: writing chunks to a non-blocking socket with sendfile(2) or pread + send.
 //! - [`server`]: the mio event loop that owns the sockets.
 //! - [`stats`]: the counters printed on SIGUSR1 and every `--stats-interval`.
+//! - [`client`]: the one blocking Kafka client (the `kxgw consume` fallback, the benches and
+//!   the tests).
 
 pub mod apis;
 pub mod bounds;
 pub mod chunk;
+pub mod client;
 #[cfg(test)]
 mod fetch_tests;
 pub mod frame;

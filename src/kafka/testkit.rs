@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::messages::{ApiKey, ResponseHeader};
+use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use super::apis::{Ctx, NodeInfo};
@@ -72,12 +72,10 @@ pub fn request<Req: Encodable>(key: ApiKey, version: i16, corr: i32, req: &Req) 
 }
 
 pub fn decode_response<Resp: Decodable>(key: ApiKey, version: i16, corr: i32, wire: &[u8]) -> Resp {
-    let len = i32::from_be_bytes(wire[0..4].try_into().unwrap()) as usize;
-    assert_eq!(len + 4, wire.len(), "exactly one whole response frame");
-    let mut b = Bytes::copy_from_slice(&wire[4..]);
-    let h = ResponseHeader::decode(&mut b, key.response_header_version(version)).unwrap();
-    assert_eq!(h.correlation_id, corr);
-    let resp = Resp::decode(&mut b, version).unwrap();
+    let mut wire = Bytes::copy_from_slice(wire);
+    let mut b = super::frame::split_response(&mut wire).unwrap();
+    assert_eq!(wire.len(), 0, "exactly one whole response frame");
+    let resp = super::frame::decode_response(key, version, corr, &mut b).unwrap();
     assert_eq!(
         b.remaining(),
         0,

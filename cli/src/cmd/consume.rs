@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use kxgw::fetch::consumer::UdpConsumer;
-use kxgw::fetch::kafka_fallback::KafkaFetcher;
 use kxgw::fetch::{ClientConfig, Event, StartAt, Subscription};
+use kxgw::kafka::client::KafkaFetcher;
 use kxgw::log::record::{decode_batch_refs, RecordRef};
 use kxgw::log::writer::{demo_key, demo_value_into};
 

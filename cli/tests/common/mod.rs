@@ -203,17 +203,11 @@ pub fn raw(key: i16, version: i16, body: &[u8]) -> Vec<u8> {
         f.push(0); // no tagged fields
     }
     f.extend_from_slice(body);
-    let mut out = (f.len() as i32).to_be_bytes().to_vec();
-    out.extend(f);
-    out
+    kxgw::kafka::frame::size_prefixed(&f)
 }
 
 pub fn read_response(s: &mut TcpStream) -> std::io::Result<Bytes> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)?;
-    let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf)?;
-    Ok(Bytes::from(buf))
+    kxgw::kafka::client::read_response(s).map_err(std::io::Error::other)
 }
 
 /// Sends one request and decodes its response.
@@ -247,9 +241,7 @@ fn call_rest<Req: Encodable, Resp: Decodable>(
 ) -> (Resp, Bytes) {
     s.write_all(&frame(key, version, req)).unwrap();
     let mut b = read_response(s).unwrap();
-    let h = ResponseHeader::decode(&mut b, key.response_header_version(version)).unwrap();
-    assert_eq!(h.correlation_id, 42);
-    let r = Resp::decode(&mut b, version).unwrap();
+    let r = kxgw::kafka::frame::decode_response(key, version, 42, &mut b).unwrap();
     (r, b)
 }
 
@@ -360,8 +352,8 @@ pub fn consume_paced(
             conn = None;
             continue;
         };
-        let _ = ResponseHeader::decode(&mut b, 0).map_err(|e| e.to_string())?;
-        let r = FetchResponse::decode(&mut b, 11).map_err(|e| e.to_string())?;
+        let r: FetchResponse = kxgw::kafka::frame::decode_response(ApiKey::Fetch, 11, 42, &mut b)
+            .map_err(|e| e.to_string())?;
         let p = &r.responses[0].partitions[0];
         if p.error_code != 0 {
             return Err(format!("error {} at offset {offset}", p.error_code));

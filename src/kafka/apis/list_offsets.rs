@@ -90,6 +90,7 @@ pub mod v0 {
 
     use super::{lookup, Ctx};
     use crate::kafka::chunk::Chunk;
+    use crate::kafka::frame::{encode_response_into, RawBody};
     use crate::kafka::stats::inc;
 
     /// Why a v0 request does not decode.
@@ -163,8 +164,6 @@ pub mod v0 {
     ) -> Result<Vec<Chunk>, DecodeError> {
         let topics = decode(body)?;
         let mut out = BytesMut::new();
-        out.put_i32(0); // frame length, filled below
-        out.put_i32(correlation_id); // response header v0
         out.put_i32(topics.len() as i32);
         for (name, parts) in &topics {
             out.put_i16(name.len() as i16);
@@ -186,8 +185,14 @@ pub mod v0 {
                 }
             }
         }
-        let len = (out.len() - 4) as i32;
-        out[0..4].copy_from_slice(&len.to_be_bytes());
-        Ok(vec![Chunk::Mem(out.freeze())])
+        let frame = encode_response_into(
+            correlation_id,
+            0,
+            &RawBody(&out),
+            0,
+            BytesMut::with_capacity,
+        )
+        .map_err(|_| DecodeError("response larger than a frame"))?;
+        Ok(vec![Chunk::Mem(frame.freeze())])
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 
 use super::batches;
-use super::kafka_client::{FetchParams, KafkaFetcher};
+use kxgw::kafka::client::{FetchParams, Fetcher};
 use kxgw::log::writer::{NewRecord, PartitionWriter, WriterConfig};
 
 /// Prefix of a stamped value: `kxts` + 20 decimal digits of ns since the epoch.
@@ -152,7 +152,7 @@ pub fn tail_kafka(bootstrap: &str, topic: &str, max_wait_ms: i32, t: Tail) -> Re
         deadline,
         wait,
     } = t;
-    let mut f = KafkaFetcher::connect(bootstrap, topic, 11)?;
+    let mut f = Fetcher::connect(bootstrap, topic, 11, "kxgw-bench")?;
     let bound = Duration::from_millis(max_wait_ms as u64) + Duration::from_secs(10);
     f.set_timeout(bound)?;
     if wait == Wait::Spin {

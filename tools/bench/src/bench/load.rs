@@ -6,9 +6,9 @@ use std::sync::Barrier;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use kxgw::kafka::client::{FetchParams, Fetcher};
 
 use super::batches;
-use super::kafka_client::{FetchParams, KafkaFetcher};
 use super::Throughput;
 
 /// What the load consumers do.
@@ -35,7 +35,7 @@ pub struct LoadConfig {
 }
 
 fn consume_one(cfg: &LoadConfig, start: &Barrier) -> Result<(u64, u64)> {
-    let conn = KafkaFetcher::connect(&cfg.bootstrap, &cfg.topic, cfg.version)
+    let conn = Fetcher::connect(&cfg.bootstrap, &cfg.topic, cfg.version, "kxgw-bench")
         .and_then(|f| f.set_timeout(Duration::from_secs(30)).map(|()| f));
     // Wait even when connecting failed, or the others would wait for us forever.
     start.wait();

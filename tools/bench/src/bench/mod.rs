@@ -2,8 +2,9 @@
 //! `scripts/bench.sh`. They are measuring instruments, not product paths:
 //!
 //! - [`batches`]: walks and CRC-checks the record batches a consumer received;
-//! - [`kafka_client`]: a minimal blocking Kafka Fetch client (kcat is too slow to measure with);
-//! - [`load`]: N concurrent Kafka consumers of one partition, consumer-side throughput;
+//! - [`load`]: N concurrent Kafka consumers of one partition, consumer-side throughput (with
+//!   the library's blocking client `kxgw::kafka::client::Fetcher`; kcat is too slow to measure
+//!   with);
 //! - [`fetch_load`]: the same over the kxgw fetch protocol;
 //! - [`sendfile_loop`]: a protocol-free sendfile(2) server and stream reader, the ceiling of the
 //!   sendfile path on the same link;
@@ -12,7 +13,6 @@
 
 pub mod batches;
 pub mod fetch_load;
-pub mod kafka_client;
 pub mod latency;
 pub mod load;
 pub mod raw_udp;
