@@ -3,8 +3,9 @@
 //!
 //! - [`frame`]: request length prefixes and their limits.
 //! - [`bounds`]: array counts checked against the body size before the codec allocates.
-//! - [`apis`]: one handler per served API (ApiVersions, Metadata, ListOffsets, Fetch) and
-//!   refusals for the rest.
+//! - [`apis`]: one handler per served API (ApiVersions, Metadata, ListOffsets, Fetch, the
+//!   group coordinator APIs) and refusals for the rest.
+//! - [`group`]: the group coordinator (classic protocol) and its durable offsets.
 //! - [`chunk`]: responses as in-memory pieces and segment-file ranges, spliced at encode time.
 //! - [`session`]: one connection as a sans-I/O state machine (bytes in, chunks out).
 //! - [`outq`]: writing chunks to a non-blocking socket with sendfile(2) or pread + send.
@@ -17,6 +18,9 @@ pub mod chunk;
 #[cfg(test)]
 mod fetch_tests;
 pub mod frame;
+pub mod group;
+#[cfg(test)]
+mod group_session_tests;
 pub mod outq;
 pub mod server;
 pub mod session;
