@@ -41,7 +41,10 @@ fn require(cmd: &str, what: &str) {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "{what} is needed by this test (scripts/install-deps.sh installs it)");
+    assert!(
+        ok,
+        "{what} is needed by this test (scripts/install-deps.sh installs it)"
+    );
 }
 
 fn require_client(c: Client) {
@@ -189,7 +192,12 @@ fn setup(tag: &str) -> (TestNet, tempfile::TempDir, PathBuf, PathBuf) {
         &dir,
         TOPIC,
         PER_PARTITION,
-        &["--partitions", &PARTITIONS.to_string(), "--record-size", "100"],
+        &[
+            "--partitions",
+            &PARTITIONS.to_string(),
+            "--record-size",
+            "100",
+        ],
     );
     let state = work.path().join("state");
     (net, work, dir, state)
@@ -210,7 +218,12 @@ fn describe(members: &[&Member]) -> String {
             format!(
                 "member {i}: {} records, {assigned:?}\nstderr: {}",
                 m.records().len(),
-                m.stderr().lines().rev().take(8).collect::<Vec<_>>().join(" | ")
+                m.stderr()
+                    .lines()
+                    .rev()
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
             )
         })
         .collect::<Vec<_>>()
@@ -238,8 +251,16 @@ fn three_members_exactly_once(client: Client, tag: &str) {
     let refs: Vec<&Member> = members.iter().collect();
     let seen = tally(&refs);
     let report = describe(&refs);
-    assert_eq!(got, TOTAL, "{client:?}: distinct records\n{report}\n{}", gw.log());
-    assert!(every_record(&seen).is_empty(), "{client:?}: records missing");
+    assert_eq!(
+        got,
+        TOTAL,
+        "{client:?}: distinct records\n{report}\n{}",
+        gw.log()
+    );
+    assert!(
+        every_record(&seen).is_empty(),
+        "{client:?}: records missing"
+    );
     let dups = seen.values().filter(|&&n| n > 1).count();
     assert_eq!(dups, 0, "{client:?}: records received twice\n{report}");
     let counts: Vec<usize> = refs.iter().map(|m| m.records().len()).collect();
@@ -291,12 +312,19 @@ fn a_killed_member_is_expelled_and_its_partitions_reassigned() {
         .collect();
     let refs: Vec<&Member> = members.iter().collect();
     let before = wait_distinct(&refs, TOTAL / 4, Duration::from_secs(120));
-    assert!(before >= TOTAL / 4, "group never got going\n{}", describe(&refs));
+    assert!(
+        before >= TOTAL / 4,
+        "group never got going\n{}",
+        describe(&refs)
+    );
     let killed_at = Instant::now();
     members[0].kill();
     let lost: Vec<i32> = {
         let out = members[0].output();
-        let last = out.lines().rfind(|l| l.starts_with("assigned ")).unwrap_or("");
+        let last = out
+            .lines()
+            .rfind(|l| l.starts_with("assigned "))
+            .unwrap_or("");
         last.trim_start_matches("assigned ")
             .split(',')
             .filter_map(|p| p.parse().ok())
@@ -311,7 +339,12 @@ fn a_killed_member_is_expelled_and_its_partitions_reassigned() {
     }
     let refs: Vec<&Member> = members.iter().collect();
     let report = describe(&refs);
-    assert_eq!(got, TOTAL, "every record after the kill\n{report}\n{}", gw.log());
+    assert_eq!(
+        got,
+        TOTAL,
+        "every record after the kill\n{report}\n{}",
+        gw.log()
+    );
     // The survivors took over the dead member's partitions.
     for p in &lost {
         let taken = members[1..].iter().any(|m| {
@@ -319,7 +352,11 @@ fn a_killed_member_is_expelled_and_its_partitions_reassigned() {
                 .lines()
                 .filter(|l| l.starts_with("assigned "))
                 .skip(1)
-                .any(|l| l.trim_start_matches("assigned ").split(',').any(|x| x == p.to_string()))
+                .any(|l| {
+                    l.trim_start_matches("assigned ")
+                        .split(',')
+                        .any(|x| x == p.to_string())
+                })
         });
         assert!(taken, "partition {p} reassigned\n{report}");
     }
@@ -377,7 +414,10 @@ fn after_a_gateway_sigkill_a_rejoining_consumer_resumes_from_committed_offsets()
     gw.child.0.wait().unwrap();
     let gw = start_gateway(&net, &dir, work.path(), &state);
     let log = gw.log();
-    assert!(log.contains("committed offsets of 1 groups reloaded"), "{log}");
+    assert!(
+        log.contains("committed offsets of 1 groups reloaded"),
+        "{log}"
+    );
     let mut second = Member::start(&net, client, &gw, "resume", work.path(), &[]);
     let got = wait_distinct(&[&first, &second], TOTAL, Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(2));
@@ -390,11 +430,18 @@ fn after_a_gateway_sigkill_a_rejoining_consumer_resumes_from_committed_offsets()
     }
     for (p, start) in &firsts {
         let want = committed.get(p).map_or(0, |o| o + 1);
-        assert_eq!(*start, want, "partition {p} resumes from its committed offset");
+        assert_eq!(
+            *start, want,
+            "partition {p} resumes from its committed offset"
+        );
     }
     let seen = tally(&[&first, &second]);
     assert!(every_record(&seen).is_empty());
-    assert_eq!(seen.values().filter(|&&n| n > 1).count(), 0, "nothing twice");
+    assert_eq!(
+        seen.values().filter(|&&n| n > 1).count(),
+        0,
+        "nothing twice"
+    );
     eprintln!(
         "first consumer committed {FIRST} records {committed:?}; after SIGKILL + restart the \
          second received {} (resumed at {firsts:?})",
@@ -452,7 +499,10 @@ fn two_groups_progress_independently_and_stats_show_their_lag() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("[group]"), "{text}");
-    assert!(text.contains("group=ga") && text.contains("group=gb"), "{text}");
+    assert!(
+        text.contains("group=ga") && text.contains("group=gb"),
+        "{text}"
+    );
     eprintln!("group ga lag {lag_a:?} after 80000 records, group gb lag {lag_b:?}\n{text}");
     gw.stop();
 }

@@ -110,7 +110,8 @@ impl Running {
             let stats = k.stats_handle();
             metrics.register(move |w| stats.write_metrics(w));
             let (groups, log) = (k.groups(), k.log());
-            metrics.register(move |w| crate::kafka::group::metrics::write_metrics(&groups, &log, w));
+            metrics
+                .register(move |w| crate::kafka::group::metrics::write_metrics(&groups, &log, w));
         }
         if let Some(f) = &self.fetch {
             f.register_metrics(metrics);

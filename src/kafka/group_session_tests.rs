@@ -32,9 +32,10 @@ fn join_req(member: &str) -> JoinGroupRequest {
         .with_rebalance_timeout_ms(30_000)
         .with_member_id(StrBytes::from_string(member.into()))
         .with_protocol_type(StrBytes::from_static_str("consumer"))
-        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default()
-            .with_name(StrBytes::from_static_str("range"))
-            .with_metadata(Bytes::from_static(b"m"))])
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+        )
+        .with_name(StrBytes::from_static_str("range"))
+        .with_metadata(Bytes::from_static(b"m"))])
 }
 
 /// Splits concatenated response frames.
@@ -124,7 +125,8 @@ fn parked_join_holds_back_later_requests_and_answers_in_order() {
     let d: DescribeGroupsResponse = leader.call(
         ApiKey::DescribeGroups,
         5,
-        &DescribeGroupsRequest::default().with_groups(vec![GroupId(StrBytes::from_static_str("g"))]),
+        &DescribeGroupsRequest::default()
+            .with_groups(vec![GroupId(StrBytes::from_static_str("g"))]),
     );
     assert_eq!(d.groups[0].group_state.as_str(), "Stable");
     assert_eq!(d.groups[0].members.len(), 2);
@@ -164,8 +166,8 @@ fn every_version_of_every_group_api_answers() {
     for v in 0..=5 {
         let r: SyncGroupResponse = h.call(ApiKey::SyncGroup, v, &SyncGroupRequest::default());
         assert_eq!(r.error_code, 25, "v{v}");
-        let mut req = LeaveGroupRequest::default()
-            .with_group_id(GroupId(StrBytes::from_static_str("g")));
+        let mut req =
+            LeaveGroupRequest::default().with_group_id(GroupId(StrBytes::from_static_str("g")));
         if v < 3 {
             req = req.with_member_id(StrBytes::from_static_str("x"));
         } else {
@@ -188,21 +190,25 @@ fn every_version_of_every_group_api_answers() {
         let req = OffsetCommitRequest::default()
             .with_group_id(GroupId(StrBytes::from_static_str("g")))
             .with_generation_id_or_member_epoch(-1)
-            .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
-                .with_name(TopicName(StrBytes::from_static_str("t")))
-                .with_partitions(vec![
-                    offset_commit_request::OffsetCommitRequestPartition::default()
-                        .with_committed_offset(5),
-                ])]);
+            .with_topics(vec![
+                offset_commit_request::OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partitions(vec![
+                        offset_commit_request::OffsetCommitRequestPartition::default()
+                            .with_committed_offset(5),
+                    ]),
+            ]);
         let r: OffsetCommitResponse = h.call(ApiKey::OffsetCommit, v, &req);
         assert_eq!(r.topics[0].partitions[0].error_code, 3, "v{v}");
     }
     for v in 1..=9 {
         let mut req = OffsetFetchRequest::default()
             .with_group_id(GroupId(StrBytes::from_static_str("g")))
-            .with_topics(Some(vec![offset_fetch_request::OffsetFetchRequestTopic::default()
-                .with_name(TopicName(StrBytes::from_static_str("t")))
-                .with_partition_indexes(vec![0])]));
+            .with_topics(Some(vec![
+                offset_fetch_request::OffsetFetchRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partition_indexes(vec![0]),
+            ]));
         if v >= 8 {
             req = OffsetFetchRequest::default().with_groups(vec![
                 offset_fetch_request::OffsetFetchRequestGroup::default()
@@ -233,8 +239,8 @@ fn every_version_of_every_group_api_answers() {
         assert_eq!(r.groups[0].group_state.as_str(), "Dead");
         assert_eq!(r.groups[0].error_code, if v >= 6 { 69 } else { 0 });
     }
-    let req = OffsetDeleteRequest::default()
-        .with_group_id(GroupId(StrBytes::from_static_str("none")));
+    let req =
+        OffsetDeleteRequest::default().with_group_id(GroupId(StrBytes::from_static_str("none")));
     let r: OffsetDeleteResponse = h.call(ApiKey::OffsetDelete, 0, &req);
     assert_eq!(r.error_code, 69, "GROUP_ID_NOT_FOUND");
 }

@@ -290,12 +290,15 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let mut accept_warned = false;
         loop {
-            let next = match (self.next_deadline(), self.groups.lock().coord.next_deadline()) {
+            let next = match (
+                self.next_deadline(),
+                self.groups.lock().coord.next_deadline(),
+            ) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let timeout =
-                next.map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
+            let timeout = next
+                .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;

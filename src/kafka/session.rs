@@ -151,7 +151,8 @@ impl Session {
                 return Ok(());
             };
             self.group_wait = None;
-            self.out.push(group_apis::respond(&p, reply).map_err(group_error)?);
+            self.out
+                .push(group_apis::respond(&p, reply).map_err(group_error)?);
         }
         if let Some(p) = &self.parked {
             let expired = now >= p.deadline;
@@ -201,8 +202,8 @@ impl Session {
             return Ok(());
         }
         let header_version = key.request_header_version(version);
-        let header = RequestHeader::decode(&mut frame, header_version)
-            .map_err(|e| bad(format!("{e:#}")))?;
+        let header =
+            RequestHeader::decode(&mut frame, header_version).map_err(|e| bad(format!("{e:#}")))?;
         // The codec allocates arrays by their wire count before reading them: refuse counts
         // the body cannot hold before it sees them (see bounds).
         super::bounds::check(key, version, &frame).map_err(|e| bad(e.to_string()))?;

@@ -61,10 +61,7 @@ pub(super) fn describe(
                 let dead = base.with_group_state(StrBytes::from_static_str("Dead"));
                 return if v >= 6 {
                     dead.with_error_code(E::GroupIdNotFound.code())
-                        .with_error_message(Some(sb(&format!(
-                            "group {} not found",
-                            id.as_str()
-                        ))))
+                        .with_error_message(Some(sb(&format!("group {} not found", id.as_str()))))
                 } else {
                     dead
                 };

@@ -157,7 +157,10 @@ fn find_coordinator(
             E::CoordinatorNotAvailable.code(),
             Some("this gateway has no transaction coordinator"),
         ),
-        _ => (E::InvalidRequest.code(), Some("unknown coordinator key type")),
+        _ => (
+            E::InvalidRequest.code(),
+            Some("unknown coordinator key type"),
+        ),
     };
     let node = ctx.node;
     let (id, host, port) = if code == 0 {
@@ -336,7 +339,10 @@ fn leave(
     } else {
         vec![(s(&req.member_id), None)]
     };
-    let codes = groups.lock().coord.leave(&s(&req.group_id.0), &members, now);
+    let codes = groups
+        .lock()
+        .coord
+        .leave(&s(&req.group_id.0), &members, now);
     let mut resp = LeaveGroupResponse::default();
     if v >= 3 {
         resp.members = members

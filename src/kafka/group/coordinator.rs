@@ -207,8 +207,7 @@ impl Group {
             return true;
         }
         self.protocol_type.as_deref() == Some(p.protocol_type.as_str())
-            && p
-                .protocols
+            && p.protocols
                 .iter()
                 .any(|(name, _)| others.iter().all(|m| m.supports(name)))
     }
@@ -331,7 +330,10 @@ fn new_member_id(client_id: &str) -> String {
     } else {
         client_id
     };
-    format!("{prefix}-{}", uuid::Uuid::from_u128(rand::random()).simple())
+    format!(
+        "{prefix}-{}",
+        uuid::Uuid::from_u128(rand::random()).simple()
+    )
 }
 
 fn ms(v: i32) -> Duration {
@@ -603,7 +605,14 @@ impl Coordinator {
     }
 
     /// Loads an offset read back from the state store (the group is created Empty).
-    pub fn restore(&mut self, group: &str, topic: &str, partition: i32, c: Committed, now: Instant) {
+    pub fn restore(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        c: Committed,
+        now: Instant,
+    ) {
         self.groups
             .entry(group.to_string())
             .or_insert_with(|| Group::new(group, now));
@@ -998,11 +1007,7 @@ fn complete_join(g: &mut Group, mail: &mut Mailbox, now: Instant) {
         return;
     }
     g.protocol = g.select_protocol();
-    if !g
-        .leader
-        .as_ref()
-        .is_some_and(|l| g.members.contains_key(l))
-    {
+    if !g.leader.as_ref().is_some_and(|l| g.members.contains_key(l)) {
         g.leader = g.members.keys().next().cloned();
     }
     g.state = State::CompletingRebalance;

@@ -331,9 +331,7 @@ impl OffsetStore {
 
 /// Refuses a state directory inside the log directory (which kxgw never writes).
 pub fn check_state_dir(state: &Path, log_dir: &Path) -> Result<()> {
-    let abs = |p: &Path| -> PathBuf {
-        std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
-    };
+    let abs = |p: &Path| -> PathBuf { std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()) };
     let (s, l) = (abs(state), abs(log_dir));
     let l = l.canonicalize().unwrap_or(l);
     // The state dir may not exist yet: canonicalize its nearest existing ancestor.
