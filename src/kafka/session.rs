@@ -102,6 +102,11 @@ impl Session {
         }
     }
 
+    /// The group coordinator this connection talks to.
+    pub fn groups(&self) -> &Arc<Groups> {
+        &self.groups
+    }
+
     /// The coordinator waiter of a parked JoinGroup / SyncGroup.
     pub fn group_waiter(&self) -> Option<WaiterId> {
         self.group_wait.map(|p| p.waiter)
