@@ -246,6 +246,7 @@ impl Session {
             let caller = group_apis::Caller {
                 client_id,
                 host: &self.peer,
+                now,
             };
             let groups = Arc::clone(&self.groups);
             let answer = group_apis::handle(
@@ -256,7 +257,6 @@ impl Session {
                 version,
                 correlation_id,
                 &mut frame,
-                now,
             )
             .map_err(|e| match e {
                 GroupError::Decode(reason) => bad(reason),

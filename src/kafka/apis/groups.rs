@@ -70,12 +70,14 @@ pub enum GroupError {
     Encode(#[from] EncodeError),
 }
 
-/// Who sent a request.
+/// Who sent a request, and when it is handled.
 pub struct Caller<'a> {
     /// client_id of the request header.
     pub client_id: &'a str,
     /// Peer address.
     pub host: &'a str,
+    /// The time input of the coordinator.
+    pub now: Instant,
 }
 
 pub(super) fn decode<R: Decodable>(body: &mut Bytes, version: i16) -> Result<R, GroupError> {
@@ -113,8 +115,8 @@ pub fn handle(
     version: i16,
     correlation_id: i32,
     body: &mut Bytes,
-    now: Instant,
 ) -> Result<Answer, GroupError> {
+    let now = caller.now;
     let c = correlation_id;
     let v = version;
     match key {

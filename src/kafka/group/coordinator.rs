@@ -373,13 +373,18 @@ impl Coordinator {
         std::mem::take(&mut self.mail.woken)
     }
 
-    /// A parked request's connection went away: its reply, if any comes, is dropped.
+    /// A parked request's connection went away: nobody takes its reply. A member whose join
+    /// was parked counts as not rejoined again (expelled at its session timeout, or left out
+    /// when the rebalance times out), as when a broker's member connection drops.
     pub fn forget(&mut self, waiter: WaiterId) {
         self.mail.replies.remove(&waiter);
         for g in self.groups.values_mut() {
             for m in g.members.values_mut() {
                 if m.sync_waiter == Some(waiter) {
                     m.sync_waiter = None;
+                }
+                if m.join_waiter == Some(waiter) {
+                    m.join_waiter = None;
                 }
             }
         }

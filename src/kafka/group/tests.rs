@@ -147,7 +147,7 @@ fn three_members_join_in_one_generation_and_the_leader_assigns() {
     assert!(leader
         .members
         .iter()
-        .all(|m| m.metadata == Bytes::from("meta-cooperative-sticky")));
+        .all(|m| m.metadata == "meta-cooperative-sticky"));
     assert_eq!(c.group("g").unwrap().state, State::CompletingRebalance);
 }
 
@@ -411,4 +411,32 @@ fn a_member_id_never_used_lapses() {
     let j = join_reply(&mut c, wa);
     assert_eq!(j.member_id, a);
     assert_eq!(j.members.len(), 1);
+}
+
+#[test]
+fn a_member_whose_parked_join_connection_closed_is_left_out() {
+    let (mut c, ids, gen, t) = stable_group();
+    let (_new, w_new) = join_v4(&mut c, &["range"], t);
+    let w0 = match c.join(params(&ids[0], &["range"]), t) {
+        Outcome::Wait(w) => w,
+        o => panic!("{o:?}"),
+    };
+    let w1 = match c.join(params(&ids[1], &["range"]), t) {
+        Outcome::Wait(w) => w,
+        o => panic!("{o:?}"),
+    };
+    // ids[2] never rejoins; ids[1]'s connection closes while its join is parked.
+    c.forget(w1);
+    c.tick(t + Duration::from_millis(SESSION as u64 + 1));
+    let r = join_reply(&mut c, w_new);
+    assert_eq!(r.generation, gen + 1);
+    assert_eq!(join_reply(&mut c, w0).generation, gen + 1);
+    assert!(c.take_reply(w1).is_none());
+    let g = c.group("g").unwrap();
+    assert_eq!(
+        g.members.len(),
+        2,
+        "the closed and the silent member are gone"
+    );
+    assert!(!g.members.iter().any(|m| m.id == ids[1] || m.id == ids[2]));
 }
