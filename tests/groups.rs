@@ -485,7 +485,16 @@ fn two_groups_progress_independently_and_stats_show_their_lag() {
     }
     b.stop();
     assert_eq!(got_b, TOTAL, "group gb reads everything: {}", b.stderr());
-    assert!(a.output().contains("committed 80000"), "{}", a.stderr());
+    let out_a = a.output();
+    assert!(
+        out_a.contains("committed 80000"),
+        "group ga: exited {} after {} records, last line {:?}\nstderr: {}\n{}",
+        a.exited(),
+        tally(&[&a]).len(),
+        out_a.lines().last(),
+        a.stderr(),
+        gw.log()
+    );
     assert_eq!(tally(&[&a]).len(), PART);
     let lag_a = group_lag(&gw, "ga");
     let lag_b = group_lag(&gw, "gb");
