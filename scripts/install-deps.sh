@@ -10,7 +10,7 @@ APT_PACKAGES=(
   python3 python3-pip ruby vagrant systemd                              # kafka-python, Vagrantfile check, unit check
   xz-utils zstd binutils                                                # scripts/testvm.sh: guest modules, strip
 )
-PIP_PACKAGES=(kafka-python==2.3.3)
+PIP_PACKAGES=(kafka-python==2.3.3 confluent-kafka==2.16.1)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: run as root (apt-get install)" >&2
@@ -65,6 +65,19 @@ for spec in "${PIP_PACKAGES[@]}"; do
       python3 -m pip install -q --break-system-packages "$spec"
   fi
 done
+
+# kafkajs for cli/tests/groups.rs: node from Debian when missing, the package from cli/tests/js's lock.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "install-deps: apt-get install nodejs npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+js_dir="$(cd "$(dirname "$0")/.." && pwd)/cli/tests/js"
+if [ ! -d "$js_dir/node_modules/kafkajs" ]; then
+  echo "install-deps: npm ci in $js_dir"
+  (cd "$js_dir" && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 command -v cargo >/dev/null || {
   echo "install-deps: no cargo on PATH: install a Rust toolchain >= 1.82 (rustup) first" >&2

@@ -1,5 +1,6 @@
 mod cmd;
 mod flags;
+mod group_flags;
 mod metrics_http;
 
 use std::process::ExitCode;
@@ -21,7 +22,8 @@ enum Cmd {
     /// List and verify the batches of a log dir, partition dir or segment file.
     Inspect(cmd::inspect::Args),
     /// Serve partition logs to consumers (Kafka protocol over TCP, kxgw fetch over UDP).
-    Serve(cmd::serve::Args),
+    // Boxed: its flags make it far larger than the other variants (clippy::large_enum_variant).
+    Serve(Box<cmd::serve::Args>),
     /// Show a running gateway's counters (from its control socket).
     Stats(cmd::stats::Args),
     /// Consume a partition over the kxgw UDP fetch protocol (Kafka TCP fallback).
@@ -48,7 +50,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.cmd {
         Cmd::Produce(args) => cmd::produce::run(args),
         Cmd::Inspect(args) => cmd::inspect::run(args),
-        Cmd::Serve(args) => cmd::serve::run(args),
+        Cmd::Serve(args) => cmd::serve::run(*args),
         Cmd::Stats(args) => cmd::stats::run(args),
         Cmd::Consume(args) => cmd::consume::run(args),
         Cmd::Demo(args) => cmd::demo::run(args),

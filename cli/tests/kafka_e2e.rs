@@ -360,9 +360,20 @@ fn bad_input_gets_errors_or_a_closed_connection_while_others_are_served() {
             &mut s,
             ApiKey::FindCoordinator,
             3,
-            &FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g")),
+            &FindCoordinatorRequest::default()
+                .with_key(StrBytes::from_static_str("txn"))
+                .with_key_type(1),
         );
-        assert_eq!(r.error_code, 35, "group coordination is not served");
+        assert_eq!(r.error_code, 15, "no transaction coordinator");
+        let r: HeartbeatResponse = call_exact(
+            &mut s,
+            ApiKey::Heartbeat,
+            4,
+            &HeartbeatRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("g")))
+                .with_member_id(StrBytes::from_static_str("nobody")),
+        );
+        assert_eq!(r.error_code, 25, "unknown member");
 
         // Garbage, a hostile 2 GiB length prefix, a truncated frame: closed connections.
         let mut g = connect(addr);

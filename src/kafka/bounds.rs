@@ -13,8 +13,9 @@
 //! every walked request with the crate and check that the walk consumes them exactly.
 
 use kafka_protocol::messages::{
-    ApiKey, FetchRequest, FindCoordinatorRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
+    ApiKey, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::Message;
 
@@ -174,6 +175,57 @@ const OFFSET_FETCH: &[Field] = &[
     f(7, ANY, Kind::I8), // require_stable
 ];
 
+const JOIN_PROTOCOL: &[Field] = &[f(0, ANY, Kind::Str), f(0, ANY, Kind::Bytes)];
+const JOIN_GROUP: &[Field] = &[
+    f(0, ANY, Kind::Str), // group_id
+    f(0, ANY, Kind::I32), // session_timeout_ms
+    f(1, ANY, Kind::I32), // rebalance_timeout_ms
+    f(0, ANY, Kind::Str), // member_id
+    f(5, ANY, Kind::Str), // group_instance_id
+    f(0, ANY, Kind::Str), // protocol_type
+    f(0, ANY, Kind::Arr(JOIN_PROTOCOL)),
+    f(8, ANY, Kind::Str), // reason
+];
+
+const SYNC_ASSIGNMENT: &[Field] = &[f(0, ANY, Kind::Str), f(0, ANY, Kind::Bytes)];
+const SYNC_GROUP: &[Field] = &[
+    f(0, ANY, Kind::Str), // group_id
+    f(0, ANY, Kind::I32), // generation_id
+    f(0, ANY, Kind::Str), // member_id
+    f(3, ANY, Kind::Str), // group_instance_id
+    f(5, ANY, Kind::Str), // protocol_type
+    f(5, ANY, Kind::Str), // protocol_name
+    f(0, ANY, Kind::Arr(SYNC_ASSIGNMENT)),
+];
+
+const LEAVE_MEMBER: &[Field] = &[
+    f(3, ANY, Kind::Str), // member_id
+    f(3, ANY, Kind::Str), // group_instance_id
+    f(5, ANY, Kind::Str), // reason
+];
+const LEAVE_GROUP: &[Field] = &[
+    f(0, ANY, Kind::Str), // group_id
+    f(0, 2, Kind::Str),   // member_id
+    f(3, ANY, Kind::Arr(LEAVE_MEMBER)),
+];
+
+const LIST_GROUPS: &[Field] = &[f(4, ANY, Kind::ArrStr), f(5, ANY, Kind::ArrStr)];
+
+const DESCRIBE_GROUPS: &[Field] = &[
+    f(0, ANY, Kind::ArrStr), // groups
+    f(3, ANY, Kind::I8),     // include_authorized_operations
+];
+
+const OFFSET_DELETE_PARTITION: &[Field] = &[f(0, ANY, Kind::I32)];
+const OFFSET_DELETE_TOPIC: &[Field] = &[
+    f(0, ANY, Kind::Str),
+    f(0, ANY, Kind::Arr(OFFSET_DELETE_PARTITION)),
+];
+const OFFSET_DELETE: &[Field] = &[
+    f(0, ANY, Kind::Str), // group_id
+    f(0, ANY, Kind::Arr(OFFSET_DELETE_TOPIC)),
+];
+
 /// The schema of `key`'s request body at `version`, with the first flexible version, when the
 /// gateway decodes that request with the codec (other requests are never decoded).
 fn schema(key: ApiKey, version: i16) -> Option<(&'static [Field], i16)> {
@@ -192,6 +244,12 @@ fn schema(key: ApiKey, version: i16) -> Option<(&'static [Field], i16)> {
         ),
         ApiKey::OffsetCommit => (OFFSET_COMMIT, 8, within::<OffsetCommitRequest>(version)),
         ApiKey::OffsetFetch => (OFFSET_FETCH, 6, within::<OffsetFetchRequest>(version)),
+        ApiKey::JoinGroup => (JOIN_GROUP, 6, within::<JoinGroupRequest>(version)),
+        ApiKey::SyncGroup => (SYNC_GROUP, 4, within::<SyncGroupRequest>(version)),
+        ApiKey::LeaveGroup => (LEAVE_GROUP, 4, within::<LeaveGroupRequest>(version)),
+        ApiKey::ListGroups => (LIST_GROUPS, 3, within::<ListGroupsRequest>(version)),
+        ApiKey::DescribeGroups => (DESCRIBE_GROUPS, 5, within::<DescribeGroupsRequest>(version)),
+        ApiKey::OffsetDelete => (OFFSET_DELETE, ANY, within::<OffsetDeleteRequest>(version)),
         _ => return None,
     };
     ok.then_some((fields, flexible))
@@ -540,6 +598,90 @@ mod tests {
     }
 
     #[test]
+    fn membership_apis_every_version() {
+        assert_walks(ApiKey::JoinGroup, |v| {
+            let p = join_group_request::JoinGroupRequestProtocol::default()
+                .with_name(s("range"))
+                .with_metadata(bytes::Bytes::from_static(b"meta"));
+            let mut r = JoinGroupRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_session_timeout_ms(6000)
+                .with_rebalance_timeout_ms(9000)
+                .with_member_id(s("m"))
+                .with_protocol_type(s("consumer"))
+                .with_protocols(vec![p.clone(), p]);
+            if v >= 5 {
+                r.group_instance_id = Some(s("i"));
+            }
+            if v >= 8 {
+                r.reason = Some(s("why"));
+            }
+            r
+        });
+        assert_walks(ApiKey::SyncGroup, |v| {
+            let a = sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(s("m"))
+                .with_assignment(bytes::Bytes::from_static(b"a"));
+            let mut r = SyncGroupRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_generation_id(2)
+                .with_member_id(s("m"))
+                .with_assignments(vec![a.clone(), a]);
+            if v >= 3 {
+                r.group_instance_id = Some(s("i"));
+            }
+            if v >= 5 {
+                r.protocol_type = Some(s("consumer"));
+                r.protocol_name = Some(s("range"));
+            }
+            r
+        });
+        assert_walks(ApiKey::LeaveGroup, |v| {
+            let mut r = LeaveGroupRequest::default().with_group_id(GroupId(s("g")));
+            if v <= 2 {
+                r.member_id = s("m");
+            } else {
+                let mut m = leave_group_request::MemberIdentity::default()
+                    .with_member_id(s("m"))
+                    .with_group_instance_id(Some(s("i")));
+                if v >= 5 {
+                    m.reason = Some(s("bye"));
+                }
+                r.members = vec![m.clone(), m];
+            }
+            r
+        });
+        assert_walks(ApiKey::ListGroups, |v| {
+            let mut r = ListGroupsRequest::default();
+            if v >= 4 {
+                r.states_filter = vec![s("Stable"), s("Empty")];
+            }
+            if v >= 5 {
+                r.types_filter = vec![s("classic")];
+            }
+            r
+        });
+        assert_walks(ApiKey::DescribeGroups, |v| {
+            let mut r = DescribeGroupsRequest::default()
+                .with_groups(vec![GroupId(s("a")), GroupId(s("b"))]);
+            if v >= 3 {
+                r.include_authorized_operations = true;
+            }
+            r
+        });
+        assert_walks(ApiKey::OffsetDelete, |_| {
+            let p = offset_delete_request::OffsetDeleteRequestPartition::default()
+                .with_partition_index(3);
+            let t = offset_delete_request::OffsetDeleteRequestTopic::default()
+                .with_name(TopicName(s("t")))
+                .with_partitions(vec![p.clone(), p]);
+            OffsetDeleteRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_topics(vec![t.clone(), t])
+        });
+    }
+
+    #[test]
     fn group_apis_every_version() {
         assert_walks(ApiKey::FindCoordinator, |v| {
             let mut r = FindCoordinatorRequest::default();
@@ -635,6 +777,15 @@ mod tests {
             check(ApiKey::Metadata, 0, &[0, 0, 0, 1, 0, 1, b'x']),
             Ok(())
         );
+        // JoinGroup v5: group "g", timeouts, member "", no instance id, type "c", then a
+        // protocol count of 2^31 - 1 in a body with 2 bytes left.
+        let mut body = vec![0, 1, b'g'];
+        body.extend_from_slice(&[0; 8]);
+        body.extend_from_slice(&[0, 0, 0xff, 0xff, 0, 1, b'c']);
+        body.extend_from_slice(&i32::MAX.to_be_bytes());
+        body.extend_from_slice(&[0, 0]);
+        let e = check(ApiKey::JoinGroup, 5, &body).unwrap_err();
+        assert_eq!(e.count, i64::from(i32::MAX));
         // Requests the gateway never decodes are not walked.
         assert_eq!(check(ApiKey::Heartbeat, 4, &[0xff; 8]), Ok(()));
     }

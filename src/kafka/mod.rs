@@ -4,8 +4,9 @@
 //! - [`frame`]: request and response framing (size prefix, header, correlation id) and its
 //!   limits, for the listener and every client.
 //! - [`bounds`]: array counts checked against the body size before the codec allocates.
-//! - [`apis`]: one handler per served API (ApiVersions, Metadata, ListOffsets, Fetch) and
-//!   refusals for the rest.
+//! - [`apis`]: one handler per served API (ApiVersions, Metadata, ListOffsets, Fetch, the
+//!   group coordinator APIs) and refusals for the rest.
+//! - [`group`]: the group coordinator (classic protocol) and its durable offsets.
 //! - [`chunk`]: responses as in-memory pieces and segment-file ranges, spliced at encode time.
 //! - [`session`]: one connection as a sans-I/O state machine (bytes in, chunks out).
 //! - [`outq`]: writing chunks to a non-blocking socket with sendfile(2) or pread + send.
@@ -21,6 +22,9 @@ pub mod client;
 #[cfg(test)]
 mod fetch_tests;
 pub mod frame;
+pub mod group;
+#[cfg(test)]
+mod group_session_tests;
 pub mod outq;
 pub mod server;
 pub mod session;

@@ -7,6 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -17,6 +18,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::apis::{Ctx, NodeInfo};
+use super::group::{GroupConfig, Groups, WaiterId};
 use super::outq::IoMode;
 use super::session::Session;
 use super::stats::{add, inc, Stats};
@@ -44,6 +46,10 @@ pub struct KafkaConfig {
     /// produce requests; a consumer's requests are small (a fetch of 10,000 partitions is
     /// under 400 KiB), so 8 MiB bounds what one hostile connection can make us buffer.
     pub max_request_bytes: usize,
+    /// Where committed offsets are kept (None: in memory only, lost at exit).
+    pub state_dir: Option<PathBuf>,
+    /// Group coordinator settings.
+    pub groups: GroupConfig,
 }
 
 impl KafkaConfig {
@@ -54,6 +60,8 @@ impl KafkaConfig {
             io,
             advertised_host: None,
             max_request_bytes: 8 << 20,
+            state_dir: None,
+            groups: GroupConfig::default(),
         }
     }
 }
@@ -63,6 +71,8 @@ impl KafkaConfig {
 pub struct KafkaListener {
     local_addr: SocketAddr,
     stats: Arc<Stats>,
+    groups: Arc<Groups>,
+    log: Arc<LogDir>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
@@ -72,6 +82,13 @@ impl KafkaListener {
     /// Binds, registers the log-append hook and starts the event loop thread.
     pub fn start(cfg: KafkaConfig, log: Arc<LogDir>) -> Result<KafkaListener> {
         raise_fd_limit();
+        let groups = Arc::new(match &cfg.state_dir {
+            Some(dir) => {
+                super::group::store::check_state_dir(dir, log.path())?;
+                Groups::open(cfg.groups.clone(), dir)?
+            }
+            None => Groups::in_memory(cfg.groups.clone()),
+        });
         let listener = bind(cfg.listen)?;
         let local_addr = listener.local_addr()?;
         let host = match &cfg.advertised_host {
@@ -125,7 +142,9 @@ impl KafkaListener {
             parked: HashSet::new(),
             deadlines: BinaryHeap::new(),
             next_token: FIRST_CONN,
-            log,
+            groups: Arc::clone(&groups),
+            group_waits: HashMap::new(),
+            log: Arc::clone(&log),
             node,
             stats: Arc::clone(&stats),
             io: cfg.io,
@@ -150,6 +169,8 @@ impl KafkaListener {
         Ok(KafkaListener {
             local_addr,
             stats,
+            groups,
+            log,
             stop,
             waker,
             thread: Some(thread),
@@ -170,6 +191,16 @@ impl KafkaListener {
     /// `metrics.register(move |w| stats.write_metrics(w))`).
     pub fn stats_handle(&self) -> Arc<Stats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The log directory served.
+    pub fn log(&self) -> Arc<LogDir> {
+        Arc::clone(&self.log)
+    }
+
+    /// The group coordinator (for stats and metrics readers).
+    pub fn groups(&self) -> Arc<Groups> {
+        Arc::clone(&self.groups)
     }
 
     /// Stops the loop, closes every connection and waits for the thread.
@@ -235,6 +266,9 @@ struct EventLoop {
     /// replaced are skipped when they surface.
     deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
     next_token: usize,
+    groups: Arc<Groups>,
+    /// Connections with a parked JoinGroup / SyncGroup, by coordinator waiter.
+    group_waits: HashMap<WaiterId, Token>,
     log: Arc<LogDir>,
     node: NodeInfo,
     stats: Arc<Stats>,
@@ -256,8 +290,14 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let mut accept_warned = false;
         loop {
-            let timeout = self
-                .next_deadline()
+            let next = match (
+                self.next_deadline(),
+                self.groups.lock().coord.next_deadline(),
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = next
                 .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -277,7 +317,10 @@ impl EventLoop {
                         self.drive(t)
                     }
                 }
+                self.deliver_group_replies();
             }
+            self.groups.lock().tick(Instant::now());
+            self.deliver_group_replies();
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
@@ -373,7 +416,11 @@ impl EventLoop {
                         Conn {
                             stream,
                             peer,
-                            session: Session::new(self.max_request),
+                            session: Session::with_groups(
+                                self.max_request,
+                                Arc::clone(&self.groups),
+                                format!("/{}", peer.ip()),
+                            ),
                             read_eof: false,
                         },
                     );
@@ -402,8 +449,9 @@ impl EventLoop {
             .is_some_and(|c| c.session.is_parked());
         if gone {
             if let Some(mut c) = self.conns.remove(&token) {
-                log::debug!("kafka {}: hung up during a waiting fetch", c.peer);
+                log::debug!("kafka {}: hung up during a waiting request", c.peer);
                 self.parked.remove(&token);
+                self.forget_group_wait(&c);
                 let _ = self.poll.registry().deregister(&mut c.stream);
                 inc(&self.stats.conns_closed);
             }
@@ -435,6 +483,30 @@ impl EventLoop {
         }
     }
 
+    /// Drives the connections whose parked JoinGroup / SyncGroup got its reply (driving one
+    /// may complete others' rebalance, hence the loop).
+    fn deliver_group_replies(&mut self) {
+        loop {
+            let woken = self.groups.lock().coord.take_woken();
+            if woken.is_empty() {
+                return;
+            }
+            for w in woken {
+                if let Some(t) = self.group_waits.remove(&w) {
+                    self.drive(t);
+                }
+            }
+        }
+    }
+
+    /// A closing connection's parked group request will never be answered.
+    fn forget_group_wait(&mut self, conn: &Conn) {
+        if let Some(w) = conn.session.group_waiter() {
+            self.group_waits.remove(&w);
+            self.groups.lock().coord.forget(w);
+        }
+    }
+
     fn expire(&mut self) {
         let now = Instant::now();
         while let Some(&Reverse((d, t))) = self.deadlines.peek() {
@@ -455,6 +527,9 @@ impl EventLoop {
         let before = conn.session.deadline();
         match self.drive_conn(&mut conn) {
             Drive::Open => {
+                if let Some(w) = conn.session.group_waiter() {
+                    self.group_waits.insert(w, token);
+                }
                 match conn.session.deadline() {
                     Some(d) => {
                         self.parked.insert(token);
@@ -470,6 +545,7 @@ impl EventLoop {
             }
             Drive::Close => {
                 self.parked.remove(&token);
+                self.forget_group_wait(&conn);
                 let _ = self.poll.registry().deregister(&mut conn.stream);
                 inc(&self.stats.conns_closed);
             }

@@ -3,6 +3,7 @@
 //! ([`Session::advance`]). Requests are answered strictly in order, one at a time, as a Kafka
 //! broker does: a waiting (long-poll) fetch holds back the requests behind it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
@@ -11,9 +12,11 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::Decodable;
 
+use super::apis::groups::{self as group_apis, GroupError, Pending};
 use super::apis::{self, api_versions, fetch, list_offsets, metadata, unsupported, Ctx};
 use super::chunk::{Chunk, EncodeError};
 use super::frame::{FrameError, Framer};
+use super::group::{GroupConfig, Groups, WaiterId};
 use super::outq::OutQueue;
 use super::stats::inc;
 
@@ -71,16 +74,42 @@ pub struct Session {
     framer: Framer,
     out: OutQueue,
     parked: Option<Parked>,
+    /// The group coordinator this connection talks to.
+    groups: Arc<Groups>,
+    /// Peer address (DescribeGroups' client_host).
+    peer: String,
+    /// A JoinGroup or SyncGroup waiting for the rebalance (holds back later requests).
+    group_wait: Option<Pending>,
 }
 
 impl Session {
     /// A fresh connection refusing requests larger than `max_request` bytes.
+    /// Its group APIs talk to a coordinator of its own (tests, fuzzing).
     pub fn new(max_request: usize) -> Self {
+        let groups = Arc::new(Groups::in_memory(GroupConfig::default()));
+        Self::with_groups(max_request, groups, String::new())
+    }
+
+    /// A connection from `peer` whose group APIs go to the listener's coordinator.
+    pub fn with_groups(max_request: usize, groups: Arc<Groups>, peer: String) -> Self {
         Session {
             framer: Framer::new(max_request),
             out: OutQueue::default(),
             parked: None,
+            groups,
+            peer,
+            group_wait: None,
         }
+    }
+
+    /// The group coordinator this connection talks to.
+    pub fn groups(&self) -> &Arc<Groups> {
+        &self.groups
+    }
+
+    /// The coordinator waiter of a parked JoinGroup / SyncGroup.
+    pub fn group_waiter(&self) -> Option<WaiterId> {
+        self.group_wait.map(|p| p.waiter)
     }
 
     /// Feeds bytes read from the socket.
@@ -92,7 +121,7 @@ impl Session {
     /// the current frame is incomplete (bounded by the frame limit), so a client that
     /// pipelines without reading its responses cannot grow our buffers.
     pub fn wants_input(&self) -> bool {
-        let busy = self.parked.is_some() || self.out.pending_bytes() >= OUT_HIGH_WATER;
+        let busy = self.is_parked() || self.out.pending_bytes() >= OUT_HIGH_WATER;
         !busy || self.framer.wants() > 0 && self.framer.buffered() < 64 * 1024
     }
 
@@ -113,15 +142,23 @@ impl Session {
             .is_some_and(|p| p.wanted.iter().any(|(t, q)| *q == partition && t == topic))
     }
 
-    /// Whether a fetch is waiting.
+    /// Whether a fetch, JoinGroup or SyncGroup is waiting.
     pub fn is_parked(&self) -> bool {
-        self.parked.is_some()
+        self.parked.is_some() || self.group_wait.is_some()
     }
 
     /// Answers what can be answered now: the waiting fetch if it became ready (data arrived
     /// or `now` passed its deadline), then queued requests until one waits or the output
     /// backlog is too large. An error means the connection must be closed.
     pub fn advance(&mut self, ctx: &Ctx, now: Instant) -> Result<(), SessionError> {
+        if let Some(p) = self.group_wait {
+            let Some(reply) = self.groups.lock().coord.take_reply(p.waiter) else {
+                return Ok(());
+            };
+            self.group_wait = None;
+            self.out
+                .push(group_apis::respond(&p, reply).map_err(group_error)?);
+        }
         if let Some(p) = &self.parked {
             let expired = now >= p.deadline;
             match fetch::evaluate(ctx, p.correlation_id, p.version, &p.req, expired)? {
@@ -137,7 +174,7 @@ impl Session {
                 }
             }
         }
-        while self.parked.is_none() && self.out.pending_bytes() < OUT_HIGH_WATER {
+        while !self.is_parked() && self.out.pending_bytes() < OUT_HIGH_WATER {
             let Some(frame) = self.framer.next_frame()? else {
                 break;
             };
@@ -170,7 +207,8 @@ impl Session {
             return Ok(());
         }
         let header_version = key.request_header_version(version);
-        RequestHeader::decode(&mut frame, header_version).map_err(|e| bad(format!("{e:#}")))?;
+        let header =
+            RequestHeader::decode(&mut frame, header_version).map_err(|e| bad(format!("{e:#}")))?;
         // The codec allocates arrays by their wire count before reading them: refuse counts
         // the body cannot hold before it sees them (see bounds).
         super::bounds::check(key, version, &frame).map_err(|e| bad(e.to_string()))?;
@@ -202,6 +240,34 @@ impl Session {
             return Ok(());
         };
         debug_assert!(min <= version && version <= max);
+        if group_apis::is_group_api(key) {
+            inc(&ctx.stats.req_group);
+            let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+            let caller = group_apis::Caller {
+                client_id,
+                host: &self.peer,
+                now,
+            };
+            let groups = Arc::clone(&self.groups);
+            let answer = group_apis::handle(
+                ctx,
+                &groups,
+                &caller,
+                key,
+                version,
+                correlation_id,
+                &mut frame,
+            )
+            .map_err(|e| match e {
+                GroupError::Decode(reason) => bad(reason),
+                GroupError::Encode(e) => SessionError::Encode(e),
+            })?;
+            match answer {
+                group_apis::Answer::Now(chunks) => self.out.push(chunks),
+                group_apis::Answer::Wait(p) => self.group_wait = Some(p),
+            }
+            return Ok(());
+        }
         let chunks = match key {
             ApiKey::ApiVersions => {
                 inc(&ctx.stats.req_api_versions);
@@ -262,6 +328,17 @@ impl Session {
     }
 }
 
+fn group_error(e: GroupError) -> SessionError {
+    match e {
+        GroupError::Encode(e) => SessionError::Encode(e),
+        GroupError::Decode(reason) => SessionError::BadRequest {
+            api_key: -1,
+            version: -1,
+            reason,
+        },
+    }
+}
+
 /// Materialises chunks into bytes (tests and diagnostics: reads file ranges with pread).
 pub fn chunks_to_vec(chunks: &[Chunk]) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
@@ -305,7 +382,8 @@ mod tests {
                 .map(|&(k, lo, hi)| (k as i16, lo, hi))
                 .collect();
             assert_eq!(got, want);
-            assert!(!got.iter().any(|k| k.0 == ApiKey::FindCoordinator as i16));
+            assert!(got.contains(&(ApiKey::FindCoordinator as i16, 0, 6)));
+            assert!(got.contains(&(ApiKey::JoinGroup as i16, 0, 9)));
         }
     }
 
@@ -332,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn produce_and_group_apis_are_refused_with_an_error_not_a_close() {
+    fn produce_is_refused_and_group_apis_answered_not_closed() {
         let (mut h, _d) = Harness::empty();
         let produce = ProduceRequest::default().with_acks(1).with_topic_data(vec![
             produce_request::TopicProduceData::default()
@@ -346,9 +424,9 @@ mod tests {
         assert_eq!(r.responses[0].partition_responses[0].error_code, 42);
         let fc = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"));
         let r: FindCoordinatorResponse = h.call(ApiKey::FindCoordinator, 2, &fc);
-        assert_eq!(r.error_code, 35);
+        assert_eq!((r.error_code, r.port), (0, 9092));
         let r: HeartbeatResponse = h.call(ApiKey::Heartbeat, 4, &HeartbeatRequest::default());
-        assert_eq!(r.error_code, 35);
+        assert_eq!(r.error_code, 25, "UNKNOWN_MEMBER_ID");
         // The connection is still usable afterwards.
         let r: MetadataResponse = h.call(
             ApiKey::Metadata,
@@ -360,7 +438,7 @@ mod tests {
             h.stats
                 .req_unsupported
                 .load(std::sync::atomic::Ordering::Relaxed),
-            3
+            1
         );
     }
 

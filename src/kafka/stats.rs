@@ -18,6 +18,8 @@ pub struct Stats {
     pub req_list_offsets: AtomicU64,
     /// Fetch requests.
     pub req_fetch: AtomicU64,
+    /// Group coordinator requests (FindCoordinator, JoinGroup, OffsetCommit...).
+    pub req_group: AtomicU64,
     /// Requests for APIs (or versions) this gateway does not serve.
     pub req_unsupported: AtomicU64,
     /// Fetches that waited for data (long poll).
@@ -60,7 +62,7 @@ impl fmt::Display for Stats {
         write!(
             f,
             "connections open={} accepted={accepted} closed={closed} | requests ApiVersions={} \
-             Metadata={} ListOffsets={} Fetch={} unsupported={} | fetch parked={} woken={} \
+             Metadata={} ListOffsets={} Fetch={} group={} unsupported={} | fetch parked={} woken={} \
              expired={} | bytes sent header={} sendfile={} copy={} | errors bad_request={} \
              partition={} io={} encode={}",
             accepted.saturating_sub(closed),
@@ -68,6 +70,7 @@ impl fmt::Display for Stats {
             g(&self.req_metadata),
             g(&self.req_list_offsets),
             g(&self.req_fetch),
+            g(&self.req_group),
             g(&self.req_unsupported),
             g(&self.fetch_parked),
             g(&self.fetch_woken),
@@ -106,6 +109,7 @@ impl Stats {
             ("Metadata", &self.req_metadata),
             ("ListOffsets", &self.req_list_offsets),
             ("Fetch", &self.req_fetch),
+            ("group", &self.req_group),
             ("unsupported", &self.req_unsupported),
         ] {
             w.counter(

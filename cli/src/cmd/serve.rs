@@ -64,6 +64,9 @@ pub struct Args {
     /// the follower's file notifications, if it has them).
     #[arg(long, value_name = "MS", default_value_t = 50)]
     pub refresh_ms: u64,
+    /// The group coordinator of the Kafka listener (--state-dir and its options).
+    #[command(flatten)]
+    pub groups: crate::group_flags::GroupArgs,
     /// The kxgw UDP fetch endpoint (--fetch-listen and its options).
     #[command(flatten)]
     pub fetch: FetchArgs,
@@ -106,6 +109,8 @@ impl Running {
         if let Some(k) = &self.kafka {
             let stats = k.stats_handle();
             metrics.register(move |w| stats.write_metrics(w));
+            let (groups, log) = (k.groups(), k.log());
+            metrics.register(move |w| kxgw::kafka::group::metrics::write_metrics(&groups, &log, w));
         }
         if let Some(f) = &self.fetch {
             f.register_metrics(metrics);
@@ -209,6 +214,11 @@ fn start_kafka(args: &Args, log: &Arc<LogDir>) -> Result<Option<KafkaListener>> 
     };
     let mut cfg = KafkaConfig::new(addr, args.io.into());
     cfg.advertised_host = args.advertised_host.clone();
+    cfg.groups = args.groups.config();
+    cfg.state_dir = args.groups.state_dir(args.config.as_deref());
+    if cfg.state_dir.is_none() {
+        log::warn!("no --state-dir: committed offsets are kept in memory only");
+    }
     kafka::start(cfg, Arc::clone(log))
         .with_context(|| format!("starting the kafka listener on {addr}"))
         .map(Some)

@@ -3,6 +3,9 @@
 
 pub mod api_versions;
 pub mod fetch;
+pub mod group_admin;
+pub mod group_offsets;
+pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod unsupported;
@@ -27,7 +30,18 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 16),
     (ApiKey::ListOffsets, 0, 7),
     (ApiKey::Metadata, 0, 12),
+    // The group coordinator (apis::groups): every version the codec knows.
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The served version range of `key`, if the gateway serves it.

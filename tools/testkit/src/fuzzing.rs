@@ -156,9 +156,12 @@ pub fn kafka_request(data: &[u8]) {
             }
         }
     }
-    // A fetch still waiting is answered at its deadline.
+    // A fetch still waiting is answered at its deadline; a parked JoinGroup / SyncGroup when
+    // the coordinator's timers have all run out.
     if s.is_parked() {
-        let _ = s.advance(&ctx, now + Duration::from_secs(365 * 24 * 3600));
+        let later = now + Duration::from_secs(365 * 24 * 3600);
+        s.groups().lock().tick(later);
+        let _ = s.advance(&ctx, later);
         let _ = chunks_to_vec(&s.out().take());
     }
 }
@@ -397,6 +400,73 @@ fn kafka_frame<R: kafka_protocol::protocol::Encodable>(
     kxgw::kafka::frame::encode_request(key, version, 7, "fuzz", req).ok()
 }
 
+/// One frame of each group API (`(name, version, bytes)`): a join that parks (v3 needs no
+/// member id), then the rest of a member's life.
+fn group_seeds() -> Vec<(&'static str, i16, Vec<u8>)> {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    let s = StrBytes::from_static_str;
+    let g = || GroupId(s("g"));
+    let mut out = Vec::new();
+    let join = JoinGroupRequest::default()
+        .with_group_id(g())
+        .with_session_timeout_ms(6000)
+        .with_rebalance_timeout_ms(9000)
+        .with_protocol_type(s("consumer"))
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+        )
+        .with_name(s("range"))
+        .with_metadata(bytes::Bytes::from_static(b"\0\0\0\0\0\x01\0\x01t"))]);
+    out.extend(kafka_frame(ApiKey::JoinGroup, 3, &join).map(|b| ("join_group", 3, b)));
+    out.extend(kafka_frame(ApiKey::JoinGroup, 9, &join).map(|b| ("join_group", 9, b)));
+    let sync = SyncGroupRequest::default()
+        .with_group_id(g())
+        .with_generation_id(1)
+        .with_member_id(s("m"))
+        .with_assignments(vec![
+            sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(s("m"))
+                .with_assignment(bytes::Bytes::from_static(b"a")),
+        ]);
+    out.extend(kafka_frame(ApiKey::SyncGroup, 5, &sync).map(|b| ("sync_group", 5, b)));
+    let hb = HeartbeatRequest::default()
+        .with_group_id(g())
+        .with_generation_id(1)
+        .with_member_id(s("m"));
+    out.extend(kafka_frame(ApiKey::Heartbeat, 4, &hb).map(|b| ("heartbeat", 4, b)));
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(g())
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(TopicName(s("t")))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_committed_offset(3),
+                ]),
+        ]);
+    out.extend(kafka_frame(ApiKey::OffsetCommit, 8, &commit).map(|b| ("offset_commit", 8, b)));
+    let fetch = OffsetFetchRequest::default().with_groups(vec![
+        offset_fetch_request::OffsetFetchRequestGroup::default().with_group_id(g()),
+    ]);
+    out.extend(kafka_frame(ApiKey::OffsetFetch, 8, &fetch).map(|b| ("offset_fetch", 8, b)));
+    let list = ListGroupsRequest::default();
+    out.extend(kafka_frame(ApiKey::ListGroups, 5, &list).map(|b| ("list_groups", 5, b)));
+    let describe = DescribeGroupsRequest::default().with_groups(vec![g()]);
+    out.extend(
+        kafka_frame(ApiKey::DescribeGroups, 5, &describe).map(|b| ("describe_groups", 5, b)),
+    );
+    let leave = LeaveGroupRequest::default()
+        .with_group_id(g())
+        .with_members(vec![
+            leave_group_request::MemberIdentity::default().with_member_id(s("m"))
+        ]);
+    out.extend(kafka_frame(ApiKey::LeaveGroup, 5, &leave).map(|b| ("leave_group", 5, b)));
+    let delete = OffsetDeleteRequest::default().with_group_id(g());
+    out.extend(kafka_frame(ApiKey::OffsetDelete, 0, &delete).map(|b| ("offset_delete", 0, b)));
+    out
+}
+
 /// Seed inputs for each target, built with the real encoders (the committed corpus starts
 /// from these): `(target, name, bytes)`.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
@@ -467,6 +537,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out.extend(kafka_frame(ApiKey::Produce, 3, &produce).map(|b| ("produce", 3, b)));
     let fc = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"));
     out.extend(kafka_frame(ApiKey::FindCoordinator, 2, &fc).map(|b| ("find_coordinator", 2, b)));
+    out.extend(group_seeds());
     let mut seeds: Vec<(&'static str, String, Vec<u8>)> = out
         .into_iter()
         .map(|(n, v, b)| ("kafka_request", format!("{n}-v{v}"), b))
