@@ -8,6 +8,7 @@
 //! - [`config`], [`privileges`]: the service side of `kxgw serve` (TOML config, capabilities).
 //! - [`testnet`]: namespaces + veth pairs for tests, benchmarks and the demo.
 //! - [`kafka`]: the Kafka-protocol TCP listener (consumer subset; sendfile or copy).
+//! - [`driver`]: the one loop that runs a fetch (or raw) service over kernel UDP or an AF_XDP queue.
 //! - [`fetch`]: the kxgw UDP fetch protocol (sans-I/O cores, kernel-UDP gateway and consumer).
 //! - [`xdp`]: the fast path: XDP steering program, AF_XDP engine (UMEM + log arena, sg/copy TX).
 //! - [`fuzzing`]: fuzz entry points (cargo-fuzz targets in `fuzz/`, corpus replay in tests).
@@ -17,6 +18,7 @@
 pub mod bench;
 pub mod cmd;
 pub mod config;
+pub mod driver;
 pub mod fetch;
 pub mod fuzzing;
 pub mod kafka;

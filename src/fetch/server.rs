@@ -53,6 +53,16 @@ pub struct ServerConfig {
     pub token_secret: Option<[u8; 16]>,
 }
 
+impl ServerConfig {
+    /// This configuration with its token secret fixed (a fresh random one when none is set):
+    /// every server built from the result (one per AF_XDP queue, or the kernel-UDP endpoint)
+    /// validates the others' tokens.
+    pub fn with_shared_secret(mut self) -> ServerConfig {
+        self.token_secret.get_or_insert_with(rand::random);
+        self
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {

@@ -3,105 +3,22 @@
 //! kernel-UDP transport when XDP cannot be set up (unless `--require-xdp`).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use super::arena::SourceId;
 use super::cli::XdpArgs;
-use super::engine::{Datagram, Engine, Service, TxPayload, WorkerContext};
-use crate::fetch::gateway::{FetchArgs, FetchListener};
-use crate::fetch::{Payload, Server, ServerConfig, ServerStats};
+use super::engine::{Engine, WorkerContext};
+use crate::fetch::gateway::{FetchArgs, FetchListener, FetchStats};
+use crate::fetch::{Server, ServerConfig};
 use crate::log::{segment, LogDir};
 
-impl TxPayload for Payload {
-    fn bytes(&self) -> &[u8] {
-        Payload::bytes(self)
-    }
-
-    fn ahead(&self) -> &[u8] {
-        // The rest of this fetch response, straight from the segment mapping.
-        &self.slice.bytes()[self.offset..]
-    }
-
-    fn source(&self) -> SourceId {
-        // One open File per segment: it stays the same while the segment grows and is
-        // replaced when the segment is truncated or swapped, so it identifies the bytes.
-        SourceId {
-            id: Arc::as_ptr(&self.slice.file) as usize,
-            keep: self.slice.file.clone(),
-        }
-    }
-
-    fn position(&self) -> u64 {
-        self.file_position()
-    }
-
-    fn file(&self) -> Option<&std::fs::File> {
-        Some(&self.slice.file)
-    }
-}
-
-/// A fetch server driven by one engine worker.
-pub struct FetchService {
-    server: Server,
-    published: Arc<Mutex<Vec<ServerStats>>>,
-    slot: usize,
-    next_publish: Instant,
-}
-
-impl FetchService {
-    fn maybe_publish(&mut self, now: Instant) {
-        if now >= self.next_publish {
-            self.next_publish = now + Duration::from_millis(500);
-            if let Ok(mut p) = self.published.lock() {
-                if let Some(s) = p.get_mut(self.slot) {
-                    *s = self.server.stats().clone();
-                }
-            }
-        }
-    }
-}
-
-impl Drop for FetchService {
-    fn drop(&mut self) {
-        self.next_publish = Instant::now();
-        self.maybe_publish(Instant::now());
-    }
-}
-
-impl Service for FetchService {
-    type Payload = Payload;
-
-    fn handle_datagram(&mut self, now: Instant, src: SocketAddr, _local: SocketAddr, data: &[u8]) {
-        self.server.handle_datagram(now, src, data);
-        self.maybe_publish(now);
-    }
-
-    fn poll_transmit(&mut self, now: Instant) -> Option<Datagram<Payload>> {
-        self.server.poll_transmit(now).map(|t| Datagram {
-            dst: t.dst,
-            header: t.header,
-            payload: t.payload,
-        })
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        // Also come back for the stats.
-        let t = self.next_publish;
-        Some(self.server.poll_timeout().map_or(t, |s| s.min(t)))
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        if self.server.poll_timeout().is_some_and(|t| t <= now) {
-            self.server.handle_timeout(now);
-        }
-        self.maybe_publish(now);
-    }
-
-    fn handle_wake(&mut self, now: Instant) {
-        self.server.handle_log_append(now);
+/// The settings of one queue's server: the gateway's (its token secret included), sized for
+/// the queue's datagrams.
+pub fn queue_config(gateway: &ServerConfig, max_datagram: usize) -> ServerConfig {
+    ServerConfig {
+        max_datagram,
+        ..gateway.clone()
     }
 }
 
@@ -124,43 +41,28 @@ pub struct XdpFetch {
     engine: Engine,
     endpoint: SocketAddr,
     iface: String,
-    published: Arc<Mutex<Vec<ServerStats>>>,
+    stats: FetchStats,
 }
 
 impl XdpFetch {
-    /// Attaches to `iface` and serves `endpoint` from `log`.
+    /// Attaches to `iface` and serves `endpoint` from `log`, one [`Server`] per queue, each
+    /// built from `server` (so all share its token secret: a flow that RSS moves to another
+    /// queue stays validated).
     pub fn start(
         log: &Arc<LogDir>,
         iface: &str,
         endpoint: SocketAddr,
         args: &XdpArgs,
+        server: &ServerConfig,
     ) -> Result<XdpFetch> {
         let mut cfg = args.engine_config(iface, endpoint);
         if args.umem_segments {
             cfg.resident = segment_files(log)?;
         }
-        let published = Arc::new(Mutex::new(Vec::new()));
-        let engine = Engine::start(&cfg, |ctx: WorkerContext| {
-            let slot = match published.lock() {
-                Ok(mut p) => {
-                    p.push(ServerStats::default());
-                    p.len() - 1
-                }
-                Err(_) => 0,
-            };
-            let server = Server::new(
-                log.clone(),
-                ServerConfig {
-                    max_datagram: ctx.max_datagram,
-                    ..ServerConfig::default()
-                },
-            );
-            FetchService {
-                server,
-                published: published.clone(),
-                slot,
-                next_publish: Instant::now(),
-            }
+        let stats = FetchStats::default();
+        let engine = Engine::start_publishing(&cfg, |ctx: WorkerContext| {
+            let server = Server::new(log.clone(), queue_config(server, ctx.max_datagram));
+            (server, Some(stats.slot()))
         })?;
         let wakers = engine.wakers();
         log.on_append(Box::new(move |_| {
@@ -172,7 +74,7 @@ impl XdpFetch {
             engine,
             endpoint,
             iface: iface.to_string(),
-            published,
+            stats,
         })
     }
 
@@ -198,10 +100,8 @@ impl XdpFetch {
             self.engine.tx_strategy().name(),
             self.engine.queues()
         );
-        if let Ok(p) = self.published.lock() {
-            for (q, s) in p.iter().enumerate() {
-                out.push_str(&format!("\n  queue {q}: {s}"));
-            }
+        for (q, s) in self.stats.get().iter().enumerate() {
+            out.push_str(&format!("\n  queue {q}: {s}"));
         }
         out.push_str(&format!("\n  engine: {:?}", self.engine.stats()));
         match self.engine.steering_counters() {
@@ -219,23 +119,21 @@ impl XdpFetch {
     /// Exposes the fetch, engine and XDP counters (labels transport="af_xdp", endpoint, queue).
     pub fn register_metrics(&self, metrics: &crate::metrics::Metrics) {
         let handle = self.engine.stats_handle();
-        let published = self.published.clone();
+        let published = self.stats.clone();
         let endpoint = self.endpoint.to_string();
         let iface = self.iface.clone();
         let mode = self.engine.bind_mode().name();
         let strategy = self.engine.tx_strategy().name();
         metrics.register(move |w| {
             let base: &[(&str, &str)] = &[("transport", "af_xdp"), ("endpoint", &endpoint)];
-            if let Ok(p) = published.lock() {
-                for (q, s) in p.iter().enumerate() {
-                    let q = q.to_string();
-                    let l: &[(&str, &str)] = &[
-                        ("transport", "af_xdp"),
-                        ("endpoint", &endpoint),
-                        ("queue", &q),
-                    ];
-                    s.write_metrics(w, l);
-                }
+            for (q, s) in published.get().iter().enumerate() {
+                let q = q.to_string();
+                let l: &[(&str, &str)] = &[
+                    ("transport", "af_xdp"),
+                    ("endpoint", &endpoint),
+                    ("queue", &q),
+                ];
+                s.write_metrics(w, l);
             }
             w.gauge(
                 "xdp_bind_info",
@@ -278,13 +176,48 @@ impl XdpFetch {
                 ("xdp_tx_descs_total", "TX descriptors used", e.tx_descs),
                 (
                     "xdp_tx_invalid_descs_total",
-                    "TX descriptors the kernel rejected",
+                    "Kernel (XDP_STATISTICS): TX descriptors rejected",
                     e.tx_invalid_descs,
                 ),
                 (
+                    "xdp_rx_multibuf_dropped_total",
+                    "Multi-buffer requests dropped",
+                    e.rx_multibuf_dropped,
+                ),
+                (
+                    "xdp_kick_errors_total",
+                    "TX kicks that failed (other than EAGAIN/EBUSY)",
+                    e.kick_errors,
+                ),
+                (
+                    "xdp_tx_ring_short_total",
+                    "Packets that waited for TX ring room for all their descriptors",
+                    e.tx_ring_short,
+                ),
+                (
                     "xdp_rx_dropped_total",
-                    "Requests the kernel dropped before the RX ring",
+                    "Kernel (XDP_STATISTICS): requests dropped before the RX ring",
                     e.rx_dropped,
+                ),
+                (
+                    "xdp_rx_invalid_descs_total",
+                    "Kernel (XDP_STATISTICS): RX descriptors rejected",
+                    e.rx_invalid_descs,
+                ),
+                (
+                    "xdp_rx_ring_full_total",
+                    "Kernel (XDP_STATISTICS): packets dropped, RX ring full",
+                    e.rx_ring_full,
+                ),
+                (
+                    "xdp_rx_fill_ring_empty_total",
+                    "Kernel (XDP_STATISTICS): times the fill ring was empty",
+                    e.rx_fill_ring_empty,
+                ),
+                (
+                    "xdp_tx_ring_empty_total",
+                    "Kernel (XDP_STATISTICS): times the TX ring was empty",
+                    e.tx_ring_empty,
                 ),
                 (
                     "xdp_oversize_total",
@@ -320,6 +253,11 @@ impl XdpFetch {
                     "xdp_arena_full_total",
                     "sg datagrams sent by copy: arena blocks all in flight",
                     e.arena_full,
+                ),
+                (
+                    "xdp_arena_refused_total",
+                    "Arena stage requests refused: every block in flight",
+                    e.arena.full,
                 ),
             ] {
                 w.counter(name, help, base, v);
@@ -391,8 +329,10 @@ pub fn start(log: &Arc<LogDir>, fetch: &FetchArgs, xdp: &XdpArgs) -> Result<Opti
         }
         return Ok(None);
     };
+    // One token secret for the gateway, whichever transport and however many queues serve.
+    let server = ServerConfig::default().with_shared_secret();
     if let Some(iface) = &xdp.iface {
-        match XdpFetch::start(log, iface, listen, xdp) {
+        match XdpFetch::start(log, iface, listen, xdp, &server) {
             Ok(x) => {
                 log::info!(
                     "fetch endpoint {listen} served over AF_XDP on {iface}: bind mode {}, TX strategy {}",
@@ -419,8 +359,8 @@ pub fn start(log: &Arc<LogDir>, fetch: &FetchArgs, xdp: &XdpArgs) -> Result<Opti
             }
         }
     }
-    let udp =
-        FetchListener::start(log, fetch)?.context("the kernel-UDP fetch endpoint did not start")?;
+    let udp = FetchListener::start(log, fetch, &server)?
+        .context("the kernel-UDP fetch endpoint did not start")?;
     println!("kxgw: fetch endpoint {} on kernel UDP", udp.local_addr());
     Ok(Some(FetchEndpoint::Udp(udp)))
 }

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::time::TimeSpec;
 
-use super::arena::SourceId;
+use super::consts::FRAME;
 use super::error::XdpError;
-use super::umem::FRAME;
+use crate::log::SourceId;
 
 /// A segment file to register.
 pub struct ResidentFile {

@@ -8,14 +8,16 @@
 //! pages). With `--umem-segments`, tmpfs segment files follow the arena, each mapped as it is
 //! (see [`super::resident`]); the range is reserved first and each part mapped into it.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 
+use nix::errno::Errno;
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+
+use super::consts::FRAME;
 use super::error::XdpError;
 use super::resident::{Resident, ResidentFile, Window};
-
-/// UMEM chunk size: the kernel's maximum (8192+ is EINVAL), one page.
-pub const FRAME: u64 = 4096;
+use super::sys::errno;
 
 /// The registered area.
 pub struct UmemArea {
@@ -56,21 +58,12 @@ impl UmemArea {
         let too_large = |n: u64| XdpError::Config(format!("UMEM of {n} bytes too large"));
         let len_usize = usize::try_from(len).map_err(|_| too_large(len))?;
         let own_usize = usize::try_from(own).map_err(|_| too_large(own))?;
-        // SAFETY: memfd_create with a valid NUL-terminated name; the fd is checked below.
-        let fd = unsafe { libc::memfd_create(c"kxgw-umem".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(XdpError::sys("memfd_create for the UMEM", errno()));
-        }
-        // SAFETY: fresh fd we own.
-        let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let memfd = memfd_create(c"kxgw-umem", MemFdCreateFlag::MFD_CLOEXEC)
+            .map_err(|e| XdpError::sys("memfd_create for the UMEM", e as i32))?;
         // Pre-size once: pages past EOF cannot be pinned and must never be truncated later.
-        // SAFETY: valid fd, plain integer argument.
-        if unsafe { libc::ftruncate(memfd.as_raw_fd(), own as libc::off_t) } != 0 {
-            return Err(XdpError::sys(
-                format!("sizing the UMEM memfd to {own} bytes"),
-                errno(),
-            ));
-        }
+        nix::unistd::ftruncate(&memfd, own as libc::off_t).map_err(|e| {
+            XdpError::sys(format!("sizing the UMEM memfd to {own} bytes"), e as i32)
+        })?;
         // One contiguous address range for everything: reserve it, then map each part into it.
         // SAFETY: a fresh anonymous reservation; nothing else uses the range.
         let ptr = unsafe {
@@ -226,22 +219,17 @@ impl UmemArea {
         let mut done = 0usize;
         while done < bytes.len() {
             let rest = &bytes[done..];
-            // SAFETY: valid fd and a readable buffer of rest.len() bytes.
-            let n = unsafe {
-                libc::pwrite(
-                    self.memfd.as_raw_fd(),
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    (offset + done as u64) as libc::off_t,
-                )
-            };
-            if n < 0 {
-                let e = errno();
-                if e == libc::EINTR {
-                    continue;
+            let at = (offset + done as u64) as libc::off_t;
+            let n = match nix::sys::uio::pwrite(&self.memfd, rest, at) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    return Err(XdpError::sys(
+                        "staging log bytes into the UMEM arena",
+                        e as i32,
+                    ))
                 }
-                return Err(XdpError::sys("staging log bytes into the UMEM arena", e));
-            }
+            };
             if n == 0 {
                 return Err(XdpError::sys(
                     "staging log bytes into the UMEM arena",
@@ -261,11 +249,4 @@ impl Drop for UmemArea {
         // SAFETY: unmapping the mapping created in new(); no Rust references outlive self.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
-}
-
-/// The calling thread's errno.
-pub(crate) fn errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
 }
