@@ -94,7 +94,6 @@ mod tests {
         assert_eq!(max_datagram(65_535, false).unwrap(), MAX_UDP_PAYLOAD);
         assert!(max_datagram(539, false).is_err());
         assert_eq!(max_datagram(540, false).unwrap(), MIN_DATAGRAM);
-        assert_eq!(MIN_DATAGRAM, crate::fetch::server::MIN_DATAGRAM);
     }
 
     #[test]

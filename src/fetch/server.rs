@@ -23,7 +23,7 @@ use super::wire::{
 use super::{Payload, Transmit};
 
 /// Smallest datagram the protocol can work with (a header and some payload).
-pub const MIN_DATAGRAM: usize = 512;
+pub const MIN_DATAGRAM: usize = crate::driver::MIN_DATAGRAM;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {

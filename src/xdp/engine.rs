@@ -28,7 +28,7 @@ pub use super::consts::MAX_DESCS;
 use super::consts::{COMP_RING, FILL_RING, FRAME, RING, RX_FRAMES, TX_FRAMES};
 use super::error::XdpError;
 use super::loader::{Steering, SteeringConfig, SteeringCounters, XdpMode};
-use super::queue::{QueueLayout, QueueStats, XdpQueue};
+use super::queue::{QueueLayout, QueueStats, TxChoice, XdpQueue};
 use super::resident::Opened;
 use super::sys;
 use super::umem::UmemArea;
@@ -63,12 +63,13 @@ impl TxStrategy {
     }
 }
 
-/// Whether a frame of `frame_len` bytes goes by `sg` (else `copy`).
-pub(crate) fn use_sg(strategy: TxStrategy, mode: BindMode, frame_len: usize) -> bool {
+/// What `strategy` means for sockets bound in `mode`.
+pub(crate) fn tx_choice(strategy: TxStrategy, mode: BindMode) -> TxChoice {
     match strategy {
-        TxStrategy::Sg => true,
-        TxStrategy::Copy => false,
-        TxStrategy::Auto => mode == BindMode::ZeroCopy || frame_len > AUTO_COPY_MAX_FRAME,
+        TxStrategy::Sg => TxChoice::Sg,
+        TxStrategy::Copy => TxChoice::Copy,
+        TxStrategy::Auto if mode == BindMode::ZeroCopy => TxChoice::Sg,
+        TxStrategy::Auto => TxChoice::SgAbove(AUTO_COPY_MAX_FRAME),
     }
 }
 
@@ -334,11 +335,12 @@ impl Engine {
             });
             let st = Arc::new(QueueStats::default());
             let layout = plan.layout(&area, i, arena_per_queue);
+            let choice = tx_choice(cfg.tx_strategy, sock.mode);
             let io = XdpQueue::new(
                 sock,
                 area.clone(),
                 layout,
-                cfg.tx_strategy,
+                choice,
                 plan.mtu,
                 st.clone(),
             );

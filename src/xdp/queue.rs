@@ -5,7 +5,7 @@
 //! RX descriptors are parsed into (source, payload) and handed to the service from the RX
 //! frame itself; the service's datagrams are framed for the requester and put on the TX ring
 //! by `sg` (header frame + descriptors into the arena or registered segment pages) or `copy`
-//! (see [`super::engine`] for the choice).
+//! ([`TxChoice`], which the engine derives from the TX strategy and the bind mode).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 
 use super::arena::Arena;
 use super::consts::{COMP_RING, FRAME, MAX_DESCS, RING, RX_BATCH, XDP_PKT_CONTD};
-use super::engine::{use_sg, TxStrategy};
 use super::packet::{self, Route};
 use super::resident::ResidentCache;
 use super::sys::{self, Kick};
 use super::umem::UmemArea;
-use super::xsk::{BindMode, QueueSocket};
+use super::xsk::QueueSocket;
 use crate::driver::{Datagram, DatagramIo, Service, TxPayload, Wait};
 
 /// Counters of one queue, read by other threads (metrics).
@@ -53,6 +52,27 @@ pub(crate) struct QueueStats {
     pub kernel_tx_ring_empty: AtomicU64,
 }
 
+/// How a queue sends payloads (the engine derives it from the TX strategy and bind mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TxChoice {
+    /// Header frame + descriptors into the arena / registered pages.
+    Sg,
+    /// Copied into TX frames.
+    Copy,
+    /// `sg` for frames larger than this many bytes, else `copy`.
+    SgAbove(usize),
+}
+
+impl TxChoice {
+    fn sg(self, frame_len: usize) -> bool {
+        match self {
+            TxChoice::Sg => true,
+            TxChoice::Copy => false,
+            TxChoice::SgAbove(n) => frame_len > n,
+        }
+    }
+}
+
 /// One queue's socket, frames and arena.
 pub(crate) struct XdpQueue {
     sock: QueueSocket,
@@ -61,8 +81,7 @@ pub(crate) struct XdpQueue {
     tx_free: Vec<u64>,
     routes: HashMap<SocketAddr, (Route, SocketAddr)>,
     stats: Arc<QueueStats>,
-    strategy: TxStrategy,
-    mode: BindMode,
+    choice: TxChoice,
     mtu: u32,
     in_flight: u32,
     descs: Vec<xdpilone::xdp::XdpDesc>,
@@ -89,20 +108,19 @@ impl XdpQueue {
         sock: QueueSocket,
         area: Arc<UmemArea>,
         layout: QueueLayout,
-        strategy: TxStrategy,
+        choice: TxChoice,
         mtu: u32,
         stats: Arc<QueueStats>,
     ) -> XdpQueue {
         let arena = Arena::part(area.clone(), layout.arena.0, layout.arena.1);
         let mut q = XdpQueue {
-            mode: sock.mode,
             sock,
             area,
             arena,
             tx_free: layout.tx_frames,
             routes: HashMap::new(),
             stats,
-            strategy,
+            choice,
             mtu,
             in_flight: 0,
             descs: Vec::with_capacity(MAX_DESCS),
@@ -273,7 +291,7 @@ impl XdpQueue {
             return;
         }
         let frame_len = hlen + udp_payload;
-        let sg = use_sg(self.strategy, self.mode, frame_len);
+        let sg = self.choice.sg(frame_len);
         self.descs.clear();
         let done = sg
             && d.payload.is_some()
