@@ -5,7 +5,8 @@
 //! One round: reap finished sends, receive (each datagram straight from the socket buffer or
 //! the RX frame into the service), the [`Waker`] (log appends), expired timers, transmit (the
 //! service's [`Datagram`]s go to the transport as they are: no conversion, payloads stay
-//! references into the log mapping), and every [`PUBLISH_EVERY`] the counters. Idle: spin or
+//! references into the log mapping), and the counters every [`PUBLISH_EVERY`] while busy and
+//! whenever the driver goes idle. Idle: spin or
 //! yield when busy polling, else sleep in poll(2) on the transport's fd and the waker until
 //! the next timer. [`Workers`] owns the threads that run drivers and stops them.
 
@@ -171,15 +172,26 @@ impl<S: Service, I: DatagramIo<S>> Driver<S, I> {
     pub fn run(mut self, stop: &AtomicBool) -> (S, I) {
         let mut idle_spins = 0u32;
         let mut next_publish = Instant::now();
+        // Something happened since the last publish.
+        let mut dirty = false;
         while !stop.load(Ordering::Acquire) {
             let now = Instant::now();
             if now >= next_publish {
                 self.publish();
                 next_publish = now + PUBLISH_EVERY;
+                dirty = false;
             }
             if self.round(now) {
                 idle_spins = 0;
+                dirty = true;
                 continue;
+            }
+            if dirty {
+                // Going idle: readers (reports, /metrics) see the counters of the burst that
+                // just ended, not those of up to PUBLISH_EVERY ago.
+                self.publish();
+                next_publish = now + PUBLISH_EVERY;
+                dirty = false;
             }
             if self.busy_poll {
                 self.io.busy_poll();

@@ -140,8 +140,8 @@ impl XdpQueue {
         w.commit();
     }
 
-    /// Publishes the arena's and the kernel's counters (XDP_STATISTICS) into the queue stats.
-    fn copy_stats(&self) {
+    /// Copies the arena's counters into the queue stats.
+    fn copy_arena_stats(&self) {
         let st = &self.stats;
         let a = self.arena.stats();
         st.arena_staged_bytes
@@ -149,6 +149,12 @@ impl XdpQueue {
         st.arena_hit_bytes.store(a.hit_bytes, Ordering::Relaxed);
         st.arena_evictions.store(a.evictions, Ordering::Relaxed);
         st.arena_refused.store(a.full, Ordering::Relaxed);
+    }
+
+    /// Publishes the arena's and the kernel's counters (XDP_STATISTICS) into the queue stats.
+    fn copy_stats(&self) {
+        self.copy_arena_stats();
+        let st = &self.stats;
         if let Some(k) = self.sock.statistics() {
             st.kernel_rx_dropped.store(k.rx_dropped, Ordering::Relaxed);
             st.kernel_rx_invalid_descs
