@@ -164,6 +164,131 @@ pub struct EngineStats {
     pub arena: ArenaStats,
 }
 
+impl EngineStats {
+    /// Every counter as (metric name, help, value): what `/metrics` and `kxgw stats` export
+    /// (kept next to the fields so that none is left out).
+    pub fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        vec![
+            (
+                "xdp_rx_packets_total",
+                "Requests received on AF_XDP sockets",
+                self.rx_packets,
+            ),
+            (
+                "xdp_rx_invalid_total",
+                "Frames that did not parse as UDP",
+                self.rx_invalid,
+            ),
+            (
+                "xdp_tx_packets_total",
+                "Datagrams sent from the UMEM",
+                self.tx_packets,
+            ),
+            (
+                "xdp_tx_bytes_total",
+                "UDP payload bytes sent from the UMEM",
+                self.tx_bytes,
+            ),
+            (
+                "xdp_tx_sg_total",
+                "Datagrams sent as header + log page descriptors",
+                self.tx_sg,
+            ),
+            (
+                "xdp_tx_copy_total",
+                "Datagrams sent copied into frames",
+                self.tx_copy,
+            ),
+            ("xdp_tx_descs_total", "TX descriptors used", self.tx_descs),
+            (
+                "xdp_tx_invalid_descs_total",
+                "Kernel (XDP_STATISTICS): TX descriptors rejected",
+                self.tx_invalid_descs,
+            ),
+            (
+                "xdp_rx_multibuf_dropped_total",
+                "Multi-buffer requests dropped",
+                self.rx_multibuf_dropped,
+            ),
+            (
+                "xdp_kick_errors_total",
+                "TX kicks that failed (other than EAGAIN/EBUSY)",
+                self.kick_errors,
+            ),
+            (
+                "xdp_tx_ring_short_total",
+                "Packets that waited for TX ring room for all their descriptors",
+                self.tx_ring_short,
+            ),
+            (
+                "xdp_rx_dropped_total",
+                "Kernel (XDP_STATISTICS): requests dropped before the RX ring",
+                self.rx_dropped,
+            ),
+            (
+                "xdp_rx_invalid_descs_total",
+                "Kernel (XDP_STATISTICS): RX descriptors rejected",
+                self.rx_invalid_descs,
+            ),
+            (
+                "xdp_rx_ring_full_total",
+                "Kernel (XDP_STATISTICS): packets dropped, RX ring full",
+                self.rx_ring_full,
+            ),
+            (
+                "xdp_rx_fill_ring_empty_total",
+                "Kernel (XDP_STATISTICS): times the fill ring was empty",
+                self.rx_fill_ring_empty,
+            ),
+            (
+                "xdp_tx_ring_empty_total",
+                "Kernel (XDP_STATISTICS): times the TX ring was empty",
+                self.tx_ring_empty,
+            ),
+            (
+                "xdp_oversize_total",
+                "Datagrams dropped for exceeding the MTU",
+                self.oversize,
+            ),
+            (
+                "xdp_no_route_total",
+                "Datagrams to peers never heard from",
+                self.no_route,
+            ),
+            (
+                "xdp_tx_resident_bytes_total",
+                "Log bytes sent from segment pages registered as UMEM (--umem-segments)",
+                self.tx_resident_bytes,
+            ),
+            (
+                "xdp_arena_staged_bytes_total",
+                "Log bytes staged into the UMEM arena",
+                self.arena.staged_bytes,
+            ),
+            (
+                "xdp_arena_hit_bytes_total",
+                "Log bytes sent from already staged arena pages",
+                self.arena.hit_bytes,
+            ),
+            (
+                "xdp_arena_evictions_total",
+                "Arena blocks evicted",
+                self.arena.evictions,
+            ),
+            (
+                "xdp_arena_full_total",
+                "sg datagrams sent by copy: arena blocks all in flight",
+                self.arena_full,
+            ),
+            (
+                "xdp_arena_refused_total",
+                "Arena stage requests refused: every block in flight",
+                self.arena.full,
+            ),
+        ]
+    }
+}
+
 /// A running engine. Dropping it stops the workers and detaches XDP.
 pub struct Engine {
     // Field order: the workers stop (Drop) before the program and the UMEM go.
@@ -336,14 +461,7 @@ impl Engine {
             let st = Arc::new(QueueStats::default());
             let layout = plan.layout(&area, i, arena_per_queue);
             let choice = tx_choice(cfg.tx_strategy, sock.mode);
-            let io = XdpQueue::new(
-                sock,
-                area.clone(),
-                layout,
-                choice,
-                plan.mtu,
-                st.clone(),
-            );
+            let io = XdpQueue::new(sock, area.clone(), layout, choice, plan.mtu, st.clone());
             let mut driver = Driver::new(service, io, waker, cfg.busy_poll);
             if let Some(p) = publish {
                 driver = driver.on_publish(p);

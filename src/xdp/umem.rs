@@ -65,23 +65,7 @@ impl UmemArea {
             XdpError::sys(format!("sizing the UMEM memfd to {own} bytes"), e as i32)
         })?;
         // One contiguous address range for everything: reserve it, then map each part into it.
-        // SAFETY: a fresh anonymous reservation; nothing else uses the range.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len_usize,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(XdpError::sys(
-                format!("reserving {} MiB of address space for the UMEM", len >> 20),
-                errno(),
-            ));
-        }
+        let ptr = reserve(len_usize)?;
         // Unmaps the whole range on any failure below.
         let fail = |e: XdpError| {
             // SAFETY: unmapping the range reserved above; nothing references it yet.
@@ -106,32 +90,7 @@ impl UmemArea {
                 errno(),
             )));
         }
-        let mut windows = Vec::with_capacity(resident.len());
-        let mut at = own;
-        for f in resident {
-            let span = f.len.div_ceil(FRAME) * FRAME;
-            // SAFETY: `at..at + span` lies inside our reservation (len sums every span); the
-            // file is open read-write and at least `f.len` long, so every page of the span
-            // holds file bytes (only the last one partly).
-            let p = unsafe {
-                libc::mmap(
-                    ptr.cast::<u8>().add(at as usize).cast(),
-                    span as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_FIXED,
-                    f.file.as_raw_fd(),
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(fail(XdpError::sys(
-                    format!("mapping {} into the UMEM", f.path.display()),
-                    errno(),
-                )));
-            }
-            windows.push(Window::new(f, at));
-            at += span;
-        }
+        let windows = map_resident(ptr, own, resident).map_err(fail)?;
         let base = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| fail(XdpError::Config("mmap returned NULL".into())))?;
         let area = NonNull::slice_from_raw_parts(base, len_usize);
@@ -240,6 +199,62 @@ impl UmemArea {
         }
         Ok(())
     }
+}
+
+/// Reserves `len` bytes of address space (no access, no memory) for the parts to be mapped into.
+fn reserve(len: usize) -> Result<*mut libc::c_void, XdpError> {
+    // SAFETY: a fresh anonymous reservation; nothing else uses the range.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(XdpError::sys(
+            format!("reserving {} MiB of address space for the UMEM", len >> 20),
+            errno(),
+        ));
+    }
+    Ok(ptr)
+}
+
+/// Maps each resident file as it is into the reservation at `ptr`, from offset `at` on.
+fn map_resident(
+    ptr: *mut libc::c_void,
+    mut at: u64,
+    resident: Vec<ResidentFile>,
+) -> Result<Vec<Window>, XdpError> {
+    let mut windows = Vec::with_capacity(resident.len());
+    for f in resident {
+        let span = f.len.div_ceil(FRAME) * FRAME;
+        // SAFETY: `at..at + span` lies inside the reservation (its length sums every span);
+        // the file is open read-write and at least `f.len` long, so every page of the span
+        // holds file bytes (only the last one partly).
+        let p = unsafe {
+            libc::mmap(
+                ptr.cast::<u8>().add(at as usize).cast(),
+                span as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                f.file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(XdpError::sys(
+                format!("mapping {} into the UMEM", f.path.display()),
+                errno(),
+            ));
+        }
+        windows.push(Window::new(f, at));
+        at += span;
+    }
+    Ok(windows)
 }
 
 impl Drop for UmemArea {
