@@ -1,9 +1,10 @@
 //! The AF_XDP engine: one socket and one worker thread per RX queue over one shared UMEM.
 //!
-//! Each worker drives its socket's four rings and a sans-I/O [`Service`] (the fetch server,
-//! or the raw echo/generator): RX descriptors are parsed into (source, payload) and handed to
-//! the service; datagrams the service wants to send are framed for the requester (route learnt
-//! from its request) and put on the TX ring with one of two strategies:
+//! Each worker is a [`crate::driver::Driver`] running a sans-I/O [`Service`] (the fetch
+//! server, or the raw echo/generator) over its queue (`queue::XdpQueue`: the socket's four
+//! rings, its TX frames, its own log arena). RX descriptors are parsed into (source, payload)
+//! and handed to the service; datagrams the service wants to send are framed for the requester
+//! (route learnt from its request) and put on the TX ring with one of two strategies:
 //!
 //! - `sg`: a header frame (Ethernet/IP/UDP + service header) followed by descriptors that
 //!   point into the log arena (`XDP_PKT_CONTD`, one per page piece, at most 18 in all);
@@ -15,8 +16,8 @@
 //! measured on veth (release build, `kxgw xdp-raw` generator with arena-resident data, one
 //! verifying client, 1 GB per run, medians of 3) `copy` vs `sg` gave 2.52 vs 1.91 Gbit/s at
 //! MTU 1500, 7.32 vs 7.19 at 9000 and 14.82 vs 12.91 at 65535: no crossover up to the largest
-//! datagram, so the threshold sits above it (the C prototype of
-//! DESIGN.md saw multi-buffer ahead at jumbo sizes; its single-copy variant differed). No frame
+//! datagram, so the threshold sits above it (an earlier C prototype saw multi-buffer ahead at
+//! jumbo sizes; its single-copy variant differed). No frame
 //! is ever larger than the interface MTU allows.
 
 use std::net::SocketAddr;
