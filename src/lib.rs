@@ -7,10 +7,12 @@
 //! - [`metrics`]: counters in Prometheus text for `kxgw stats` and scrapers.
 //! - [`config`], [`privileges`]: the service side of `kxgw serve` (TOML config, capabilities).
 //! - [`kafka`]: the Kafka-protocol TCP listener (consumer subset; sendfile or copy).
+//! - [`driver`]: the one loop that runs a fetch (or raw) service over kernel UDP or an AF_XDP queue.
 //! - [`fetch`]: the kxgw UDP fetch protocol (sans-I/O cores, kernel-UDP gateway and consumer).
 //! - [`xdp`]: the fast path: XDP steering program, AF_XDP engine (UMEM + log arena, sg/copy TX).
 
 pub mod config;
+pub mod driver;
 pub mod fetch;
 pub mod kafka;
 pub mod log;

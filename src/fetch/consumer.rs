@@ -16,7 +16,7 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
@@ -101,14 +101,11 @@ impl UdpConsumer {
             .min(max_wait);
         let got = self.receive()?;
         if !got && !wait.is_zero() {
-            let mut pfd = libc::pollfd {
-                fd: self.sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = wait.as_micros().div_ceil(1000) as libc::c_int;
-            // SAFETY: one live pollfd.
-            unsafe { libc::poll(&mut pfd, 1, ms) };
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            let mut pfd = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+            let ms = u16::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+            // EINTR: the receive below finds nothing and the caller comes back.
+            let _ = poll(&mut pfd, PollTimeout::from(ms));
             self.receive()?;
         }
         let now = Instant::now();

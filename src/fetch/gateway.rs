@@ -1,24 +1,23 @@
-//! The kernel-UDP gateway: one thread, one socket, the [`Server`] core.
+//! The kernel-UDP fetch endpoint: one socket under the fetch driver ([`crate::driver`]).
 //!
-//! Loop: drain the socket with recvmmsg, feed the core, send what it has with sendmmsg (UDP
-//! GSO when available), and sleep in poll(2) until a datagram, a log append (eventfd woken
-//! by the log's on_append hook) or the core's next timer.
+//! [`UdpIo`] is the driver's kernel-UDP transport: it drains the socket with recvmmsg straight
+//! into the service, and sends what the service has with sendmmsg (UDP GSO when available),
+//! each datagram as the iovec pair [header, mapped log bytes]. [`FetchListener`] runs one
+//! [`Server`] over it, woken by log appends (the log's on_append hook).
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::driver::{self, Datagram, DatagramIo, Driver, Publish, Service, Wait, Waker, Workers};
 use crate::log::LogDir;
 
 use super::server::{Server, ServerConfig, ServerStats};
 use super::udp::{self, RecvBatch, BATCH};
-use super::Transmit;
 
 #[derive(Clone, Debug)]
 pub struct UdpGatewayConfig {
@@ -48,43 +47,21 @@ impl UdpGatewayConfig {
     }
 }
 
-/// A bound gateway, ready to run.
-pub struct UdpGateway {
+/// The driver's kernel-UDP transport: one non-blocking socket.
+pub struct UdpIo<P> {
     sock: Socket,
-    wake: Arc<OwnedFd>,
-    server: Server,
-    gso: bool,
     local: SocketAddr,
-    busy_poll: bool,
-    published: Arc<Mutex<ServerStats>>,
+    gso: bool,
+    rb: RecvBatch,
+    /// Datagrams taken from the service, not yet accepted by the socket.
+    pending: Vec<Datagram<P>>,
+    blocked: bool,
+    warned: Vec<i32>,
 }
 
-fn eventfd() -> std::io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the returned fd is owned by the OwnedFd from here on.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn wake(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64 to an eventfd; failure (counter full) is harmless.
-    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-}
-
-fn drain_eventfd(fd: RawFd) -> bool {
-    let mut v: u64 = 0;
-    // SAFETY: reads 8 bytes into a live u64.
-    let r = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
-    r == 8
-}
-
-impl UdpGateway {
-    /// Binds the socket, sizes datagrams from the MTU and hooks log appends.
-    pub fn bind(log: Arc<LogDir>, mut cfg: UdpGatewayConfig) -> Result<UdpGateway> {
+impl<P> UdpIo<P> {
+    /// Binds the socket; returns it with the largest datagram its interface's MTU allows.
+    pub fn bind(cfg: &UdpGatewayConfig) -> Result<(UdpIo<P>, usize)> {
         let domain = Domain::for_address(cfg.listen);
         let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
             .context("creating the UDP socket")?;
@@ -99,179 +76,148 @@ impl UdpGateway {
             .context("local address of the fetch socket")?;
         let (ifname, mtu) = match cfg.mtu {
             Some(m) => ("configured".to_string(), m),
-            None => udp::mtu_for(cfg.listen.ip()).unwrap_or_else(|| ("default".into(), 1500)),
+            None => driver::mtu_for(cfg.listen.ip()).unwrap_or_else(|| ("default".into(), 1500)),
         };
-        let max_datagram = udp::max_datagram_for_mtu(mtu, cfg.listen.is_ipv6());
-        if max_datagram < super::server::MIN_DATAGRAM {
-            bail!("MTU {mtu} is too small for the fetch protocol");
-        }
-        cfg.server.max_datagram = max_datagram;
-        let gso = cfg.gso && udp::gso_supported(sock.as_raw_fd());
+        let max_datagram = driver::max_datagram(mtu, cfg.listen.is_ipv6())?;
+        let gso = cfg.gso && udp::gso_supported(&sock);
         if cfg.gso && !gso {
             log::warn!("fetch: UDP GSO not available on this kernel; sending without it");
         }
-        let wake_fd = Arc::new(eventfd().context("creating the wake-up eventfd")?);
-        let hook_fd = wake_fd.clone();
-        log.on_append(Box::new(move |_| wake(hook_fd.as_raw_fd())));
         log::info!(
             "fetch: kernel UDP transport (recvmmsg/sendmmsg{}) serving {local}, max datagram {max_datagram} B (MTU {mtu}, {ifname})",
             if gso { " + UDP GSO" } else { "" }
         );
-        Ok(UdpGateway {
+        let io = UdpIo {
             sock,
-            wake: wake_fd,
-            server: Server::new(log, cfg.server),
-            gso,
             local,
-            busy_poll: cfg.busy_poll,
-            published: Arc::new(Mutex::new(ServerStats::default())),
-        })
+            gso,
+            rb: RecvBatch::new(BATCH, 4096),
+            pending: Vec::with_capacity(BATCH * 4),
+            blocked: false,
+            warned: Vec::new(),
+        };
+        Ok((io, max_datagram))
     }
 
+    /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
     }
 
-    /// Serves until `stop` is set; returns the final counters.
-    pub fn run(mut self, stop: &AtomicBool) -> Result<ServerStats> {
-        let fd = self.sock.as_raw_fd();
-        let wake_fd = self.wake.as_raw_fd();
-        let mut rb = RecvBatch::new(BATCH, 4096);
-        let mut pending: Vec<Transmit> = Vec::with_capacity(BATCH * 4);
-        let mut blocked = false;
-        let mut warned: Vec<i32> = Vec::new();
-        let mut last_report = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            let mut busy = false;
-            let now = Instant::now();
-            for _ in 0..8 {
-                let n = match rb.recv(fd) {
-                    Ok(n) => n,
-                    // ICMP errors of earlier sends surface here; they concern one peer only.
-                    Err(e) => {
-                        log::debug!("fetch: receive: {e}");
-                        continue;
-                    }
-                };
-                if n == 0 {
-                    break;
-                }
-                busy = true;
-                for i in 0..n {
-                    if let Some((Some(src), data, truncated)) = rb.get(i) {
-                        if truncated {
-                            // Longer than any request can be: count it as malformed.
-                            self.server.handle_datagram(now, src, &[]);
-                        } else {
-                            self.server.handle_datagram(now, src, data);
-                        }
-                    }
-                }
-            }
-            if drain_eventfd(wake_fd) {
-                self.server.handle_log_append(now);
-                busy = true;
-            }
-            if self.server.poll_timeout().is_some_and(|t| now >= t) {
-                self.server.handle_timeout(now);
-            }
-            // Send: a bounded amount per round so requests and acks keep being read.
-            for _ in 0..4 {
-                while pending.len() < BATCH * 4 {
-                    match self.server.poll_transmit(now) {
-                        Some(t) => pending.push(t),
-                        None => break,
-                    }
-                }
-                if pending.is_empty() {
-                    blocked = false;
-                    break;
-                }
-                let sent = match udp::send_transmits(fd, &pending, self.gso) {
-                    Ok(n) => n,
-                    Err(e)
-                        if self.gso
-                            && matches!(
-                                e.raw_os_error(),
-                                Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)
-                            ) =>
-                    {
-                        log::warn!("fetch: UDP GSO send failed ({e}); continuing without GSO");
-                        self.gso = false;
-                        continue;
-                    }
-                    Err(e) => {
-                        // A send error concerns one destination (e.g. unreachable): drop
-                        // that datagram rather than stall everyone.
-                        let errno = e.raw_os_error().unwrap_or(0);
-                        if !warned.contains(&errno) {
-                            warned.push(errno);
-                            log::warn!(
-                                "fetch: send to {} failed: {e}{} (dropping the datagram; further errors of this kind are not logged)",
-                                pending[0].dst,
-                                if errno == libc::EMSGSIZE { " -- is --fetch-mtu above the path MTU?" } else { "" }
-                            );
-                        }
-                        1
-                    }
-                };
-                pending.drain(..sent);
-                busy |= sent > 0;
-                if sent == 0 {
-                    blocked = true;
-                    break;
-                }
-                blocked = false;
-            }
-            if last_report.elapsed() >= Duration::from_secs(1) {
-                last_report = Instant::now();
-                self.publish();
-            }
-            if busy {
-                continue;
-            }
-            if self.busy_poll {
-                // Idle spin: yield, so a log follower woken on this core (new records) runs at
-                // once instead of waiting for the spinner's time slice to run out.
-                let _ = nix::sched::sched_yield();
-                continue;
-            }
-            let timeout = self
-                .server
-                .poll_timeout()
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_millis(100))
-                .min(Duration::from_millis(100));
-            let mut fds = [
-                libc::pollfd {
-                    fd,
-                    events: libc::POLLIN
-                        | if blocked || !pending.is_empty() {
-                            libc::POLLOUT
-                        } else {
-                            0
-                        },
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: wake_fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            let ms = timeout.as_micros().div_ceil(1000) as libc::c_int;
-            // SAFETY: fds is a live array of two pollfd.
-            unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    /// A send failed: GSO refused (turned off, true: retry) or one destination's error
+    /// (logged once per errno; the caller drops that datagram).
+    fn send_failed(&mut self, e: &std::io::Error) -> bool {
+        let errno = e.raw_os_error().unwrap_or(0);
+        if self.gso && matches!(errno, libc::EIO | libc::EINVAL | libc::EOPNOTSUPP) {
+            log::warn!("fetch: UDP GSO send failed ({e}); continuing without GSO");
+            self.gso = false;
+            return true;
         }
-        self.publish();
-        let st = self.server.stats().clone();
-        log::info!("fetch: gateway {} stopped: {st}", self.local);
-        Ok(st)
+        if !self.warned.contains(&errno) {
+            self.warned.push(errno);
+            log::warn!(
+                "fetch: send to {} failed: {e}{} (dropping the datagram; further errors of this kind are not logged)",
+                self.pending[0].dst,
+                if errno == libc::EMSGSIZE { " -- is --fetch-mtu above the path MTU?" } else { "" }
+            );
+        }
+        false
+    }
+}
+
+impl<S: Service> DatagramIo<S> for UdpIo<S::Payload>
+where
+    S::Payload: Send + 'static,
+{
+    fn receive(&mut self, now: Instant, service: &mut S) -> bool {
+        let fd = self.sock.as_raw_fd();
+        let mut got = false;
+        for _ in 0..8 {
+            let n = match self.rb.recv(fd) {
+                Ok(n) => n,
+                // ICMP errors of earlier sends surface here; they concern one peer only.
+                Err(e) => {
+                    log::debug!("fetch: receive: {e}");
+                    continue;
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            got = true;
+            for i in 0..n {
+                if let Some((Some(src), data, truncated)) = self.rb.get(i) {
+                    // Longer than any request can be: counted as malformed.
+                    let data = if truncated { &[][..] } else { data };
+                    service.handle_datagram(now, src, self.local, data);
+                }
+            }
+        }
+        got
     }
 
-    fn publish(&self) {
-        let mut p = self.published.lock().unwrap_or_else(|e| e.into_inner());
-        *p = self.server.stats().clone();
+    fn transmit(&mut self, now: Instant, service: &mut S) -> bool {
+        let fd = self.sock.as_raw_fd();
+        let mut progress = false;
+        // A bounded amount per round so requests and acks keep being read.
+        for _ in 0..4 {
+            while self.pending.len() < BATCH * 4 {
+                match service.poll_transmit(now) {
+                    Some(t) => self.pending.push(t),
+                    None => break,
+                }
+            }
+            if self.pending.is_empty() {
+                self.blocked = false;
+                break;
+            }
+            let sent = match udp::send_transmits(fd, &self.pending, self.gso) {
+                Ok(n) => n,
+                Err(e) if self.send_failed(&e) => continue,
+                // A send error concerns one destination (e.g. unreachable): drop that
+                // datagram rather than stall everyone.
+                Err(_) => 1,
+            };
+            self.pending.drain(..sent);
+            progress |= sent > 0;
+            self.blocked = sent == 0;
+            if sent == 0 {
+                break;
+            }
+        }
+        progress
+    }
+
+    fn wait(&self) -> Wait<'_> {
+        Wait {
+            fd: self.sock.as_fd(),
+            writable: self.blocked || !self.pending.is_empty(),
+            max: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Counters of the fetch servers of one endpoint as of their last publish: one slot per
+/// driver (kernel UDP: one; AF_XDP: one per queue).
+#[derive(Clone, Default)]
+pub struct FetchStats(Arc<Mutex<Vec<ServerStats>>>);
+
+impl FetchStats {
+    /// Adds a slot; the driver of one server publishes into it through the returned hook.
+    pub fn slot(&self) -> Publish<Server> {
+        let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        slots.push(ServerStats::default());
+        let i = slots.len() - 1;
+        let all = self.0.clone();
+        Box::new(move |s: &Server| {
+            let mut slots = all.lock().unwrap_or_else(|e| e.into_inner());
+            slots[i] = s.stats().clone();
+        })
+    }
+
+    /// Every slot's counters.
+    pub fn get(&self) -> Vec<ServerStats> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -298,15 +244,19 @@ pub struct FetchArgs {
 /// A running kernel-UDP fetch endpoint (what `kxgw serve --fetch-listen` starts).
 pub struct FetchListener {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    stats: Arc<Mutex<ServerStats>>,
-    thread: Option<JoinHandle<Result<ServerStats>>>,
+    workers: Workers,
+    stats: FetchStats,
 }
 
 impl FetchListener {
-    /// Starts the endpoint if `--fetch-listen` was given. The caller keeps the log followed
-    /// (LogDir::spawn_follower): appends reach the endpoint through the on_append hook.
-    pub fn start(log: &Arc<LogDir>, args: &FetchArgs) -> Result<Option<FetchListener>> {
+    /// Starts the endpoint if `--fetch-listen` was given, with `server`'s settings (its token
+    /// secret is the gateway's). The caller keeps the log followed (LogDir::spawn_follower):
+    /// appends reach the endpoint through the on_append hook.
+    pub fn start(
+        log: &Arc<LogDir>,
+        args: &FetchArgs,
+        server: &ServerConfig,
+    ) -> Result<Option<FetchListener>> {
         let Some(listen) = args.fetch_listen else {
             return Ok(None);
         };
@@ -314,21 +264,30 @@ impl FetchListener {
         cfg.gso = args.udp_gso == OnOff::On;
         cfg.mtu = args.fetch_mtu;
         cfg.busy_poll = args.fetch_busy_poll;
-        let gw = UdpGateway::bind(log.clone(), cfg)?;
-        let addr = gw.local_addr();
-        let stats = gw.published.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("kxgw-fetch-udp".into())
-            .spawn(move || gw.run(&stop2))
+        cfg.server = server.clone();
+        Self::spawn(log, cfg).map(Some)
+    }
+
+    /// Binds now (so configuration errors surface to the caller) and serves on a new thread.
+    pub fn spawn(log: &Arc<LogDir>, mut cfg: UdpGatewayConfig) -> Result<FetchListener> {
+        let (io, max_datagram) = UdpIo::bind(&cfg)?;
+        cfg.server.max_datagram = max_datagram;
+        let addr = io.local_addr();
+        let waker = Waker::new().context("creating the wake-up eventfd")?;
+        let hook = waker.clone();
+        log.on_append(Box::new(move |_| hook.wake()));
+        let stats = FetchStats::default();
+        let server = Server::new(log.clone(), cfg.server);
+        let driver = Driver::new(server, io, waker, cfg.busy_poll).on_publish(stats.slot());
+        let mut workers = Workers::new();
+        workers
+            .spawn("kxgw-fetch-udp".into(), driver)
             .context("starting the fetch gateway thread")?;
-        Ok(Some(FetchListener {
+        Ok(FetchListener {
             addr,
-            stop,
+            workers,
             stats,
-            thread: Some(thread),
-        }))
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -340,55 +299,20 @@ impl FetchListener {
         let stats = self.stats.clone();
         let addr = self.addr.to_string();
         metrics.register(move |w| {
-            let s = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            s.write_metrics(w, &[("transport", "udp"), ("endpoint", &addr)]);
+            for s in stats.get() {
+                s.write_metrics(w, &[("transport", "udp"), ("endpoint", &addr)]);
+            }
         });
     }
 
-    /// Counters as of the last second.
+    /// Counters as of the last publish.
     pub fn stats(&self) -> ServerStats {
-        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stats.get().pop().unwrap_or_default()
     }
 
     /// Stops the endpoint and waits for its thread.
     pub fn shutdown(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            match t.join() {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => log::error!("fetch endpoint {}: {e:#}", self.addr),
-                Err(_) => log::error!("fetch endpoint {} thread panicked", self.addr),
-            }
-        }
+        self.workers.stop();
+        log::info!("fetch: gateway {} stopped: {}", self.addr, self.stats());
     }
-}
-
-impl Drop for FetchListener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Binds and serves in the calling thread until `stop` is set.
-pub fn run_udp_gateway(
-    log: Arc<LogDir>,
-    cfg: UdpGatewayConfig,
-    stop: Arc<AtomicBool>,
-) -> Result<ServerStats> {
-    UdpGateway::bind(log, cfg)?.run(&stop)
-}
-
-/// Binds now (so configuration errors surface to the caller) and serves on a new thread.
-pub fn spawn_udp_gateway(
-    log: Arc<LogDir>,
-    cfg: UdpGatewayConfig,
-    stop: Arc<AtomicBool>,
-) -> Result<(SocketAddr, JoinHandle<Result<ServerStats>>)> {
-    let gw = UdpGateway::bind(log, cfg)?;
-    let addr = gw.local_addr();
-    let h = std::thread::Builder::new()
-        .name("kxgw-fetch-udp".into())
-        .spawn(move || gw.run(&stop))
-        .context("starting the fetch gateway thread")?;
-    Ok((addr, h))
 }

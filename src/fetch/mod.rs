@@ -22,41 +22,18 @@ pub mod wire;
 mod sim_tests;
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
-use crate::log::ReadSlice;
+use crate::driver::{Datagram, Service, TxPayload};
+use crate::log::{ReadSlice, SourceId};
 
 pub use client::{Client, ClientConfig, ClientStats, Delivered, Event, StartAt, Subscription};
 pub use server::{Server, ServerConfig, ServerStats};
 
 /// One datagram to send: `header` followed by the `payload` bytes (if any) is the UDP
-/// payload. `header.len() + payload.len <= max_datagram`, always.
-#[derive(Clone, Debug)]
-pub struct Transmit {
-    pub dst: SocketAddr,
-    pub header: Vec<u8>,
-    pub payload: Option<Payload>,
-}
-
-impl Transmit {
-    /// UDP payload length.
-    pub fn len(&self) -> usize {
-        self.header.len() + self.payload.as_ref().map_or(0, |p| p.len)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Header and payload concatenated (tests, copy-mode transports).
-    pub fn to_vec(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.len());
-        v.extend_from_slice(&self.header);
-        if let Some(p) = &self.payload {
-            v.extend_from_slice(p.bytes());
-        }
-        v
-    }
-}
+/// payload. `header.len() + payload.len <= max_datagram`, always. Transports take it as it
+/// is (the driver's [`Datagram`]).
+pub type Transmit = Datagram<Payload>;
 
 /// Log bytes of a datagram, referenced in the segment mapping (never copied by the core).
 #[derive(Clone, Debug)]
@@ -76,5 +53,53 @@ impl Payload {
     /// Position of the first byte in the segment file (for sendfile/pread/UMEM offsets).
     pub fn file_position(&self) -> u64 {
         self.slice.position + self.offset as u64
+    }
+}
+
+impl TxPayload for Payload {
+    fn bytes(&self) -> &[u8] {
+        Payload::bytes(self)
+    }
+
+    fn ahead(&self) -> &[u8] {
+        // The rest of this fetch response, straight from the segment mapping.
+        &self.slice.bytes()[self.offset..]
+    }
+
+    fn source(&self) -> SourceId {
+        self.slice.source.clone()
+    }
+
+    fn position(&self) -> u64 {
+        self.file_position()
+    }
+
+    fn file(&self) -> Option<&std::fs::File> {
+        Some(&self.slice.file)
+    }
+}
+
+/// The fetch server as a driver service (every transport: kernel UDP, each AF_XDP queue).
+impl Service for Server {
+    type Payload = Payload;
+
+    fn handle_datagram(&mut self, now: Instant, src: SocketAddr, _local: SocketAddr, data: &[u8]) {
+        Server::handle_datagram(self, now, src, data);
+    }
+
+    fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        Server::poll_transmit(self, now)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Server::poll_timeout(self)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Server::handle_timeout(self, now);
+    }
+
+    fn handle_wake(&mut self, now: Instant) {
+        self.handle_log_append(now);
     }
 }

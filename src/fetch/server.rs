@@ -23,7 +23,7 @@ use super::wire::{
 use super::{Payload, Transmit};
 
 /// Smallest datagram the protocol can work with (a header and some payload).
-pub const MIN_DATAGRAM: usize = 512;
+pub const MIN_DATAGRAM: usize = crate::driver::MIN_DATAGRAM;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -51,6 +51,16 @@ pub struct ServerConfig {
     /// Address-validation secret. Give every server of one gateway (one per transport
     /// worker) the same value so a token from one validates on all; None: random.
     pub token_secret: Option<[u8; 16]>,
+}
+
+impl ServerConfig {
+    /// This configuration with its token secret fixed (a fresh random one when none is set):
+    /// every server built from the result (one per AF_XDP queue, or the kernel-UDP endpoint)
+    /// validates the others' tokens.
+    pub fn with_shared_secret(mut self) -> ServerConfig {
+        self.token_secret.get_or_insert_with(rand::random);
+        self
+    }
 }
 
 impl Default for ServerConfig {

@@ -902,3 +902,50 @@ fn tailing_consumer_receives_steady_appends() {
         );
     }
 }
+
+/// A validated consumer whose flow moves to another server (RSS steering it to another AF_XDP
+/// queue) midway; `cfg` builds both servers. Returns the client's RETRY count.
+fn move_flow_midway(cfg: ServerConfig, seed: u64) -> u64 {
+    let (_dir, log, end) = setup(200);
+    let mut server = Server::new(log.clone(), cfg.clone());
+    let mut other = Server::new(log, cfg);
+    let mut sim = Sim::new(seed, Faults::default());
+    let sub = Subscription {
+        topic: TOPIC.into(),
+        partition: 0,
+        start: StartAt::Offset(0),
+    };
+    let mut cs = vec![Consumer::new("198.18.0.2:40011", small_window(), vec![sub])];
+    let mut moved = false;
+    run(
+        &mut sim,
+        &mut server,
+        &mut cs,
+        Duration::from_secs(120),
+        |_, s, cs| {
+            if !moved && cs[0].next[0] > end / 2 {
+                // From now on every datagram of the flow reaches the other server.
+                std::mem::swap(s, &mut other);
+                moved = true;
+            }
+            cs[0].client.is_finished()
+        },
+    );
+    assert!(moved, "the flow moved");
+    assert_eq!(cs[0].next[0], end, "everything delivered after the move");
+    // `server` is now the second one: it served the rest.
+    assert!(server.stats().payload_bytes > 0, "{:?}", server.stats());
+    cs[0].client.stats().retries
+}
+
+#[test]
+fn a_flow_moved_to_another_queue_stays_validated() {
+    // What every transport worker of one gateway gets: one secret (fetch_endpoint::start).
+    let gateway = server_cfg(1472).with_shared_secret();
+    let queue = crate::xdp::fetch_endpoint::queue_config(&gateway, 1472);
+    let retries = move_flow_midway(queue, 21);
+    // One RETRY: the first contact. The second server accepts the token the first minted.
+    assert_eq!(retries, 1, "the moved flow was not re-validated");
+    // Control: servers with their own secrets (the old per-queue default) re-validate.
+    assert!(move_flow_midway(server_cfg(1472), 21) > 1);
+}

@@ -5,17 +5,16 @@
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
-use std::path::Path;
+use std::os::fd::{AsFd, RawFd};
 
+use nix::sys::socket::{setsockopt, sockopt};
 use socket2::SockAddr;
 
-use super::Transmit;
+use crate::driver::{Datagram, TxPayload};
 
 /// Datagrams per recvmmsg/sendmmsg call.
 pub const BATCH: usize = 64;
-/// Largest UDP payload over IPv4.
-pub const MAX_UDP_PAYLOAD: usize = 65507;
+pub use crate::driver::MAX_UDP_PAYLOAD;
 /// GSO: at most this many segments, and this many bytes, per send.
 const GSO_MAX_SEGMENTS: usize = 64;
 const GSO_MAX_BYTES: usize = 65000;
@@ -106,20 +105,9 @@ impl RecvBatch {
     }
 }
 
-/// Whether this kernel accepts UDP_SEGMENT on `fd` (probes with setsockopt).
-pub fn gso_supported(fd: RawFd) -> bool {
-    let v: libc::c_int = 0;
-    // SAFETY: plain setsockopt with a valid int option value.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_UDP,
-            libc::UDP_SEGMENT,
-            (&v as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    r == 0
+/// Whether this kernel accepts UDP_SEGMENT on `sock` (probes with setsockopt).
+pub fn gso_supported(sock: impl AsFd) -> bool {
+    setsockopt(&sock, sockopt::UdpGsoSegment, &0).is_ok()
 }
 
 /// One sendmmsg message under construction.
@@ -134,7 +122,11 @@ struct Msg {
 /// Sends as many of `txs` as the socket takes now; returns how many were sent (fewer
 /// than `txs.len()` when the socket buffer is full). With `gso`, consecutive datagrams to
 /// the same destination and of the same size (the last may be shorter) go as one message.
-pub fn send_transmits(fd: RawFd, txs: &[Transmit], gso: bool) -> io::Result<usize> {
+pub fn send_transmits<P: TxPayload>(
+    fd: RawFd,
+    txs: &[Datagram<P>],
+    gso: bool,
+) -> io::Result<usize> {
     if txs.is_empty() {
         return Ok(0);
     }
@@ -207,7 +199,7 @@ pub fn send_transmits(fd: RawFd, txs: &[Transmit], gso: bool) -> io::Result<usiz
         msgs.push(h);
     }
     // SAFETY: every message points at iovecs over live memory: headers owned by `txs` and
-    // payload slices of mappings kept alive by the ReadSlice Arcs in `txs`.
+    // payload bytes kept alive (mapped) by the payloads in `txs`.
     let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, 0) };
     if r < 0 {
         let e = io::Error::last_os_error();
@@ -219,7 +211,7 @@ pub fn send_transmits(fd: RawFd, txs: &[Transmit], gso: bool) -> io::Result<usiz
     Ok(plan.iter().take(r as usize).map(|m| m.transmits).sum())
 }
 
-fn push_iovs(iovs: &mut Vec<libc::iovec>, t: &Transmit) {
+fn push_iovs<P: TxPayload>(iovs: &mut Vec<libc::iovec>, t: &Datagram<P>) {
     iovs.push(libc::iovec {
         iov_base: t.header.as_ptr() as *mut libc::c_void,
         iov_len: t.header.len(),
@@ -233,61 +225,10 @@ fn push_iovs(iovs: &mut Vec<libc::iovec>, t: &Transmit) {
     }
 }
 
-/// MTU of the interface that holds `ip`; for an unspecified address the smallest MTU of
-/// the interfaces that are up (loopback excluded), so no datagram is too large for any.
-pub fn mtu_for(ip: std::net::IpAddr) -> Option<(String, usize)> {
-    let addrs = nix::ifaddrs::getifaddrs().ok()?;
-    let mut best: Option<(String, usize)> = None;
-    for a in addrs {
-        let name = a.interface_name.clone();
-        let mtu = read_mtu(&name)?;
-        let matches = a.address.as_ref().and_then(|s| {
-            s.as_sockaddr_in()
-                .map(|v4| std::net::IpAddr::V4(v4.ip()))
-                .or_else(|| s.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
-        });
-        if ip.is_unspecified() {
-            let up = a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
-            let lo = a
-                .flags
-                .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK);
-            if up && !lo && best.as_ref().is_none_or(|b| mtu < b.1) {
-                best = Some((name, mtu));
-            }
-        } else if matches == Some(ip) {
-            return Some((name, mtu));
-        }
-    }
-    best
-}
-
-fn read_mtu(ifname: &str) -> Option<usize> {
-    let p = Path::new("/sys/class/net").join(ifname).join("mtu");
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
-}
-
-/// Largest UDP payload for an MTU (IP and UDP headers off).
-pub fn max_datagram_for_mtu(mtu: usize, ipv6: bool) -> usize {
-    let overhead = if ipv6 { 40 + 8 } else { 20 + 8 };
-    mtu.saturating_sub(overhead).min(MAX_UDP_PAYLOAD)
-}
-
 /// Enlarges a socket's receive buffer past `rmem_max` when allowed (root), else as far as
 /// `rmem_max` goes: bursts of 64 KiB datagrams overflow the default buffer.
 pub fn grow_recv_buffer(sock: &std::net::UdpSocket, bytes: usize) {
-    use std::os::fd::AsRawFd;
-    let v = bytes as libc::c_int;
-    // SAFETY: setsockopt with an int on a valid socket.
-    let forced = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if forced != 0 {
+    if setsockopt(sock, sockopt::RcvBufForce, &bytes).is_err() {
         let _ = socket2::SockRef::from(sock).set_recv_buffer_size(bytes);
     }
 }

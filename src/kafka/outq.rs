@@ -136,44 +136,25 @@ impl OutQueue {
 }
 
 fn send_mem<S: AsFd>(sock: &S, buf: &[u8], more: bool) -> io::Result<usize> {
-    let mut flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    use nix::sys::socket::MsgFlags;
+    let mut flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
     if more {
         // The next chunk follows at once: let the kernel coalesce header and records.
-        flags |= libc::MSG_MORE;
+        flags |= MsgFlags::from_bits_retain(libc::MSG_MORE);
     }
-    // SAFETY: `buf` is a valid readable slice for its length; the fd is borrowed for the call.
-    let n = unsafe {
-        libc::send(
-            sock.as_fd().as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            flags,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
+    Ok(nix::sys::socket::send(
+        sock.as_fd().as_raw_fd(),
+        buf,
+        flags,
+    )?)
 }
 
 fn send_file<S: AsFd>(sock: &S, r: &mut FileRange) -> io::Result<usize> {
     let mut off = i64::try_from(r.position)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file position beyond i64"))?;
     let count = r.len.min(SENDFILE_MAX);
-    // SAFETY: both fds are borrowed and open for the call; `off` is a valid i64 the kernel
-    // updates in place (the file's own position is untouched, so ranges can share a file).
-    let n = unsafe {
-        libc::sendfile64(
-            sock.as_fd().as_raw_fd(),
-            r.file.as_fd().as_raw_fd(),
-            &mut off,
-            count,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
+    // With an explicit offset the file's own position is untouched, so ranges can share a file.
+    let n = nix::sys::sendfile::sendfile64(sock, &*r.file, Some(&mut off), count)?;
     if n == 0 {
         return Err(file_ended(r));
     }

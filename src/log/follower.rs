@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, WatchDescriptor};
 
 use super::LogDir;
 
@@ -35,63 +36,41 @@ impl Drop for FollowerHandle {
     }
 }
 
+/// The inotify instance: the log dir and every partition dir are watched.
 struct Inotify {
-    fd: OwnedFd,
+    ino: nix::sys::inotify::Inotify,
 }
 
-const DIR_MASK: u32 = libc::IN_MODIFY
-    | libc::IN_CREATE
-    | libc::IN_DELETE
-    | libc::IN_MOVED_FROM
-    | libc::IN_MOVED_TO
-    | libc::IN_CLOSE_WRITE;
+const DIR_MASK: AddWatchFlags = AddWatchFlags::IN_MODIFY
+    .union(AddWatchFlags::IN_CREATE)
+    .union(AddWatchFlags::IN_DELETE)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_CLOSE_WRITE);
 
 impl Inotify {
     fn new() -> io::Result<Self> {
-        // SAFETY: plain syscall; the returned fd is owned by us from here on.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor nobody else owns.
-        Ok(Inotify {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let ino = nix::sys::inotify::Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        Ok(Inotify { ino })
     }
 
-    fn watch(&self, path: &Path) -> io::Result<i32> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-        // SAFETY: c is a valid NUL-terminated path; fd is our inotify descriptor.
-        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), DIR_MASK) };
-        if wd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(wd)
+    fn watch(&self, path: &Path) -> io::Result<WatchDescriptor> {
+        Ok(self.ino.add_watch(path, DIR_MASK)?)
     }
 
-    /// Reads all pending events: the watch descriptors that fired (-1: queue overflow), each
-    /// with whether anything but a write happened (files created, deleted, renamed).
-    fn drain(&self, buf: &mut [u8], out: &mut HashMap<i32, bool>) {
-        loop {
-            // SAFETY: buf is valid for buf.len() bytes; the kernel writes whole events.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
+    /// Reads all pending events: the watches that fired (a queue overflow names no watch we
+    /// know), each with whether anything but a write happened (files created, deleted,
+    /// renamed).
+    fn drain(&self, out: &mut HashMap<WatchDescriptor, bool>) {
+        let writes = AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE;
+        // EAGAIN: drained.
+        while let Ok(events) = self.ino.read_events() {
+            if events.is_empty() {
                 return;
             }
-            let n = n as usize;
-            let mut at = 0;
-            let hdr = std::mem::size_of::<libc::inotify_event>();
-            while at + hdr <= n {
-                let wd = i32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-                let mask = u32::from_ne_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
-                let len =
-                    u32::from_ne_bytes([buf[at + 12], buf[at + 13], buf[at + 14], buf[at + 15]])
-                        as usize;
-                let structural = mask & !(libc::IN_MODIFY | libc::IN_CLOSE_WRITE) != 0;
-                *out.entry(wd).or_insert(false) |= structural;
-                at += hdr + len;
+            for e in events {
+                let structural = !(e.mask - writes).is_empty();
+                *out.entry(e.wd).or_insert(false) |= structural;
             }
         }
     }
@@ -104,7 +83,7 @@ pub(crate) fn spawn(dir: Arc<LogDir>, interval: Duration) -> io::Result<Follower
     let inotify = match Inotify::new() {
         Ok(i) => {
             poll.registry().register(
-                &mut SourceFd(&i.fd.as_raw_fd()),
+                &mut SourceFd(&i.ino.as_fd().as_raw_fd()),
                 INOTIFY,
                 Interest::READABLE,
             )?;
@@ -137,10 +116,9 @@ fn run(
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut events = Events::with_capacity(8);
-    let mut buf = vec![0u8; 64 * 1024];
     let mut fired = HashMap::new();
     // wd -> partition dir name (None: the log dir itself).
-    let mut watches: HashMap<i32, Option<super::TopicPartition>> = HashMap::new();
+    let mut watches: HashMap<WatchDescriptor, Option<super::TopicPartition>> = HashMap::new();
     let mut watched: HashSet<super::TopicPartition> = HashSet::new();
     let add_watches = |watches: &mut HashMap<_, _>, watched: &mut HashSet<_>| {
         let Some(ino) = &inotify else { return };
@@ -182,7 +160,7 @@ fn run(
         }
         fired.clear();
         if let Some(ino) = &inotify {
-            ino.drain(&mut buf, &mut fired);
+            ino.drain(&mut fired);
         }
         let full = Instant::now() >= next_full
             || fired

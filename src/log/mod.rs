@@ -17,6 +17,7 @@ pub mod index;
 mod partition;
 pub mod record;
 pub mod segment;
+mod source;
 pub mod varint;
 pub mod writer;
 
@@ -28,6 +29,7 @@ pub use dir::LogDir;
 pub use error::{BatchError, LogError};
 pub use follower::FollowerHandle;
 pub use partition::Partition;
+pub use source::SourceId;
 
 /// Which end bounds reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -119,6 +121,8 @@ pub struct ReadSlice {
     pub next_offset: i64,
     /// Offsets of the partition as of this read.
     pub offsets: PartitionOffsets,
+    /// Identity of the segment's bytes (one per opened segment file).
+    pub source: SourceId,
 }
 
 impl ReadSlice {

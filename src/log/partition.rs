@@ -14,7 +14,7 @@ use super::checkpoint::Checkpoint;
 use super::error::LogError;
 use super::index;
 use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
-use super::{Isolation, PartitionOffsets, ReadSlice, TopicPartition};
+use super::{Isolation, PartitionOffsets, ReadSlice, SourceId, TopicPartition};
 
 /// Bytes of batches between two entries of the in-memory sparse index: a lookup scans at
 /// most this many bytes of batch headers after the binary search.
@@ -118,6 +118,8 @@ struct Segment {
     base_offset: i64,
     path: Arc<PathBuf>,
     file: Arc<File>,
+    /// Identity of this opening of the file (a reopened segment gets a new one).
+    source: SourceId,
     dev_ino: (u64, u64),
     map: Arc<Mmap>,
     ix: OnceLock<SegIndex>,
@@ -169,10 +171,12 @@ impl Segment {
                     _ => None,
                 })
         };
+        let file = Arc::new(file);
         let seg = Segment {
             base_offset,
             path: Arc::new(path),
-            file: Arc::new(file),
+            source: SourceId::new(file.clone()),
+            file,
             dev_ino: (md.dev(), md.ino()),
             map: Arc::new(map),
             ix: OnceLock::new(),
@@ -315,7 +319,7 @@ pub struct Partition {
     /// Serialises refreshes: only a refresh mutates the state, so it can scan outside the lock.
     refresh_lock: Mutex<Option<String>>,
     /// Returned in empty slices of a partition without segments.
-    empty: (Arc<PathBuf>, Arc<File>, Arc<Mmap>),
+    empty: (Arc<PathBuf>, Arc<File>, Arc<Mmap>, SourceId),
 }
 
 impl std::fmt::Debug for Partition {
@@ -341,11 +345,15 @@ impl Partition {
             .and_then(|m| m.make_read_only())
             .map_err(|e| LogError::io(&dir, e))?;
         Ok(Partition {
-            empty: (
-                Arc::new(dir.clone()),
-                Arc::new(dir_file),
-                Arc::new(empty_map),
-            ),
+            empty: {
+                let dir_file = Arc::new(dir_file);
+                (
+                    Arc::new(dir.clone()),
+                    dir_file.clone(),
+                    Arc::new(empty_map),
+                    SourceId::new(dir_file),
+                )
+            },
             tp,
             dir,
             isolation,
@@ -401,18 +409,20 @@ impl Partition {
     }
 
     fn empty_slice(&self, st: &PartState, offset: i64) -> ReadSlice {
-        let (path, file, map) = match st.segments.values().next_back() {
-            Some(s) => (s.path.clone(), s.file.clone(), s.map.clone()),
-            None => (
-                self.empty.0.clone(),
-                self.empty.1.clone(),
-                self.empty.2.clone(),
+        let (path, file, map, source) = match st.segments.values().next_back() {
+            Some(s) => (
+                s.path.clone(),
+                s.file.clone(),
+                s.map.clone(),
+                s.source.clone(),
             ),
+            None => self.empty.clone(),
         };
         ReadSlice {
             path,
             file,
             map,
+            source,
             position: 0,
             len: 0,
             first_offset: offset,
@@ -496,6 +506,7 @@ impl Partition {
             path: s.path.clone(),
             file: s.file.clone(),
             map: s.map.clone(),
+            source: s.source.clone(),
             position: if len == 0 { 0 } else { start },
             len,
             first_offset,

@@ -17,34 +17,14 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::consts::FRAME;
 use super::error::XdpError;
-use super::umem::{UmemArea, FRAME};
+use super::umem::UmemArea;
+pub use crate::log::SourceId;
 
 /// Bytes of segment cached per block.
 pub const BLOCK: u64 = 1 << 20;
 const PAGES_PER_BLOCK: usize = (BLOCK / FRAME) as usize;
-
-/// Identity of a payload source (a segment file). Two payloads with the same id and file
-/// position must have the same bytes. The keepalive holds the source open while cached, so the
-/// id (usually an `Arc` pointer) cannot be reused by another segment meanwhile.
-#[derive(Clone)]
-pub struct SourceId {
-    /// Stable identity while `keep` is alive.
-    pub id: usize,
-    /// Keeps the source (and so `id`) alive while its bytes are cached.
-    pub keep: Arc<dyn Any + Send + Sync>,
-}
-
-#[cfg(test)]
-impl SourceId {
-    /// A source with identity `id` and nothing to keep alive (tests).
-    pub(crate) fn anonymous(id: usize) -> SourceId {
-        SourceId {
-            id,
-            keep: Arc::new(()),
-        }
-    }
-}
 
 struct Block {
     key: Option<(usize, u64)>,
@@ -85,7 +65,14 @@ pub struct ArenaFull;
 impl Arena {
     /// Manages the arena part of `area`.
     pub fn new(area: Arc<UmemArea>) -> Arena {
-        let n = (area.arena_len() / BLOCK) as usize;
+        let (base, len) = (area.arena_offset(), area.arena_len());
+        Arena::part(area, base, len)
+    }
+
+    /// Manages `len` bytes of the arena part of `area` from UMEM offset `base` (one queue's
+    /// share: queues have their own arenas, so they share no lock).
+    pub fn part(area: Arc<UmemArea>, base: u64, len: u64) -> Arena {
+        let n = (len / BLOCK) as usize;
         let blocks = (0..n)
             .map(|_| Block {
                 key: None,
@@ -96,7 +83,7 @@ impl Arena {
             })
             .collect();
         Arena {
-            base: area.arena_offset(),
+            base,
             area,
             blocks,
             index: HashMap::new(),

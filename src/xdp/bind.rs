@@ -106,7 +106,7 @@ pub fn single_buffer_datagram(ipv6: bool) -> usize {
     } else {
         super::packet::IPV4_LEN
     };
-    super::umem::FRAME as usize
+    super::consts::FRAME as usize
         - super::packet::ETH_LEN
         - 2 * super::packet::VLAN_LEN
         - ip

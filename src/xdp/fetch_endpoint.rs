@@ -3,105 +3,22 @@
 //! kernel-UDP transport when XDP cannot be set up (unless `--require-xdp`).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use super::arena::SourceId;
 use super::cli::XdpArgs;
-use super::engine::{Datagram, Engine, Service, TxPayload, WorkerContext};
-use crate::fetch::gateway::{FetchArgs, FetchListener};
-use crate::fetch::{Payload, Server, ServerConfig, ServerStats};
+use super::engine::{Engine, WorkerContext};
+use crate::fetch::gateway::{FetchArgs, FetchListener, FetchStats};
+use crate::fetch::{Server, ServerConfig};
 use crate::log::{segment, LogDir};
 
-impl TxPayload for Payload {
-    fn bytes(&self) -> &[u8] {
-        Payload::bytes(self)
-    }
-
-    fn ahead(&self) -> &[u8] {
-        // The rest of this fetch response, straight from the segment mapping.
-        &self.slice.bytes()[self.offset..]
-    }
-
-    fn source(&self) -> SourceId {
-        // One open File per segment: it stays the same while the segment grows and is
-        // replaced when the segment is truncated or swapped, so it identifies the bytes.
-        SourceId {
-            id: Arc::as_ptr(&self.slice.file) as usize,
-            keep: self.slice.file.clone(),
-        }
-    }
-
-    fn position(&self) -> u64 {
-        self.file_position()
-    }
-
-    fn file(&self) -> Option<&std::fs::File> {
-        Some(&self.slice.file)
-    }
-}
-
-/// A fetch server driven by one engine worker.
-pub struct FetchService {
-    server: Server,
-    published: Arc<Mutex<Vec<ServerStats>>>,
-    slot: usize,
-    next_publish: Instant,
-}
-
-impl FetchService {
-    fn maybe_publish(&mut self, now: Instant) {
-        if now >= self.next_publish {
-            self.next_publish = now + Duration::from_millis(500);
-            if let Ok(mut p) = self.published.lock() {
-                if let Some(s) = p.get_mut(self.slot) {
-                    *s = self.server.stats().clone();
-                }
-            }
-        }
-    }
-}
-
-impl Drop for FetchService {
-    fn drop(&mut self) {
-        self.next_publish = Instant::now();
-        self.maybe_publish(Instant::now());
-    }
-}
-
-impl Service for FetchService {
-    type Payload = Payload;
-
-    fn handle_datagram(&mut self, now: Instant, src: SocketAddr, _local: SocketAddr, data: &[u8]) {
-        self.server.handle_datagram(now, src, data);
-        self.maybe_publish(now);
-    }
-
-    fn poll_transmit(&mut self, now: Instant) -> Option<Datagram<Payload>> {
-        self.server.poll_transmit(now).map(|t| Datagram {
-            dst: t.dst,
-            header: t.header,
-            payload: t.payload,
-        })
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        // Also come back for the stats.
-        let t = self.next_publish;
-        Some(self.server.poll_timeout().map_or(t, |s| s.min(t)))
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        if self.server.poll_timeout().is_some_and(|t| t <= now) {
-            self.server.handle_timeout(now);
-        }
-        self.maybe_publish(now);
-    }
-
-    fn handle_wake(&mut self, now: Instant) {
-        self.server.handle_log_append(now);
+/// The settings of one queue's server: the gateway's (its token secret included), sized for
+/// the queue's datagrams.
+pub fn queue_config(gateway: &ServerConfig, max_datagram: usize) -> ServerConfig {
+    ServerConfig {
+        max_datagram,
+        ..gateway.clone()
     }
 }
 
@@ -124,43 +41,28 @@ pub struct XdpFetch {
     engine: Engine,
     endpoint: SocketAddr,
     iface: String,
-    published: Arc<Mutex<Vec<ServerStats>>>,
+    stats: FetchStats,
 }
 
 impl XdpFetch {
-    /// Attaches to `iface` and serves `endpoint` from `log`.
+    /// Attaches to `iface` and serves `endpoint` from `log`, one [`Server`] per queue, each
+    /// built from `server` (so all share its token secret: a flow that RSS moves to another
+    /// queue stays validated).
     pub fn start(
         log: &Arc<LogDir>,
         iface: &str,
         endpoint: SocketAddr,
         args: &XdpArgs,
+        server: &ServerConfig,
     ) -> Result<XdpFetch> {
         let mut cfg = args.engine_config(iface, endpoint);
         if args.umem_segments {
             cfg.resident = segment_files(log)?;
         }
-        let published = Arc::new(Mutex::new(Vec::new()));
-        let engine = Engine::start(&cfg, |ctx: WorkerContext| {
-            let slot = match published.lock() {
-                Ok(mut p) => {
-                    p.push(ServerStats::default());
-                    p.len() - 1
-                }
-                Err(_) => 0,
-            };
-            let server = Server::new(
-                log.clone(),
-                ServerConfig {
-                    max_datagram: ctx.max_datagram,
-                    ..ServerConfig::default()
-                },
-            );
-            FetchService {
-                server,
-                published: published.clone(),
-                slot,
-                next_publish: Instant::now(),
-            }
+        let stats = FetchStats::default();
+        let engine = Engine::start_publishing(&cfg, |ctx: WorkerContext| {
+            let server = Server::new(log.clone(), queue_config(server, ctx.max_datagram));
+            (server, Some(stats.slot()))
         })?;
         let wakers = engine.wakers();
         log.on_append(Box::new(move |_| {
@@ -172,7 +74,7 @@ impl XdpFetch {
             engine,
             endpoint,
             iface: iface.to_string(),
-            published,
+            stats,
         })
     }
 
@@ -198,10 +100,8 @@ impl XdpFetch {
             self.engine.tx_strategy().name(),
             self.engine.queues()
         );
-        if let Ok(p) = self.published.lock() {
-            for (q, s) in p.iter().enumerate() {
-                out.push_str(&format!("\n  queue {q}: {s}"));
-            }
+        for (q, s) in self.stats.get().iter().enumerate() {
+            out.push_str(&format!("\n  queue {q}: {s}"));
         }
         out.push_str(&format!("\n  engine: {:?}", self.engine.stats()));
         match self.engine.steering_counters() {
@@ -219,7 +119,7 @@ impl XdpFetch {
     /// Exposes the fetch, engine and XDP counters (labels transport="af_xdp", endpoint, queue).
     pub fn register_metrics(&self, metrics: &crate::metrics::Metrics) {
         let handle = self.engine.stats_handle();
-        let published = self.published.clone();
+        let published = self.stats.clone();
         let endpoint = self.endpoint.to_string();
         let iface = self.iface.clone();
         let mode = self.engine.bind_mode().copy_name();
@@ -231,16 +131,14 @@ impl XdpFetch {
         let strategy = self.engine.tx_strategy().name();
         metrics.register(move |w| {
             let base: &[(&str, &str)] = &[("transport", "af_xdp"), ("endpoint", &endpoint)];
-            if let Ok(p) = published.lock() {
-                for (q, s) in p.iter().enumerate() {
-                    let q = q.to_string();
-                    let l: &[(&str, &str)] = &[
-                        ("transport", "af_xdp"),
-                        ("endpoint", &endpoint),
-                        ("queue", &q),
-                    ];
-                    s.write_metrics(w, l);
-                }
+            for (q, s) in published.get().iter().enumerate() {
+                let q = q.to_string();
+                let l: &[(&str, &str)] = &[
+                    ("transport", "af_xdp"),
+                    ("endpoint", &endpoint),
+                    ("queue", &q),
+                ];
+                s.write_metrics(w, l);
             }
             w.gauge(
                 "xdp_bind_info",
@@ -254,84 +152,7 @@ impl XdpFetch {
                 1.0,
             );
             let e = handle.stats();
-            for (name, help, v) in [
-                (
-                    "xdp_rx_packets_total",
-                    "Requests received on AF_XDP sockets",
-                    e.rx_packets,
-                ),
-                (
-                    "xdp_rx_invalid_total",
-                    "Frames that did not parse as UDP",
-                    e.rx_invalid,
-                ),
-                (
-                    "xdp_tx_packets_total",
-                    "Datagrams sent from the UMEM",
-                    e.tx_packets,
-                ),
-                (
-                    "xdp_tx_bytes_total",
-                    "UDP payload bytes sent from the UMEM",
-                    e.tx_bytes,
-                ),
-                (
-                    "xdp_tx_sg_total",
-                    "Datagrams sent as header + log page descriptors",
-                    e.tx_sg,
-                ),
-                (
-                    "xdp_tx_copy_total",
-                    "Datagrams sent copied into frames",
-                    e.tx_copy,
-                ),
-                ("xdp_tx_descs_total", "TX descriptors used", e.tx_descs),
-                (
-                    "xdp_tx_invalid_descs_total",
-                    "TX descriptors the kernel rejected",
-                    e.tx_invalid_descs,
-                ),
-                (
-                    "xdp_rx_dropped_total",
-                    "Requests the kernel dropped before the RX ring",
-                    e.rx_dropped,
-                ),
-                (
-                    "xdp_oversize_total",
-                    "Datagrams dropped for exceeding the MTU",
-                    e.oversize,
-                ),
-                (
-                    "xdp_no_route_total",
-                    "Datagrams to peers never heard from",
-                    e.no_route,
-                ),
-                (
-                    "xdp_tx_resident_bytes_total",
-                    "Log bytes sent from segment pages registered as UMEM (--umem-segments)",
-                    e.tx_resident_bytes,
-                ),
-                (
-                    "xdp_arena_staged_bytes_total",
-                    "Log bytes staged into the UMEM arena",
-                    e.arena.staged_bytes,
-                ),
-                (
-                    "xdp_arena_hit_bytes_total",
-                    "Log bytes sent from already staged arena pages",
-                    e.arena.hit_bytes,
-                ),
-                (
-                    "xdp_arena_evictions_total",
-                    "Arena blocks evicted",
-                    e.arena.evictions,
-                ),
-                (
-                    "xdp_arena_full_total",
-                    "sg datagrams sent by copy: arena blocks all in flight",
-                    e.arena_full,
-                ),
-            ] {
+            for (name, help, v) in e.counters() {
                 w.counter(name, help, base, v);
             }
             if let Ok(c) = handle.steering() {
@@ -401,8 +222,10 @@ pub fn start(log: &Arc<LogDir>, fetch: &FetchArgs, xdp: &XdpArgs) -> Result<Opti
         }
         return Ok(None);
     };
+    // One token secret for the gateway, whichever transport and however many queues serve.
+    let server = ServerConfig::default().with_shared_secret();
     if let Some(iface) = &xdp.iface {
-        match XdpFetch::start(log, iface, listen, xdp) {
+        match XdpFetch::start(log, iface, listen, xdp, &server) {
             Ok(x) => {
                 log::info!(
                     "fetch endpoint {listen} served over AF_XDP on {iface}: bind mode {}, TX strategy {}",
@@ -429,8 +252,8 @@ pub fn start(log: &Arc<LogDir>, fetch: &FetchArgs, xdp: &XdpArgs) -> Result<Opti
             }
         }
     }
-    let udp =
-        FetchListener::start(log, fetch)?.context("the kernel-UDP fetch endpoint did not start")?;
+    let udp = FetchListener::start(log, fetch, &server)?
+        .context("the kernel-UDP fetch endpoint did not start")?;
     println!("kxgw: fetch endpoint {} on kernel UDP", udp.local_addr());
     Ok(Some(FetchEndpoint::Udp(udp)))
 }

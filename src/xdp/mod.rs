@@ -3,16 +3,24 @@
 //! - [`loader`]: loads `bpf/kxgw.bpf.c`, attaches it through a bpf_link, owns its maps.
 //! - [`acl`]: consumer allowlist prefixes.
 //! - [`packet`]: request parsing and reply header building.
-//! - [`umem`]: the UMEM (frames + log arena + resident segments); [`arena`]: the log arena
-//!   cache; [`resident`]: tmpfs segment files registered as UMEM (`--umem-segments`).
-//! - [`bind`]: which bind modes to try and what each allows; [`xsk`]: per-queue AF_XDP sockets; [`engine`]: the per-queue workers and TX strategies.
+//! - [`consts`]: the sizes and flags every part agrees on; [`sys`]: the few plain socket calls.
+//! - [`umem`]: the UMEM (frames + log arenas + resident segments); [`arena`]: a log arena
+//!   cache (one per queue); [`resident`]: tmpfs segment files registered as UMEM
+//!   (`--umem-segments`); [`frames`]: the ledger of UMEM frames outstanding; [`pagemap`]:
+//!   the UMEM's physical page ranges (for the test VM's DMA check).
+//! - [`bind`]: which bind modes to try and what each allows; [`xsk`]: per-queue AF_XDP sockets; [`queue`]: one queue as the fetch driver's transport
+//!   (rings, TX strategies); [`engine`]: sets the queues up and runs one driver per queue.
 //! - [`fetch_endpoint`]: the fetch protocol over the engine, and `serve`'s endpoint with fallback.
+//!
+//! Imports go one way: consts/sys/error <- umem/arena/resident/xsk/packet <- queue <- engine
+//! <- fetch_endpoint/raw; segment identity ([`crate::log::SourceId`]) comes from the log.
 //! - [`raw`]: echo/generator service (`kxgw xdp-raw`); [`cli`]: the `--xdp-*` flags.
 
 pub mod acl;
 pub mod arena;
 pub mod bind;
 pub mod cli;
+pub mod consts;
 pub mod engine;
 pub mod error;
 pub mod fetch_endpoint;
@@ -20,9 +28,11 @@ pub mod frames;
 pub mod loader;
 pub mod packet;
 pub mod pagemap;
+mod queue;
 pub mod raw;
 pub mod resident;
 pub mod skel;
+pub mod sys;
 pub mod umem;
 pub mod xsk;
 

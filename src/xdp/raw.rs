@@ -13,8 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::arena::SourceId;
-use super::engine::{Datagram, Service, TxPayload, WorkerContext};
+use super::engine::WorkerContext;
+use crate::driver::{Datagram, Service, TxPayload};
+use crate::log::SourceId;
 
 /// Length of the pattern "segment"; positions wrap around it.
 pub const PATTERN_LEN: u64 = 32 << 20;
@@ -32,6 +33,8 @@ pub fn pattern_byte(position: u64) -> u8 {
 /// The in-memory pattern source.
 pub struct Pattern {
     data: Vec<u8>,
+    /// The pattern's identity for the arena (ids are unique, so nothing needs keeping).
+    source: SourceId,
 }
 
 impl Pattern {
@@ -39,6 +42,7 @@ impl Pattern {
     pub fn new() -> Arc<Pattern> {
         Arc::new(Pattern {
             data: (0..PATTERN_LEN).map(pattern_byte).collect(),
+            source: SourceId::new(Arc::new(())),
         })
     }
 }
@@ -61,10 +65,7 @@ impl TxPayload for PatternSlice {
         &self.pattern.data[p..end.max(p + self.len)]
     }
     fn source(&self) -> SourceId {
-        SourceId {
-            id: Arc::as_ptr(&self.pattern) as usize,
-            keep: self.pattern.clone(),
-        }
+        self.pattern.source.clone()
     }
     fn position(&self) -> u64 {
         self.position

@@ -1,7 +1,7 @@
 //! Log segment files registered as UMEM themselves (`--umem-segments`), so an `sg` descriptor
 //! points at the segment's own page-cache pages: no staging copy into the arena.
 //!
-//! Only tmpfs pages can be registered (DESIGN.md: ext4/xfs pages give EFAULT/ENOMEM), and only
+//! Only tmpfs pages can be registered (ext4/xfs pages give EFAULT/ENOMEM), and only
 //! through a read-write `MAP_SHARED` mapping, so each file is opened read-write although the
 //! gateway never writes it. Registration pins the pages the file has at startup: bytes appended
 //! later land in the same last page or in new pages outside the UMEM, so a window covers the
@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::time::TimeSpec;
 
-use super::arena::SourceId;
+use super::consts::FRAME;
 use super::error::XdpError;
-use super::umem::FRAME;
+use crate::log::SourceId;
 
 /// A segment file to register.
 pub struct ResidentFile {
@@ -273,81 +273,7 @@ impl Default for ResidentCache {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use super::*;
-    use crate::xdp::umem::UmemArea;
-
-    fn source(id: usize) -> SourceId {
-        SourceId::anonymous(id)
-    }
-
-    fn read(area: &UmemArea, pieces: &[(u64, u32)]) -> Vec<u8> {
-        let mut v = Vec::new();
-        for &(addr, len) in pieces {
-            // SAFETY: test-only read of a range inside the live mapping.
-            v.extend_from_slice(unsafe {
-                std::slice::from_raw_parts(area.base().add(addr as usize), len as usize)
-            });
-        }
-        v
-    }
-
-    #[test]
-    fn a_tmpfs_file_is_served_from_its_own_pages_until_it_shrinks() {
-        crate::test_support::require_root().unwrap();
-        let dir = tempfile::tempdir_in("/dev/shm").expect("a temporary dir in /dev/shm (tmpfs)");
-        let path = dir.path().join("00000000000000000000.log");
-        let data: Vec<u8> = (0..3 * FRAME as usize + 1234)
-            .map(|i| (i % 249) as u8)
-            .collect();
-        std::fs::write(&path, &data).unwrap();
-        let opened = open(std::slice::from_ref(&path)).unwrap();
-        assert_eq!(opened.files.len(), 1);
-        let area = UmemArea::new(16, 1 << 20, opened.files, 64, 64).unwrap();
-        let r = area.resident();
-        assert_eq!((r.files(), r.bytes()), (1, data.len() as u64));
-        let (start, end) = r.range().unwrap();
-        assert_eq!(
-            start,
-            16 * FRAME + (1 << 20),
-            "after the frames and the arena"
-        );
-        assert_eq!(end as usize, area.len());
-
-        // The reader's own open file finds the window; pieces never cross a page.
-        let reader = File::open(&path).unwrap();
-        let mut cache = ResidentCache::new();
-        let mut out = Vec::new();
-        let (pos, len) = (FRAME - 10, 2 * FRAME as usize + 20);
-        assert!(cache.pieces(r, &source(1), &reader, pos, len, &mut out));
-        assert!(out.iter().all(|(a, l)| a % FRAME + u64::from(*l) <= FRAME));
-        assert_eq!(read(&area, &out), &data[pos as usize..pos as usize + len]);
-
-        // Appended bytes are past the window: not served from it, and `out` is left alone.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(&[7u8; 5000])
-            .unwrap();
-        let mut past = Vec::new();
-        let tail = data.len() as u64 - 100;
-        assert!(!cache.pieces(r, &source(1), &reader, tail, 200, &mut past));
-        assert!(past.is_empty());
-        assert!(cache.pieces(r, &source(1), &reader, tail, 100, &mut past));
-        assert_eq!(read(&area, &past), &data[tail as usize..]);
-
-        // Truncated: the pinned pages no longer are the file's; a new source (the reader
-        // reopens a truncated segment) is refused, and the window stays dead.
-        let f = File::options().write(true).open(&path).unwrap();
-        f.set_len(100).unwrap();
-        let reopened = File::open(&path).unwrap();
-        let mut none = Vec::new();
-        assert!(!cache.pieces(r, &source(2), &reopened, 0, 50, &mut none));
-        assert!(!cache.pieces(r, &source(1), &reader, 0, 50, &mut none));
-        assert!(none.is_empty());
-    }
 
     #[test]
     fn files_off_tmpfs_are_listed_not_opened() {

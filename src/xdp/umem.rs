@@ -1,21 +1,24 @@
 //! The UMEM: one address range registered with the kernel.
 //!
-//! Layout: `[ frame area: per-queue RX + TX frames ][ log arena ][ resident segments ]`. Frames
+//! Layout: `[ frame area: per-queue RX + TX frames ][ log arenas, one per queue ][ resident
+//! segments ]`. Frames
 //! and arena are one memfd mapped MAP_SHARED read-write, because only tmpfs/anonymous pages can
-//! be pinned for a UMEM (ext4/xfs file pages give EFAULT/ENOMEM, see DESIGN.md) and a memfd can
+//! be pinned for a UMEM (ext4/xfs file pages give EFAULT/ENOMEM at registration) and a memfd can
 //! be written with `pwrite` at tracked offsets: the arena stages log segment bytes that way. It
 //! is sized once and never truncated (a truncate would silently detach it from the pinned
 //! pages). With `--umem-segments`, tmpfs segment files follow the arena, each mapped as it is
 //! (see [`super::resident`]); the range is reserved first and each part mapped into it.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 
+use nix::errno::Errno;
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+
+use super::consts::FRAME;
 use super::error::XdpError;
 use super::resident::{Resident, ResidentFile, Window};
-
-/// UMEM chunk size: the kernel's maximum (8192+ is EINVAL), one page.
-pub const FRAME: u64 = 4096;
+use super::sys::errno;
 
 /// The registered area.
 pub struct UmemArea {
@@ -56,39 +59,14 @@ impl UmemArea {
         let too_large = |n: u64| XdpError::Config(format!("UMEM of {n} bytes too large"));
         let len_usize = usize::try_from(len).map_err(|_| too_large(len))?;
         let own_usize = usize::try_from(own).map_err(|_| too_large(own))?;
-        // SAFETY: memfd_create with a valid NUL-terminated name; the fd is checked below.
-        let fd = unsafe { libc::memfd_create(c"kxgw-umem".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(XdpError::sys("memfd_create for the UMEM", errno()));
-        }
-        // SAFETY: fresh fd we own.
-        let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let memfd = memfd_create(c"kxgw-umem", MemFdCreateFlag::MFD_CLOEXEC)
+            .map_err(|e| XdpError::sys("memfd_create for the UMEM", e as i32))?;
         // Pre-size once: pages past EOF cannot be pinned and must never be truncated later.
-        // SAFETY: valid fd, plain integer argument.
-        if unsafe { libc::ftruncate(memfd.as_raw_fd(), own as libc::off_t) } != 0 {
-            return Err(XdpError::sys(
-                format!("sizing the UMEM memfd to {own} bytes"),
-                errno(),
-            ));
-        }
+        nix::unistd::ftruncate(&memfd, own as libc::off_t).map_err(|e| {
+            XdpError::sys(format!("sizing the UMEM memfd to {own} bytes"), e as i32)
+        })?;
         // One contiguous address range for everything: reserve it, then map each part into it.
-        // SAFETY: a fresh anonymous reservation; nothing else uses the range.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len_usize,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(XdpError::sys(
-                format!("reserving {} MiB of address space for the UMEM", len >> 20),
-                errno(),
-            ));
-        }
+        let ptr = reserve(len_usize)?;
         // Unmaps the whole range on any failure below.
         let fail = |e: XdpError| {
             // SAFETY: unmapping the range reserved above; nothing references it yet.
@@ -113,32 +91,7 @@ impl UmemArea {
                 errno(),
             )));
         }
-        let mut windows = Vec::with_capacity(resident.len());
-        let mut at = own;
-        for f in resident {
-            let span = f.len.div_ceil(FRAME) * FRAME;
-            // SAFETY: `at..at + span` lies inside our reservation (len sums every span); the
-            // file is open read-write and at least `f.len` long, so every page of the span
-            // holds file bytes (only the last one partly).
-            let p = unsafe {
-                libc::mmap(
-                    ptr.cast::<u8>().add(at as usize).cast(),
-                    span as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_FIXED,
-                    f.file.as_raw_fd(),
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(fail(XdpError::sys(
-                    format!("mapping {} into the UMEM", f.path.display()),
-                    errno(),
-                )));
-            }
-            windows.push(Window::new(f, at));
-            at += span;
-        }
+        let windows = map_resident(ptr, own, resident).map_err(fail)?;
         let base = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| fail(XdpError::Config("mmap returned NULL".into())))?;
         let area = NonNull::slice_from_raw_parts(base, len_usize);
@@ -226,22 +179,17 @@ impl UmemArea {
         let mut done = 0usize;
         while done < bytes.len() {
             let rest = &bytes[done..];
-            // SAFETY: valid fd and a readable buffer of rest.len() bytes.
-            let n = unsafe {
-                libc::pwrite(
-                    self.memfd.as_raw_fd(),
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    (offset + done as u64) as libc::off_t,
-                )
-            };
-            if n < 0 {
-                let e = errno();
-                if e == libc::EINTR {
-                    continue;
+            let at = (offset + done as u64) as libc::off_t;
+            let n = match nix::sys::uio::pwrite(&self.memfd, rest, at) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    return Err(XdpError::sys(
+                        "staging log bytes into the UMEM arena",
+                        e as i32,
+                    ))
                 }
-                return Err(XdpError::sys("staging log bytes into the UMEM arena", e));
-            }
+            };
             if n == 0 {
                 return Err(XdpError::sys(
                     "staging log bytes into the UMEM arena",
@@ -254,6 +202,62 @@ impl UmemArea {
     }
 }
 
+/// Reserves `len` bytes of address space (no access, no memory) for the parts to be mapped into.
+fn reserve(len: usize) -> Result<*mut libc::c_void, XdpError> {
+    // SAFETY: a fresh anonymous reservation; nothing else uses the range.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(XdpError::sys(
+            format!("reserving {} MiB of address space for the UMEM", len >> 20),
+            errno(),
+        ));
+    }
+    Ok(ptr)
+}
+
+/// Maps each resident file as it is into the reservation at `ptr`, from offset `at` on.
+fn map_resident(
+    ptr: *mut libc::c_void,
+    mut at: u64,
+    resident: Vec<ResidentFile>,
+) -> Result<Vec<Window>, XdpError> {
+    let mut windows = Vec::with_capacity(resident.len());
+    for f in resident {
+        let span = f.len.div_ceil(FRAME) * FRAME;
+        // SAFETY: `at..at + span` lies inside the reservation (its length sums every span);
+        // the file is open read-write and at least `f.len` long, so every page of the span
+        // holds file bytes (only the last one partly).
+        let p = unsafe {
+            libc::mmap(
+                ptr.cast::<u8>().add(at as usize).cast(),
+                span as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                f.file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(XdpError::sys(
+                format!("mapping {} into the UMEM", f.path.display()),
+                errno(),
+            ));
+        }
+        windows.push(Window::new(f, at));
+        at += span;
+    }
+    Ok(windows)
+}
+
 impl Drop for UmemArea {
     fn drop(&mut self) {
         // The Umem (its socket) goes first; the kernel keeps its own page references until
@@ -263,9 +267,83 @@ impl Drop for UmemArea {
     }
 }
 
-/// The calling thread's errno.
-pub(crate) fn errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::io::Write;
+
+    use super::*;
+    use crate::log::SourceId;
+    use crate::xdp::resident::{open, ResidentCache};
+
+    fn source(id: usize) -> SourceId {
+        SourceId::anonymous(id)
+    }
+
+    fn read(area: &UmemArea, pieces: &[(u64, u32)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for &(addr, len) in pieces {
+            // SAFETY: test-only read of a range inside the live mapping.
+            v.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(area.base().add(addr as usize), len as usize)
+            });
+        }
+        v
+    }
+
+    #[test]
+    fn a_tmpfs_file_is_served_from_its_own_pages_until_it_shrinks() {
+        crate::test_support::require_root().unwrap();
+        let dir = tempfile::tempdir_in("/dev/shm").expect("a temporary dir in /dev/shm (tmpfs)");
+        let path = dir.path().join("00000000000000000000.log");
+        let data: Vec<u8> = (0..3 * FRAME as usize + 1234)
+            .map(|i| (i % 249) as u8)
+            .collect();
+        std::fs::write(&path, &data).unwrap();
+        let opened = open(std::slice::from_ref(&path)).unwrap();
+        assert_eq!(opened.files.len(), 1);
+        let area = UmemArea::new(16, 1 << 20, opened.files, 64, 64).unwrap();
+        let r = area.resident();
+        assert_eq!((r.files(), r.bytes()), (1, data.len() as u64));
+        let (start, end) = r.range().unwrap();
+        assert_eq!(
+            start,
+            16 * FRAME + (1 << 20),
+            "after the frames and the arena"
+        );
+        assert_eq!(end as usize, area.len());
+
+        // The reader's own open file finds the window; pieces never cross a page.
+        let reader = File::open(&path).unwrap();
+        let mut cache = ResidentCache::new();
+        let mut out = Vec::new();
+        let (pos, len) = (FRAME - 10, 2 * FRAME as usize + 20);
+        assert!(cache.pieces(r, &source(1), &reader, pos, len, &mut out));
+        assert!(out.iter().all(|(a, l)| a % FRAME + u64::from(*l) <= FRAME));
+        assert_eq!(read(&area, &out), &data[pos as usize..pos as usize + len]);
+
+        // Appended bytes are past the window: not served from it, and `out` is left alone.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&[7u8; 5000])
+            .unwrap();
+        let mut past = Vec::new();
+        let tail = data.len() as u64 - 100;
+        assert!(!cache.pieces(r, &source(1), &reader, tail, 200, &mut past));
+        assert!(past.is_empty());
+        assert!(cache.pieces(r, &source(1), &reader, tail, 100, &mut past));
+        assert_eq!(read(&area, &past), &data[tail as usize..]);
+
+        // Truncated: the pinned pages no longer are the file's; a new source (the reader
+        // reopens a truncated segment) is refused, and the window stays dead.
+        let f = File::options().write(true).open(&path).unwrap();
+        f.set_len(100).unwrap();
+        let reopened = File::open(&path).unwrap();
+        let mut none = Vec::new();
+        assert!(!cache.pieces(r, &source(2), &reopened, 0, 50, &mut none));
+        assert!(!cache.pieces(r, &source(1), &reader, 0, 50, &mut none));
+        assert!(none.is_empty());
+    }
 }

@@ -7,7 +7,8 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use super::error::XdpError;
-use super::umem::{errno, UmemArea};
+use super::sys::errno;
+use super::umem::UmemArea;
 
 const XDP_SHARED_UMEM: u16 = 1 << 0;
 const XDP_COPY: u16 = 1 << 1;
@@ -51,6 +52,12 @@ impl QueueSocket {
     /// The socket fd (for the XSKMAP and poll).
     pub fn fd(&self) -> i32 {
         self.user.as_raw_fd()
+    }
+
+    /// The socket fd, borrowed for as long as the socket lives.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: `user` owns the fd and closes it only when dropped, after this borrow ends.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.user.as_raw_fd()) }
     }
 
     /// Kernel statistics of the socket.
@@ -265,37 +272,6 @@ fn bind_retrying(
     }
 }
 
-/// Enables kernel busy polling on the socket (SO_PREFER_BUSY_POLL, SO_BUSY_POLL,
-/// SO_BUSY_POLL_BUDGET). Best effort: returns what failed.
-pub fn enable_busy_poll(fd: i32) -> Result<(), String> {
-    const SO_PREFER_BUSY_POLL: libc::c_int = 69;
-    const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
-    for (opt, val, name) in [
-        (SO_PREFER_BUSY_POLL, 1, "SO_PREFER_BUSY_POLL"),
-        (libc::SO_BUSY_POLL, 20, "SO_BUSY_POLL"),
-        (SO_BUSY_POLL_BUDGET, 64, "SO_BUSY_POLL_BUDGET"),
-    ] {
-        let v: libc::c_int = val;
-        // SAFETY: setsockopt with an int value.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(format!(
-                "{name}: {}",
-                std::io::Error::from_raw_os_error(errno())
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// RX queues of `iface` in use (sysfs shows one `rx-N` per real RX queue).
 pub fn rx_queue_count(iface: &str) -> u32 {
     std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
@@ -306,33 +282,4 @@ pub fn rx_queue_count(iface: &str) -> u32 {
         })
         .unwrap_or(1)
         .max(1)
-}
-
-/// The interface MTU (SIOCGIFMTU).
-pub fn mtu(iface: &str) -> Result<u32, XdpError> {
-    let name = iface.as_bytes();
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(XdpError::NoInterface(iface.to_string()));
-    }
-    // SAFETY: a datagram socket only used for the ioctl, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(XdpError::sys("socket for SIOCGIFMTU", errno()));
-    }
-    // SAFETY: ifreq is plain old data; zeroed is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFMTU fills ifr_ifru.ifru_mtu of a valid ifreq.
-    let r = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
-    let e = errno();
-    // SAFETY: closing the fd opened above.
-    unsafe { libc::close(fd) };
-    if r != 0 {
-        return Err(XdpError::sys(format!("reading the MTU of {iface}"), e));
-    }
-    // SAFETY: the kernel wrote the mtu member.
-    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
-    u32::try_from(mtu).map_err(|_| XdpError::NoInterface(iface.to_string()))
 }
