@@ -7,8 +7,8 @@
 //!
 //! Transports under the same cores: [`udp`] (kernel UDP: recvmmsg/sendmmsg, UDP GSO) for the
 //! gateway ([`gateway`]) and the consumer ([`consumer`]); the AF_XDP transport lives in its
-//! own module. A [`Transmit`] references its payload in the mapped log segment ([`Payload`]),
-//! so every transport chooses how to put it on the wire (iovec, GSO, UMEM descriptor, copy).
+//! own module. A [`Transmit`] references its payload in the log segment ([`Payload`]), so
+//! every transport chooses how to put it on the wire (iovec, GSO, UMEM descriptor, pread copy).
 
 pub mod client;
 pub mod consumer;
@@ -48,12 +48,17 @@ impl Transmit {
         self.len() == 0
     }
 
-    /// Header and payload concatenated (tests, copy-mode transports).
+    /// Header and payload concatenated (tests, copy-mode transports), the payload read with
+    /// pread. A payload the segment no longer holds (truncated meanwhile) is left out, so the
+    /// datagram fails the receiver's length checks instead of carrying wrong bytes.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.len());
         v.extend_from_slice(&self.header);
         if let Some(p) = &self.payload {
-            v.extend_from_slice(p.bytes());
+            v.resize(self.len(), 0);
+            if p.read_at(0, &mut v[self.header.len()..]).is_err() {
+                v.truncate(self.header.len());
+            }
         }
         v
     }
@@ -70,8 +75,22 @@ pub struct Payload {
 }
 
 impl Payload {
+    /// The bytes in the segment mapping: for the kernel only (iovecs, `pwrite`); see
+    /// [`ReadSlice::bytes`]. User-space copies use [`Payload::read_at`].
     pub fn bytes(&self) -> &[u8] {
         &self.slice.bytes()[self.offset..self.offset + self.len]
+    }
+
+    /// Copies payload bytes `at..at + dst.len()` with pread; fails if the segment no longer
+    /// holds them (truncated under the gateway), never with a signal.
+    pub fn read_at(&self, at: usize, dst: &mut [u8]) -> std::io::Result<()> {
+        if at + dst.len() > self.len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "read past the payload",
+            ));
+        }
+        self.slice.read_at(self.offset + at, dst)
     }
 
     /// Position of the first byte in the segment file (for sendfile/pread/UMEM offsets).

@@ -1,4 +1,4 @@
-//! One partition's segments, validated once and read without copying.
+//! One partition's segments, validated once (with pread) and served without copying.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use memmap2::{Mmap, MmapOptions};
 
-use super::batch::{be_i32, be_i64, LAST_OFFSET_DELTA_OFFSET, LOG_OVERHEAD};
 use super::checkpoint::Checkpoint;
 use super::error::LogError;
 use super::index;
+use super::read::{self, HeaderReader};
 use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use super::{Isolation, PartitionOffsets, ReadSlice, TopicPartition};
 
@@ -58,13 +58,13 @@ impl SegIndex {
         }
     }
 
-    /// Validates `map` from `valid_end` on.
-    fn scan(&self, map: &Mmap, base: i64) -> SegUpdate {
+    /// Validates bytes `valid_end..len` of `file` (read with pread: never through the map).
+    fn scan(&self, file: &File, len: u64, base: i64) -> SegUpdate {
         let mut new_entries = Vec::new();
         let mut new_max_ts_before = Vec::new();
         let mut bytes_since = self.bytes_since_entry;
         let mut max_ts = self.max_ts;
-        let s = segment::scan(map, self.valid_end as usize, self.next_offset, |pos, h| {
+        let s = read::scan_file(file, self.valid_end, len, self.next_offset, |pos, h| {
             let rel = h.base_offset - base;
             if bytes_since >= INDEX_STRIDE {
                 if let (Ok(rel), Ok(position)) = (u32::try_from(rel), u32::try_from(pos)) {
@@ -141,9 +141,10 @@ struct SegUpdate {
 fn map_file(path: &Path, file: &File, len: u64) -> Result<Mmap, LogError> {
     let len = usize::try_from(len)
         .map_err(|_| LogError::Invalid(format!("{}: too large to map", path.display())))?;
-    // SAFETY: the mapping is read-only and we only read bytes below the validated end, which
-    // a broker never rewrites (it appends; truncation and compaction replace files, which we
-    // detect by inode/size and remap). The file stays open for the mapping's lifetime.
+    // SAFETY: the mapping is read-only and nothing in user space reads through it (see
+    // `log::read`): headers, scans and copies use pread, and the mapping only goes to the
+    // kernel (iovecs, pwrite), which answers a page past a truncated end with EFAULT rather
+    // than SIGBUS. The file stays open for the mapping's lifetime.
     unsafe { MmapOptions::new().len(len).map(file) }.map_err(|e| LogError::io(path, e))
 }
 
@@ -188,7 +189,7 @@ impl Segment {
     fn ix(&self) -> &SegIndex {
         self.ix.get_or_init(|| {
             let mut ix = SegIndex::empty(self.base_offset);
-            let u = ix.scan(&self.map, self.base_offset);
+            let u = ix.scan(&self.file, self.map.len() as u64, self.base_offset);
             ix.apply(u, &self.path);
             self.check_offset_index(&ix);
             ix
@@ -204,12 +205,13 @@ impl Segment {
             return;
         };
         let (entries, problem) = index::parse_index(&buf);
-        let data = &self.map[..ix.valid_end as usize];
+        let mut data = HeaderReader::new(&self.file, ix.valid_end);
         let mismatch = entries.iter().find(|e| {
             let offset = self.base_offset + i64::from(e.relative_offset);
             // Entries past the validated end may be a tail still being written: not checked.
             u64::from(e.position) < ix.valid_end
-                && find_in(ix, data, self.base_offset, offset) != Some(u64::from(e.position))
+                && find_in(ix, &mut data, self.base_offset, offset).ok()
+                    != Some(Some(u64::from(e.position)))
         });
         if let Some((at, why)) = problem {
             log::warn!(
@@ -228,7 +230,8 @@ impl Segment {
     /// Validates what was appended since the last scan (`map`: a new, larger mapping).
     fn scan(&self, map: Option<Arc<Mmap>>) -> SegUpdate {
         let ix = self.ix();
-        let mut u = ix.scan(map.as_ref().unwrap_or(&self.map), self.base_offset);
+        let len = map.as_ref().unwrap_or(&self.map).len() as u64;
+        let mut u = ix.scan(&self.file, len, self.base_offset);
         u.map = map;
         u
     }
@@ -243,8 +246,9 @@ impl Segment {
         }
     }
 
-    fn valid(&self) -> &[u8] {
-        &self.map[..self.ix().valid_end as usize]
+    /// Header reads of the validated bytes (pread: a truncated file is an error, not SIGBUS).
+    fn headers(&self) -> HeaderReader<'_> {
+        HeaderReader::new(&self.file, self.ix().valid_end)
     }
 
     /// Max timestamp, from the `.timeindex` hint while the segment is not validated yet.
@@ -258,7 +262,9 @@ impl Segment {
     /// Position of the first batch whose last offset is >= `offset`.
     fn find(&self, offset: i64) -> Result<Option<u64>, LogError> {
         let ix = self.ix();
-        match find_in(ix, self.valid(), self.base_offset, offset) {
+        let found = find_in(ix, &mut self.headers(), self.base_offset, offset)
+            .map_err(|e| LogError::io(self.path.as_path(), e))?;
+        match found {
             Some(p) => Ok(Some(p)),
             None => {
                 self.corruption()?;
@@ -281,7 +287,12 @@ impl Segment {
 
 /// The broker's lookup: the sparse index entry at or below `offset`, then a short scan of
 /// batch headers (of validated bytes only) for the first batch whose last offset >= `offset`.
-fn find_in(ix: &SegIndex, data: &[u8], base: i64, offset: i64) -> Option<u64> {
+fn find_in(
+    ix: &SegIndex,
+    data: &mut HeaderReader<'_>,
+    base: i64,
+    offset: i64,
+) -> std::io::Result<Option<u64>> {
     let rel = offset - base;
     let i = ix
         .entries
@@ -289,16 +300,16 @@ fn find_in(ix: &SegIndex, data: &[u8], base: i64, offset: i64) -> Option<u64> {
     let mut pos = if i == 0 {
         0
     } else {
-        ix.entries[i - 1].position as usize
+        u64::from(ix.entries[i - 1].position)
     };
-    while pos < data.len() {
-        let last = be_i64(data, pos) + i64::from(be_i32(data, pos + LAST_OFFSET_DELTA_OFFSET));
-        if last >= offset {
-            return Some(pos as u64);
+    while pos < ix.valid_end {
+        let b = data.span(pos)?;
+        if b.last_offset >= offset {
+            return Ok(Some(pos));
         }
-        pos += LOG_OVERHEAD + be_i32(data, pos + 8) as usize;
+        pos += b.size as u64;
     }
-    None
+    Ok(None)
 }
 
 struct PartState {
@@ -452,7 +463,7 @@ impl Partition {
             .map(|(_, s)| s);
         while let Some(s) = seg {
             if let Some(pos) = s.find(offset)? {
-                return Ok(self.collect(s, pos, offset, end, max_bytes, offsets));
+                return self.collect(s, pos, offset, end, max_bytes, offsets);
             }
             // Not in this segment (compacted away, or a gap before the next one).
             seg = st
@@ -472,16 +483,21 @@ impl Partition {
         end: i64,
         max_bytes: usize,
         offsets: PartitionOffsets,
-    ) -> ReadSlice {
-        let data = s.valid();
-        let mut pos = start as usize;
+    ) -> Result<ReadSlice, LogError> {
+        let mut data = s.headers();
+        let valid_end = s.ix().valid_end;
+        let mut pos = start;
         let mut len = 0usize;
         let mut first_offset = offset;
         let mut next_offset = offset;
-        while pos < data.len() {
-            let base = be_i64(data, pos);
-            let last = base + i64::from(be_i32(data, pos + LAST_OFFSET_DELTA_OFFSET));
-            let size = LOG_OVERHEAD + be_i32(data, pos + 8) as usize;
+        while pos < valid_end {
+            let (base, last, size) = match data.span(pos) {
+                Ok(b) => (b.base_offset, b.last_offset, b.size),
+                // Truncated under us: serve the batches read so far; with none, say why (the
+                // next refresh sees the shorter file and the consumer gets what still exists).
+                Err(e) if len == 0 => return Err(LogError::io(s.path.as_path(), e)),
+                Err(_) => break,
+            };
             if last >= end || (len > 0 && len + size > max_bytes) {
                 break;
             }
@@ -490,9 +506,9 @@ impl Partition {
             }
             len += size;
             next_offset = last + 1;
-            pos += size;
+            pos += size as u64;
         }
-        ReadSlice {
+        Ok(ReadSlice {
             path: s.path.clone(),
             file: s.file.clone(),
             map: s.map.clone(),
@@ -501,7 +517,7 @@ impl Partition {
             first_offset,
             next_offset,
             offsets,
-        }
+        })
     }
 
     /// ListOffsets by timestamp: the first record (in offset order) whose timestamp is
@@ -519,20 +535,23 @@ impl Partition {
             let mut pos = if i == 0 {
                 0
             } else {
-                ix.entries[i - 1].position as usize
+                u64::from(ix.entries[i - 1].position)
             };
-            let data = s.valid();
-            while pos < data.len() {
-                let b = &data[pos..];
-                let h = super::batch::BatchHeader::parse(b)
-                    .map_err(|e| LogError::corrupt(s.path.as_path(), pos as u64, e))?;
+            let mut data = s.headers();
+            while pos < ix.valid_end {
+                let h = data
+                    .header(pos)
+                    .map_err(|e| LogError::io(s.path.as_path(), e))?;
                 if h.last_offset() >= end {
                     return Ok(None);
                 }
                 if h.max_timestamp >= ts && h.base_offset >= st.offsets.log_start {
-                    return Ok(Some(first_record_at_or_after(b, &h, ts)));
+                    let mut b = vec![0u8; h.total_len()];
+                    read::read_exact_at(&s.file, &mut b, pos)
+                        .map_err(|e| LogError::io(s.path.as_path(), e))?;
+                    return Ok(Some(first_record_at_or_after(&b, &h, ts)));
                 }
-                pos += h.total_len();
+                pos += h.total_len() as u64;
             }
         }
         Ok(None)

@@ -80,6 +80,17 @@ pub trait TxPayload {
     fn ahead(&self) -> &[u8] {
         self.bytes()
     }
+    /// Copies bytes `at..at + dst.len()` into `dst`; false if the source no longer holds them
+    /// (a segment truncated under the gateway: read with pread, never through its mapping).
+    fn read_at(&self, at: usize, dst: &mut [u8]) -> bool {
+        match self.bytes().get(at..at + dst.len()) {
+            Some(src) => {
+                dst.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
     /// Identity of the source the bytes come from.
     fn source(&self) -> SourceId;
     /// The source's open file, if it has one: a registered segment is found through it.
@@ -205,6 +216,7 @@ struct QueueStats {
     tx_descs: AtomicU64,
     tx_resident_bytes: AtomicU64,
     arena_full: AtomicU64,
+    source_gone: AtomicU64,
     no_route: AtomicU64,
     oversize: AtomicU64,
     kick_errors: AtomicU64,
@@ -237,6 +249,8 @@ pub struct EngineStats {
     pub tx_resident_bytes: u64,
     /// sg datagrams sent by copy because the arena was full of in-flight blocks.
     pub arena_full: u64,
+    /// Datagrams dropped: their segment no longer holds the bytes (truncated in place).
+    pub source_gone: u64,
     /// Datagrams dropped: destination never sent us a request.
     pub no_route: u64,
     /// Datagrams dropped: larger than the MTU (a service bug; never sent).
@@ -537,6 +551,7 @@ impl StatsHandle {
             s.tx_copy += g(&q.tx_copy);
             s.tx_descs += g(&q.tx_descs);
             s.arena_full += g(&q.arena_full);
+            s.source_gone += g(&q.source_gone);
             s.tx_resident_bytes += g(&q.tx_resident_bytes);
             s.no_route += g(&q.no_route);
             s.oversize += g(&q.oversize);
@@ -579,6 +594,21 @@ fn kernel_stats(fd: i32) -> Option<[u64; 6]> {
     // SAFETY: getsockopt into a buffer of `len` bytes.
     let r = unsafe { libc::getsockopt(fd, 283, 7, s.as_mut_ptr().cast(), &mut len) };
     (r == 0).then_some(s)
+}
+
+/// The payload as `write_headers` needs it: for IPv4 only its length is read, so the mapped
+/// bytes go as they are; the IPv6 UDP checksum reads them, so they are read with pread first
+/// (a segment truncated under the gateway then drops the datagram instead of raising SIGBUS).
+/// `None`: the source no longer holds the bytes.
+fn checksummed<'a, P: TxPayload>(
+    d: &Datagram<P>,
+    mapped: &'a [u8],
+) -> Option<std::borrow::Cow<'a, [u8]>> {
+    if !d.dst.is_ipv6() || mapped.is_empty() {
+        return Some(std::borrow::Cow::Borrowed(mapped));
+    }
+    let mut v = vec![0u8; mapped.len()];
+    d.payload.as_ref()?.read_at(0, &mut v).then_some(std::borrow::Cow::Owned(v))
 }
 
 struct Worker<S: Service> {
@@ -950,8 +980,14 @@ impl<S: Service> Worker<S> {
             return false;
         };
         let header = &d.header;
+        let Some(csum) = checksummed(d, bytes) else {
+            self.stats.source_gone.fetch_add(1, Ordering::Relaxed);
+            self.tx_free.push(hf);
+            self.release_pieces();
+            return false;
+        };
         let buf = self.frame_mut(hf);
-        if packet::write_headers(buf, route, local, d.dst, &[header, bytes]).is_none() {
+        if packet::write_headers(buf, route, local, d.dst, &[header, &csum]).is_none() {
             self.tx_free.push(hf);
             self.release_pieces();
             return false;
@@ -1008,22 +1044,35 @@ impl<S: Service> Worker<S> {
             return;
         };
         {
+            let Some(csum) = checksummed(d, payload) else {
+                self.stats.source_gone.fetch_add(1, Ordering::Relaxed);
+                self.tx_free.extend(frames);
+                return;
+            };
             let buf = self.frame_mut(first);
-            if packet::write_headers(buf, route, local, d.dst, &[&d.header, payload]).is_none() {
+            if packet::write_headers(buf, route, local, d.dst, &[&d.header, &csum]).is_none() {
                 self.tx_free.extend(frames);
                 return;
             }
         }
-        // Stream header + payload across the frames after the Ethernet/IP/UDP headers.
+        // Stream header + payload across the frames after the Ethernet/IP/UDP headers; the
+        // payload is read from its source (pread), never from the segment mapping.
         let mut pos = hlen;
-        for src in [&d.header[..], payload] {
+        for (i, len) in [d.header.len(), payload.len()].into_iter().enumerate() {
             let mut off = 0;
-            while off < src.len() {
+            while off < len {
                 let fi = pos / FRAME as usize;
                 let at = pos % FRAME as usize;
-                let n = (FRAME as usize - at).min(src.len() - off);
+                let n = (FRAME as usize - at).min(len - off);
                 let f = frames[fi];
-                self.frame_mut(f)[at..at + n].copy_from_slice(&src[off..off + n]);
+                let dst = &mut self.frame_mut(f)[at..at + n];
+                if i == 0 {
+                    dst.copy_from_slice(&d.header[off..off + n]);
+                } else if !d.payload.as_ref().is_some_and(|p| p.read_at(off, dst)) {
+                    self.stats.source_gone.fetch_add(1, Ordering::Relaxed);
+                    self.tx_free.extend(frames);
+                    return;
+                }
                 off += n;
                 pos += n;
             }

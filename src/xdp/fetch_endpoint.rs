@@ -25,6 +25,10 @@ impl TxPayload for Payload {
         &self.slice.bytes()[self.offset..]
     }
 
+    fn read_at(&self, at: usize, dst: &mut [u8]) -> bool {
+        Payload::read_at(self, at, dst).is_ok()
+    }
+
     fn source(&self) -> SourceId {
         // One open File per segment: it stays the same while the segment grows and is
         // replaced when the segment is truncated or swapped, so it identifies the bytes.
