@@ -69,7 +69,14 @@ pub fn scan_file(
             Ok(n) => n,
             Err(e) => {
                 let reason = format!("read failed: {e}");
-                return finish(pos, next_offset, ScanEnd::Corrupt { position: pos as usize, reason });
+                return finish(
+                    pos,
+                    next_offset,
+                    ScanEnd::Corrupt {
+                        position: pos as usize,
+                        reason,
+                    },
+                );
             }
         };
         let at_end = pos + n as u64 >= end || n < want;
@@ -82,7 +89,10 @@ pub fn scan_file(
             ScanEnd::Clean if at_end => {
                 // Bytes of the file up to its (possibly new, shorter) end are all batches.
                 let e = if n < want {
-                    ScanEnd::Incomplete { position: pos as usize, needed: LOG_OVERHEAD }
+                    ScanEnd::Incomplete {
+                        position: pos as usize,
+                        needed: LOG_OVERHEAD,
+                    }
                 } else {
                     ScanEnd::Clean
                 };
@@ -99,14 +109,26 @@ pub fn scan_file(
                 need = LOG_OVERHEAD;
             }
             ScanEnd::Incomplete { position, needed } => {
-                let e = ScanEnd::Incomplete { position: shift(position), needed };
+                let e = ScanEnd::Incomplete {
+                    position: shift(position),
+                    needed,
+                };
                 return finish(pos, next_offset, e);
             }
             ScanEnd::ZeroTail { position } => {
-                return finish(pos, next_offset, ScanEnd::ZeroTail { position: shift(position) })
+                return finish(
+                    pos,
+                    next_offset,
+                    ScanEnd::ZeroTail {
+                        position: shift(position),
+                    },
+                )
             }
             ScanEnd::Corrupt { position, reason } => {
-                let e = ScanEnd::Corrupt { position: shift(position), reason };
+                let e = ScanEnd::Corrupt {
+                    position: shift(position),
+                    reason,
+                };
                 return finish(pos, next_offset, e);
             }
         }
@@ -243,7 +265,10 @@ mod tests {
         let mut seen = Vec::new();
         let s = scan_file(&f, 0, bytes.len() as u64, 0, |p, _| seen.push(p));
         let m = segment::scan(&bytes, 0, 0, |_, _| {});
-        assert_eq!((s.valid_end, s.next_offset, &s.end), (m.valid_end, m.next_offset, &m.end));
+        assert_eq!(
+            (s.valid_end, s.next_offset, &s.end),
+            (m.valid_end, m.next_offset, &m.end)
+        );
         assert_eq!(seen, starts);
         assert_eq!(s.end, ScanEnd::Clean);
     }

@@ -608,7 +608,10 @@ fn checksummed<'a, P: TxPayload>(
         return Some(std::borrow::Cow::Borrowed(mapped));
     }
     let mut v = vec![0u8; mapped.len()];
-    d.payload.as_ref()?.read_at(0, &mut v).then_some(std::borrow::Cow::Owned(v))
+    d.payload
+        .as_ref()?
+        .read_at(0, &mut v)
+        .then_some(std::borrow::Cow::Owned(v))
 }
 
 struct Worker<S: Service> {
