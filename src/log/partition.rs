@@ -13,7 +13,7 @@ use super::checkpoint::Checkpoint;
 use super::error::LogError;
 use super::index;
 use super::read::{self, HeaderReader};
-use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, TIME_INDEX_SUFFIX};
 use super::{Isolation, PartitionOffsets, ReadSlice, TopicPartition};
 
 /// Bytes of batches between two entries of the in-memory sparse index: a lookup scans at
@@ -149,9 +149,14 @@ fn map_file(path: &Path, file: &File, len: u64) -> Result<Mmap, LogError> {
 }
 
 impl Segment {
-    /// Opens and maps a segment; `validate`: build its index now (else on first use).
-    fn open(dir: &Path, base_offset: i64, validate: bool) -> Result<Option<Segment>, LogError> {
-        let path = dir.join(format!("{}{LOG_SUFFIX}", file_stem(base_offset)));
+    /// Opens and maps the segment file at `path` (a `.log`, or a `.log.swap` standing in);
+    /// `validate`: build its index now (else on first use).
+    fn open_path(
+        dir: &Path,
+        path: PathBuf,
+        base_offset: i64,
+        validate: bool,
+    ) -> Result<Option<Segment>, LogError> {
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -586,11 +591,20 @@ impl Partition {
         log_start: Option<&Checkpoint>,
         tail_only: bool,
     ) -> Result<bool, LogError> {
-        let last = self.state().segments.keys().next_back().copied();
-        let bases = match last {
-            Some(b) if tail_only => vec![b],
-            _ => segment::list_segments(&self.dir).map_err(|e| LogError::io(&self.dir, e))?,
+        let last = {
+            let st = self.state();
+            st.segments
+                .iter()
+                .next_back()
+                .map(|(b, s)| (*b, PathBuf::clone(&s.path)))
         };
+        let served = match last.clone() {
+            Some((b, p)) if tail_only => vec![(b, p, false)],
+            _ => segment::list_served(&self.dir).map_err(|e| LogError::io(&self.dir, e))?,
+        };
+        let last = last.map(|(b, _)| b);
+        let bases: Vec<i64> = served.iter().map(|(b, _, _)| *b).collect();
+        let swaps: Vec<i64> = served.iter().filter(|s| s.2).map(|s| s.0).collect();
         enum Change {
             Update(i64, SegUpdate),
             Replace(i64, Segment),
@@ -607,14 +621,17 @@ impl Partition {
             drop(st);
         }
         let active = bases.last().copied();
-        for &b in &bases {
+        for (b, path, swap) in served {
             // Scans run without the state lock; only this (serialised) refresh mutates it.
+            // A swap is validated at once: its end says which segments it replaces.
             let is_active = Some(b) == active;
+            let validate = is_active || swap;
             let st = self.state();
-            let Some(seg) = st.segments.get(&b) else {
+            let Some(seg) = st.segments.get(&b).filter(|s| *s.path == path) else {
                 drop(st);
-                if let Some(s) = Segment::open(&self.dir, b, is_active)? {
-                    changes.push(Change::Replace(b, s));
+                match Segment::open_path(&self.dir, path, b, validate)? {
+                    Some(s) => changes.push(Change::Replace(b, s)),
+                    None => changes.push(Change::Remove(b)),
                 }
                 continue;
             };
@@ -629,8 +646,9 @@ impl Partition {
             let len = md.len();
             if (md.dev(), md.ino()) != seg.dev_ino || len < seg.map.len() as u64 {
                 // Replaced (compaction swap, recovery rewrite) or truncated: start over.
+                let path = PathBuf::clone(&seg.path);
                 drop(st);
-                match Segment::open(&self.dir, b, is_active)? {
+                match Segment::open_path(&self.dir, path, b, validate)? {
                     Some(s) => changes.push(Change::Replace(b, s)),
                     None => changes.push(Change::Remove(b)),
                 }
@@ -667,6 +685,20 @@ impl Partition {
                         s.apply(u);
                     }
                 }
+            }
+        }
+        // A swap replaces every segment whose base lies within its offsets (LogLoader).
+        for b in swaps {
+            let Some(end) = st.segments.get(&b).map(|s| s.ix().next_offset) else {
+                continue;
+            };
+            let covered: Vec<i64> = st
+                .segments
+                .range((Bound::Excluded(b), Bound::Excluded(end)))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in covered {
+                st.segments.remove(&k);
             }
         }
         let first_base = st.segments.keys().next().copied();
