@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod compact;
 mod dir;
 pub mod error;
 mod follower;
