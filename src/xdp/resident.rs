@@ -7,8 +7,9 @@
 //! later land in the same last page or in new pages outside the UMEM, so a window covers the
 //! file's length at registration and anything past it goes through the arena. A truncated file
 //! is detached from the pinned pages (its later bytes are new pages), so a window whose file is
-//! now shorter than the window is never used again; the log reader reopens a truncated segment,
-//! which makes it a new source and brings it back here for that check.
+//! now shorter than the window is never used again. The length is checked with one `fstat` per
+//! datagram, not once per source: a broker may truncate a segment in place at any time, and
+//! tmpfs zeroes the tail of the pinned page at the new end.
 
 use std::collections::HashMap;
 use std::fs::File;
