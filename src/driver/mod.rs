@@ -50,6 +50,17 @@ pub trait TxPayload {
     }
     /// Position of the first byte within the source.
     fn position(&self) -> u64;
+    /// Copies bytes `at..at + dst.len()` into `dst`; false if the source no longer holds them
+    /// (a segment truncated under the gateway: read with pread, never through its mapping).
+    fn read_at(&self, at: usize, dst: &mut [u8]) -> bool {
+        match self.bytes().get(at..at + dst.len()) {
+            Some(src) => {
+                dst.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// One datagram to send: `header` followed by the payload bytes is the UDP payload.
@@ -74,12 +85,18 @@ impl<P: TxPayload> Datagram<P> {
         self.len() == 0
     }
 
-    /// Header and payload concatenated (tests).
+    /// Header and payload concatenated (tests, copy-mode transports), the payload read with
+    /// [`TxPayload::read_at`]. A payload the source no longer holds (truncated meanwhile) is
+    /// left out, so the datagram fails the receiver's length checks instead of carrying wrong
+    /// bytes.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.len());
         v.extend_from_slice(&self.header);
         if let Some(p) = &self.payload {
-            v.extend_from_slice(p.bytes());
+            v.resize(self.len(), 0);
+            if !p.read_at(0, &mut v[self.header.len()..]) {
+                v.truncate(self.header.len());
+            }
         }
         v
     }

@@ -46,8 +46,22 @@ pub struct Payload {
 }
 
 impl Payload {
+    /// The bytes in the segment mapping: for the kernel only (iovecs, `pwrite`); see
+    /// [`ReadSlice::bytes`]. User-space copies use [`Payload::read_at`].
     pub fn bytes(&self) -> &[u8] {
         &self.slice.bytes()[self.offset..self.offset + self.len]
+    }
+
+    /// Copies payload bytes `at..at + dst.len()` with pread; fails if the segment no longer
+    /// holds them (truncated under the gateway), never with a signal.
+    pub fn read_at(&self, at: usize, dst: &mut [u8]) -> std::io::Result<()> {
+        if at + dst.len() > self.len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "read past the payload",
+            ));
+        }
+        self.slice.read_at(self.offset + at, dst)
     }
 
     /// Position of the first byte in the segment file (for sendfile/pread/UMEM offsets).
@@ -76,6 +90,10 @@ impl TxPayload for Payload {
 
     fn file(&self) -> Option<&std::fs::File> {
         Some(&self.slice.file)
+    }
+
+    fn read_at(&self, at: usize, dst: &mut [u8]) -> bool {
+        Payload::read_at(self, at, dst).is_ok()
     }
 }
 

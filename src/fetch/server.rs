@@ -266,9 +266,13 @@ impl Job {
         }
     }
 
-    fn batch_at(bytes: &[u8], pos: usize) -> Result<BatchHeader, String> {
-        let h = BatchHeader::parse(&bytes[pos..]).map_err(|e| format!("batch at {pos}: {e}"))?;
-        if pos + h.total_len() > bytes.len() {
+    /// The header of the batch at byte `pos` of the slice, read with pread (never through
+    /// the mapping: a segment truncated under the job is an error, not SIGBUS).
+    fn batch_at(slice: &ReadSlice, pos: usize) -> Result<BatchHeader, String> {
+        let h = slice
+            .header_at(pos)
+            .map_err(|e| format!("batch at {pos}: {e}"))?;
+        if pos + h.total_len() > slice.len {
             return Err(format!("batch at {pos} runs past the slice"));
         }
         Ok(h)
@@ -277,10 +281,9 @@ impl Job {
     /// Positions the job at byte `a` of the slice (a datagram boundary of the original
     /// response): finds the batch holding it and the link offset before it.
     fn seek_to(&mut self, a: usize, max_payload: usize) -> Result<(), String> {
-        let bytes = self.slice.bytes();
         let mut pos = 0;
         while pos < a {
-            let bh = Self::batch_at(bytes, pos)?;
+            let bh = Self::batch_at(&self.slice, pos)?;
             let blen = bh.total_len();
             if pos + blen > a {
                 let count = u16::try_from(blen.div_ceil(max_payload))
@@ -339,9 +342,8 @@ impl Job {
             self.finished = true;
             return Ok(Some((h, 0, 0)));
         }
-        let bytes = self.slice.bytes();
         if self.frag.is_none() {
-            let bh = Self::batch_at(bytes, self.cursor)?;
+            let bh = Self::batch_at(&self.slice, self.cursor)?;
             let blen = bh.total_len();
             if blen > max_payload || self.cursor + blen > total {
                 let count = blen.div_ceil(max_payload);
@@ -362,7 +364,7 @@ impl Job {
                 let mut end = start + blen;
                 let mut end_offset = bh.next_offset();
                 while end < total {
-                    let nh = Self::batch_at(bytes, end)?;
+                    let nh = Self::batch_at(&self.slice, end)?;
                     if end - start + nh.total_len() > max_payload || end + nh.total_len() > total {
                         break;
                     }

@@ -1,20 +1,24 @@
 //! Kafka partition logs on disk: `<log-dir>/<topic>-<partition>/<20-digit base offset>.log`
 //! with `.index` and `.timeindex`, record batches v2, as a broker writes them.
 //!
-//! - [`LogDir`] / [`Partition`]: the reader. Segments are mapped with memmap2; every batch is
-//!   CRC-checked once (the validation scan also builds a sparse in-memory offset/time index),
-//!   and [`Partition::read`] hands out [`ReadSlice`]s that borrow the mapping (no copy).
+//! - [`LogDir`] / [`Partition`]: the reader. Every batch is CRC-checked once (the validation
+//!   scan, with pread, also builds a sparse in-memory offset/time index), and
+//!   [`Partition::read`] hands out [`ReadSlice`]s naming file ranges (no copy). Nothing reads a
+//!   segment mapping in user space, so a broker truncating a file in place cannot raise SIGBUS
+//!   here ([`read`]).
 //!   [`LogDir::refresh`] / [`LogDir::spawn_follower`] follow growth, rolls and retention.
 //! - [`writer`]: broker-compatible writer (`kxgw produce`).
 //! - [`batch`], [`record`], [`index`], [`checkpoint`], [`segment`]: the formats.
 
 pub mod batch;
 pub mod checkpoint;
+pub mod compact;
 mod dir;
 pub mod error;
 mod follower;
 pub mod index;
 mod partition;
+pub mod read;
 pub mod record;
 pub mod segment;
 mod source;
@@ -126,10 +130,39 @@ pub struct ReadSlice {
 }
 
 impl ReadSlice {
-    /// The batches, straight from the mapping.
+    /// The batches in the segment mapping: for the kernel only (iovecs, `pwrite`, a
+    /// placeholder whose address identifies the slice). Reading these bytes in user space
+    /// raises SIGBUS if the broker truncated the file meanwhile: use [`ReadSlice::read_at`].
     pub fn bytes(&self) -> &[u8] {
         let start = self.position as usize;
         &self.map[start..start + self.len]
+    }
+
+    /// Copies bytes `at..at + dst.len()` of the slice with `pread`. Fails (never a signal)
+    /// if the file no longer holds them: truncated under the reader.
+    pub fn read_at(&self, at: usize, dst: &mut [u8]) -> std::io::Result<()> {
+        if at + dst.len() > self.len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bytes {at}+{} past a {}-byte slice", dst.len(), self.len),
+            ));
+        }
+        read::read_exact_at(&self.file, dst, self.position + at as u64)
+    }
+
+    /// The batches, copied with `pread` (tests, tools, copy-mode transports).
+    pub fn to_vec(&self) -> std::io::Result<Vec<u8>> {
+        let mut v = vec![0u8; self.len];
+        self.read_at(0, &mut v)?;
+        Ok(v)
+    }
+
+    /// The header of the batch starting at byte `at` of the slice, read with `pread`.
+    pub fn header_at(&self, at: usize) -> std::io::Result<batch::BatchHeader> {
+        let mut b = [0u8; batch::BATCH_HEADER_LEN];
+        self.read_at(at, &mut b)?;
+        batch::BatchHeader::parse(&b)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,4 +1,4 @@
-//! One partition's segments, validated once and read without copying.
+//! One partition's segments, validated once (with pread) and served without copying.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use memmap2::{Mmap, MmapOptions};
 
-use super::batch::{be_i32, be_i64, LAST_OFFSET_DELTA_OFFSET, LOG_OVERHEAD};
 use super::checkpoint::Checkpoint;
 use super::error::LogError;
 use super::index;
-use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use super::read::{self, HeaderReader};
+use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, TIME_INDEX_SUFFIX};
 use super::{Isolation, PartitionOffsets, ReadSlice, SourceId, TopicPartition};
 
 /// Bytes of batches between two entries of the in-memory sparse index: a lookup scans at
@@ -58,13 +58,13 @@ impl SegIndex {
         }
     }
 
-    /// Validates `map` from `valid_end` on.
-    fn scan(&self, map: &Mmap, base: i64) -> SegUpdate {
+    /// Validates bytes `valid_end..len` of `file` (read with pread: never through the map).
+    fn scan(&self, file: &File, len: u64, base: i64) -> SegUpdate {
         let mut new_entries = Vec::new();
         let mut new_max_ts_before = Vec::new();
         let mut bytes_since = self.bytes_since_entry;
         let mut max_ts = self.max_ts;
-        let s = segment::scan(map, self.valid_end as usize, self.next_offset, |pos, h| {
+        let s = read::scan_file(file, self.valid_end, len, self.next_offset, |pos, h| {
             let rel = h.base_offset - base;
             if bytes_since >= INDEX_STRIDE {
                 if let (Ok(rel), Ok(position)) = (u32::try_from(rel), u32::try_from(pos)) {
@@ -143,16 +143,22 @@ struct SegUpdate {
 fn map_file(path: &Path, file: &File, len: u64) -> Result<Mmap, LogError> {
     let len = usize::try_from(len)
         .map_err(|_| LogError::Invalid(format!("{}: too large to map", path.display())))?;
-    // SAFETY: the mapping is read-only and we only read bytes below the validated end, which
-    // a broker never rewrites (it appends; truncation and compaction replace files, which we
-    // detect by inode/size and remap). The file stays open for the mapping's lifetime.
+    // SAFETY: the mapping is read-only and nothing in user space reads through it (see
+    // `log::read`): headers, scans and copies use pread, and the mapping only goes to the
+    // kernel (iovecs, pwrite), which answers a page past a truncated end with EFAULT rather
+    // than SIGBUS. The file stays open for the mapping's lifetime.
     unsafe { MmapOptions::new().len(len).map(file) }.map_err(|e| LogError::io(path, e))
 }
 
 impl Segment {
-    /// Opens and maps a segment; `validate`: build its index now (else on first use).
-    fn open(dir: &Path, base_offset: i64, validate: bool) -> Result<Option<Segment>, LogError> {
-        let path = dir.join(format!("{}{LOG_SUFFIX}", file_stem(base_offset)));
+    /// Opens and maps the segment file at `path` (a `.log`, or a `.log.swap` standing in);
+    /// `validate`: build its index now (else on first use).
+    fn open_path(
+        dir: &Path,
+        path: PathBuf,
+        base_offset: i64,
+        validate: bool,
+    ) -> Result<Option<Segment>, LogError> {
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -192,7 +198,7 @@ impl Segment {
     fn ix(&self) -> &SegIndex {
         self.ix.get_or_init(|| {
             let mut ix = SegIndex::empty(self.base_offset);
-            let u = ix.scan(&self.map, self.base_offset);
+            let u = ix.scan(&self.file, self.map.len() as u64, self.base_offset);
             ix.apply(u, &self.path);
             self.check_offset_index(&ix);
             ix
@@ -208,12 +214,13 @@ impl Segment {
             return;
         };
         let (entries, problem) = index::parse_index(&buf);
-        let data = &self.map[..ix.valid_end as usize];
+        let mut data = HeaderReader::new(&self.file, ix.valid_end);
         let mismatch = entries.iter().find(|e| {
             let offset = self.base_offset + i64::from(e.relative_offset);
             // Entries past the validated end may be a tail still being written: not checked.
             u64::from(e.position) < ix.valid_end
-                && find_in(ix, data, self.base_offset, offset) != Some(u64::from(e.position))
+                && find_in(ix, &mut data, self.base_offset, offset).ok()
+                    != Some(Some(u64::from(e.position)))
         });
         if let Some((at, why)) = problem {
             log::warn!(
@@ -232,7 +239,8 @@ impl Segment {
     /// Validates what was appended since the last scan (`map`: a new, larger mapping).
     fn scan(&self, map: Option<Arc<Mmap>>) -> SegUpdate {
         let ix = self.ix();
-        let mut u = ix.scan(map.as_ref().unwrap_or(&self.map), self.base_offset);
+        let len = map.as_ref().unwrap_or(&self.map).len() as u64;
+        let mut u = ix.scan(&self.file, len, self.base_offset);
         u.map = map;
         u
     }
@@ -247,8 +255,9 @@ impl Segment {
         }
     }
 
-    fn valid(&self) -> &[u8] {
-        &self.map[..self.ix().valid_end as usize]
+    /// Header reads of the validated bytes (pread: a truncated file is an error, not SIGBUS).
+    fn headers(&self) -> HeaderReader<'_> {
+        HeaderReader::new(&self.file, self.ix().valid_end)
     }
 
     /// Max timestamp, from the `.timeindex` hint while the segment is not validated yet.
@@ -262,7 +271,9 @@ impl Segment {
     /// Position of the first batch whose last offset is >= `offset`.
     fn find(&self, offset: i64) -> Result<Option<u64>, LogError> {
         let ix = self.ix();
-        match find_in(ix, self.valid(), self.base_offset, offset) {
+        let found = find_in(ix, &mut self.headers(), self.base_offset, offset)
+            .map_err(|e| LogError::io(self.path.as_path(), e))?;
+        match found {
             Some(p) => Ok(Some(p)),
             None => {
                 self.corruption()?;
@@ -285,7 +296,12 @@ impl Segment {
 
 /// The broker's lookup: the sparse index entry at or below `offset`, then a short scan of
 /// batch headers (of validated bytes only) for the first batch whose last offset >= `offset`.
-fn find_in(ix: &SegIndex, data: &[u8], base: i64, offset: i64) -> Option<u64> {
+fn find_in(
+    ix: &SegIndex,
+    data: &mut HeaderReader<'_>,
+    base: i64,
+    offset: i64,
+) -> std::io::Result<Option<u64>> {
     let rel = offset - base;
     let i = ix
         .entries
@@ -293,16 +309,16 @@ fn find_in(ix: &SegIndex, data: &[u8], base: i64, offset: i64) -> Option<u64> {
     let mut pos = if i == 0 {
         0
     } else {
-        ix.entries[i - 1].position as usize
+        u64::from(ix.entries[i - 1].position)
     };
-    while pos < data.len() {
-        let last = be_i64(data, pos) + i64::from(be_i32(data, pos + LAST_OFFSET_DELTA_OFFSET));
-        if last >= offset {
-            return Some(pos as u64);
+    while pos < ix.valid_end {
+        let b = data.span(pos)?;
+        if b.last_offset >= offset {
+            return Ok(Some(pos));
         }
-        pos += LOG_OVERHEAD + be_i32(data, pos + 8) as usize;
+        pos += b.size as u64;
     }
-    None
+    Ok(None)
 }
 
 struct PartState {
@@ -462,7 +478,7 @@ impl Partition {
             .map(|(_, s)| s);
         while let Some(s) = seg {
             if let Some(pos) = s.find(offset)? {
-                return Ok(self.collect(s, pos, offset, end, max_bytes, offsets));
+                return self.collect(s, pos, offset, end, max_bytes, offsets);
             }
             // Not in this segment (compacted away, or a gap before the next one).
             seg = st
@@ -482,16 +498,21 @@ impl Partition {
         end: i64,
         max_bytes: usize,
         offsets: PartitionOffsets,
-    ) -> ReadSlice {
-        let data = s.valid();
-        let mut pos = start as usize;
+    ) -> Result<ReadSlice, LogError> {
+        let mut data = s.headers();
+        let valid_end = s.ix().valid_end;
+        let mut pos = start;
         let mut len = 0usize;
         let mut first_offset = offset;
         let mut next_offset = offset;
-        while pos < data.len() {
-            let base = be_i64(data, pos);
-            let last = base + i64::from(be_i32(data, pos + LAST_OFFSET_DELTA_OFFSET));
-            let size = LOG_OVERHEAD + be_i32(data, pos + 8) as usize;
+        while pos < valid_end {
+            let (base, last, size) = match data.span(pos) {
+                Ok(b) => (b.base_offset, b.last_offset, b.size),
+                // Truncated under us: serve the batches read so far; with none, say why (the
+                // next refresh sees the shorter file and the consumer gets what still exists).
+                Err(e) if len == 0 => return Err(LogError::io(s.path.as_path(), e)),
+                Err(_) => break,
+            };
             if last >= end || (len > 0 && len + size > max_bytes) {
                 break;
             }
@@ -500,9 +521,9 @@ impl Partition {
             }
             len += size;
             next_offset = last + 1;
-            pos += size;
+            pos += size as u64;
         }
-        ReadSlice {
+        Ok(ReadSlice {
             path: s.path.clone(),
             file: s.file.clone(),
             map: s.map.clone(),
@@ -512,7 +533,7 @@ impl Partition {
             first_offset,
             next_offset,
             offsets,
-        }
+        })
     }
 
     /// ListOffsets by timestamp: the first record (in offset order) whose timestamp is
@@ -530,20 +551,23 @@ impl Partition {
             let mut pos = if i == 0 {
                 0
             } else {
-                ix.entries[i - 1].position as usize
+                u64::from(ix.entries[i - 1].position)
             };
-            let data = s.valid();
-            while pos < data.len() {
-                let b = &data[pos..];
-                let h = super::batch::BatchHeader::parse(b)
-                    .map_err(|e| LogError::corrupt(s.path.as_path(), pos as u64, e))?;
+            let mut data = s.headers();
+            while pos < ix.valid_end {
+                let h = data
+                    .header(pos)
+                    .map_err(|e| LogError::io(s.path.as_path(), e))?;
                 if h.last_offset() >= end {
                     return Ok(None);
                 }
                 if h.max_timestamp >= ts && h.base_offset >= st.offsets.log_start {
-                    return Ok(Some(first_record_at_or_after(b, &h, ts)));
+                    let mut b = vec![0u8; h.total_len()];
+                    read::read_exact_at(&s.file, &mut b, pos)
+                        .map_err(|e| LogError::io(s.path.as_path(), e))?;
+                    return Ok(Some(first_record_at_or_after(&b, &h, ts)));
                 }
-                pos += h.total_len();
+                pos += h.total_len() as u64;
             }
         }
         Ok(None)
@@ -578,11 +602,20 @@ impl Partition {
         log_start: Option<&Checkpoint>,
         tail_only: bool,
     ) -> Result<bool, LogError> {
-        let last = self.state().segments.keys().next_back().copied();
-        let bases = match last {
-            Some(b) if tail_only => vec![b],
-            _ => segment::list_segments(&self.dir).map_err(|e| LogError::io(&self.dir, e))?,
+        let last = {
+            let st = self.state();
+            st.segments
+                .iter()
+                .next_back()
+                .map(|(b, s)| (*b, PathBuf::clone(&s.path)))
         };
+        let served = match last.clone() {
+            Some((b, p)) if tail_only => vec![(b, p, false)],
+            _ => segment::list_served(&self.dir).map_err(|e| LogError::io(&self.dir, e))?,
+        };
+        let last = last.map(|(b, _)| b);
+        let bases: Vec<i64> = served.iter().map(|(b, _, _)| *b).collect();
+        let swaps: Vec<i64> = served.iter().filter(|s| s.2).map(|s| s.0).collect();
         enum Change {
             Update(i64, SegUpdate),
             Replace(i64, Segment),
@@ -599,14 +632,17 @@ impl Partition {
             drop(st);
         }
         let active = bases.last().copied();
-        for &b in &bases {
+        for (b, path, swap) in served {
             // Scans run without the state lock; only this (serialised) refresh mutates it.
+            // A swap is validated at once: its end says which segments it replaces.
             let is_active = Some(b) == active;
+            let validate = is_active || swap;
             let st = self.state();
-            let Some(seg) = st.segments.get(&b) else {
+            let Some(seg) = st.segments.get(&b).filter(|s| *s.path == path) else {
                 drop(st);
-                if let Some(s) = Segment::open(&self.dir, b, is_active)? {
-                    changes.push(Change::Replace(b, s));
+                match Segment::open_path(&self.dir, path, b, validate)? {
+                    Some(s) => changes.push(Change::Replace(b, s)),
+                    None => changes.push(Change::Remove(b)),
                 }
                 continue;
             };
@@ -621,8 +657,9 @@ impl Partition {
             let len = md.len();
             if (md.dev(), md.ino()) != seg.dev_ino || len < seg.map.len() as u64 {
                 // Replaced (compaction swap, recovery rewrite) or truncated: start over.
+                let path = PathBuf::clone(&seg.path);
                 drop(st);
-                match Segment::open(&self.dir, b, is_active)? {
+                match Segment::open_path(&self.dir, path, b, validate)? {
                     Some(s) => changes.push(Change::Replace(b, s)),
                     None => changes.push(Change::Remove(b)),
                 }
@@ -659,6 +696,20 @@ impl Partition {
                         s.apply(u);
                     }
                 }
+            }
+        }
+        // A swap replaces every segment whose base lies within its offsets (LogLoader).
+        for b in swaps {
+            let Some(end) = st.segments.get(&b).map(|s| s.ix().next_offset) else {
+                continue;
+            };
+            let covered: Vec<i64> = st
+                .segments
+                .range((Bound::Excluded(b), Bound::Excluded(end)))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in covered {
+                st.segments.remove(&k);
             }
         }
         let first_base = st.segments.keys().next().copied();

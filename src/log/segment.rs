@@ -38,6 +38,46 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<i64>> {
     Ok(out)
 }
 
+pub const SWAP_SUFFIX: &str = ".swap";
+pub const CLEANED_SUFFIX: &str = ".cleaned";
+
+/// The segments a broker would load from a partition dir, as its `LogLoader` recovers one:
+/// `.deleted` files are ignored (deletion pending), `.cleaned` files are ignored (a cleaner
+/// pass not finished), and a `<base>.log.swap` (a finished cleaner pass, renamed before its
+/// final rename to `.log`) stands in place of `<base>.log`, unless its base offset is at or
+/// above the smallest `.cleaned` base (an unfinished segment split, which the broker deletes).
+/// The `.log` segments a swap also covers are dropped by the reader once it knows the swap's
+/// end ([`crate::log::Partition`]). Sorted by base offset; (base, path, is a swap).
+pub fn list_served(dir: &Path) -> std::io::Result<Vec<(i64, std::path::PathBuf, bool)>> {
+    let mut logs = Vec::new();
+    let mut swaps = Vec::new();
+    let mut min_cleaned = i64::MAX;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(base) = parse_log_name(name) {
+            logs.push(base);
+        } else if let Some(base) = name.strip_suffix(SWAP_SUFFIX).and_then(parse_log_name) {
+            swaps.push(base);
+        } else if let Some(base) = name.strip_suffix(CLEANED_SUFFIX).and_then(parse_log_name) {
+            min_cleaned = min_cleaned.min(base);
+        }
+    }
+    swaps.retain(|&b| b < min_cleaned);
+    let mut out: Vec<_> = logs
+        .into_iter()
+        .filter(|b| !swaps.contains(b))
+        .map(|b| (b, dir.join(format!("{}{LOG_SUFFIX}", file_stem(b))), false))
+        .collect();
+    out.extend(swaps.into_iter().map(|b| {
+        let path = dir.join(format!("{}{LOG_SUFFIX}{SWAP_SUFFIX}", file_stem(b)));
+        (b, path, true)
+    }));
+    out.sort_unstable_by_key(|(b, _, _)| *b);
+    Ok(out)
+}
+
 /// How a validation scan ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ScanEnd {
@@ -138,5 +178,38 @@ mod tests {
         assert_eq!(parse_log_name("00000000000000000042.log.deleted"), None);
         assert_eq!(parse_log_name("00000000000000000042.index"), None);
         assert_eq!(parse_log_name("0000000000000000042.log"), None);
+    }
+
+    #[test]
+    fn served_files_follow_the_broker_recovery_rules() {
+        let d = tempfile::tempdir().unwrap();
+        for n in [
+            "00000000000000000000.log",
+            "00000000000000000000.log.swap",
+            "00000000000000000010.log",
+            "00000000000000000020.log.deleted",
+            "00000000000000000030.log",
+            "00000000000000000040.log.cleaned",
+            "00000000000000000050.log.swap",
+            "00000000000000000060.log",
+        ] {
+            std::fs::write(d.path().join(n), b"").unwrap();
+        }
+        let got: Vec<(i64, String, bool)> = list_served(d.path())
+            .unwrap()
+            .into_iter()
+            .map(|(b, p, s)| (b, p.file_name().unwrap().to_str().unwrap().to_string(), s))
+            .collect();
+        let want = [
+            (0, "00000000000000000000.log.swap", true),
+            (10, "00000000000000000010.log", false),
+            (30, "00000000000000000030.log", false),
+            (60, "00000000000000000060.log", false),
+        ];
+        let want: Vec<(i64, String, bool)> = want
+            .iter()
+            .map(|(b, n, s)| (*b, n.to_string(), *s))
+            .collect();
+        assert_eq!(got, want);
     }
 }

@@ -337,3 +337,152 @@ fn shared_types_are_send_and_sync() {
     check::<super::FollowerHandle>();
     check::<LogError>();
 }
+
+/// A batch as the cleaner leaves one: records at `deltas` only (offset deltas kept, so the
+/// offsets have gaps), the last offset delta of the original batch in the header.
+fn compacted_batch(base: i64, deltas: &[i32], last_delta: i32) -> Vec<u8> {
+    use super::varint::put_i64;
+    let mut b = vec![0u8; batch::BATCH_HEADER_LEN];
+    for &d in deltas {
+        let mut r = Vec::new();
+        r.push(0); // attributes
+        put_i64(&mut r, 0); // timestamp delta
+        put_i64(&mut r, i64::from(d));
+        put_i64(&mut r, -1); // no key
+        put_i64(&mut r, 1);
+        r.push(b'v');
+        put_i64(&mut r, 0); // no headers
+        put_i64(&mut b, r.len() as i64);
+        b.extend_from_slice(&r);
+    }
+    let len = (b.len() - batch::LOG_OVERHEAD) as i32;
+    b[0..8].copy_from_slice(&base.to_be_bytes());
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    b[16] = 2;
+    b[23..27].copy_from_slice(&last_delta.to_be_bytes());
+    b[27..35].copy_from_slice(&1000i64.to_be_bytes());
+    b[35..43].copy_from_slice(&1000i64.to_be_bytes());
+    b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
+    b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
+    b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
+    b[57..61].copy_from_slice(&(deltas.len() as i32).to_be_bytes());
+    let crc = batch::compute_crc(&b);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// Compaction gaps inside and between batches and between segments: a fetch inside a gap
+/// starts at the next batch that holds a later offset, as a broker serves it.
+#[test]
+fn compacted_gaps_are_served_from_the_next_batch() {
+    let d = tempfile::tempdir().unwrap();
+    let part = d.path().join("t-0");
+    std::fs::create_dir_all(&part).unwrap();
+    let mut seg0 = compacted_batch(0, &[0, 2, 4], 4); // 0..=4, keeps 0, 2, 4
+    seg0.extend(compacted_batch(10, &[3], 5)); // 10..=15, keeps 13
+    std::fs::write(part.join("00000000000000000000.log"), &seg0).unwrap();
+    let seg1 = compacted_batch(30, &[0, 1], 1);
+    std::fs::write(part.join("00000000000000000020.log"), &seg1).unwrap();
+    let log = LogDir::open(d.path(), None).unwrap();
+    let p = log.partition("t", 0).unwrap();
+    assert_eq!((p.offsets().log_start, p.offsets().log_end), (0, 32));
+    let first = |off: i64| {
+        let s = p.read(off, 1).unwrap();
+        let b = s.to_vec().unwrap();
+        (batch::verify(&b).unwrap().base_offset, s.next_offset)
+    };
+    assert_eq!(first(3), (0, 5), "inside a batch's gap: that batch");
+    assert_eq!(first(7), (10, 16), "between batches: the next one");
+    assert_eq!(
+        first(16),
+        (30, 32),
+        "past the segment's last batch: the next segment"
+    );
+    assert_eq!(first(25), (30, 32), "between segments");
+    let recs = super::record::decode_batch(&p.read(10, 1).unwrap().to_vec().unwrap()).unwrap();
+    assert_eq!(recs.iter().map(|r| r.offset).collect::<Vec<_>>(), [13]);
+}
+
+/// A cleaner's `.swap` stands in for its segment and for the later segments its offsets
+/// cover; `.cleaned` and `.deleted` files are never served; the final rename changes
+/// nothing a consumer sees.
+#[test]
+fn swap_files_replace_the_segments_they_cover() {
+    let d = tempfile::tempdir().unwrap();
+    let batches = write_log(d.path(), &[3, 3, 3, 3, 3, 3], 300);
+    let part = d.path().join("t-0");
+    let bases = super::segment::list_segments(&part).unwrap();
+    assert!(bases.len() >= 3, "{bases:?}");
+    let log = LogDir::open(d.path(), None).unwrap();
+    let p = log.partition("t", 0).unwrap();
+    let end = p.offsets().log_end;
+    let name =
+        |b: i64, suffix: &str| part.join(format!("{}.log{suffix}", super::segment::file_stem(b)));
+    // The cleaner merged the first two segments and kept only offset 0 of the first batch
+    // (offsets 1 and 2 are gone: a gap inside the merged segment).
+    let mut merged = compacted_batch(0, &[0], 2);
+    let second_start = std::fs::read(name(bases[0], "")).unwrap();
+    let h0 = batch::verify(&second_start).unwrap();
+    merged.extend_from_slice(&second_start[h0.total_len()..]);
+    merged.extend(std::fs::read(name(bases[1], "")).unwrap());
+    std::fs::write(name(0, ".cleaned"), b"half-written garbage").unwrap();
+    log.refresh().unwrap();
+    assert_eq!(p.segment_bases(), bases, ".cleaned is ignored");
+    std::fs::remove_file(name(0, ".cleaned")).unwrap();
+    std::fs::write(name(0, ".swap"), &merged).unwrap();
+    std::fs::rename(name(bases[0], ""), name(bases[0], ".deleted")).unwrap();
+    std::fs::rename(name(bases[1], ""), name(bases[1], ".deleted")).unwrap();
+    log.refresh().unwrap();
+    let mut want: Vec<i64> = vec![0];
+    want.extend(&bases[2..]);
+    assert_eq!(p.segment_bases(), want, "the swap stands in for both");
+    assert_eq!(p.offsets().log_end, end);
+    let s = p.read(1, 1).unwrap();
+    assert_eq!((s.first_offset, s.next_offset), (0, 3));
+    assert_eq!(p.read(batches[1].0, 1).unwrap().first_offset, batches[1].0);
+    std::fs::rename(name(0, ".swap"), name(0, "")).unwrap();
+    log.refresh().unwrap();
+    assert_eq!(p.segment_bases(), want);
+    assert_eq!(
+        p.read(1, 1).unwrap().to_vec().unwrap(),
+        compacted_batch(0, &[0], 2)
+    );
+}
+
+/// A segment truncated in place under the reader: slices read before fail their copies
+/// (pread, never SIGBUS); reads stop at the surviving batches, and after the refresh the
+/// lost offsets are out of range.
+#[test]
+fn truncated_in_place_under_the_reader() {
+    let d = tempfile::tempdir().unwrap();
+    let batches = write_log(d.path(), &[5; 40], 1 << 20);
+    let log = LogDir::open(d.path(), None).unwrap();
+    let p = log.partition("t", 0).unwrap();
+    let whole = p.read(0, usize::MAX).unwrap();
+    let seg = d.path().join("t-0/00000000000000000000.log");
+    let bytes = std::fs::read(&seg).unwrap();
+    let cut: usize = batch::iter(&bytes).nth(20).unwrap().unwrap().0;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(cut as u64)
+        .unwrap();
+    assert!(
+        whole.to_vec().is_err(),
+        "the old slice cannot be copied whole"
+    );
+    let mut head = vec![0u8; cut];
+    whole.read_at(0, &mut head).unwrap();
+    assert_eq!(head, bytes[..cut]);
+    // Before the refresh: the surviving batches, and an error (not a crash) past them.
+    let s = p.read(0, usize::MAX).unwrap();
+    assert_eq!((s.len, s.next_offset), (cut, batches[20].0));
+    assert!(matches!(p.read(batches[30].0, 1), Err(LogError::Io { .. })));
+    log.refresh().unwrap();
+    assert_eq!(p.offsets().log_end, batches[20].0);
+    assert!(matches!(
+        p.read(batches[30].0, 1),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+}

@@ -165,6 +165,8 @@ pub struct EngineStats {
     pub rx_fill_ring_empty: u64,
     /// Kernel: times the TX ring was empty when the kernel looked for work.
     pub tx_ring_empty: u64,
+    /// Datagrams dropped: their segment no longer holds the bytes (truncated in place).
+    pub source_gone: u64,
     /// UMEM frames with the kernel (fill + RX + TX + completion rings).
     pub frames_outstanding: u64,
     /// Frames unaccounted for at shutdown after TX drained (must be 0).
@@ -293,6 +295,11 @@ impl EngineStats {
                 "xdp_arena_refused_total",
                 "Arena stage requests refused: every block in flight",
                 self.arena.full,
+            ),
+            (
+                "xdp_source_gone_total",
+                "Datagrams dropped: the segment no longer holds the bytes (truncated in place)",
+                self.source_gone,
             ),
             (
                 "xdp_frames_outstanding",
@@ -678,6 +685,7 @@ impl StatsHandle {
             s.arena.full += g(&q.arena_refused);
             s.frames_outstanding += g(&q.frames_outstanding);
             s.frames_leaked += g(&q.frames_leaked);
+            s.source_gone += g(&q.source_gone);
         }
         s
     }

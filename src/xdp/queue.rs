@@ -55,6 +55,7 @@ pub(crate) struct QueueStats {
     pub kernel_tx_ring_empty: AtomicU64,
     pub frames_outstanding: AtomicU64,
     pub frames_leaked: AtomicU64,
+    pub source_gone: AtomicU64,
 }
 
 /// How a queue sends payloads (the engine derives it from the TX strategy and bind mode).
@@ -472,9 +473,15 @@ impl XdpQueue {
             self.release_pieces();
             return false;
         };
+        let Some(csum) = checksummed(d, bytes) else {
+            self.stats.source_gone.fetch_add(1, Ordering::Relaxed);
+            self.tx_free.push(hf);
+            self.release_pieces();
+            return false;
+        };
         let header = &d.header;
         let buf = self.frame_mut(hf);
-        if packet::write_headers(buf, route, local, d.dst, &[header, bytes]).is_none() {
+        if packet::write_headers(buf, route, local, d.dst, &[header, &csum]).is_none() {
             self.tx_free.push(hf);
             self.release_pieces();
             return false;
@@ -529,22 +536,35 @@ impl XdpQueue {
             return;
         };
         {
+            let Some(csum) = checksummed(d, payload) else {
+                self.stats.source_gone.fetch_add(1, Ordering::Relaxed);
+                self.tx_free.extend(frames);
+                return;
+            };
             let buf = self.frame_mut(first);
-            if packet::write_headers(buf, route, local, d.dst, &[&d.header, payload]).is_none() {
+            if packet::write_headers(buf, route, local, d.dst, &[&d.header, &csum]).is_none() {
                 self.tx_free.extend(frames);
                 return;
             }
         }
-        // Stream header + payload across the frames after the Ethernet/IP/UDP headers.
+        // Stream header + payload across the frames after the Ethernet/IP/UDP headers; the
+        // payload is read from its source (pread), never from the segment mapping.
         let mut pos = hlen;
-        for src in [&d.header[..], payload] {
+        for (i, len) in [d.header.len(), payload.len()].into_iter().enumerate() {
             let mut off = 0;
-            while off < src.len() {
+            while off < len {
                 let fi = pos / FRAME as usize;
                 let at = pos % FRAME as usize;
-                let n = (FRAME as usize - at).min(src.len() - off);
+                let n = (FRAME as usize - at).min(len - off);
                 let f = frames[fi];
-                self.frame_mut(f)[at..at + n].copy_from_slice(&src[off..off + n]);
+                let dst = &mut self.frame_mut(f)[at..at + n];
+                if i == 0 {
+                    dst.copy_from_slice(&d.header[off..off + n]);
+                } else if !d.payload.as_ref().is_some_and(|p| p.read_at(off, dst)) {
+                    self.stats.source_gone.fetch_add(1, Ordering::Relaxed);
+                    self.tx_free.extend(frames);
+                    return;
+                }
                 off += n;
                 pos += n;
             }
@@ -583,6 +603,24 @@ impl XdpQueue {
             }
         }
     }
+}
+
+/// The payload as `write_headers` needs it: for IPv4 only its length is read, so the mapped
+/// bytes go as they are; the IPv6 UDP checksum reads them, so they are read with pread first
+/// (a segment truncated under the gateway then drops the datagram instead of raising SIGBUS).
+/// `None`: the source no longer holds the bytes.
+fn checksummed<'a, P: TxPayload>(
+    d: &Datagram<P>,
+    mapped: &'a [u8],
+) -> Option<std::borrow::Cow<'a, [u8]>> {
+    if !d.dst.is_ipv6() || mapped.is_empty() {
+        return Some(std::borrow::Cow::Borrowed(mapped));
+    }
+    let mut v = vec![0u8; mapped.len()];
+    d.payload
+        .as_ref()?
+        .read_at(0, &mut v)
+        .then_some(std::borrow::Cow::Owned(v))
 }
 
 impl<S: Service> DatagramIo<S> for XdpQueue {

@@ -7,8 +7,9 @@
 //! later land in the same last page or in new pages outside the UMEM, so a window covers the
 //! file's length at registration and anything past it goes through the arena. A truncated file
 //! is detached from the pinned pages (its later bytes are new pages), so a window whose file is
-//! now shorter than the window is never used again; the log reader reopens a truncated segment,
-//! which makes it a new source and brings it back here for that check.
+//! now shorter than the window is never used again. The length is checked with one `fstat` per
+//! datagram, not once per source: a broker may truncate a segment in place at any time, and
+//! tmpfs zeroes the tail of the pinned page at the new end.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -191,8 +192,16 @@ impl Resident {
     fn window_of(&self, file: &File) -> Option<usize> {
         let md = nix::sys::stat::fstat(file.as_raw_fd()).ok()?;
         let i = *self.by_inode.get(&(md.st_dev, md.st_ino))?;
+        self.attached(i, md.st_size)
+    }
+
+    /// `Some(i)` while window `i`'s file is at least as long as the window. Truncating a
+    /// tmpfs file zeroes the tail of the page at the new end, which is the pinned page itself,
+    /// and frees the rest from the file (later bytes land in new pages): once shorter, the
+    /// pinned pages no longer hold the file's bytes, so the window is never used again.
+    fn attached(&self, i: usize, size: i64) -> Option<usize> {
         let w = &self.windows[i];
-        if (md.st_size as u64) < w.len {
+        if (size as u64) < w.len {
             if !w.dead.swap(true, Ordering::Relaxed) {
                 log::warn!(
                     "{} shrank below its {} registered bytes: it no longer matches its pinned \
@@ -247,6 +256,13 @@ impl ResidentCache {
                 w
             }
         };
+        // A cached window is checked again on every use: a broker may truncate the file in
+        // place at any time (one fstat per datagram; a truncation landing between this check
+        // and the NIC reading the pages is the remaining window, caught by the consumer's CRC).
+        let win = win.and_then(|i| {
+            let md = nix::sys::stat::fstat(file.as_raw_fd()).ok()?;
+            resident.attached(i, md.st_size)
+        });
         let Some(w) = win.map(|i| &resident.windows[i]) else {
             return false;
         };

@@ -153,6 +153,12 @@ pub fn evaluate(
                                 log::warn!("Fetch {name}-{}: {e}", fp.partition);
                                 ResponseError::CorruptMessage.code()
                             }
+                            // A segment truncated under the reader: retriable, as a broker
+                            // answers a failed log read; the next refresh sees the new end.
+                            LogError::Io { .. } => {
+                                log::warn!("Fetch {name}-{}: {e}", fp.partition);
+                                ResponseError::KafkaStorageError.code()
+                            }
                             _ => {
                                 log::warn!("Fetch {name}-{}: {e}", fp.partition);
                                 ResponseError::UnknownServerError.code()

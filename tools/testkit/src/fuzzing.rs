@@ -270,8 +270,10 @@ pub fn log_segment(data: &[u8]) {
             for off in probes {
                 for max in [1usize, 100, 1 << 20] {
                     if let Ok(slice) = p.read(off, max) {
-                        // A served slice is whole valid batches only.
-                        for b in batch::iter(slice.bytes()) {
+                        // A served slice is whole valid batches only (copied with pread, as
+                        // every user-space reader of a segment does).
+                        let bytes = slice.to_vec().unwrap_or_default();
+                        for b in batch::iter(&bytes) {
                             if b.is_err() {
                                 panic!("read({off}, {max}) served a bad batch: {b:?}");
                             }
