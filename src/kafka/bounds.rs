@@ -14,7 +14,7 @@
 
 use kafka_protocol::messages::{
     ApiKey, FetchRequest, FindCoordinatorRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
+    OffsetCommitRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest,
 };
 use kafka_protocol::protocol::Message;
 
@@ -174,6 +174,20 @@ const OFFSET_FETCH: &[Field] = &[
     f(7, ANY, Kind::I8), // require_stable
 ];
 
+const OFFSET_FOR_LEADER_PARTITION: &[Field] = &[
+    f(0, ANY, Kind::I32), // partition
+    f(2, ANY, Kind::I32), // current_leader_epoch
+    f(0, ANY, Kind::I32), // leader_epoch
+];
+const OFFSET_FOR_LEADER_TOPIC: &[Field] = &[
+    f(0, ANY, Kind::Str),
+    f(0, ANY, Kind::Arr(OFFSET_FOR_LEADER_PARTITION)),
+];
+const OFFSET_FOR_LEADER_EPOCH: &[Field] = &[
+    f(3, ANY, Kind::I32), // replica_id
+    f(0, ANY, Kind::Arr(OFFSET_FOR_LEADER_TOPIC)),
+];
+
 /// The schema of `key`'s request body at `version`, with the first flexible version, when the
 /// gateway decodes that request with the codec (other requests are never decoded).
 fn schema(key: ApiKey, version: i16) -> Option<(&'static [Field], i16)> {
@@ -192,6 +206,11 @@ fn schema(key: ApiKey, version: i16) -> Option<(&'static [Field], i16)> {
         ),
         ApiKey::OffsetCommit => (OFFSET_COMMIT, 8, within::<OffsetCommitRequest>(version)),
         ApiKey::OffsetFetch => (OFFSET_FETCH, 6, within::<OffsetFetchRequest>(version)),
+        ApiKey::OffsetForLeaderEpoch => (
+            OFFSET_FOR_LEADER_EPOCH,
+            4,
+            within::<OffsetForLeaderEpochRequest>(version),
+        ),
         _ => return None,
     };
     ok.then_some((fields, flexible))

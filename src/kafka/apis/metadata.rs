@@ -9,7 +9,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use uuid::Uuid;
 
-use super::{sb, topic_id, Ctx};
+use super::{sb, Ctx};
 use crate::kafka::chunk::{encode_response, Chunk, EncodeError};
 use crate::kafka::stats::inc;
 
@@ -18,8 +18,10 @@ fn topic_entry(ctx: &Ctx, version: i16, name: &str, partitions: &[i32]) -> Metad
     let parts = partitions
         .iter()
         .map(|&p| {
+            let epoch = ctx.log.partition(name, p).map_or(-1, |p| p.leader_epoch());
             MetadataResponsePartition::default()
                 .with_partition_index(p)
+                .with_leader_epoch(epoch)
                 .with_leader_id(node)
                 .with_replica_nodes(vec![node])
                 .with_isr_nodes(vec![node])
@@ -29,7 +31,7 @@ fn topic_entry(ctx: &Ctx, version: i16, name: &str, partitions: &[i32]) -> Metad
         .with_name(Some(TopicName(sb(name))))
         .with_partitions(parts);
     if version >= 10 {
-        t.topic_id = topic_id(name);
+        t.topic_id = ctx.topic_id(name);
     }
     t
 }
