@@ -7,9 +7,9 @@ APT_PACKAGES=(
   clang llvm libelf-dev zlib1g-dev pkg-config linux-libc-dev libbpf-dev # BPF build
   iproute2 bpftool nftables ethtool                                     # test network
   kcat iperf3 gnuplot-nox                                               # clients, ceilings, plots
-  python3 python3-pip ruby vagrant systemd                              # kafka-python, Vagrantfile check, unit check
+  python3 python3-pip ruby vagrant systemd                              # kafka-python, confluent-kafka, Vagrantfile check, unit check
 )
-PIP_PACKAGES=(kafka-python==2.3.3)
+PIP_PACKAGES=(kafka-python==2.3.3 confluent-kafka==2.16.1)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: run as root (apt-get install)" >&2
