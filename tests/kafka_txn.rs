@@ -150,6 +150,26 @@ fn stock_clients_read_committed_and_uncommitted_transactions() {
     assert!(layout
         .iter()
         .any(|(o, s)| *s == Status::Committed && *o > lso));
+    // `kxgw inspect` shows the producers, the open transaction and the LSO.
+    let out = std::process::Command::new(common::KXGW)
+        .args(["inspect", "-q"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("last stable offset {lso}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("transaction open since offset {lso}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("aborted transactions (pid@first..marker): "),
+        "{text}"
+    );
     let gw = Gateway::start(&net, &dir, work.path());
     for client in ["confluent", "kafka-python"] {
         let got = consume(&net, client, gw.addr, "read_committed", committed.len());

@@ -137,8 +137,7 @@ impl LogDir {
     /// Recomputes the topic ids from the partitions' metadata files (logging refusals when
     /// they change).
     fn update_topic_ids(&self, parts: &[Arc<Partition>]) {
-        let mut per_topic: BTreeMap<&str, Vec<(i32, Result<Option<Uuid>, String>)>> =
-            BTreeMap::new();
+        let mut per_topic: BTreeMap<&str, Vec<topic_id::IdFile>> = BTreeMap::new();
         for p in parts {
             per_topic
                 .entry(p.topic())

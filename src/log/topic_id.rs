@@ -98,6 +98,9 @@ pub fn derived(topic: &str) -> Uuid {
     Uuid::from_bytes(bytes)
 }
 
+/// One partition's `partition.metadata`: its id, none, or why it is unreadable.
+pub type IdFile = (i32, Result<Option<Uuid>, String>);
+
 /// What the partitions of one topic say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TopicIdCheck {
@@ -109,7 +112,7 @@ pub enum TopicIdCheck {
 /// Decides a topic's id from its partitions' `partition.metadata` (partition, result).
 /// All partitions that have one must agree; a damaged file refuses the topic too (serving
 /// it under a guessed id could answer for the wrong topic). No file at all: the derived id.
-pub fn decide(topic: &str, per_partition: &[(i32, Result<Option<Uuid>, String>)]) -> TopicIdCheck {
+pub fn decide(topic: &str, per_partition: &[IdFile]) -> TopicIdCheck {
     let mut found: BTreeMap<Uuid, Vec<i32>> = BTreeMap::new();
     for (p, r) in per_partition {
         match r {
