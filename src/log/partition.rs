@@ -751,36 +751,7 @@ impl Partition {
             .next_back()
             .map_or(i64::MIN, |(b, _)| *b);
         for s in st.segments.range(start..).map(|(_, s)| s) {
-            let data = s.valid();
-            let Some(mut pos) = find_in(s.ix(), data, s.base_offset, t.scanned_to) else {
-                continue;
-            };
-            let mut pos_usize = pos as usize;
-            while pos_usize < data.len() {
-                let b = &data[pos_usize..];
-                let Ok(h) = super::batch::BatchHeader::parse(b) else {
-                    break; // validated bytes: cannot happen
-                };
-                let marker = if h.is_control() {
-                    match txn::marker_of(&b[..h.total_len()]) {
-                        Ok(m) => Some(m),
-                        Err(e) => {
-                            // The transaction stays open: its records are held back from
-                            // READ_COMMITTED readers rather than served undecided.
-                            log::warn!(
-                                "{}: control batch at byte {pos}: {e}; ignored",
-                                s.path.display()
-                            );
-                            None
-                        }
-                    }
-                } else {
-                    None
-                };
-                t.on_batch(&h, marker);
-                pos_usize += h.total_len();
-                pos = pos_usize as u64;
-            }
+            feed_segment(s, t);
         }
         t.forget_below(offs.log_start);
         t.last_stable(end).clamp(offs.log_start, end)
@@ -846,6 +817,53 @@ impl Partition {
     /// A copy of the transaction state (for `inspect`).
     pub fn txn_state(&self) -> Option<TxnState> {
         self.txn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Feeds the batches of `s` from `t.scanned_to` on. A segment not validated yet (older ones
+/// are validated on first read) is walked by batch headers only, so opening a log dir still
+/// does not read every byte: a damaged batch there is never served anyway (the read
+/// validates it), and markers are CRC-checked before they count.
+fn feed_segment(s: &Segment, t: &mut TxnState) {
+    let validated = s.ix.get().is_some();
+    let data: &[u8] = if validated { s.valid() } else { &s.map[..] };
+    let found = if validated {
+        find_in(s.ix(), data, s.base_offset, t.scanned_to)
+    } else {
+        Some(0)
+    };
+    let Some(mut pos) = found.map(|p| p as usize) else {
+        return;
+    };
+    while pos < data.len() {
+        let b = &data[pos..];
+        let Ok(h) = super::batch::BatchHeader::parse(b) else {
+            break; // the end of the data (or damage the read will report)
+        };
+        if h.total_len() > b.len() {
+            break;
+        }
+        let marker = if h.is_control() && h.last_offset() >= t.scanned_to {
+            let checked = super::batch::verify(&b[..h.total_len()])
+                .map_err(|e| e.to_string())
+                .and_then(|_| txn::marker_of(&b[..h.total_len()]));
+            match checked {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    // The transaction stays open: its records are held back from
+                    // READ_COMMITTED readers rather than served undecided.
+                    log::warn!(
+                        "{}: control batch at byte {pos}: {e}; ignored",
+                        s.path.display()
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        t.on_batch(&h, marker);
+        pos += h.total_len();
     }
 }
 
