@@ -87,12 +87,13 @@ fn consume(
     net: &TestNet,
     client: &str,
     addr: std::net::SocketAddr,
+    topic: &str,
     isolation: &str,
     count: usize,
 ) -> Vec<(i64, String)> {
     let out = net
         .client_command("python3")
-        .args([PY, client, &addr.to_string(), "tx", "0", isolation])
+        .args([PY, client, &addr.to_string(), topic, "0", isolation])
         .args([count.to_string(), "60".into(), "3".into()])
         .output()
         .expect("running python3");
@@ -172,9 +173,16 @@ fn stock_clients_read_committed_and_uncommitted_transactions() {
     );
     let gw = Gateway::start(&net, &dir, work.path());
     for client in ["confluent", "kafka-python"] {
-        let got = consume(&net, client, gw.addr, "read_committed", committed.len());
+        let got = consume(
+            &net,
+            client,
+            gw.addr,
+            "tx",
+            "read_committed",
+            committed.len(),
+        );
         check(&format!("{client} read_committed"), &got, &committed);
-        let got = consume(&net, client, gw.addr, "read_uncommitted", all.len());
+        let got = consume(&net, client, gw.addr, "tx", "read_uncommitted", all.len());
         check(&format!("{client} read_uncommitted"), &got, &all);
     }
     // ListOffsets latest: the LSO for READ_COMMITTED, the log end otherwise.
@@ -287,4 +295,135 @@ fn topic_ids_come_from_partition_metadata() {
         log.contains("topic split is not served: partitions disagree"),
         "{log}"
     );
+}
+
+#[test]
+fn leader_epochs_are_reported_and_offset_for_leader_epoch_answers() {
+    let (net, work, dir) = test_setup("lep");
+    common::produce(&dir, "ep", 30, &["--batch-records", "10"]);
+    // A new leader (epoch 2) from offset 30, then epoch 5 from 50.
+    common::produce(
+        &dir,
+        "ep",
+        20,
+        &["--batch-records", "10", "--leader-epoch", "2"],
+    );
+    common::produce(
+        &dir,
+        "ep",
+        10,
+        &["--batch-records", "10", "--leader-epoch", "5"],
+    );
+    let ckpt = std::fs::read_to_string(dir.join("ep-0/leader-epoch-checkpoint")).unwrap();
+    assert_eq!(ckpt, "0\n3\n0 0\n2 30\n5 50\n");
+    // The batches carry the epoch they were written in.
+    let seg = std::fs::read(dir.join("ep-0/00000000000000000000.log")).unwrap();
+    let epochs: Vec<(i64, i32)> = kxgw::log::batch::iter(&seg)
+        .map(|r| r.unwrap().1)
+        .map(|h| (h.base_offset, h.partition_leader_epoch))
+        .collect();
+    assert_eq!(
+        epochs,
+        vec![(0, 0), (10, 0), (20, 0), (30, 2), (40, 2), (50, 5)]
+    );
+    let gw = Gateway::start(&net, &dir, work.path());
+    let addr = gw.addr;
+    let (md, api, ofle, lo, fenced, unknown) = in_client_ns(&net, move || {
+        let mut s = connect(addr);
+        let md = metadata_v12(&mut s);
+        let api: ApiVersionsResponse = call(
+            &mut s,
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default(),
+        );
+        let part = |current: i32, epoch: i32| {
+            offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(current)
+                .with_leader_epoch(epoch)
+        };
+        let req = OffsetForLeaderEpochRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![
+                offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("ep")))
+                    .with_partitions(vec![
+                        part(5, 0),
+                        part(5, 1),
+                        part(5, 2),
+                        part(5, 5),
+                        part(-1, 9),
+                        part(4, 2),
+                        part(6, 2),
+                    ]),
+            ]);
+        let ofle: OffsetForLeaderEpochResponse =
+            call(&mut s, ApiKey::OffsetForLeaderEpoch, 4, &req);
+        let lo_req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("ep")))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_current_leader_epoch(5)
+                        .with_timestamp(-2),
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_current_leader_epoch(5)
+                        .with_timestamp(-1),
+                ])]);
+        let lo: ListOffsetsResponse = call(&mut s, ApiKey::ListOffsets, 5, &lo_req);
+        let mut f = common::fetch("ep", 0, 0);
+        f.topics[0].partitions[0].current_leader_epoch = 4;
+        let fenced: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &f);
+        f.topics[0].partitions[0].current_leader_epoch = 6;
+        let unknown: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &f);
+        (md, api, ofle, lo, fenced, unknown)
+    });
+    assert_eq!(md.topics[0].partitions[0].leader_epoch, 5);
+    assert!(api
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == ApiKey::OffsetForLeaderEpoch as i16
+            && k.min_version == 2
+            && k.max_version == 4));
+    let got: Vec<(i16, i32, i64)> = ofle.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.error_code, p.leader_epoch, p.end_offset))
+        .collect();
+    use kafka_protocol::error::ResponseError::{FencedLeaderEpoch, UnknownLeaderEpoch};
+    assert_eq!(
+        got,
+        vec![
+            (0, 0, 30),
+            (0, 0, 30),
+            (0, 2, 50),
+            (0, 5, 60),
+            (0, -1, -1),
+            (FencedLeaderEpoch.code(), -1, -1),
+            (UnknownLeaderEpoch.code(), -1, -1),
+        ]
+    );
+    let lo: Vec<(i64, i32)> = lo.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.offset, p.leader_epoch))
+        .collect();
+    assert_eq!(lo, vec![(0, 0), (60, 5)]);
+    assert_eq!(
+        fenced.responses[0].partitions[0].error_code,
+        FencedLeaderEpoch.code()
+    );
+    assert_eq!(
+        unknown.responses[0].partitions[0].error_code,
+        UnknownLeaderEpoch.code()
+    );
+    // librdkafka, which tracks leader epochs, reads the whole log.
+    let got = consume(&net, "confluent", gw.addr, "ep", "read_committed", 60);
+    let want: Vec<i64> = (0..60).collect();
+    check("confluent with leader epochs", &got, &want);
+    gw.stop();
 }

@@ -493,6 +493,29 @@ mod tests {
     }
 
     #[test]
+    fn offset_for_leader_epoch_every_version() {
+        assert_walks(ApiKey::OffsetForLeaderEpoch, |v| {
+            let p = |i| {
+                offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                    .with_partition(i)
+                    .with_current_leader_epoch(3)
+                    .with_leader_epoch(2)
+            };
+            let t = offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                .with_topic(TopicName(s("t")))
+                .with_partitions(vec![p(0), p(1)]);
+            let mut r = OffsetForLeaderEpochRequest::default().with_topics(vec![t.clone(), t]);
+            if v >= 3 {
+                r.replica_id = BrokerId(-1);
+            }
+            if v >= 4 {
+                r.unknown_tagged_fields = tags();
+            }
+            r
+        });
+    }
+
+    #[test]
     fn metadata_every_version() {
         assert_walks(ApiKey::Metadata, |v| {
             let mut t = metadata_request::MetadataRequestTopic::default()
