@@ -103,7 +103,10 @@ pub fn handle(
                 .partitions
                 .iter()
                 .map(|p| {
-                    let r = partition_answer(ctx, name, p, committed);
+                    let mut r = partition_answer(ctx, name, p, committed);
+                    if version < 4 {
+                        r.leader_epoch = -1; // the field exists from v4 on
+                    }
                     if r.error_code != 0 {
                         inc(&ctx.stats.err_partition);
                     }

@@ -18,7 +18,11 @@ fn topic_entry(ctx: &Ctx, version: i16, name: &str, partitions: &[i32]) -> Metad
     let parts = partitions
         .iter()
         .map(|&p| {
-            let epoch = ctx.log.partition(name, p).map_or(-1, |p| p.leader_epoch());
+            // Leader epochs exist from v7 on (the codec refuses the field before).
+            let epoch = match ctx.log.partition(name, p) {
+                Some(p) if version >= 7 => p.leader_epoch(),
+                _ => -1,
+            };
             MetadataResponsePartition::default()
                 .with_partition_index(p)
                 .with_leader_epoch(epoch)

@@ -89,3 +89,6 @@ pub fn handle(
         &[],
     )
 }
+
+#[cfg(test)]
+mod tests;
