@@ -7,7 +7,7 @@ APT_PACKAGES=(
   clang llvm libelf-dev zlib1g-dev pkg-config linux-libc-dev libbpf-dev # BPF build
   iproute2 bpftool nftables ethtool                                     # test network
   kcat iperf3 gnuplot-nox                                               # clients, ceilings, plots
-  python3 python3-pip ruby vagrant systemd                              # kafka-python, Vagrantfile check, unit check
+  python3 python3-pip ruby vagrant systemd                              # kafka-python, confluent-kafka, Vagrantfile check, unit check
   xz-utils zstd binutils                                                # scripts/testvm.sh: guest modules, strip
 )
 PIP_PACKAGES=(kafka-python==2.3.3 confluent-kafka==2.16.1)

@@ -15,7 +15,8 @@
 use kafka_protocol::messages::{
     ApiKey, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, JoinGroupRequest,
     LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::Message;
 
@@ -226,6 +227,20 @@ const OFFSET_DELETE: &[Field] = &[
     f(0, ANY, Kind::Arr(OFFSET_DELETE_TOPIC)),
 ];
 
+const OFFSET_FOR_LEADER_PARTITION: &[Field] = &[
+    f(0, ANY, Kind::I32), // partition
+    f(2, ANY, Kind::I32), // current_leader_epoch
+    f(0, ANY, Kind::I32), // leader_epoch
+];
+const OFFSET_FOR_LEADER_TOPIC: &[Field] = &[
+    f(0, ANY, Kind::Str),
+    f(0, ANY, Kind::Arr(OFFSET_FOR_LEADER_PARTITION)),
+];
+const OFFSET_FOR_LEADER_EPOCH: &[Field] = &[
+    f(3, ANY, Kind::I32), // replica_id
+    f(0, ANY, Kind::Arr(OFFSET_FOR_LEADER_TOPIC)),
+];
+
 /// The schema of `key`'s request body at `version`, with the first flexible version, when the
 /// gateway decodes that request with the codec (other requests are never decoded).
 fn schema(key: ApiKey, version: i16) -> Option<(&'static [Field], i16)> {
@@ -250,6 +265,11 @@ fn schema(key: ApiKey, version: i16) -> Option<(&'static [Field], i16)> {
         ApiKey::ListGroups => (LIST_GROUPS, 3, within::<ListGroupsRequest>(version)),
         ApiKey::DescribeGroups => (DESCRIBE_GROUPS, 5, within::<DescribeGroupsRequest>(version)),
         ApiKey::OffsetDelete => (OFFSET_DELETE, ANY, within::<OffsetDeleteRequest>(version)),
+        ApiKey::OffsetForLeaderEpoch => (
+            OFFSET_FOR_LEADER_EPOCH,
+            4,
+            within::<OffsetForLeaderEpochRequest>(version),
+        ),
         _ => return None,
     };
     ok.then_some((fields, flexible))
@@ -526,6 +546,29 @@ mod tests {
             }
             if v <= 14 {
                 r.replica_id = BrokerId(-1);
+            }
+            r
+        });
+    }
+
+    #[test]
+    fn offset_for_leader_epoch_every_version() {
+        assert_walks(ApiKey::OffsetForLeaderEpoch, |v| {
+            let p = |i| {
+                offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                    .with_partition(i)
+                    .with_current_leader_epoch(3)
+                    .with_leader_epoch(2)
+            };
+            let t = offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                .with_topic(TopicName(s("t")))
+                .with_partitions(vec![p(0), p(1)]);
+            let mut r = OffsetForLeaderEpochRequest::default().with_topics(vec![t.clone(), t]);
+            if v >= 3 {
+                r.replica_id = BrokerId(-1);
+            }
+            if v >= 4 {
+                r.unknown_tagged_fields = tags();
             }
             r
         });

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, RequestHeader,
+    ApiKey, ApiVersionsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetForLeaderEpochRequest, RequestHeader,
 };
 use kafka_protocol::protocol::Decodable;
 
@@ -314,6 +315,11 @@ impl Session {
                         return Ok(());
                     }
                 }
+            }
+            ApiKey::OffsetForLeaderEpoch => {
+                let req = OffsetForLeaderEpochRequest::decode(&mut frame, version)
+                    .map_err(|e| bad(format!("{e:#}")))?;
+                apis::offset_for_leader_epoch::handle(ctx, correlation_id, version, &req)?
             }
             _ => return Err(bad("served API without a handler".into())),
         };

@@ -1,6 +1,6 @@
 //! A log dir: the partitions under it, the checkpoint files, refresh and append hooks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -8,7 +8,9 @@ use std::time::Duration;
 use super::checkpoint::{self, Checkpoint};
 use super::error::LogError;
 use super::follower::{self, FollowerHandle};
+use super::topic_id::{self, TopicIdCheck};
 use super::{Isolation, Partition, TopicPartition};
+use uuid::Uuid;
 
 type Hook = Box<dyn Fn(&Partition) + Send + Sync>;
 
@@ -29,6 +31,16 @@ pub struct LogDir {
     checkpoints: Mutex<Checkpoints>,
     /// Serialises full refreshes (partition list changes).
     refresh_lock: Mutex<()>,
+    /// Topic ids, computed on each full refresh.
+    ids: RwLock<TopicIds>,
+}
+
+#[derive(Default)]
+struct TopicIds {
+    by_name: BTreeMap<String, Uuid>,
+    by_id: HashMap<Uuid, String>,
+    /// Topics not served: their partitions disagree on the id (name -> why).
+    refused: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for LogDir {
@@ -72,6 +84,7 @@ impl LogDir {
             hooks: RwLock::new(Vec::new()),
             checkpoints: Mutex::new(Checkpoints::default()),
             refresh_lock: Mutex::new(()),
+            ids: RwLock::new(TopicIds::default()),
         });
         d.refresh()?;
         Ok(d)
@@ -85,15 +98,83 @@ impl LogDir {
         self.isolation
     }
 
-    /// All partitions, sorted by (topic, partition).
+    /// All partitions served, sorted by (topic, partition).
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        let ids = self.ids.read().unwrap_or_else(|e| e.into_inner());
         let p = self.partitions.read().unwrap_or_else(|e| e.into_inner());
-        p.values().cloned().collect()
+        p.values()
+            .filter(|p| !ids.refused.contains_key(p.topic()))
+            .cloned()
+            .collect()
     }
 
     pub fn partition(&self, topic: &str, partition: i32) -> Option<Arc<Partition>> {
+        if self.is_refused(topic) {
+            return None;
+        }
         let p = self.partitions.read().unwrap_or_else(|e| e.into_inner());
         p.get(&TopicPartition::new(topic, partition)).cloned()
+    }
+
+    fn is_refused(&self, topic: &str) -> bool {
+        let ids = self.ids.read().unwrap_or_else(|e| e.into_inner());
+        ids.refused.contains_key(topic)
+    }
+
+    /// The id of a served topic: from its partitions' `partition.metadata`, else derived from
+    /// the name.
+    pub fn topic_id(&self, topic: &str) -> Option<Uuid> {
+        let ids = self.ids.read().unwrap_or_else(|e| e.into_inner());
+        ids.by_name.get(topic).copied()
+    }
+
+    /// The served topic with id `id`.
+    pub fn topic_by_id(&self, id: Uuid) -> Option<String> {
+        let ids = self.ids.read().unwrap_or_else(|e| e.into_inner());
+        ids.by_id.get(&id).cloned()
+    }
+
+    /// Recomputes the topic ids from the partitions' metadata files (logging refusals when
+    /// they change).
+    fn update_topic_ids(&self, parts: &[Arc<Partition>]) {
+        let mut per_topic: BTreeMap<&str, Vec<topic_id::IdFile>> = BTreeMap::new();
+        for p in parts {
+            per_topic
+                .entry(p.topic())
+                .or_default()
+                .push((p.partition(), p.topic_id_file()));
+        }
+        let mut next = TopicIds::default();
+        for (topic, files) in per_topic {
+            match topic_id::decide(topic, &files) {
+                TopicIdCheck::Id(id) => {
+                    if let Some(other) = next.by_id.get(&id) {
+                        next.refused.insert(
+                            topic.to_string(),
+                            format!("topic id also claimed by topic {other}"),
+                        );
+                        continue;
+                    }
+                    next.by_name.insert(topic.to_string(), id);
+                    next.by_id.insert(id, topic.to_string());
+                }
+                TopicIdCheck::Refused(why) => {
+                    next.refused.insert(topic.to_string(), why);
+                }
+            }
+        }
+        let mut ids = self.ids.write().unwrap_or_else(|e| e.into_inner());
+        for (topic, why) in &next.refused {
+            if ids.refused.get(topic) != Some(why) {
+                log::error!("topic {topic} is not served: {why}");
+            }
+        }
+        for topic in ids.refused.keys() {
+            if !next.refused.contains_key(topic) {
+                log::info!("topic {topic} is served again: its topic id is consistent");
+            }
+        }
+        *ids = next;
     }
 
     /// Rescans everything: partition dirs, segments, checkpoints. Calls the on_append hooks
@@ -166,9 +247,10 @@ impl LogDir {
             }
             map.values().cloned().collect()
         };
-        for p in parts {
-            self.refresh_one(&p, false);
+        for p in &parts {
+            self.refresh_one(p, false);
         }
+        self.update_topic_ids(&parts);
         match ckpt_err {
             Some(e) => Err(LogError::Invalid(format!("checkpoint unreadable: {e}"))),
             None => Ok(()),

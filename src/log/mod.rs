@@ -17,11 +17,15 @@ mod dir;
 pub mod error;
 mod follower;
 pub mod index;
+pub mod leader_epoch;
 mod partition;
 pub mod read;
 pub mod record;
 pub mod segment;
 mod source;
+pub mod topic_id;
+pub mod txn;
+pub mod txn_writer;
 pub mod varint;
 pub mod writer;
 
@@ -95,6 +99,9 @@ pub struct PartitionOffsets {
     /// From `replication-offset-checkpoint` when present (bounded by log start and log end),
     /// else the log end.
     pub high_watermark: i64,
+    /// Last stable offset: READ_COMMITTED reads stop here (first offset of the earliest
+    /// transaction not yet decided below the readable end; the readable end when none).
+    pub last_stable: i64,
 }
 
 impl PartitionOffsets {

@@ -12,8 +12,10 @@ use memmap2::{Mmap, MmapOptions};
 use super::checkpoint::Checkpoint;
 use super::error::LogError;
 use super::index;
+use super::leader_epoch::LeaderEpochs;
 use super::read::{self, HeaderReader};
 use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, TIME_INDEX_SUFFIX};
+use super::txn::{self, TxnState};
 use super::{Isolation, PartitionOffsets, ReadSlice, SourceId, TopicPartition};
 
 /// Bytes of batches between two entries of the in-memory sparse index: a lookup scans at
@@ -336,6 +338,18 @@ pub struct Partition {
     refresh_lock: Mutex<Option<String>>,
     /// Returned in empty slices of a partition without segments.
     empty: (Arc<PathBuf>, Arc<File>, Arc<Mmap>, SourceId),
+    /// Transactions (None until the first refresh loads them).
+    txn: RwLock<Option<TxnState>>,
+    /// `partition.metadata` and `leader-epoch-checkpoint`, as of the last full refresh.
+    meta: RwLock<PartMeta>,
+}
+
+#[derive(Clone, Debug)]
+struct PartMeta {
+    topic_id: Result<Option<uuid::Uuid>, String>,
+    epochs: LeaderEpochs,
+    /// Last problem logged, so a damaged file is reported once, not on every refresh.
+    epochs_err: Option<String>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -379,9 +393,16 @@ impl Partition {
                     log_start: 0,
                     log_end: 0,
                     high_watermark: 0,
+                    last_stable: 0,
                 },
             }),
             refresh_lock: Mutex::new(None),
+            txn: RwLock::new(None),
+            meta: RwLock::new(PartMeta {
+                topic_id: Ok(None),
+                epochs: LeaderEpochs::default(),
+                epochs_err: None,
+            }),
         })
     }
 
@@ -450,6 +471,17 @@ impl Partition {
     /// Kafka's fetch rule: whole batches from the one containing `offset`, as many as fit in
     /// `max_bytes` but at least one, all below the readable end, from one segment.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadSlice, LogError> {
+        self.read_isolated(offset, max_bytes, false)
+    }
+
+    /// [`Self::read`]; `committed` (READ_COMMITTED): nothing at or past the last stable
+    /// offset (an offset between it and the readable end gets an empty slice).
+    pub fn read_isolated(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        committed: bool,
+    ) -> Result<ReadSlice, LogError> {
         let st = self.state();
         let offsets = st.offsets;
         let end = offsets.readable_end(self.isolation);
@@ -469,6 +501,14 @@ impl Partition {
                 log_start: offsets.log_start,
                 log_end: end,
             });
+        }
+        let end = if committed {
+            offsets.last_stable.min(end)
+        } else {
+            end
+        };
+        if offset >= end {
+            return Ok(self.empty_slice(&st, offset));
         }
         let mut seg = st
             .segments
@@ -602,6 +642,9 @@ impl Partition {
         log_start: Option<&Checkpoint>,
         tail_only: bool,
     ) -> Result<bool, LogError> {
+        if !tail_only {
+            self.refresh_meta();
+        }
         let last = {
             let st = self.state();
             st.segments
@@ -683,6 +726,7 @@ impl Partition {
         }
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         let before = st.offsets.readable_end(self.isolation);
+        let lso_before = st.offsets.last_stable;
         for c in changes {
             match c {
                 Change::Remove(b) => {
@@ -732,12 +776,171 @@ impl Partition {
             Some(c) => c.get(&self.tp).copied().unwrap_or(log_start),
         }
         .clamp(log_start, log_end);
-        st.offsets = PartitionOffsets {
+        let mut offsets = PartitionOffsets {
             log_start,
             log_end,
             high_watermark,
+            last_stable: 0,
         };
-        Ok(st.offsets.readable_end(self.isolation) > before)
+        // Until the transactions are fed below, the old LSO (never past the new end) holds.
+        offsets.last_stable = lso_before.clamp(log_start, offsets.readable_end(self.isolation));
+        st.offsets = offsets;
+        let advanced = offsets.readable_end(self.isolation) > before;
+        drop(st);
+        let lso = self.update_txns();
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        st.offsets.last_stable = lso;
+        Ok(advanced || lso > lso_before)
+    }
+
+    /// Brings the transaction state up to the log end (loading it first, or again when the
+    /// log went back below what was fed) and returns the last stable offset.
+    fn update_txns(&self) -> i64 {
+        let st = self.state();
+        let offs = st.offsets;
+        let end = offs.readable_end(self.isolation);
+        let mut guard = self.txn.write().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_none_or(|t| t.scanned_to > offs.log_end) {
+            let bases: Vec<i64> = st.segments.keys().copied().collect();
+            *guard = Some(txn::load(&self.dir, &bases, offs.log_end));
+        }
+        let Some(t) = guard.as_mut() else {
+            return offs.log_start;
+        };
+        let start = st
+            .segments
+            .range(..=t.scanned_to)
+            .next_back()
+            .map_or(i64::MIN, |(b, _)| *b);
+        for s in st.segments.range(start..).map(|(_, s)| s) {
+            feed_segment(s, t);
+        }
+        t.forget_below(offs.log_start);
+        t.last_stable(end).clamp(offs.log_start, end)
+    }
+
+    /// READ_COMMITTED: the aborted transactions overlapping `[fetch_offset, upper_bound)` as
+    /// (producer id, first offset).
+    pub fn aborted_txns(&self, fetch_offset: i64, upper_bound: i64) -> Vec<(i64, i64)> {
+        let g = self.txn.read().unwrap_or_else(|e| e.into_inner());
+        g.as_ref()
+            .map(|t| t.aborted_in(fetch_offset, upper_bound))
+            .unwrap_or_default()
+    }
+
+    /// Re-reads `partition.metadata` and `leader-epoch-checkpoint`. A damaged checkpoint keeps
+    /// the epochs last read (logged once); a damaged metadata file is reported to the log dir,
+    /// which refuses the topic.
+    fn refresh_meta(&self) {
+        let topic_id = super::topic_id::read(&self.dir).map_err(|e| e.to_string());
+        let epochs = LeaderEpochs::read(&self.dir);
+        let mut m = self.meta.write().unwrap_or_else(|e| e.into_inner());
+        m.topic_id = topic_id;
+        match epochs {
+            Ok(e) => {
+                m.epochs = e.unwrap_or_default();
+                m.epochs_err = None;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if m.epochs_err.as_deref() != Some(msg.as_str()) {
+                    log::warn!("{}: {msg}; keeping the leader epochs last read", self.tp);
+                }
+                m.epochs_err = Some(msg);
+            }
+        }
+    }
+
+    /// What `partition.metadata` says (Err: unreadable or malformed).
+    pub fn topic_id_file(&self) -> Result<Option<uuid::Uuid>, String> {
+        self.meta
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .topic_id
+            .clone()
+    }
+
+    /// The leader epochs in effect (entries past the log end dropped, as a broker truncates
+    /// them).
+    pub fn leader_epochs(&self) -> LeaderEpochs {
+        let end = self.offsets().log_end;
+        self.meta
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .epochs
+            .bounded(end)
+    }
+
+    /// The current leader epoch (-1 without a checkpoint).
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epochs().latest()
+    }
+
+    /// A copy of the transaction state (for `inspect`).
+    pub fn txn_state(&self) -> Option<TxnState> {
+        self.txn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Feeds the batches of `s` from `t.scanned_to` on. A segment not validated yet (older ones
+/// are validated on first read) is walked by batch headers only, so opening a log dir still
+/// does not read every byte: a damaged batch there is never served anyway (the read
+/// validates it), and markers are CRC-checked before they count. Headers and markers are
+/// read with pread, never through the mapping: a segment truncated in place meanwhile ends
+/// the walk instead of raising SIGBUS.
+fn feed_segment(s: &Segment, t: &mut TxnState) {
+    let validated = s.ix.get().is_some();
+    let end = if validated {
+        s.ix().valid_end
+    } else {
+        match s.file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => {
+                log::warn!("{}: {e}; transactions not read", s.path.display());
+                return;
+            }
+        }
+    };
+    let mut headers = HeaderReader::new(&s.file, end);
+    let found = if validated {
+        find_in(s.ix(), &mut headers, s.base_offset, t.scanned_to)
+    } else {
+        Ok(Some(0))
+    };
+    let Ok(Some(mut pos)) = found else {
+        return;
+    };
+    let mut batch = Vec::new();
+    while pos < end {
+        let Ok(h) = headers.header(pos) else {
+            break; // the end of the data (or damage the read will report)
+        };
+        if pos + h.total_len() as u64 > end {
+            break;
+        }
+        let marker = if h.is_control() && h.last_offset() >= t.scanned_to {
+            batch.resize(h.total_len(), 0);
+            let checked = read::read_exact_at(&s.file, &mut batch, pos)
+                .map_err(|e| e.to_string())
+                .and_then(|_| super::batch::verify(&batch).map_err(|e| e.to_string()))
+                .and_then(|_| txn::marker_of(&batch));
+            match checked {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    // The transaction stays open: its records are held back from
+                    // READ_COMMITTED readers rather than served undecided.
+                    log::warn!(
+                        "{}: control batch at byte {pos}: {e}; ignored",
+                        s.path.display()
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        t.on_batch(&h, marker);
+        pos += h.total_len() as u64;
     }
 }
 

@@ -11,6 +11,7 @@ use super::batch::{self, BATCH_HEADER_LEN, LOG_OVERHEAD};
 use super::checkpoint;
 use super::error::LogError;
 use super::index::IndexCadence;
+use super::leader_epoch::LeaderEpochs;
 use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use super::varint;
 use super::TopicPartition;
@@ -117,6 +118,30 @@ pub struct NewRecord<'a> {
     pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
 }
 
+/// Header fields a producer (or the broker) sets: producer id/epoch/sequence, the
+/// transactional and control attribute bits, the partition leader epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchFields {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    /// Extra attribute bits ([`batch::TRANSACTIONAL`], [`batch::CONTROL`]).
+    pub attributes: i16,
+    pub leader_epoch: i32,
+}
+
+impl Default for BatchFields {
+    fn default() -> Self {
+        BatchFields {
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            attributes: 0,
+            leader_epoch: 0,
+        }
+    }
+}
+
 /// Builds one record batch v2 in a reusable buffer.
 #[derive(Debug, Default)]
 pub struct BatchBuilder {
@@ -125,6 +150,7 @@ pub struct BatchBuilder {
     base_ts: i64,
     max_ts: i64,
     count: i32,
+    fields: BatchFields,
 }
 
 fn bytes_len(b: Option<&[u8]>) -> usize {
@@ -160,6 +186,11 @@ impl BatchBuilder {
 
     pub fn count(&self) -> i32 {
         self.count
+    }
+
+    /// Producer fields of the batches finished from now on.
+    pub fn set_fields(&mut self, f: BatchFields) {
+        self.fields = f;
     }
 
     /// Bytes the batch has so far (header included).
@@ -221,15 +252,16 @@ impl BatchBuilder {
         let len = (b.len() - LOG_OVERHEAD) as i32;
         b[0..8].copy_from_slice(&self.base_offset.to_be_bytes());
         b[8..12].copy_from_slice(&len.to_be_bytes());
-        b[12..16].copy_from_slice(&0i32.to_be_bytes()); // partition leader epoch
+        let f = self.fields;
+        b[12..16].copy_from_slice(&f.leader_epoch.to_be_bytes());
         b[16] = 2; // magic
-        b[21..23].copy_from_slice(&0i16.to_be_bytes()); // attributes: no compression, create time
+        b[21..23].copy_from_slice(&f.attributes.to_be_bytes()); // no compression, create time
         b[23..27].copy_from_slice(&(self.count - 1).to_be_bytes());
         b[27..35].copy_from_slice(&self.base_ts.to_be_bytes());
         b[35..43].copy_from_slice(&self.max_ts.to_be_bytes());
-        b[43..51].copy_from_slice(&(-1i64).to_be_bytes()); // producer id
-        b[51..53].copy_from_slice(&(-1i16).to_be_bytes()); // producer epoch
-        b[53..57].copy_from_slice(&(-1i32).to_be_bytes()); // base sequence
+        b[43..51].copy_from_slice(&f.producer_id.to_be_bytes());
+        b[51..53].copy_from_slice(&f.producer_epoch.to_be_bytes());
+        b[53..57].copy_from_slice(&f.base_sequence.to_be_bytes());
         b[57..61].copy_from_slice(&self.count.to_be_bytes());
         let crc = batch::compute_crc(b);
         b[17..21].copy_from_slice(&crc.to_be_bytes());
@@ -277,6 +309,8 @@ pub struct PartitionWriter {
     builder: BatchBuilder,
     index_buf: Vec<u8>,
     time_buf: Vec<u8>,
+    /// `leader-epoch-checkpoint`; batches are stamped with its latest epoch (0 without one).
+    epochs: LeaderEpochs,
 }
 
 fn open_append(path: &Path) -> Result<File, LogError> {
@@ -346,7 +380,9 @@ impl PartitionWriter {
             builder: BatchBuilder::new(),
             index_buf: Vec::new(),
             time_buf: Vec::new(),
+            epochs: LeaderEpochs::default(),
         };
+        w.epochs = LeaderEpochs::read(&w.dir)?.unwrap_or_default();
         let bases = segment::list_segments(&w.dir).map_err(|e| LogError::io(&w.dir, e))?;
         match bases.last() {
             Some(&base) => w.recover(base)?,
@@ -483,6 +519,7 @@ impl PartitionWriter {
                 b.base_offset, self.next_offset
             )));
         }
+        b.fields.leader_epoch = self.epochs.latest().max(0);
         let bytes = b.finish();
         let h = batch::BatchHeader::parse(bytes)
             .map_err(|e| LogError::Invalid(format!("built batch is invalid: {e}")))?;
@@ -519,6 +556,28 @@ impl PartitionWriter {
         seg.size += bytes.len() as u64;
         self.next_offset = h.next_offset();
         Ok(h.base_offset)
+    }
+
+    /// The leader epochs of `leader-epoch-checkpoint` as of this writer.
+    pub fn leader_epochs(&self) -> &LeaderEpochs {
+        &self.epochs
+    }
+
+    /// Starts leader epoch `epoch` at the log end, as a newly elected leader does, and writes
+    /// `leader-epoch-checkpoint`; later batches carry it. The current epoch again: no-op.
+    pub fn set_leader_epoch(&mut self, epoch: i32) -> Result<(), LogError> {
+        let latest = self.epochs.latest();
+        if epoch < latest || epoch < 0 {
+            return Err(LogError::Invalid(format!(
+                "{}: leader epoch {epoch} is below the current epoch {latest}",
+                self.tp
+            )));
+        }
+        if epoch == latest {
+            return Ok(());
+        }
+        self.epochs.assign(epoch, self.next_offset);
+        self.epochs.write(&self.dir)
     }
 
     /// Closes the active segment (final time index entry) and starts one at `base`.

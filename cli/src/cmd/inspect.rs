@@ -13,6 +13,7 @@ use kxgw::log::checkpoint;
 use kxgw::log::index;
 use kxgw::log::record;
 use kxgw::log::segment::{self, file_stem, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use kxgw::log::txn;
 use kxgw::log::TopicPartition;
 
 #[derive(Debug, clap::Args)]
@@ -198,6 +199,7 @@ fn inspect_partition(
         (Some(a), Some(b)) => format!("offsets {a}..{}", b - 1),
         _ => "no records".into(),
     };
+    let stable_end = hw.flatten().or(t.next_offset).unwrap_or(expect);
     let hw = match hw {
         None => String::new(),
         Some(None) => ", high watermark: not in checkpoint".into(),
@@ -211,7 +213,109 @@ fn inspect_partition(
         t.bytes,
         t.next_offset.unwrap_or(expect)
     ));
+    if let Some(lines) = txn_summary(dir, &bases, stable_end, &mut t) {
+        for l in lines {
+            ctx.line(format_args!("  {l}"));
+        }
+    }
     Ok(t)
+}
+
+/// Producer and transaction fields of a batch line.
+fn txn_note(h: &BatchHeader, whole: &[u8]) -> String {
+    let mut s = String::new();
+    if h.producer_id >= 0 {
+        s.push_str(&format!(
+            " pid={} epoch={}",
+            h.producer_id, h.producer_epoch
+        ));
+    }
+    if h.is_transactional() {
+        s.push_str(" txn");
+    }
+    if h.is_control() {
+        s.push_str(match txn::marker_of(whole) {
+            Ok(txn::Marker::Commit) => " control=COMMIT",
+            Ok(txn::Marker::Abort) => " control=ABORT",
+            Ok(txn::Marker::Other(_)) => " control",
+            Err(_) => " control=UNREADABLE",
+        });
+    }
+    s
+}
+
+/// Transactions of a partition, from its batches alone (the snapshot and `.txnindex` files
+/// are cross-checked, not trusted): producers, open and aborted transactions, the LSO.
+/// `None` when no batch is transactional.
+fn txn_summary(dir: &Path, bases: &[i64], stable_end: i64, t: &mut Totals) -> Option<Vec<String>> {
+    let mut st = txn::TxnState::default();
+    let mut from_index = Vec::new();
+    for &b in bases {
+        let path = dir.join(format!("{}{LOG_SUFFIX}", file_stem(b)));
+        let data = std::fs::read(&path).ok()?;
+        for (pos, h) in batch::iter(&data).map_while(Result::ok) {
+            let marker = h
+                .is_control()
+                .then(|| txn::marker_of(&data[pos..pos + h.total_len()]).ok())
+                .flatten();
+            st.on_batch(&h, marker);
+        }
+        let ix = dir.join(format!("{}{}", file_stem(b), txn::TXN_INDEX_SUFFIX));
+        if let Ok(buf) = std::fs::read(&ix) {
+            match txn::parse_txn_index(&buf) {
+                Ok(e) => from_index.extend(e),
+                Err((at, why)) => t
+                    .errors
+                    .push(format!("{}: corrupt at byte {at}: {why}", ix.display())),
+            }
+        }
+    }
+    if st.producers().is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for (pid, p) in st.producers() {
+        out.push(format!(
+            "producer {pid} epoch {}: {} data batches, {} committed, {} aborted{}",
+            p.epoch,
+            p.data_batches,
+            p.commits,
+            p.aborts,
+            p.open_since
+                .map(|o| format!(", transaction open since offset {o}"))
+                .unwrap_or_default()
+        ));
+    }
+    let aborted: Vec<String> = st
+        .aborted()
+        .map(|a| format!("{}@{}..{}", a.producer_id, a.first_offset, a.last_offset))
+        .collect();
+    if !aborted.is_empty() {
+        out.push(format!(
+            "aborted transactions (pid@first..marker): {}",
+            aborted.join(" ")
+        ));
+    }
+    let scanned: Vec<_> = st
+        .aborted()
+        .map(|a| (a.producer_id, a.first_offset, a.last_offset))
+        .collect();
+    let mut indexed: Vec<_> = from_index
+        .iter()
+        .map(|a| (a.producer_id, a.first_offset, a.last_offset))
+        .collect();
+    indexed.sort_by_key(|&(pid, _, last)| (last, pid));
+    if !from_index.is_empty() && indexed != scanned {
+        t.warnings += 1;
+        out.push(format!(
+            "warning: {}: the .txnindex files disagree with the markers ({} aborted transactions listed, {} found)",
+            dir.display(),
+            indexed.len(),
+            scanned.len()
+        ));
+    }
+    out.push(format!("last stable offset {}", st.last_stable(stable_end)));
+    Some(out)
 }
 
 fn inspect_segment(
@@ -308,7 +412,7 @@ fn inspect_segment(
                 if crc_ok { "ok" } else { "BAD" },
                 h.base_timestamp,
                 h.max_timestamp,
-                if h.is_control() { " control" } else { "" }
+                txn_note(&h, whole)
             ));
         }
         if ctx.args.records && crc_ok {

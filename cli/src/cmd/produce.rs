@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use kxgw::log::topic_id;
+use kxgw::log::txn_writer::{self, TxnPlan};
 use kxgw::log::writer::{
     self, now_ms, BatchBuilder, DemoBatches, PartitionWriter, ProduceConfig, WriterConfig,
 };
@@ -52,6 +54,31 @@ pub struct Args {
     /// (always done when the log dir already has one).
     #[arg(long)]
     pub write_checkpoint: bool,
+    /// Write transactions as a broker stores them: two transactional producers whose
+    /// batches interleave, COMMIT/ABORT control batches, `.txnindex` entries for aborted
+    /// transactions and a producer-state `.snapshot` at the end.
+    #[arg(long, conflicts_with = "follow")]
+    pub transactional: bool,
+    /// With --transactional: abort every N-th transaction (0: commit them all).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "transactional"
+    )]
+    pub abort_every: u64,
+    /// With --transactional: leave the last transaction open (no marker).
+    #[arg(long, requires = "transactional")]
+    pub open_tail: bool,
+    /// Leader epoch of the appended batches, started at the log end in
+    /// `leader-epoch-checkpoint` (as a new leader does) when above the current one. Default:
+    /// the current epoch (0 for a new partition).
+    #[arg(long, value_name = "EPOCH")]
+    pub leader_epoch: Option<i32>,
+    /// Topic id written to each partition's `partition.metadata` (Kafka's base64 form).
+    /// Default: the topic's existing id, else a new random one.
+    #[arg(long, value_name = "ID")]
+    pub topic_id: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -77,6 +104,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .join(kxgw::log::checkpoint::REPLICATION_OFFSET_CHECKPOINT)
                 .exists(),
     };
+    prepare_partitions(&args)?;
+    if args.transactional {
+        return produce_transactional(&args, &cfg);
+    }
     let total = args.records.saturating_mul(args.partitions.max(0) as u64);
     let bar = if std::io::stderr().is_terminal() && total > 0 {
         let b = indicatif::ProgressBar::new(total);
@@ -125,6 +156,97 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(rate) = args.follow {
         follow(&cfg, rate)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Gives every partition what a broker keeps beside its segments: `partition.metadata` (one
+/// topic id for all partitions) and `leader-epoch-checkpoint`.
+fn prepare_partitions(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.partitions >= 1, "need at least one partition");
+    writer::validate_topic(&args.topic)?;
+    let dirs: Vec<PathBuf> = (0..args.partitions)
+        .map(|p| args.log_dir.join(format!("{}-{p}", args.topic)))
+        .collect();
+    let mut existing = None;
+    for d in &dirs {
+        if let Some(id) = topic_id::read(d)? {
+            match existing {
+                Some(e) if e != id => anyhow::bail!(
+                    "{}: topic id {} differs from {} of another partition",
+                    d.display(),
+                    topic_id::to_kafka_string(id),
+                    topic_id::to_kafka_string(e)
+                ),
+                _ => existing = Some(id),
+            }
+        }
+    }
+    let id = match (&args.topic_id, existing) {
+        (Some(s), e) => {
+            let id = topic_id::from_kafka_string(s).map_err(anyhow::Error::msg)?;
+            if e.is_some_and(|e| e != id) {
+                anyhow::bail!(
+                    "topic {} already has another id; --topic-id {s} refused",
+                    args.topic
+                );
+            }
+            id
+        }
+        (None, Some(e)) => e,
+        (None, None) => uuid::Uuid::from_bytes(rand::random()),
+    };
+    for (p, d) in dirs.iter().enumerate() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        if topic_id::read(d)?.is_none() {
+            topic_id::write(d, id)?;
+        }
+        let mut w = PartitionWriter::open(
+            &args.log_dir,
+            &args.topic,
+            p as i32,
+            WriterConfig {
+                segment_bytes: args.segment_bytes,
+                index_interval_bytes: args.index_interval_bytes,
+                ..WriterConfig::default()
+            },
+        )?;
+        let current = w.leader_epochs().latest().max(0);
+        w.set_leader_epoch(args.leader_epoch.unwrap_or(current))?;
+    }
+    Ok(())
+}
+
+/// `--transactional`: see [`txn_writer`].
+fn produce_transactional(args: &Args, cfg: &ProduceConfig) -> anyhow::Result<ExitCode> {
+    let plan = TxnPlan {
+        records: args.records,
+        batch_records: args.batch_records,
+        abort_every: args.abort_every,
+        open_tail: args.open_tail,
+    };
+    let mut ends = Vec::new();
+    for p in 0..args.partitions {
+        let mut w = PartitionWriter::open(&cfg.log_dir, &cfg.topic, p, cfg.writer.clone())?;
+        let first = w.next_offset();
+        let demo = DemoBatches::new(p, cfg.record_size, cfg.key_size, cfg.headers);
+        let s = txn_writer::write(&mut w, demo, plan)
+            .with_context(|| format!("producing to {}", w.dir().display()))?;
+        println!(
+            "{}: offsets {first}..{} (log end {}): {} transactions committed, {} aborted, {} open, {} data batches",
+            w.topic_partition(),
+            w.next_offset() - 1,
+            w.next_offset(),
+            s.committed,
+            s.aborted,
+            s.open,
+            s.batches
+        );
+        ends.push((w.topic_partition().clone(), w.next_offset()));
+    }
+    if cfg.write_checkpoint {
+        writer::update_checkpoint(&cfg.log_dir, &ends)
+            .with_context(|| format!("checkpointing in {}", cfg.log_dir.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,9 +9,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName,
+};
 
+use super::offset_for_leader_epoch::check_current_epoch;
 use super::{sb, Ctx};
 use crate::kafka::chunk::{encode_response, Chunk, EncodeError, FileRange, Hole};
 use crate::kafka::stats::inc;
@@ -92,7 +97,8 @@ pub fn evaluate(
     let mut total: usize = 0;
     let mut any_error = false;
     let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
-    let aborted = (req.isolation_level == 1).then(Vec::new);
+    // READ_COMMITTED: bounded by the last stable offset, with the aborted transactions.
+    let committed = req.isolation_level == 1;
     for t in &req.topics {
         let name = if version >= 13 {
             ctx.topic_by_id(t.topic_id)
@@ -117,6 +123,12 @@ pub fn evaluate(
                 ));
                 continue;
             };
+            let epoch = p.leader_epoch();
+            if let Some(e) = check_current_epoch(fp.current_leader_epoch, epoch) {
+                any_error = true;
+                parts.push(error_partition(fp.partition, e.code()));
+                continue;
+            }
             let remaining = max_bytes.saturating_sub(total);
             let limit = usize::try_from(fp.partition_max_bytes)
                 .unwrap_or(0)
@@ -127,15 +139,25 @@ pub fn evaluate(
                 });
             let mut pd = PartitionData::default()
                 .with_partition_index(fp.partition)
-                .with_aborted_transactions(aborted.clone())
+                .with_aborted_transactions(committed.then(Vec::new))
                 .with_records(Some(Bytes::new()));
+            if version >= 12 && epoch >= 0 {
+                pd.current_leader = LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(ctx.node.node_id))
+                    .with_leader_epoch(epoch);
+            }
             let offs = if limit == 0 {
                 p.offsets()
             } else {
-                match p.read(fp.fetch_offset, limit) {
+                match p.read_isolated(fp.fetch_offset, limit, committed) {
                     Ok(slice) => {
                         // Past the first non-empty partition, a batch must fit what is left.
                         if !slice.is_empty() && (total == 0 || slice.len <= remaining) {
+                            if committed {
+                                pd.aborted_transactions = Some(aborted_list(
+                                    &p.aborted_txns(fp.fetch_offset, slice.next_offset),
+                                ));
+                            }
                             total += slice.len;
                             let h = hole(&slice);
                             pd.records = Some(h.placeholder.clone());
@@ -170,7 +192,7 @@ pub fn evaluate(
             };
             let end = offs.readable_end(ctx.log.isolation());
             pd.high_watermark = end;
-            pd.last_stable_offset = end;
+            pd.last_stable_offset = offs.last_stable;
             pd.log_start_offset = offs.log_start;
             parts.push(pd);
         }
@@ -198,6 +220,16 @@ pub fn evaluate(
         }
     }
     respond(correlation_id, version, &body, &holes).map(Outcome::Respond)
+}
+
+fn aborted_list(txns: &[(i64, i64)]) -> Vec<AbortedTransaction> {
+    txns.iter()
+        .map(|&(pid, first)| {
+            AbortedTransaction::default()
+                .with_producer_id(ProducerId(pid))
+                .with_first_offset(first)
+        })
+        .collect()
 }
 
 fn respond(

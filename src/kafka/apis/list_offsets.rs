@@ -1,27 +1,38 @@
 //! ListOffsets v1-v7: earliest (-2) is the log start, latest (-1) the readable end (high
 //! watermark or log end, per `--isolation`), a timestamp goes through the partition's time
 //! index. Max-timestamp (-3, v7) is not served: that partition gets UNSUPPORTED_VERSION.
+//! With READ_COMMITTED (v2+), latest is the last stable offset.
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::list_offsets_request::ListOffsetsPartition;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ApiKey, ListOffsetsRequest, ListOffsetsResponse};
 
+use super::offset_for_leader_epoch::check_current_epoch;
 use super::Ctx;
 use crate::kafka::chunk::{encode_response, Chunk, EncodeError};
 use crate::kafka::stats::inc;
+use crate::log::Partition;
 
 /// Kafka's special timestamps.
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 
-fn lookup(ctx: &Ctx, topic: &str, partition: i32, ts: i64) -> (i16, i64, i64) {
+/// `committed`: READ_COMMITTED (isolation level 1, v2+): latest is the last stable offset.
+fn lookup(ctx: &Ctx, topic: &str, partition: i32, ts: i64, committed: bool) -> (i16, i64, i64) {
     let Some(p) = ctx.log.partition(topic, partition) else {
         return (ResponseError::UnknownTopicOrPartition.code(), -1, -1);
     };
+    lookup_in(&p, ts, committed)
+}
+
+fn lookup_in(p: &Partition, ts: i64, committed: bool) -> (i16, i64, i64) {
+    let (topic, partition) = (p.topic(), p.partition());
     let offs = p.offsets();
     match ts {
+        LATEST if committed => (0, -1, offs.last_stable),
         LATEST => (0, -1, p.readable_end()),
         EARLIEST => (0, -1, offs.log_start),
         ts if ts >= 0 => match p.offset_for_timestamp(ts) {
@@ -36,6 +47,45 @@ fn lookup(ctx: &Ctx, topic: &str, partition: i32, ts: i64) -> (i16, i64, i64) {
     }
 }
 
+/// One partition's answer (v1+): the offset, and the leader epoch of the batch holding it
+/// (-1 when the partition has no epochs or nothing was found).
+fn partition_answer(
+    ctx: &Ctx,
+    topic: &str,
+    req: &ListOffsetsPartition,
+    committed: bool,
+) -> ListOffsetsPartitionResponse {
+    let r = ListOffsetsPartitionResponse::default().with_partition_index(req.partition_index);
+    let Some(p) = ctx.log.partition(topic, req.partition_index) else {
+        return r
+            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+            .with_timestamp(-1)
+            .with_offset(-1);
+    };
+    let epochs = p.leader_epochs();
+    if let Some(e) = check_current_epoch(req.current_leader_epoch, epochs.latest()) {
+        return r
+            .with_error_code(e.code())
+            .with_timestamp(-1)
+            .with_offset(-1);
+    }
+    let (error_code, timestamp, offset) = lookup_in(&p, req.timestamp, committed);
+    let epoch = if offset < 0 {
+        -1
+    } else {
+        epochs
+            .0
+            .iter()
+            .rev()
+            .find(|&&(_, start)| start <= offset)
+            .map_or(-1, |&(e, _)| e)
+    };
+    r.with_error_code(error_code)
+        .with_timestamp(timestamp)
+        .with_offset(offset)
+        .with_leader_epoch(epoch)
+}
+
 /// Answers one ListOffsets request.
 pub fn handle(
     ctx: &Ctx,
@@ -43,6 +93,7 @@ pub fn handle(
     version: i16,
     req: &ListOffsetsRequest,
 ) -> Result<Vec<Chunk>, EncodeError> {
+    let committed = req.isolation_level == 1;
     let topics = req
         .topics
         .iter()
@@ -52,16 +103,14 @@ pub fn handle(
                 .partitions
                 .iter()
                 .map(|p| {
-                    let (error_code, timestamp, offset) =
-                        lookup(ctx, name, p.partition_index, p.timestamp);
-                    if error_code != 0 {
+                    let mut r = partition_answer(ctx, name, p, committed);
+                    if version < 4 {
+                        r.leader_epoch = -1; // the field exists from v4 on
+                    }
+                    if r.error_code != 0 {
                         inc(&ctx.stats.err_partition);
                     }
-                    ListOffsetsPartitionResponse::default()
-                        .with_partition_index(p.partition_index)
-                        .with_error_code(error_code)
-                        .with_timestamp(timestamp)
-                        .with_offset(offset)
+                    r
                 })
                 .collect();
             ListOffsetsTopicResponse::default()
@@ -170,7 +219,7 @@ pub mod v0 {
             out.put_slice(name.as_bytes());
             out.put_i32(parts.len() as i32);
             for p in parts {
-                let (code, _, offset) = lookup(ctx, name, p.index, p.timestamp);
+                let (code, _, offset) = lookup(ctx, name, p.index, p.timestamp, false);
                 out.put_i32(p.index);
                 out.put_i16(code);
                 let found = code == 0 && offset >= 0 && p.max_offsets > 0;

@@ -9,7 +9,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use uuid::Uuid;
 
-use super::{sb, topic_id, Ctx};
+use super::{sb, Ctx};
 use crate::kafka::chunk::{encode_response, Chunk, EncodeError};
 use crate::kafka::stats::inc;
 
@@ -18,8 +18,14 @@ fn topic_entry(ctx: &Ctx, version: i16, name: &str, partitions: &[i32]) -> Metad
     let parts = partitions
         .iter()
         .map(|&p| {
+            // Leader epochs exist from v7 on (the codec refuses the field before).
+            let epoch = match ctx.log.partition(name, p) {
+                Some(p) if version >= 7 => p.leader_epoch(),
+                _ => -1,
+            };
             MetadataResponsePartition::default()
                 .with_partition_index(p)
+                .with_leader_epoch(epoch)
                 .with_leader_id(node)
                 .with_replica_nodes(vec![node])
                 .with_isr_nodes(vec![node])
@@ -29,7 +35,7 @@ fn topic_entry(ctx: &Ctx, version: i16, name: &str, partitions: &[i32]) -> Metad
         .with_name(Some(TopicName(sb(name))))
         .with_partitions(parts);
     if version >= 10 {
-        t.topic_id = topic_id(name);
+        t.topic_id = ctx.topic_id(name);
     }
     t
 }

@@ -8,6 +8,7 @@ pub mod group_offsets;
 pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod unsupported;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
 ];
 
 /// The served version range of `key`, if the gateway serves it.
@@ -88,25 +90,20 @@ impl Ctx<'_> {
         topics
     }
 
-    /// The topic whose derived id is `id`.
+    /// The topic with id `id` (computed once per log dir refresh, see [`LogDir::topic_id`]).
     pub fn topic_by_id(&self, id: Uuid) -> Option<String> {
-        self.topics().into_keys().find(|t| topic_id(t) == id)
+        self.log.topic_by_id(id)
+    }
+
+    /// The id of a served topic (`partition.metadata`, else derived from the name).
+    pub fn topic_id(&self, topic: &str) -> Uuid {
+        self.log.topic_id(topic).unwrap_or_else(|| topic_id(topic))
     }
 }
 
-/// A stable topic id derived from the name (the log directory has no topic ids of its own):
-/// four CRC32C lanes over salted copies of the name, with the RFC 9562 version-8 bits set, so
-/// it is never the nil id nor Kafka's reserved metadata-topic id.
+/// The id derived from a topic name, for topics without `partition.metadata`.
 pub fn topic_id(topic: &str) -> Uuid {
-    let mut bytes = [0u8; 16];
-    for (lane, out) in bytes.chunks_mut(4).enumerate() {
-        let seed = crc32c::crc32c(format!("kxgw-topic-id/{lane}/").as_bytes());
-        let h = crc32c::crc32c_append(seed, topic.as_bytes());
-        out.copy_from_slice(&h.to_be_bytes());
-    }
-    bytes[6] = (bytes[6] & 0x0f) | 0x80;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    Uuid::from_bytes(bytes)
+    crate::log::topic_id::derived(topic)
 }
 
 /// A protocol string from an owned string.
