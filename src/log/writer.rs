@@ -1,5 +1,5 @@
 //! Writing partition logs exactly as a broker lays them out: record batches v2 (magic 2,
-//! no compression, leader epoch 0, no producer id), `.index` / `.timeindex` entries on the
+//! optionally compressed, leader epoch 0, no producer id), `.index` / `.timeindex` entries on the
 //! broker's cadence, segments rolled at `segment_bytes`, named by their base offset.
 
 use std::fs::{File, OpenOptions};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::batch::{self, BATCH_HEADER_LEN, LOG_OVERHEAD};
 use super::checkpoint;
+use super::compression::{self, Compression};
 use super::error::LogError;
 use super::index::IndexCadence;
 use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
@@ -125,6 +126,9 @@ pub struct BatchBuilder {
     base_ts: i64,
     max_ts: i64,
     count: i32,
+    compression: Compression,
+    /// Codec the records section already went through (finish() may be called again).
+    compressed: Option<Compression>,
 }
 
 fn bytes_len(b: Option<&[u8]>) -> usize {
@@ -156,10 +160,16 @@ impl BatchBuilder {
         self.base_offset = base_offset;
         self.count = 0;
         self.max_ts = i64::MIN;
+        self.compressed = None;
     }
 
     pub fn count(&self) -> i32 {
         self.count
+    }
+
+    /// Codec [`Self::finish`] compresses the records section with (none by default).
+    pub fn set_compression(&mut self, codec: Compression) {
+        self.compression = codec;
     }
 
     /// Bytes the batch has so far (header included).
@@ -217,13 +227,14 @@ impl BatchBuilder {
             // finish() without begin(): an empty batch rather than a panic.
             self.begin(self.base_offset);
         }
+        let attributes = self.compress_records();
         let b = &mut self.buf;
         let len = (b.len() - LOG_OVERHEAD) as i32;
         b[0..8].copy_from_slice(&self.base_offset.to_be_bytes());
         b[8..12].copy_from_slice(&len.to_be_bytes());
         b[12..16].copy_from_slice(&0i32.to_be_bytes()); // partition leader epoch
         b[16] = 2; // magic
-        b[21..23].copy_from_slice(&0i16.to_be_bytes()); // attributes: no compression, create time
+        b[21..23].copy_from_slice(&attributes.to_be_bytes()); // codec, create time
         b[23..27].copy_from_slice(&(self.count - 1).to_be_bytes());
         b[27..35].copy_from_slice(&self.base_ts.to_be_bytes());
         b[35..43].copy_from_slice(&self.max_ts.to_be_bytes());
@@ -235,6 +246,33 @@ impl BatchBuilder {
         b[17..21].copy_from_slice(&crc.to_be_bytes());
         &self.buf
     }
+
+    /// Replaces the records section with its compressed form (as the Java producer does: the
+    /// CRC then covers the compressed bytes); returns the attributes. A codec failure (none is
+    /// expected on in-memory buffers) leaves the batch uncompressed rather than wrong.
+    fn compress_records(&mut self) -> i16 {
+        if let Some(done) = self.compressed {
+            return i16::from(done.id());
+        }
+        if self.compression == Compression::None || self.count == 0 {
+            return 0;
+        }
+        match compression::compress(self.compression, &self.buf[BATCH_HEADER_LEN..]) {
+            Ok(c) => {
+                self.buf.truncate(BATCH_HEADER_LEN);
+                self.buf.extend_from_slice(&c);
+                self.compressed = Some(self.compression);
+                i16::from(self.compression.id())
+            }
+            Err(e) => {
+                log::warn!(
+                    "{} compression failed, batch left uncompressed: {e}",
+                    self.compression
+                );
+                0
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -245,6 +283,8 @@ pub struct WriterConfig {
     pub index_interval_bytes: u32,
     /// Buffer size of the segment writer (bytes); batches larger than it are written directly.
     pub buffer_bytes: usize,
+    /// Codec of every batch appended (`kxgw produce --compression`).
+    pub compression: Compression,
 }
 
 impl Default for WriterConfig {
@@ -253,6 +293,7 @@ impl Default for WriterConfig {
             segment_bytes: 1 << 30,
             index_interval_bytes: 4096,
             buffer_bytes: 1 << 20,
+            compression: Compression::None,
         }
     }
 }
@@ -483,6 +524,7 @@ impl PartitionWriter {
                 b.base_offset, self.next_offset
             )));
         }
+        b.set_compression(self.cfg.compression);
         let bytes = b.finish();
         let h = batch::BatchHeader::parse(bytes)
             .map_err(|e| LogError::Invalid(format!("built batch is invalid: {e}")))?;

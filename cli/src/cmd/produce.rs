@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use kxgw::log::compression::Compression;
 use kxgw::log::writer::{
     self, now_ms, BatchBuilder, DemoBatches, PartitionWriter, ProduceConfig, WriterConfig,
 };
@@ -52,6 +53,9 @@ pub struct Args {
     /// (always done when the log dir already has one).
     #[arg(long)]
     pub write_checkpoint: bool,
+    /// Compress each batch's records as a Java producer does (none | gzip | snappy | lz4 | zstd).
+    #[arg(long, default_value = "none")]
+    pub compression: Compression,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -67,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         writer: WriterConfig {
             segment_bytes: args.segment_bytes,
             index_interval_bytes: args.index_interval_bytes,
+            compression: args.compression,
             ..WriterConfig::default()
         },
         // A log dir that has high watermarks must get them for the new records too, or readers
