@@ -81,6 +81,27 @@ fn check_log_is_compressed(dir: &Path, codec: u8) {
     );
 }
 
+/// `kxgw inspect --verify --records --values` lists every record with its demo value.
+fn check_inspect(dir: &Path, codec: &str) {
+    let out = Command::new(KXGW)
+        .args(["inspect", "--verify", "--records", "--values"])
+        .arg(dir)
+        .output()
+        .expect("running kxgw inspect");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "kxgw inspect: {text}");
+    assert_eq!(text.matches("    offset=").count(), RECORDS, "{text}");
+    let tag = format!(" compression={codec}");
+    assert_eq!(text.contains(&tag), codec != "none", "{text}");
+    let last = RECORDS as i64 - 1;
+    let value = String::from_utf8(demo_value(0, last, SIZE)).unwrap();
+    assert!(text.contains(&format!("offset={last} ")), "{text}");
+    assert!(
+        text.contains(&format!("value={value:?}")),
+        "inspect shows the value of {last}"
+    );
+}
+
 fn run_client(net: &TestNet, who: &str, program: &str, args: &[String]) -> String {
     let out = net
         .client_command(program)
@@ -127,6 +148,7 @@ fn codec_end_to_end(codec: &str, id: u8) {
         ],
     );
     check_log_is_compressed(&dir, id);
+    check_inspect(&dir, codec);
 
     let kafka: SocketAddr = format!("{GW_ADDR}:{KAFKA_PORT}").parse().unwrap();
     let fetch = format!("{GW_ADDR}:{FETCH_PORT}");
