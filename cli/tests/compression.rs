@@ -1,8 +1,8 @@
 //! Compressed topics end to end: `kxgw produce --compression X` writes the log, `kxgw serve`
 //! serves the batches as stored (it never decompresses), and every stock client decompresses
-//! them: kcat and confluent-kafka (librdkafka), kafka-python over the Kafka TCP listener, and
-//! `kxgw consume --verify` over the UDP fetch protocol. Each must get every record, in order,
-//! with the writer's demo content.
+//! them: kcat and confluent-kafka (librdkafka) and kafka-python over the Kafka TCP listener,
+//! `kxgw consume --verify` over the UDP fetch protocol and over Kafka TCP, and
+//! `kxgw inspect --records`. Each must get every record, in order, with the demo content.
 
 mod common;
 
@@ -210,6 +210,32 @@ fn codec_end_to_end(codec: &str, id: u8) {
         (n, end),
         (RECORDS as u64, RECORDS as i64),
         "kxgw consume {codec}"
+    );
+
+    // The same decoder behind `kxgw consume`'s Kafka TCP path.
+    let out = net
+        .client_command(KXGW)
+        .args([
+            "consume",
+            "--bootstrap",
+            &kafka.to_string(),
+            "--topic",
+            TOPIC,
+        ])
+        .args(["--from-beginning", "--verify"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kxgw consume --bootstrap");
+    assert!(
+        out.status.success(),
+        "kxgw consume --bootstrap failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (n, end, _) = verified_summary(&out);
+    assert_eq!(
+        (n, end),
+        (RECORDS as u64, RECORDS as i64),
+        "kxgw consume TCP {codec}"
     );
 
     let status = gw.terminate(Duration::from_secs(10)).unwrap();
