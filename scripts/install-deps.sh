@@ -10,7 +10,7 @@ APT_PACKAGES=(
   python3 python3-pip ruby vagrant systemd                              # kafka-python, confluent-kafka, Vagrantfile check, unit check
   xz-utils zstd binutils                                                # scripts/testvm.sh: guest modules, strip
 )
-PIP_PACKAGES=(kafka-python==2.3.3 confluent-kafka==2.16.1)
+PIP_PACKAGES=(kafka-python==2.3.3 python-snappy==0.7.3 lz4==4.4.5 zstandard==0.25.0 confluent-kafka==2.16.1)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: run as root (apt-get install)" >&2

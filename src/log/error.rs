@@ -22,6 +22,8 @@ pub enum BatchError {
     BadRecord { position: usize, reason: String },
     #[error("compression not supported (codec {0})")]
     Compressed(u8),
+    #[error("compressed records: {0}")]
+    Decompress(#[from] super::compression::CompressionError),
 }
 
 /// Errors of [`crate::log`]: I/O, corruption, offsets outside the log.

@@ -8,11 +8,13 @@
 //!   here ([`read`]).
 //!   [`LogDir::refresh`] / [`LogDir::spawn_follower`] follow growth, rolls and retention.
 //! - [`writer`]: broker-compatible writer (`kxgw produce`).
+//! - [`compression`]: the four codecs of compressed batches.
 //! - [`batch`], [`record`], [`index`], [`checkpoint`], [`segment`]: the formats.
 
 pub mod batch;
 pub mod checkpoint;
 pub mod compact;
+pub mod compression;
 mod dir;
 pub mod error;
 mod follower;

@@ -1,8 +1,11 @@
-//! Records inside an uncompressed v2 batch: length varint | attributes i8 |
+//! Records inside a v2 batch (after decompression, [`records_section`]): length varint | attributes i8 |
 //! timestampDelta varlong | offsetDelta varint | keyLen varint | key | valueLen varint | value |
 //! headerCount varint | (keyLen varint | key | valueLen varint | value)*.
 
+use std::borrow::Cow;
+
 use super::batch::{BatchHeader, BATCH_HEADER_LEN, TIMESTAMP_TYPE_LOG_APPEND};
+use super::compression::{self, Compression};
 use super::error::BatchError;
 use super::varint;
 
@@ -45,23 +48,47 @@ impl RecordRef<'_> {
     }
 }
 
-/// Decodes every record of one whole, uncompressed batch (checks the CRC first).
+/// Decodes every record of one whole batch, any codec (checks the CRC first).
 pub fn decode_batch(batch: &[u8]) -> Result<Vec<Record>, BatchError> {
-    let (_, refs) = decode_batch_refs(batch)?;
+    let (h, body) = records_section(batch)?;
+    let refs = decode_records(&h, &body)?;
     refs.iter().map(RecordRef::to_owned).collect()
 }
 
-/// Like [`decode_batch`] without copying keys and values.
+/// Like [`decode_batch`] without copying keys and values (uncompressed batches only: see
+/// [`records_section`] + [`decode_records`] for any codec).
 pub fn decode_batch_refs(batch: &[u8]) -> Result<(BatchHeader, Vec<RecordRef<'_>>), BatchError> {
     let h = super::batch::verify(batch)?;
     if h.compression() != 0 {
         return Err(BatchError::Compressed(h.compression()));
     }
     let body = &batch[BATCH_HEADER_LEN..h.total_len()];
+    let out = decode_records(&h, body)?;
+    Ok((h, out))
+}
+
+/// Verifies the batch (header, CRC) and returns its records section: borrowed when
+/// uncompressed, decompressed (bounded by
+/// [`DEFAULT_MAX_DECOMPRESSED`](super::compression::DEFAULT_MAX_DECOMPRESSED)) otherwise.
+pub fn records_section(batch: &[u8]) -> Result<(BatchHeader, Cow<'_, [u8]>), BatchError> {
+    let h = super::batch::verify(batch)?;
+    let body = &batch[BATCH_HEADER_LEN..h.total_len()];
+    let codec = Compression::from_attributes(h.attributes)?;
+    if codec == Compression::None {
+        return Ok((h, Cow::Borrowed(body)));
+    }
+    Ok((h, Cow::Owned(compression::decompress(codec, body)?)))
+}
+
+/// Decodes the `h.records_count` records of an (uncompressed) records section.
+pub fn decode_records<'a>(
+    h: &BatchHeader,
+    body: &'a [u8],
+) -> Result<Vec<RecordRef<'a>>, BatchError> {
     let mut cur = Cursor { buf: body, pos: 0 };
     let mut out = Vec::with_capacity(h.records_count.clamp(0, 4096) as usize);
     for _ in 0..h.records_count {
-        out.push(cur.record(&h)?);
+        out.push(cur.record(h)?);
     }
     if cur.pos != body.len() {
         return Err(cur.err(format!(
@@ -70,7 +97,7 @@ pub fn decode_batch_refs(batch: &[u8]) -> Result<(BatchHeader, Vec<RecordRef<'_>
             h.records_count
         )));
     }
-    Ok((h, out))
+    Ok(out)
 }
 
 struct Cursor<'a> {

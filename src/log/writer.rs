@@ -1,5 +1,5 @@
 //! Writing partition logs exactly as a broker lays them out: record batches v2 (magic 2,
-//! no compression, leader epoch 0, no producer id), `.index` / `.timeindex` entries on the
+//! optionally compressed, leader epoch 0, no producer id), `.index` / `.timeindex` entries on the
 //! broker's cadence, segments rolled at `segment_bytes`, named by their base offset.
 
 use std::fs::{File, OpenOptions};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::batch::{self, BATCH_HEADER_LEN, LOG_OVERHEAD};
 use super::checkpoint;
+use super::compression::{self, Compression};
 use super::error::LogError;
 use super::index::IndexCadence;
 use super::leader_epoch::LeaderEpochs;
@@ -151,6 +152,9 @@ pub struct BatchBuilder {
     max_ts: i64,
     count: i32,
     fields: BatchFields,
+    compression: Compression,
+    /// Codec the records section already went through (finish() may be called again).
+    compressed: Option<Compression>,
 }
 
 fn bytes_len(b: Option<&[u8]>) -> usize {
@@ -182,6 +186,7 @@ impl BatchBuilder {
         self.base_offset = base_offset;
         self.count = 0;
         self.max_ts = i64::MIN;
+        self.compressed = None;
     }
 
     pub fn count(&self) -> i32 {
@@ -191,6 +196,11 @@ impl BatchBuilder {
     /// Producer fields of the batches finished from now on.
     pub fn set_fields(&mut self, f: BatchFields) {
         self.fields = f;
+    }
+
+    /// Codec [`Self::finish`] compresses the records section with (none by default).
+    pub fn set_compression(&mut self, codec: Compression) {
+        self.compression = codec;
     }
 
     /// Bytes the batch has so far (header included).
@@ -248,6 +258,7 @@ impl BatchBuilder {
             // finish() without begin(): an empty batch rather than a panic.
             self.begin(self.base_offset);
         }
+        let attributes = self.compress_records();
         let b = &mut self.buf;
         let len = (b.len() - LOG_OVERHEAD) as i32;
         b[0..8].copy_from_slice(&self.base_offset.to_be_bytes());
@@ -255,7 +266,9 @@ impl BatchBuilder {
         let f = self.fields;
         b[12..16].copy_from_slice(&f.leader_epoch.to_be_bytes());
         b[16] = 2; // magic
-        b[21..23].copy_from_slice(&f.attributes.to_be_bytes()); // no compression, create time
+                   // Codec bits from the compression; transactional/control bits from the fields.
+        let attributes = attributes | (f.attributes & !0x07);
+        b[21..23].copy_from_slice(&attributes.to_be_bytes()); // codec, create time, txn bits
         b[23..27].copy_from_slice(&(self.count - 1).to_be_bytes());
         b[27..35].copy_from_slice(&self.base_ts.to_be_bytes());
         b[35..43].copy_from_slice(&self.max_ts.to_be_bytes());
@@ -267,6 +280,35 @@ impl BatchBuilder {
         b[17..21].copy_from_slice(&crc.to_be_bytes());
         &self.buf
     }
+
+    /// Replaces the records section with its compressed form (as the Java producer does: the
+    /// CRC then covers the compressed bytes); returns the attributes. A codec failure (none is
+    /// expected on in-memory buffers) leaves the batch uncompressed rather than wrong.
+    fn compress_records(&mut self) -> i16 {
+        if let Some(done) = self.compressed {
+            return i16::from(done.id());
+        }
+        // Control batches (transaction markers) are never compressed, as a broker writes them.
+        let control = self.fields.attributes & batch::CONTROL != 0;
+        if self.compression == Compression::None || self.count == 0 || control {
+            return 0;
+        }
+        match compression::compress(self.compression, &self.buf[BATCH_HEADER_LEN..]) {
+            Ok(c) => {
+                self.buf.truncate(BATCH_HEADER_LEN);
+                self.buf.extend_from_slice(&c);
+                self.compressed = Some(self.compression);
+                i16::from(self.compression.id())
+            }
+            Err(e) => {
+                log::warn!(
+                    "{} compression failed, batch left uncompressed: {e}",
+                    self.compression
+                );
+                0
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -277,6 +319,8 @@ pub struct WriterConfig {
     pub index_interval_bytes: u32,
     /// Buffer size of the segment writer (bytes); batches larger than it are written directly.
     pub buffer_bytes: usize,
+    /// Codec of every batch appended (`kxgw produce --compression`).
+    pub compression: Compression,
 }
 
 impl Default for WriterConfig {
@@ -285,6 +329,7 @@ impl Default for WriterConfig {
             segment_bytes: 1 << 30,
             index_interval_bytes: 4096,
             buffer_bytes: 1 << 20,
+            compression: Compression::None,
         }
     }
 }
@@ -520,6 +565,7 @@ impl PartitionWriter {
             )));
         }
         b.fields.leader_epoch = self.epochs.latest().max(0);
+        b.set_compression(self.cfg.compression);
         let bytes = b.finish();
         let h = batch::BatchHeader::parse(bytes)
             .map_err(|e| LogError::Invalid(format!("built batch is invalid: {e}")))?;

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use kxgw::fetch::consumer::UdpConsumer;
 use kxgw::fetch::{ClientConfig, Event, StartAt, Subscription};
 use kxgw::kafka::client::KafkaFetcher;
-use kxgw::log::record::{decode_batch_refs, RecordRef};
+use kxgw::log::record::{decode_records, records_section, RecordRef};
 use kxgw::log::writer::{demo_key, demo_value_into};
 
 #[derive(Debug, clap::Args)]
@@ -170,7 +170,15 @@ impl Sink<'_> {
     fn batch(&mut self, partition: i32, from_offset: i64, data: &[u8]) -> Result<()> {
         self.tally.batches += 1;
         self.tally.bytes += data.len() as u64;
-        let (h, recs) = match decode_batch_refs(data) {
+        // Compressed batches are decompressed here: the gateway serves them as stored.
+        let (h, body) = match records_section(data) {
+            Ok(r) => r,
+            Err(e) => {
+                self.error(format!("batch at {from_offset}: {e}"));
+                return Ok(());
+            }
+        };
+        let recs = match decode_records(&h, &body) {
             Ok(r) => r,
             Err(e) => {
                 self.error(format!("batch at {from_offset}: {e}"));

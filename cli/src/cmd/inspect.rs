@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use kxgw::log::batch::{self, BatchError, BatchHeader};
+use kxgw::log::batch::{self, BatchHeader};
 use kxgw::log::checkpoint;
+use kxgw::log::compression::Compression;
 use kxgw::log::index;
 use kxgw::log::record;
 use kxgw::log::segment::{self, file_stem, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
@@ -404,7 +405,7 @@ fn inspect_segment(
         }
         if !ctx.args.quiet {
             ctx.line(format_args!(
-                "  batch base={} last={} count={} pos={pos} size={} crc={} first_ts={} max_ts={}{}",
+                "  batch base={} last={} count={} pos={pos} size={} crc={} first_ts={} max_ts={}{}{}",
                 h.base_offset,
                 h.last_offset(),
                 h.records_count,
@@ -412,7 +413,12 @@ fn inspect_segment(
                 if crc_ok { "ok" } else { "BAD" },
                 h.base_timestamp,
                 h.max_timestamp,
-                txn_note(&h, whole)
+                txn_note(&h, whole),
+                match Compression::from_attributes(h.attributes) {
+                    Ok(Compression::None) => String::new(),
+                    Ok(c) => format!(" compression={c}"),
+                    Err(e) => format!(" compression=BAD({e})"),
+                }
             ));
         }
         if ctx.args.records && crc_ok {
@@ -434,33 +440,35 @@ fn inspect_segment(
 }
 
 fn print_records(ctx: &mut Ctx<'_>, t: &mut Totals, path: &Path, pos: usize, whole: &[u8]) {
-    match record::decode_batch_refs(whole) {
-        Ok((_, recs)) => {
-            for r in recs {
-                let key = r.key.map_or("null".to_string(), |k| {
-                    format!("{:?}", String::from_utf8_lossy(k))
-                });
-                let value = match (r.value, ctx.args.values) {
-                    (None, _) => "null".to_string(),
-                    (Some(v), false) => format!("{} bytes", v.len()),
-                    (Some(v), true) => format!("{:?}", String::from_utf8_lossy(v)),
-                };
-                ctx.line(format_args!(
-                    "    offset={} ts={} key={key} value={value} headers={}",
-                    r.offset,
-                    r.timestamp,
-                    r.headers.len()
-                ));
-            }
+    let decoded = record::records_section(whole).and_then(|(h, body)| {
+        let recs = record::decode_records(&h, &body)?;
+        recs.iter()
+            .map(record::RecordRef::to_owned)
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let recs = match decoded {
+        Ok(r) => r,
+        Err(e) => {
+            t.errors
+                .push(format!("{}: corrupt at byte {pos}: {e}", path.display()));
+            return;
         }
-        Err(BatchError::Compressed(c)) => {
-            ctx.line(format_args!(
-                "    (compressed with codec {c}: records not shown)"
-            ));
-        }
-        Err(e) => t
-            .errors
-            .push(format!("{}: corrupt at byte {pos}: {e}", path.display())),
+    };
+    for r in recs {
+        let key = r.key.as_deref().map_or("null".to_string(), |k| {
+            format!("{:?}", String::from_utf8_lossy(k))
+        });
+        let value = match (r.value.as_deref(), ctx.args.values) {
+            (None, _) => "null".to_string(),
+            (Some(v), false) => format!("{} bytes", v.len()),
+            (Some(v), true) => format!("{:?}", String::from_utf8_lossy(v)),
+        };
+        ctx.line(format_args!(
+            "    offset={} ts={} key={key} value={value} headers={}",
+            r.offset,
+            r.timestamp,
+            r.headers.len()
+        ));
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use kxgw::log::compression::Compression;
 use kxgw::log::topic_id;
 use kxgw::log::txn_writer::{self, TxnPlan};
 use kxgw::log::writer::{
@@ -79,6 +80,9 @@ pub struct Args {
     /// Default: the topic's existing id, else a new random one.
     #[arg(long, value_name = "ID")]
     pub topic_id: Option<String>,
+    /// Compress each batch's records as a Java producer does (none | gzip | snappy | lz4 | zstd).
+    #[arg(long, default_value = "none")]
+    pub compression: Compression,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -94,6 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         writer: WriterConfig {
             segment_bytes: args.segment_bytes,
             index_interval_bytes: args.index_interval_bytes,
+            compression: args.compression,
             ..WriterConfig::default()
         },
         // A log dir that has high watermarks must get them for the new records too, or readers
