@@ -15,9 +15,8 @@
 //! measured on veth (release build, `kxgw xdp-raw` generator with arena-resident data, one
 //! verifying client, 1 GB per run, medians of 3) `copy` vs `sg` gave 2.52 vs 1.91 Gbit/s at
 //! MTU 1500, 7.32 vs 7.19 at 9000 and 14.82 vs 12.91 at 65535: no crossover up to the largest
-//! datagram, so the threshold sits above it (the C prototype of
-//! DESIGN.md saw multi-buffer ahead at jumbo sizes; its single-copy variant differed). No frame
-//! is ever larger than the interface MTU allows.
+//! datagram, so the threshold sits above it (docs/fast-path.md). No frame is ever larger than
+//! the interface MTU allows.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! Log segment files registered as UMEM themselves (`--umem-segments`), so an `sg` descriptor
 //! points at the segment's own page-cache pages: no staging copy into the arena.
 //!
-//! Only tmpfs pages can be registered (DESIGN.md: ext4/xfs pages give EFAULT/ENOMEM), and only
+//! Only tmpfs pages can be registered (ext4/xfs: EFAULT/ENOMEM, docs/fast-path.md), and only
 //! through a read-write `MAP_SHARED` mapping, so each file is opened read-write although the
 //! gateway never writes it. Registration pins the pages the file has at startup: bytes appended
 //! later land in the same last page or in new pages outside the UMEM, so a window covers the

@@ -2,8 +2,8 @@
 //!
 //! Layout: `[ frame area: per-queue RX + TX frames ][ log arena ][ resident segments ]`. Frames
 //! and arena are one memfd mapped MAP_SHARED read-write, because only tmpfs/anonymous pages can
-//! be pinned for a UMEM (ext4/xfs file pages give EFAULT/ENOMEM, see DESIGN.md) and a memfd can
-//! be written with `pwrite` at tracked offsets: the arena stages log segment bytes that way. It
+//! be pinned for a UMEM (ext4/xfs file pages give EFAULT/ENOMEM, see docs/fast-path.md) and a
+//! memfd can be written with `pwrite` at tracked offsets: the arena stages log bytes that way. It
 //! is sized once and never truncated (a truncate would silently detach it from the pinned
 //! pages). With `--umem-segments`, tmpfs segment files follow the arena, each mapped as it is
 //! (see [`super::resident`]); the range is reserved first and each part mapped into it.
