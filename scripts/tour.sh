@@ -27,13 +27,14 @@ $K produce --log-dir /var/tmp/kxgw-tour --topic t --partitions 2 --records 50000
 ip netns exec kxtour-gw $K serve --log-dir /var/tmp/kxgw-tour --kafka-listen 198.18.0.1:9092 \
     --fetch-listen 198.18.0.1:7878 --xdp-iface kxtour-g --require-xdp \
     --control-socket /run/kxgw/kxtour.sock &
-until $K stats --socket /run/kxgw/kxtour.sock >/dev/null 2>&1; do sleep 0.2; kill -0 %1 || break; done
+GW=$!
+until $K stats --socket /run/kxgw/kxtour.sock >/dev/null 2>&1; do sleep 0.2; kill -0 $GW || break; done
 ip netns exec kxtour-cl $K consume --fetch 198.18.0.1:7878 --topic t --partition 0 --verify
 ip netns exec kxtour-cl $K consume --fetch 198.18.0.1:7878 --topic t --partition 1 \
     --offset 49997 --format '%p %o %k %S\n'
 ip netns exec kxtour-cl kcat -C -b 198.18.0.1:9092 -t t -p 1 -o beginning -e -q | wc -l | grep -x 50000
 $K stats --socket /run/kxgw/kxtour.sock
-kill %1 && wait %1
+kill $GW && wait $GW
 scripts/netns.sh down --name kxtour
 # tour: end
 echo "tour: done"

@@ -16,10 +16,6 @@ use std::process::Command;
 /// comment and collapsing blanks.
 const ALLOWED: &[(&str, &str)] = &[
     (
-        "cargo build --release",
-        "the build step scripts/demo.sh, scripts/tour.sh and scripts/bench.sh run",
-    ),
-    (
         "vagrant up",
         "the test VM: CI runs deploy/provision.sh and `vagrant validate` (tests/deploy.rs), \
          not a VM provider",
@@ -86,7 +82,12 @@ fn documents(root: &Path) -> Vec<(String, String)> {
     let mut names = vec!["README.md".to_string()];
     let mut docs: Vec<String> = std::fs::read_dir(root.join("docs"))
         .expect("reading docs/")
-        .map(|e| e.expect("docs/ entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("docs/ entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|n| n.ends_with(".md"))
         .map(|n| format!("docs/{n}"))
         .collect();
@@ -307,12 +308,16 @@ fn strip_prefixes(mut words: &[String]) -> &[String] {
     loop {
         match words {
             [w, rest @ ..]
-                if matches!(w.as_str(), "sudo" | "exec" | "until" | "while" | "if" | "do" | "then" | "!")
-                    || is_assignment(w) =>
+                if matches!(
+                    w.as_str(),
+                    "sudo" | "exec" | "until" | "while" | "if" | "do" | "then" | "!"
+                ) || is_assignment(w) =>
             {
                 words = rest
             }
-            [ip, netns, exec, _ns, rest @ ..] if ip == "ip" && netns == "netns" && exec == "exec" => {
+            [ip, netns, exec, _ns, rest @ ..]
+                if ip == "ip" && netns == "netns" && exec == "exec" =>
+            {
                 words = rest
             }
             _ => return words,
@@ -443,7 +448,10 @@ fn tour_script(root: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(root.join("scripts/tour.sh")).expect("scripts/tour.sh");
     let mut lines = text.lines();
     let begin = lines.position(|l| l == "# tour: begin");
-    assert!(begin.is_some(), "scripts/tour.sh has no `# tour: begin` line");
+    assert!(
+        begin.is_some(),
+        "scripts/tour.sh has no `# tour: begin` line"
+    );
     let body: Vec<String> = lines
         .by_ref()
         .take_while(|l| *l != "# tour: end")
@@ -460,7 +468,10 @@ fn tour_script(root: &Path) -> Vec<String> {
 fn readme_tour_is_scripts_tour_sh_and_ci_runs_it() {
     let root = repo_root();
     let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
-    let tours: Vec<Block> = shell_blocks(&readme).into_iter().filter(|b| b.tour).collect();
+    let tours: Vec<Block> = shell_blocks(&readme)
+        .into_iter()
+        .filter(|b| b.tour)
+        .collect();
     assert_eq!(
         tours.len(),
         1,
@@ -520,7 +531,10 @@ fn every_doc_command_runs_a_script_or_a_kxgw_flag_that_exists() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    assert!(checked > 20, "only {checked} doc commands checked: is the parser broken?");
+    assert!(
+        checked > 20,
+        "only {checked} doc commands checked: is the parser broken?"
+    );
 }
 
 #[test]
@@ -549,15 +563,31 @@ fn doc_links_point_at_files_that_exist() {
 fn nothing_refers_to_design_notes_outside_the_repository() {
     let root = repo_root();
     // Spelled in pieces so this file does not match itself.
-    let needles = [format!("{}{}", "DESIGN", ".md"), format!("{}{}", "../", "shared")];
+    let needles = [
+        format!("{}{}", "DESIGN", ".md"),
+        format!("{}{}", "../", "shared"),
+    ];
     let mut hits = Vec::new();
     let mut stack = vec![root.clone()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).expect("reading a repository directory") {
             let path = entry.expect("directory entry").path();
-            let rel = path.strip_prefix(&root).unwrap_or(&path).to_string_lossy().into_owned();
-            let skip = [".git", "target", "fuzz/corpus", "fuzz/regressions", "fuzz/artifacts"];
-            if skip.iter().any(|s| rel == *s || rel.ends_with(&format!("/{s}"))) {
+            let rel = path
+                .strip_prefix(&root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            let skip = [
+                ".git",
+                "target",
+                "fuzz/corpus",
+                "fuzz/regressions",
+                "fuzz/artifacts",
+            ];
+            if skip
+                .iter()
+                .any(|s| rel == *s || rel.ends_with(&format!("/{s}")))
+            {
                 continue;
             }
             if path.is_dir() {
@@ -597,6 +627,9 @@ mod parser {
         assert_eq!(c.len(), 5, "{c:?}");
         assert_eq!(strip_prefixes(&c[0])[0], "$K");
         assert_eq!(normalize("  a   'b  c'  # x"), "a 'b  c'");
-        assert_eq!(long_flags("  --log-dir <D>  x--no --a1"), ["--log-dir", "--a1"]);
+        assert_eq!(
+            long_flags("  --log-dir <D>  x--no --a1"),
+            ["--log-dir", "--a1"]
+        );
     }
 }
