@@ -6,4 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The tests run kxgw-bench too, and cargo builds another package's binary for a test only when
+# asked: --all-targets builds bins as unit-test harnesses, so build them plainly first.
+cargo build --workspace --bins
 cargo test --workspace --all-targets "$@"
