@@ -26,8 +26,11 @@ pub fn read(path: &Path) -> Result<Option<Checkpoint>, LogError> {
         .map_err(|(pos, reason)| LogError::corrupt(path, pos as u64, reason))
 }
 
-/// Parses checkpoint text; errors carry the byte position of the offending line.
-pub fn parse(text: &str) -> Result<Checkpoint, (usize, String)> {
+/// The entry lines of a Kafka checkpoint file (a version line `0`, an entry count, then that
+/// many entries), each with its byte position: the frame every checkpoint format kxgw reads
+/// shares (`replication-offset-checkpoint`, `leader-epoch-checkpoint`, ...). Errors carry the
+/// byte position of the offending line.
+pub(crate) fn entry_lines(text: &str) -> Result<Vec<(usize, &str)>, (usize, String)> {
     let mut lines = Vec::new();
     let mut pos = 0;
     for l in text.split_inclusive('\n') {
@@ -44,11 +47,20 @@ pub fn parse(text: &str) -> Result<Checkpoint, (usize, String)> {
         .trim()
         .parse()
         .map_err(|_| (p, format!("bad entry count {count:?}")))?;
-    let mut out = Checkpoint::new();
+    let mut entries = Vec::new();
     for i in 0..count {
-        let (p, line) = it
-            .next()
-            .ok_or((pos, format!("{count} entries announced, {i} present")))?;
+        entries.push(
+            it.next()
+                .ok_or((pos, format!("{count} entries announced, {i} present")))?,
+        );
+    }
+    Ok(entries)
+}
+
+/// Parses checkpoint text; errors carry the byte position of the offending line.
+pub fn parse(text: &str) -> Result<Checkpoint, (usize, String)> {
+    let mut out = Checkpoint::new();
+    for (p, line) in entry_lines(text)? {
         let f: Vec<&str> = line.split_whitespace().collect();
         let parsed = match f.as_slice() {
             [t, part, off] => part

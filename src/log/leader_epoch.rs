@@ -18,27 +18,8 @@ pub const UNDEFINED: (i32, i64) = (-1, -1);
 impl LeaderEpochs {
     /// Parses the checkpoint text; errors give the byte position of the bad line.
     pub fn parse(text: &str) -> Result<Self, (usize, String)> {
-        let mut lines = Vec::new();
-        let mut pos = 0;
-        for l in text.split_inclusive('\n') {
-            lines.push((pos, l.trim_end_matches(['\n', '\r'])));
-            pos += l.len();
-        }
-        let mut it = lines.into_iter();
-        let (p, version) = it.next().ok_or((0, "empty file".to_string()))?;
-        if version.trim() != "0" {
-            return Err((p, format!("unsupported version {version:?}")));
-        }
-        let (p, count) = it.next().ok_or((pos, "missing entry count".to_string()))?;
-        let count: usize = count
-            .trim()
-            .parse()
-            .map_err(|_| (p, format!("bad entry count {count:?}")))?;
         let mut out: Vec<(i32, i64)> = Vec::new();
-        for i in 0..count {
-            let (p, line) = it
-                .next()
-                .ok_or((pos, format!("{count} entries announced, {i} present")))?;
+        for (p, line) in super::checkpoint::entry_lines(text)? {
             let f: Vec<&str> = line.split_whitespace().collect();
             let e = match f.as_slice() {
                 [e, o] => e.parse::<i32>().ok().zip(o.parse::<i64>().ok()),
