@@ -828,6 +828,18 @@ impl Partition {
             .unwrap_or_default()
     }
 
+    /// [`Self::aborted_txns`] with whole entries (marker offsets too), in marker order.
+    pub fn aborted_overlapping(&self, fetch_offset: i64, upper_bound: i64) -> Vec<txn::AbortedTxn> {
+        let g = self.txn.read().unwrap_or_else(|e| e.into_inner());
+        g.as_ref()
+            .map(|t| {
+                t.aborted_overlapping(fetch_offset, upper_bound)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Re-reads `partition.metadata` and `leader-epoch-checkpoint`. A damaged checkpoint keeps
     /// the epochs last read (logged once); a damaged metadata file is reported to the log dir,
     /// which refuses the topic.

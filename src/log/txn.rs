@@ -17,6 +17,8 @@
 //! - control record key: version i16 (0) | type i16 (0 ABORT, 1 COMMIT); value: version i16
 //!   (0) | coordinator epoch i32.
 
+pub mod filter;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -331,11 +333,21 @@ impl TxnState {
     /// transactions with `last_offset >= fetch_offset && first_offset < upper_bound`, as
     /// (producer id, first offset), in marker order.
     pub fn aborted_in(&self, fetch_offset: i64, upper_bound: i64) -> Vec<(i64, i64)> {
+        self.aborted_overlapping(fetch_offset, upper_bound)
+            .map(|t| (t.producer_id, t.first_offset))
+            .collect()
+    }
+
+    /// [`Self::aborted_in`] with whole entries (the marker offsets too).
+    pub fn aborted_overlapping(
+        &self,
+        fetch_offset: i64,
+        upper_bound: i64,
+    ) -> impl Iterator<Item = &AbortedTxn> {
         self.aborted
             .range((fetch_offset, i64::MIN)..)
-            .filter(|(_, t)| t.first_offset < upper_bound)
-            .map(|(_, t)| (t.producer_id, t.first_offset))
-            .collect()
+            .map(|(_, t)| t)
+            .filter(move |t| t.first_offset < upper_bound)
     }
 
     /// Drops aborted transactions that end below the log start (their data is gone).
