@@ -25,6 +25,19 @@ macro_rules! mirror_enum {
 }
 
 mirror_enum! {
+    /// What a consumer reads of transactional data (Kafka's isolation.level).
+    IsolationLevel => kxgw::fetch::wire::IsolationLevel {
+        /// Stop at the last stable offset and drop the records of aborted transactions
+        /// (librdkafka's default).
+        #[value(name = "read_committed")]
+        ReadCommitted,
+        /// Every data record up to the readable end, aborted and open transactions included.
+        #[value(name = "read_uncommitted")]
+        ReadUncommitted,
+    }
+}
+
+mirror_enum! {
     /// Where the XDP program is attached.
     XdpMode => kxgw::xdp::XdpMode {
         /// In the driver (XDP_FLAGS_DRV_MODE): the mode AF_XDP zero-copy needs.

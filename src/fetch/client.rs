@@ -8,17 +8,23 @@
 //! any datagram of a later request arrives, or when the flow stops for an RTO) are fetched
 //! again by offset. A batch's `link_offset` (no batch lies between it and the batch) makes
 //! delivery order independent of offset gaps (compacted logs).
+//!
+//! Transactions (protocol version 2): control batches are never delivered; read_committed
+//! fetches stop at the last stable offset and the batches of aborted transactions are
+//! dropped as librdkafka drops them ([`AbortedFilter`], fed from the aborted list of every
+//! DATA datagram). Positions still move past what is dropped.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::log::batch;
+use crate::log::txn::filter::{AbortedFilter, Verdict};
 
 use super::server::wrapping_gt;
 use super::wire::{
-    self, DataHeader, ErrorCode, ErrorMsg, FetchRequest, MsgType, PartRequest, Retry,
-    MIN_INITIAL_LEN, OFFSET_EARLIEST, OFFSET_LATEST, SLOT_REQUEST, TOKEN_LEN,
+    self, DataHeader, ErrorCode, ErrorMsg, FetchRequest, IsolationLevel, MsgType, PartRequest,
+    Retry, MIN_INITIAL_LEN, OFFSET_EARLIEST, OFFSET_LATEST, SLOT_REQUEST, TOKEN_LEN,
 };
 
 /// Where a subscription starts.
@@ -58,6 +64,8 @@ pub struct ClientConfig {
     pub auto_reset: bool,
     /// Largest batch accepted for reassembly.
     pub max_batch: u32,
+    /// read_committed: nothing at or past the last stable offset, no aborted records.
+    pub isolation: IsolationLevel,
 }
 
 impl Default for ClientConfig {
@@ -74,6 +82,7 @@ impl Default for ClientConfig {
             max_buffered: 64 << 20,
             auto_reset: true,
             max_batch: 64 << 20,
+            isolation: IsolationLevel::ReadUncommitted,
         }
     }
 }
@@ -142,6 +151,9 @@ pub struct ClientStats {
     pub retries: u64,
     pub delivered_batches: u64,
     pub delivered_bytes: u64,
+    /// Batches not delivered: control batches (markers) and those of aborted transactions.
+    pub skipped_control: u64,
+    pub skipped_aborted: u64,
     pub handshakes: u64,
 }
 
@@ -280,6 +292,8 @@ struct Sub {
     frags: HashMap<i64, Assembly>,
     buffered: usize,
     high_watermark: i64,
+    /// Aborted transactions not yet ended by their marker (read_committed).
+    aborted: AbortedFilter,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -381,6 +395,7 @@ impl Client {
                     frags: HashMap::new(),
                     buffered: 0,
                     high_watermark: -1,
+                    aborted: AbortedFilter::default(),
                 }
             })
             .collect();
@@ -640,6 +655,7 @@ impl Client {
             sub.store.clear();
             sub.frags.clear();
             sub.buffered = 0;
+            sub.aborted.clear();
             self.events
                 .push_back(Event::OffsetReset { sub: i, from, to });
         }
@@ -695,6 +711,10 @@ impl Client {
         // Resolve a sentinel start from the offsets of this very read.
         let resolved = match self.reqs[&h.request_id].parts[h.slot as usize].want.offset {
             OFFSET_EARLIEST => Some(h.log_start),
+            // read_committed: the gateway resolved "latest" to the last stable offset.
+            OFFSET_LATEST if self.cfg.isolation == IsolationLevel::ReadCommitted => {
+                Some(h.last_stable)
+            }
             OFFSET_LATEST => Some(h.log_end),
             _ => None,
         };
@@ -718,6 +738,9 @@ impl Client {
             }
         }
 
+        for &(pid, first) in &h.aborted {
+            sub.aborted.add(pid, first);
+        }
         let stored = self.absorb(sub_i, &h, payload);
         let rec = Dgram {
             pos: h.resp_pos,
@@ -978,6 +1001,19 @@ impl Client {
                 break;
             };
             sub.buffered -= b.data.len();
+            let verdict = match batch::BatchHeader::parse(&b.data) {
+                Ok(h) => sub.aborted.check(&h, &b.data),
+                Err(_) => Verdict::Deliver,
+            };
+            if verdict != Verdict::Deliver {
+                match verdict {
+                    Verdict::Control => self.stats.skipped_control += 1,
+                    _ => self.stats.skipped_aborted += 1,
+                }
+                self.spare.put(b.data);
+                next = k;
+                continue;
+            }
             self.stats.delivered_batches += 1;
             self.stats.delivered_bytes += b.data.len() as u64;
             self.events.push_back(Event::Batch(Delivered {
@@ -1055,11 +1091,13 @@ impl Client {
             })
             .collect();
         let req = FetchRequest {
+            version: wire::VERSION,
             request_id: id,
             ack_floor: floor,
             window: self.cfg.window,
             max_wait_ms: max_wait.as_millis().min(u32::MAX as u128) as u32,
             token: &token,
+            isolation: self.cfg.isolation,
             parts,
         };
         match req.encode(0) {
@@ -1177,6 +1215,8 @@ impl Client {
             if let Some(token) = self.token {
                 let floor = self.ack_floor();
                 let ack = FetchRequest {
+                    version: wire::VERSION,
+                    isolation: self.cfg.isolation,
                     request_id: self.next_id,
                     ack_floor: floor,
                     window: self.cfg.window,
@@ -1218,6 +1258,8 @@ impl Client {
                     self.stats.handshakes += 1;
                     // A token-less FETCH padded so the RETRY is never larger than it.
                     let probe = FetchRequest {
+                        version: wire::VERSION,
+                        isolation: self.cfg.isolation,
                         request_id: 0,
                         ack_floor: 0,
                         window: self.cfg.window,

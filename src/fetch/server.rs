@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::log::batch::BatchHeader;
+use crate::log::txn::AbortedTxn;
 use crate::log::{LogDir, LogError, Partition, ReadSlice};
 
 use super::token::TokenKeys;
 use super::wire::{
-    self, DataHeader, ErrorCode, ErrorMsg, FetchRequest, MsgType, Retry, WireError,
-    DATA_HEADER_LEN, FLAG_FRAGMENT, FLAG_LAST, MIN_INITIAL_LEN, OFFSET_EARLIEST, OFFSET_LATEST,
-    SLOT_REQUEST,
+    self, DataHeader, ErrorCode, ErrorMsg, FetchRequest, IsolationLevel, MsgType, Retry, WireError,
+    FLAG_FRAGMENT, FLAG_LAST, MIN_INITIAL_LEN, OFFSET_EARLIEST, OFFSET_LATEST, SLOT_REQUEST,
 };
 use super::{Payload, Transmit};
 
@@ -212,6 +212,38 @@ struct Frag {
     link: i64,
     index: u16,
     count: u16,
+    /// Payload bytes per fragment (the header of this batch's datagrams takes the rest).
+    size: usize,
+}
+
+/// Smallest payload a datagram must keep next to its aborted-transaction list.
+const MIN_PAYLOAD: usize = 64;
+
+/// How one partition of a request is read and answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mode {
+    /// Protocol version of the request (the answer's version).
+    version: u8,
+    /// read_committed (version 2 only).
+    committed: bool,
+}
+
+impl Mode {
+    fn of(req: &FetchRequest<'_>) -> Mode {
+        Mode {
+            version: req.version,
+            committed: req.isolation == IsolationLevel::ReadCommitted,
+        }
+    }
+
+    /// The offset a read_committed consumer may read up to, else the readable end.
+    fn end(self, p: &Partition) -> i64 {
+        if self.committed {
+            p.offsets().last_stable.min(p.readable_end())
+        } else {
+            p.readable_end()
+        }
+    }
 }
 
 /// One partition's response: a slice cut into datagrams as they are sent.
@@ -220,9 +252,13 @@ struct Job {
     req_id: u32,
     slot: u16,
     partition: i32,
+    mode: Mode,
     slice: ReadSlice,
     /// Readable end as of the read (what the client may fetch up to).
     readable_end: i64,
+    /// read_committed: the aborted transactions overlapping the response, in marker order;
+    /// each datagram carries those overlapping its own batches.
+    aborted: Vec<AbortedTxn>,
     /// Link offset of the next datagram (see [`DataHeader::link_offset`]).
     link: i64,
     cursor: usize,
@@ -244,10 +280,16 @@ impl Job {
         offset: i64,
         slice: ReadSlice,
         range: (u32, u32),
+        mode: Mode,
     ) -> Job {
         let limit = match range.1 {
             0 => slice.len,
             e => (e as usize).min(slice.len),
+        };
+        let aborted = if mode.committed && !slice.is_empty() {
+            partition.aborted_overlapping(offset, slice.next_offset)
+        } else {
+            Vec::new()
         };
         Job {
             limit,
@@ -255,7 +297,9 @@ impl Job {
             req_id,
             slot,
             partition: partition.partition(),
+            mode,
             readable_end: slice.offsets.readable_end(partition.isolation()),
+            aborted,
             slice,
             link: offset,
             cursor: 0,
@@ -278,25 +322,62 @@ impl Job {
         Ok(h)
     }
 
+    /// The broker's overlap rule applied to the batches `[lo, hi)` of one datagram.
+    fn aborted_in(&self, lo: i64, hi: i64) -> Vec<(i64, i64)> {
+        self.aborted
+            .iter()
+            .filter(|t| t.last_offset >= lo && t.first_offset < hi)
+            .map(|t| (t.producer_id, t.first_offset))
+            .collect()
+    }
+
+    /// Payload room of a datagram holding batches `[lo, hi)`.
+    fn room(&self, max_datagram: usize, lo: i64, hi: i64) -> Result<usize, String> {
+        let n = if self.aborted.is_empty() {
+            0
+        } else {
+            self.aborted_in(lo, hi).len()
+        };
+        let room = max_datagram.saturating_sub(wire::data_header_len(self.mode.version, n));
+        if room < MIN_PAYLOAD {
+            return Err(format!(
+                "{n} aborted transactions overlap offsets {lo}..{hi}: no room left in a \
+                 {max_datagram}-byte datagram"
+            ));
+        }
+        Ok(room)
+    }
+
+    /// Fragmentation of the batch `bh` at byte `start`, from fragment `index` on.
+    fn frag_of(&self, bh: &BatchHeader, start: usize, max_datagram: usize) -> Result<Frag, String> {
+        let blen = bh.total_len();
+        let size = self.room(max_datagram, bh.base_offset, bh.next_offset())?;
+        let count = blen.div_ceil(size);
+        let count = u16::try_from(count)
+            .map_err(|_| format!("batch of {blen} bytes needs {count} fragments"))?;
+        Ok(Frag {
+            start,
+            len: blen,
+            base: bh.base_offset,
+            next: bh.next_offset(),
+            link: self.link,
+            index: 0,
+            count,
+            size,
+        })
+    }
+
     /// Positions the job at byte `a` of the slice (a datagram boundary of the original
     /// response): finds the batch holding it and the link offset before it.
-    fn seek_to(&mut self, a: usize, max_payload: usize) -> Result<(), String> {
+    fn seek_to(&mut self, a: usize, max_datagram: usize) -> Result<(), String> {
         let mut pos = 0;
         while pos < a {
             let bh = Self::batch_at(&self.slice, pos)?;
             let blen = bh.total_len();
             if pos + blen > a {
-                let count = u16::try_from(blen.div_ceil(max_payload))
-                    .map_err(|_| format!("batch of {blen} bytes needs too many fragments"))?;
-                self.frag = Some(Frag {
-                    start: pos,
-                    len: blen,
-                    base: bh.base_offset,
-                    next: bh.next_offset(),
-                    link: self.link,
-                    index: ((a - pos) / max_payload).min(count as usize - 1) as u16,
-                    count,
-                });
+                let mut f = self.frag_of(&bh, pos, max_datagram)?;
+                f.index = ((a - pos) / f.size).min(f.count as usize - 1) as u16;
+                self.frag = Some(f);
                 break;
             }
             self.link = bh.next_offset();
@@ -306,21 +387,12 @@ impl Job {
         Ok(())
     }
 
-    /// Next datagram: header, payload offset and length within the slice.
-    fn next_datagram(
-        &mut self,
-        max_payload: usize,
-    ) -> Result<Option<(DataHeader, usize, usize)>, String> {
-        if self.finished {
-            return Ok(None);
-        }
-        self.started = true;
+    /// The fields every datagram of this response shares.
+    fn header(&self) -> Result<DataHeader, String> {
         let total = self.limit;
-        if let Some(a) = self.seek.take() {
-            self.seek_to(a.min(total), max_payload)?;
-        }
         let o = self.slice.offsets;
-        let mut h = DataHeader {
+        Ok(DataHeader {
+            version: self.mode.version,
             request_id: self.req_id,
             slot: self.slot,
             partition: self.partition,
@@ -330,11 +402,27 @@ impl Job {
             high_watermark: o.high_watermark,
             log_start: o.log_start,
             log_end: self.readable_end,
+            last_stable: o.last_stable.min(self.readable_end),
             ..Default::default()
-        };
-        if self.cursor >= total {
+        })
+    }
+
+    /// Next datagram: header, payload offset and length within the slice.
+    fn next_datagram(
+        &mut self,
+        max_datagram: usize,
+    ) -> Result<Option<(DataHeader, usize, usize)>, String> {
+        if self.finished {
+            return Ok(None);
+        }
+        self.started = true;
+        if let Some(a) = self.seek.take() {
+            self.seek_to(a.min(self.limit), max_datagram)?;
+        }
+        let mut h = self.header()?;
+        if self.cursor >= self.limit {
             // Nothing (left) to send: one datagram that says so, with the offsets.
-            h.resp_pos = total as u32;
+            h.resp_pos = self.limit as u32;
             h.flags = FLAG_LAST;
             h.link_offset = self.link;
             h.base_offset = self.link;
@@ -345,50 +433,64 @@ impl Job {
         if self.frag.is_none() {
             let bh = Self::batch_at(&self.slice, self.cursor)?;
             let blen = bh.total_len();
-            if blen > max_payload || self.cursor + blen > total {
-                let count = blen.div_ceil(max_payload);
-                let count = u16::try_from(count)
-                    .map_err(|_| format!("batch of {blen} bytes needs {count} fragments"))?;
-                self.frag = Some(Frag {
-                    start: self.cursor,
-                    len: blen,
-                    base: bh.base_offset,
-                    next: bh.next_offset(),
-                    link: self.link,
-                    index: 0,
-                    count,
-                });
+            let room = self.room(max_datagram, bh.base_offset, bh.next_offset())?;
+            if blen > room || self.cursor + blen > self.limit {
+                self.frag = Some(self.frag_of(&bh, self.cursor, max_datagram)?);
             } else {
-                // As many whole batches as fit.
-                let start = self.cursor;
-                let mut end = start + blen;
-                let mut end_offset = bh.next_offset();
-                while end < total {
-                    let nh = Self::batch_at(&self.slice, end)?;
-                    if end - start + nh.total_len() > max_payload || end + nh.total_len() > total {
-                        break;
-                    }
-                    end += nh.total_len();
-                    end_offset = nh.next_offset();
-                }
-                h.link_offset = self.link;
-                h.base_offset = bh.base_offset;
-                h.end_offset = end_offset;
-                self.link = end_offset;
-                self.cursor = end;
-                if end == total {
-                    h.flags |= FLAG_LAST;
-                    self.finished = true;
-                }
-                return Ok(Some((h, start, end - start)));
+                return self.whole_batches(h, &bh, max_datagram).map(Some);
             }
         }
+        self.fragment(h).map(Some)
+    }
+
+    /// As many whole batches as fit, from `bh` at the cursor on.
+    fn whole_batches(
+        &mut self,
+        mut h: DataHeader,
+        bh: &BatchHeader,
+        max_datagram: usize,
+    ) -> Result<(DataHeader, usize, usize), String> {
+        let total = self.limit;
+        let start = self.cursor;
+        let mut end = start + bh.total_len();
+        let mut end_offset = bh.next_offset();
+        while end < total {
+            let nh = Self::batch_at(&self.slice, end)?;
+            let next_end = end + nh.total_len();
+            if next_end > total {
+                break;
+            }
+            // The aborted list only grows with the range, so the first batch that does not
+            // fit ends the datagram.
+            let room = self.room(max_datagram, bh.base_offset, nh.next_offset())?;
+            if next_end - start > room {
+                break;
+            }
+            end = next_end;
+            end_offset = nh.next_offset();
+        }
+        h.link_offset = self.link;
+        h.base_offset = bh.base_offset;
+        h.end_offset = end_offset;
+        h.aborted = self.aborted_in(bh.base_offset, end_offset);
+        self.link = end_offset;
+        self.cursor = end;
+        if end == total {
+            h.flags |= FLAG_LAST;
+            self.finished = true;
+        }
+        Ok((h, start, end - start))
+    }
+
+    /// The next fragment of the batch being cut.
+    fn fragment(&mut self, mut h: DataHeader) -> Result<(DataHeader, usize, usize), String> {
+        let total = self.limit;
         let Some(f) = self.frag.as_mut() else {
             return Err("fragment state lost".into());
         };
         let start = self.cursor;
         let pos = start - f.start;
-        let n = max_payload.min(f.len - pos).min(total - start);
+        let n = f.size.min(f.len - pos).min(total - start);
         h.flags = FLAG_FRAGMENT;
         h.link_offset = f.link;
         h.base_offset = f.base;
@@ -397,6 +499,7 @@ impl Job {
         h.frag_count = f.count;
         h.batch_len = f.len as u32;
         h.frag_pos = pos as u32;
+        let (base, next) = (f.base, f.next);
         f.index += 1;
         self.cursor += n;
         if self.cursor == f.start + f.len {
@@ -407,13 +510,15 @@ impl Job {
             h.flags |= FLAG_LAST;
             self.finished = true;
         }
-        Ok(Some((h, start, n)))
+        h.aborted = self.aborted_in(base, next);
+        Ok((h, start, n))
     }
 }
 
 #[derive(Debug)]
 struct ParkedPart {
     slot: u16,
+    mode: Mode,
     partition: Arc<Partition>,
     offset: i64,
     max_bytes: usize,
@@ -537,19 +642,10 @@ impl Server {
                 return;
             }
             Err(WireError::UnsupportedVersion(_)) if datagram.len() >= wire::ERROR_LEN => {
-                // Small enough to send to anyone: no larger than what arrived.
-                self.error(
-                    src,
-                    ErrorMsg {
-                        request_id: 0,
-                        slot: SLOT_REQUEST,
-                        code: ErrorCode::UnsupportedVersion,
-                        partition: -1,
-                        log_start: -1,
-                        log_end: -1,
-                        high_watermark: -1,
-                    },
-                );
+                // Small enough to send to anyone: no larger than what arrived. Version 1, as
+                // the ERROR layout is the same in every version: any consumer reads it.
+                let e = request_error(wire::VERSION_1, 0, ErrorCode::UnsupportedVersion);
+                self.error(src, e);
                 return;
             }
             Err(_) => {
@@ -557,6 +653,7 @@ impl Server {
                 return;
             }
         }
+        let version = datagram[2];
         let (req_id, token) = match wire::fetch_token(datagram) {
             Ok(t) => t,
             Err(_) => {
@@ -565,24 +662,7 @@ impl Server {
             }
         };
         if !self.keys.verify(src.ip(), token) {
-            // Unvalidated: the only answer is a RETRY, and only when it is no larger than
-            // the datagram that asked (a spoofed source gets nothing it did not pay for).
-            if wire::decode_fetch(datagram).is_err() {
-                self.stats.dropped_malformed += 1;
-            } else if datagram.len() < MIN_INITIAL_LEN.max(wire::RETRY_LEN) {
-                self.stats.dropped_unvalidated_small += 1;
-            } else {
-                self.stats.retries_sent += 1;
-                let token = self.keys.mint(src.ip());
-                self.control(
-                    src,
-                    Retry {
-                        request_id: req_id,
-                        token,
-                    }
-                    .encode(),
-                );
-            }
+            self.unvalidated(src, version, req_id, datagram);
             return;
         }
         let req = match wire::decode_fetch(datagram) {
@@ -590,30 +670,46 @@ impl Server {
             Err(e) => {
                 log::debug!("fetch: malformed request from {src}: {e}");
                 self.stats.dropped_malformed += 1;
-                self.error(
-                    src,
-                    ErrorMsg {
-                        request_id: req_id,
-                        slot: SLOT_REQUEST,
-                        code: ErrorCode::MalformedRequest,
-                        partition: -1,
-                        log_start: -1,
-                        log_end: -1,
-                        high_watermark: -1,
-                    },
-                );
+                let e = request_error(version, req_id, ErrorCode::MalformedRequest);
+                self.error(src, e);
                 return;
             }
         };
         self.handle_fetch(now, src, req);
     }
 
-    fn handle_fetch(&mut self, now: Instant, src: SocketAddr, req: FetchRequest<'_>) {
+    /// Unvalidated: the only answer is a RETRY, and only when it is no larger than the
+    /// datagram that asked (a spoofed source gets nothing it did not pay for).
+    fn unvalidated(&mut self, src: SocketAddr, version: u8, req_id: u32, datagram: &[u8]) {
+        if wire::decode_fetch(datagram).is_err() {
+            self.stats.dropped_malformed += 1;
+        } else if datagram.len() < MIN_INITIAL_LEN.max(wire::RETRY_LEN) {
+            self.stats.dropped_unvalidated_small += 1;
+        } else {
+            self.stats.retries_sent += 1;
+            let token = self.keys.mint(src.ip());
+            let r = Retry {
+                version,
+                request_id: req_id,
+                token,
+            };
+            self.control(src, r.encode());
+        }
+    }
+
+    /// The session of `src` (opened now if new), its window and acknowledgement updated from
+    /// `req`; None when the gateway has no room for another session.
+    fn session_for(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        req: &FetchRequest<'_>,
+    ) -> Option<&mut Session> {
         if !self.sessions.contains_key(&src) {
             if self.sessions.len() >= self.cfg.max_sessions {
                 self.stats.busy += 1;
-                self.error(src, busy(req.request_id));
-                return;
+                self.error(src, busy(req.version, req.request_id));
+                return None;
             }
             self.stats.sessions_opened += 1;
             self.sessions.insert(
@@ -633,9 +729,7 @@ impl Server {
         }
         let max_window = self.cfg.max_window as u64;
         let max_datagram = self.cfg.max_datagram as u64;
-        let Some(s) = self.sessions.get_mut(&src) else {
-            return;
-        };
+        let s = self.sessions.get_mut(&src)?;
         s.last_seen = now;
         s.window = (req.window as u64).clamp(max_datagram, max_window);
         // Acknowledgement: everything below the floor is finished at the client.
@@ -656,47 +750,55 @@ impl Server {
                 .retain(|j| j.long_poll || !wrapping_gt(floor, j.req_id));
             s.floor = floor;
         }
+        Some(s)
+    }
+
+    fn handle_fetch(&mut self, now: Instant, src: SocketAddr, req: FetchRequest<'_>) {
+        let (max_parts, max_requests) = (self.cfg.max_parts, self.cfg.max_requests);
+        let Some(s) = self.session_for(now, src, &req) else {
+            return;
+        };
+        let mut queued_now = false;
         if !s.queued && !s.jobs.is_empty() {
             s.queued = true;
-            self.ready.push_back(src);
-        }
-        if req.parts.is_empty() {
-            self.stats.acks += 1;
-            return;
+            queued_now = true;
         }
         // Duplicated or stale request: it was (or is being) answered already. A long poll is
         // the exception to "below the floor": the client's floor skips long polls, so the
         // acknowledgement sent right after one may overtake it (reordering).
         let stale = wrapping_gt(s.floor, req.request_id) && req.max_wait_ms == 0;
-        if stale || s.reqs.contains_key(&req.request_id) {
+        let duplicate = !req.parts.is_empty() && (stale || s.reqs.contains_key(&req.request_id));
+        let too_many = !duplicate && req.parts.len() > max_parts;
+        let busy_now = !duplicate && !too_many && s.reqs.len() >= max_requests;
+        if !req.parts.is_empty() && !duplicate && !too_many && !busy_now {
+            s.reqs.insert(req.request_id, 0);
+        }
+        if queued_now {
+            self.ready.push_back(src);
+        }
+        if req.parts.is_empty() {
+            self.stats.acks += 1;
+        } else if duplicate {
             self.stats.dropped_duplicate += 1;
-            return;
-        }
-        if req.parts.len() > self.cfg.max_parts {
+        } else if too_many {
             self.stats.dropped_malformed += 1;
-            let e = ErrorMsg {
-                request_id: req.request_id,
-                slot: SLOT_REQUEST,
-                code: ErrorCode::MalformedRequest,
-                partition: -1,
-                log_start: -1,
-                log_end: -1,
-                high_watermark: -1,
-            };
+            let e = request_error(req.version, req.request_id, ErrorCode::MalformedRequest);
             self.error(src, e);
-            return;
-        }
-        if s.reqs.len() >= self.cfg.max_requests {
+        } else if busy_now {
             self.stats.busy += 1;
-            self.error(src, busy(req.request_id));
-            return;
+            self.error(src, busy(req.version, req.request_id));
+        } else {
+            self.stats.fetches += 1;
+            self.answer_fetch(now, src, &req);
         }
-        s.reqs.insert(req.request_id, 0);
-        self.stats.fetches += 1;
+    }
 
+    /// Reads every partition of an accepted request: answers now, or parks it (long poll).
+    fn answer_fetch(&mut self, now: Instant, src: SocketAddr, req: &FetchRequest<'_>) {
+        let mode = Mode::of(req);
         let mut outcomes = Vec::with_capacity(req.parts.len());
         for (slot, p) in req.parts.iter().enumerate() {
-            outcomes.push(self.read_part(req.request_id, slot as u16, p));
+            outcomes.push(self.read_part(req.request_id, slot as u16, p, mode));
         }
         let any_data = outcomes.iter().any(|o| matches!(o, PartOutcome::Data(_)));
         let any_empty = outcomes.iter().any(|o| matches!(o, PartOutcome::Empty(..)));
@@ -729,6 +831,7 @@ impl Server {
                     if park {
                         parked_parts.push(ParkedPart {
                             slot: slot as u16,
+                            mode,
                             partition,
                             offset,
                             max_bytes,
@@ -753,9 +856,16 @@ impl Server {
         self.enqueue(src, jobs);
     }
 
-    fn read_part(&self, req_id: u32, slot: u16, p: &wire::PartRequest<'_>) -> PartOutcome {
+    fn read_part(
+        &self,
+        req_id: u32,
+        slot: u16,
+        p: &wire::PartRequest<'_>,
+        mode: Mode,
+    ) -> PartOutcome {
         let Some(partition) = self.log.partition(p.topic, p.partition) else {
             return PartOutcome::Error(ErrorMsg {
+                version: mode.version,
                 request_id: req_id,
                 slot,
                 code: ErrorCode::UnknownTopicOrPartition,
@@ -768,11 +878,20 @@ impl Server {
         let max_bytes = p.max_bytes.clamp(1, self.cfg.max_fetch_bytes) as usize;
         let offset = match p.offset {
             OFFSET_EARLIEST => partition.offsets().log_start,
-            OFFSET_LATEST => partition.readable_end(),
+            // read_committed: "latest" is the last stable offset, as in Kafka's ListOffsets.
+            OFFSET_LATEST => mode.end(&partition),
             o => o,
         };
         let range = (p.range_start, p.range_end);
-        match read_into_job(req_id, slot, &partition, offset, max_bytes, range) {
+        let read = JobRead {
+            req_id,
+            slot,
+            offset,
+            max_bytes,
+            range,
+            mode,
+        };
+        match read.run(&partition) {
             // A ranged repair is never parked: its data exists.
             PartOutcome::Data(j) if j.slice.is_empty() && range == (0, 0) => {
                 PartOutcome::Empty(partition, offset, max_bytes, j)
@@ -802,7 +921,7 @@ impl Server {
             self.stats.bytes_out += t.len() as u64;
             return Some(t);
         }
-        let max_payload = self.cfg.max_datagram - DATA_HEADER_LEN;
+        let max_datagram = self.cfg.max_datagram;
         let mut turns = self.ready.len() * 2 + 1;
         while turns > 0 {
             turns -= 1;
@@ -827,78 +946,94 @@ impl Server {
                 self.ready.pop_front();
                 continue;
             }
-            match job.next_datagram(max_payload) {
-                Ok(Some((h, offset, len))) => {
-                    let req_id = job.req_id;
-                    let payload = (len > 0).then(|| Payload {
-                        slice: job.slice.clone(),
-                        offset,
-                        len,
-                    });
-                    if job.finished {
-                        s.jobs.pop_front();
-                    }
-                    // Bytes of an acknowledged request (a long poll answered after the
-                    // floor passed it) are not waited for: inflight = sum of `reqs`.
-                    if let Some(b) = s.reqs.get_mut(&req_id) {
-                        *b += len as u64;
-                        s.inflight += len as u64;
-                    }
-                    s.burst += 1;
-                    if s.burst >= self.cfg.burst || s.jobs.is_empty() {
-                        s.burst = 0;
-                        self.ready.pop_front();
-                        if s.jobs.is_empty() {
-                            s.queued = false;
-                        } else {
-                            self.ready.push_back(addr);
-                        }
-                    }
-                    let t = Transmit {
-                        dst: addr,
-                        header: h.encode(),
-                        payload,
-                    };
-                    self.stats.datagrams_out += 1;
-                    self.stats.data_datagrams += 1;
-                    self.stats.bytes_out += t.len() as u64;
-                    self.stats.payload_bytes += len as u64;
-                    return Some(t);
-                }
+            match job.next_datagram(max_datagram) {
+                Ok(Some(d)) => return Some(self.data_transmit(addr, d)),
                 Ok(None) => {
                     s.jobs.pop_front();
                 }
                 Err(reason) => {
-                    let j = s.jobs.pop_front();
-                    if let Some(j) = j {
-                        log::error!(
-                            "fetch: {}: cannot cut response into datagrams: {reason}",
-                            j.slice.path.display()
-                        );
-                        let o = j.slice.offsets;
-                        let e = ErrorMsg {
-                            request_id: j.req_id,
-                            slot: j.slot,
-                            code: ErrorCode::StorageError,
-                            partition: j.partition,
-                            log_start: o.log_start,
-                            log_end: j.readable_end,
-                            high_watermark: o.high_watermark,
-                        };
-                        self.stats.errors_sent += 1;
-                        let t = Transmit {
-                            dst: addr,
-                            header: e.encode(),
-                            payload: None,
-                        };
-                        self.stats.datagrams_out += 1;
-                        self.stats.bytes_out += t.len() as u64;
-                        return Some(t);
+                    if let Some(j) = s.jobs.pop_front() {
+                        return Some(self.storage_error(addr, j, &reason));
                     }
                 }
             }
         }
         None
+    }
+
+    /// Accounts for the DATA datagram the front job of `addr` just cut, and turns it into a
+    /// transmit; moves the session on in the round robin after its burst.
+    fn data_transmit(&mut self, addr: SocketAddr, d: (DataHeader, usize, usize)) -> Transmit {
+        let (h, offset, len) = d;
+        let burst = self.cfg.burst;
+        let mut payload = None;
+        if let Some(s) = self.sessions.get_mut(&addr) {
+            if let Some(job) = s.jobs.front() {
+                payload = (len > 0).then(|| Payload {
+                    slice: job.slice.clone(),
+                    offset,
+                    len,
+                });
+                if job.finished {
+                    s.jobs.pop_front();
+                }
+            }
+            // Bytes of an acknowledged request (a long poll answered after the floor passed
+            // it) are not waited for: inflight = sum of `reqs`.
+            if let Some(b) = s.reqs.get_mut(&h.request_id) {
+                *b += len as u64;
+                s.inflight += len as u64;
+            }
+            s.burst += 1;
+            if s.burst >= burst || s.jobs.is_empty() {
+                s.burst = 0;
+                self.ready.pop_front();
+                if s.jobs.is_empty() {
+                    s.queued = false;
+                } else {
+                    self.ready.push_back(addr);
+                }
+            }
+        }
+        let t = Transmit {
+            dst: addr,
+            header: h.encode(),
+            payload,
+        };
+        self.stats.datagrams_out += 1;
+        self.stats.data_datagrams += 1;
+        self.stats.bytes_out += t.len() as u64;
+        self.stats.payload_bytes += len as u64;
+        t
+    }
+
+    /// A response that cannot be cut into datagrams (the segment changed under it, or too
+    /// many aborted transactions for the datagram size): STORAGE_ERROR for its partition.
+    fn storage_error(&mut self, addr: SocketAddr, j: Job, reason: &str) -> Transmit {
+        log::error!(
+            "fetch: {}: cannot cut response into datagrams: {reason}",
+            j.slice.path.display()
+        );
+        let o = j.slice.offsets;
+        let e = ErrorMsg {
+            version: j.mode.version,
+            request_id: j.req_id,
+            slot: j.slot,
+            code: ErrorCode::StorageError,
+            partition: j.partition,
+            log_start: o.log_start,
+            log_end: j.readable_end,
+            high_watermark: o.high_watermark,
+        };
+        self.stats.errors_sent += 1;
+        let t = Transmit {
+            dst: addr,
+            header: e.encode(),
+            payload: None,
+        };
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += t.len() as u64;
+        t
     }
 
     /// When [`Server::handle_timeout`] must run next.
@@ -947,7 +1082,7 @@ impl Server {
                 let has_data = p
                     .parts
                     .iter()
-                    .any(|pp| pp.partition.readable_end() > pp.offset);
+                    .any(|pp| pp.mode.end(&pp.partition) > pp.offset);
                 // Data may also have arrived without an append notification (another
                 // worker refreshed the log): any check answers it.
                 if expired || has_data {
@@ -963,14 +1098,15 @@ impl Server {
         for (addr, p) in answered {
             let mut jobs = Vec::new();
             for pp in p.parts {
-                match read_into_job(
-                    p.req_id,
-                    pp.slot,
-                    &pp.partition,
-                    pp.offset,
-                    pp.max_bytes,
-                    (0, 0),
-                ) {
+                let read = JobRead {
+                    req_id: p.req_id,
+                    slot: pp.slot,
+                    offset: pp.offset,
+                    max_bytes: pp.max_bytes,
+                    range: (0, 0),
+                    mode: pp.mode,
+                };
+                match read.run(&pp.partition) {
                     PartOutcome::Data(mut j) | PartOutcome::Empty(_, _, _, mut j) => {
                         j.long_poll = true;
                         jobs.push(j);
@@ -983,11 +1119,13 @@ impl Server {
     }
 }
 
-fn busy(request_id: u32) -> ErrorMsg {
+/// An ERROR about a whole request.
+fn request_error(version: u8, request_id: u32, code: ErrorCode) -> ErrorMsg {
     ErrorMsg {
+        version,
         request_id,
         slot: SLOT_REQUEST,
-        code: ErrorCode::Busy,
+        code,
         partition: -1,
         log_start: -1,
         log_end: -1,
@@ -995,49 +1133,67 @@ fn busy(request_id: u32) -> ErrorMsg {
     }
 }
 
+fn busy(version: u8, request_id: u32) -> ErrorMsg {
+    request_error(version, request_id, ErrorCode::Busy)
+}
+
 /// Serial-number comparison (RFC 1982) so request ids may wrap.
 pub(crate) fn wrapping_gt(a: u32, b: u32) -> bool {
     a != b && a.wrapping_sub(b) < (1 << 31)
 }
 
-/// Reads a partition and turns the result into a response job (an empty read is still a
-/// job: it sends the one datagram that says "nothing yet", with the offsets).
-fn read_into_job(
+/// One partition read of a request.
+struct JobRead {
     req_id: u32,
     slot: u16,
-    partition: &Arc<Partition>,
     offset: i64,
     max_bytes: usize,
     range: (u32, u32),
-) -> PartOutcome {
-    match partition.read(offset, max_bytes) {
-        Ok(slice) => PartOutcome::Data(Job::new(req_id, slot, partition, offset, slice, range)),
-        Err(LogError::OffsetOutOfRange {
-            log_start, log_end, ..
-        }) => PartOutcome::Error(ErrorMsg {
-            request_id: req_id,
-            slot,
-            code: ErrorCode::OffsetOutOfRange,
-            partition: partition.partition(),
-            log_start,
-            log_end,
-            high_watermark: partition.offsets().high_watermark,
-        }),
-        Err(e) => {
-            log::error!(
-                "fetch: {}: read at offset {offset}: {e}",
-                partition.topic_partition()
-            );
-            let o = partition.offsets();
+    mode: Mode,
+}
+
+impl JobRead {
+    /// Reads the partition and turns the result into a response job (an empty read is still
+    /// a job: it sends the one datagram that says "nothing yet", with the offsets).
+    fn run(&self, partition: &Arc<Partition>) -> PartOutcome {
+        let (req_id, slot, offset) = (self.req_id, self.slot, self.offset);
+        let error = |code, log_start, log_end, high_watermark| {
             PartOutcome::Error(ErrorMsg {
+                version: self.mode.version,
                 request_id: req_id,
                 slot,
-                code: ErrorCode::StorageError,
+                code,
                 partition: partition.partition(),
-                log_start: o.log_start,
-                log_end: partition.readable_end(),
-                high_watermark: o.high_watermark,
+                log_start,
+                log_end,
+                high_watermark,
             })
+        };
+        match partition.read_isolated(offset, self.max_bytes, self.mode.committed) {
+            Ok(slice) => PartOutcome::Data(Job::new(
+                req_id, slot, partition, offset, slice, self.range, self.mode,
+            )),
+            Err(LogError::OffsetOutOfRange {
+                log_start, log_end, ..
+            }) => error(
+                ErrorCode::OffsetOutOfRange,
+                log_start,
+                log_end,
+                partition.offsets().high_watermark,
+            ),
+            Err(e) => {
+                log::error!(
+                    "fetch: {}: read at offset {offset}: {e}",
+                    partition.topic_partition()
+                );
+                let o = partition.offsets();
+                error(
+                    ErrorCode::StorageError,
+                    o.log_start,
+                    partition.readable_end(),
+                    o.high_watermark,
+                )
+            }
         }
     }
 }

@@ -1,4 +1,7 @@
-//! Datagram formats of the kxgw fetch protocol, version 1 (docs/fetch-protocol.md).
+//! Datagram formats of the kxgw fetch protocol, versions 1 and 2 (docs/fetch-protocol.md).
+//! Version 2 adds the isolation level to FETCH and the last stable offset and the aborted
+//! transactions to DATA; RETRY and ERROR are the same in both. A gateway answers in the
+//! version of the request.
 //!
 //! Every datagram starts with the 4-byte common header `magic u16 = 0x4B58 ("KX") |
 //! version u8 | type u8`; all integers are big-endian. Decoders never panic: any datagram
@@ -8,8 +11,12 @@ use std::fmt;
 
 /// "KX".
 pub const MAGIC: u16 = 0x4B58;
-/// The only version this code speaks.
-pub const VERSION: u8 = 1;
+/// The newest version (what the client speaks).
+pub const VERSION: u8 = 2;
+/// Version 1: no isolation level (read_uncommitted), still answered by the gateway.
+pub const VERSION_1: u8 = 1;
+/// Version 2: FETCH carries the isolation level, DATA the LSO and aborted transactions.
+pub const VERSION_2: u8 = 2;
 /// magic + version + type.
 pub const COMMON_LEN: usize = 4;
 /// Length of an address-validation token.
@@ -26,8 +33,47 @@ pub const FETCH_PART_FIXED_LEN: usize = 2 + 4 + 8 + 4 + 4 + 4;
 pub const MAX_TOPIC_LEN: usize = 249;
 /// RETRY: common + request_id + token_len + token.
 pub const RETRY_LEN: usize = COMMON_LEN + 4 + 1 + TOKEN_LEN;
-/// DATA header, followed by the payload bytes.
+/// DATA header of version 1, followed by the payload bytes.
 pub const DATA_HEADER_LEN: usize = 92;
+/// DATA header of version 2 without aborted transactions: the version 1 fields, then
+/// last_stable_offset i64 and aborted_count u16.
+pub const DATA_HEADER_V2_LEN: usize = DATA_HEADER_LEN + 8 + 2;
+/// One aborted transaction in a version 2 DATA header: producer id i64, first offset i64.
+pub const ABORTED_ENTRY_LEN: usize = 16;
+
+/// Length of a DATA header of `version` carrying `aborted` transactions.
+pub fn data_header_len(version: u8, aborted: usize) -> usize {
+    if version == VERSION_1 {
+        DATA_HEADER_LEN
+    } else {
+        DATA_HEADER_V2_LEN + aborted * ABORTED_ENTRY_LEN
+    }
+}
+
+/// Whether this code speaks `version`.
+pub fn supported(version: u8) -> bool {
+    version == VERSION_1 || version == VERSION_2
+}
+
+/// Kafka's isolation levels (FETCH version 2; version 1 is always read_uncommitted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum IsolationLevel {
+    #[default]
+    ReadUncommitted = 0,
+    /// Nothing at or past the last stable offset; DATA names the aborted transactions.
+    ReadCommitted = 1,
+}
+
+impl IsolationLevel {
+    pub fn from_u8(v: u8) -> Option<IsolationLevel> {
+        match v {
+            0 => Some(IsolationLevel::ReadUncommitted),
+            1 => Some(IsolationLevel::ReadCommitted),
+            _ => None,
+        }
+    }
+}
 /// ERROR datagram.
 pub const ERROR_LEN: usize = COMMON_LEN + 4 + 2 + 2 + 4 + 8 + 8 + 8;
 
@@ -188,10 +234,16 @@ pub fn peek_type(datagram: &[u8]) -> Result<MsgType, WireError> {
     if magic != MAGIC {
         return Err(WireError::BadMagic(magic));
     }
-    if datagram[2] != VERSION {
+    if !supported(datagram[2]) {
         return Err(WireError::UnsupportedVersion(datagram[2]));
     }
     MsgType::from_u8(datagram[3]).ok_or(WireError::UnknownType(datagram[3]))
+}
+
+/// The version byte of a datagram [`peek_type`] accepted.
+pub fn peek_version(datagram: &[u8]) -> Result<u8, WireError> {
+    peek_type(datagram)?;
+    Ok(datagram[2])
 }
 
 fn expect_type(datagram: &[u8], t: MsgType) -> Result<(), WireError> {
@@ -202,9 +254,9 @@ fn expect_type(datagram: &[u8], t: MsgType) -> Result<(), WireError> {
     Ok(())
 }
 
-fn put_common(out: &mut Vec<u8>, t: MsgType) {
+fn put_common(out: &mut Vec<u8>, version: u8, t: MsgType) {
     out.extend_from_slice(&MAGIC.to_be_bytes());
-    out.push(VERSION);
+    out.push(version);
     out.push(t as u8);
 }
 
@@ -225,6 +277,8 @@ pub struct PartRequest<'a> {
 /// Consumer -> gateway: fetch (also the handshake and the acknowledgement carrier).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchRequest<'a> {
+    /// Protocol version of the datagram ([`VERSION_1`] or [`VERSION_2`]).
+    pub version: u8,
     /// Chosen by the client, increasing; echoed in every answer.
     pub request_id: u32,
     /// Every request with a smaller id is finished (answered or given up): the gateway
@@ -236,6 +290,8 @@ pub struct FetchRequest<'a> {
     pub max_wait_ms: u32,
     /// Address-validation token from a RETRY; empty on first contact.
     pub token: &'a [u8],
+    /// Version 2 (after the token); version 1 is read_uncommitted.
+    pub isolation: IsolationLevel,
     pub parts: Vec<PartRequest<'a>>,
 }
 
@@ -254,14 +310,25 @@ impl FetchRequest<'_> {
                 detail: self.parts.len().to_string(),
             });
         }
+        if !supported(self.version)
+            || (self.version == VERSION_1 && self.isolation != IsolationLevel::ReadUncommitted)
+        {
+            return Err(WireError::BadField {
+                what: "version",
+                detail: format!("{} with {:?}", self.version, self.isolation),
+            });
+        }
         let mut out = Vec::with_capacity(64);
-        put_common(&mut out, MsgType::Fetch);
+        put_common(&mut out, self.version, MsgType::Fetch);
         out.extend_from_slice(&self.request_id.to_be_bytes());
         out.extend_from_slice(&self.ack_floor.to_be_bytes());
         out.extend_from_slice(&self.window.to_be_bytes());
         out.extend_from_slice(&self.max_wait_ms.to_be_bytes());
         out.push(self.token.len() as u8);
         out.extend_from_slice(self.token);
+        if self.version >= VERSION_2 {
+            out.push(self.isolation as u8);
+        }
         out.extend_from_slice(&(self.parts.len() as u16).to_be_bytes());
         for p in &self.parts {
             if p.topic.is_empty() || p.topic.len() > MAX_TOPIC_LEN {
@@ -308,6 +375,16 @@ pub fn decode_fetch(datagram: &[u8]) -> Result<FetchRequest<'_>, WireError> {
     let max_wait_ms = r.u32()?;
     let tlen = r.u8()? as usize;
     let token = r.take(tlen)?;
+    let version = datagram[2];
+    let isolation = if version >= VERSION_2 {
+        let v = r.u8()?;
+        IsolationLevel::from_u8(v).ok_or_else(|| WireError::BadField {
+            what: "isolation level",
+            detail: v.to_string(),
+        })?
+    } else {
+        IsolationLevel::ReadUncommitted
+    };
     let n = r.u16()? as usize;
     // Each entry needs at least its fixed part plus one topic byte: reject impossible
     // counts before allocating for them.
@@ -366,11 +443,13 @@ pub fn decode_fetch(datagram: &[u8]) -> Result<FetchRequest<'_>, WireError> {
         });
     }
     Ok(FetchRequest {
+        version,
         request_id,
         ack_floor,
         window,
         max_wait_ms,
         token,
+        isolation,
         parts,
     })
 }
@@ -378,6 +457,8 @@ pub fn decode_fetch(datagram: &[u8]) -> Result<FetchRequest<'_>, WireError> {
 /// Gateway -> consumer: "repeat request `request_id` with this token".
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Retry {
+    /// The version of the FETCH it answers.
+    pub version: u8,
     pub request_id: u32,
     pub token: [u8; TOKEN_LEN],
 }
@@ -385,7 +466,7 @@ pub struct Retry {
 impl Retry {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(RETRY_LEN);
-        put_common(&mut out, MsgType::Retry);
+        put_common(&mut out, self.version, MsgType::Retry);
         out.extend_from_slice(&self.request_id.to_be_bytes());
         out.push(TOKEN_LEN as u8);
         out.extend_from_slice(&self.token);
@@ -406,14 +487,20 @@ impl Retry {
         }
         let mut token = [0u8; TOKEN_LEN];
         token.copy_from_slice(r.take(TOKEN_LEN)?);
-        Ok(Retry { request_id, token })
+        Ok(Retry {
+            version: datagram[2],
+            request_id,
+            token,
+        })
     }
 }
 
 /// Header of a DATA datagram. The payload that follows is either whole record batches
 /// (`FLAG_FRAGMENT` clear) or one fragment of one batch (`FLAG_FRAGMENT` set).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct DataHeader {
+    /// The version of the FETCH it answers (0 in a `Default` value means [`VERSION_1`]).
+    pub version: u8,
     pub request_id: u32,
     /// Index of the partition in the request.
     pub slot: u16,
@@ -441,6 +528,11 @@ pub struct DataHeader {
     pub batch_len: u32,
     /// Fragment: position of this fragment within the batch; 0 otherwise.
     pub frag_pos: u32,
+    /// Version 2: the partition's last stable offset as of the read.
+    pub last_stable: i64,
+    /// Version 2, read_committed: the aborted transactions overlapping the batches of this
+    /// datagram, as (producer id, first offset); see docs/fetch-protocol.md.
+    pub aborted: Vec<(i64, i64)>,
 }
 
 impl DataHeader {
@@ -451,9 +543,28 @@ impl DataHeader {
         self.flags & FLAG_FRAGMENT != 0
     }
 
+    fn wire_version(&self) -> u8 {
+        if self.version == 0 {
+            VERSION_1
+        } else {
+            self.version
+        }
+    }
+
+    /// Bytes this header takes on the wire.
+    pub fn len(&self) -> usize {
+        data_header_len(self.wire_version(), self.aborted.len())
+    }
+
+    /// Never: a header has its fixed fields (for clippy's `len` rule).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(DATA_HEADER_LEN);
-        put_common(&mut out, MsgType::Data);
+        let version = self.wire_version();
+        let mut out = Vec::with_capacity(self.len());
+        put_common(&mut out, version, MsgType::Data);
         out.extend_from_slice(&self.request_id.to_be_bytes());
         out.extend_from_slice(&self.slot.to_be_bytes());
         out.push(self.flags);
@@ -476,7 +587,17 @@ impl DataHeader {
         out.extend_from_slice(&self.frag_count.to_be_bytes());
         out.extend_from_slice(&self.batch_len.to_be_bytes());
         out.extend_from_slice(&self.frag_pos.to_be_bytes());
-        debug_assert_eq!(out.len(), DATA_HEADER_LEN);
+        if version >= VERSION_2 {
+            out.extend_from_slice(&self.last_stable.to_be_bytes());
+            // The server never puts more than a datagram holds (u16 is far beyond that).
+            let n = self.aborted.len().min(u16::MAX as usize);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+            for &(pid, first) in &self.aborted[..n] {
+                out.extend_from_slice(&pid.to_be_bytes());
+                out.extend_from_slice(&first.to_be_bytes());
+            }
+        }
+        debug_assert_eq!(out.len(), self.len());
         out
     }
 
@@ -489,7 +610,9 @@ impl DataHeader {
         let slot = r.u16()?;
         let flags = r.u8()?;
         let reserved = r.u8()?;
+        let version = datagram[2];
         let mut h = DataHeader {
+            version,
             request_id,
             slot,
             flags,
@@ -511,6 +634,21 @@ impl DataHeader {
         h.frag_pos = r.u32()?;
         if datagram.len() < DATA_HEADER_LEN {
             return Err(short("DATA header", DATA_HEADER_LEN, datagram.len()));
+        }
+        if version >= VERSION_2 {
+            h.last_stable = r.i64()?;
+            let n = r.u16()? as usize;
+            if n * ABORTED_ENTRY_LEN > r.rest().len() {
+                return Err(short(
+                    "DATA aborted transactions",
+                    r.pos + n * ABORTED_ENTRY_LEN,
+                    datagram.len(),
+                ));
+            }
+            h.aborted.reserve_exact(n);
+            for _ in 0..n {
+                h.aborted.push((r.i64()?, r.i64()?));
+            }
         }
         let payload = r.rest();
         let bad = |detail: String| WireError::BadField {
@@ -563,6 +701,9 @@ impl DataHeader {
 /// Gateway -> consumer: a request (or one partition of it) failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErrorMsg {
+    /// The version of the FETCH it answers; `UNSUPPORTED_VERSION` is sent as version 1 (the
+    /// ERROR layout is the same in every version), so any consumer reads it.
+    pub version: u8,
     pub request_id: u32,
     /// Partition index in the request; 0xFFFF for the request as a whole.
     pub slot: u16,
@@ -580,7 +721,7 @@ pub const SLOT_REQUEST: u16 = 0xFFFF;
 impl ErrorMsg {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(ERROR_LEN);
-        put_common(&mut out, MsgType::Error);
+        put_common(&mut out, self.version, MsgType::Error);
         out.extend_from_slice(&self.request_id.to_be_bytes());
         out.extend_from_slice(&self.slot.to_be_bytes());
         out.extend_from_slice(&(self.code as u16).to_be_bytes());
@@ -596,6 +737,7 @@ impl ErrorMsg {
         let mut r = Reader::new(datagram, "ERROR");
         r.take(COMMON_LEN)?;
         Ok(ErrorMsg {
+            version: datagram[2],
             request_id: r.u32()?,
             slot: r.u16()?,
             code: ErrorCode::from_u16(r.u16()?),
@@ -614,6 +756,8 @@ mod tests {
     #[test]
     fn fetch_round_trip_and_padding() {
         let req = FetchRequest {
+            version: VERSION_1,
+            isolation: IsolationLevel::ReadUncommitted,
             request_id: 7,
             ack_floor: 3,
             window: 1 << 20,
@@ -652,6 +796,8 @@ mod tests {
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         let req = FetchRequest {
+            version: VERSION,
+            isolation: IsolationLevel::ReadCommitted,
             request_id: 1,
             ack_floor: 0,
             window: 10,
@@ -670,19 +816,32 @@ mod tests {
         for n in 0..bytes.len() {
             assert!(decode_fetch(&bytes[..n]).is_err(), "prefix {n}");
         }
-        let h = DataHeader {
-            request_id: 1,
-            resp_len: 10,
-            flags: FLAG_LAST,
-            ..Default::default()
-        };
-        let mut d = h.encode();
-        d.extend_from_slice(&[0; 10]);
-        assert!(DataHeader::decode(&d).is_ok());
-        for n in 0..d.len() {
-            assert!(DataHeader::decode(&d[..n]).is_err(), "prefix {n}");
+        for h in [
+            DataHeader {
+                request_id: 1,
+                resp_len: 10,
+                flags: FLAG_LAST,
+                ..Default::default()
+            },
+            DataHeader {
+                version: VERSION_2,
+                request_id: 1,
+                resp_len: 10,
+                flags: FLAG_LAST,
+                last_stable: 5,
+                aborted: vec![(1000, 2), (1001, 3)],
+                ..Default::default()
+            },
+        ] {
+            let mut d = h.encode();
+            d.extend_from_slice(&[0; 10]);
+            assert!(DataHeader::decode(&d).is_ok());
+            for n in 0..d.len() {
+                assert!(DataHeader::decode(&d[..n]).is_err(), "prefix {n}");
+            }
         }
         let e = ErrorMsg {
+            version: VERSION,
             request_id: 1,
             slot: 0,
             code: ErrorCode::OffsetOutOfRange,
@@ -697,11 +856,82 @@ mod tests {
             assert!(ErrorMsg::decode(&e[..n]).is_err());
         }
         let r = Retry {
+            version: VERSION_1,
             request_id: 5,
             token: [3; TOKEN_LEN],
         };
         assert_eq!(r.encode().len(), RETRY_LEN);
         assert_eq!(Retry::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn version_2_layouts() {
+        let part = PartRequest {
+            topic: "t",
+            partition: 0,
+            offset: 3,
+            max_bytes: 100,
+            range_start: 0,
+            range_end: 0,
+        };
+        let mut req = FetchRequest {
+            version: VERSION_2,
+            request_id: 4,
+            ack_floor: 1,
+            window: 1 << 16,
+            max_wait_ms: 0,
+            token: &[5; TOKEN_LEN],
+            isolation: IsolationLevel::ReadCommitted,
+            parts: vec![part.clone()],
+        };
+        let v2 = req.encode(0).unwrap();
+        assert_eq!(v2[2], 2);
+        assert_eq!(
+            v2[FETCH_FIXED_LEN + TOKEN_LEN],
+            1,
+            "isolation after the token"
+        );
+        assert_eq!(decode_fetch(&v2).unwrap(), req);
+        assert_eq!(fetch_token(&v2).unwrap(), (4, &[5u8; TOKEN_LEN][..]));
+        let mut bad = v2.clone();
+        bad[FETCH_FIXED_LEN + TOKEN_LEN] = 2;
+        assert!(decode_fetch(&bad).is_err(), "unknown isolation level");
+        // Version 1 has no isolation byte and cannot ask for read_committed.
+        assert!(req.encode(0).is_ok());
+        req.version = VERSION_1;
+        assert!(req.encode(0).is_err());
+        req.isolation = IsolationLevel::ReadUncommitted;
+        let v1 = req.encode(0).unwrap();
+        assert_eq!(v1.len() + 1, v2.len());
+        assert_eq!(decode_fetch(&v1).unwrap(), req);
+        // DATA v2: LSO and aborted list between the v1 fields and the payload.
+        let h = DataHeader {
+            version: VERSION_2,
+            request_id: 4,
+            flags: FLAG_LAST,
+            resp_len: 3,
+            last_stable: 77,
+            aborted: vec![(1000, 5), (-7, i64::MAX)],
+            ..Default::default()
+        };
+        let mut d = h.encode();
+        assert_eq!(d.len(), DATA_HEADER_V2_LEN + 2 * ABORTED_ENTRY_LEN);
+        assert_eq!(d.len(), h.len());
+        assert_eq!(&d[92..100], &77i64.to_be_bytes());
+        d.extend_from_slice(b"abc");
+        let (back, payload) = DataHeader::decode(&d).unwrap();
+        assert_eq!((back, payload), (h.clone(), &b"abc"[..]));
+        // A count larger than the datagram is an error, not an allocation.
+        d[100..102].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert!(DataHeader::decode(&d).is_err());
+        // Version 1 DATA stays 92 bytes.
+        let h1 = DataHeader {
+            version: VERSION_1,
+            aborted: Vec::new(),
+            last_stable: 0,
+            ..h
+        };
+        assert_eq!(h1.encode().len(), DATA_HEADER_LEN);
     }
 
     #[test]
@@ -724,6 +954,8 @@ mod tests {
             frag_count: 3,
             batch_len: 3000,
             frag_pos: 1000,
+            version: VERSION_1,
+            ..Default::default()
         };
         let mut d = h.encode();
         assert_eq!(d.len(), DATA_HEADER_LEN);
@@ -734,7 +966,7 @@ mod tests {
         // A fragment running past its batch is rejected.
         let mut d2 = DataHeader {
             frag_pos: 2500,
-            ..h
+            ..h.clone()
         }
         .encode();
         d2.extend_from_slice(&[7; 1000]);
@@ -744,9 +976,9 @@ mod tests {
     proptest::proptest! {
         /// No input makes a decoder panic; whatever decodes re-encodes to the same bytes.
         #[test]
-        fn decoders_never_panic(mut d in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), t in 1u8..5) {
+        fn decoders_never_panic(mut d in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), t in 1u8..9) {
             if d.len() >= 4 && t % 2 == 0 {
-                d[..4].copy_from_slice(&[0x4B, 0x58, 1, t]);
+                d[..4].copy_from_slice(&[0x4B, 0x58, 1 + (t > 4) as u8, (t - 1) % 4 + 1]);
             }
             let _ = peek_type(&d);
             let _ = fetch_token(&d);
@@ -779,8 +1011,8 @@ mod tests {
             Err(WireError::BadMagic(0))
         ));
         assert!(matches!(
-            peek_type(&[0x4B, 0x58, 2, 1]),
-            Err(WireError::UnsupportedVersion(2))
+            peek_type(&[0x4B, 0x58, 3, 1]),
+            Err(WireError::UnsupportedVersion(3))
         ));
         assert!(matches!(
             peek_type(&[0x4B, 0x58, 1, 99]),

@@ -17,6 +17,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::log::txn::filter::{AbortedFilter, Verdict};
 use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -161,6 +162,10 @@ pub struct FetchAnswer {
     pub high_watermark: i64,
     /// The records section (whole batches, possibly a partial one at the end).
     pub records: Bytes,
+    /// READ_COMMITTED: the last stable offset and the aborted transactions overlapping the
+    /// records, as (producer id, first offset).
+    pub last_stable_offset: i64,
+    pub aborted: Vec<(i64, i64)>,
 }
 
 /// What a fetch asks for.
@@ -184,6 +189,8 @@ pub struct Fetcher {
     conn: Connection,
     topic: String,
     version: i16,
+    /// 0 READ_UNCOMMITTED, 1 READ_COMMITTED (Fetch and ListOffsets).
+    isolation_level: i8,
 }
 
 impl Fetcher {
@@ -201,7 +208,13 @@ impl Fetcher {
             conn: Connection::connect(addr, client_id)?,
             topic: topic.to_owned(),
             version,
+            isolation_level: 0,
         })
+    }
+
+    /// READ_COMMITTED (1) or READ_UNCOMMITTED (0, the default) for the next requests.
+    pub fn set_isolation_level(&mut self, level: i8) {
+        self.isolation_level = level;
     }
 
     /// See [`Connection::set_timeout`].
@@ -237,7 +250,7 @@ impl Fetcher {
             .with_max_wait_ms(p.max_wait_ms)
             .with_min_bytes(p.min_bytes)
             .with_max_bytes(p.max_bytes)
-            .with_isolation_level(0)
+            .with_isolation_level(self.isolation_level)
             .with_session_id(0)
             .with_session_epoch(-1)
             .with_topics(vec![topic]);
@@ -260,22 +273,34 @@ impl Fetcher {
         Ok(FetchAnswer {
             error_code: data.error_code,
             high_watermark: data.high_watermark,
+            last_stable_offset: data.last_stable_offset,
+            aborted: data
+                .aborted_transactions
+                .unwrap_or_default()
+                .iter()
+                .map(|a| (a.producer_id.0, a.first_offset))
+                .collect(),
             records: data.records.unwrap_or_default(),
         })
     }
 
-    /// ListOffsets v1 for `partition` at `timestamp` (-1 latest, -2 earliest).
+    /// ListOffsets v1 for `partition` at `timestamp` (-1 latest, -2 earliest); v2 with
+    /// READ_COMMITTED, whose latest is the last stable offset.
     pub fn list_offset(&mut self, partition: i32, timestamp: i64) -> Result<i64> {
         let req = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
+            .with_isolation_level(self.isolation_level)
             .with_topics(vec![ListOffsetsTopic::default()
                 .with_name(TopicName(StrBytes::from_string(self.topic.clone())))
                 .with_partitions(vec![ListOffsetsPartition::default()
                     .with_partition_index(partition)
                     .with_timestamp(timestamp)])]);
-        let resp: ListOffsetsResponse =
-            self.conn
-                .call(ApiKey::ListOffsets, LIST_OFFSETS_VERSION, &req)?;
+        let version = if self.isolation_level == 1 {
+            LIST_OFFSETS_COMMITTED_VERSION
+        } else {
+            LIST_OFFSETS_VERSION
+        };
+        let resp: ListOffsetsResponse = self.conn.call(ApiKey::ListOffsets, version, &req)?;
         let p = resp
             .topics
             .iter()
@@ -291,6 +316,8 @@ impl Fetcher {
 
 const FALLBACK_FETCH_VERSION: i16 = 4;
 const LIST_OFFSETS_VERSION: i16 = 1;
+/// The first ListOffsets version with an isolation level.
+const LIST_OFFSETS_COMMITTED_VERSION: i16 = 2;
 /// Kafka error code OFFSET_OUT_OF_RANGE.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 
@@ -298,30 +325,37 @@ const OFFSET_OUT_OF_RANGE: i16 = 1;
 pub type FetchedBatches = Vec<(i64, Vec<u8>)>;
 
 /// The `kxgw consume` fallback: one partition, read in whole batches from a position.
+/// Control batches are never returned; with READ_COMMITTED neither are the batches of
+/// aborted transactions ([`AbortedFilter`], as librdkafka filters).
 pub struct KafkaFetcher {
     fetcher: Fetcher,
     partition: i32,
     offset: i64,
     max_bytes: u32,
     start: StartAt,
+    filter: AbortedFilter,
 }
 
 impl KafkaFetcher {
+    /// `committed`: READ_COMMITTED (stop at the last stable offset, drop aborted data).
     pub fn connect(
         addr: &str,
         topic: &str,
         partition: i32,
         start: StartAt,
         max_bytes: u32,
+        committed: bool,
     ) -> Result<KafkaFetcher> {
-        let fetcher = Fetcher::connect(addr, topic, FALLBACK_FETCH_VERSION, "kxgw-consume")?;
+        let mut fetcher = Fetcher::connect(addr, topic, FALLBACK_FETCH_VERSION, "kxgw-consume")?;
         fetcher.set_timeout(Duration::from_secs(30))?;
+        fetcher.set_isolation_level(i8::from(committed));
         let mut k = KafkaFetcher {
             fetcher,
             partition,
             offset: 0,
             max_bytes: max_bytes.max(1),
             start,
+            filter: AbortedFilter::default(),
         };
         k.offset = match start {
             StartAt::Offset(o) => o,
@@ -353,14 +387,19 @@ impl KafkaFetcher {
                 self.offset
             );
             self.offset = to;
+            self.filter.clear();
             return Ok(Some(Vec::new()));
         }
         if p.error_code != 0 {
             bail!("Fetch: Kafka error code {}", p.error_code);
         }
+        for &(pid, first) in &p.aborted {
+            self.filter.add(pid, first);
+        }
         let records = p.records;
         let mut out = Vec::new();
         let mut pos = 0;
+        let mut moved = false;
         // Whole batches only; a broker may cut the last one short.
         while let Ok(h) = BatchHeader::parse(&records[pos..]) {
             let end = pos + h.total_len();
@@ -368,11 +407,16 @@ impl KafkaFetcher {
                 break;
             }
             if h.next_offset() > self.offset {
-                out.push((self.offset, records[pos..end].to_vec()));
+                let bytes = &records[pos..end];
+                if self.filter.check(&h, bytes) == Verdict::Deliver {
+                    out.push((self.offset, bytes.to_vec()));
+                }
                 self.offset = h.next_offset();
+                moved = true;
             }
             pos = end;
         }
-        Ok((!out.is_empty()).then_some(out))
+        // Only skipped batches (markers, aborted data): not the end, just nothing to show.
+        Ok(moved.then_some(out))
     }
 }

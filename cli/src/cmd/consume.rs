@@ -18,6 +18,8 @@ use kxgw::kafka::client::KafkaFetcher;
 use kxgw::log::record::{decode_records, records_section, RecordRef};
 use kxgw::log::writer::{demo_key, demo_value_into};
 
+use crate::flags::IsolationLevel;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// kxgw fetch endpoint (UDP), e.g. 198.18.0.1:9093.
@@ -62,6 +64,10 @@ pub struct Args {
     /// Give up on the UDP endpoint after this long without an answer to the handshake.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub connect_timeout_ms: u64,
+    /// Kafka isolation level, over UDP and over the Kafka fallback alike. Transaction
+    /// markers (control records) are never printed.
+    #[arg(long, value_enum, default_value_t = IsolationLevel::ReadCommitted)]
+    pub isolation_level: IsolationLevel,
     /// Long-poll wait at the log end (with --follow).
     #[arg(long, value_name = "MS", default_value_t = 500)]
     pub max_wait_ms: u64,
@@ -92,6 +98,8 @@ fn amplification_probe(addr: SocketAddr, args: &Args) -> Result<ExitCode> {
             (&forged[..], 0),
         ] {
             let req = FetchRequest {
+                version: kxgw::fetch::wire::VERSION,
+                isolation: args.isolation_level.into(),
                 request_id: round + 1,
                 ack_floor: 0,
                 window: u32::MAX,
@@ -334,6 +342,7 @@ fn run_inner(args: Args) -> Result<ExitCode> {
             follow: args.follow,
             max_wait: Duration::from_millis(args.max_wait_ms),
             connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+            isolation: args.isolation_level.into(),
             ..ClientConfig::default()
         };
         let sub = Subscription {
@@ -409,9 +418,16 @@ fn run_inner(args: Args) -> Result<ExitCode> {
     }
     if !answered && !stop.load(Ordering::Relaxed) {
         if let Some(b) = &args.bootstrap {
-            let mut k =
-                KafkaFetcher::connect(b, &args.topic, args.partition, start, args.fetch_bytes)
-                    .with_context(|| format!("connecting to the Kafka listener {b}"))?;
+            let committed = args.isolation_level == IsolationLevel::ReadCommitted;
+            let mut k = KafkaFetcher::connect(
+                b,
+                &args.topic,
+                args.partition,
+                start,
+                args.fetch_bytes,
+                committed,
+            )
+            .with_context(|| format!("connecting to the Kafka listener {b}"))?;
             transport = if args.fetch.is_some() {
                 format!("Kafka TCP {b} (fallback)")
             } else {
