@@ -1,4 +1,5 @@
 mod cmd;
+mod compact;
 mod flags;
 mod group_flags;
 mod metrics_http;

@@ -116,6 +116,8 @@ fn socket_in(ns: &str) -> UdpSocket {
 
 fn fetch_without_token(pad: usize) -> Vec<u8> {
     let req = kxgw::fetch::wire::FetchRequest {
+        version: kxgw::fetch::wire::VERSION,
+        isolation: kxgw::fetch::wire::IsolationLevel::ReadUncommitted,
         request_id: 1,
         ack_floor: 0,
         window: u32::MAX,

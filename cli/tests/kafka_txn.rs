@@ -1,12 +1,15 @@
 //! End to end, transactions and topic ids: `kxgw serve --kafka-listen` over logs written by
 //! `kxgw produce --transactional` (committed, aborted and one still-open transaction), read
 //! by stock clients (confluent-kafka / librdkafka, kafka-python) at both isolation levels,
-//! and raw Metadata v12 / Fetch v13 requests by topic id.
+//! by `kxgw consume` at both levels over the UDP fetch protocol (kernel UDP and AF_XDP copy
+//! mode) and over the Kafka TCP listener, and raw Metadata v12 / Fetch v13 requests by
+//! topic id.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::Stdio;
 
 use common::{call, connect, in_client_ns, test_setup, Gateway};
 use kafka_protocol::messages::*;
@@ -112,6 +115,88 @@ fn consume(
         .collect()
 }
 
+/// `kxgw consume --from-beginning` of topic `tx` at `isolation` through `how` (`--fetch ADDR`
+/// or `--bootstrap ADDR`): (offset, value) per record, and where it caught up.
+fn kxgw_consume(net: &TestNet, how: &[&str], isolation: &str) -> (Vec<(i64, String)>, String) {
+    let out = net
+        .client_command(common::KXGW)
+        .args(["consume", "--topic", "tx", "--from-beginning"])
+        .args(["--format", "%o\\t%s\\n", "--isolation-level", isolation])
+        .args(["--connect-timeout-ms", "5000"])
+        .args(how)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kxgw consume");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "kxgw consume {how:?} {isolation} failed ({}): {stderr}",
+        out.status
+    );
+    let recs = stdout
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(o, v)| (o.parse().unwrap(), v.to_string()))
+        .collect();
+    (recs, stderr)
+}
+
+/// `kxgw consume` over the fetch endpoint `ep` and the Kafka listener `kafka` agrees with
+/// the stock clients at both levels, and a read_committed consumer stops at the LSO.
+fn kxgw_consume_both_levels(
+    net: &TestNet,
+    ep: &str,
+    kafka: Option<&str>,
+    want: (&[i64], &[i64]),
+    lso: i64,
+) {
+    let mut paths = vec![("UDP", vec!["--fetch", ep])];
+    if let Some(k) = kafka {
+        paths.push(("Kafka TCP", vec!["--bootstrap", k]));
+    }
+    for (name, how) in paths {
+        let (got, log) = kxgw_consume(net, &how, "read_committed");
+        check(&format!("kxgw consume {name} read_committed"), &got, want.0);
+        if name == "UDP" {
+            assert!(log.contains("fetch endpoint"), "answered over UDP: {log}");
+            assert!(
+                log.contains(&format!("caught up at offset {lso}")),
+                "read_committed stops at the LSO {lso}: {log}"
+            );
+        }
+        let (got, _) = kxgw_consume(net, &how, "read_uncommitted");
+        check(
+            &format!("kxgw consume {name} read_uncommitted"),
+            &got,
+            want.1,
+        );
+    }
+    // read_committed is the default, as in librdkafka.
+    let (got, _) = kxgw_consume(net, &["--fetch", ep], "read_committed");
+    let out = net
+        .client_command(common::KXGW)
+        .args([
+            "consume",
+            "--topic",
+            "tx",
+            "--from-beginning",
+            "--fetch",
+            ep,
+        ])
+        .args(["--format", "%o\\n"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kxgw consume");
+    let default: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let committed: Vec<i64> = got.iter().map(|(o, _)| *o).collect();
+    assert_eq!(default, committed, "default isolation level");
+}
+
 fn check(who: &str, got: &[(i64, String)], want: &[i64]) {
     let offsets: Vec<i64> = got.iter().map(|(o, _)| *o).collect();
     assert_eq!(offsets.len(), want.len(), "{who}: record count");
@@ -171,7 +256,8 @@ fn stock_clients_read_committed_and_uncommitted_transactions() {
         text.contains("aborted transactions (pid@first..marker): "),
         "{text}"
     );
-    let gw = Gateway::start(&net, &dir, work.path());
+    let ep = format!("{}:9093", kxgw_testkit::testnet::GW_ADDR);
+    let gw = Gateway::start_with(&net, &dir, work.path(), &["--fetch-listen", &ep]);
     for client in ["confluent", "kafka-python"] {
         let got = consume(
             &net,
@@ -211,6 +297,23 @@ fn stock_clients_read_committed_and_uncommitted_transactions() {
         u >= log_end,
         "log end {u} below the last data offset {log_end}"
     );
+    let kafka = gw.addr.to_string();
+    kxgw_consume_both_levels(&net, &ep, Some(&kafka), (&committed, &all), lso);
+    let log = gw.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    // The same over AF_XDP (copy mode on veth).
+    let xdp = [
+        "--fetch-listen",
+        &ep,
+        "--xdp-iface",
+        &net.gw_if,
+        "--arena-mib",
+        "64",
+        "--require-xdp",
+    ];
+    let gw = Gateway::start_with(&net, &dir, work.path(), &xdp);
+    assert!(net.gw_has_xdp().unwrap(), "XDP program attached");
+    kxgw_consume_both_levels(&net, &ep, None, (&committed, &all), lso);
     let log = gw.stop();
     assert!(!log.contains("panicked"), "{log}");
 }

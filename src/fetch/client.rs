@@ -676,48 +676,72 @@ impl Client {
     }
 
     fn handle_data(&mut self, now: Instant, h: DataHeader, payload: &[u8]) {
-        let rto_sample;
-        let sub_i;
-        let kind;
-        {
-            let Some(req) = self.reqs.get_mut(&h.request_id) else {
-                self.stats.stale_datagrams += 1;
-                return;
-            };
-            rto_sample = (!req.any_rx && !req.long_poll).then(|| now.duration_since(req.sent_at));
-            req.any_rx = true;
-            let Some(part) = req.parts.get_mut(h.slot as usize) else {
-                self.stats.malformed += 1;
-                return;
-            };
-            sub_i = part.want.sub;
-            kind = part.want.kind;
-            if self.subs.get(sub_i).map(|s| s.partition) != Some(h.partition) {
-                self.stats.malformed += 1;
-                return;
-            }
-            if part.done || part.got.contains_key(&h.resp_pos) {
-                self.stats.duplicate_datagrams += 1;
-                return;
-            }
-        }
+        let Some((sub_i, kind, rto_sample)) = self.accept_data(now, &h) else {
+            return;
+        };
         if let Some(s) = rto_sample {
             self.rtt_sample(s);
         }
+        let resolved = self.note_offsets(sub_i, kind, &h);
         let sub = &mut self.subs[sub_i];
-        if h.high_watermark > sub.high_watermark {
-            sub.high_watermark = h.high_watermark;
+        for &(pid, first) in &h.aborted {
+            sub.aborted.add(pid, first);
         }
+        let stored = self.absorb(sub_i, &h, payload);
+        if !stored {
+            self.stats.malformed += 1;
+        }
+        self.account_part(now, &h, payload.len(), stored, resolved);
+        self.mark_earlier_lost(now, h.request_id, h.slot as usize);
+        self.deliver(sub_i);
+    }
+
+    /// The request part a DATA datagram answers: (subscription, kind, RTT sample); None for
+    /// a stale, malformed or duplicate datagram (counted).
+    fn accept_data(
+        &mut self,
+        now: Instant,
+        h: &DataHeader,
+    ) -> Option<(usize, Kind, Option<Duration>)> {
+        let Some(req) = self.reqs.get_mut(&h.request_id) else {
+            self.stats.stale_datagrams += 1;
+            return None;
+        };
+        let rto_sample = (!req.any_rx && !req.long_poll).then(|| now.duration_since(req.sent_at));
+        req.any_rx = true;
+        let Some(part) = req.parts.get_mut(h.slot as usize) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        let sub_i = part.want.sub;
+        let kind = part.want.kind;
+        if self.subs.get(sub_i).map(|s| s.partition) != Some(h.partition) {
+            self.stats.malformed += 1;
+            return None;
+        }
+        if part.done || part.got.contains_key(&h.resp_pos) {
+            self.stats.duplicate_datagrams += 1;
+            return None;
+        }
+        Some((sub_i, kind, rto_sample))
+    }
+
+    /// Takes the partition offsets a DATA datagram reports: high watermark, a sentinel start
+    /// resolved (returned), where the pipeline continues.
+    fn note_offsets(&mut self, sub_i: usize, kind: Kind, h: &DataHeader) -> Option<i64> {
+        let committed = self.cfg.isolation == IsolationLevel::ReadCommitted;
         // Resolve a sentinel start from the offsets of this very read.
         let resolved = match self.reqs[&h.request_id].parts[h.slot as usize].want.offset {
             OFFSET_EARLIEST => Some(h.log_start),
             // read_committed: the gateway resolved "latest" to the last stable offset.
-            OFFSET_LATEST if self.cfg.isolation == IsolationLevel::ReadCommitted => {
-                Some(h.last_stable)
-            }
+            OFFSET_LATEST if committed => Some(h.last_stable),
             OFFSET_LATEST => Some(h.log_end),
             _ => None,
         };
+        let sub = &mut self.subs[sub_i];
+        if h.high_watermark > sub.high_watermark {
+            sub.high_watermark = h.high_watermark;
+        }
         if let Some(o) = resolved {
             if sub.deliver_next.is_none() {
                 sub.deliver_next = Some(o);
@@ -737,23 +761,28 @@ impl Client {
                 sub.pipe_req = None;
             }
         }
+        resolved
+    }
 
-        for &(pid, first) in &h.aborted {
-            sub.aborted.add(pid, first);
-        }
-        let stored = self.absorb(sub_i, &h, payload);
+    /// Records what a DATA datagram covered of its part; finishes the part when all of it
+    /// arrived, or schedules a loss check when its last datagram arrived with holes before.
+    fn account_part(
+        &mut self,
+        now: Instant,
+        h: &DataHeader,
+        len: usize,
+        stored: bool,
+        resolved: Option<i64>,
+    ) {
         let rec = Dgram {
             pos: h.resp_pos,
-            end: h.resp_pos + payload.len() as u32,
+            end: h.resp_pos + len as u32,
             hole_target: if h.is_fragment() && h.frag_pos > 0 {
                 h.end_offset
             } else {
                 h.link_offset
             },
         };
-        if !stored {
-            self.stats.malformed += 1;
-        }
         let mut part_done = false;
         let mut last_incomplete = false;
         if let Some(req) = self.reqs.get_mut(&h.request_id) {
@@ -765,7 +794,7 @@ impl Client {
             part.resp_next = Some(h.resp_next_offset);
             if stored {
                 part.got.insert(h.resp_pos, rec);
-                part.received += payload.len() as u64;
+                part.received += len as u64;
             }
             let expected = (h.resp_len as u64).saturating_sub(part.want.range.0 as u64);
             if part.received >= expected && stored {
@@ -784,11 +813,13 @@ impl Client {
         if part_done {
             self.part_done(h.request_id);
         }
-        // The gateway answers a session's requests in order: a datagram of a later request
-        // (or a later partition of this one) means what is still missing before it is lost.
+    }
+
+    /// The gateway answers a session's requests in order: a datagram of request `id` (slot
+    /// `slot`) means what is still missing before it (earlier requests, earlier partitions
+    /// of this one) is lost.
+    fn mark_earlier_lost(&mut self, now: Instant, id: u32, slot: usize) {
         let at = now + self.reorder_delay();
-        let id = h.request_id;
-        let slot = h.slot as usize;
         for (&rid, req) in self.reqs.iter_mut() {
             if !wrapping_gt(id, rid) && rid != id {
                 break;
@@ -805,73 +836,85 @@ impl Client {
                 req.check_at = Some(at);
             }
         }
-        self.deliver(sub_i);
     }
 
     /// Takes the batches of one DATA payload into the partition's store. False when the
     /// payload is inconsistent with its header (the datagram then counts as not received).
     fn absorb(&mut self, sub_i: usize, h: &DataHeader, payload: &[u8]) -> bool {
+        if payload.is_empty() {
+            true
+        } else if h.is_fragment() {
+            self.absorb_fragment(sub_i, h, payload)
+        } else {
+            self.absorb_batches(sub_i, h, payload)
+        }
+    }
+
+    /// One fragment of a batch: into its assembly; the batch, once complete and CRC-checked,
+    /// into the store (a corrupt one is fetched again).
+    fn absorb_fragment(&mut self, sub_i: usize, h: &DataHeader, payload: &[u8]) -> bool {
         let max_batch = self.cfg.max_batch;
         let spare = &mut self.spare;
         let sub = &mut self.subs[sub_i];
-        if payload.is_empty() {
+        let delivered = sub.deliver_next.unwrap_or(i64::MIN);
+        if h.batch_len > max_batch {
+            return false;
+        }
+        if h.end_offset <= delivered || sub.store.contains_key(&h.end_offset) {
+            self.stats.duplicate_datagrams += 1;
             return true;
         }
-        let delivered = sub.deliver_next.unwrap_or(i64::MIN);
-        if h.is_fragment() {
-            if h.batch_len > max_batch {
-                return false;
-            }
-            if h.end_offset <= delivered || sub.store.contains_key(&h.end_offset) {
-                self.stats.duplicate_datagrams += 1;
+        let asm = sub.frags.entry(h.base_offset).or_insert_with(|| Assembly {
+            link: h.link_offset,
+            next: h.end_offset,
+            buf: spare.zeroed(h.batch_len as usize),
+            have: Vec::new(),
+        });
+        if asm.buf.len() != h.batch_len as usize || asm.next != h.end_offset {
+            return false;
+        }
+        let added = asm.add(h.frag_pos, payload);
+        if added > 0 {
+            sub.buffered += added;
+            self.stats.payload_bytes += added as u64;
+        } else {
+            self.stats.duplicate_datagrams += 1;
+        }
+        if asm.complete() {
+            let Some(asm) = sub.frags.remove(&h.base_offset) else {
                 return true;
-            }
-            let asm = sub.frags.entry(h.base_offset).or_insert_with(|| Assembly {
-                link: h.link_offset,
-                next: h.end_offset,
-                buf: spare.zeroed(h.batch_len as usize),
-                have: Vec::new(),
-            });
-            if asm.buf.len() != h.batch_len as usize || asm.next != h.end_offset {
-                return false;
-            }
-            let added = asm.add(h.frag_pos, payload);
-            if added > 0 {
-                sub.buffered += added;
-                self.stats.payload_bytes += added as u64;
-            } else {
-                self.stats.duplicate_datagrams += 1;
-            }
-            if asm.complete() {
-                let Some(asm) = sub.frags.remove(&h.base_offset) else {
-                    return true;
-                };
-                sub.buffered -= asm.buf.len();
-                match batch::verify(&asm.buf) {
-                    Ok(bh) if bh.base_offset == h.base_offset && bh.next_offset() == asm.next => {
-                        sub.buffered += asm.buf.len();
-                        sub.store.insert(
-                            asm.next,
-                            Stored {
-                                link: asm.link,
-                                base: bh.base_offset,
-                                data: asm.buf,
-                            },
-                        );
-                    }
-                    _ => {
-                        // Corrupt in transit: fetch the batch again.
-                        self.stats.crc_errors += 1;
-                        self.wants.push_back(Want {
-                            covers_to: asm.next,
-                            ..Want::fresh(sub_i, h.base_offset, h.batch_len, Kind::Repair)
-                        });
-                    }
+            };
+            sub.buffered -= asm.buf.len();
+            match batch::verify(&asm.buf) {
+                Ok(bh) if bh.base_offset == h.base_offset && bh.next_offset() == asm.next => {
+                    sub.buffered += asm.buf.len();
+                    sub.store.insert(
+                        asm.next,
+                        Stored {
+                            link: asm.link,
+                            base: bh.base_offset,
+                            data: asm.buf,
+                        },
+                    );
+                }
+                _ => {
+                    // Corrupt in transit: fetch the batch again.
+                    self.stats.crc_errors += 1;
+                    self.wants.push_back(Want {
+                        covers_to: asm.next,
+                        ..Want::fresh(sub_i, h.base_offset, h.batch_len, Kind::Repair)
+                    });
                 }
             }
-            return true;
         }
-        // Whole batches: check the chain against the header before taking any.
+        true
+    }
+
+    /// Whole batches: the chain checked against the header before any is taken.
+    fn absorb_batches(&mut self, sub_i: usize, h: &DataHeader, payload: &[u8]) -> bool {
+        let spare = &mut self.spare;
+        let sub = &mut self.subs[sub_i];
+        let delivered = sub.deliver_next.unwrap_or(i64::MIN);
         let mut batches = Vec::new();
         let mut pos = 0;
         let mut link = h.link_offset;

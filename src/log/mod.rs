@@ -13,7 +13,6 @@
 
 pub mod batch;
 pub mod checkpoint;
-pub mod compact;
 pub mod compression;
 mod dir;
 pub mod error;

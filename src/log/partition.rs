@@ -14,7 +14,7 @@ use super::error::LogError;
 use super::index;
 use super::leader_epoch::LeaderEpochs;
 use super::read::{self, HeaderReader};
-use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, TIME_INDEX_SUFFIX};
+use super::segment::{self, ScanEnd, INDEX_SUFFIX, TIME_INDEX_SUFFIX};
 use super::txn::{self, TxnState};
 use super::{Isolation, PartitionOffsets, ReadSlice, SourceId, TopicPartition};
 
@@ -156,7 +156,6 @@ impl Segment {
     /// Opens and maps the segment file at `path` (a `.log`, or a `.log.swap` standing in);
     /// `validate`: build its index now (else on first use).
     fn open_path(
-        dir: &Path,
         path: PathBuf,
         base_offset: i64,
         validate: bool,
@@ -171,7 +170,7 @@ impl Segment {
         let ts_hint = if validate {
             None
         } else {
-            let ti = dir.join(format!("{}{TIME_INDEX_SUFFIX}", file_stem(base_offset)));
+            let ti = segment::index_path(&path, base_offset, TIME_INDEX_SUFFIX);
             std::fs::read(ti)
                 .ok()
                 .and_then(|b| match index::parse_time_index(&b) {
@@ -211,7 +210,9 @@ impl Segment {
     /// positions with its own sparse index (built by the validation scan it needs anyway for
     /// the CRCs), so a damaged `.index` costs nothing; it is worth a warning all the same.
     fn check_offset_index(&self, ix: &SegIndex) {
-        let path = self.path.with_extension(&INDEX_SUFFIX[1..]);
+        // A `.log.swap` has its `.index.swap` (`with_extension` made `.log.index` of it, a
+        // file that never exists, and the check was silently skipped).
+        let path = segment::index_path(&self.path, self.base_offset, INDEX_SUFFIX);
         let Ok(buf) = std::fs::read(&path) else {
             return;
         };
@@ -683,7 +684,7 @@ impl Partition {
             let st = self.state();
             let Some(seg) = st.segments.get(&b).filter(|s| *s.path == path) else {
                 drop(st);
-                match Segment::open_path(&self.dir, path, b, validate)? {
+                match Segment::open_path(path, b, validate)? {
                     Some(s) => changes.push(Change::Replace(b, s)),
                     None => changes.push(Change::Remove(b)),
                 }
@@ -702,7 +703,7 @@ impl Partition {
                 // Replaced (compaction swap, recovery rewrite) or truncated: start over.
                 let path = PathBuf::clone(&seg.path);
                 drop(st);
-                match Segment::open_path(&self.dir, path, b, validate)? {
+                match Segment::open_path(path, b, validate)? {
                     Some(s) => changes.push(Change::Replace(b, s)),
                     None => changes.push(Change::Remove(b)),
                 }

@@ -1,7 +1,7 @@
 //! Segment files: names, and the validation scan shared by the reader, the writer and
 //! `inspect` (whole batches, CRC-checked, offsets increasing).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::batch::{self, BatchHeader, LOG_OVERHEAD};
 use super::error::BatchError;
@@ -167,9 +167,45 @@ pub fn scan(
     }
 }
 
+/// The index file (`suffix`: [`INDEX_SUFFIX`], [`TIME_INDEX_SUFFIX`]) of the segment file
+/// `segment` with base offset `base`: beside a `<base>.log.swap` the cleaner's
+/// `<base>.index.swap` (the broker renames a segment's files together, the log first), else
+/// `<base>.index`.
+pub fn index_path(segment: &Path, base: i64, suffix: &str) -> PathBuf {
+    let swap = segment
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(SWAP_SUFFIX));
+    let name = if swap {
+        format!("{}{suffix}{SWAP_SUFFIX}", file_stem(base))
+    } else {
+        format!("{}{suffix}", file_stem(base))
+    };
+    segment.with_file_name(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_files_of_a_swap_segment_are_swaps_too() {
+        let d = Path::new("/logs/t-0");
+        let log = d.join("00000000000000000042.log");
+        let swap = d.join("00000000000000000042.log.swap");
+        assert_eq!(
+            index_path(&log, 42, INDEX_SUFFIX),
+            d.join("00000000000000000042.index")
+        );
+        assert_eq!(
+            index_path(&swap, 42, INDEX_SUFFIX),
+            d.join("00000000000000000042.index.swap")
+        );
+        assert_eq!(
+            index_path(&swap, 42, TIME_INDEX_SUFFIX),
+            d.join("00000000000000000042.timeindex.swap")
+        );
+    }
 
     #[test]
     fn names() {

@@ -12,6 +12,7 @@ use kxgw::log::batch::{self, BatchHeader};
 use kxgw::log::checkpoint;
 use kxgw::log::compression::Compression;
 use kxgw::log::index;
+use kxgw::log::read;
 use kxgw::log::record;
 use kxgw::log::segment::{self, file_stem, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use kxgw::log::txn;
@@ -330,11 +331,8 @@ fn inspect_segment(
         .metadata()
         .with_context(|| format!("{}", path.display()))?
         .len();
-    // SAFETY: read-only mapping of a file we only read; a concurrent truncation by a writer
-    // could fault, which inspecting a log being rewritten accepts.
-    let map = unsafe { memmap2::MmapOptions::new().len(len as usize).map(&file) }
-        .with_context(|| format!("mapping {}", path.display()))?;
-    let data: &[u8] = &map;
+    // Read with pread, batch by batch, as the gateway reads: a segment a broker truncates or
+    // rewrites meanwhile ends the walk with an error line instead of SIGBUS on a mapping.
     let mut t = Totals {
         segments: 1,
         ..Default::default()
@@ -349,33 +347,36 @@ fn inspect_segment(
         ));
     };
     let mut starts: Vec<(usize, BatchHeader)> = Vec::new();
+    let len = usize::try_from(len).with_context(|| format!("{}: size", path.display()))?;
     let mut pos = 0usize;
-    while pos < data.len() {
-        let rest = &data[pos..];
-        if rest[..rest.len().min(batch::LOG_OVERHEAD)]
-            .iter()
-            .all(|&b| b == 0)
-        {
-            if rest.iter().all(|&b| b == 0) {
-                ctx.line(format_args!(
-                    "  zero-filled tail from byte {pos} ({} bytes, preallocated)",
-                    rest.len()
-                ));
-            } else {
-                err(&mut t, pos, "zeroed batch header followed by data".into());
+    let mut buf = Vec::new();
+    while pos < len {
+        let left = len - pos;
+        let mut head = [0u8; batch::BATCH_HEADER_LEN];
+        let n = left.min(head.len());
+        if let Err(e) = read::read_exact_at(&file, &mut head[..n], pos as u64) {
+            err(&mut t, pos, format!("unreadable: {e}"));
+            break;
+        }
+        if head[..n.min(batch::LOG_OVERHEAD)].iter().all(|&b| b == 0) {
+            match zero_from(&file, pos, len) {
+                Ok(true) => ctx.line(format_args!(
+                    "  zero-filled tail from byte {pos} ({left} bytes, preallocated)"
+                )),
+                Ok(false) => err(&mut t, pos, "zeroed batch header followed by data".into()),
+                Err(e) => err(&mut t, pos, format!("unreadable: {e}")),
             }
             break;
         }
-        let h = match BatchHeader::parse(rest) {
-            Ok(h) if h.total_len() <= rest.len() => h,
+        let h = match BatchHeader::parse(&head[..n]) {
+            Ok(h) if h.total_len() <= left => h,
             Ok(h) => {
                 err(
                     &mut t,
                     pos,
                     format!(
-                        "truncated batch: needs {} bytes, {} left in file",
-                        h.total_len(),
-                        rest.len()
+                        "truncated batch: needs {} bytes, {left} left in file",
+                        h.total_len()
                     ),
                 );
                 break;
@@ -385,7 +386,12 @@ fn inspect_segment(
                 break;
             }
         };
-        let whole = &rest[..h.total_len()];
+        buf.resize(h.total_len(), 0);
+        if let Err(e) = read::read_exact_at(&file, &mut buf, pos as u64) {
+            err(&mut t, pos, format!("unreadable: {e}"));
+            break;
+        }
+        let whole = &buf[..];
         let crc_ok = match batch::verify(whole) {
             Ok(_) => true,
             Err(e) => {
@@ -439,6 +445,21 @@ fn inspect_segment(
     Ok(t)
 }
 
+/// Whether bytes `from..len` of `file` are all zero (read in chunks).
+fn zero_from(file: &File, from: usize, len: usize) -> std::io::Result<bool> {
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut at = from;
+    while at < len {
+        let n = (len - at).min(chunk.len());
+        read::read_exact_at(file, &mut chunk[..n], at as u64)?;
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n;
+    }
+    Ok(true)
+}
+
 fn print_records(ctx: &mut Ctx<'_>, t: &mut Totals, path: &Path, pos: usize, whole: &[u8]) {
     let decoded = record::records_section(whole).and_then(|(h, body)| {
         let recs = record::decode_records(&h, &body)?;
@@ -485,7 +506,7 @@ fn check_indexes(
         t.warnings += 1;
         ctx.line(format_args!("  warning: {msg}"));
     };
-    let idx_path = log_path.with_extension(&INDEX_SUFFIX[1..]);
+    let idx_path = segment::index_path(log_path, base, INDEX_SUFFIX);
     if let Ok(buf) = std::fs::read(&idx_path) {
         let (entries, problem) = index::parse_index(&buf);
         if let Some((at, why)) = problem {
@@ -513,7 +534,7 @@ fn check_indexes(
             }
         }
     }
-    let ti_path = log_path.with_extension(&TIME_INDEX_SUFFIX[1..]);
+    let ti_path = segment::index_path(log_path, base, TIME_INDEX_SUFFIX);
     if let Ok(buf) = std::fs::read(&ti_path) {
         let (entries, problem) = index::parse_time_index(&buf);
         if let Some((at, why)) = problem {

@@ -83,6 +83,12 @@ pub struct Args {
     /// Compress each batch's records as a Java producer does (none | gzip | snappy | lz4 | zstd).
     #[arg(long, default_value = "none")]
     pub compression: Compression,
+    /// Then compact every segment but the active (last) one as Kafka's log cleaner leaves
+    /// it: records at offsets ≡ 1 (mod 3) removed from inside their batches, offsets
+    /// 1000..1700 removed entirely (gaps between batches), each segment replaced through
+    /// `.cleaned` -> `.swap` -> `.log` and its old indexes removed. Uncompressed logs only.
+    #[arg(long, conflicts_with_all = ["follow", "transactional"])]
+    pub compact_gaps: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -109,6 +115,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .join(kxgw::log::checkpoint::REPLICATION_OFFSET_CHECKPOINT)
                 .exists(),
     };
+    anyhow::ensure!(
+        !args.compact_gaps || matches!(args.compression, Compression::None),
+        "--compact-gaps rewrites uncompressed batches only"
+    );
     prepare_partitions(&args)?;
     if args.transactional {
         return produce_transactional(&args, &cfg);
@@ -158,6 +168,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             p.next_offset - 1,
             p.next_offset
         );
+    }
+    if args.compact_gaps {
+        for p in 0..args.partitions {
+            let part = args.log_dir.join(format!("{}-{p}", args.topic));
+            let n = crate::compact::clean_partition(&part, crate::compact::demo_keep)?;
+            println!(
+                "{}-{p}: compacted {n} segments (offsets = 1 mod 3 and 1000..1700 removed; the active segment kept)",
+                args.topic
+            );
+        }
     }
     if let Some(rate) = args.follow {
         follow(&cfg, rate)?;

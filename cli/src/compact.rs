@@ -1,12 +1,26 @@
-//! Rewrites segment bytes the way Kafka's log cleaner leaves them, to build compacted logs
-//! for tests and demos: records dropped from a batch keep the offsets of the others (gaps
-//! inside a batch; the header keeps its last offset delta, so the batch still ends where it
-//! did), and a batch left with no record is dropped (gaps between batches).
+//! `kxgw produce --compact-gaps`: rewrites segments the way Kafka's log cleaner leaves them
+//! (tooling, so it lives in the binary, not in the gateway's library): records dropped from
+//! a batch keep the offsets of the others (gaps inside a batch; the header keeps its last
+//! offset delta, so the batch still ends where it did), and a batch left with no record is
+//! dropped (gaps between batches). Each cleaned segment replaces the old one through the
+//! cleaner's renames: `.cleaned` written, renamed `.swap`, the old segment renamed
+//! `.deleted`, the `.swap` renamed into place, the `.deleted` removed.
 
-use super::batch::{self, BATCH_HEADER_LEN, LOG_OVERHEAD};
-use super::error::BatchError;
-use super::record::{decode_batch_refs, RecordRef};
-use super::varint::put_i64;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use kxgw::log::batch::{self, BATCH_HEADER_LEN, LOG_OVERHEAD};
+use kxgw::log::record::{decode_batch_refs, RecordRef};
+use kxgw::log::varint::put_i64;
+use kxgw::log::BatchError;
+
+/// What `--compact-gaps` keeps: a third of the records go from inside their batches
+/// (offsets ≡ 1 mod 3), and offsets 1000..1700 go entirely (whole batches: gaps between
+/// batches).
+pub fn demo_keep(offset: i64) -> bool {
+    offset % 3 != 1 && !(1000..1700).contains(&offset)
+}
 
 fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
     match b {
@@ -73,11 +87,63 @@ pub fn compact_segment(
     Ok(out)
 }
 
+/// The `.log` files of a partition dir, oldest first.
+fn segments(part: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(part)
+        .with_context(|| format!("listing {}", part.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segs.sort();
+    Ok(segs)
+}
+
+/// Compacts every segment of partition dir `part` but the last (the active segment, which
+/// the cleaner never touches) with `keep`; returns how many it replaced. The old `.index` and
+/// `.timeindex` of a cleaned segment point at old positions and are removed (a broker
+/// rebuilds them; kxgw needs none).
+pub fn clean_partition(part: &Path, keep: impl Fn(i64) -> bool + Copy) -> anyhow::Result<usize> {
+    let segs = segments(part)?;
+    let Some((_, older)) = segs.split_last() else {
+        return Ok(0);
+    };
+    for seg in older {
+        let name = seg
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("segment name {}", seg.display()))?;
+        let sib = |suffix: &str| seg.with_file_name(format!("{name}{suffix}"));
+        let bytes = std::fs::read(seg).with_context(|| format!("reading {}", seg.display()))?;
+        let out = compact_segment(&bytes, keep)
+            .with_context(|| format!("compacting {}", seg.display()))?;
+        let step = |what: &str, r: std::io::Result<()>| {
+            r.with_context(|| format!("{what} ({})", seg.display()))
+        };
+        step("writing .cleaned", std::fs::write(sib(".cleaned"), out))?;
+        step(
+            ".cleaned -> .swap",
+            std::fs::rename(sib(".cleaned"), sib(".swap")),
+        )?;
+        step(".log -> .deleted", std::fs::rename(seg, sib(".deleted")))?;
+        step(".swap -> .log", std::fs::rename(sib(".swap"), seg))?;
+        step("removing .deleted", std::fs::remove_file(sib(".deleted")))?;
+        for ext in ["index", "timeindex"] {
+            match std::fs::remove_file(seg.with_extension(ext)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    step("removing the old index", Err(e))?
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(older.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::record::decode_batch;
-    use crate::log::writer::{BatchBuilder, NewRecord};
+    use kxgw::log::record::decode_batch;
+    use kxgw::log::writer::{BatchBuilder, NewRecord};
 
     #[test]
     fn kept_records_keep_their_offsets_and_the_batch_its_end() {
