@@ -351,46 +351,20 @@ fn inspect_segment(
     let mut pos = 0usize;
     let mut buf = Vec::new();
     while pos < len {
-        let left = len - pos;
-        let mut head = [0u8; batch::BATCH_HEADER_LEN];
-        let n = left.min(head.len());
-        if let Err(e) = read::read_exact_at(&file, &mut head[..n], pos as u64) {
-            err(&mut t, pos, format!("unreadable: {e}"));
-            break;
-        }
-        if head[..n.min(batch::LOG_OVERHEAD)].iter().all(|&b| b == 0) {
-            match zero_from(&file, pos, len) {
-                Ok(true) => ctx.line(format_args!(
-                    "  zero-filled tail from byte {pos} ({left} bytes, preallocated)"
-                )),
-                Ok(false) => err(&mut t, pos, "zeroed batch header followed by data".into()),
-                Err(e) => err(&mut t, pos, format!("unreadable: {e}")),
-            }
-            break;
-        }
-        let h = match BatchHeader::parse(&head[..n]) {
-            Ok(h) if h.total_len() <= left => h,
-            Ok(h) => {
-                err(
-                    &mut t,
-                    pos,
-                    format!(
-                        "truncated batch: needs {} bytes, {left} left in file",
-                        h.total_len()
-                    ),
-                );
+        let h = match read_batch(&file, pos, len, &mut buf) {
+            At::Batch(h) => h,
+            At::ZeroTail => {
+                ctx.line(format_args!(
+                    "  zero-filled tail from byte {pos} ({} bytes, preallocated)",
+                    len - pos
+                ));
                 break;
             }
-            Err(e) => {
-                err(&mut t, pos, e.to_string());
+            At::Bad(why) => {
+                err(&mut t, pos, why);
                 break;
             }
         };
-        buf.resize(h.total_len(), 0);
-        if let Err(e) = read::read_exact_at(&file, &mut buf, pos as u64) {
-            err(&mut t, pos, format!("unreadable: {e}"));
-            break;
-        }
         let whole = &buf[..];
         let crc_ok = match batch::verify(whole) {
             Ok(_) => true,
@@ -443,6 +417,48 @@ fn inspect_segment(
     }
     check_indexes(ctx, &mut t, path, base, &starts);
     Ok(t)
+}
+
+/// What lies at a position of a segment.
+enum At {
+    /// A batch, whose bytes were read into the buffer.
+    Batch(BatchHeader),
+    /// Zero bytes from here to the end (a preallocated tail).
+    ZeroTail,
+    /// Corrupt or unreadable here: why.
+    Bad(String),
+}
+
+/// The batch at byte `pos` of a `len`-byte segment file, read with pread into `buf`.
+fn read_batch(file: &File, pos: usize, len: usize, buf: &mut Vec<u8>) -> At {
+    let left = len - pos;
+    let mut head = [0u8; batch::BATCH_HEADER_LEN];
+    let n = left.min(head.len());
+    if let Err(e) = read::read_exact_at(file, &mut head[..n], pos as u64) {
+        return At::Bad(format!("unreadable: {e}"));
+    }
+    if head[..n.min(batch::LOG_OVERHEAD)].iter().all(|&b| b == 0) {
+        return match zero_from(file, pos, len) {
+            Ok(true) => At::ZeroTail,
+            Ok(false) => At::Bad("zeroed batch header followed by data".into()),
+            Err(e) => At::Bad(format!("unreadable: {e}")),
+        };
+    }
+    let h = match BatchHeader::parse(&head[..n]) {
+        Ok(h) if h.total_len() <= left => h,
+        Ok(h) => {
+            return At::Bad(format!(
+                "truncated batch: needs {} bytes, {left} left in file",
+                h.total_len()
+            ))
+        }
+        Err(e) => return At::Bad(e.to_string()),
+    };
+    buf.resize(h.total_len(), 0);
+    match read::read_exact_at(file, buf, pos as u64) {
+        Ok(()) => At::Batch(h),
+        Err(e) => At::Bad(format!("unreadable: {e}")),
+    }
 }
 
 /// Whether bytes `from..len` of `file` are all zero (read in chunks).
