@@ -622,6 +622,51 @@ impl GroupMember {
     }
 }
 
+impl Request {
+    /// Sends the request over a blocking connection and reads its answer.
+    pub fn call(self, conn: &mut super::client::Connection) -> Result<Response> {
+        use kafka_protocol::messages::ApiKey as K;
+        Ok(match self {
+            Request::Join(r) => Response::Join(conn.call(K::JoinGroup, JOIN_VERSION, &r)?),
+            Request::Metadata(r) => {
+                Response::Metadata(conn.call(K::Metadata, METADATA_VERSION, &r)?)
+            }
+            Request::Sync(r) => Response::Sync(conn.call(K::SyncGroup, SYNC_VERSION, &r)?),
+            Request::OffsetFetch(r) => {
+                Response::OffsetFetch(conn.call(K::OffsetFetch, OFFSET_FETCH_VERSION, &r)?)
+            }
+            Request::Heartbeat(r) => {
+                Response::Heartbeat(conn.call(K::Heartbeat, HEARTBEAT_VERSION, &r)?)
+            }
+            Request::Commit(r) => {
+                Response::Commit(conn.call(K::OffsetCommit, OFFSET_COMMIT_VERSION, &r)?)
+            }
+            Request::Leave(r) => Response::Leave(conn.call(K::LeaveGroup, LEAVE_VERSION, &r)?),
+        })
+    }
+}
+
+/// FindCoordinator v1 for `group` over `conn`: the coordinator's HOST:PORT.
+pub fn find_coordinator(conn: &mut super::client::Connection, group: &str) -> Result<String> {
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+    let req = FindCoordinatorRequest::default()
+        .with_key(sb(group))
+        .with_key_type(0);
+    let r: FindCoordinatorResponse = conn.call(ApiKey::FindCoordinator, 1, &req)?;
+    if r.error_code != 0 {
+        bail!(
+            "FindCoordinator of group {group}: {}",
+            error_name(r.error_code)
+        );
+    }
+    let host = r.host.as_str();
+    Ok(if host.contains(':') {
+        format!("[{host}]:{}", r.port)
+    } else {
+        format!("{host}:{}", r.port)
+    })
+}
+
 fn ms(d: Duration) -> i32 {
     i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
 }

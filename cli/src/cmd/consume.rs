@@ -18,6 +18,8 @@ use kxgw::kafka::client::KafkaFetcher;
 use kxgw::log::record::{decode_records, records_section, RecordRef};
 use kxgw::log::writer::{demo_key, demo_value_into};
 
+mod group;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// kxgw fetch endpoint (UDP), e.g. 198.18.0.1:9093.
@@ -28,6 +30,11 @@ pub struct Args {
     pub bootstrap: Option<String>,
     #[arg(long)]
     pub topic: String,
+    /// Consume as a member of this consumer group: join, get partitions of --topic assigned
+    /// and commit offsets through the coordinator at --bootstrap, read the records over UDP
+    /// from --fetch (starting at the committed offsets, else as --from-beginning/--from-end).
+    #[arg(long, value_name = "GROUP", requires_all = ["fetch", "bootstrap"], conflicts_with_all = ["offset", "amplification_probe"])]
+    pub group: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub partition: i32,
     /// First offset to read.
@@ -143,6 +150,8 @@ struct Tally {
     errors: u64,
     first: Option<i64>,
     next: Option<i64>,
+    /// Next offset per partition (a group member reads several).
+    next_of: std::collections::BTreeMap<i32, i64>,
 }
 
 struct Sink<'a> {
@@ -190,7 +199,7 @@ impl Sink<'_> {
                 continue;
             }
             if self.args.verify {
-                if let Some(n) = self.tally.next {
+                if let Some(&n) = self.tally.next_of.get(&partition) {
                     if r.offset != n {
                         self.error(format!(
                             "offset {} follows {} (expected {n})",
@@ -221,6 +230,7 @@ impl Sink<'_> {
             }
             self.tally.first.get_or_insert(r.offset);
             self.tally.next = Some(r.offset + 1);
+            self.tally.next_of.insert(partition, r.offset + 1);
             self.tally.records += 1;
         }
         if let Some(b) = &self.bar {
@@ -327,7 +337,10 @@ fn run_inner(args: Args) -> Result<ExitCode> {
     let mut transport = String::new();
     let mut recovery = String::new();
     let mut answered = false;
-    if let Some(addr) = args.fetch {
+    if let Some(g) = &args.group {
+        (transport, recovery) = group::run(&args, g, &mut sink, &stop)?;
+        answered = true;
+    } else if let Some(addr) = args.fetch {
         let cfg = ClientConfig {
             window: args.window,
             fetch_bytes: args.fetch_bytes,
