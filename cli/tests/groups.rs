@@ -608,14 +608,18 @@ fn held(m: &Member) -> std::collections::BTreeSet<i32> {
     held
 }
 
-/// Waits until `members` together hold every partition, each once (a finished rebalance).
+/// Waits until `members` together hold every partition, each once, and each member some (a
+/// finished rebalance).
 fn wait_held_by(members: &[&Member], timeout: Duration) -> Vec<std::collections::BTreeSet<i32>> {
     let deadline = Instant::now() + timeout;
     loop {
         let sets: Vec<_> = members.iter().map(|m| held(m)).collect();
         let total: usize = sets.iter().map(|s| s.len()).sum();
         let union: std::collections::BTreeSet<i32> = sets.iter().flatten().copied().collect();
-        if (total == PARTITIONS as usize && union.len() == total) || Instant::now() > deadline {
+        let done = total == PARTITIONS as usize
+            && union.len() == total
+            && sets.iter().all(|s| !s.is_empty());
+        if done || Instant::now() > deadline {
             return sets;
         }
         std::thread::sleep(Duration::from_millis(200));
