@@ -282,6 +282,18 @@ impl Sink<'_> {
     }
 }
 
+/// The UDP fetch client's settings from the flags (one partition, or a group's assignment).
+fn client_config(args: &Args) -> ClientConfig {
+    ClientConfig {
+        window: args.window,
+        fetch_bytes: args.fetch_bytes,
+        follow: args.follow,
+        max_wait: Duration::from_millis(args.max_wait_ms),
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        ..ClientConfig::default()
+    }
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
     match run_inner(args) {
         // `kxgw consume ... | head`: the reader left, which is not an error.
@@ -341,14 +353,7 @@ fn run_inner(args: Args) -> Result<ExitCode> {
         (transport, recovery) = group::run(&args, g, &mut sink, &stop)?;
         answered = true;
     } else if let Some(addr) = args.fetch {
-        let cfg = ClientConfig {
-            window: args.window,
-            fetch_bytes: args.fetch_bytes,
-            follow: args.follow,
-            max_wait: Duration::from_millis(args.max_wait_ms),
-            connect_timeout: Duration::from_millis(args.connect_timeout_ms),
-            ..ClientConfig::default()
-        };
+        let cfg = client_config(&args);
         let sub = Subscription {
             topic: args.topic.clone(),
             partition: args.partition,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use kxgw::fetch::consumer::UdpConsumer;
-use kxgw::fetch::{ClientConfig, Event, StartAt, Subscription};
+use kxgw::fetch::{Event, StartAt, Subscription};
 use kxgw::kafka::client::Connection;
 use kxgw::kafka::group_member::{find_coordinator, GroupMember, MemberConfig, MemberEvent, Tp};
 
@@ -148,15 +148,7 @@ fn assigned(
             start: at.map_or(reset, StartAt::Offset),
         })
         .collect();
-    let cfg = ClientConfig {
-        window: args.window,
-        fetch_bytes: args.fetch_bytes,
-        follow: args.follow,
-        max_wait: Duration::from_millis(args.max_wait_ms),
-        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
-        ..ClientConfig::default()
-    };
-    let u = UdpConsumer::connect(fetch, cfg, subs)
+    let u = UdpConsumer::connect(fetch, super::client_config(args), subs)
         .with_context(|| format!("opening a UDP socket toward {fetch}"))?;
     Ok(Some(u))
 }
