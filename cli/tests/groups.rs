@@ -515,3 +515,189 @@ fn two_groups_progress_independently_and_stats_show_their_lag() {
     eprintln!("group ga lag {lag_a:?} after 80000 records, group gb lag {lag_b:?}\n{text}");
     gw.stop();
 }
+
+/// `kxgw consume --group` (records over the AF_XDP fetch path) and a confluent-kafka member
+/// (Kafka TCP) in one group.
+#[test]
+fn a_kxgw_udp_member_and_a_confluent_member_split_the_partitions() {
+    require_client(Client::Confluent);
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (net, work, dir, state) = setup("gmix");
+    let fetch = format!("{}:9093", kxgw_testkit::testnet::GW_ADDR);
+    let state_arg = state.to_string_lossy().into_owned();
+    let gw = Gateway::start_with(
+        &net,
+        &dir,
+        work.path(),
+        &[
+            "--state-dir",
+            &state_arg,
+            "--fetch-listen",
+            &fetch,
+            "--xdp-iface",
+            &net.gw_if,
+        ],
+    );
+    let out = work.path().join("kxgw-member.out");
+    let err = work.path().join("kxgw-member.err");
+    let child = net
+        .client_command(KXGW)
+        .args(["consume", "--group", "gm", "--topic", TOPIC, "--follow"])
+        .args(["--fetch", &fetch, "--bootstrap", &gw.addr.to_string()])
+        .args(["--format", "%p\\t%o\\n"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("spawning kxgw consume --group");
+    let mut udp = Member {
+        child: KillOnDrop(child),
+        out,
+        err,
+    };
+    let mut tcp = Member::start(&net, Client::Confluent, &gw, "gm", work.path(), &[]);
+    let got = wait_distinct(&[&udp, &tcp], TOTAL, Duration::from_secs(180));
+    std::thread::sleep(Duration::from_secs(2));
+    udp.stop();
+    tcp.stop();
+    let report = describe(&[&udp, &tcp]);
+    assert_eq!(got, TOTAL, "distinct records\n{report}\n{}", gw.log());
+    let seen = tally(&[&udp, &tcp]);
+    assert!(every_record(&seen).is_empty(), "records missing");
+    let dups = seen.values().filter(|&&n| n > 1).count();
+    assert_eq!(dups, 0, "records received twice\n{report}");
+    let parts = |m: &Member| -> std::collections::BTreeSet<i32> {
+        m.records().into_iter().map(|(p, _)| p).collect()
+    };
+    let (pu, pt) = (parts(&udp), parts(&tcp));
+    assert!(
+        !pu.is_empty() && !pt.is_empty(),
+        "both members get partitions: kxgw {pu:?}, confluent {pt:?}\n{report}"
+    );
+    let udp_err = udp.stderr();
+    assert!(udp_err.contains("group gm generation"), "{udp_err}");
+    // The kxgw member left on SIGTERM after committing: the group's lag is zero.
+    assert_eq!(group_lag(&gw, "gm"), Some(0), "{}", gw.metrics());
+    eprintln!(
+        "group gm: kxgw consume --group read partitions {pu:?} ({} records) over UDP/AF_XDP, \
+         confluent-kafka {pt:?} ({} records) over TCP, every record once",
+        udp.records().len(),
+        tcp.records().len()
+    );
+    gw.stop();
+}
+
+/// The partitions a cooperative member holds after its "assigned +P" / "revoked -P" lines.
+fn held(m: &Member) -> std::collections::BTreeSet<i32> {
+    let mut held = std::collections::BTreeSet::new();
+    for l in m.output().lines() {
+        let (add, list) = if let Some(r) = l.strip_prefix("assigned +") {
+            (true, r)
+        } else if let Some(r) = l.strip_prefix("revoked -") {
+            (false, r)
+        } else {
+            continue;
+        };
+        for p in list.split(',').filter_map(|p| p.parse::<i32>().ok()) {
+            if add {
+                held.insert(p);
+            } else {
+                held.remove(&p);
+            }
+        }
+    }
+    held
+}
+
+/// Waits until `members` together hold every partition, each once, and each member some (a
+/// finished rebalance).
+fn wait_held_by(members: &[&Member], timeout: Duration) -> Vec<std::collections::BTreeSet<i32>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let sets: Vec<_> = members.iter().map(|m| held(m)).collect();
+        let total: usize = sets.iter().map(|s| s.len()).sum();
+        let union: std::collections::BTreeSet<i32> = sets.iter().flatten().copied().collect();
+        let done = total == PARTITIONS as usize
+            && union.len() == total
+            && sets.iter().all(|s| !s.is_empty());
+        if done || Instant::now() > deadline {
+            return sets;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn cooperative_sticky_members_rebalance_incrementally_as_members_come_and_go() {
+    let client = Client::Confluent;
+    require_client(client);
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (net, work, dir, state) = setup("gcoop");
+    let gw = start_gateway(&net, &dir, work.path(), &state);
+    // Paced (~1,500 records/s each) so that the group is mid-way through every change.
+    let opts = ["--strategy", "cooperative-sticky", "--pace", "1500"];
+    let mut members: Vec<Member> = (0..2)
+        .map(|_| Member::start(&net, client, &gw, "gc", work.path(), &opts))
+        .collect();
+    let two = wait_held_by(&[&members[0], &members[1]], Duration::from_secs(60));
+    let refs: Vec<&Member> = members.iter().collect();
+    assert!(
+        two.iter().all(|s| s.len() == 2),
+        "two members hold two partitions each: {two:?}\n{}",
+        describe(&refs)
+    );
+    wait_distinct(&refs, TOTAL / 10, Duration::from_secs(60));
+    members.push(Member::start(&net, client, &gw, "gc", work.path(), &opts));
+    let three = wait_held_by(&members.iter().collect::<Vec<_>>(), Duration::from_secs(60));
+    let refs: Vec<&Member> = members.iter().collect();
+    assert!(
+        three.iter().all(|s| !s.is_empty()) && three.iter().map(|s| s.len()).sum::<usize>() == 4,
+        "the third member got a partition: {three:?}\n{}",
+        describe(&refs)
+    );
+    // Incremental: the first two kept what they still hold (they never revoked it).
+    for (i, s) in three[..2].iter().enumerate() {
+        assert!(
+            s.is_subset(&two[i]),
+            "member {i} kept its partitions: {two:?} → {three:?}"
+        );
+    }
+    let seen_before = tally(&refs).len();
+    members[0].stop();
+    let after = wait_held_by(&[&members[1], &members[2]], Duration::from_secs(60));
+    let refs: Vec<&Member> = members.iter().collect();
+    assert_eq!(
+        after.iter().map(|s| s.len()).sum::<usize>(),
+        4,
+        "the leaver's partitions moved to the others: {after:?}\n{}",
+        describe(&refs)
+    );
+    for (i, s) in after.iter().enumerate() {
+        assert!(
+            three[i + 1].is_subset(s),
+            "member {} kept its partitions",
+            i + 1
+        );
+    }
+    let got = wait_distinct(&refs, TOTAL, Duration::from_secs(240));
+    std::thread::sleep(Duration::from_secs(2));
+    for m in &mut members[1..] {
+        m.stop();
+    }
+    let refs: Vec<&Member> = members.iter().collect();
+    let report = describe(&refs);
+    assert_eq!(got, TOTAL, "every record\n{report}\n{}", gw.log());
+    let log = gw.log();
+    assert!(
+        log.contains("protocol Some(\"cooperative-sticky\")"),
+        "the group ran cooperative-sticky\n{log}"
+    );
+    let seen = tally(&refs);
+    let dups = seen.values().filter(|&&n| n > 1).count();
+    eprintln!(
+        "cooperative-sticky: {two:?} → third joins {three:?} → first leaves {after:?}; \
+         {seen_before} records before the leave, all {TOTAL} received ({dups} twice), \
+         {} rebalances",
+        gw.metric("kxgw_group_rebalances_total")
+    );
+    gw.stop();
+}

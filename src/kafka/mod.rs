@@ -23,6 +23,7 @@ pub mod client;
 mod fetch_tests;
 pub mod frame;
 pub mod group;
+pub mod group_member;
 #[cfg(test)]
 mod group_session_tests;
 pub mod outq;

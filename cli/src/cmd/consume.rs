@@ -20,6 +20,8 @@ use kxgw::log::writer::{demo_key, demo_value_into};
 
 use crate::flags::IsolationLevel;
 
+mod group;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// kxgw fetch endpoint (UDP), e.g. 198.18.0.1:9093.
@@ -30,6 +32,11 @@ pub struct Args {
     pub bootstrap: Option<String>,
     #[arg(long)]
     pub topic: String,
+    /// Consume as a member of this consumer group: join, get partitions of --topic assigned
+    /// and commit offsets through the coordinator at --bootstrap, read the records over UDP
+    /// from --fetch (starting at the committed offsets, else as --from-beginning/--from-end).
+    #[arg(long, value_name = "GROUP", requires_all = ["fetch", "bootstrap"], conflicts_with_all = ["offset", "amplification_probe"])]
+    pub group: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub partition: i32,
     /// First offset to read.
@@ -151,6 +158,8 @@ struct Tally {
     errors: u64,
     first: Option<i64>,
     next: Option<i64>,
+    /// Next offset per partition (a group member reads several).
+    next_of: std::collections::BTreeMap<i32, i64>,
 }
 
 struct Sink<'a> {
@@ -198,7 +207,7 @@ impl Sink<'_> {
                 continue;
             }
             if self.args.verify {
-                if let Some(n) = self.tally.next {
+                if let Some(&n) = self.tally.next_of.get(&partition) {
                     if r.offset != n {
                         self.error(format!(
                             "offset {} follows {} (expected {n})",
@@ -229,6 +238,7 @@ impl Sink<'_> {
             }
             self.tally.first.get_or_insert(r.offset);
             self.tally.next = Some(r.offset + 1);
+            self.tally.next_of.insert(partition, r.offset + 1);
             self.tally.records += 1;
         }
         if let Some(b) = &self.bar {
@@ -277,6 +287,19 @@ impl Sink<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The UDP fetch client's settings from the flags (one partition, or a group's assignment).
+fn client_config(args: &Args) -> ClientConfig {
+    ClientConfig {
+        window: args.window,
+        fetch_bytes: args.fetch_bytes,
+        follow: args.follow,
+        max_wait: Duration::from_millis(args.max_wait_ms),
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        isolation: args.isolation_level.into(),
+        ..ClientConfig::default()
     }
 }
 
@@ -335,16 +358,11 @@ fn run_inner(args: Args) -> Result<ExitCode> {
     let mut transport = String::new();
     let mut recovery = String::new();
     let mut answered = false;
-    if let Some(addr) = args.fetch {
-        let cfg = ClientConfig {
-            window: args.window,
-            fetch_bytes: args.fetch_bytes,
-            follow: args.follow,
-            max_wait: Duration::from_millis(args.max_wait_ms),
-            connect_timeout: Duration::from_millis(args.connect_timeout_ms),
-            isolation: args.isolation_level.into(),
-            ..ClientConfig::default()
-        };
+    if let Some(g) = &args.group {
+        (transport, recovery) = group::run(&args, g, &mut sink, &stop)?;
+        answered = true;
+    } else if let Some(addr) = args.fetch {
+        let cfg = client_config(&args);
         let sub = Subscription {
             topic: args.topic.clone(),
             partition: args.partition,

@@ -2,12 +2,15 @@
 """One member of a consumer group, with kafka-python or confluent-kafka (subscribe, auto-commit).
 
 usage: group_consume.py CLIENT BOOTSTRAP GROUP TOPIC [--max N] [--pace RECORDS_PER_S]
+                        [--strategy ASSIGNORS]
 
 CLIENT is "kafka-python" or "confluent". Prints "PARTITION<TAB>OFFSET" per record received
 and "assigned P,P..." on every assignment. Without --max it runs until SIGTERM, then closes
 the consumer (which commits and leaves the group). With --max it stops after N records,
 commits them synchronously, closes and prints "committed N". --pace slows it down to about
-that many records a second (so a test can act while the group is mid-way).
+that many records a second (so a test can act while the group is mid-way). --strategy sets
+confluent-kafka's partition.assignment.strategy (e.g. cooperative-sticky); with it every
+assignment change prints "assigned +P,P" (added) or "revoked -P,P" (taken away).
 """
 import argparse
 import signal
@@ -74,10 +77,10 @@ def kafka_python(bootstrap, group, topic, limit, rate):
     c.close()
 
 
-def confluent(bootstrap, group, topic, limit, rate):
+def confluent(bootstrap, group, topic, limit, rate, strategy):
     from confluent_kafka import Consumer
 
-    c = Consumer({
+    conf = {
         "bootstrap.servers": bootstrap,
         "group.id": group,
         "auto.offset.reset": "earliest",
@@ -85,12 +88,23 @@ def confluent(bootstrap, group, topic, limit, rate):
         "auto.commit.interval.ms": 1000,
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1000,
-    })
+    }
+    if strategy:
+        conf["partition.assignment.strategy"] = strategy
+    c = Consumer(conf)
+
+    def names(parts):
+        return ",".join(str(p.partition) for p in sorted(parts, key=lambda p: p.partition))
 
     def on_assign(_consumer, parts):
-        out("assigned " + ",".join(str(p.partition) for p in sorted(parts, key=lambda p: p.partition)))
+        out(("assigned +" if strategy else "assigned ") + names(parts))
 
-    c.subscribe([topic], on_assign=on_assign)
+    def on_revoke(_consumer, parts):
+        out("revoked -" + names(parts))
+
+    # The eager tests keep the client's default revoke handling.
+    extra = {"on_revoke": on_revoke} if strategy else {}
+    c.subscribe([topic], on_assign=on_assign, **extra)
     got = 0
     started = time.monotonic()
     batch = 500 if rate else 10000
@@ -121,10 +135,13 @@ def main():
     ap.add_argument("topic")
     ap.add_argument("--max", type=int)
     ap.add_argument("--pace", type=float, default=0)
+    ap.add_argument("--strategy")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, on_term)
-    run = kafka_python if a.client == "kafka-python" else confluent
-    run(a.bootstrap, a.group, a.topic, a.max, a.pace)
+    if a.client == "kafka-python":
+        kafka_python(a.bootstrap, a.group, a.topic, a.max, a.pace)
+    else:
+        confluent(a.bootstrap, a.group, a.topic, a.max, a.pace, a.strategy)
 
 
 if __name__ == "__main__":

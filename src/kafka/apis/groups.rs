@@ -164,17 +164,33 @@ fn find_coordinator(
             Some("unknown coordinator key type"),
         ),
     };
-    let node = ctx.node;
-    let (id, host, port) = if code == 0 {
-        (node.node_id, sb(&node.host), node.port)
-    } else {
-        (-1, StrBytes::default(), -1)
-    };
+    let node = (code == 0).then(|| (ctx.node.node_id, sb(&ctx.node.host), ctx.node.port));
+    let resp = coordinator_answer(req, v, node, code, msg);
+    encode("FindCoordinator", ApiKey::FindCoordinator, c, v, &resp)
+}
+
+/// A FindCoordinator answer naming `node` (id, host, port), or none with error `code`: in
+/// the v0-v3 shape or, from v4, once per key asked for.
+pub(super) fn coordinator_answer(
+    req: &FindCoordinatorRequest,
+    v: i16,
+    node: Option<(i32, StrBytes, i32)>,
+    code: i16,
+    msg: Option<&'static str>,
+) -> FindCoordinatorResponse {
+    let (id, host, port) = node.unwrap_or((-1, StrBytes::default(), -1));
     let msg = msg.map(StrBytes::from_static_str);
-    let mut resp = FindCoordinatorResponse::default();
-    if v >= 4 {
-        resp.coordinators = req
-            .coordinator_keys
+    let resp = FindCoordinatorResponse::default();
+    if v < 4 {
+        return resp
+            .with_error_code(code)
+            .with_error_message(msg)
+            .with_node_id(BrokerId(id))
+            .with_host(host)
+            .with_port(port);
+    }
+    resp.with_coordinators(
+        req.coordinator_keys
             .iter()
             .map(|k| {
                 Coordinator::default()
@@ -185,16 +201,27 @@ fn find_coordinator(
                     .with_error_code(code)
                     .with_error_message(msg.clone())
             })
-            .collect();
-    } else {
-        resp = resp
-            .with_error_code(code)
-            .with_error_message(msg)
-            .with_node_id(BrokerId(id))
-            .with_host(host)
-            .with_port(port);
+            .collect(),
+    )
+}
+
+/// An answer now, or the request parked (JoinGroup and SyncGroup wait for the rebalance).
+fn now_or_parked<T>(
+    outcome: Outcome<T>,
+    api: ApiKey,
+    c: i32,
+    v: i16,
+    now: impl FnOnce(T) -> Result<Answer, GroupError>,
+) -> Result<Answer, GroupError> {
+    match outcome {
+        Outcome::Now(reply) => now(reply),
+        Outcome::Wait(waiter) => Ok(Answer::Wait(Pending {
+            waiter,
+            api,
+            version: v,
+            correlation_id: c,
+        })),
     }
-    encode("FindCoordinator", ApiKey::FindCoordinator, c, v, &resp)
 }
 
 fn join(
@@ -226,15 +253,7 @@ fn join(
         require_known_member: v >= 4,
     };
     let outcome = groups.lock().coord.join(p, now);
-    match outcome {
-        Outcome::Now(j) => encode_join(c, v, j),
-        Outcome::Wait(waiter) => Ok(Answer::Wait(Pending {
-            waiter,
-            api: ApiKey::JoinGroup,
-            version: v,
-            correlation_id: c,
-        })),
-    }
+    now_or_parked(outcome, ApiKey::JoinGroup, c, v, |j| encode_join(c, v, j))
 }
 
 fn encode_join(c: i32, v: i16, j: JoinReply) -> Result<Answer, GroupError> {
@@ -288,15 +307,7 @@ fn sync(
         .lock()
         .coord
         .sync(&r, (ptype, pname), assignments, now);
-    match outcome {
-        Outcome::Now(reply) => encode_sync(c, v, reply),
-        Outcome::Wait(waiter) => Ok(Answer::Wait(Pending {
-            waiter,
-            api: ApiKey::SyncGroup,
-            version: v,
-            correlation_id: c,
-        })),
-    }
+    now_or_parked(outcome, ApiKey::SyncGroup, c, v, |r| encode_sync(c, v, r))
 }
 
 fn encode_sync(c: i32, v: i16, r: SyncReply) -> Result<Answer, GroupError> {

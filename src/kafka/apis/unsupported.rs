@@ -6,7 +6,6 @@
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -113,24 +112,7 @@ pub fn refuse(
         }
         ApiKey::FindCoordinator => {
             let req: FindCoordinatorRequest = decode(key, version, body)?;
-            let mut resp = FindCoordinatorResponse::default();
-            if version >= 4 {
-                resp.coordinators = req
-                    .coordinator_keys
-                    .iter()
-                    .map(|k| {
-                        Coordinator::default()
-                            .with_key(k.clone())
-                            .with_node_id(BrokerId(-1))
-                            .with_port(-1)
-                            .with_error_code(REFUSED)
-                    })
-                    .collect();
-            } else {
-                resp.error_code = REFUSED;
-                resp.node_id = BrokerId(-1);
-                resp.port = -1;
-            }
+            let resp = super::groups::coordinator_answer(&req, version, None, REFUSED, None);
             encode(key, c, version, &resp)
         }
         ApiKey::OffsetCommit => {

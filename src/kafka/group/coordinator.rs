@@ -8,7 +8,7 @@
 //! waiting for the leader's SyncGroup) → Stable. A member not heard from within its session
 //! timeout is expelled and the group rebalances.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -165,6 +165,11 @@ struct Group {
     /// group.instance.id → member id.
     statics: HashMap<String, String>,
     rebalance_deadline: Option<Instant>,
+    /// Members of this generation that have not sent SyncGroup yet (Kafka's pending sync
+    /// members), and when they are expelled for it: a leader that never syncs must not
+    /// leave the others parked forever.
+    awaiting_sync: BTreeSet<String>,
+    sync_deadline: Option<Instant>,
     /// During the initial delay of a rebalance from Empty: the latest it may be extended to.
     initial_cap: Option<Instant>,
     empty_since: Option<Instant>,
@@ -185,6 +190,8 @@ impl Group {
             pending: HashMap::new(),
             statics: HashMap::new(),
             rebalance_deadline: None,
+            awaiting_sync: BTreeSet::new(),
+            sync_deadline: None,
             initial_cap: None,
             empty_since: Some(now),
             rebalances: 0,
@@ -283,6 +290,14 @@ impl Group {
             protocol_type: self.protocol_type.clone(),
             protocol_name: self.protocol.clone(),
             assignment,
+        }
+    }
+
+    /// `id` sent its SyncGroup of this generation.
+    fn synced(&mut self, id: &str) {
+        self.awaiting_sync.remove(id);
+        if self.awaiting_sync.is_empty() {
+            self.sync_deadline = None;
         }
     }
 
@@ -450,6 +465,9 @@ impl Coordinator {
             || pname.is_some_and(|n| g.protocol.as_deref() != Some(n))
         {
             return err(E::InconsistentGroupProtocol);
+        }
+        if matches!(g.state, State::CompletingRebalance | State::Stable) {
+            g.synced(&r.member_id);
         }
         match g.state {
             State::Empty | State::Dead => err(E::UnknownMemberId),
@@ -666,10 +684,13 @@ impl Coordinator {
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for g in self.groups.values() {
-            if let Some(d) = g.rebalance_deadline {
+            for d in [g.rebalance_deadline, g.sync_deadline]
+                .into_iter()
+                .flatten()
+            {
                 consider(d);
             }
-            for m in g.members.values().filter(|m| m.join_waiter.is_none()) {
+            for m in g.members.values().filter(|m| m.expires_silently()) {
                 consider(m.expires);
             }
             for &d in g.pending.values() {
@@ -693,7 +714,7 @@ impl Coordinator {
             let expired: Vec<String> = g
                 .members
                 .values()
-                .filter(|m| m.join_waiter.is_none() && m.expires <= now)
+                .filter(|m| m.expires_silently() && m.expires <= now)
                 .map(|m| m.id.clone())
                 .collect();
             let lapsed: Vec<String> = g
@@ -709,7 +730,15 @@ impl Coordinator {
             for id in &lapsed {
                 g.pending.remove(id);
             }
-            if !expired.is_empty() || !lapsed.is_empty() {
+            let unsynced: Vec<String> = match g.sync_deadline {
+                Some(d) if d <= now => std::mem::take(&mut g.awaiting_sync).into_iter().collect(),
+                _ => Vec::new(),
+            };
+            for id in &unsynced {
+                log::info!("group {}: member {id} did not send SyncGroup in time", g.id);
+                remove_member(g, &mut self.mail, id);
+            }
+            if !expired.is_empty() || !lapsed.is_empty() || !unsynced.is_empty() {
                 after_removal(g, &cfg, &mut self.mail, now);
             }
             if g.state == State::PreparingRebalance
@@ -953,6 +982,8 @@ fn prepare_rebalance(g: &mut Group, cfg: &GroupConfig, mail: &mut Mailbox, now: 
         }
     }
     let was_empty = g.state == State::Empty;
+    g.awaiting_sync.clear();
+    g.sync_deadline = None;
     g.state = State::PreparingRebalance;
     g.empty_since = None;
     g.rebalances += 1;
@@ -1016,6 +1047,9 @@ fn complete_join(g: &mut Group, mail: &mut Mailbox, now: Instant) {
         g.leader = g.members.keys().next().cloned();
     }
     g.state = State::CompletingRebalance;
+    g.awaiting_sync = g.members.keys().cloned().collect();
+    let sync_timeout = g.members.values().map(|m| m.rebalance_timeout).max();
+    g.sync_deadline = sync_timeout.map(|t| now + t);
     let waiters: Vec<(String, WaiterId)> = g
         .members
         .values_mut()
@@ -1042,6 +1076,7 @@ fn remove_member(g: &mut Group, mail: &mut Mailbox, id: &str) {
     let Some(m) = g.members.remove(id) else {
         return;
     };
+    g.synced(id);
     if let Some(inst) = &m.instance_id {
         if g.statics.get(inst).is_some_and(|x| x == id) {
             g.statics.remove(inst);

@@ -49,6 +49,12 @@ impl Member {
         self.protocols.iter().any(|(n, _)| n == protocol)
     }
 
+    /// Whether the session timeout runs: not while a JoinGroup or SyncGroup is parked (the
+    /// member waits for the coordinator, as Kafka's `shouldKeepAlive`).
+    pub fn expires_silently(&self) -> bool {
+        self.join_waiter.is_none() && self.sync_waiter.is_none()
+    }
+
     /// Pushes the session deadline out from `now`.
     pub fn heard_from(&mut self, now: Instant) {
         self.expires = now + self.session_timeout;

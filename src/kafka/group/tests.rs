@@ -440,3 +440,88 @@ fn a_member_whose_parked_join_connection_closed_is_left_out() {
     );
     assert!(!g.members.iter().any(|m| m.id == ids[1] || m.id == ids[2]));
 }
+
+#[test]
+fn a_leader_that_never_syncs_is_expelled_after_the_rebalance_timeout() {
+    let mut c = Coordinator::new(cfg());
+    let t0 = Instant::now();
+    let joined: Vec<(String, WaiterId)> = (0..3).map(|_| join_v4(&mut c, &["range"], t0)).collect();
+    let t1 = t0 + Duration::from_secs(4);
+    c.tick(t1);
+    let replies: Vec<JoinReply> = joined.iter().map(|(_, w)| join_reply(&mut c, *w)).collect();
+    let (gen, leader) = (replies[0].generation, replies[0].leader.clone());
+    let followers: Vec<&String> = joined
+        .iter()
+        .map(|(id, _)| id)
+        .filter(|id| **id != leader)
+        .collect();
+    let mut waits = Vec::new();
+    for id in &followers {
+        match c.sync(&mref(id, gen), (None, None), vec![], t1) {
+            Outcome::Wait(w) => waits.push(w),
+            Outcome::Now(r) => panic!("follower sync answered before the leader's: {r:?}"),
+        }
+    }
+    // The leader keeps heartbeating (its session stays alive) but never sends SyncGroup;
+    // the parked followers are not expelled for their silence meanwhile.
+    for k in 1..=5 {
+        let t = t1 + Duration::from_secs(5 * k);
+        assert_eq!(c.heartbeat(&mref(&leader, gen), t), 0);
+        c.tick(t);
+        assert!(waits.iter().all(|w| c.take_reply(*w).is_none()));
+    }
+    assert_eq!(c.group("g").unwrap().state, State::CompletingRebalance);
+    assert!(c
+        .next_deadline()
+        .is_some_and(|d| d <= t1 + Duration::from_millis(REBALANCE as u64)));
+    let t2 = t1 + Duration::from_millis(REBALANCE as u64);
+    c.tick(t2);
+    // The followers waiting in SyncGroup hear REBALANCE_IN_PROGRESS; the leader is gone.
+    for w in waits {
+        assert_eq!(sync_reply(&mut c, w).error, code(E::RebalanceInProgress));
+    }
+    let g = c.group("g").unwrap();
+    assert_eq!(g.state, State::PreparingRebalance);
+    assert_eq!(g.members.len(), 2);
+    assert!(g.members.iter().all(|m| m.id != leader));
+    assert_eq!(
+        c.heartbeat(&mref(&leader, gen), t2),
+        code(E::UnknownMemberId)
+    );
+    // The followers rejoin and a new generation forms with one of them leading.
+    let Outcome::Wait(first) = c.join(params(followers[0], &["range"]), t2) else {
+        panic!("the first rejoin waits for the other member");
+    };
+    // The last rejoin completes the join phase and is answered at once.
+    let Outcome::Now(second) = c.join(params(followers[1], &["range"]), t2) else {
+        panic!("the last rejoin must complete the rebalance");
+    };
+    let r = [join_reply(&mut c, first), second];
+    assert_eq!(r[0].generation, gen + 1);
+    assert!(followers.contains(&&r[0].leader));
+    let new_leader = r[0].leader.clone();
+    let a = followers
+        .iter()
+        .map(|id| (id.to_string(), Bytes::from_static(b"a")))
+        .collect();
+    let Outcome::Now(s) = c.sync(&mref(&new_leader, gen + 1), (None, None), a, t2) else {
+        panic!("the new leader's sync must answer at once");
+    };
+    assert_eq!(s.error, 0);
+    let other = followers.iter().find(|id| ***id != new_leader).unwrap();
+    let Outcome::Now(s) = c.sync(&mref(other, gen + 1), (None, None), vec![], t2) else {
+        panic!("a sync in Stable answers at once");
+    };
+    assert_eq!((s.error, s.assignment.as_ref()), (0, &b"a"[..]));
+    assert_eq!(c.group("g").unwrap().state, State::Stable);
+    // Everyone synced: no sync deadline remains to expel anybody who keeps heartbeating.
+    for k in 1..=7 {
+        let t = t2 + Duration::from_secs(5 * k);
+        for id in &followers {
+            assert_eq!(c.heartbeat(&mref(id, gen + 1), t), 0);
+        }
+        c.tick(t);
+    }
+    let g = c.group("g").unwrap();
+    assert_eq!((g.state, g.members.len()), (State::Stable, 2));
+}
