@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::log::writer::{demo_key, demo_value, NewRecord, PartitionWriter, WriterConfig};
+use crate::log::writer::{NewRecord, PartitionWriter, WriterConfig};
 use crate::log::{batch, record, LogDir};
+use kxgw_demo_data::{demo_key, demo_value};
 
 use super::client::{Client, ClientConfig, Event, StartAt, Subscription};
 use super::server::{Server, ServerConfig};
