@@ -218,8 +218,15 @@ fn write_snapshot(dir: &Path, offset: i64, ps: &[Producer]) -> Result<(), LogErr
 /// --transactional --key-size 0` writes, for the tests of transactional logs.
 #[cfg(test)]
 pub(crate) struct TestValues {
-    pub partition: i32,
-    pub size: usize,
+    partition: i32,
+    size: usize,
+}
+
+#[cfg(test)]
+impl TestValues {
+    pub fn new(partition: i32, size: usize) -> TestValues {
+        TestValues { partition, size }
+    }
 }
 
 #[cfg(test)]

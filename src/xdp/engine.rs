@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::arena::{ArenaStats, BLOCK};
-use super::bind::{self, BindMode, BindPolicy};
 pub use super::bind::TxStrategy;
+use super::bind::{self, BindMode, BindPolicy};
 pub use super::consts::MAX_DESCS;
 use super::consts::{COMP_RING, FILL_RING, FRAME, RING, RX_FRAMES, TX_FRAMES};
 use super::error::XdpError;

@@ -153,15 +153,7 @@ fn write_txn_log(dir: &Path) {
         abort_every: 3,
         open_tail: true,
     };
-    let s = txn_writer::write(
-        &mut w,
-        &mut TestValues {
-            partition: 0,
-            size: 10,
-        },
-        plan,
-    )
-    .unwrap();
+    let s = txn_writer::write(&mut w, &mut TestValues::new(0, 10), plan).unwrap();
     assert_eq!((s.committed, s.aborted, s.open), (4, 1, 1));
 }
 
@@ -235,15 +227,7 @@ fn a_growing_log_is_followed() {
         abort_every: 0,
         open_tail: true,
     };
-    txn_writer::write(
-        &mut w,
-        &mut TestValues {
-            partition: 0,
-            size: 10,
-        },
-        plan,
-    )
-    .unwrap();
+    txn_writer::write(&mut w, &mut TestValues::new(0, 10), plan).unwrap();
     let log = LogDir::open(d.path(), None).unwrap();
     let p = log.partition("t", 0).unwrap();
     // A: 0, B: 1, A: 2, B: 3, A's commit 4; B open since 1.

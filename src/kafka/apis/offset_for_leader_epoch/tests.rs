@@ -29,15 +29,7 @@ fn harness() -> (Harness, tempfile::TempDir, uuid::Uuid) {
         abort_every: 3,
         open_tail: true,
     };
-    txn_writer::write(
-        &mut w,
-        &mut TestValues {
-            partition: 0,
-            size: 10,
-        },
-        plan,
-    )
-    .unwrap();
+    txn_writer::write(&mut w, &mut TestValues::new(0, 10), plan).unwrap();
     drop(w);
     (Harness::new(LogDir::open(d.path(), None).unwrap()), d, id)
 }
