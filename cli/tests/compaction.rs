@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use kxgw::log::writer::is_demo_value;
+use kxgw_demo_data::is_demo_value;
 
 const TOPIC: &str = "cmp";
 const RECORDS: i64 = 6000;

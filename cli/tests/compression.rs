@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{consume_fetch, verified_summary, wait_listening, KXGW};
 use kxgw::log::batch;
-use kxgw::log::writer::{demo_key, demo_value};
+use kxgw_demo_data::{demo_key, demo_value};
 use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const PY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py");

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kxgw::log::writer::{produce, ProduceConfig, WriterConfig};
+use kxgw::log::writer::WriterConfig;
+use kxgw_testkit::demo_log::{produce, ProduceConfig};
 use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 fn exe() -> &'static str {

@@ -73,7 +73,15 @@ fn tcp_consumers_vanishing_mid_response_leak_nothing() {
     let addr = gw.addr;
     // Warm up (mappings, first connection), then take the baseline.
     in_client_ns(&net, move || {
-        consume_verified(addr, "v", 0, 0, 2000, Duration::from_secs(20))
+        consume_verified(
+            addr,
+            "v",
+            0,
+            0,
+            2000,
+            Duration::from_secs(20),
+            Duration::ZERO,
+        )
     })
     .unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -101,7 +109,15 @@ fn tcp_consumers_vanishing_mid_response_leak_nothing() {
         fd_count(pid) <= fds_before
     });
     let n = in_client_ns(&net, move || {
-        consume_verified(addr, "v", 0, 0, 20_000, Duration::from_secs(20))
+        consume_verified(
+            addr,
+            "v",
+            0,
+            0,
+            20_000,
+            Duration::from_secs(20),
+            Duration::ZERO,
+        )
     })
     .unwrap();
     assert!(n > 0);
@@ -167,7 +183,7 @@ fn gateway_sigkill_under_load_and_restart_serves_again() {
             let f = std::fs::File::open(&ns).unwrap();
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             let pace = Duration::from_millis(20);
-            consume_paced(addr, "k", 0, 0, 200_000, Duration::from_secs(30), pace)
+            consume_verified(addr, "k", 0, 0, 200_000, Duration::from_secs(30), pace)
         })
     };
     std::thread::sleep(Duration::from_millis(300));
@@ -253,7 +269,15 @@ fn segment_deleted_by_retention_while_served() {
             assert!(Instant::now() < deadline, "deleted segment still served");
             std::thread::sleep(Duration::from_millis(50));
         }
-        consume_verified(addr, "r", 0, second, 40_000, Duration::from_secs(20))
+        consume_verified(
+            addr,
+            "r",
+            0,
+            second,
+            40_000,
+            Duration::from_secs(20),
+            Duration::ZERO,
+        )
     });
     assert!(outcome.unwrap() > 0);
     stop_without_panic(gw);
@@ -304,7 +328,15 @@ fn torn_tail_is_not_served_until_complete() {
     );
     append(&batch[batch.len() / 2..]);
     let n = in_client_ns(&net, move || {
-        consume_verified(addr, "w", 0, 0, 1010, Duration::from_secs(10))
+        consume_verified(
+            addr,
+            "w",
+            0,
+            0,
+            1010,
+            Duration::from_secs(10),
+            Duration::ZERO,
+        )
     })
     .unwrap();
     assert!(n > 0);

@@ -13,7 +13,8 @@ use common::{
     consume_fetch, follower_output, json_number, produce_demo_records, segment_count,
     start_follower, tail_probe, tail_produce, verified_summary,
 };
-use kxgw::log::writer::{produce, ProduceConfig, WriterConfig};
+use kxgw::log::writer::WriterConfig;
+use kxgw_testkit::demo_log::{produce, ProduceConfig};
 use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const PORT: u16 = 9093;

@@ -16,7 +16,7 @@ use common::{
 };
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kxgw::log::writer::{demo_key, demo_value};
+use kxgw_demo_data::{demo_key, demo_value};
 use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const PY_CONSUMER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/kafka_consume.py");

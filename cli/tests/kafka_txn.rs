@@ -14,7 +14,7 @@ use std::process::Stdio;
 use common::{call, connect, in_client_ns, test_setup, Gateway};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kxgw::log::writer::is_demo_value;
+use kxgw_demo_data::is_demo_value;
 use kxgw_testkit::testnet::TestNet;
 
 const PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/txn_consume.py");

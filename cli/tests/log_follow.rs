@@ -6,8 +6,8 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kxgw::log::writer::is_demo_value;
 use kxgw::log::{batch, record, Isolation, LogDir};
+use kxgw_demo_data::is_demo_value;
 use kxgw_testkit::testnet::KillOnDrop;
 
 #[test]
@@ -125,7 +125,8 @@ fn follow_a_live_log() {
 /// and slices taken before a remap stay valid.
 #[test]
 fn concurrent_readers_while_appending() {
-    use kxgw::log::writer::{demo_value, NewRecord, PartitionWriter, WriterConfig};
+    use kxgw::log::writer::{NewRecord, PartitionWriter, WriterConfig};
+    use kxgw_demo_data::demo_value;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 

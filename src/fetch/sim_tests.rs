@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::log::writer::{demo_key, demo_value, NewRecord, PartitionWriter, WriterConfig};
+use crate::log::writer::{NewRecord, PartitionWriter, WriterConfig};
 use crate::log::{batch, record, LogDir};
+use kxgw_demo_data::{demo_key, demo_value};
 
 use super::client::{Client, ClientConfig, Event, StartAt, Subscription};
 use super::server::{Server, ServerConfig};
@@ -975,8 +976,7 @@ fn a_flow_moved_to_another_queue_stays_validated() {
 /// markers alone (a data batch belongs to the transaction its producer's next marker ends).
 fn txn_setup(records: u64) -> (tempfile::TempDir, Arc<LogDir>, Vec<i64>, Vec<i64>, i64) {
     use crate::log::txn::{marker_of, Marker};
-    use crate::log::txn_writer::{self, TxnPlan};
-    use crate::log::writer::DemoBatches;
+    use crate::log::txn_writer::{self, TestValues, TxnPlan};
     let dir = tempfile::tempdir().unwrap();
     let mut w = PartitionWriter::open(dir.path(), TOPIC, 0, WriterConfig::default()).unwrap();
     let plan = TxnPlan {
@@ -985,7 +985,7 @@ fn txn_setup(records: u64) -> (tempfile::TempDir, Arc<LogDir>, Vec<i64>, Vec<i64
         abort_every: 3,
         open_tail: true,
     };
-    txn_writer::write(&mut w, DemoBatches::new(0, 300, 8, 0), plan).unwrap();
+    txn_writer::write(&mut w, &mut TestValues::new(0, 300), plan).unwrap();
     w.flush().unwrap();
     drop(w);
     let log = LogDir::open(dir.path(), None).unwrap();

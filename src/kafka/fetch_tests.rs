@@ -13,8 +13,9 @@ use kafka_protocol::records::RecordBatchDecoder;
 
 use super::apis::topic_id;
 use super::testkit::{decode_response, request, Harness};
-use crate::log::writer::{demo_key, demo_value, NewRecord, PartitionWriter, WriterConfig};
+use crate::log::writer::{NewRecord, PartitionWriter, WriterConfig};
 use crate::log::LogDir;
+use kxgw_demo_data::{demo_key, demo_value};
 
 const VALUE: usize = 100;
 

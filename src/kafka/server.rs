@@ -113,12 +113,7 @@ impl KafkaListener {
             }
             None => local_addr.ip().to_string(),
         };
-        let node = NodeInfo {
-            node_id: 0,
-            host,
-            port: i32::from(local_addr.port()),
-            cluster_id: "kxgw".into(),
-        };
+        let node = NodeInfo::gateway(host, i32::from(local_addr.port()));
         let poll = Poll::new().context("creating epoll instance")?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating waker")?);
         let appended = Arc::new(Mutex::new(HashSet::new()));

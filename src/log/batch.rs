@@ -18,8 +18,8 @@ pub const LAST_OFFSET_DELTA_OFFSET: usize = 23;
 /// Largest batch we accept: Kafka's segment size and message size limits are i32 too.
 pub const MAX_BATCH_LEN: usize = i32::MAX as usize;
 
-/// Attribute bits.
-pub const COMPRESSION_MASK: i16 = 0x07;
+/// Attribute bits (the codec bits belong to [`super::compression`]).
+pub use super::compression::COMPRESSION_MASK;
 pub const TIMESTAMP_TYPE_LOG_APPEND: i16 = 0x08;
 pub const TRANSACTIONAL: i16 = 0x10;
 pub const CONTROL: i16 = 0x20;

@@ -45,10 +45,13 @@ pub enum CompressionError {
     Corrupt { codec: Compression, reason: String },
 }
 
+/// Batch attribute bits 0-2: the codec id.
+pub const COMPRESSION_MASK: i16 = 0x07;
+
 impl Compression {
     /// The codec of attribute bits 0-2.
     pub fn from_attributes(attributes: i16) -> Result<Self, CompressionError> {
-        Self::from_id((attributes & super::batch::COMPRESSION_MASK) as u8)
+        Self::from_id((attributes & COMPRESSION_MASK) as u8)
     }
 
     pub fn from_id(id: u8) -> Result<Self, CompressionError> {
@@ -385,7 +388,8 @@ mod tests {
     fn compressed_batches_decode_with_crc_over_compressed_bytes() {
         use crate::log::batch;
         use crate::log::record::decode_batch;
-        use crate::log::writer::{demo_value, BatchBuilder};
+        use crate::log::writer::BatchBuilder;
+        use kxgw_demo_data::demo_value;
         for codec in ALL {
             let mut b = BatchBuilder::new();
             b.set_compression(codec);

@@ -30,8 +30,8 @@ impl SourceId {
     }
 
     /// A source with identity `id` and nothing to keep alive (tests of caches).
-    #[doc(hidden)]
-    pub fn anonymous(id: usize) -> SourceId {
+    #[cfg(test)]
+    pub(crate) fn anonymous(id: usize) -> SourceId {
         SourceId {
             id,
             keep: Arc::new(()),

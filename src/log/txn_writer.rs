@@ -17,7 +17,13 @@ use super::batch::{CONTROL, TRANSACTIONAL};
 use super::error::LogError;
 use super::segment::file_stem;
 use super::txn::{self, AbortedTxn, SnapshotEntry};
-use super::writer::{now_ms, BatchBuilder, BatchFields, DemoBatches, PartitionWriter};
+use super::writer::{now_ms, BatchBuilder, BatchFields, PartitionWriter};
+
+/// Where the data records of [`write`] come from (`kxgw produce` uses its demo records).
+pub trait BatchSource {
+    /// Begins `b` at `base_offset` and adds `n` records with timestamp `ts`.
+    fn fill(&mut self, b: &mut BatchBuilder, base_offset: i64, n: usize, ts: i64);
+}
 
 pub const FIRST_PRODUCER_ID: i64 = 1000;
 pub const BATCHES_PER_TXN: usize = 2;
@@ -57,7 +63,7 @@ pub struct TxnSummary {
 struct Ctx<'a> {
     w: &'a mut PartitionWriter,
     b: BatchBuilder,
-    demo: DemoBatches,
+    records: &'a mut dyn BatchSource,
     plan: TxnPlan,
     sum: TxnSummary,
 }
@@ -72,7 +78,7 @@ impl Ctx<'_> {
             attributes: TRANSACTIONAL,
             leader_epoch: 0, // the writer stamps its current epoch
         });
-        self.demo.build(&mut self.b, base, n, now_ms());
+        self.records.fill(&mut self.b, base, n, now_ms());
         self.w.append_built(&mut self.b)?;
         p.next_seq = p.next_seq.wrapping_add(n as i32);
         p.txn_first.get_or_insert(base);
@@ -122,10 +128,10 @@ impl Ctx<'_> {
     }
 }
 
-/// Appends `plan.records` transactional demo records to `w` (see the module doc).
+/// Appends `plan.records` transactional records from `records` to `w` (see the module doc).
 pub fn write(
     w: &mut PartitionWriter,
-    demo: DemoBatches,
+    records: &mut dyn BatchSource,
     plan: TxnPlan,
 ) -> Result<TxnSummary, LogError> {
     let batch = plan.batch_records.max(1) as u64;
@@ -142,7 +148,7 @@ pub fn write(
     let mut c = Ctx {
         w,
         b: BatchBuilder::new(),
-        demo,
+        records,
         plan,
         sum: TxnSummary::default(),
     };
@@ -206,4 +212,30 @@ fn write_snapshot(dir: &Path, offset: i64, ps: &[Producer]) -> Result<(), LogErr
     let tmp = path.with_extension("snapshot.tmp");
     std::fs::write(&tmp, txn::format_snapshot(&entries)).map_err(|e| LogError::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))
+}
+
+/// Demo values of `size` bytes for `partition`, no keys or headers: what `kxgw produce
+/// --transactional --key-size 0` writes, for the tests of transactional logs.
+#[cfg(test)]
+pub(crate) struct TestValues {
+    partition: i32,
+    size: usize,
+}
+
+#[cfg(test)]
+impl TestValues {
+    pub fn new(partition: i32, size: usize) -> TestValues {
+        TestValues { partition, size }
+    }
+}
+
+#[cfg(test)]
+impl BatchSource for TestValues {
+    fn fill(&mut self, b: &mut BatchBuilder, base_offset: i64, n: usize, ts: i64) {
+        b.begin(base_offset);
+        for off in base_offset..base_offset + n as i64 {
+            let value = kxgw_demo_data::demo_value(self.partition, off, self.size);
+            b.push_parts(ts, None, Some(&value), &[]);
+        }
+    }
 }

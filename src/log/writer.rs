@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::batch::{self, BATCH_HEADER_LEN, LOG_OVERHEAD};
 use super::checkpoint;
@@ -16,99 +16,6 @@ use super::leader_epoch::LeaderEpochs;
 use super::segment::{self, file_stem, ScanEnd, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use super::varint;
 use super::TopicPartition;
-
-/// Demo key of `offset`: `key-000000000042` (16 bytes, printable).
-pub fn demo_key(offset: i64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(16);
-    push_demo_key(&mut k, offset);
-    k
-}
-
-/// Demo key padded with `k` or cut to `size` bytes.
-pub fn demo_key_sized(offset: i64, size: usize) -> Vec<u8> {
-    let mut k = demo_key(offset);
-    k.resize(size, b'k');
-    k
-}
-
-const ALPHABET_LEN: usize = 26;
-const PATTERN_LEN: usize = 4096 + ALPHABET_LEN;
-/// "abc...zabc..." so that filler can be copied in large chunks.
-static PATTERN: [u8; PATTERN_LEN] = {
-    let mut a = [0u8; PATTERN_LEN];
-    let mut i = 0;
-    while i < PATTERN_LEN {
-        a[i] = b'a' + (i % ALPHABET_LEN) as u8;
-        i += 1;
-    }
-    a
-};
-
-/// Demo value: `p<partition>-o<offset, 12 digits>-` followed by letters where byte `i` is
-/// `'a' + (offset + i) % 26`; cut to `size`. Printable, no newline, different per offset, so
-/// any consumer can check what it received.
-pub fn demo_value(partition: i32, offset: i64, size: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(size);
-    demo_value_into(&mut v, partition, offset, size);
-    v
-}
-
-/// Appends `v` in decimal, zero-padded to `width` digits (`format!("{v:0width$}")` without
-/// the formatting machinery: `produce` writes millions of these).
-fn push_padded(out: &mut Vec<u8>, mut v: u64, width: usize) {
-    let mut tmp = [b'0'; 20];
-    let mut i = tmp.len();
-    while v > 0 {
-        i -= 1;
-        tmp[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
-    let digits = (tmp.len() - i).max(width).clamp(1, tmp.len());
-    out.extend_from_slice(&tmp[tmp.len() - digits..]);
-}
-
-/// Appends `key-<offset, 12 digits>` to `out`.
-fn push_demo_key(out: &mut Vec<u8>, offset: i64) {
-    match u64::try_from(offset) {
-        Ok(o) => {
-            out.extend_from_slice(b"key-");
-            push_padded(out, o, 12);
-        }
-        // Writing into a Vec cannot fail.
-        Err(_) => drop(write!(out, "key-{offset:012}")),
-    }
-}
-
-/// [`demo_value`] appended to `out` (no allocation when `out` has room).
-pub fn demo_value_into(out: &mut Vec<u8>, partition: i32, offset: i64, size: usize) {
-    let start = out.len();
-    match (u64::try_from(partition), u64::try_from(offset)) {
-        (Ok(p), Ok(o)) => {
-            out.push(b'p');
-            push_padded(out, p, 1);
-            out.extend_from_slice(b"-o");
-            push_padded(out, o, 12);
-            out.push(b'-');
-        }
-        // Writing into a Vec cannot fail.
-        _ => drop(write!(out, "p{partition}-o{offset:012}-")),
-    }
-    out.truncate(start + size);
-    let mut i = out.len() - start;
-    while i < size {
-        let phase = ((offset as u64).wrapping_add(i as u64) % ALPHABET_LEN as u64) as usize;
-        let n = (size - i).min(PATTERN_LEN - ALPHABET_LEN);
-        out.extend_from_slice(&PATTERN[phase..phase + n]);
-        i += n;
-    }
-}
-
-/// True when `value` is exactly `demo_value(partition, offset, value.len())`.
-pub fn is_demo_value(partition: i32, offset: i64, value: &[u8]) -> bool {
-    let mut v = Vec::with_capacity(value.len());
-    demo_value_into(&mut v, partition, offset, value.len());
-    v == value
-}
 
 /// One record to append. The offset is assigned by the writer.
 #[derive(Clone, Debug, Default)]
@@ -673,170 +580,11 @@ impl Drop for PartitionWriter {
     }
 }
 
-/// What `kxgw produce` writes (without `--follow`).
-#[derive(Clone, Debug)]
-pub struct ProduceConfig {
-    pub log_dir: PathBuf,
-    pub topic: String,
-    pub partitions: i32,
-    /// Records per partition.
-    pub records: u64,
-    /// Value size in bytes.
-    pub record_size: usize,
-    pub batch_records: usize,
-    /// Key size in bytes (0: null keys). Keys are [`demo_key_sized`].
-    pub key_size: usize,
-    /// Headers per record: `h<i>` = the record's offset in decimal.
-    pub headers: usize,
-    pub writer: WriterConfig,
-    /// Write/update `replication-offset-checkpoint` with the new log end offsets.
-    pub write_checkpoint: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartitionSummary {
-    pub tp: TopicPartition,
-    /// Offset of the first record written by this run.
-    pub first_offset: i64,
-    /// Log end offset after this run.
-    pub next_offset: i64,
-}
-
-#[derive(Clone, Debug)]
-pub struct ProduceSummary {
-    pub partitions: Vec<PartitionSummary>,
-    pub records: u64,
-    pub batches: u64,
-    /// Bytes of batches appended to segment files.
-    pub bytes: u64,
-    pub elapsed: Duration,
-}
-
 /// Current wall clock in ms since the epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Builds batches of demo records (what `kxgw produce` writes) with reusable buffers.
-pub struct DemoBatches {
-    partition: i32,
-    record_size: usize,
-    key_size: usize,
-    headers: usize,
-    header_keys: Vec<String>,
-    key: Vec<u8>,
-    value: Vec<u8>,
-    header_value: String,
-}
-
-impl DemoBatches {
-    pub fn new(partition: i32, record_size: usize, key_size: usize, headers: usize) -> Self {
-        DemoBatches {
-            partition,
-            record_size,
-            key_size,
-            headers,
-            header_keys: (0..headers).map(|i| format!("h{i}")).collect(),
-            key: Vec::new(),
-            value: Vec::with_capacity(record_size),
-            header_value: String::new(),
-        }
-    }
-
-    /// Begins a batch at `base_offset` and adds `n` demo records with timestamp `ts`.
-    pub fn build(&mut self, b: &mut BatchBuilder, base_offset: i64, n: usize, ts: i64) {
-        b.begin(base_offset);
-        for i in 0..n as i64 {
-            let off = base_offset + i;
-            self.value.clear();
-            demo_value_into(&mut self.value, self.partition, off, self.record_size);
-            let key = if self.key_size > 0 {
-                self.key.clear();
-                push_demo_key(&mut self.key, off);
-                self.key.resize(self.key_size, b'k');
-                Some(self.key.as_slice())
-            } else {
-                None
-            };
-            if self.headers > 0 {
-                self.header_value.clear();
-                self.header_value.push_str(&off.to_string());
-            }
-            let mut hdrs: Vec<(&str, Option<&[u8]>)> = Vec::new();
-            if self.headers > 0 {
-                for k in &self.header_keys {
-                    hdrs.push((k.as_str(), Some(self.header_value.as_bytes())));
-                }
-            }
-            b.push_parts(ts, key, Some(&self.value), &hdrs);
-        }
-    }
-}
-
-/// Appends `cfg.records` demo records to each partition; `progress(records, bytes)` is called after
-/// each batch with the records and bytes appended so far.
-pub fn produce_with_progress(
-    cfg: &ProduceConfig,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<ProduceSummary, LogError> {
-    if cfg.partitions < 1 {
-        return Err(LogError::Invalid("need at least one partition".into()));
-    }
-    if cfg.batch_records < 1 {
-        return Err(LogError::Invalid(
-            "need at least one record per batch".into(),
-        ));
-    }
-    validate_topic(&cfg.topic)?;
-    std::fs::create_dir_all(&cfg.log_dir).map_err(|e| LogError::io(&cfg.log_dir, e))?;
-    let start = Instant::now();
-    let mut summary = ProduceSummary {
-        partitions: Vec::new(),
-        records: 0,
-        batches: 0,
-        bytes: 0,
-        elapsed: Duration::ZERO,
-    };
-    let mut b = BatchBuilder::new();
-    for p in 0..cfg.partitions {
-        let mut w = PartitionWriter::open(&cfg.log_dir, &cfg.topic, p, cfg.writer.clone())?;
-        let first = w.next_offset();
-        let mut demo = DemoBatches::new(p, cfg.record_size, cfg.key_size, cfg.headers);
-        let mut left = cfg.records;
-        while left > 0 {
-            let n = left.min(cfg.batch_records as u64) as usize;
-            demo.build(&mut b, w.next_offset(), n, now_ms());
-            w.append_built(&mut b)?;
-            summary.bytes += b.len() as u64;
-            summary.batches += 1;
-            summary.records += n as u64;
-            left -= n as u64;
-            progress(summary.records, summary.bytes);
-        }
-        w.flush()?;
-        summary.partitions.push(PartitionSummary {
-            tp: w.topic_partition().clone(),
-            first_offset: first,
-            next_offset: w.next_offset(),
-        });
-    }
-    if cfg.write_checkpoint {
-        let ends: Vec<_> = summary
-            .partitions
-            .iter()
-            .map(|s| (s.tp.clone(), s.next_offset))
-            .collect();
-        update_checkpoint(&cfg.log_dir, &ends)?;
-    }
-    summary.elapsed = start.elapsed();
-    Ok(summary)
-}
-
-/// What `kxgw produce` runs (without `--follow`).
-pub fn produce(cfg: &ProduceConfig) -> Result<ProduceSummary, LogError> {
-    produce_with_progress(cfg, &mut |_, _| {})
 }
 
 /// Sets the high watermarks of `ends` in `<log_dir>/replication-offset-checkpoint`, keeping
@@ -853,48 +601,6 @@ pub fn update_checkpoint(log_dir: &Path, ends: &[(TopicPartition, i64)]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn padded_decimal_matches_format() {
-        for v in [
-            0u64,
-            1,
-            9,
-            10,
-            42,
-            999_999_999_999,
-            1_000_000_000_000,
-            u64::MAX,
-        ] {
-            for w in [1usize, 12, 20] {
-                let mut out = Vec::new();
-                push_padded(&mut out, v, w);
-                assert_eq!(out, format!("{v:0w$}").into_bytes(), "{v} {w}");
-            }
-        }
-        for o in [-5i64, 0, 7, 123_456_789_012_345] {
-            assert_eq!(demo_key(o), format!("key-{o:012}").into_bytes());
-            for p in [-1i32, 0, 17] {
-                let want = format!("p{p}-o{o:012}-");
-                assert_eq!(&demo_value(p, o, want.len())[..], want.as_bytes());
-            }
-        }
-    }
-
-    #[test]
-    fn demo_content() {
-        assert_eq!(demo_key(42), b"key-000000000042");
-        let v = demo_value(3, 42, 40);
-        assert_eq!(v.len(), 40);
-        assert_eq!(&v[..17], b"p3-o000000000042-");
-        assert!(v.iter().all(|b| b.is_ascii_graphic()));
-        assert!(is_demo_value(3, 42, &v));
-        assert!(!is_demo_value(3, 43, &v));
-        assert_eq!(demo_value(0, 1, 5), b"p0-o0");
-        let long = demo_value(0, 7, 10_000);
-        assert_eq!(long.len(), 10_000);
-        assert_eq!(long[9_999], b'a' + ((7 + 9_999) % 26) as u8);
-    }
 
     #[test]
     fn writer_rolls_and_continues() {

@@ -4,8 +4,29 @@
 //! virtio-net do zero-copy only single-buffer (`XDP_USE_SG` next to `XDP_ZEROCOPY` is
 //! EOPNOTSUPP); veth does copy mode only. The bind walks [`BindPolicy::attempts`] best first.
 
-use super::engine::TxStrategy;
 use super::error::XdpError;
+
+/// How TX payload bytes reach the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxStrategy {
+    /// `sg` in zero-copy mode; `copy` in copy mode (measured faster at every size on veth).
+    Auto,
+    /// Header frame + descriptors pointing into the log arena (XDP_PKT_CONTD).
+    Sg,
+    /// Payload copied into TX frames.
+    Copy,
+}
+
+impl TxStrategy {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TxStrategy::Auto => "auto",
+            TxStrategy::Sg => "sg",
+            TxStrategy::Copy => "copy",
+        }
+    }
+}
 
 /// How a socket is bound: who moves the bytes, and whether a packet may span descriptors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

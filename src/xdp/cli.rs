@@ -1,8 +1,8 @@
 //! Command-line flags of the fast path, shared by `kxgw serve` and `kxgw xdp-raw`.
 
 use super::acl::Cidr;
-use super::bind::BindPolicy;
-use super::engine::{EngineConfig, TxStrategy};
+use super::bind::{BindPolicy, TxStrategy};
+use super::engine::EngineConfig;
 use super::loader::XdpMode;
 
 /// `--xdp-*` flags.

@@ -12,9 +12,13 @@
 //!   (rings, TX strategies); [`engine`]: sets the queues up and runs one driver per queue.
 //! - [`fetch_endpoint`]: the fetch protocol over the engine, and `serve`'s endpoint with fallback.
 //!
+//! - [`cli`]: the `--xdp-*` flags.
+//!
 //! Imports go one way: consts/sys/error <- umem/arena/resident/xsk/packet <- queue <- engine
-//! <- fetch_endpoint/raw; segment identity ([`crate::log::SourceId`]) comes from the log.
-//! - [`raw`]: echo/generator service (`kxgw xdp-raw`); [`cli`]: the `--xdp-*` flags.
+//! <- fetch_endpoint; segment identity ([`crate::log::SourceId`]) comes from the log.
+//! Services other than the fetch protocol (the raw generator of `kxgw xdp-raw`, in
+//! kxgw-testkit) run on the engine through [`Engine::start`], [`WorkerContext`] and the
+//! [`crate::driver`] traits.
 
 pub mod acl;
 pub mod arena;
@@ -29,7 +33,6 @@ pub mod loader;
 pub mod packet;
 pub mod pagemap;
 mod queue;
-pub mod raw;
 pub mod resident;
 pub mod skel;
 pub mod sys;

@@ -16,7 +16,7 @@ use kxgw::fetch::consumer::UdpConsumer;
 use kxgw::fetch::{ClientConfig, Event, StartAt, Subscription};
 use kxgw::kafka::client::KafkaFetcher;
 use kxgw::log::record::{decode_records, records_section, RecordRef};
-use kxgw::log::writer::{demo_key, demo_value_into};
+use kxgw_demo_data::{demo_key, demo_value_into};
 
 use crate::flags::IsolationLevel;
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use kxgw::log::writer::{demo_key, demo_value};
 use kxgw::metrics;
+use kxgw_demo_data::{demo_key, demo_value};
 use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const TOPIC: &str = "demo";

@@ -13,9 +13,8 @@ use anyhow::Context;
 use kxgw::log::compression::Compression;
 use kxgw::log::topic_id;
 use kxgw::log::txn_writer::{self, TxnPlan};
-use kxgw::log::writer::{
-    self, now_ms, BatchBuilder, DemoBatches, PartitionWriter, ProduceConfig, WriterConfig,
-};
+use kxgw::log::writer::{self, now_ms, BatchBuilder, PartitionWriter, WriterConfig};
+use kxgw_testkit::demo_log::{self, DemoBatches, ProduceConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -137,7 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None
     };
     let mut last_tick = Instant::now();
-    let summary = writer::produce_with_progress(&cfg, &mut |records, bytes| {
+    let summary = demo_log::produce_with_progress(&cfg, &mut |records, bytes| {
         if let Some(b) = &bar {
             if last_tick.elapsed() > Duration::from_millis(100) || records == total {
                 b.set_position(records);
@@ -254,8 +253,8 @@ fn produce_transactional(args: &Args, cfg: &ProduceConfig) -> anyhow::Result<Exi
     for p in 0..args.partitions {
         let mut w = PartitionWriter::open(&cfg.log_dir, &cfg.topic, p, cfg.writer.clone())?;
         let first = w.next_offset();
-        let demo = DemoBatches::new(p, cfg.record_size, cfg.key_size, cfg.headers);
-        let s = txn_writer::write(&mut w, demo, plan)
+        let mut demo = DemoBatches::new(p, cfg.record_size, cfg.key_size, cfg.headers);
+        let s = txn_writer::write(&mut w, &mut demo, plan)
             .with_context(|| format!("producing to {}", w.dir().display()))?;
         println!(
             "{}: offsets {first}..{} (log end {}): {} transactions committed, {} aborted, {} open, {} data batches",

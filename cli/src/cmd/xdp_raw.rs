@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::flags::XdpArgs;
-use kxgw::xdp::raw::{fetch_pattern, Pattern, RawService};
 use kxgw::xdp::Engine;
+use kxgw_testkit::raw_gen::{fetch_pattern, Pattern, RawService};
 
 /// Flags of `kxgw xdp-raw`.
 #[derive(Debug, clap::Args)]

@@ -299,20 +299,9 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// Reads `topic`-`partition` from `from` until `end` over one connection (reconnecting on
 /// any error until `patience` runs out), checking that every batch verifies and that offsets
-/// follow each other with no gap or repeat. Returns the number of batches.
+/// follow each other with no gap or repeat, sleeping `pace` after each response (a slow
+/// consumer; `Duration::ZERO` for none). Returns the number of batches.
 pub fn consume_verified(
-    addr: SocketAddr,
-    topic: &str,
-    partition: i32,
-    from: i64,
-    end: i64,
-    patience: Duration,
-) -> Result<usize, String> {
-    consume_paced(addr, topic, partition, from, end, patience, Duration::ZERO)
-}
-
-/// [`consume_verified`], sleeping `pace` after each response (a slow consumer).
-pub fn consume_paced(
     addr: SocketAddr,
     topic: &str,
     partition: i32,
@@ -381,8 +370,9 @@ pub fn consume_paced(
 /// of `topic` with the log writer, rolling segments at `segment_bytes`. Returns the bytes of
 /// all segments.
 pub fn produce_demo_records(dir: &Path, topic: &str, records: u64, segment_bytes: u64) -> u64 {
-    use kxgw::log::writer::{ProduceConfig, WriterConfig};
-    let s = kxgw::log::writer::produce(&ProduceConfig {
+    use kxgw::log::writer::WriterConfig;
+    use kxgw_testkit::demo_log::ProduceConfig;
+    let s = kxgw_testkit::demo_log::produce(&ProduceConfig {
         log_dir: dir.to_path_buf(),
         topic: topic.into(),
         partitions: 1,

@@ -67,6 +67,18 @@ pub struct NodeInfo {
     pub cluster_id: String,
 }
 
+impl NodeInfo {
+    /// The gateway as the only broker (node 0) of cluster `kxgw`, reached at `host:port`.
+    pub fn gateway(host: impl Into<String>, port: i32) -> NodeInfo {
+        NodeInfo {
+            node_id: 0,
+            host: host.into(),
+            port,
+            cluster_id: "kxgw".into(),
+        }
+    }
+}
+
 /// What a handler needs: the log, the advertised identity, the counters.
 pub struct Ctx<'a> {
     /// The log directory served.

@@ -98,8 +98,8 @@ impl AbortedFilter {
 mod tests {
     use super::*;
     use crate::log::batch::{CONTROL, TRANSACTIONAL};
-    use crate::log::txn_writer::{self, TxnPlan, FIRST_PRODUCER_ID};
-    use crate::log::writer::{DemoBatches, PartitionWriter, WriterConfig};
+    use crate::log::txn_writer::{self, TestValues, TxnPlan, FIRST_PRODUCER_ID};
+    use crate::log::writer::{PartitionWriter, WriterConfig};
     use crate::log::LogDir;
 
     fn header(base: i64, pid: i64, attributes: i16) -> BatchHeader {
@@ -153,7 +153,7 @@ mod tests {
             abort_every: 3,
             open_tail: true,
         };
-        txn_writer::write(&mut w, DemoBatches::new(0, 10, 0, 0), plan).unwrap();
+        txn_writer::write(&mut w, &mut TestValues::new(0, 10), plan).unwrap();
         drop(w);
         let log = LogDir::open(dir.path(), None).unwrap();
         let p = log.partition("t", 0).unwrap();

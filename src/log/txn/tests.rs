@@ -5,8 +5,8 @@ use std::path::Path;
 
 use super::*;
 use crate::log::batch::{CONTROL, TRANSACTIONAL};
-use crate::log::txn_writer::{self, TxnPlan, FIRST_PRODUCER_ID};
-use crate::log::writer::{DemoBatches, PartitionWriter, WriterConfig};
+use crate::log::txn_writer::{self, TestValues, TxnPlan, FIRST_PRODUCER_ID};
+use crate::log::writer::{PartitionWriter, WriterConfig};
 use crate::log::LogDir;
 
 fn header(base: i64, n: i32, pid: i64, attributes: i16) -> BatchHeader {
@@ -153,7 +153,7 @@ fn write_txn_log(dir: &Path) {
         abort_every: 3,
         open_tail: true,
     };
-    let s = txn_writer::write(&mut w, DemoBatches::new(0, 10, 0, 0), plan).unwrap();
+    let s = txn_writer::write(&mut w, &mut TestValues::new(0, 10), plan).unwrap();
     assert_eq!((s.committed, s.aborted, s.open), (4, 1, 1));
 }
 
@@ -227,7 +227,7 @@ fn a_growing_log_is_followed() {
         abort_every: 0,
         open_tail: true,
     };
-    txn_writer::write(&mut w, DemoBatches::new(0, 10, 0, 0), plan).unwrap();
+    txn_writer::write(&mut w, &mut TestValues::new(0, 10), plan).unwrap();
     let log = LogDir::open(d.path(), None).unwrap();
     let p = log.partition("t", 0).unwrap();
     // A: 0, B: 1, A: 2, B: 3, A's commit 4; B open since 1.

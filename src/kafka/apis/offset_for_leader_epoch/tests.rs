@@ -7,8 +7,8 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use crate::kafka::testkit::Harness;
-use crate::log::txn_writer::{self, TxnPlan, FIRST_PRODUCER_ID};
-use crate::log::writer::{DemoBatches, PartitionWriter, WriterConfig};
+use crate::log::txn_writer::{self, TestValues, TxnPlan, FIRST_PRODUCER_ID};
+use crate::log::writer::{PartitionWriter, WriterConfig};
 use crate::log::LogDir;
 
 fn name() -> TopicName {
@@ -29,7 +29,7 @@ fn harness() -> (Harness, tempfile::TempDir, uuid::Uuid) {
         abort_every: 3,
         open_tail: true,
     };
-    txn_writer::write(&mut w, DemoBatches::new(0, 10, 0, 0), plan).unwrap();
+    txn_writer::write(&mut w, &mut TestValues::new(0, 10), plan).unwrap();
     drop(w);
     (Harness::new(LogDir::open(d.path(), None).unwrap()), d, id)
 }

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 
 use super::Throughput;
 use kxgw::fetch::udp::{RecvBatch, BATCH, MAX_UDP_PAYLOAD};
-use kxgw::xdp::raw::{GEN_HEADER, GEN_MAGIC};
+use kxgw_testkit::raw_gen::{GEN_HEADER, GEN_MAGIC};
 
 /// What the raw receiver got.
 #[derive(Debug, Clone, Copy, Default)]

@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::engine::WorkerContext;
-use crate::driver::{Datagram, Service, TxPayload};
-use crate::log::SourceId;
+use kxgw::driver::{Datagram, Service, TxPayload};
+use kxgw::log::SourceId;
+use kxgw::xdp::WorkerContext;
 
 /// Length of the pattern "segment"; positions wrap around it.
 pub const PATTERN_LEN: u64 = 32 << 20;
