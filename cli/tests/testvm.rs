@@ -66,7 +66,10 @@ fn check_served(text: &str, kernel: &str, mode: &str) {
         }
     }
     assert!(text.contains("no UMEM frame leaked"), "frame ledger");
-    assert!(!text.contains("unaccounted for at shutdown"), "frame ledger");
+    assert!(
+        !text.contains("unaccounted for at shutdown"),
+        "frame ledger"
+    );
 }
 
 /// A metric value from a guest line like "GSO fallbacks: damaged 1, refused 0; GSO now 0".
@@ -87,22 +90,30 @@ fn linux_7_3_binds_zero_copy_and_the_nic_reads_the_umem() {
     let text = testvm(&["--kernel", "7.3"]);
     check_served(&text, "7.3", "zero-copy");
     let proofs: Vec<&str> = text.lines().filter(|l| l.contains("DMA proof")).collect();
-    assert!(proofs.len() >= 4, "a DMA proof per zero-copy run: {proofs:?}");
+    assert!(
+        proofs.len() >= 4,
+        "a DMA proof per zero-copy run: {proofs:?}"
+    );
     for p in &proofs {
         assert!(p.contains(" 0 outside"), "{p}");
     }
     // Kernel UDP with GSO delivered every record on both NIC models.
     for nic in ["igb", "virtio-net"] {
         assert!(
-            text.lines().any(|l| l
-                .starts_with(&format!("guest: {nic} kernel UDP + GSO: verified 20000 records"))),
+            text.lines().any(|l| l.starts_with(&format!(
+                "guest: {nic} kernel UDP + GSO: verified 20000 records"
+            ))),
             "{nic}: kernel UDP did not deliver every record"
         );
     }
     // The emulated igb damages GSO datagrams: the gateway noticed and fell back; virtio-net
     // segments in software and needs no fallback.
     assert!(gso_fallbacks(&text, "igb") >= 1, "igb: no GSO fallback");
-    assert_eq!(gso_fallbacks(&text, "virtio-net"), 0, "virtio-net: GSO fallback");
+    assert_eq!(
+        gso_fallbacks(&text, "virtio-net"),
+        0,
+        "virtio-net: GSO fallback"
+    );
 }
 
 #[test]

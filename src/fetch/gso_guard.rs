@@ -153,7 +153,13 @@ mod tests {
     }
 
     /// A response of `n` datagrams of 1380 bytes sent to `p` from position `from`.
-    fn send_response(g: &mut GsoGuard, now: Instant, p: SocketAddr, from: u64, n: u64) -> Option<GsoTrip> {
+    fn send_response(
+        g: &mut GsoGuard,
+        now: Instant,
+        p: SocketAddr,
+        from: u64,
+        n: u64,
+    ) -> Option<GsoTrip> {
         let mut trip = None;
         for i in 0..n {
             if let Some(t) = g.sent(now, p, 7, from + i * 1380, 1380) {
