@@ -4,9 +4,9 @@
 # `kxgw consume --verify` of a multi-segment log with each TX strategy the bind allows, with
 # and without 1% loss, and a kprobe trace proving the NIC's TX DMA addresses lie in the UMEM.
 #
-#   scripts/testvm.sh                      # Linux 7.3 (trixie-backports): zero-copy expected
-#   scripts/testvm.sh --kernel trixie      # Linux 6.12: the program loads, serves in copy mode
-#   scripts/testvm.sh --kernel bookworm    # Linux 6.1: the same
+#   scripts/testvm.sh                    # Linux 7.3 (trixie-backports): zero-copy expected
+#   scripts/testvm.sh --kernel 6.12      # Linux 6.12 (Debian 13): loads, serves in copy mode
+#   scripts/testvm.sh --kernel 6.1       # Linux 6.1 (Debian 12): the same
 #
 # The guest: the kernel and modules of linux-image-amd64 from the named suite, fetched with a
 # private apt sources file (`apt-get download` + `dpkg-deb -x`; the machine's own sources and
@@ -20,34 +20,75 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-SUITE=trixie-backports
+KERNEL=7.3
 EXPECT=
 NICS="igb virtio"
 TIMEOUT=${KXGW_VM_TIMEOUT:-1500}
 CACHE=${KXGW_VM_CACHE:-/var/cache/kxgw-testvm}
 KXGW_BIN=${KXGW_BIN:-}
 RECORDS=${KXGW_VM_RECORDS:-20000}
+STRATEGIES=
+LOSSES=
+QUICK=
+BIND=
 
 usage() {
-  echo "usage: $0 [--kernel trixie-backports|trixie|bookworm|bookworm-backports] [--nics 'igb virtio'] [--expect zero-copy|copy]" >&2
+  cat >&2 <<EOF
+usage: $0 [--kernel 7.3|6.12|6.1] [--nics 'igb virtio'] [--expect zero-copy|copy]
+          [--bind zero-copy|copy|auto] [--quick | --full] [--strategies 'sg copy auto']
+          [--losses '0 1'] [--udp 'igb virtio-net']
+  --kernel   guest kernel: 7.3 (trixie-backports, zero-copy; default), 6.12 (trixie),
+             6.1 (bookworm); a Debian suite name works too
+  --quick    one strategy (auto), no loss run (the default with 6.12 and 6.1)
+  --full     every strategy the bind allows, with and without 1% loss (the default with 7.3)
+  --bind     the --xdp-bind the guest asks for (default: zero-copy where expected, else auto)
+  --udp      NICs on which kernel UDP with GSO is checked too (default: igb and virtio-net
+             with --full, none with --quick)
+EOF
   exit 2
 }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --kernel) SUITE=$2; shift 2 ;;
-    --nics) NICS=$2; shift 2 ;;
-    --expect) EXPECT=$2; shift 2 ;;
+    --kernel) KERNEL=${2:?}; shift 2 ;;
+    --nics) NICS=${2:?}; shift 2 ;;
+    --expect) EXPECT=${2:?}; shift 2 ;;
+    --bind) BIND=${2:?}; shift 2 ;;
+    --udp) UDPCHECK=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --full) QUICK=0; shift ;;
+    --strategies) STRATEGIES=${2:?}; shift 2 ;;
+    --losses) LOSSES=${2:?}; shift 2 ;;
     -h | --help) usage ;;
     *) usage ;;
   esac
 done
+# Which Debian suite has the kernel, and the version prefix its linux-image-amd64 must have.
+case "$KERNEL" in
+  7.3 | trixie-backports) SUITE=trixie-backports WANT=7.3 ;;
+  6.12 | trixie) SUITE=trixie WANT=6.12 ;;
+  bookworm-backports) SUITE=bookworm-backports WANT=6.12 ;;
+  6.1 | bookworm) SUITE=bookworm WANT=6.1 ;;
+  *) usage ;;
+esac
 # Zero-copy TX in igb and virtio-net arrived after 6.12 (7.x has it).
 if [ -z "$EXPECT" ]; then
-  case "$SUITE" in
-    trixie-backports) EXPECT=zero-copy ;;
+  case "$WANT" in
+    7.*) EXPECT=zero-copy ;;
     *) EXPECT=copy ;;
   esac
 fi
+if [ -z "$QUICK" ]; then
+  QUICK=0
+  [ "$EXPECT" = copy ] && QUICK=1
+fi
+if [ "$QUICK" = 1 ]; then
+  STRATEGIES=${STRATEGIES:-auto}
+  LOSSES=${LOSSES:-0}
+else
+  UDPCHECK=${UDPCHECK-igb virtio-net}
+fi
+UDPCHECK=${UDPCHECK-}
+LOSSES=${LOSSES:-0 1}
 
 say() { echo "testvm: $*"; }
 die() { echo "testvm: FAILED: $*" >&2; exit 1; }
@@ -116,6 +157,10 @@ kernel_version() {
   meta=$(apt_cache show "linux-image-amd64/$SUITE" 2>/dev/null | awk '/^Depends:/{print; exit}')
   deps=$(echo "$meta" | grep -oE 'linux-image-[0-9][^ ,]*-amd64' | head -1)
   [ -n "$deps" ] || die "no linux-image-amd64 in $SUITE"
+  case "${deps#linux-image-}" in
+    "$WANT".*) ;;
+    *) die "$SUITE's linux-image-amd64 is ${deps#linux-image-}, not Linux $WANT" ;;
+  esac
   echo "${deps#linux-image-}"
 }
 
@@ -247,6 +292,10 @@ cat >"$SHARE/params" <<EOF
 NICS="$NICS"
 EXPECT=$EXPECT
 RECORDS=$RECORDS
+STRATEGIES="$STRATEGIES"
+BIND=$BIND
+UDPCHECK="$UDPCHECK"
+LOSSES="$LOSSES"
 KVER=$KVER
 EOF
 tools_initramfs "$KDIR"

@@ -7,15 +7,19 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::driver::{self, Datagram, DatagramIo, Driver, Publish, Service, Wait, Waker, Workers};
+use crate::driver::{
+    self, Datagram, DatagramIo, Driver, Publish, Service, TxPayload, Wait, Waker, Workers,
+};
 use crate::log::LogDir;
 
+use super::gso_guard::{GsoGuard, GsoGuardConfig, GsoTrip};
 use super::server::{Server, ServerConfig, ServerStats};
 use super::udp::{self, RecvBatch, BATCH};
 
@@ -47,11 +51,25 @@ impl UdpGatewayConfig {
     }
 }
 
+/// Counters of the kernel-UDP transport's GSO use, read by other threads (metrics).
+#[derive(Debug, Default)]
+pub struct UdpIoStats {
+    /// Whether sends use UDP GSO now.
+    pub gso: AtomicBool,
+    /// GSO turned off because the kernel refused it (EIO/EINVAL/EOPNOTSUPP on send).
+    pub gso_refused: AtomicU64,
+    /// GSO turned off because a peer kept asking for the same bytes sent with it.
+    pub gso_damaged: AtomicU64,
+}
+
 /// The driver's kernel-UDP transport: one non-blocking socket.
 pub struct UdpIo<P> {
     sock: Socket,
     local: SocketAddr,
+    ifname: String,
     gso: bool,
+    guard: GsoGuard,
+    stats: Arc<UdpIoStats>,
     rb: RecvBatch,
     /// Datagrams taken from the service, not yet accepted by the socket.
     pending: Vec<Datagram<P>>,
@@ -87,10 +105,15 @@ impl<P> UdpIo<P> {
             "fetch: kernel UDP transport (recvmmsg/sendmmsg{}) serving {local}, max datagram {max_datagram} B (MTU {mtu}, {ifname})",
             if gso { " + UDP GSO" } else { "" }
         );
+        let stats = Arc::new(UdpIoStats::default());
+        stats.gso.store(gso, Ordering::Relaxed);
         let io = UdpIo {
             sock,
             local,
+            ifname,
             gso,
+            guard: GsoGuard::new(GsoGuardConfig::default()),
+            stats,
             rb: RecvBatch::new(BATCH, 4096),
             pending: Vec::with_capacity(BATCH * 4),
             blocked: false,
@@ -104,6 +127,27 @@ impl<P> UdpIo<P> {
         self.local
     }
 
+    /// Its GSO counters (shared: they stay readable after the transport moved to its thread).
+    pub fn stats(&self) -> Arc<UdpIoStats> {
+        self.stats.clone()
+    }
+
+    /// The guard saw a peer ask again and again for bytes sent with GSO: the device (or its
+    /// emulation) damages GSO datagrams, so the rest goes without GSO.
+    fn gso_damaged(&mut self, t: GsoTrip) {
+        self.gso = false;
+        self.stats.gso.store(false, Ordering::Relaxed);
+        self.stats.gso_damaged.fetch_add(1, Ordering::Relaxed);
+        log::warn!(
+            "fetch: {} asked again and again for the same bytes sent with UDP GSO ({} ranges, {} datagrams sent again): \
+             the device of {} seems to damage GSO datagrams; sending without GSO from now on",
+            t.peer,
+            t.ranges,
+            t.resent,
+            self.ifname
+        );
+    }
+
     /// A send failed: GSO refused (turned off, true: retry) or one destination's error
     /// (logged once per errno; the caller drops that datagram).
     fn send_failed(&mut self, e: &std::io::Error) -> bool {
@@ -111,6 +155,8 @@ impl<P> UdpIo<P> {
         if self.gso && matches!(errno, libc::EIO | libc::EINVAL | libc::EOPNOTSUPP) {
             log::warn!("fetch: UDP GSO send failed ({e}); continuing without GSO");
             self.gso = false;
+            self.stats.gso.store(false, Ordering::Relaxed);
+            self.stats.gso_refused.fetch_add(1, Ordering::Relaxed);
             return true;
         }
         if !self.warned.contains(&errno) {
@@ -171,7 +217,20 @@ where
                 self.blocked = false;
                 break;
             }
-            let sent = match udp::send_transmits(fd, &self.pending, self.gso) {
+            let guard = &mut self.guard;
+            let mut trip = None;
+            let sent = udp::send_transmits(fd, &self.pending, self.gso, |d| {
+                if let Some(p) = &d.payload {
+                    let len = p.bytes().len();
+                    if let Some(t) = guard.sent(now, d.dst, p.source().id, p.position(), len) {
+                        trip = Some(t);
+                    }
+                }
+            });
+            if let Some(t) = trip {
+                self.gso_damaged(t);
+            }
+            let sent = match sent {
                 Ok(n) => n,
                 Err(e) if self.send_failed(&e) => continue,
                 // A send error concerns one destination (e.g. unreachable): drop that
@@ -246,6 +305,7 @@ pub struct FetchListener {
     addr: SocketAddr,
     workers: Workers,
     stats: FetchStats,
+    io_stats: Arc<UdpIoStats>,
 }
 
 impl FetchListener {
@@ -273,6 +333,7 @@ impl FetchListener {
         let (io, max_datagram) = UdpIo::bind(&cfg)?;
         cfg.server.max_datagram = max_datagram;
         let addr = io.local_addr();
+        let io_stats = io.stats();
         let waker = Waker::new().context("creating the wake-up eventfd")?;
         let hook = waker.clone();
         log.on_append(Box::new(move |_| hook.wake()));
@@ -287,6 +348,7 @@ impl FetchListener {
             addr,
             workers,
             stats,
+            io_stats,
         })
     }
 
@@ -297,10 +359,22 @@ impl FetchListener {
     /// Adds this endpoint's counters to the gateway's metrics (`kxgw stats`, /metrics).
     pub fn register_metrics(&self, metrics: &crate::metrics::Metrics) {
         let stats = self.stats.clone();
+        let io = self.io_stats.clone();
         let addr = self.addr.to_string();
         metrics.register(move |w| {
             for s in stats.get() {
                 s.write_metrics(w, &[("transport", "udp"), ("endpoint", &addr)]);
+            }
+            let l = [("endpoint", addr.as_str())];
+            let on = io.gso.load(Ordering::Relaxed);
+            w.gauge("fetch_udp_gso", "1 while kernel-UDP sends use UDP GSO", &l, f64::from(u8::from(on)));
+            for (reason, v) in [("refused", &io.gso_refused), ("damaged", &io.gso_damaged)] {
+                w.counter(
+                    "fetch_udp_gso_fallbacks_total",
+                    "Times kernel-UDP sends stopped using GSO: the kernel refused it, or a peer kept asking for the same bytes sent with it (a device damaging GSO datagrams)",
+                    &[("endpoint", addr.as_str()), ("reason", reason)],
+                    v.load(Ordering::Relaxed),
+                );
             }
         });
     }

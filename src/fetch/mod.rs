@@ -13,6 +13,7 @@
 pub mod client;
 pub mod consumer;
 pub mod gateway;
+pub mod gso_guard;
 pub mod server;
 pub mod token;
 pub mod udp;

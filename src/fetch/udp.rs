@@ -121,11 +121,13 @@ struct Msg {
 
 /// Sends as many of `txs` as the socket takes now; returns how many were sent (fewer
 /// than `txs.len()` when the socket buffer is full). With `gso`, consecutive datagrams to
-/// the same destination and of the same size (the last may be shorter) go as one message.
+/// the same destination and of the same size (the last may be shorter) go as one message;
+/// `on_gso` is called with each sent datagram that went in such a message.
 pub fn send_transmits<P: TxPayload>(
     fd: RawFd,
     txs: &[Datagram<P>],
     gso: bool,
+    mut on_gso: impl FnMut(&Datagram<P>),
 ) -> io::Result<usize> {
     if txs.is_empty() {
         return Ok(0);
@@ -208,7 +210,14 @@ pub fn send_transmits<P: TxPayload>(
         }
         return Err(e);
     }
-    Ok(plan.iter().take(r as usize).map(|m| m.transmits).sum())
+    let mut sent = 0;
+    for m in plan.iter().take(r as usize) {
+        if m.segment > 0 {
+            txs[sent..sent + m.transmits].iter().for_each(&mut on_gso);
+        }
+        sent += m.transmits;
+    }
+    Ok(sent)
 }
 
 fn push_iovs<P: TxPayload>(iovs: &mut Vec<libc::iovec>, t: &Datagram<P>) {

@@ -121,9 +121,13 @@ impl Steering {
         }
         ro.acl_enabled = u8::from(!cfg.allow.is_empty());
         let skel = open.load().map_err(|e| {
+            let running = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|r| format!("this is Linux {}", r.trim()))
+                .unwrap_or_else(|_| "kernel version unknown".into());
             XdpError::Load(format!(
                 "{e} (needs root or CAP_BPF+CAP_NET_ADMIN, and Linux >= 5.18 for a frags-aware \
-                 XDP program; loading is tested on 6.1, 6.12 and 7.3)"
+                 XDP program; loading and serving are tested on Linux 6.1, 6.12 and 7.3 by \
+                 scripts/testvm.sh; {running})"
             ))
         })?;
         let steering = Steering {

@@ -326,8 +326,12 @@ impl XdpQueue {
             }
             sent = true;
         }
-        // Room for a worst-case datagram: MAX_DESCS ring slots and copy frames.
-        while self.in_flight as usize + MAX_DESCS <= RING as usize
+        // Room for a worst-case datagram: MAX_DESCS ring slots and copy frames. A packet only
+        // partly on the ring (`held`) ends the round: the kernel chains whatever comes next
+        // onto it, so nothing else may go before its rest, and `held` holds one packet only
+        // (a second short push used to swap the first one's rest out, and its frames leaked).
+        while self.held.is_empty()
+            && self.in_flight as usize + MAX_DESCS <= RING as usize
             && self.tx_free.len() >= MAX_DESCS
         {
             let Some(d) = service.poll_transmit(now) else {
