@@ -1,3 +1,4 @@
+mod cluster_flags;
 mod cmd;
 mod flags;
 mod group_flags;

@@ -24,12 +24,7 @@ impl Harness {
     pub fn new(log: Arc<LogDir>) -> Self {
         Harness {
             log,
-            node: NodeInfo {
-                node_id: 0,
-                host: "198.18.0.1".into(),
-                port: 9092,
-                cluster_id: "kxgw".into(),
-            },
+            node: NodeInfo::single("198.18.0.1".into(), 9092),
             stats: Stats::default(),
             session: Session::new(1 << 20),
         }

@@ -164,11 +164,11 @@ fn find_coordinator(
             Some("unknown coordinator key type"),
         ),
     };
-    let node = ctx.node;
-    let (id, host, port) = if code == 0 {
-        (node.node_id, sb(&node.host), node.port)
-    } else {
-        (-1, StrBytes::default(), -1)
+    // A static cluster's coordinator is its lowest broker id (the first of `brokers`).
+    let node = ctx.node.brokers().into_iter().next();
+    let (id, host, port) = match node.filter(|_| code == 0) {
+        Some(b) => (b.id, sb(&b.host), b.port),
+        None => (-1, StrBytes::default(), -1),
     };
     let msg = msg.map(StrBytes::from_static_str);
     let mut resp = FindCoordinatorResponse::default();

@@ -115,12 +115,7 @@ fn kafka_fixture() -> &'static KafkaFixture {
         let log = LogDir::open(&dir.0, None).expect("fuzz fixture: open");
         KafkaFixture {
             log,
-            node: NodeInfo {
-                node_id: 0,
-                host: "198.18.0.1".into(),
-                port: 9092,
-                cluster_id: "kxgw".into(),
-            },
+            node: NodeInfo::single("198.18.0.1".into(), 9092),
             stats: Stats::default(),
             _dir: dir,
         }
