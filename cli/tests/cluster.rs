@@ -53,7 +53,10 @@ fn require(cmd: &str, what: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(ok, "{what} is needed by this test (scripts/install-deps.sh installs it)");
+    assert!(
+        ok,
+        "{what} is needed by this test (scripts/install-deps.sh installs it)"
+    );
 }
 
 fn serve(net: &TestNet, work: &Path, name: &str, listen: &str, args: &[String]) -> Gateway {
@@ -76,7 +79,11 @@ fn serve(net: &TestNet, work: &Path, name: &str, listen: &str, args: &[String]) 
         addr,
         ctl,
     };
-    assert!(wait_listening(net, addr), "{name} never listened:\n{}", gw.log());
+    assert!(
+        wait_listening(net, addr),
+        "{name} never listened:\n{}",
+        gw.log()
+    );
     gw
 }
 
@@ -85,6 +92,8 @@ struct Cluster {
     _work: tempfile::TempDir,
     dirs: Vec<PathBuf>,
     brokers: Vec<Gateway>,
+    /// How each broker was started (to restart it).
+    broker_args: Vec<Vec<String>>,
     sidecars: Vec<Gateway>,
 }
 
@@ -104,33 +113,63 @@ impl Cluster {
             dirs.push(dir);
         }
         let mut brokers = Vec::new();
+        let mut broker_args = Vec::new();
         for n in 0..3 {
-            let mut args: Vec<String> = vec!["--log-dir".into(), dirs[n as usize].display().to_string()];
-            args.extend(["--node-id".into(), n.to_string(), "--isolation".into(), "log-end".into()]);
-            args.extend(["--state-dir".into(), work.path().join(format!("state{n}")).display().to_string()]);
+            let mut args: Vec<String> =
+                vec!["--log-dir".into(), dirs[n as usize].display().to_string()];
+            args.extend([
+                "--node-id".into(),
+                n.to_string(),
+                "--isolation".into(),
+                "log-end".into(),
+            ]);
+            args.extend([
+                "--state-dir".into(),
+                work.path().join(format!("state{n}")).display().to_string(),
+            ]);
             args.extend(["--group-initial-rebalance-delay-ms".into(), "500".into()]);
             for m in (0..3).filter(|&m| m != n) {
                 args.extend(["--peer".into(), format!("{m}={}", broker_addr(m))]);
             }
-            brokers.push(serve(&net, work.path(), &format!("broker{n}"), &broker_addr(n), &args));
+            brokers.push(serve(
+                &net,
+                work.path(),
+                &format!("broker{n}"),
+                &broker_addr(n),
+                &args,
+            ));
+            broker_args.push(args);
         }
         let mut sidecars = Vec::new();
         for n in 0..3 {
-            let mut args: Vec<String> = vec!["--log-dir".into(), dirs[n as usize].display().to_string()];
+            let mut args: Vec<String> =
+                vec!["--log-dir".into(), dirs[n as usize].display().to_string()];
             // The local broker first, then the rest of the cluster's bootstrap servers.
             let mut boot = vec![broker_addr(n)];
             boot.extend((0..3).filter(|&m| m != n).map(broker_addr));
-            args.extend(["--upstream".into(), boot.join(","), "--node-id".into(), n.to_string()]);
+            args.extend([
+                "--upstream".into(),
+                boot.join(","),
+                "--node-id".into(),
+                n.to_string(),
+            ]);
             for m in 0..3 {
                 args.extend(["--peer".into(), format!("{m}={}", sidecar_addr(m))]);
             }
-            sidecars.push(serve(&net, work.path(), &format!("sidecar{n}"), &sidecar_addr(n), &args));
+            sidecars.push(serve(
+                &net,
+                work.path(),
+                &format!("sidecar{n}"),
+                &sidecar_addr(n),
+                &args,
+            ));
         }
         let c = Cluster {
             net,
             _work: work,
             dirs,
             brokers,
+            broker_args,
             sidecars,
         };
         c.wait_live();
@@ -142,7 +181,11 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         for (n, s) in self.sidecars.iter().enumerate() {
             while s.metric("kxgw_upstream_checkpoint_fallback") != 0 {
-                assert!(Instant::now() < deadline, "sidecar {n} never went live:\n{}", s.log());
+                assert!(
+                    Instant::now() < deadline,
+                    "sidecar {n} never went live:\n{}",
+                    s.log()
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -170,7 +213,11 @@ fn check_lines(who: &str, out: &str, partition: i32, count: u64) {
         let key = f.next().unwrap();
         let value = f.next().unwrap_or_default();
         assert_eq!(offset, i as i64, "{who}: offsets in order without gaps");
-        assert_eq!(key.as_bytes(), &demo_key(offset)[..], "{who}: key at {offset}");
+        assert_eq!(
+            key.as_bytes(),
+            &demo_key(offset)[..],
+            "{who}: key at {offset}"
+        );
         assert!(
             value.as_bytes() == &demo_value(partition, offset, SIZE)[..],
             "{who}: value at offset {offset} differs"
@@ -180,12 +227,17 @@ fn check_lines(who: &str, out: &str, partition: i32, count: u64) {
 
 fn run_client(net: &TestNet, who: &str, cmd: &mut Command) -> String {
     let _ = net;
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {who}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {who}: {e}"));
     assert!(
         out.status.success(),
         "{who} failed ({}): {}\n{}",
         out.status,
-        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default(),
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default(),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -210,7 +262,10 @@ fn partition_bytes(dir: &Path, p: i32) -> u64 {
 #[test]
 fn stock_clients_at_one_sidecar_read_every_partition_from_the_sidecar_beside_its_leader() {
     require("command -v kcat", "kcat");
-    require("python3 -c 'import kafka, confluent_kafka'", "kafka-python and confluent-kafka");
+    require(
+        "python3 -c 'import kafka, confluent_kafka'",
+        "kafka-python and confluent-kafka",
+    );
     let c = Cluster::start("clrd");
     let boot = sidecar_addr(1);
     for p in 0..PARTITIONS {
@@ -324,23 +379,41 @@ fn a_confluent_group_through_the_sidecars_commits_and_receives_every_record() {
         "confluent-kafka group member",
         c.net
             .client_command("timeout")
-            .args(["90", "python3", PY_GROUP, "confluent", &sidecar_addr(2), "g1", TOPIC])
+            .args([
+                "90",
+                "python3",
+                PY_GROUP,
+                "confluent",
+                &sidecar_addr(2),
+                "g1",
+                TOPIC,
+            ])
             .args(["--max", &total.to_string()]),
     );
     let mut seen = HashSet::new();
-    for l in out.lines().filter(|l| !l.starts_with("assigned") && l.contains('\t')) {
+    for l in out
+        .lines()
+        .filter(|l| !l.starts_with("assigned") && l.contains('\t'))
+    {
         let (p, o) = l.split_once('\t').unwrap();
         seen.insert((p.parse::<i32>().unwrap(), o.parse::<i64>().unwrap()));
     }
     for p in 0..PARTITIONS {
         for o in 0..expected(p) as i64 {
-            assert!(seen.contains(&(p, o)), "record {p}/{o} never arrived\n{}", c.logs());
+            assert!(
+                seen.contains(&(p, o)),
+                "record {p}/{o} never arrived\n{}",
+                c.logs()
+            );
         }
     }
     assert!(out.contains(&format!("committed {total}")), "{out}");
     let offsets = committed(&c.net, &sidecar_addr(1), "g1");
     let want: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, expected(p) as i64)).collect();
-    assert_eq!(offsets, want, "committed offsets, read back through the sidecars");
+    assert_eq!(
+        offsets, want,
+        "committed offsets, read back through the sidecars"
+    );
     // The group lived on broker 0's coordinator, reached through the sidecars.
     assert!(c.brokers[0].metric("kxgw_kafka_requests_total") > 0);
     let forwarded: u64 = c
@@ -367,7 +440,8 @@ fn latest(addr: &str, p: i32) -> (i16, i64) {
 }
 
 #[test]
-fn with_the_checkpoint_held_back_a_tailing_consumer_sees_records_at_once_never_past_the_upstream_hw() {
+fn with_the_checkpoint_held_back_a_tailing_consumer_sees_records_at_once_never_past_the_upstream_hw(
+) {
     let c = Cluster::start("clhw");
     // From now on the checkpoint is not rewritten: the sidecars keep what they last read of
     // it (and `kxgw produce` writes none into a dir without one).
@@ -415,7 +489,8 @@ fn with_the_checkpoint_held_back_a_tailing_consumer_sees_records_at_once_never_p
                 let mut at = 0usize;
                 while at + 12 <= recs.len() {
                     let base = i64::from_be_bytes(recs[at..at + 8].try_into().unwrap());
-                    let len = i32::from_be_bytes(recs[at + 8..at + 12].try_into().unwrap()) as usize;
+                    let len =
+                        i32::from_be_bytes(recs[at + 8..at + 12].try_into().unwrap()) as usize;
                     if at + 12 + len > recs.len() {
                         break;
                     }
@@ -438,10 +513,95 @@ fn with_the_checkpoint_held_back_a_tailing_consumer_sees_records_at_once_never_p
     let mut sorted = lat.clone();
     sorted.sort_unstable();
     let median = sorted[sorted.len() / 2];
-    eprintln!("latency from append to delivery over {} batches: median {median} ms, max {} ms", sorted.len(), sorted[sorted.len() - 1]);
+    eprintln!(
+        "latency from append to delivery over {} batches: median {median} ms, max {} ms",
+        sorted.len(),
+        sorted[sorted.len() - 1]
+    );
     assert!(
         median < 1000,
         "median append-to-delivery {median} ms (the checkpoint would be 5 s or never)"
     );
     assert!(c.sidecars[0].metric("kxgw_upstream_hw_updates_total") > 10);
+}
+
+/// Metadata through `addr` in the consumer namespace: Some(broker count), None when the
+/// gateway closed the connection instead.
+fn metadata_via(net: &TestNet, addr: &str) -> Option<usize> {
+    let addr = addr.to_string();
+    in_client_ns(net, move || {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = common::frame(
+            ApiKey::Metadata,
+            9,
+            &MetadataRequest::default().with_topics(None),
+        );
+        std::io::Write::write_all(&mut s, &req).unwrap();
+        let mut b = common::read_response(&mut s).ok()?;
+        let r: MetadataResponse =
+            kxgw::kafka::frame::decode_response(ApiKey::Metadata, 9, 42, &mut b).unwrap();
+        Some(r.brokers.len())
+    })
+}
+
+#[test]
+fn the_upstream_killed_and_restarted_local_reads_continue_and_forwarding_recovers() {
+    let mut c = Cluster::start("clkill");
+    let sidecar = sidecar_addr(0);
+    let s2 = sidecar.clone();
+    let before = in_client_ns(&c.net, move || latest(&s2, 0));
+    assert_eq!(before, (0, records_in(0) as i64));
+    assert_eq!(metadata_via(&c.net, &sidecar), Some(3));
+    let errors = c.sidecars[0].metric("kxgw_upstream_watch_errors_total");
+    c.brokers[0].child.0.kill().unwrap();
+    let _ = c.brokers[0].child.0.wait();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.sidecars[0].metric("kxgw_upstream_checkpoint_fallback") != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never noticed:\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c.sidecars[0].metric("kxgw_upstream_watch_errors_total") > errors);
+    // Local reads go on, bounded by the last known high watermark.
+    let s2 = sidecar.clone();
+    let (during, fetched) = in_client_ns(&c.net, move || {
+        let mut s = TcpStream::connect(&s2).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let r: FetchResponse = call(&mut s, ApiKey::Fetch, 11, &common::fetch(TOPIC, 0, 0));
+        let pd = &r.responses[0].partitions[0];
+        (
+            latest(&s2, 0),
+            (
+                pd.error_code,
+                pd.high_watermark,
+                pd.records.as_ref().map_or(0, |r| r.len()),
+            ),
+        )
+    });
+    assert_eq!(
+        during, before,
+        "ListOffsets from the local log while the upstream is down"
+    );
+    assert_eq!(fetched.0, 0);
+    assert_eq!(fetched.1, records_in(0) as i64);
+    assert!(fetched.2 > 0, "records served while the upstream is down");
+    // A forwarded request cannot be answered: the connection closes, as when a broker dies.
+    let failures = c.sidecars[0].metric("kxgw_upstream_forward_failures_total");
+    assert_eq!(metadata_via(&c.net, &sidecar), None);
+    assert!(c.sidecars[0].metric("kxgw_upstream_forward_failures_total") > failures);
+    // The broker returns: the watermarks are live again and forwarding works.
+    let args = c.broker_args[0].clone();
+    c.brokers[0] = serve(
+        &c.net,
+        c._work.path(),
+        "broker0-again",
+        &broker_addr(0),
+        &args,
+    );
+    c.wait_live();
+    assert_eq!(metadata_via(&c.net, &sidecar), Some(3));
 }

@@ -30,9 +30,9 @@ pub mod outq;
 pub mod server;
 pub mod session;
 pub mod stats;
-pub mod upstream;
 #[cfg(test)]
 mod testkit;
+pub mod upstream;
 
 pub use outq::IoMode;
 pub use server::{KafkaConfig, KafkaListener};

@@ -97,13 +97,15 @@ impl KafkaListener {
         raise_fd_limit();
         // Cluster mode: the cluster coordinates groups; the embedded coordinator stays off
         // (group requests are forwarded before they could reach it).
-        let groups = Arc::new(match cfg.state_dir.as_ref().filter(|_| cfg.cluster.is_none()) {
-            Some(dir) => {
-                super::group::store::check_state_dir(dir, log.path())?;
-                Groups::open(cfg.groups.clone(), dir)?
-            }
-            None => Groups::in_memory(cfg.groups.clone()),
-        });
+        let groups = Arc::new(
+            match cfg.state_dir.as_ref().filter(|_| cfg.cluster.is_none()) {
+                Some(dir) => {
+                    super::group::store::check_state_dir(dir, log.path())?;
+                    Groups::open(cfg.groups.clone(), dir)?
+                }
+                None => Groups::in_memory(cfg.groups.clone()),
+            },
+        );
         let listener = bind(cfg.listen)?;
         let local_addr = listener.local_addr()?;
         let host = match &cfg.advertised_host {

@@ -165,7 +165,12 @@ impl Session {
     /// or `now` passed its deadline), then queued requests until one waits or the output
     /// backlog is too large. An error means the connection must be closed.
     pub fn advance(&mut self, ctx: &Ctx, now: Instant) -> Result<(), SessionError> {
-        if let Some(view) = ctx.node.cluster.as_deref().filter(|_| self.forward.waiting()) {
+        if let Some(view) = ctx
+            .node
+            .cluster
+            .as_deref()
+            .filter(|_| self.forward.waiting())
+        {
             match self.forward.take_response(view)? {
                 Some(chunks) => self.out.push(chunks),
                 None => return Ok(()),

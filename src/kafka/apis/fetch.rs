@@ -118,10 +118,8 @@ pub fn evaluate(
             if let Some(e) = ctx.led_elsewhere(name, fp.partition) {
                 // Not ours to serve: the client refreshes its metadata and goes to the leader.
                 any_error = true;
-                let mut pd = error_partition(
-                    fp.partition,
-                    ResponseError::NotLeaderOrFollower.code(),
-                );
+                let mut pd =
+                    error_partition(fp.partition, ResponseError::NotLeaderOrFollower.code());
                 if version >= 12 {
                     pd.current_leader = LeaderIdAndEpoch::default()
                         .with_leader_id(BrokerId(e.leader))

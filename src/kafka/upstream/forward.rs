@@ -209,7 +209,9 @@ mod tests {
     use crate::kafka::session::chunks_to_vec;
     use crate::kafka::upstream::{parse_peer, ClusterConfig};
     use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
-    use kafka_protocol::messages::{BrokerId, HeartbeatRequest, HeartbeatResponse, MetadataRequest};
+    use kafka_protocol::messages::{
+        BrokerId, HeartbeatRequest, HeartbeatResponse, MetadataRequest,
+    };
 
     fn view() -> ClusterView {
         ClusterView::new(ClusterConfig {
@@ -223,7 +225,8 @@ mod tests {
     fn answer<M: Encodable>(fw: &mut Forwarder, key: ApiKey, v: i16, body: &M) -> i32 {
         let out = std::mem::take(fw.outbound());
         let cid = i32::from_be_bytes([out[8], out[9], out[10], out[11]]);
-        let chunks = encode_response("t", cid, key.response_header_version(v), body, v, &[]).unwrap();
+        let chunks =
+            encode_response("t", cid, key.response_header_version(v), body, v, &[]).unwrap();
         fw.receive(&chunks_to_vec(&chunks).unwrap());
         cid
     }
@@ -232,8 +235,8 @@ mod tests {
     fn correlation_ids_are_remapped_both_ways_and_split_input_waits() {
         let view = view();
         let mut fw = Forwarder::default();
-        let req = encode_request(ApiKey::Heartbeat, 4, 777, "c", &HeartbeatRequest::default())
-            .unwrap();
+        let req =
+            encode_request(ApiKey::Heartbeat, 4, 777, "c", &HeartbeatRequest::default()).unwrap();
         fw.send(&req[4..], Rewrite::None);
         assert!(fw.waiting());
         let up_cid = {
@@ -263,11 +266,10 @@ mod tests {
     fn a_wrong_correlation_id_is_an_error() {
         let view = view();
         let mut fw = Forwarder::default();
-        let req = encode_request(ApiKey::Heartbeat, 0, 1, "c", &HeartbeatRequest::default())
-            .unwrap();
+        let req =
+            encode_request(ApiKey::Heartbeat, 0, 1, "c", &HeartbeatRequest::default()).unwrap();
         fw.send(&req[4..], Rewrite::None);
-        let chunks =
-            encode_response("t", 4242, 0, &HeartbeatResponse::default(), 0, &[]).unwrap();
+        let chunks = encode_response("t", 4242, 0, &HeartbeatResponse::default(), 0, &[]).unwrap();
         fw.receive(&chunks_to_vec(&chunks).unwrap());
         assert!(fw.take_response(&view).is_err());
     }
@@ -279,10 +281,11 @@ mod tests {
         let req =
             encode_request(ApiKey::Metadata, 12, 5, "c", &MetadataRequest::default()).unwrap();
         fw.send(&req[4..], Rewrite::Metadata);
-        let body = MetadataResponse::default().with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(0))
-            .with_host(crate::kafka::apis::sb("broker"))
-            .with_port(9092)]);
+        let body =
+            MetadataResponse::default().with_brokers(vec![MetadataResponseBroker::default()
+                .with_node_id(BrokerId(0))
+                .with_host(crate::kafka::apis::sb("broker"))
+                .with_port(9092)]);
         answer(&mut fw, ApiKey::Metadata, 12, &body);
         let got = fw.take_response(&view).unwrap().unwrap();
         let mut b = Bytes::from(chunks_to_vec(&got).unwrap()).slice(4..);

@@ -17,6 +17,8 @@
 
 pub mod forward;
 pub mod rewrite;
+#[cfg(test)]
+mod session_tests;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -199,7 +201,11 @@ impl ClusterView {
         let g = |c: &AtomicU64| c.load(Relaxed);
         let s = &self.stats;
         [
-            ("upstream_forwarded_total", "requests forwarded to the cluster", g(&s.forwarded)),
+            (
+                "upstream_forwarded_total",
+                "requests forwarded to the cluster",
+                g(&s.forwarded),
+            ),
             (
                 "upstream_connects_total",
                 "upstream connections opened for clients",
@@ -325,13 +331,14 @@ mod tests {
             host: format!("broker{id}"),
             port: 9092,
         });
-        v.learn(
-            &brokers,
-            &[("t".into(), 0, 0, 5), ("t".into(), 1, 1, 7)],
-        );
+        v.learn(&brokers, &[("t".into(), 0, 0, 5), ("t".into(), 1, 1, 7)]);
         assert_eq!(v.local_broker().as_deref(), Some("broker1:9092"));
         assert_eq!(v.endpoint(0).unwrap().host, "gw0");
-        assert_eq!(v.endpoint(1).unwrap().host, "broker1", "no gateway: the broker");
+        assert_eq!(
+            v.endpoint(1).unwrap().host,
+            "broker1",
+            "no gateway: the broker"
+        );
         assert_eq!(v.leader("t", 1), Some((1, 7)));
         let cands = [("t".to_string(), 0), ("t".to_string(), 1)];
         assert_eq!(v.led_locally(&cands), [("t".to_string(), 1)]);

@@ -4,8 +4,7 @@
 //! and what the gateway serves itself.
 
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, DescribeClusterResponse, FindCoordinatorResponse,
-    MetadataResponse,
+    ApiKey, ApiVersionsResponse, DescribeClusterResponse, FindCoordinatorResponse, MetadataResponse,
 };
 
 use super::{Broker, ClusterView};

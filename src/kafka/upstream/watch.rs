@@ -140,7 +140,8 @@ fn session(view: &ClusterView, log: &LogDir, stop: &AtomicBool) -> Result<()> {
     let mut conn = Connection::connect(&addr, "kxgw-upstream")
         .with_context(|| format!("local broker {addr}"))?;
     conn.set_timeout(IO_TIMEOUT)?;
-    let mut hw = list_offsets(&mut conn, &parts).with_context(|| format!("ListOffsets to {addr}"))?;
+    let mut hw =
+        list_offsets(&mut conn, &parts).with_context(|| format!("ListOffsets to {addr}"))?;
     for ((t, p), h) in &hw {
         apply(view, log, t, *p, *h, -1);
     }
@@ -166,7 +167,14 @@ fn session(view: &ClusterView, log: &LogDir, stop: &AtomicBool) -> Result<()> {
                     );
                 }
                 if hw.get(&key) != Some(&pd.high_watermark) {
-                    apply(view, log, &key.0, key.1, pd.high_watermark, pd.last_stable_offset);
+                    apply(
+                        view,
+                        log,
+                        &key.0,
+                        key.1,
+                        pd.high_watermark,
+                        pd.last_stable_offset,
+                    );
                     hw.insert(key, pd.high_watermark);
                 }
             }
@@ -181,7 +189,10 @@ fn apply(view: &ClusterView, log: &LogDir, topic: &str, p: i32, hw: i64, lso: i6
     }
 }
 
-fn list_offsets(conn: &mut Connection, parts: &[(String, i32)]) -> Result<HashMap<(String, i32), i64>> {
+fn list_offsets(
+    conn: &mut Connection,
+    parts: &[(String, i32)],
+) -> Result<HashMap<(String, i32), i64>> {
     let mut by_topic: HashMap<&str, Vec<i32>> = HashMap::new();
     for (t, p) in parts {
         by_topic.entry(t).or_default().push(*p);
