@@ -1,3 +1,4 @@
+mod cluster_flags;
 mod cmd;
 mod compact;
 mod flags;

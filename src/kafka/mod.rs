@@ -11,6 +11,7 @@
 //! - [`session`]: one connection as a sans-I/O state machine (bytes in, chunks out).
 //! - [`outq`]: writing chunks to a non-blocking socket with sendfile(2) or pread + send.
 //! - [`server`]: the mio event loop that owns the sockets.
+//! - [`upstream`]: cluster mode (`--upstream`): forwarding, rewrites, the live high watermark.
 //! - [`stats`]: the counters printed on SIGUSR1 and every `--stats-interval`.
 //! - [`client`]: the one blocking Kafka client (the `kxgw consume` fallback, the benches and
 //!   the tests).
@@ -32,6 +33,7 @@ pub mod session;
 pub mod stats;
 #[cfg(test)]
 mod testkit;
+pub mod upstream;
 
 pub use outq::IoMode;
 pub use server::{KafkaConfig, KafkaListener};

@@ -5,7 +5,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +22,7 @@ use super::group::{GroupConfig, Groups, WaiterId};
 use super::outq::IoMode;
 use super::session::Session;
 use super::stats::{add, inc, Stats};
+use super::upstream::{Broker, ClusterView};
 use crate::log::LogDir;
 
 const LISTENER: Token = Token(0);
@@ -29,6 +30,9 @@ const WAKER: Token = Token(1);
 /// How long a stopping listener keeps sending responses it had already queued.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_CONN: usize = 2;
+/// Set in the token of a connection's upstream socket (cluster mode): the client's token
+/// with this bit.
+const UPSTREAM_BIT: usize = 1 << (usize::BITS - 2);
 /// Bytes read from a socket per step (then requests are processed before reading more).
 const READ_STEP: usize = 64 * 1024;
 
@@ -50,6 +54,12 @@ pub struct KafkaConfig {
     pub state_dir: Option<PathBuf>,
     /// Group coordinator settings.
     pub groups: GroupConfig,
+    /// Node id advertised (`--node-id`; 0 by default).
+    pub node_id: i32,
+    /// Standalone: the other brokers of a static cluster this gateway plays one broker of.
+    pub peers: Vec<Broker>,
+    /// Cluster mode (`--upstream`): requests not served locally are forwarded there.
+    pub cluster: Option<Arc<ClusterView>>,
 }
 
 impl KafkaConfig {
@@ -62,6 +72,9 @@ impl KafkaConfig {
             max_request_bytes: 8 << 20,
             state_dir: None,
             groups: GroupConfig::default(),
+            node_id: 0,
+            peers: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -82,13 +95,17 @@ impl KafkaListener {
     /// Binds, registers the log-append hook and starts the event loop thread.
     pub fn start(cfg: KafkaConfig, log: Arc<LogDir>) -> Result<KafkaListener> {
         raise_fd_limit();
-        let groups = Arc::new(match &cfg.state_dir {
-            Some(dir) => {
-                super::group::store::check_state_dir(dir, log.path())?;
-                Groups::open(cfg.groups.clone(), dir)?
-            }
-            None => Groups::in_memory(cfg.groups.clone()),
-        });
+        // Cluster mode: the cluster coordinates groups; the embedded coordinator stays off
+        // (group requests are forwarded before they could reach it).
+        let groups = Arc::new(
+            match cfg.state_dir.as_ref().filter(|_| cfg.cluster.is_none()) {
+                Some(dir) => {
+                    super::group::store::check_state_dir(dir, log.path())?;
+                    Groups::open(cfg.groups.clone(), dir)?
+                }
+                None => Groups::in_memory(cfg.groups.clone()),
+            },
+        );
         let listener = bind(cfg.listen)?;
         let local_addr = listener.local_addr()?;
         let host = match &cfg.advertised_host {
@@ -113,7 +130,10 @@ impl KafkaListener {
             }
             None => local_addr.ip().to_string(),
         };
-        let node = NodeInfo::gateway(host, i32::from(local_addr.port()));
+        let mut node = NodeInfo::gateway(host, i32::from(local_addr.port()));
+        node.node_id = cfg.node_id;
+        node.peers = cfg.peers.clone();
+        node.cluster = cfg.cluster.clone();
         let poll = Poll::new().context("creating epoll instance")?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating waker")?);
         let appended = Arc::new(Mutex::new(HashSet::new()));
@@ -220,6 +240,14 @@ impl Drop for KafkaListener {
     }
 }
 
+/// A non-blocking socket not yet connected or without room/data right now.
+fn not_yet(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
+    )
+}
+
 fn bind(addr: SocketAddr) -> Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -245,10 +273,14 @@ fn raise_fd_limit() {
 }
 
 struct Conn {
+    token: Token,
     stream: TcpStream,
     peer: SocketAddr,
     session: Session,
     read_eof: bool,
+    /// Cluster mode: the connection to the local broker its forwarded requests go to,
+    /// opened at the first one.
+    upstream: Option<TcpStream>,
 }
 
 struct EventLoop {
@@ -305,6 +337,7 @@ impl EventLoop {
                 match ev.token() {
                     LISTENER => self.accept_all(&mut accept_warned),
                     WAKER => self.on_appends(),
+                    t if t.0 & UPSTREAM_BIT != 0 => self.drive(Token(t.0 & !UPSTREAM_BIT)),
                     t => {
                         if ev.is_read_closed() || ev.is_error() {
                             self.peer_closed(t);
@@ -409,6 +442,8 @@ impl EventLoop {
                     self.conns.insert(
                         token,
                         Conn {
+                            token,
+                            upstream: None,
                             stream,
                             peer,
                             session: Session::with_groups(
@@ -447,7 +482,7 @@ impl EventLoop {
                 log::debug!("kafka {}: hung up during a waiting request", c.peer);
                 self.parked.remove(&token);
                 self.forget_group_wait(&c);
-                let _ = self.poll.registry().deregister(&mut c.stream);
+                self.deregister(&mut c);
                 inc(&self.stats.conns_closed);
             }
         }
@@ -541,10 +576,90 @@ impl EventLoop {
             Drive::Close => {
                 self.parked.remove(&token);
                 self.forget_group_wait(&conn);
-                let _ = self.poll.registry().deregister(&mut conn.stream);
+                self.deregister(&mut conn);
                 inc(&self.stats.conns_closed);
             }
         }
+    }
+
+    fn deregister(&self, conn: &mut Conn) {
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Some(u) = conn.upstream.as_mut() {
+            let _ = self.poll.registry().deregister(u);
+        }
+    }
+
+    /// Cluster mode: moves a connection's forwarded request to its upstream socket (opening
+    /// it first) and the upstream's answer back into the session. An error means the
+    /// upstream is gone: the client connection is closed, as when a broker dies.
+    fn pump_upstream(
+        poll: &Poll,
+        scratch: &mut [u8],
+        node: &NodeInfo,
+        conn: &mut Conn,
+    ) -> io::Result<bool> {
+        let Some(view) = node.cluster.as_deref() else {
+            return Ok(false);
+        };
+        if !conn.session.forwarder().used() {
+            return Ok(false);
+        }
+        if conn.upstream.is_none() {
+            let addr = view.local_broker().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "no upstream address known")
+            })?;
+            let sa = std::net::ToSocketAddrs::to_socket_addrs(&addr)?
+                .next()
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"))
+                })?;
+            let mut s = TcpStream::connect(sa)?;
+            let _ = s.set_nodelay(true);
+            poll.registry().register(
+                &mut s,
+                Token(conn.token.0 | UPSTREAM_BIT),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            inc(&view.stats.forward_connects);
+            log::debug!("kafka {}: upstream connection to {addr}", conn.peer);
+            conn.upstream = Some(s);
+        }
+        let Some(up) = conn.upstream.as_mut() else {
+            return Ok(false);
+        };
+        let fw = conn.session.forwarder();
+        let mut progressed = false;
+        let out = fw.outbound();
+        while !out.is_empty() {
+            match up.write(out) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    out.drain(..n);
+                    progressed = true;
+                }
+                Err(e) if not_yet(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        while fw.wants_input() {
+            match up.read(scratch) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed the connection",
+                    ))
+                }
+                Ok(n) => {
+                    fw.receive(&scratch[..n]);
+                    progressed = true;
+                }
+                Err(e) if not_yet(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(progressed)
     }
 
     /// A consumer that resets its connection (it exited, or stopped mid-response) is
@@ -589,9 +704,24 @@ impl EventLoop {
                 log::warn!("kafka {}: closing connection: {e}", conn.peer);
                 match e {
                     super::session::SessionError::Encode(_) => inc(&self.stats.err_encode),
+                    super::session::SessionError::Upstream(_) => {
+                        if let Some(v) = &self.node.cluster {
+                            inc(&v.stats.forward_failures);
+                        }
+                    }
                     _ => inc(&self.stats.err_bad_request),
                 }
                 return Drive::Close;
+            }
+            match Self::pump_upstream(&self.poll, &mut self.scratch, &self.node, conn) {
+                Ok(p) => progressed |= p,
+                Err(e) => {
+                    log::warn!("kafka {}: upstream failed, closing: {e}", conn.peer);
+                    if let Some(v) = &self.node.cluster {
+                        inc(&v.stats.forward_failures);
+                    }
+                    return Drive::Close;
+                }
             }
             let out = conn.session.out();
             if !out.is_empty() {

@@ -20,6 +20,8 @@ use super::frame::{FrameError, Framer};
 use super::group::{GroupConfig, Groups, WaiterId};
 use super::outq::OutQueue;
 use super::stats::inc;
+use super::upstream::forward::{ForwardError, Forwarder};
+use super::upstream::rewrite;
 
 /// Stop answering requests while this many response bytes wait for the socket: a slow
 /// consumer is throttled by its own backlog and costs the gateway nothing more.
@@ -59,6 +61,9 @@ pub enum SessionError {
     /// A response that would not encode.
     #[error("{0}")]
     Encode(#[from] EncodeError),
+    /// Cluster mode: the upstream's answer to a forwarded request is unusable.
+    #[error("{0}")]
+    Upstream(#[from] ForwardError),
 }
 
 /// A fetch waiting for `min_bytes` or its deadline.
@@ -81,6 +86,8 @@ pub struct Session {
     peer: String,
     /// A JoinGroup or SyncGroup waiting for the rebalance (holds back later requests).
     group_wait: Option<Pending>,
+    /// Cluster mode: the request forwarded upstream (holds back later requests).
+    forward: Forwarder,
 }
 
 impl Session {
@@ -100,7 +107,13 @@ impl Session {
             groups,
             peer,
             group_wait: None,
+            forward: Forwarder::default(),
         }
+    }
+
+    /// Cluster mode: the forwarding state (the listener moves its bytes to the upstream).
+    pub fn forwarder(&mut self) -> &mut Forwarder {
+        &mut self.forward
     }
 
     /// The group coordinator this connection talks to.
@@ -143,15 +156,26 @@ impl Session {
             .is_some_and(|p| p.wanted.iter().any(|(t, q)| *q == partition && t == topic))
     }
 
-    /// Whether a fetch, JoinGroup or SyncGroup is waiting.
+    /// Whether a fetch, JoinGroup, SyncGroup or forwarded request is waiting.
     pub fn is_parked(&self) -> bool {
-        self.parked.is_some() || self.group_wait.is_some()
+        self.parked.is_some() || self.group_wait.is_some() || self.forward.waiting()
     }
 
     /// Answers what can be answered now: the waiting fetch if it became ready (data arrived
     /// or `now` passed its deadline), then queued requests until one waits or the output
     /// backlog is too large. An error means the connection must be closed.
     pub fn advance(&mut self, ctx: &Ctx, now: Instant) -> Result<(), SessionError> {
+        if let Some(view) = ctx
+            .node
+            .cluster
+            .as_deref()
+            .filter(|_| self.forward.waiting())
+        {
+            match self.forward.take_response(view)? {
+                Some(chunks) => self.out.push(chunks),
+                None => return Ok(()),
+            }
+        }
         if let Some(p) = self.group_wait {
             let Some(reply) = self.groups.lock().coord.take_reply(p.waiter) else {
                 return Ok(());
@@ -194,6 +218,17 @@ impl Session {
             version,
             reason,
         };
+        if let Some(view) = ctx.node.cluster.as_deref() {
+            // Cluster mode: what the gateway does not serve itself goes to the cluster (a
+            // too-new ApiVersions is still answered here, in v0, so the client retries).
+            let too_new = raw_key == ApiKey::ApiVersions as i16
+                && apis::served_range(ApiKey::ApiVersions).is_some_and(|(_, hi)| version > hi);
+            if let Some(rw) = rewrite::route(raw_key).filter(|_| !too_new) {
+                inc(&view.stats.forwarded);
+                self.forward.send(&frame, rw);
+                return Ok(());
+            }
+        }
         let Ok(key) = ApiKey::try_from(raw_key) else {
             inc(&ctx.stats.req_unsupported);
             return Err(bad("unknown API key".into()));

@@ -281,6 +281,20 @@ impl LogDir {
         }
     }
 
+    /// Cluster mode: the high watermark and last stable offset the cluster reports for a
+    /// partition bound its reads from now on (capped by the local disk); parked readers are
+    /// woken through the on_append hooks if that moves the readable end. Returns false for a
+    /// partition this dir does not hold.
+    pub fn set_live_offsets(&self, topic: &str, partition: i32, hw: i64, lso: i64) -> bool {
+        let Some(p) = self.partition(topic, partition) else {
+            return false;
+        };
+        if p.set_live(hw, lso) {
+            self.refresh_one(&p, true);
+        }
+        true
+    }
+
     /// Background thread calling refresh when files change (inotify) and at least every
     /// `interval`. Stops when the handle is dropped.
     pub fn spawn_follower(self: &Arc<Self>, interval: Duration) -> std::io::Result<FollowerHandle> {

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use memmap2::{Mmap, MmapOptions};
@@ -343,6 +344,10 @@ pub struct Partition {
     txn: RwLock<Option<TxnState>>,
     /// `partition.metadata` and `leader-epoch-checkpoint`, as of the last full refresh.
     meta: RwLock<PartMeta>,
+    /// High watermark and last stable offset learnt from the cluster (cluster mode; -1:
+    /// none). They replace the checkpoint's, which only ever lags them.
+    live_hw: AtomicI64,
+    live_lso: AtomicI64,
 }
 
 #[derive(Clone, Debug)]
@@ -404,7 +409,17 @@ impl Partition {
                 epochs: LeaderEpochs::default(),
                 epochs_err: None,
             }),
+            live_hw: AtomicI64::new(-1),
+            live_lso: AtomicI64::new(-1),
         })
+    }
+
+    /// Records the high watermark and last stable offset the cluster reported (cluster
+    /// mode); the next refresh applies them. Returns whether they changed.
+    pub(crate) fn set_live(&self, hw: i64, lso: i64) -> bool {
+        let old_hw = self.live_hw.swap(hw, Ordering::SeqCst);
+        let old_lso = self.live_lso.swap(lso, Ordering::SeqCst);
+        old_hw != hw || old_lso != lso
     }
 
     fn state(&self) -> RwLockReadGuard<'_, PartState> {
@@ -771,10 +786,16 @@ impl Partition {
             (None, None) => 0,
         };
         let log_end = log_end.max(log_start);
-        let high_watermark = match hw {
-            None => log_end,
-            // Like a broker: a partition missing from the checkpoint starts at the log start.
-            Some(c) => c.get(&self.tp).copied().unwrap_or(log_start),
+        // Like a broker: a partition missing from the checkpoint starts at the log start.
+        let ckpt = hw.map(|c| c.get(&self.tp).copied().unwrap_or(log_start));
+        // The cluster's live value wins; the checkpoint (never ahead of it) is the fallback
+        // while the cluster is unreachable. Never past what is on the local disk.
+        let live = Some(self.live_hw.load(Ordering::SeqCst)).filter(|&h| h >= 0);
+        let high_watermark = match (live, ckpt) {
+            (Some(l), Some(c)) => l.max(c),
+            (Some(l), None) => l,
+            (None, Some(c)) => c,
+            (None, None) => log_end,
         }
         .clamp(log_start, log_end);
         let mut offsets = PartitionOffsets {
@@ -788,7 +809,11 @@ impl Partition {
         st.offsets = offsets;
         let advanced = offsets.readable_end(self.isolation) > before;
         drop(st);
-        let lso = self.update_txns();
+        let mut lso = self.update_txns();
+        let live_lso = self.live_lso.load(Ordering::SeqCst);
+        if live_lso >= 0 && live.is_some() {
+            lso = lso.min(live_lso.max(offsets.log_start));
+        }
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         st.offsets.last_stable = lso;
         Ok(advanced || lso > lso_before)

@@ -13,6 +13,8 @@ use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
 use crate::flags::{FetchArgs, IoMode};
+use kxgw::kafka::upstream::watch::{self, Watcher};
+use kxgw::kafka::upstream::ClusterView;
 use kxgw::kafka::{self, KafkaConfig, KafkaListener};
 use kxgw::log::{Isolation, LogDir};
 use kxgw::metrics::{self, Metrics};
@@ -67,6 +69,9 @@ pub struct Args {
     /// The group coordinator of the Kafka listener (--state-dir and its options).
     #[command(flatten)]
     pub groups: crate::group_flags::GroupArgs,
+    /// Cluster mode (--upstream, --node-id, --peer).
+    #[command(flatten)]
+    pub cluster: crate::cluster_flags::ClusterArgs,
     /// The kxgw UDP fetch endpoint (--fetch-listen and its options).
     #[command(flatten)]
     pub fetch: FetchArgs,
@@ -93,6 +98,8 @@ pub struct Args {
 struct Running {
     kafka: Option<KafkaListener>,
     fetch: Option<FetchEndpoint>,
+    /// Cluster mode: the view of the cluster and its watcher thread.
+    cluster: Option<(Arc<ClusterView>, Watcher)>,
 }
 
 impl Running {
@@ -102,6 +109,9 @@ impl Running {
         }
         if let Some(f) = &self.fetch {
             log::info!("fetch stats: {}", f.report());
+        }
+        if let Some((v, _)) = &self.cluster {
+            log::info!("upstream stats: {v}");
         }
     }
 
@@ -114,6 +124,10 @@ impl Running {
         }
         if let Some(f) = &self.fetch {
             f.register_metrics(metrics);
+        }
+        if let Some((v, _)) = &self.cluster {
+            let v = Arc::clone(v);
+            metrics.register(move |w| v.write_metrics(w));
         }
     }
 
@@ -142,7 +156,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     });
 
-    let log = LogDir::open(&args.log_dir, args.isolation.map(Isolation::from))
+    let cluster = args.cluster.config()?;
+    // Beside a broker, reads stop at the high watermark the cluster reports, whether or not
+    // the checkpoint file exists yet.
+    let isolation = match (&cluster, args.isolation) {
+        (Some(_), None) => Some(Isolation::HighWatermark),
+        (_, i) => i.map(Isolation::from),
+    };
+    let log = LogDir::open(&args.log_dir, isolation)
         .with_context(|| format!("opening log directory {}", args.log_dir.display()))?;
     let parts = log.partitions();
     log::info!(
@@ -155,8 +176,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .spawn_follower(Duration::from_millis(args.refresh_ms.max(1)))
         .context("starting the log follower")?;
 
+    let cluster = match cluster {
+        Some(cfg) => {
+            let view = Arc::new(ClusterView::new(cfg));
+            let w = watch::spawn(Arc::clone(&view), Arc::clone(&log))
+                .context("starting the upstream watcher")?;
+            Some((view, w))
+        }
+        None => None,
+    };
     let running = Running {
-        kafka: start_kafka(&args, &log)?,
+        kafka: start_kafka(&args, &log, cluster.as_ref().map(|(v, _)| Arc::clone(v)))?,
+        cluster,
         fetch: kxgw::xdp::fetch_endpoint::start(&log, &(&args.fetch).into(), &(&args.xdp).into())?,
     };
     if running.kafka.is_none() && running.fetch.is_none() {
@@ -208,7 +239,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn start_kafka(args: &Args, log: &Arc<LogDir>) -> Result<Option<KafkaListener>> {
+fn start_kafka(
+    args: &Args,
+    log: &Arc<LogDir>,
+    cluster: Option<Arc<ClusterView>>,
+) -> Result<Option<KafkaListener>> {
     let Some(addr) = args.kafka_listen else {
         return Ok(None);
     };
@@ -216,9 +251,19 @@ fn start_kafka(args: &Args, log: &Arc<LogDir>) -> Result<Option<KafkaListener>> 
     cfg.advertised_host = args.advertised_host.clone();
     cfg.groups = args.groups.config();
     cfg.state_dir = args.groups.state_dir(args.config.as_deref());
-    if cfg.state_dir.is_none() {
+    cfg.node_id = args.cluster.node_id.unwrap_or(0);
+    cfg.peers = args.cluster.peer.clone();
+    if let Some(v) = &cluster {
+        log::info!(
+            "cluster mode: node {} beside the cluster at {}; group, produce and admin \
+             requests are forwarded",
+            cfg.node_id,
+            v.config().upstream.join(",")
+        );
+    } else if cfg.state_dir.is_none() {
         log::warn!("no --state-dir: committed offsets are kept in memory only");
     }
+    cfg.cluster = cluster;
     kafka::start(cfg, Arc::clone(log))
         .with_context(|| format!("starting the kafka listener on {addr}"))
         .map(Some)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{
-    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
 use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName,
@@ -115,6 +115,29 @@ pub fn evaluate(
                 ));
                 continue;
             };
+            if let Some(e) = ctx.led_elsewhere(name, fp.partition) {
+                // Not ours to serve: the client refreshes its metadata and goes to the leader.
+                any_error = true;
+                let mut pd =
+                    error_partition(fp.partition, ResponseError::NotLeaderOrFollower.code());
+                if version >= 12 {
+                    pd.current_leader = LeaderIdAndEpoch::default()
+                        .with_leader_id(BrokerId(e.leader))
+                        .with_leader_epoch(e.epoch);
+                }
+                if let Some(b) = e.endpoint.filter(|_| version >= 16) {
+                    if !body.node_endpoints.iter().any(|n| n.node_id.0 == b.id) {
+                        body.node_endpoints.push(
+                            NodeEndpoint::default()
+                                .with_node_id(BrokerId(b.id))
+                                .with_host(sb(&b.host))
+                                .with_port(b.port),
+                        );
+                    }
+                }
+                parts.push(pd);
+                continue;
+            }
             let Some(p) = ctx.log.partition(name, fp.partition) else {
                 any_error = true;
                 parts.push(error_partition(

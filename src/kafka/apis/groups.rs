@@ -164,7 +164,9 @@ fn find_coordinator(
             Some("unknown coordinator key type"),
         ),
     };
-    let node = (code == 0).then(|| (ctx.node.node_id, sb(&ctx.node.host), ctx.node.port));
+    // A static cluster's coordinator is its lowest broker id (the first of `brokers`).
+    let node = ctx.node.brokers().into_iter().next();
+    let node = node.filter(|_| code == 0).map(|b| (b.id, sb(&b.host), b.port));
     let resp = coordinator_answer(req, v, node, code, msg);
     encode("FindCoordinator", ApiKey::FindCoordinator, c, v, &resp)
 }

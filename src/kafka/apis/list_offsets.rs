@@ -22,6 +22,9 @@ const EARLIEST: i64 = -2;
 
 /// `committed`: READ_COMMITTED (isolation level 1, v2+): latest is the last stable offset.
 fn lookup(ctx: &Ctx, topic: &str, partition: i32, ts: i64, committed: bool) -> (i16, i64, i64) {
+    if ctx.led_elsewhere(topic, partition).is_some() {
+        return (ResponseError::NotLeaderOrFollower.code(), -1, -1);
+    }
     let Some(p) = ctx.log.partition(topic, partition) else {
         return (ResponseError::UnknownTopicOrPartition.code(), -1, -1);
     };
@@ -56,6 +59,12 @@ fn partition_answer(
     committed: bool,
 ) -> ListOffsetsPartitionResponse {
     let r = ListOffsetsPartitionResponse::default().with_partition_index(req.partition_index);
+    if ctx.led_elsewhere(topic, req.partition_index).is_some() {
+        return r
+            .with_error_code(ResponseError::NotLeaderOrFollower.code())
+            .with_timestamp(-1)
+            .with_offset(-1);
+    }
     let Some(p) = ctx.log.partition(topic, req.partition_index) else {
         return r
             .with_error_code(ResponseError::UnknownTopicOrPartition.code())

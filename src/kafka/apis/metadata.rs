@@ -1,5 +1,6 @@
 //! Metadata v0-v12: the gateway is the only broker (node 0, the advertised host/port) and
-//! leads every partition it serves. Topics are the log directory's; unknown names get
+//! leads every partition it serves; or, playing one broker of a static cluster (`--node-id`,
+//! `--peer`), every broker holds a replica and partition `p` is led by the `p mod n`-th. Topics are the log directory's; unknown names get
 //! UNKNOWN_TOPIC_OR_PARTITION, unknown ids UNKNOWN_TOPIC_ID. Nothing is ever created.
 
 use kafka_protocol::error::ResponseError;
@@ -14,7 +15,7 @@ use crate::kafka::chunk::{encode_response, Chunk, EncodeError};
 use crate::kafka::stats::inc;
 
 fn topic_entry(ctx: &Ctx, version: i16, name: &str, partitions: &[i32]) -> MetadataResponseTopic {
-    let node = BrokerId(ctx.node.node_id);
+    let brokers: Vec<BrokerId> = ctx.node.brokers().iter().map(|b| BrokerId(b.id)).collect();
     let parts = partitions
         .iter()
         .map(|&p| {
@@ -23,12 +24,16 @@ fn topic_entry(ctx: &Ctx, version: i16, name: &str, partitions: &[i32]) -> Metad
                 Some(p) if version >= 7 => p.leader_epoch(),
                 _ => -1,
             };
+            let leader = match ctx.led_elsewhere(name, p) {
+                Some(e) => e.leader,
+                None => ctx.node.node_id,
+            };
             MetadataResponsePartition::default()
                 .with_partition_index(p)
                 .with_leader_epoch(epoch)
-                .with_leader_id(node)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_leader_id(BrokerId(leader))
+                .with_replica_nodes(brokers.clone())
+                .with_isr_nodes(brokers.clone())
         })
         .collect();
     let mut t = MetadataResponseTopic::default()
@@ -92,16 +97,25 @@ pub fn handle(
             }
         }
     }
-    let mut broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(ctx.node.node_id))
-        .with_host(sb(&ctx.node.host))
-        .with_port(ctx.node.port);
-    broker.rack = None;
+    let brokers: Vec<MetadataResponseBroker> = ctx
+        .node
+        .brokers()
+        .iter()
+        .map(|b| {
+            let mut broker = MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(sb(&b.host))
+                .with_port(b.port);
+            broker.rack = None;
+            broker
+        })
+        .collect();
+    let controller = brokers.first().map_or(ctx.node.node_id, |b| b.node_id.0);
     let mut body = MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(brokers)
         .with_topics(topics);
     if version >= 1 {
-        body.controller_id = BrokerId(ctx.node.node_id);
+        body.controller_id = BrokerId(controller);
     }
     if version >= 2 {
         body.cluster_id = Some(sb(&ctx.node.cluster_id));

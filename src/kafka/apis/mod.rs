@@ -17,7 +17,10 @@ use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
+use std::sync::Arc;
+
 use super::stats::Stats;
+use super::upstream::{self, Broker, ClusterView};
 use crate::log::LogDir;
 
 /// The APIs and version ranges this gateway serves (what ApiVersions advertises).
@@ -57,7 +60,7 @@ pub fn served_range(key: ApiKey) -> Option<(i16, i16)> {
 /// The broker identity this listener advertises.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
-    /// Node id (the gateway is the only broker: 0).
+    /// Node id (0 unless `--node-id`).
     pub node_id: i32,
     /// Host clients connect to.
     pub host: String,
@@ -65,6 +68,37 @@ pub struct NodeInfo {
     pub port: i32,
     /// Cluster id in Metadata v2+.
     pub cluster_id: String,
+    /// Standalone mode playing one broker of a static cluster: the other brokers (see
+    /// [`upstream::static_brokers`]). Empty: the gateway is the only broker.
+    pub peers: Vec<Broker>,
+    /// Cluster mode (`--upstream`): what the gateway knows of the real cluster.
+    pub cluster: Option<Arc<ClusterView>>,
+}
+
+impl NodeInfo {
+    fn me(&self) -> Broker {
+        Broker {
+            id: self.node_id,
+            host: self.host.clone(),
+            port: self.port,
+        }
+    }
+
+    /// Standalone mode: every broker of the (static) cluster, sorted by id.
+    pub fn brokers(&self) -> Vec<Broker> {
+        upstream::static_brokers(&self.me(), &self.peers)
+    }
+}
+
+/// Where a partition is led when not here.
+#[derive(Clone, Debug)]
+pub struct Elsewhere {
+    /// The leader's id.
+    pub leader: i32,
+    /// Its leader epoch (-1 unknown).
+    pub epoch: i32,
+    /// Where clients reach the leader (its gateway in cluster mode).
+    pub endpoint: Option<Broker>,
 }
 
 impl NodeInfo {
@@ -75,6 +109,8 @@ impl NodeInfo {
             host: host.into(),
             port,
             cluster_id: "kxgw".into(),
+            peers: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -105,6 +141,34 @@ impl Ctx<'_> {
     /// The topic with id `id` (computed once per log dir refresh, see [`LogDir::topic_id`]).
     pub fn topic_by_id(&self, id: Uuid) -> Option<String> {
         self.log.topic_by_id(id)
+    }
+
+    /// Whether another broker leads `topic`-`partition` (then this gateway must not serve
+    /// it): in cluster mode as the cluster says (unknown partitions are served, e.g. while the
+    /// cluster is unreachable at start); in a static cluster by its layout.
+    pub fn led_elsewhere(&self, topic: &str, partition: i32) -> Option<Elsewhere> {
+        if let Some(view) = &self.node.cluster {
+            let (leader, epoch) = view.leader(topic, partition)?;
+            return (leader != self.node.node_id).then(|| Elsewhere {
+                leader,
+                epoch,
+                endpoint: view.endpoint(leader),
+            });
+        }
+        if self.node.peers.is_empty() {
+            return None;
+        }
+        self.log.partition(topic, partition)?;
+        let brokers = self.node.brokers();
+        let leader = upstream::static_leader(&brokers, partition);
+        (leader != self.node.node_id).then(|| Elsewhere {
+            leader,
+            epoch: self
+                .log
+                .partition(topic, partition)
+                .map_or(-1, |p| p.leader_epoch()),
+            endpoint: brokers.into_iter().find(|b| b.id == leader),
+        })
     }
 
     /// The id of a served topic (`partition.metadata`, else derived from the name).

@@ -1,0 +1,607 @@
+//! Cluster mode end to end. No Kafka broker runs here, so the cluster is built from kxgw:
+//! three standalone gateways play brokers 0, 1, 2 of a static cluster (`--node-id`, `--peer`:
+//! every broker holds a replica of each partition of a 6-partition topic, partition p is led
+//! by broker p mod 3, broker 0 coordinates groups), and in front of each a cluster-mode
+//! gateway (`--upstream`, `--node-id`, `--peer` with the sidecars' addresses) plays the
+//! sidecar. Each broker's copy of a partition it does not lead holds a different number of
+//! records, so a byte-exact read of the right count proves it came from the leader's sidecar.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{call, in_client_ns, wait_listening, Gateway, KXGW};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kxgw_demo_data::{demo_key, demo_value};
+use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
+
+const TOPIC: &str = "orders";
+const PARTITIONS: i32 = 6;
+const SIZE: usize = 100;
+const PY_CONSUMER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/kafka_consume.py");
+const PY_CONFLUENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/confluent_consume.py");
+const PY_GROUP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/group_consume.py");
+
+fn broker_addr(n: i32) -> String {
+    format!("{GW_ADDR}:{}", 9200 + n)
+}
+
+fn sidecar_addr(n: i32) -> String {
+    format!("{GW_ADDR}:{}", 9100 + n)
+}
+
+/// Records of each partition in broker `n`'s log dir.
+fn records_in(n: i32) -> u64 {
+    300 + 100 * n as u64
+}
+
+/// Records of partition `p` as its leader (broker p mod 3) holds them.
+fn expected(p: i32) -> u64 {
+    records_in(p % 3)
+}
+
+fn require(cmd: &str, what: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{what} is needed by this test (scripts/install-deps.sh installs it)"
+    );
+}
+
+fn serve(net: &TestNet, work: &Path, name: &str, listen: &str, args: &[String]) -> Gateway {
+    let stderr = work.join(format!("{name}.log"));
+    let ctl = work.join(format!("{name}.sock"));
+    let addr: SocketAddr = listen.parse().unwrap();
+    let child = net
+        .gw_command(KXGW)
+        .args(["serve", "--kafka-listen", listen, "--control-socket"])
+        .arg(&ctl)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("spawning kxgw serve");
+    let gw = Gateway {
+        child: KillOnDrop(child),
+        stderr,
+        addr,
+        ctl,
+    };
+    assert!(
+        wait_listening(net, addr),
+        "{name} never listened:\n{}",
+        gw.log()
+    );
+    gw
+}
+
+struct Cluster {
+    net: TestNet,
+    _work: tempfile::TempDir,
+    dirs: Vec<PathBuf>,
+    brokers: Vec<Gateway>,
+    /// How each broker was started (to restart it).
+    broker_args: Vec<Vec<String>>,
+    sidecars: Vec<Gateway>,
+}
+
+impl Cluster {
+    fn start(tag: &str) -> Cluster {
+        let net = TestNet::new(tag, 1500).unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let mut dirs = Vec::new();
+        for n in 0..3 {
+            let dir = work.path().join(format!("broker{n}"));
+            common::produce(
+                &dir,
+                TOPIC,
+                records_in(n),
+                &["--partitions", "6", "--write-checkpoint"],
+            );
+            dirs.push(dir);
+        }
+        let mut brokers = Vec::new();
+        let mut broker_args = Vec::new();
+        for n in 0..3 {
+            let mut args: Vec<String> =
+                vec!["--log-dir".into(), dirs[n as usize].display().to_string()];
+            args.extend([
+                "--node-id".into(),
+                n.to_string(),
+                "--isolation".into(),
+                "log-end".into(),
+            ]);
+            args.extend([
+                "--state-dir".into(),
+                work.path().join(format!("state{n}")).display().to_string(),
+            ]);
+            args.extend(["--group-initial-rebalance-delay-ms".into(), "500".into()]);
+            for m in (0..3).filter(|&m| m != n) {
+                args.extend(["--peer".into(), format!("{m}={}", broker_addr(m))]);
+            }
+            brokers.push(serve(
+                &net,
+                work.path(),
+                &format!("broker{n}"),
+                &broker_addr(n),
+                &args,
+            ));
+            broker_args.push(args);
+        }
+        let mut sidecars = Vec::new();
+        for n in 0..3 {
+            let mut args: Vec<String> =
+                vec!["--log-dir".into(), dirs[n as usize].display().to_string()];
+            // The local broker first, then the rest of the cluster's bootstrap servers.
+            let mut boot = vec![broker_addr(n)];
+            boot.extend((0..3).filter(|&m| m != n).map(broker_addr));
+            args.extend([
+                "--upstream".into(),
+                boot.join(","),
+                "--node-id".into(),
+                n.to_string(),
+            ]);
+            for m in 0..3 {
+                args.extend(["--peer".into(), format!("{m}={}", sidecar_addr(m))]);
+            }
+            sidecars.push(serve(
+                &net,
+                work.path(),
+                &format!("sidecar{n}"),
+                &sidecar_addr(n),
+                &args,
+            ));
+        }
+        let c = Cluster {
+            net,
+            _work: work,
+            dirs,
+            brokers,
+            broker_args,
+            sidecars,
+        };
+        c.wait_live();
+        c
+    }
+
+    /// Until every sidecar's watcher reports live high watermarks.
+    fn wait_live(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (n, s) in self.sidecars.iter().enumerate() {
+            while s.metric("kxgw_upstream_checkpoint_fallback") != 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "sidecar {n} never went live:\n{}",
+                    s.log()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for (n, g) in self.brokers.iter().enumerate() {
+            out += &format!("--- broker {n}\n{}\n", g.log());
+        }
+        for (n, g) in self.sidecars.iter().enumerate() {
+            out += &format!("--- sidecar {n}\n{}\n", g.log());
+        }
+        out
+    }
+}
+
+/// Checks "offset\tkey\tvalue" lines against the demo content of `partition`.
+fn check_lines(who: &str, out: &str, partition: i32, count: u64) {
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains('\t')).collect();
+    assert_eq!(lines.len() as u64, count, "{who}: record count");
+    for (i, line) in lines.iter().enumerate() {
+        let mut f = line.splitn(3, '\t');
+        let offset: i64 = f.next().unwrap().parse().expect("offset");
+        let key = f.next().unwrap();
+        let value = f.next().unwrap_or_default();
+        assert_eq!(offset, i as i64, "{who}: offsets in order without gaps");
+        assert_eq!(
+            key.as_bytes(),
+            &demo_key(offset)[..],
+            "{who}: key at {offset}"
+        );
+        assert!(
+            value.as_bytes() == &demo_value(partition, offset, SIZE)[..],
+            "{who}: value at offset {offset} differs"
+        );
+    }
+}
+
+fn run_client(net: &TestNet, who: &str, cmd: &mut Command) -> String {
+    let _ = net;
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {who}: {e}"));
+    assert!(
+        out.status.success(),
+        "{who} failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sendfile_bytes(g: &Gateway) -> u64 {
+    g.metrics()
+        .lines()
+        .find(|l| l.starts_with("kxgw_kafka_bytes_sent_total{kind=\"sendfile\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+/// Bytes of partition `p`'s segments in `dir`.
+fn partition_bytes(dir: &Path, p: i32) -> u64 {
+    common::segment_files(&dir.join(format!("{TOPIC}-{p}")))
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum()
+}
+
+#[test]
+fn stock_clients_at_one_sidecar_read_every_partition_from_the_sidecar_beside_its_leader() {
+    require("command -v kcat", "kcat");
+    require(
+        "python3 -c 'import kafka, confluent_kafka'",
+        "kafka-python and confluent-kafka",
+    );
+    let c = Cluster::start("clrd");
+    let boot = sidecar_addr(1);
+    for p in 0..PARTITIONS {
+        let out = run_client(
+            &c.net,
+            "kcat",
+            c.net
+                .client_command("timeout")
+                .args(["60", "kcat", "-C", "-b", &boot, "-t", TOPIC])
+                .args(["-p", &p.to_string(), "-o", "beginning", "-e"])
+                .args(["-f", "%o\t%k\t%s\n"]),
+        );
+        check_lines(&format!("kcat p{p}"), &out, p, expected(p));
+    }
+    // After kcat alone: each sidecar sent (at least) its two partitions' bytes, and only those.
+    for (n, s) in c.sidecars.iter().enumerate() {
+        let led: u64 = (0..PARTITIONS)
+            .filter(|p| p % 3 == n as i32)
+            .map(|p| partition_bytes(&c.dirs[n], p))
+            .sum();
+        let sent = sendfile_bytes(s);
+        assert!(
+            sent >= led && sent <= led + led / 2,
+            "sidecar {n} sent {sent} record bytes, its led partitions hold {led}\n{}",
+            c.logs()
+        );
+        assert!(s.metric("kxgw_upstream_forwarded_total") > 0 || n != 1);
+    }
+    for p in 0..PARTITIONS {
+        let out = run_client(
+            &c.net,
+            "confluent-kafka",
+            c.net
+                .client_command("python3")
+                .args([PY_CONFLUENT, &boot, TOPIC, &p.to_string()])
+                .args([expected(p).to_string(), "60".into()]),
+        );
+        check_lines(&format!("confluent-kafka p{p}"), &out, p, expected(p));
+        let out = run_client(
+            &c.net,
+            "kafka-python",
+            c.net
+                .client_command("python3")
+                .args([PY_CONSUMER, &boot, TOPIC, &p.to_string()])
+                .args([expected(p).to_string(), "60".into()]),
+        );
+        check_lines(&format!("kafka-python p{p}"), &out, p, expected(p));
+    }
+    // Three clients read each partition: three times its bytes, from its leader's sidecar.
+    for (n, s) in c.sidecars.iter().enumerate() {
+        let led: u64 = (0..PARTITIONS)
+            .filter(|p| p % 3 == n as i32)
+            .map(|p| partition_bytes(&c.dirs[n], p))
+            .sum();
+        let sent = sendfile_bytes(s);
+        assert!(
+            sent >= 3 * led && sent <= 3 * led + led,
+            "sidecar {n} sent {sent} record bytes for 3 reads of {led}\n{}",
+            c.logs()
+        );
+    }
+    // The brokers served no record bytes: clients only ever reached the sidecars.
+    for (n, b) in c.brokers.iter().enumerate() {
+        assert_eq!(sendfile_bytes(b), 0, "broker {n} served records directly");
+    }
+}
+
+/// The committed offsets of `group` for every partition, asked through a sidecar.
+fn committed(net: &TestNet, sidecar: &str, group: &str) -> BTreeMap<i32, i64> {
+    let (sidecar, group) = (sidecar.to_string(), group.to_string());
+    in_client_ns(net, move || {
+        let mut s = TcpStream::connect(&sidecar).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let fc: FindCoordinatorResponse = call(
+            &mut s,
+            ApiKey::FindCoordinator,
+            2,
+            &FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.clone())),
+        );
+        assert_eq!(fc.error_code, 0, "FindCoordinator through the sidecar");
+        assert_eq!(fc.node_id.0, 0, "broker 0 coordinates");
+        assert_eq!(
+            format!("{}:{}", fc.host, fc.port),
+            sidecar_addr(0),
+            "the coordinator's address is its sidecar's"
+        );
+        let mut s = TcpStream::connect(format!("{}:{}", fc.host, fc.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group)))
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partition_indexes((0..PARTITIONS).collect())]));
+        let r: OffsetFetchResponse = call(&mut s, ApiKey::OffsetFetch, 5, &req);
+        assert_eq!(r.error_code, 0);
+        r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.committed_offset))
+            .collect()
+    })
+}
+
+#[test]
+fn a_confluent_group_through_the_sidecars_commits_and_receives_every_record() {
+    require("python3 -c 'import confluent_kafka'", "confluent-kafka");
+    let c = Cluster::start("clgr");
+    let total: u64 = (0..PARTITIONS).map(expected).sum();
+    let out = run_client(
+        &c.net,
+        "confluent-kafka group member",
+        c.net
+            .client_command("timeout")
+            .args([
+                "90",
+                "python3",
+                PY_GROUP,
+                "confluent",
+                &sidecar_addr(2),
+                "g1",
+                TOPIC,
+            ])
+            .args(["--max", &total.to_string()]),
+    );
+    let mut seen = HashSet::new();
+    for l in out
+        .lines()
+        .filter(|l| !l.starts_with("assigned") && l.contains('\t'))
+    {
+        let (p, o) = l.split_once('\t').unwrap();
+        seen.insert((p.parse::<i32>().unwrap(), o.parse::<i64>().unwrap()));
+    }
+    for p in 0..PARTITIONS {
+        for o in 0..expected(p) as i64 {
+            assert!(
+                seen.contains(&(p, o)),
+                "record {p}/{o} never arrived\n{}",
+                c.logs()
+            );
+        }
+    }
+    assert!(out.contains(&format!("committed {total}")), "{out}");
+    let offsets = committed(&c.net, &sidecar_addr(1), "g1");
+    let want: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, expected(p) as i64)).collect();
+    assert_eq!(
+        offsets, want,
+        "committed offsets, read back through the sidecars"
+    );
+    // The group lived on broker 0's coordinator, reached through the sidecars.
+    assert!(c.brokers[0].metric("kxgw_kafka_requests_total") > 0);
+    let forwarded: u64 = c
+        .sidecars
+        .iter()
+        .map(|s| s.metric("kxgw_upstream_forwarded_total"))
+        .sum();
+    assert!(forwarded > 10, "group requests forwarded: {forwarded}");
+}
+
+fn latest(addr: &str, p: i32) -> (i16, i64) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(p)
+                .with_timestamp(-1)])]);
+    let r: ListOffsetsResponse = call(&mut s, ApiKey::ListOffsets, 4, &req);
+    let pr = &r.topics[0].partitions[0];
+    (pr.error_code, pr.offset)
+}
+
+#[test]
+fn with_the_checkpoint_held_back_a_tailing_consumer_sees_records_at_once_never_past_the_upstream_hw(
+) {
+    let c = Cluster::start("clhw");
+    // From now on the checkpoint is not rewritten: the sidecars keep what they last read of
+    // it (and `kxgw produce` writes none into a dir without one).
+    let ckpt = c.dirs[0].join("replication-offset-checkpoint");
+    std::fs::remove_file(&ckpt).unwrap();
+    let start = records_in(0) as i64;
+    let mut producer = KillOnDrop(
+        Command::new(KXGW)
+            .args(["produce", "--log-dir"])
+            .arg(&c.dirs[0])
+            .args(["--topic", TOPIC, "--partitions", "6", "--records", "0"])
+            .args(["--batch-records", "1", "--follow", "600"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let sidecar = sidecar_addr(0);
+    let broker = broker_addr(0);
+    let (lat, max_seen) = in_client_ns(&c.net, move || {
+        let mut s = TcpStream::connect(&sidecar).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut offset = start;
+        let mut lat = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < deadline {
+            let mut req = common::fetch(TOPIC, 0, offset);
+            req.max_wait_ms = 2000;
+            let r: FetchResponse = call(&mut s, ApiKey::Fetch, 11, &req);
+            let now = kxgw::log::writer::now_ms();
+            let pd = &r.responses[0].partitions[0];
+            assert_eq!(pd.error_code, 0, "sidecar fetch at {offset}");
+            let (code, upstream_hw) = latest(&broker, 0);
+            assert_eq!(code, 0);
+            assert!(
+                pd.high_watermark <= upstream_hw,
+                "sidecar HW {} past the upstream's {upstream_hw}",
+                pd.high_watermark
+            );
+            let recs = pd.records.clone().unwrap_or_default();
+            if recs.len() >= 61 {
+                // Batch header: first timestamp at byte 27, last offset delta at 23.
+                let ts = i64::from_be_bytes(recs[27..35].try_into().unwrap());
+                lat.push(now - ts);
+                let mut at = 0usize;
+                while at + 12 <= recs.len() {
+                    let base = i64::from_be_bytes(recs[at..at + 8].try_into().unwrap());
+                    let len =
+                        i32::from_be_bytes(recs[at + 8..at + 12].try_into().unwrap()) as usize;
+                    if at + 12 + len > recs.len() {
+                        break;
+                    }
+                    let delta = i32::from_be_bytes(recs[at + 23..at + 27].try_into().unwrap());
+                    let next = base + i64::from(delta) + 1;
+                    assert!(next <= pd.high_watermark, "record {next} past the HW");
+                    offset = next;
+                    at += 12 + len;
+                }
+            }
+        }
+        (lat, offset)
+    });
+    let _ = producer.terminate(Duration::from_secs(5));
+    assert!(
+        max_seen > start + 100,
+        "the consumer got only to {max_seen} from {start} with the checkpoint held back\n{}",
+        c.logs()
+    );
+    let mut sorted = lat.clone();
+    sorted.sort_unstable();
+    let median = sorted[sorted.len() / 2];
+    eprintln!(
+        "latency from append to delivery over {} batches: median {median} ms, max {} ms",
+        sorted.len(),
+        sorted[sorted.len() - 1]
+    );
+    assert!(
+        median < 1000,
+        "median append-to-delivery {median} ms (the checkpoint would be 5 s or never)"
+    );
+    assert!(c.sidecars[0].metric("kxgw_upstream_hw_updates_total") > 10);
+}
+
+/// Metadata through `addr` in the consumer namespace: Some(broker count), None when the
+/// gateway closed the connection instead.
+fn metadata_via(net: &TestNet, addr: &str) -> Option<usize> {
+    let addr = addr.to_string();
+    in_client_ns(net, move || {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = common::frame(
+            ApiKey::Metadata,
+            9,
+            &MetadataRequest::default().with_topics(None),
+        );
+        std::io::Write::write_all(&mut s, &req).unwrap();
+        let mut b = common::read_response(&mut s).ok()?;
+        let r: MetadataResponse =
+            kxgw::kafka::frame::decode_response(ApiKey::Metadata, 9, 42, &mut b).unwrap();
+        Some(r.brokers.len())
+    })
+}
+
+#[test]
+fn the_upstream_killed_and_restarted_local_reads_continue_and_forwarding_recovers() {
+    let mut c = Cluster::start("clkill");
+    let sidecar = sidecar_addr(0);
+    let s2 = sidecar.clone();
+    let before = in_client_ns(&c.net, move || latest(&s2, 0));
+    assert_eq!(before, (0, records_in(0) as i64));
+    assert_eq!(metadata_via(&c.net, &sidecar), Some(3));
+    let errors = c.sidecars[0].metric("kxgw_upstream_watch_errors_total");
+    c.brokers[0].child.0.kill().unwrap();
+    let _ = c.brokers[0].child.0.wait();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.sidecars[0].metric("kxgw_upstream_checkpoint_fallback") != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never noticed:\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c.sidecars[0].metric("kxgw_upstream_watch_errors_total") > errors);
+    // Local reads go on, bounded by the last known high watermark.
+    let s2 = sidecar.clone();
+    let (during, fetched) = in_client_ns(&c.net, move || {
+        let mut s = TcpStream::connect(&s2).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let r: FetchResponse = call(&mut s, ApiKey::Fetch, 11, &common::fetch(TOPIC, 0, 0));
+        let pd = &r.responses[0].partitions[0];
+        (
+            latest(&s2, 0),
+            (
+                pd.error_code,
+                pd.high_watermark,
+                pd.records.as_ref().map_or(0, |r| r.len()),
+            ),
+        )
+    });
+    assert_eq!(
+        during, before,
+        "ListOffsets from the local log while the upstream is down"
+    );
+    assert_eq!(fetched.0, 0);
+    assert_eq!(fetched.1, records_in(0) as i64);
+    assert!(fetched.2 > 0, "records served while the upstream is down");
+    // A forwarded request cannot be answered: the connection closes, as when a broker dies.
+    let failures = c.sidecars[0].metric("kxgw_upstream_forward_failures_total");
+    assert_eq!(metadata_via(&c.net, &sidecar), None);
+    assert!(c.sidecars[0].metric("kxgw_upstream_forward_failures_total") > failures);
+    // The broker returns: the watermarks are live again and forwarding works.
+    let args = c.broker_args[0].clone();
+    c.brokers[0] = serve(
+        &c.net,
+        c._work.path(),
+        "broker0-again",
+        &broker_addr(0),
+        &args,
+    );
+    c.wait_live();
+    assert_eq!(metadata_via(&c.net, &sidecar), Some(3));
+}

@@ -1,0 +1,346 @@
+//! Cluster mode (`kxgw serve --upstream`): the gateway stands beside one broker of a real
+//! Kafka cluster, serves the partitions that broker leads from its log dir, and forwards every
+//! other request to the cluster.
+//!
+//! - [`ClusterView`]: what the gateway knows of the cluster (brokers, partition leaders, the
+//!   gateways' addresses), shared by the listener and the watcher, plus the mode's counters.
+//! - [`forward`]: per client connection, the sans-I/O forwarding state (correlation ids
+//!   remapped, one request in flight so responses keep the request order).
+//! - [`rewrite`]: responses rewritten on the way back (ApiVersions, Metadata,
+//!   FindCoordinator, DescribeCluster): broker addresses become their gateways'.
+//! - [`watch`]: the background thread learning leaders (Metadata) and the live high
+//!   watermarks (a long-poll Fetch to the local broker), feeding them into the log.
+//!
+//! Design choice: only partitions whose leader is the local broker are served; a Fetch or
+//! ListOffsets for any other partition gets NOT_LEADER_OR_FOLLOWER with the current leader,
+//! so what a consumer sees never goes past what the leader would serve.
+
+pub mod forward;
+pub mod rewrite;
+#[cfg(test)]
+mod session_tests;
+pub mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::RwLock;
+
+/// One broker's advertised endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broker {
+    /// Node id.
+    pub id: i32,
+    /// Host clients connect to.
+    pub host: String,
+    /// Port clients connect to.
+    pub port: i32,
+}
+
+/// Parses `ID=HOST:PORT` (a `--peer`).
+pub fn parse_peer(s: &str) -> Result<Broker, String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT"))?;
+    let id: i32 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: broker id {id:?} is not a number"))?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?}: port {port:?} is not a number"))?;
+    if host.is_empty() || id < 0 {
+        return Err(format!("{s:?}: expected ID=HOST:PORT with ID >= 0"));
+    }
+    Ok(Broker {
+        id,
+        host: host.trim_matches(['[', ']']).to_string(),
+        port: i32::from(port),
+    })
+}
+
+/// Cluster mode settings.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The cluster's bootstrap servers (HOST:PORT).
+    pub upstream: Vec<String>,
+    /// The broker this gateway stands beside.
+    pub node_id: i32,
+    /// Gateway address per broker id (what clients are sent to instead of the broker).
+    pub peers: Vec<Broker>,
+}
+
+/// Counters of cluster mode (printed by `kxgw stats`).
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    /// Requests forwarded to the cluster.
+    pub forwarded: AtomicU64,
+    /// Upstream connections opened for client connections.
+    pub forward_connects: AtomicU64,
+    /// Client connections closed because their upstream connection failed.
+    pub forward_failures: AtomicU64,
+    /// Metadata refreshes of the watcher that succeeded.
+    pub metadata_refreshes: AtomicU64,
+    /// High-watermark updates applied to local partitions.
+    pub hw_updates: AtomicU64,
+    /// Watcher errors (cluster unreachable, bad answers); reads fall back meanwhile.
+    pub watch_errors: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct ViewState {
+    /// The cluster's brokers as the cluster advertises them.
+    brokers: BTreeMap<i32, (String, i32)>,
+    /// (topic, partition) -> (leader id, leader epoch).
+    leaders: HashMap<(String, i32), (i32, i32)>,
+}
+
+/// What the gateway knows of the cluster.
+#[derive(Debug)]
+pub struct ClusterView {
+    cfg: ClusterConfig,
+    state: RwLock<ViewState>,
+    /// The watcher's fetch session to the local broker is up (live high watermarks).
+    live: AtomicBool,
+    /// Counters.
+    pub stats: UpstreamStats,
+}
+
+impl ClusterView {
+    /// A view knowing nothing yet.
+    pub fn new(cfg: ClusterConfig) -> Self {
+        ClusterView {
+            cfg,
+            state: RwLock::new(ViewState::default()),
+            live: AtomicBool::new(false),
+            stats: UpstreamStats::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.cfg
+    }
+
+    /// The gateway standing beside broker `id`, if the peer map has one.
+    pub fn gateway(&self, id: i32) -> Option<&Broker> {
+        self.cfg.peers.iter().find(|b| b.id == id)
+    }
+
+    /// Where clients should reach broker `id`: its gateway, else the broker itself.
+    pub fn endpoint(&self, id: i32) -> Option<Broker> {
+        if let Some(g) = self.gateway(id) {
+            return Some(g.clone());
+        }
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        st.brokers.get(&id).map(|(h, p)| Broker {
+            id,
+            host: h.clone(),
+            port: *p,
+        })
+    }
+
+    /// The local broker's own address (where forwarded requests go), once Metadata told us;
+    /// before that the first bootstrap server.
+    pub fn local_broker(&self) -> Option<String> {
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        match st.brokers.get(&self.cfg.node_id) {
+            Some((h, p)) if h.contains(':') => Some(format!("[{h}]:{p}")),
+            Some((h, p)) => Some(format!("{h}:{p}")),
+            None => self.cfg.upstream.first().cloned(),
+        }
+    }
+
+    /// The leader and leader epoch of a partition, if known.
+    pub fn leader(&self, topic: &str, partition: i32) -> Option<(i32, i32)> {
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        st.leaders.get(&(topic.to_string(), partition)).copied()
+    }
+
+    /// Records the brokers and partition leaders of one Metadata answer (a full one replaces
+    /// the topics it lists).
+    pub fn learn(&self, brokers: &[Broker], leaders: &[(String, i32, i32, i32)]) {
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if !brokers.is_empty() {
+            st.brokers = brokers
+                .iter()
+                .map(|b| (b.id, (b.host.clone(), b.port)))
+                .collect();
+        }
+        for (t, p, leader, epoch) in leaders {
+            st.leaders.insert((t.clone(), *p), (*leader, *epoch));
+        }
+    }
+
+    /// The partitions the local broker leads, among `candidates`.
+    pub fn led_locally(&self, candidates: &[(String, i32)]) -> Vec<(String, i32)> {
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        candidates
+            .iter()
+            .filter(|(t, p)| {
+                st.leaders
+                    .get(&(t.clone(), *p))
+                    .is_some_and(|(l, _)| *l == self.cfg.node_id)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Whether the live high watermarks are flowing.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Relaxed)
+    }
+
+    pub(crate) fn set_live(&self, live: bool) {
+        self.live.store(live, Relaxed);
+    }
+
+    fn rows(&self) -> [(&'static str, &'static str, u64); 7] {
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        let s = &self.stats;
+        [
+            (
+                "upstream_forwarded_total",
+                "requests forwarded to the cluster",
+                g(&s.forwarded),
+            ),
+            (
+                "upstream_connects_total",
+                "upstream connections opened for clients",
+                g(&s.forward_connects),
+            ),
+            (
+                "upstream_forward_failures_total",
+                "client connections closed because the upstream failed",
+                g(&s.forward_failures),
+            ),
+            (
+                "upstream_metadata_refreshes_total",
+                "cluster metadata refreshes",
+                g(&s.metadata_refreshes),
+            ),
+            (
+                "upstream_hw_updates_total",
+                "live high-watermark updates applied",
+                g(&s.hw_updates),
+            ),
+            (
+                "upstream_watch_errors_total",
+                "watcher errors (cluster unreachable or bad answers)",
+                g(&s.watch_errors),
+            ),
+            (
+                "upstream_checkpoint_fallback",
+                "1 while high watermarks are not live from the cluster (last known or checkpoint)",
+                u64::from(!self.is_live()),
+            ),
+        ]
+    }
+
+    /// The counters, for `kxgw stats` and the metrics endpoint.
+    pub fn write_metrics(&self, w: &mut crate::metrics::MetricsWriter) {
+        for (name, help, v) in self.rows() {
+            if name.ends_with("_total") {
+                w.counter(name, help, &[], v);
+            } else {
+                w.gauge(name, help, &[], v as f64);
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, _, v)) in self.rows().iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{}={v}", name.trim_start_matches("upstream_"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Standalone mode playing broker `node_id` of a static cluster (`--node-id` and `--peer`
+/// without `--upstream`; how the tests build a cluster out of gateways): every broker holds a
+/// replica of every partition, partition `p` is led by the `p mod n`-th broker by id and the
+/// group coordinator is the lowest id.
+pub fn static_brokers(me: &Broker, peers: &[Broker]) -> Vec<Broker> {
+    let mut all: Vec<Broker> = peers.iter().filter(|b| b.id != me.id).cloned().collect();
+    all.push(me.clone());
+    all.sort_by_key(|b| b.id);
+    all
+}
+
+/// The leader of partition `p` in a static cluster of `brokers` (sorted by id, non-empty).
+pub fn static_leader(brokers: &[Broker], p: i32) -> i32 {
+    let n = brokers.len().max(1);
+    brokers
+        .get(usize::try_from(p).unwrap_or(0) % n)
+        .map_or(-1, |b| b.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_peer("2=198.18.0.3:9092").unwrap(),
+            Broker {
+                id: 2,
+                host: "198.18.0.3".into(),
+                port: 9092
+            }
+        );
+        assert_eq!(parse_peer("1=[::1]:9").unwrap().host, "::1");
+        for bad in ["x=h:1", "1=h", "1=h:p", "h:1", "-1=h:1"] {
+            assert!(parse_peer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn static_layout_spreads_partitions_round_robin() {
+        let me = Broker {
+            id: 1,
+            host: "b".into(),
+            port: 2,
+        };
+        let peers = [0, 2].map(|id| Broker {
+            id,
+            host: format!("h{id}"),
+            port: 9,
+        });
+        let all = static_brokers(&me, &peers);
+        assert_eq!(all.iter().map(|b| b.id).collect::<Vec<_>>(), [0, 1, 2]);
+        let leaders: Vec<i32> = (0..6).map(|p| static_leader(&all, p)).collect();
+        assert_eq!(leaders, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn view_sends_clients_to_gateways_and_forwards_to_the_local_broker() {
+        let v = ClusterView::new(ClusterConfig {
+            upstream: vec!["boot:9092".into()],
+            node_id: 1,
+            peers: vec![parse_peer("0=gw0:19092").unwrap()],
+        });
+        assert_eq!(v.local_broker().as_deref(), Some("boot:9092"));
+        let brokers = [0, 1].map(|id| Broker {
+            id,
+            host: format!("broker{id}"),
+            port: 9092,
+        });
+        v.learn(&brokers, &[("t".into(), 0, 0, 5), ("t".into(), 1, 1, 7)]);
+        assert_eq!(v.local_broker().as_deref(), Some("broker1:9092"));
+        assert_eq!(v.endpoint(0).unwrap().host, "gw0");
+        assert_eq!(
+            v.endpoint(1).unwrap().host,
+            "broker1",
+            "no gateway: the broker"
+        );
+        assert_eq!(v.leader("t", 1), Some((1, 7)));
+        let cands = [("t".to_string(), 0), ("t".to_string(), 1)];
+        assert_eq!(v.led_locally(&cands), [("t".to_string(), 1)]);
+    }
+}
