@@ -18,13 +18,15 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::apis::{Ctx, NodeInfo};
+use super::auth::Security;
 use super::group::{GroupConfig, Groups, WaiterId};
 use super::outq::IoMode;
 use super::session::Session;
 use super::stats::{add, inc, Stats};
 use crate::log::LogDir;
 
-const LISTENER: Token = Token(0);
+/// Listening sockets are tokens counted down from here (connections count up from 2).
+const LISTENER: usize = usize::MAX;
 const WAKER: Token = Token(1);
 /// How long a stopping listener keeps sending responses it had already queued.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +52,13 @@ pub struct KafkaConfig {
     pub state_dir: Option<PathBuf>,
     /// Group coordinator settings.
     pub groups: GroupConfig,
+    /// What clients of `listen` must do (default PLAINTEXT: nothing; an ACL still applies
+    /// to them as `User:ANONYMOUS`).
+    pub security: Security,
+    /// Further listeners in the same loop, on the same log and group coordinator, with
+    /// their own security (e.g. a SASL_PLAINTEXT one beside PLAINTEXT, as a broker's
+    /// `listeners`). Each advertises its own port in Metadata.
+    pub extra: Vec<(SocketAddr, Security)>,
 }
 
 impl KafkaConfig {
@@ -62,6 +71,8 @@ impl KafkaConfig {
             max_request_bytes: 8 << 20,
             state_dir: None,
             groups: GroupConfig::default(),
+            security: Security::default(),
+            extra: Vec::new(),
         }
     }
 }
@@ -70,6 +81,7 @@ impl KafkaConfig {
 /// closes every connection.
 pub struct KafkaListener {
     local_addr: SocketAddr,
+    extra_addrs: Vec<SocketAddr>,
     stats: Arc<Stats>,
     groups: Arc<Groups>,
     log: Arc<LogDir>,
@@ -89,8 +101,15 @@ impl KafkaListener {
             }
             None => Groups::in_memory(cfg.groups.clone()),
         });
-        let listener = bind(cfg.listen)?;
-        let local_addr = listener.local_addr()?;
+        let mut listeners = Vec::new();
+        for (addr, sec) in
+            std::iter::once((cfg.listen, cfg.security.clone())).chain(cfg.extra.clone())
+        {
+            let l = bind(addr)?;
+            let local = l.local_addr()?;
+            listeners.push((l, local, sec));
+        }
+        let local_addr = listeners[0].1;
         let host = match &cfg.advertised_host {
             Some(h) => h.clone(),
             None if local_addr.ip().is_unspecified() => {
@@ -113,12 +132,20 @@ impl KafkaListener {
             }
             None => local_addr.ip().to_string(),
         };
-        let node = NodeInfo {
-            node_id: 0,
-            host,
-            port: i32::from(local_addr.port()),
-            cluster_id: "kxgw".into(),
-        };
+        let extra_addrs: Vec<SocketAddr> = listeners[1..].iter().map(|l| l.1).collect();
+        let listeners: Vec<Listening> = listeners
+            .into_iter()
+            .map(|(socket, local, security)| Listening {
+                socket,
+                node: NodeInfo {
+                    node_id: 0,
+                    host: host.clone(),
+                    port: i32::from(local.port()),
+                    cluster_id: "kxgw".into(),
+                },
+                security,
+            })
+            .collect();
         let poll = Poll::new().context("creating epoll instance")?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating waker")?);
         let appended = Arc::new(Mutex::new(HashSet::new()));
@@ -137,7 +164,7 @@ impl KafkaListener {
         let stop = Arc::new(AtomicBool::new(false));
         let mut el = EventLoop {
             poll,
-            listener,
+            listeners,
             conns: HashMap::new(),
             parked: HashSet::new(),
             deadlines: BinaryHeap::new(),
@@ -145,7 +172,6 @@ impl KafkaListener {
             groups: Arc::clone(&groups),
             group_waits: HashMap::new(),
             log: Arc::clone(&log),
-            node,
             stats: Arc::clone(&stats),
             io: cfg.io,
             max_request: cfg.max_request_bytes,
@@ -153,21 +179,26 @@ impl KafkaListener {
             stop: Arc::clone(&stop),
             scratch: vec![0u8; READ_STEP],
         };
-        el.poll
-            .registry()
-            .register(&mut el.listener, LISTENER, Interest::READABLE)?;
-        log::info!(
-            "kafka listener on {local_addr} (io {}, advertised {}:{})",
-            cfg.io.as_str(),
-            el.node.host,
-            el.node.port
-        );
+        for (i, l) in el.listeners.iter_mut().enumerate() {
+            el.poll
+                .registry()
+                .register(&mut l.socket, Token(LISTENER - i), Interest::READABLE)?;
+            log::info!(
+                "kafka listener on {} ({}, io {}, advertised {}:{})",
+                l.socket.local_addr()?,
+                l.security.protocol(),
+                cfg.io.as_str(),
+                l.node.host,
+                l.node.port
+            );
+        }
         let thread = std::thread::Builder::new()
             .name("kafka-listener".into())
             .spawn(move || el.run())
             .context("spawning the kafka listener thread")?;
         Ok(KafkaListener {
             local_addr,
+            extra_addrs,
             stats,
             groups,
             log,
@@ -180,6 +211,11 @@ impl KafkaListener {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound addresses of [`KafkaConfig::extra`], in order.
+    pub fn extra_addrs(&self) -> &[SocketAddr] {
+        &self.extra_addrs
     }
 
     /// The live counters.
@@ -249,16 +285,25 @@ fn raise_fd_limit() {
     }
 }
 
+/// A listening socket, what it advertises and what its clients must do.
+struct Listening {
+    socket: TcpListener,
+    node: NodeInfo,
+    security: Security,
+}
+
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
+    /// Index of the listener it came in on.
+    listener: usize,
     session: Session,
     read_eof: bool,
 }
 
 struct EventLoop {
     poll: Poll,
-    listener: TcpListener,
+    listeners: Vec<Listening>,
     conns: HashMap<Token, Conn>,
     /// Connections with a waiting fetch (checked for deadlines and appends).
     parked: HashSet<Token>,
@@ -270,7 +315,6 @@ struct EventLoop {
     /// Connections with a parked JoinGroup / SyncGroup, by coordinator waiter.
     group_waits: HashMap<WaiterId, Token>,
     log: Arc<LogDir>,
-    node: NodeInfo,
     stats: Arc<Stats>,
     io: IoMode,
     max_request: usize,
@@ -308,7 +352,9 @@ impl EventLoop {
             }
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept_all(&mut accept_warned),
+                    Token(t) if LISTENER - t < self.listeners.len() => {
+                        self.accept_all(LISTENER - t, &mut accept_warned)
+                    }
                     WAKER => self.on_appends(),
                     t => {
                         if ev.is_read_closed() || ev.is_error() {
@@ -338,7 +384,9 @@ impl EventLoop {
     /// On shutdown: accept and read nothing more, but finish sending the responses already
     /// queued (a consumer mid-response gets its whole response), for at most `timeout`.
     fn drain(&mut self, events: &mut Events, timeout: Duration) {
-        let _ = self.poll.registry().deregister(&mut self.listener);
+        for l in &mut self.listeners {
+            let _ = self.poll.registry().deregister(&mut l.socket);
+        }
         for c in self.conns.values_mut() {
             c.read_eof = true;
         }
@@ -394,9 +442,9 @@ impl EventLoop {
         None
     }
 
-    fn accept_all(&mut self, warned: &mut bool) {
+    fn accept_all(&mut self, index: usize, warned: &mut bool) {
         loop {
-            match self.listener.accept() {
+            match self.listeners[index].socket.accept() {
                 Ok((mut stream, peer)) => {
                     let token = Token(self.next_token);
                     self.next_token += 1;
@@ -411,16 +459,19 @@ impl EventLoop {
                     }
                     inc(&self.stats.conns_accepted);
                     log::debug!("kafka {peer}: connected");
+                    let mut session = Session::with_groups(
+                        self.max_request,
+                        Arc::clone(&self.groups),
+                        format!("/{}", peer.ip()),
+                    );
+                    session.secure(&self.listeners[index].security, Some(peer.ip()));
                     self.conns.insert(
                         token,
                         Conn {
                             stream,
                             peer,
-                            session: Session::with_groups(
-                                self.max_request,
-                                Arc::clone(&self.groups),
-                                format!("/{}", peer.ip()),
-                            ),
+                            listener: index,
+                            session,
                             read_eof: false,
                         },
                     );
@@ -570,8 +621,9 @@ impl EventLoop {
     fn drive_conn(&mut self, conn: &mut Conn) -> Drive {
         let ctx = Ctx {
             log: &self.log,
-            node: &self.node,
+            node: &self.listeners[conn.listener].node,
             stats: &self.stats,
+            authz: &super::auth::ALLOW_ALL,
         };
         loop {
             let mut progressed = false;
@@ -623,6 +675,11 @@ impl EventLoop {
             }
         }
         let idle = conn.session.out().is_empty() && !conn.session.is_parked();
+        if conn.session.is_closing() && conn.session.out().is_empty() {
+            // A failed authentication: its answer is sent, the connection ends (as Kafka).
+            log::debug!("kafka {}: closed after a failed authentication", conn.peer);
+            return Drive::Close;
+        }
         if conn.read_eof && idle {
             log::debug!("kafka {}: disconnected", conn.peer);
             return Drive::Close;

@@ -119,6 +119,9 @@ pub fn handle(
     let now = caller.now;
     let c = correlation_id;
     let v = version;
+    if let Some(refused) = super::group_authz::refuse(ctx, key, c, v, body)? {
+        return Ok(refused);
+    }
     match key {
         ApiKey::FindCoordinator => find_coordinator(ctx, c, v, &decode(body, v)?),
         ApiKey::JoinGroup => join(groups, caller, c, v, decode(body, v)?, now),
@@ -128,8 +131,8 @@ pub fn handle(
         ApiKey::OffsetCommit => group_offsets::commit(ctx, groups, c, v, &decode(body, v)?, now),
         ApiKey::OffsetFetch => group_offsets::fetch(ctx, groups, c, v, &decode(body, v)?),
         ApiKey::OffsetDelete => group_offsets::delete(groups, c, v, &decode(body, v)?),
-        ApiKey::ListGroups => group_admin::list(groups, c, v, &decode(body, v)?),
-        ApiKey::DescribeGroups => group_admin::describe(groups, c, v, &decode(body, v)?),
+        ApiKey::ListGroups => group_admin::list(ctx, groups, c, v, &decode(body, v)?),
+        ApiKey::DescribeGroups => group_admin::describe(ctx, groups, c, v, &decode(body, v)?),
         _ => Err(GroupError::Decode(format!("{key:?} is not a group API"))),
     }
 }
@@ -154,6 +157,9 @@ fn find_coordinator(
 ) -> Result<Answer, GroupError> {
     // (error, message): key type 0 is a group (this gateway), 1 a transaction (not served).
     let (code, msg) = match req.key_type {
+        0 if v < 4 && !super::group_authz::allowed(ctx, req.key.as_str()) => {
+            (E::GroupAuthorizationFailed.code(), None)
+        }
         0 => (0, None),
         1 => (
             E::CoordinatorNotAvailable.code(),
@@ -177,6 +183,13 @@ fn find_coordinator(
             .coordinator_keys
             .iter()
             .map(|k| {
+                if code == 0 && !super::group_authz::allowed(ctx, k.as_str()) {
+                    return Coordinator::default()
+                        .with_key(k.clone())
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1)
+                        .with_error_code(E::GroupAuthorizationFailed.code());
+                }
                 Coordinator::default()
                     .with_key(k.clone())
                     .with_node_id(BrokerId(id))

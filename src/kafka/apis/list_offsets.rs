@@ -22,8 +22,9 @@ const EARLIEST: i64 = -2;
 
 /// `committed`: READ_COMMITTED (isolation level 1, v2+): latest is the last stable offset.
 fn lookup(ctx: &Ctx, topic: &str, partition: i32, ts: i64, committed: bool) -> (i16, i64, i64) {
-    let Some(p) = ctx.log.partition(topic, partition) else {
-        return (ResponseError::UnknownTopicOrPartition.code(), -1, -1);
+    let p = match ctx.readable(topic, partition) {
+        Ok(p) => p,
+        Err(e) => return (e.code(), -1, -1),
     };
     lookup_in(&p, ts, committed)
 }
@@ -56,11 +57,14 @@ fn partition_answer(
     committed: bool,
 ) -> ListOffsetsPartitionResponse {
     let r = ListOffsetsPartitionResponse::default().with_partition_index(req.partition_index);
-    let Some(p) = ctx.log.partition(topic, req.partition_index) else {
-        return r
-            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-            .with_timestamp(-1)
-            .with_offset(-1);
+    let p = match ctx.readable(topic, req.partition_index) {
+        Ok(p) => p,
+        Err(e) => {
+            return r
+                .with_error_code(e.code())
+                .with_timestamp(-1)
+                .with_offset(-1)
+        }
     };
     let epochs = p.leader_epochs();
     if let Some(e) = check_current_epoch(req.current_leader_epoch, epochs.latest()) {

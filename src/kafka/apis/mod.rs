@@ -4,21 +4,27 @@
 pub mod api_versions;
 pub mod fetch;
 pub mod group_admin;
+pub mod group_authz;
 pub mod group_offsets;
 pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
+pub mod sasl;
 pub mod unsupported;
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use super::stats::Stats;
-use crate::log::LogDir;
+use super::auth::Authz;
+use super::stats::{inc, Stats};
+use crate::log::{LogDir, Partition};
 
 /// The APIs and version ranges this gateway serves (what ApiVersions advertises).
 ///
@@ -44,6 +50,9 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    // Answered on every listener (ILLEGAL_SASL_STATE where SASL is off), as Kafka does.
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The served version range of `key`, if the gateway serves it.
@@ -75,6 +84,9 @@ pub struct Ctx<'a> {
     pub node: &'a NodeInfo,
     /// Listener counters.
     pub stats: &'a Stats,
+    /// What the connection's principal may read ([`crate::kafka::auth::ALLOW_ALL`] without
+    /// an ACL file).
+    pub authz: &'a Authz,
 }
 
 impl Ctx<'_> {
@@ -93,6 +105,19 @@ impl Ctx<'_> {
     /// The topic with id `id` (computed once per log dir refresh, see [`LogDir::topic_id`]).
     pub fn topic_by_id(&self, id: Uuid) -> Option<String> {
         self.log.topic_by_id(id)
+    }
+
+    /// A partition the client asks to read: TOPIC_AUTHORIZATION_FAILED when its principal
+    /// may not read the topic (checked first, so a refused client learns nothing of what
+    /// exists), UNKNOWN_TOPIC_OR_PARTITION when it is not served.
+    pub fn readable(&self, topic: &str, partition: i32) -> Result<Arc<Partition>, ResponseError> {
+        if !self.authz.topic(topic) {
+            inc(&self.stats.auth.denied_topic);
+            return Err(ResponseError::TopicAuthorizationFailed);
+        }
+        self.log
+            .partition(topic, partition)
+            .ok_or(ResponseError::UnknownTopicOrPartition)
     }
 
     /// The id of a served topic (`partition.metadata`, else derived from the name).
