@@ -12,6 +12,9 @@ use kxgw::kafka::auth::users::{check_user_name, UserEntry, Users};
 /// Manage the SASL users file.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The users file (`add` creates it, mode 0600, if missing).
+    #[arg(long, global = true, value_name = "FILE")]
+    file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: UsersCmd,
 }
@@ -20,9 +23,6 @@ pub struct Args {
 enum UsersCmd {
     /// Add a user (or replace its password): PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 logins.
     Add {
-        /// The users file (created mode 0600 if missing).
-        #[arg(long)]
-        file: PathBuf,
         /// SCRAM iteration count (Kafka's minimum is 4096).
         #[arg(long, default_value_t = MIN_ITERATIONS)]
         iterations: u32,
@@ -33,25 +33,20 @@ enum UsersCmd {
     },
     /// Remove a user.
     Remove {
-        /// The users file.
-        #[arg(long)]
-        file: PathBuf,
         /// User name.
         user: String,
     },
     /// List the user names.
-    List {
-        /// The users file.
-        #[arg(long)]
-        file: PathBuf,
-    },
+    List,
 }
 
 /// Runs `kxgw users`.
 pub fn run(args: Args) -> Result<ExitCode> {
+    let Some(file) = args.file else {
+        bail!("kxgw users: give the users file with --file FILE");
+    };
     match args.cmd {
         UsersCmd::Add {
-            file,
             iterations,
             user,
             password,
@@ -82,7 +77,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let what = if replaced { "replaced" } else { "added" };
             println!("{what} user {user} in {}", file.display());
         }
-        UsersCmd::Remove { file, user } => {
+        UsersCmd::Remove { user } => {
             let mut users = Users::load(&file)?;
             if users.users.remove(&user).is_none() {
                 bail!("no user {user:?} in {}", file.display());
@@ -90,7 +85,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             users.save(&file)?;
             println!("removed user {user} from {}", file.display());
         }
-        UsersCmd::List { file } => {
+        UsersCmd::List => {
             for name in Users::load(&file)?.users.keys() {
                 println!("{name}");
             }

@@ -43,6 +43,15 @@ def confluent(bootstrap, topic, partition, count, timeout_s, mech, user, passwor
             "sasl.password": password,
         })
     consumer = Consumer(conf)
+    # librdkafka retries an assigned partition's errors quietly: ask for the topic's metadata
+    # first, as an application would, so an authorization error is reported.
+    try:
+        md = consumer.list_topics(topic, timeout=10)
+    except Exception as e:  # KafkaException: no broker reachable or authenticated
+        fail("client error: %s" % e)
+    err = md.topics[topic].error if topic in md.topics else None
+    if err is not None:
+        fail("client error: %s" % err.name())
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
     got = 0
     deadline = time.monotonic() + timeout_s
@@ -61,6 +70,10 @@ def confluent(bootstrap, topic, partition, count, timeout_s, mech, user, passwor
 
 
 def kafka_python(bootstrap, topic, partition, count, timeout_s, mech, user, password):
+    import logging
+
+    # kafka-python reports a refused login only in its log (a NullHandler by default).
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
@@ -70,6 +83,7 @@ def kafka_python(bootstrap, topic, partition, count, timeout_s, mech, user, pass
         conf.update(security_protocol="SASL_PLAINTEXT", sasl_mechanism=mech,
                     sasl_plain_username=user, sasl_plain_password=password)
     try:
+        check_topic_kafka_python(conf, topic, timeout_s)
         consumer = KafkaConsumer(**conf)
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
@@ -87,6 +101,25 @@ def kafka_python(bootstrap, topic, partition, count, timeout_s, mech, user, pass
     except Exception as e:  # connection refused, auth failures surface as other types too
         fail("client error: %s %s" % (type(e).__name__, e))
     return got
+
+
+def check_topic_kafka_python(conf, topic, timeout_s):
+    """kafka-python's consumer retries an unauthorized assigned topic quietly: track the topic's
+    metadata with its client first, as an application would, and report the refusal."""
+    from kafka import KafkaClient
+    from kafka.errors import TopicAuthorizationFailedError
+
+    keys = ("bootstrap_servers", "security_protocol", "sasl_mechanism",
+            "sasl_plain_username", "sasl_plain_password", "request_timeout_ms")
+    client = KafkaClient(**{k: v for k, v in conf.items() if k in keys})
+    future = client.add_topic(topic)
+    deadline = time.monotonic() + timeout_s
+    while not future.is_done and time.monotonic() < deadline:
+        client.poll(timeout_ms=200)
+    unauthorized = set(client.cluster.unauthorized_topics)
+    client.close()
+    if topic in unauthorized:
+        raise TopicAuthorizationFailedError(topic)
 
 
 def main():

@@ -310,7 +310,9 @@ impl Challenged {
         if !(cbind.starts_with(b"n,") || cbind.starts_with(b"y,")) {
             return Err(ScramError::ChannelBinding);
         }
-        if nonce != self.nonce {
+        // Kafka's broker only checks that the nonce ends with the one it sent: librdkafka
+        // (2.0) sends the client nonce twice ("r=" client nonce + the whole server nonce).
+        if !nonce.ends_with(&self.nonce) {
             return Err(ScramError::Malformed("nonce mismatch"));
         }
         let proof = B64
@@ -462,6 +464,35 @@ pub(crate) mod tests {
             assert_eq!(run(h, "secret", "Secret", true), Err(ScramError::BadProof));
             assert_eq!(run(h, "secret", "secret", false), Err(ScramError::BadProof));
         }
+    }
+
+    /// librdkafka's client-final repeats the client nonce before the server's whole nonce;
+    /// Kafka accepts it, and so must the gateway (the proof covers the message as sent).
+    #[test]
+    fn librdkafka_repeated_client_nonce_is_accepted() {
+        let h = ScramHash::Sha256;
+        let cred = ScramCredential::derive(h, "pw", b"salt", 4096);
+        let mut s = ScramServer::Start;
+        let Ok(Step::Continue(sf)) =
+            s.step(h, b"n,,n=u,r=cn", |_| Some(cred.clone()), "SN", |_| vec![])
+        else {
+            panic!("challenge expected")
+        };
+        let sf = String::from_utf8(sf).unwrap();
+        let doubled = sf.replacen("r=cnSN", "r=cncnSN", 1);
+        let (cf, _) = client_final(h, "pw", "n=u,r=cn", &doubled);
+        // The proof was computed over the server-first actually sent: redo it that way.
+        let cf_nonce = cf.split(',').nth(1).unwrap().to_string();
+        assert_eq!(cf_nonce, "r=cncnSN");
+        let salted = h.salted_password(b"pw", b"salt", 4096);
+        let client_key = h.hmac(&salted, b"Client Key");
+        let without = format!("c=biws,{cf_nonce}");
+        let auth = format!("n=u,r=cn,{sf},{without}");
+        let sig = h.hmac(&h.hash(&client_key), auth.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
+        let msg = format!("{without},p={}", B64.encode(proof));
+        let r = s.step(h, msg.as_bytes(), |_| None, "", |_| vec![]);
+        assert!(matches!(r, Ok(Step::Success { .. })), "{r:?}");
     }
 
     #[test]
