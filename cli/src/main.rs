@@ -4,6 +4,7 @@ mod compact;
 mod flags;
 mod group_flags;
 mod metrics_http;
+mod security_flags;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,8 @@ enum Cmd {
     XdpRaw(cmd::xdp_raw::Args),
     /// Verifying client of `kxgw xdp-raw`.
     XdpRawClient(cmd::xdp_raw::ClientArgs),
+    /// Manage the SASL users file of `kxgw serve --sasl-users`.
+    Users(cmd::users::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Cmd::Demo(args) => cmd::demo::run(args),
         Cmd::XdpRaw(args) => cmd::xdp_raw::run(args),
         Cmd::XdpRawClient(args) => cmd::xdp_raw::run_client(args),
+        Cmd::Users(args) => cmd::users::run(args),
     };
     match result {
         Ok(code) => code,

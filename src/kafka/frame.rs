@@ -34,6 +34,7 @@ pub enum FrameError {
 pub struct Framer {
     buf: BytesMut,
     limit: usize,
+    min: usize,
 }
 
 impl Framer {
@@ -42,7 +43,14 @@ impl Framer {
         Framer {
             buf: BytesMut::new(),
             limit,
+            min: MIN_REQUEST,
         }
+    }
+
+    /// Sets the smallest frame accepted (bare SASL tokens after a SaslHandshake v0 may be
+    /// shorter than a request header).
+    pub fn set_min(&mut self, min: usize) {
+        self.min = min;
     }
 
     /// Appends received bytes.
@@ -72,7 +80,7 @@ impl Framer {
         let size = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
         let ok = usize::try_from(size)
             .ok()
-            .filter(|&s| (MIN_REQUEST..=self.limit).contains(&s));
+            .filter(|&s| (self.min..=self.limit).contains(&s));
         Some(ok.ok_or(FrameError::BadSize {
             size: size.into(),
             limit: self.limit,

@@ -17,6 +17,9 @@
 //!   the tests).
 
 pub mod apis;
+pub mod auth;
+#[cfg(test)]
+mod auth_session_tests;
 pub mod bounds;
 pub mod chunk;
 pub mod client;

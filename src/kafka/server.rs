@@ -18,6 +18,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::apis::{Ctx, NodeInfo};
+use super::auth::Security;
 use super::group::{GroupConfig, Groups, WaiterId};
 use super::outq::IoMode;
 use super::session::Session;
@@ -25,7 +26,8 @@ use super::stats::{add, inc, Stats};
 use super::upstream::{Broker, ClusterView};
 use crate::log::LogDir;
 
-const LISTENER: Token = Token(0);
+/// Listening sockets are tokens counted down from here (connections count up from 2).
+const LISTENER: usize = usize::MAX;
 const WAKER: Token = Token(1);
 /// How long a stopping listener keeps sending responses it had already queued.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,6 +62,13 @@ pub struct KafkaConfig {
     pub peers: Vec<Broker>,
     /// Cluster mode (`--upstream`): requests not served locally are forwarded there.
     pub cluster: Option<Arc<ClusterView>>,
+    /// What clients of `listen` must do (default PLAINTEXT: nothing; an ACL still applies
+    /// to them as `User:ANONYMOUS`).
+    pub security: Security,
+    /// Further listeners in the same loop, on the same log and group coordinator, with
+    /// their own security (e.g. a SASL_PLAINTEXT one beside PLAINTEXT, as a broker's
+    /// `listeners`). Each advertises its own port in Metadata.
+    pub extra: Vec<(SocketAddr, Security)>,
 }
 
 impl KafkaConfig {
@@ -75,6 +84,8 @@ impl KafkaConfig {
             node_id: 0,
             peers: Vec::new(),
             cluster: None,
+            security: Security::default(),
+            extra: Vec::new(),
         }
     }
 }
@@ -83,6 +94,7 @@ impl KafkaConfig {
 /// closes every connection.
 pub struct KafkaListener {
     local_addr: SocketAddr,
+    extra_addrs: Vec<SocketAddr>,
     stats: Arc<Stats>,
     groups: Arc<Groups>,
     log: Arc<LogDir>,
@@ -106,8 +118,15 @@ impl KafkaListener {
                 None => Groups::in_memory(cfg.groups.clone()),
             },
         );
-        let listener = bind(cfg.listen)?;
-        let local_addr = listener.local_addr()?;
+        let mut listeners = Vec::new();
+        for (addr, sec) in
+            std::iter::once((cfg.listen, cfg.security.clone())).chain(cfg.extra.clone())
+        {
+            let l = bind(addr)?;
+            let local = l.local_addr()?;
+            listeners.push((l, local, sec));
+        }
+        let local_addr = listeners[0].1;
         let host = match &cfg.advertised_host {
             Some(h) => h.clone(),
             None if local_addr.ip().is_unspecified() => {
@@ -130,10 +149,20 @@ impl KafkaListener {
             }
             None => local_addr.ip().to_string(),
         };
-        let mut node = NodeInfo::gateway(host, i32::from(local_addr.port()));
-        node.node_id = cfg.node_id;
-        node.peers = cfg.peers.clone();
-        node.cluster = cfg.cluster.clone();
+        let extra_addrs: Vec<SocketAddr> = listeners[1..].iter().map(|l| l.1).collect();
+        let listeners: Vec<Listening> = listeners
+            .into_iter()
+            .map(|(socket, local, security)| Listening {
+                socket,
+                node: NodeInfo {
+                    node_id: cfg.node_id,
+                    peers: cfg.peers.clone(),
+                    cluster: cfg.cluster.clone(),
+                    ..NodeInfo::gateway(host.clone(), i32::from(local.port()))
+                },
+                security,
+            })
+            .collect();
         let poll = Poll::new().context("creating epoll instance")?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating waker")?);
         let appended = Arc::new(Mutex::new(HashSet::new()));
@@ -152,7 +181,7 @@ impl KafkaListener {
         let stop = Arc::new(AtomicBool::new(false));
         let mut el = EventLoop {
             poll,
-            listener,
+            listeners,
             conns: HashMap::new(),
             parked: HashSet::new(),
             deadlines: BinaryHeap::new(),
@@ -160,7 +189,6 @@ impl KafkaListener {
             groups: Arc::clone(&groups),
             group_waits: HashMap::new(),
             log: Arc::clone(&log),
-            node,
             stats: Arc::clone(&stats),
             io: cfg.io,
             max_request: cfg.max_request_bytes,
@@ -168,21 +196,26 @@ impl KafkaListener {
             stop: Arc::clone(&stop),
             scratch: vec![0u8; READ_STEP],
         };
-        el.poll
-            .registry()
-            .register(&mut el.listener, LISTENER, Interest::READABLE)?;
-        log::info!(
-            "kafka listener on {local_addr} (io {}, advertised {}:{})",
-            cfg.io.as_str(),
-            el.node.host,
-            el.node.port
-        );
+        for (i, l) in el.listeners.iter_mut().enumerate() {
+            el.poll
+                .registry()
+                .register(&mut l.socket, Token(LISTENER - i), Interest::READABLE)?;
+            log::info!(
+                "kafka listener on {} ({}, io {}, advertised {}:{})",
+                l.socket.local_addr()?,
+                l.security.protocol(),
+                cfg.io.as_str(),
+                l.node.host,
+                l.node.port
+            );
+        }
         let thread = std::thread::Builder::new()
             .name("kafka-listener".into())
             .spawn(move || el.run())
             .context("spawning the kafka listener thread")?;
         Ok(KafkaListener {
             local_addr,
+            extra_addrs,
             stats,
             groups,
             log,
@@ -195,6 +228,11 @@ impl KafkaListener {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound addresses of [`KafkaConfig::extra`], in order.
+    pub fn extra_addrs(&self) -> &[SocketAddr] {
+        &self.extra_addrs
     }
 
     /// The live counters.
@@ -272,10 +310,19 @@ fn raise_fd_limit() {
     }
 }
 
+/// A listening socket, what it advertises and what its clients must do.
+struct Listening {
+    socket: TcpListener,
+    node: NodeInfo,
+    security: Security,
+}
+
 struct Conn {
     token: Token,
     stream: TcpStream,
     peer: SocketAddr,
+    /// Index of the listener it came in on.
+    listener: usize,
     session: Session,
     read_eof: bool,
     /// Cluster mode: the connection to the local broker its forwarded requests go to,
@@ -285,7 +332,7 @@ struct Conn {
 
 struct EventLoop {
     poll: Poll,
-    listener: TcpListener,
+    listeners: Vec<Listening>,
     conns: HashMap<Token, Conn>,
     /// Connections with a waiting fetch (checked for deadlines and appends).
     parked: HashSet<Token>,
@@ -297,7 +344,6 @@ struct EventLoop {
     /// Connections with a parked JoinGroup / SyncGroup, by coordinator waiter.
     group_waits: HashMap<WaiterId, Token>,
     log: Arc<LogDir>,
-    node: NodeInfo,
     stats: Arc<Stats>,
     io: IoMode,
     max_request: usize,
@@ -335,7 +381,9 @@ impl EventLoop {
             }
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept_all(&mut accept_warned),
+                    Token(t) if LISTENER - t < self.listeners.len() => {
+                        self.accept_all(LISTENER - t, &mut accept_warned)
+                    }
                     WAKER => self.on_appends(),
                     t if t.0 & UPSTREAM_BIT != 0 => self.drive(Token(t.0 & !UPSTREAM_BIT)),
                     t => {
@@ -366,7 +414,9 @@ impl EventLoop {
     /// On shutdown: accept and read nothing more, but finish sending the responses already
     /// queued (a consumer mid-response gets its whole response), for at most `timeout`.
     fn drain(&mut self, events: &mut Events, timeout: Duration) {
-        let _ = self.poll.registry().deregister(&mut self.listener);
+        for l in &mut self.listeners {
+            let _ = self.poll.registry().deregister(&mut l.socket);
+        }
         for c in self.conns.values_mut() {
             c.read_eof = true;
         }
@@ -422,9 +472,9 @@ impl EventLoop {
         None
     }
 
-    fn accept_all(&mut self, warned: &mut bool) {
+    fn accept_all(&mut self, index: usize, warned: &mut bool) {
         loop {
-            match self.listener.accept() {
+            match self.listeners[index].socket.accept() {
                 Ok((mut stream, peer)) => {
                     let token = Token(self.next_token);
                     self.next_token += 1;
@@ -439,6 +489,12 @@ impl EventLoop {
                     }
                     inc(&self.stats.conns_accepted);
                     log::debug!("kafka {peer}: connected");
+                    let mut session = Session::with_groups(
+                        self.max_request,
+                        Arc::clone(&self.groups),
+                        format!("/{}", peer.ip()),
+                    );
+                    session.secure(&self.listeners[index].security, Some(peer.ip()));
                     self.conns.insert(
                         token,
                         Conn {
@@ -446,11 +502,8 @@ impl EventLoop {
                             upstream: None,
                             stream,
                             peer,
-                            session: Session::with_groups(
-                                self.max_request,
-                                Arc::clone(&self.groups),
-                                format!("/{}", peer.ip()),
-                            ),
+                            listener: index,
+                            session,
                             read_eof: false,
                         },
                     );
@@ -680,8 +733,9 @@ impl EventLoop {
     fn drive_conn(&mut self, conn: &mut Conn) -> Drive {
         let ctx = Ctx {
             log: &self.log,
-            node: &self.node,
+            node: &self.listeners[conn.listener].node,
             stats: &self.stats,
+            authz: &super::auth::ALLOW_ALL,
         };
         loop {
             let mut progressed = false;
@@ -705,7 +759,7 @@ impl EventLoop {
                 match e {
                     super::session::SessionError::Encode(_) => inc(&self.stats.err_encode),
                     super::session::SessionError::Upstream(_) => {
-                        if let Some(v) = &self.node.cluster {
+                        if let Some(v) = &self.listeners[conn.listener].node.cluster {
                             inc(&v.stats.forward_failures);
                         }
                     }
@@ -713,11 +767,16 @@ impl EventLoop {
                 }
                 return Drive::Close;
             }
-            match Self::pump_upstream(&self.poll, &mut self.scratch, &self.node, conn) {
+            match Self::pump_upstream(
+                &self.poll,
+                &mut self.scratch,
+                &self.listeners[conn.listener].node,
+                conn,
+            ) {
                 Ok(p) => progressed |= p,
                 Err(e) => {
                     log::warn!("kafka {}: upstream failed, closing: {e}", conn.peer);
-                    if let Some(v) = &self.node.cluster {
+                    if let Some(v) = &self.listeners[conn.listener].node.cluster {
                         inc(&v.stats.forward_failures);
                     }
                     return Drive::Close;
@@ -748,6 +807,11 @@ impl EventLoop {
             }
         }
         let idle = conn.session.out().is_empty() && !conn.session.is_parked();
+        if conn.session.is_closing() && conn.session.out().is_empty() {
+            // A failed authentication: its answer is sent, the connection ends (as Kafka).
+            log::debug!("kafka {}: closed after a failed authentication", conn.peer);
+            return Drive::Close;
+        }
         if conn.read_eof && idle {
             log::debug!("kafka {}: disconnected", conn.peer);
             return Drive::Close;

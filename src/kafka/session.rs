@@ -14,7 +14,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::Decodable;
 
 use super::apis::groups::{self as group_apis, GroupError, Pending};
-use super::apis::{self, api_versions, fetch, list_offsets, metadata, unsupported, Ctx};
+use super::apis::{self, api_versions, fetch, list_offsets, metadata, sasl, unsupported, Ctx};
+use super::auth::{Acl, Authz, Exchange, Security};
 use super::chunk::{Chunk, EncodeError};
 use super::frame::{FrameError, Framer};
 use super::group::{GroupConfig, Groups, WaiterId};
@@ -64,6 +65,10 @@ pub enum SessionError {
     /// Cluster mode: the upstream's answer to a forwarded request is unusable.
     #[error("{0}")]
     Upstream(#[from] ForwardError),
+    /// A request other than ApiVersions / SaslHandshake / SaslAuthenticate before the client
+    /// authenticated on a SASL listener (Kafka closes too).
+    #[error("{0:?} request before SASL authentication")]
+    Unauthenticated(ApiKey),
 }
 
 /// A fetch waiting for `min_bytes` or its deadline.
@@ -88,6 +93,14 @@ pub struct Session {
     group_wait: Option<Pending>,
     /// Cluster mode: the request forwarded upstream (holds back later requests).
     forward: Forwarder,
+    /// The SASL exchange, on SASL listeners.
+    gate: Option<Exchange>,
+    /// The listener's ACL, if any.
+    acl: Option<Arc<Acl>>,
+    /// What this connection's principal may read.
+    authz: Arc<Authz>,
+    /// Close once the queued responses are sent (failed authentication).
+    closing: bool,
 }
 
 impl Session {
@@ -108,12 +121,37 @@ impl Session {
             peer,
             group_wait: None,
             forward: Forwarder::default(),
+            gate: None,
+            acl: None,
+            authz: Arc::new(super::auth::ALLOW_ALL.clone()),
+            closing: false,
         }
     }
 
     /// Cluster mode: the forwarding state (the listener moves its bytes to the upstream).
     pub fn forwarder(&mut self) -> &mut Forwarder {
         &mut self.forward
+    }
+
+    /// Applies the listener's security: SASL before anything else, and the ACL (as
+    /// `User:ANONYMOUS` until a SASL login names the principal). `peer` is rate-limited.
+    pub fn secure(&mut self, sec: &Security, peer: Option<std::net::IpAddr>) {
+        self.gate = sec.sasl.clone().map(|c| Exchange::new(c, peer));
+        self.acl = sec.acl.clone();
+        self.authz = Arc::new(Authz::new(
+            self.acl.clone(),
+            super::auth::ANONYMOUS.to_string(),
+        ));
+    }
+
+    /// The connection's principal (`User:ANONYMOUS` until authenticated).
+    pub fn principal(&self) -> &str {
+        self.authz.principal()
+    }
+
+    /// Whether the connection must close once its queued responses are sent.
+    pub fn is_closing(&self) -> bool {
+        self.closing
     }
 
     /// The group coordinator this connection talks to.
@@ -135,6 +173,9 @@ impl Session {
     /// the current frame is incomplete (bounded by the frame limit), so a client that
     /// pipelines without reading its responses cannot grow our buffers.
     pub fn wants_input(&self) -> bool {
+        if self.closing {
+            return false;
+        }
         let busy = self.is_parked() || self.out.pending_bytes() >= OUT_HIGH_WATER;
         !busy || self.framer.wants() > 0 && self.framer.buffered() < 64 * 1024
     }
@@ -165,6 +206,11 @@ impl Session {
     /// or `now` passed its deadline), then queued requests until one waits or the output
     /// backlog is too large. An error means the connection must be closed.
     pub fn advance(&mut self, ctx: &Ctx, now: Instant) -> Result<(), SessionError> {
+        let authz = Arc::clone(&self.authz);
+        let ctx = &Ctx {
+            authz: &authz,
+            ..*ctx
+        };
         if let Some(view) = ctx
             .node
             .cluster
@@ -199,9 +245,23 @@ impl Session {
                 }
             }
         }
-        while !self.is_parked() && self.out.pending_bytes() < OUT_HIGH_WATER {
+        while !self.closing && !self.is_parked() && self.out.pending_bytes() < OUT_HIGH_WATER {
+            // Bare SASL tokens (after a v0 handshake) may be shorter than a request header.
+            let raw = self.gate.as_ref().is_some_and(|g| g.raw_tokens());
+            self.framer
+                .set_min(if raw { 0 } else { super::frame::MIN_REQUEST });
             let Some(frame) = self.framer.next_frame()? else {
                 break;
+            };
+            if raw {
+                self.raw_token(ctx, &frame, now);
+                continue;
+            }
+            // A login changes the principal for the requests after it.
+            let authz = Arc::clone(&self.authz);
+            let ctx = &Ctx {
+                authz: &authz,
+                ..*ctx
             };
             self.handle(ctx, frame, now)?;
         }
@@ -233,6 +293,16 @@ impl Session {
             inc(&ctx.stats.req_unsupported);
             return Err(bad("unknown API key".into()));
         };
+        let before_login = self.gate.as_ref().is_some_and(|g| !g.is_authenticated());
+        if before_login
+            && !matches!(
+                key,
+                ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+            )
+        {
+            inc(&ctx.stats.auth.unauthenticated_request);
+            return Err(SessionError::Unauthenticated(key));
+        }
         let served = apis::served_range(key);
         if key == ApiKey::ApiVersions && served.is_some_and(|(_, hi)| version > hi) {
             // Kafka's rule: answer a too-new ApiVersions with v0 + UNSUPPORTED_VERSION, without
@@ -351,6 +421,29 @@ impl Session {
                     }
                 }
             }
+            ApiKey::SaslHandshake => {
+                let req = sasl::decode_handshake(&mut frame, version)
+                    .map_err(|e| bad(format!("{e:#}")))?;
+                let reply =
+                    sasl::handshake(ctx, self.gate.as_mut(), correlation_id, version, &req)?;
+                self.closing |= reply.close;
+                reply.chunks
+            }
+            ApiKey::SaslAuthenticate => {
+                let req = sasl::decode_authenticate(&mut frame, version)
+                    .map_err(|e| bad(format!("{e:#}")))?;
+                let reply = sasl::authenticate(
+                    ctx,
+                    self.gate.as_mut(),
+                    correlation_id,
+                    version,
+                    &req,
+                    now,
+                )?;
+                self.closing |= reply.close;
+                self.logged_in();
+                reply.chunks
+            }
             ApiKey::OffsetForLeaderEpoch => {
                 let req = OffsetForLeaderEpochRequest::decode(&mut frame, version)
                     .map_err(|e| bad(format!("{e:#}")))?;
@@ -366,6 +459,29 @@ impl Session {
         }
         self.out.push(chunks);
         Ok(())
+    }
+}
+
+impl Session {
+    /// A bare token after a SaslHandshake v0.
+    fn raw_token(&mut self, ctx: &Ctx, token: &[u8], now: Instant) {
+        let Some(gate) = self.gate.as_mut() else {
+            return;
+        };
+        let reply = sasl::raw_token(ctx, gate, token, now);
+        self.closing |= reply.close;
+        self.out.push(reply.chunks);
+        self.logged_in();
+    }
+
+    /// After a successful exchange: the requests that follow run as the new principal.
+    fn logged_in(&mut self) {
+        if let Some(p) = self.gate.as_ref().and_then(|g| g.principal()) {
+            if p != self.authz.principal() {
+                log::debug!("kafka {}: authenticated as {p}", self.peer);
+                self.authz = Arc::new(Authz::new(self.acl.clone(), p));
+            }
+        }
     }
 }
 

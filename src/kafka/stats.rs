@@ -42,6 +42,8 @@ pub struct Stats {
     pub err_io: AtomicU64,
     /// Responses that could not be encoded (connection closed).
     pub err_encode: AtomicU64,
+    /// Authentication and authorization outcomes.
+    pub auth: super::auth::stats::AuthStats,
 }
 
 /// Adds `n` to a counter.
@@ -64,7 +66,7 @@ impl fmt::Display for Stats {
             "connections open={} accepted={accepted} closed={closed} | requests ApiVersions={} \
              Metadata={} ListOffsets={} Fetch={} group={} unsupported={} | fetch parked={} woken={} \
              expired={} | bytes sent header={} sendfile={} copy={} | errors bad_request={} \
-             partition={} io={} encode={}",
+             partition={} io={} encode={} | {}",
             accepted.saturating_sub(closed),
             g(&self.req_api_versions),
             g(&self.req_metadata),
@@ -82,6 +84,7 @@ impl fmt::Display for Stats {
             g(&self.err_partition),
             g(&self.err_io),
             g(&self.err_encode),
+            self.auth,
         )
     }
 }
@@ -156,6 +159,7 @@ impl Stats {
                 g(c),
             );
         }
+        self.auth.write_metrics(w);
     }
 }
 

@@ -45,6 +45,7 @@ impl Harness {
             log: &self.log,
             node: &self.node,
             stats: &self.stats,
+            authz: &super::auth::ALLOW_ALL,
         };
         self.session.advance(&ctx, now)?;
         Ok(chunks_to_vec(&self.session.out().take()).unwrap())

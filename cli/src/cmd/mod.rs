@@ -7,4 +7,5 @@ pub mod inspect;
 pub mod produce;
 pub mod serve;
 pub mod stats;
+pub mod users;
 pub mod xdp_raw;

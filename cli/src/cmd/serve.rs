@@ -66,6 +66,9 @@ pub struct Args {
     /// the follower's file notifications, if it has them).
     #[arg(long, value_name = "MS", default_value_t = 50)]
     pub refresh_ms: u64,
+    /// Kafka listener security (--kafka-listen-sasl, --sasl-users, --acl).
+    #[command(flatten)]
+    pub security: crate::security_flags::SecurityArgs,
     /// The group coordinator of the Kafka listener (--state-dir and its options).
     #[command(flatten)]
     pub groups: crate::group_flags::GroupArgs,
@@ -191,7 +194,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         fetch: kxgw::xdp::fetch_endpoint::start(&log, &(&args.fetch).into(), &(&args.xdp).into())?,
     };
     if running.kafka.is_none() && running.fetch.is_none() {
-        bail!("nothing to serve: give --kafka-listen ADDR:PORT and/or --fetch-listen IP:PORT");
+        bail!(
+            "nothing to serve: give --kafka-listen ADDR:PORT (or --kafka-listen-sasl) and/or \
+             --fetch-listen IP:PORT"
+        );
     }
 
     let metrics = Metrics::new();
@@ -244,10 +250,25 @@ fn start_kafka(
     log: &Arc<LogDir>,
     cluster: Option<Arc<ClusterView>>,
 ) -> Result<Option<KafkaListener>> {
-    let Some(addr) = args.kafka_listen else {
-        return Ok(None);
+    let (plain, sasl) = args.security.load()?;
+    // The first listener is the PLAINTEXT one if asked for, else the SASL one.
+    let (addr, security, extra) = match (args.kafka_listen, sasl) {
+        (Some(a), sasl) => (a, plain, sasl.into_iter().collect()),
+        (None, Some((a, s))) => (a, s, Vec::new()),
+        (None, None) => return Ok(None),
     };
+    // In cluster mode the cluster authenticates and authorizes; relaying a client's SASL
+    // exchange to it is not built yet, so a local SASL/ACL setup would bypass the cluster.
+    if cluster.is_some() && (!extra.is_empty() || security.sasl.is_some() || security.acl.is_some())
+    {
+        anyhow::bail!(
+            "--kafka-listen-sasl, --sasl-users and --acl cannot be combined with --upstream yet: \
+             in cluster mode the cluster decides who may read, and forwarding SASL to it is not built"
+        );
+    }
     let mut cfg = KafkaConfig::new(addr, args.io.into());
+    cfg.security = security;
+    cfg.extra = extra;
     cfg.advertised_host = args.advertised_host.clone();
     cfg.groups = args.groups.config();
     cfg.state_dir = args.groups.state_dir(args.config.as_deref());

@@ -115,6 +115,11 @@ pub fn evaluate(
                 ));
                 continue;
             };
+            if let Err(e) = ctx.authorized(name) {
+                any_error = true;
+                parts.push(error_partition(fp.partition, e.code()));
+                continue;
+            }
             if let Some(e) = ctx.led_elsewhere(name, fp.partition) {
                 // Not ours to serve: the client refreshes its metadata and goes to the leader.
                 any_error = true;
@@ -138,13 +143,13 @@ pub fn evaluate(
                 parts.push(pd);
                 continue;
             }
-            let Some(p) = ctx.log.partition(name, fp.partition) else {
-                any_error = true;
-                parts.push(error_partition(
-                    fp.partition,
-                    ResponseError::UnknownTopicOrPartition.code(),
-                ));
-                continue;
+            let p = match ctx.readable(name, fp.partition) {
+                Ok(p) => p,
+                Err(e) => {
+                    any_error = true;
+                    parts.push(error_partition(fp.partition, e.code()));
+                    continue;
+                }
             };
             let epoch = p.leader_epoch();
             if let Some(e) = check_current_epoch(fp.current_leader_epoch, epoch) {

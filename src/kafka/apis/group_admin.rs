@@ -7,13 +7,14 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use super::groups::{encode, Answer, GroupError};
-use super::sb;
+use super::{sb, Ctx};
 use crate::kafka::group::Groups;
 
 /// Every group here uses the classic protocol.
 const GROUP_TYPE: &str = "classic";
 
 pub(super) fn list(
+    ctx: &Ctx,
     groups: &Groups,
     c: i32,
     v: i16,
@@ -27,6 +28,8 @@ pub(super) fn list(
         .iter()
         .filter(|g| v < 4 || wanted(&req.states_filter, g.state.as_str()))
         .filter(|_| v < 5 || wanted(&req.types_filter, GROUP_TYPE))
+        // As a broker: only the groups the principal may describe.
+        .filter(|g| ctx.authz.group(&g.id))
         .map(|g| {
             ListedGroup::default()
                 .with_group_id(GroupId(sb(&g.id)))
@@ -40,6 +43,7 @@ pub(super) fn list(
 }
 
 pub(super) fn describe(
+    ctx: &Ctx,
     groups: &Groups,
     c: i32,
     v: i16,
@@ -55,6 +59,9 @@ pub(super) fn describe(
                 .with_authorized_operations(i32::MIN);
             if id.is_empty() {
                 return base.with_error_code(E::InvalidGroupId.code());
+            }
+            if !super::group_authz::allowed(ctx, id.as_str()) {
+                return base.with_error_code(E::GroupAuthorizationFailed.code());
             }
             let Some(g) = inner.coord.group(id.as_str()) else {
                 // Kafka: "Dead" before v6, GROUP_ID_NOT_FOUND from v6 on.

@@ -163,6 +163,14 @@ pub(super) fn fetch(
     let mut resp = OffsetFetchResponse::default();
     if v >= 8 {
         for g in &req.groups {
+            if !super::group_authz::allowed(ctx, g.group_id.as_str()) {
+                resp.groups.push(
+                    OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id.clone())
+                        .with_error_code(E::GroupAuthorizationFailed.code()),
+                );
+                continue;
+            }
             let asked = g.topics.as_ref().map(|ts| {
                 ts.iter()
                     .map(|t| (s(&t.name.0), t.partition_indexes.clone()))

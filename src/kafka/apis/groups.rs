@@ -119,6 +119,9 @@ pub fn handle(
     let now = caller.now;
     let c = correlation_id;
     let v = version;
+    if let Some(refused) = super::group_authz::refuse(ctx, key, c, v, body)? {
+        return Ok(refused);
+    }
     match key {
         ApiKey::FindCoordinator => find_coordinator(ctx, c, v, &decode(body, v)?),
         ApiKey::JoinGroup => join(groups, caller, c, v, decode(body, v)?, now),
@@ -128,8 +131,8 @@ pub fn handle(
         ApiKey::OffsetCommit => group_offsets::commit(ctx, groups, c, v, &decode(body, v)?, now),
         ApiKey::OffsetFetch => group_offsets::fetch(ctx, groups, c, v, &decode(body, v)?),
         ApiKey::OffsetDelete => group_offsets::delete(groups, c, v, &decode(body, v)?),
-        ApiKey::ListGroups => group_admin::list(groups, c, v, &decode(body, v)?),
-        ApiKey::DescribeGroups => group_admin::describe(groups, c, v, &decode(body, v)?),
+        ApiKey::ListGroups => group_admin::list(ctx, groups, c, v, &decode(body, v)?),
+        ApiKey::DescribeGroups => group_admin::describe(ctx, groups, c, v, &decode(body, v)?),
         _ => Err(GroupError::Decode(format!("{key:?} is not a group API"))),
     }
 }
@@ -154,6 +157,9 @@ fn find_coordinator(
 ) -> Result<Answer, GroupError> {
     // (error, message): key type 0 is a group (this gateway), 1 a transaction (not served).
     let (code, msg) = match req.key_type {
+        0 if v < 4 && !super::group_authz::allowed(ctx, req.key.as_str()) => {
+            (E::GroupAuthorizationFailed.code(), None)
+        }
         0 => (0, None),
         1 => (
             E::CoordinatorNotAvailable.code(),
@@ -166,19 +172,24 @@ fn find_coordinator(
     };
     // A static cluster's coordinator is its lowest broker id (the first of `brokers`).
     let node = ctx.node.brokers().into_iter().next();
-    let node = node.filter(|_| code == 0).map(|b| (b.id, sb(&b.host), b.port));
-    let resp = coordinator_answer(req, v, node, code, msg);
+    let node = node
+        .filter(|_| code == 0)
+        .map(|b| (b.id, sb(&b.host), b.port));
+    let allowed = |group: &str| super::group_authz::allowed(ctx, group);
+    let resp = coordinator_answer(req, v, node, code, msg, &allowed);
     encode("FindCoordinator", ApiKey::FindCoordinator, c, v, &resp)
 }
 
 /// A FindCoordinator answer naming `node` (id, host, port), or none with error `code`: in
-/// the v0-v3 shape or, from v4, once per key asked for.
+/// the v0-v3 shape or, from v4, once per key asked for (GROUP_AUTHORIZATION_FAILED for a
+/// group the client may not use).
 pub(super) fn coordinator_answer(
     req: &FindCoordinatorRequest,
     v: i16,
     node: Option<(i32, StrBytes, i32)>,
     code: i16,
     msg: Option<&'static str>,
+    allowed: &dyn Fn(&str) -> bool,
 ) -> FindCoordinatorResponse {
     let (id, host, port) = node.unwrap_or((-1, StrBytes::default(), -1));
     let msg = msg.map(StrBytes::from_static_str);
@@ -195,6 +206,13 @@ pub(super) fn coordinator_answer(
         req.coordinator_keys
             .iter()
             .map(|k| {
+                if code == 0 && !allowed(k.as_str()) {
+                    return Coordinator::default()
+                        .with_key(k.clone())
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1)
+                        .with_error_code(E::GroupAuthorizationFailed.code());
+                }
                 Coordinator::default()
                     .with_key(k.clone())
                     .with_node_id(BrokerId(id))

@@ -22,11 +22,15 @@ const EARLIEST: i64 = -2;
 
 /// `committed`: READ_COMMITTED (isolation level 1, v2+): latest is the last stable offset.
 fn lookup(ctx: &Ctx, topic: &str, partition: i32, ts: i64, committed: bool) -> (i16, i64, i64) {
+    if let Err(e) = ctx.authorized(topic) {
+        return (e.code(), -1, -1);
+    }
     if ctx.led_elsewhere(topic, partition).is_some() {
         return (ResponseError::NotLeaderOrFollower.code(), -1, -1);
     }
-    let Some(p) = ctx.log.partition(topic, partition) else {
-        return (ResponseError::UnknownTopicOrPartition.code(), -1, -1);
+    let p = match ctx.readable(topic, partition) {
+        Ok(p) => p,
+        Err(e) => return (e.code(), -1, -1),
     };
     lookup_in(&p, ts, committed)
 }
@@ -59,17 +63,26 @@ fn partition_answer(
     committed: bool,
 ) -> ListOffsetsPartitionResponse {
     let r = ListOffsetsPartitionResponse::default().with_partition_index(req.partition_index);
+    if let Err(e) = ctx.authorized(topic) {
+        return r
+            .with_error_code(e.code())
+            .with_timestamp(-1)
+            .with_offset(-1);
+    }
     if ctx.led_elsewhere(topic, req.partition_index).is_some() {
         return r
             .with_error_code(ResponseError::NotLeaderOrFollower.code())
             .with_timestamp(-1)
             .with_offset(-1);
     }
-    let Some(p) = ctx.log.partition(topic, req.partition_index) else {
-        return r
-            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-            .with_timestamp(-1)
-            .with_offset(-1);
+    let p = match ctx.readable(topic, req.partition_index) {
+        Ok(p) => p,
+        Err(e) => {
+            return r
+                .with_error_code(e.code())
+                .with_timestamp(-1)
+                .with_offset(-1)
+        }
     };
     let epochs = p.leader_epochs();
     if let Some(e) = check_current_epoch(req.current_leader_epoch, epochs.latest()) {

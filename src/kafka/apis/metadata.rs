@@ -62,6 +62,15 @@ fn unknown(version: i16, name: Option<&str>, id: Uuid) -> MetadataResponseTopic 
     t
 }
 
+/// A topic the principal may not describe: TOPIC_AUTHORIZATION_FAILED, whether it exists
+/// or not (asked by id, the name stays hidden).
+fn denied(version: i16, name: Option<&str>, id: Uuid) -> MetadataResponseTopic {
+    let mut t = unknown(version, name, id);
+    t.error_code = ResponseError::TopicAuthorizationFailed.code();
+    t.topic_id = if name.is_some() { Uuid::nil() } else { id };
+    t
+}
+
 /// Answers one Metadata request.
 pub fn handle(
     ctx: &Ctx,
@@ -77,7 +86,8 @@ pub fn handle(
     };
     let mut topics = Vec::new();
     if wants_all {
-        for (name, parts) in &all {
+        // As a broker: topics the principal may not describe are left out of "all topics".
+        for (name, parts) in all.iter().filter(|(n, _)| ctx.authz.topic(n)) {
             topics.push(topic_entry(ctx, version, name, parts));
         }
     } else {
@@ -87,6 +97,15 @@ pub fn handle(
                 None if version >= 10 => ctx.topic_by_id(want.topic_id),
                 None => None,
             };
+            if let Some(n) = name.as_deref().filter(|n| !ctx.authz.topic(n)) {
+                inc(&ctx.stats.auth.denied_topic);
+                topics.push(denied(
+                    version,
+                    want.name.as_ref().map(|_| n),
+                    want.topic_id,
+                ));
+                continue;
+            }
             match name.as_deref().and_then(|n| all.get_key_value(n)) {
                 Some((n, parts)) => topics.push(topic_entry(ctx, version, n, parts)),
                 None => {

@@ -4,24 +4,28 @@
 pub mod api_versions;
 pub mod fetch;
 pub mod group_admin;
+pub mod group_authz;
 pub mod group_offsets;
 pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
+pub mod sasl;
 pub mod unsupported;
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use std::sync::Arc;
-
-use super::stats::Stats;
+use super::auth::Authz;
+use super::stats::{inc, Stats};
 use super::upstream::{self, Broker, ClusterView};
-use crate::log::LogDir;
+use crate::log::{LogDir, Partition};
 
 /// The APIs and version ranges this gateway serves (what ApiVersions advertises).
 ///
@@ -47,6 +51,9 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    // Answered on every listener (ILLEGAL_SASL_STATE where SASL is off), as Kafka does.
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The served version range of `key`, if the gateway serves it.
@@ -123,6 +130,9 @@ pub struct Ctx<'a> {
     pub node: &'a NodeInfo,
     /// Listener counters.
     pub stats: &'a Stats,
+    /// What the connection's principal may read ([`crate::kafka::auth::ALLOW_ALL`] without
+    /// an ACL file).
+    pub authz: &'a Authz,
 }
 
 impl Ctx<'_> {
@@ -169,6 +179,25 @@ impl Ctx<'_> {
                 .map_or(-1, |p| p.leader_epoch()),
             endpoint: brokers.into_iter().find(|b| b.id == leader),
         })
+    }
+
+    /// TOPIC_AUTHORIZATION_FAILED (counted) when the client's principal may not read `topic`.
+    pub fn authorized(&self, topic: &str) -> Result<(), ResponseError> {
+        if self.authz.topic(topic) {
+            return Ok(());
+        }
+        inc(&self.stats.auth.denied_topic);
+        Err(ResponseError::TopicAuthorizationFailed)
+    }
+
+    /// A partition the client asks to read: TOPIC_AUTHORIZATION_FAILED when its principal
+    /// may not read the topic (checked first, so a refused client learns nothing of what
+    /// exists), UNKNOWN_TOPIC_OR_PARTITION when it is not served.
+    pub fn readable(&self, topic: &str, partition: i32) -> Result<Arc<Partition>, ResponseError> {
+        self.authorized(topic)?;
+        self.log
+            .partition(topic, partition)
+            .ok_or(ResponseError::UnknownTopicOrPartition)
     }
 
     /// The id of a served topic (`partition.metadata`, else derived from the name).

@@ -29,11 +29,14 @@ pub fn check_current_epoch(requested: i32, current: i32) -> Option<ResponseError
 
 fn answer(ctx: &Ctx, topic: &str, partition: i32, current: i32, wanted: i32) -> EpochEndOffset {
     let r = EpochEndOffset::default().with_partition(partition);
-    let Some(p) = ctx.log.partition(topic, partition) else {
-        return r
-            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-            .with_leader_epoch(UNDEFINED.0)
-            .with_end_offset(UNDEFINED.1);
+    let p = match ctx.readable(topic, partition) {
+        Ok(p) => p,
+        Err(e) => {
+            return r
+                .with_error_code(e.code())
+                .with_leader_epoch(UNDEFINED.0)
+                .with_end_offset(UNDEFINED.1)
+        }
     };
     let epochs = p.leader_epochs();
     if let Some(e) = check_current_epoch(current, epochs.latest()) {

@@ -112,7 +112,8 @@ pub fn refuse(
         }
         ApiKey::FindCoordinator => {
             let req: FindCoordinatorRequest = decode(key, version, body)?;
-            let resp = super::groups::coordinator_answer(&req, version, None, REFUSED, None);
+            let resp =
+                super::groups::coordinator_answer(&req, version, None, REFUSED, None, &|_| true);
             encode(key, c, version, &resp)
         }
         ApiKey::OffsetCommit => {

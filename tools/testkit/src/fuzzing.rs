@@ -42,6 +42,7 @@ struct KafkaFixture {
     log: Arc<LogDir>,
     node: NodeInfo,
     stats: Stats,
+    security: kxgw::kafka::auth::Security,
     _dir: ScratchDir,
 }
 
@@ -117,9 +118,27 @@ fn kafka_fixture() -> &'static KafkaFixture {
             log,
             node: NodeInfo::gateway("198.18.0.1", 9092),
             stats: Stats::default(),
+            security: fuzz_security(),
             _dir: dir,
         }
     })
+}
+
+/// A SASL listener's security with user alice (password "pw") and an ACL allowing her
+/// topic t and group g: the second pass of [`kafka_request`].
+fn fuzz_security() -> kxgw::kafka::auth::Security {
+    use kxgw::kafka::auth::{users::UserEntry, Acl, SaslConfig, Security, Users};
+    let mut users = Users::default();
+    users
+        .users
+        .insert("alice".into(), UserEntry::new("pw", 4096));
+    let acl =
+        Acl::parse("[[allow]]\nprincipal = \"User:alice\"\ntopics = [\"t\"]\ngroups = [\"g\"]\n")
+            .expect("fuzz fixture: acl");
+    Security {
+        sasl: Some(Arc::new(SaslConfig::new(users))),
+        acl: Some(Arc::new(acl)),
+    }
 }
 
 /// Feeds `data` as the byte stream of one Kafka connection: the session frames it, decodes
@@ -127,13 +146,23 @@ fn kafka_fixture() -> &'static KafkaFixture {
 /// materialised, as the listener would send it. Errors are expected (the listener closes the
 /// connection); panics, hangs and huge allocations are the bugs.
 pub fn kafka_request(data: &[u8]) {
+    kafka_session(data, false);
+    // Again on a SASL listener with an ACL: the exchange, and refusals before and after it.
+    kafka_session(data, true);
+}
+
+fn kafka_session(data: &[u8], secure: bool) {
     let f = kafka_fixture();
     let ctx = Ctx {
         log: &f.log,
         node: &f.node,
         stats: &f.stats,
+        authz: &kxgw::kafka::auth::ALLOW_ALL,
     };
     let mut s = Session::new(FUZZ_MAX_REQUEST);
+    if secure {
+        s.secure(&f.security, None);
+    }
     let now = Instant::now();
     // Fed in two pieces so a request split across reads is covered too.
     let cut = data.first().map_or(0, |&b| usize::from(b)).min(data.len());
@@ -388,6 +417,54 @@ pub fn join_pieces(pieces: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// SASL frames (`(name, version, bytes)`): a PLAIN login then a Metadata request, handshakes
+/// of each mechanism, a SCRAM client-first, and a v0 handshake followed by a bare token.
+fn sasl_seeds() -> Vec<(&'static str, i16, Vec<u8>)> {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    let hs = |m: &'static str| {
+        SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(m))
+    };
+    let auth = |t: &'static [u8]| {
+        SaslAuthenticateRequest::default().with_auth_bytes(bytes::Bytes::from_static(t))
+    };
+    let mut out = Vec::new();
+    for v in 0..=2 {
+        let login: Vec<u8> = [
+            kafka_frame(ApiKey::SaslHandshake, 1, &hs("PLAIN")),
+            kafka_frame(ApiKey::SaslAuthenticate, v, &auth(b"\0alice\0pw")),
+            kafka_frame(ApiKey::Metadata, 9, &MetadataRequest::default()),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+        out.push(("sasl_plain_login", v, login));
+        let scram: Vec<u8> = [
+            kafka_frame(ApiKey::SaslHandshake, 1, &hs("SCRAM-SHA-256")),
+            kafka_frame(
+                ApiKey::SaslAuthenticate,
+                v,
+                &auth(b"n,,n=alice,r=fuzznonce"),
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+        out.push(("sasl_scram_first", v, scram));
+    }
+    out.extend(
+        kafka_frame(ApiKey::SaslHandshake, 1, &hs("GSSAPI"))
+            .map(|b| ("sasl_unknown_mechanism", 1, b)),
+    );
+    let mut bare = kafka_frame(ApiKey::SaslHandshake, 0, &hs("PLAIN")).unwrap_or_default();
+    bare.extend_from_slice(&9u32.to_be_bytes());
+    bare.extend_from_slice(b"\0alice\0pw");
+    out.push(("sasl_v0_bare_token", 0, bare));
+    out
+}
+
 /// One Kafka request as a client encodes it (length prefix, header, body).
 fn kafka_frame<R: kafka_protocol::protocol::Encodable>(
     key: kafka_protocol::messages::ApiKey,
@@ -535,6 +612,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let fc = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"));
     out.extend(kafka_frame(ApiKey::FindCoordinator, 2, &fc).map(|b| ("find_coordinator", 2, b)));
     out.extend(group_seeds());
+    out.extend(sasl_seeds());
     let mut seeds: Vec<(&'static str, String, Vec<u8>)> = out
         .into_iter()
         .map(|(n, v, b)| ("kafka_request", format!("{n}-v{v}"), b))

@@ -1,0 +1,125 @@
+//! Authentication and authorization on the Kafka listener.
+//!
+//! - [`scram`]: SCRAM-SHA-256/512 credentials and the server side of the exchange.
+//! - [`users`]: the credentials file (`--sasl-users`, `kxgw users add|remove`).
+//! - [`exchange`]: one connection's SASL state machine (SaslHandshake, SaslAuthenticate),
+//!   sans-I/O.
+//! - [`limiter`]: failed authentications rate-limited per source address.
+//! - [`acl`]: the ACL file (`--acl`) and [`Authz`], what a connection's principal may read.
+
+pub mod acl;
+pub mod exchange;
+pub mod limiter;
+pub mod scram;
+pub mod stats;
+pub mod users;
+
+use std::sync::{Arc, Mutex};
+
+pub use acl::Acl;
+pub use exchange::{Exchange, Mechanism};
+pub use users::Users;
+
+/// The principal of connections that did not authenticate (as Kafka names it).
+pub const ANONYMOUS: &str = "User:ANONYMOUS";
+
+/// A SASL listener's settings, shared by its connections.
+pub struct SaslConfig {
+    /// The credentials.
+    pub users: Users,
+    /// The mechanisms offered, in the order SaslHandshake lists them.
+    pub mechanisms: Vec<Mechanism>,
+    /// Failed authentications per source address.
+    pub limiter: Mutex<limiter::FailLimiter>,
+    /// Key of the made-up salts shown for unknown users.
+    fake_salt_key: [u8; 32],
+}
+
+impl SaslConfig {
+    /// Every mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) over `users`.
+    pub fn new(users: Users) -> Self {
+        use rand::RngCore;
+        let mut key = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut key);
+        SaslConfig {
+            users,
+            mechanisms: Mechanism::ALL.to_vec(),
+            limiter: Mutex::new(limiter::FailLimiter::new(Default::default())),
+            fake_salt_key: key,
+        }
+    }
+
+    /// The salt shown for an unknown user: stable for the process, unlinkable to others.
+    pub(crate) fn fake_salt(&self, user: &str) -> Vec<u8> {
+        use hmac::{Hmac, Mac};
+        let mut m =
+            Hmac::<sha2::Sha256>::new_from_slice(&self.fake_salt_key).expect("hmac takes any key");
+        m.update(user.as_bytes());
+        m.finalize().into_bytes().to_vec()
+    }
+}
+
+/// What a listener asks of its connections.
+#[derive(Clone, Default)]
+pub struct Security {
+    /// SASL required before anything but ApiVersions (SASL_PLAINTEXT, SASL_SSL).
+    pub sasl: Option<Arc<SaslConfig>>,
+    /// Authorization (None: every principal reads everything).
+    pub acl: Option<Arc<Acl>>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (acl: {})", self.protocol(), self.acl.is_some())
+    }
+}
+
+impl Security {
+    /// Kafka's name of the listener's security protocol.
+    pub fn protocol(&self) -> &'static str {
+        if self.sasl.is_some() {
+            "SASL_PLAINTEXT"
+        } else {
+            "PLAINTEXT"
+        }
+    }
+}
+
+/// What a connection's principal may access: handlers ask before serving a topic or group.
+#[derive(Clone, Debug)]
+pub struct Authz {
+    acl: Option<Arc<Acl>>,
+    principal: String,
+}
+
+/// Everything allowed (no ACL file): tests, tools and listeners without `--acl`.
+pub static ALLOW_ALL: Authz = Authz {
+    acl: None,
+    principal: String::new(),
+};
+
+impl Authz {
+    /// `principal` under `acl`.
+    pub fn new(acl: Option<Arc<Acl>>, principal: String) -> Self {
+        Authz { acl, principal }
+    }
+
+    /// The principal (`User:name`).
+    pub fn principal(&self) -> &str {
+        &self.principal
+    }
+
+    /// Whether the principal may describe and read `topic`.
+    pub fn topic(&self, topic: &str) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|a| a.topic(&self.principal, topic))
+    }
+
+    /// Whether the principal may use consumer group `group`.
+    pub fn group(&self, group: &str) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|a| a.group(&self.principal, group))
+    }
+}
