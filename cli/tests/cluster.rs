@@ -9,12 +9,12 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{call, in_client_ns, wait_listening, Gateway, KXGW};
+use common::{call, in_client_ns, Gateway, KXGW};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::*;
@@ -60,31 +60,8 @@ fn require(cmd: &str, what: &str) {
 }
 
 fn serve(net: &TestNet, work: &Path, name: &str, listen: &str, args: &[String]) -> Gateway {
-    let stderr = work.join(format!("{name}.log"));
-    let ctl = work.join(format!("{name}.sock"));
-    let addr: SocketAddr = listen.parse().unwrap();
-    let child = net
-        .gw_command(KXGW)
-        .args(["serve", "--kafka-listen", listen, "--control-socket"])
-        .arg(&ctl)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("spawning kxgw serve");
-    let gw = Gateway {
-        child: KillOnDrop(child),
-        stderr,
-        addr,
-        ctl,
-    };
-    assert!(
-        wait_listening(net, addr),
-        "{name} never listened:\n{}",
-        gw.log()
-    );
-    gw
+    let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    Gateway::spawn(net, work, name, name, listen.parse().unwrap(), &args)
 }
 
 struct Cluster {

@@ -108,17 +108,37 @@ impl Gateway {
     /// Starts `kxgw serve` with extra arguments; waits until the Kafka port accepts.
     pub fn start_with(net: &TestNet, dir: &Path, work: &Path, extra: &[&str]) -> Gateway {
         let n = std::fs::read_dir(work).map(|d| d.count()).unwrap_or(0);
-        let stderr = work.join(format!("serve-{n}.log"));
-        let ctl = work.join(format!("ctl-{n}.sock"));
         let addr: SocketAddr = format!("{GW_ADDR}:9092").parse().unwrap();
+        let mut args = vec![std::ffi::OsString::from("--log-dir"), dir.into()];
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        Self::spawn(
+            net,
+            work,
+            &format!("serve-{n}"),
+            &format!("ctl-{n}"),
+            addr,
+            &args,
+        )
+    }
+
+    /// Starts `kxgw serve --kafka-listen addr` with `args` in the gateway namespace, logging
+    /// to `work/<log>.log`, controlled at `work/<ctl>.sock`; waits until the port accepts.
+    pub fn spawn(
+        net: &TestNet,
+        work: &Path,
+        log: &str,
+        ctl: &str,
+        addr: SocketAddr,
+        args: &[std::ffi::OsString],
+    ) -> Gateway {
+        let stderr = work.join(format!("{log}.log"));
+        let ctl = work.join(format!("{ctl}.sock"));
         let child = net
             .gw_command(KXGW)
-            .args(["serve", "--log-dir"])
-            .arg(dir)
-            .args(["--kafka-listen", &addr.to_string()])
+            .args(["serve", "--kafka-listen", &addr.to_string()])
             .arg("--control-socket")
             .arg(&ctl)
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -131,7 +151,7 @@ impl Gateway {
             ctl,
         };
         let ready = wait_listening(net, addr);
-        assert!(ready, "kxgw serve never listened:\n{}", gw.log());
+        assert!(ready, "kxgw serve {log} never listened:\n{}", gw.log());
         gw
     }
 

@@ -143,13 +143,14 @@ pub fn evaluate(
                 parts.push(pd);
                 continue;
             }
-            let p = match ctx.readable(name, fp.partition) {
-                Ok(p) => p,
-                Err(e) => {
-                    any_error = true;
-                    parts.push(error_partition(fp.partition, e.code()));
-                    continue;
-                }
+            // Authorized above: look the partition up without checking again.
+            let Some(p) = ctx.log.partition(name, fp.partition) else {
+                any_error = true;
+                parts.push(error_partition(
+                    fp.partition,
+                    ResponseError::UnknownTopicOrPartition.code(),
+                ));
+                continue;
             };
             let epoch = p.leader_epoch();
             if let Some(e) = check_current_epoch(fp.current_leader_epoch, epoch) {

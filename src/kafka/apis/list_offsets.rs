@@ -28,9 +28,8 @@ fn lookup(ctx: &Ctx, topic: &str, partition: i32, ts: i64, committed: bool) -> (
     if ctx.led_elsewhere(topic, partition).is_some() {
         return (ResponseError::NotLeaderOrFollower.code(), -1, -1);
     }
-    let p = match ctx.readable(topic, partition) {
-        Ok(p) => p,
-        Err(e) => return (e.code(), -1, -1),
+    let Some(p) = ctx.log.partition(topic, partition) else {
+        return (ResponseError::UnknownTopicOrPartition.code(), -1, -1);
     };
     lookup_in(&p, ts, committed)
 }
@@ -75,14 +74,11 @@ fn partition_answer(
             .with_timestamp(-1)
             .with_offset(-1);
     }
-    let p = match ctx.readable(topic, req.partition_index) {
-        Ok(p) => p,
-        Err(e) => {
-            return r
-                .with_error_code(e.code())
-                .with_timestamp(-1)
-                .with_offset(-1)
-        }
+    let Some(p) = ctx.log.partition(topic, req.partition_index) else {
+        return r
+            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+            .with_timestamp(-1)
+            .with_offset(-1);
     };
     let epochs = p.leader_epochs();
     if let Some(e) = check_current_epoch(req.current_leader_epoch, epochs.latest()) {
