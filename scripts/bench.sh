@@ -222,7 +222,7 @@ gw_cmd() { # path fs
 # Bind mode and TX strategy an AF_XDP gateway reported in its log.
 xdp_mode_of() {
   local bind tx
-  bind=$(grep -oE 'bound in [a-z-]+ mode' "$1" | head -1 | awk '{print $3}' || true)
+  bind=$(grep -oE 'bound (zero-copy|copy) (single|multi)-buffer' "$1" | head -1 | sed 's/^bound //' || true)
   tx=$(grep -oE 'TX strategy [a-z]+( \([^)]*\))?' "$1" | head -1 | sed 's/^TX strategy //' || true)
   local pages=
   if [ "$tx" = sg ] && grep -q "fetch endpoint" "$1"; then
@@ -443,8 +443,9 @@ ELAPSED=$(( $(date +%s) - T_START ))
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
-XDP_BIND=$(cat "$WORK"/*xdp*.log 2>/dev/null | grep -oE 'bound in [a-z-]+ mode' | awk '{print $3}' | sort | uniq -c | sort -rn |
-  awk '{printf "%s%s (%s gateway starts)", (NR > 1 ? ", " : ""), $2, $1}' || true)
+XDP_BIND=$(cat "$WORK"/*xdp*.log 2>/dev/null | grep -oE 'bound (zero-copy|copy) (single|multi)-buffer' |
+  sed 's/^bound //' | sort | uniq -c | sort -rn |
+  awk '{n = $1; $1 = ""; sub(/^ /, ""); printf "%s%s (%s gateway starts)", (NR > 1 ? ", " : ""), $0, n}' || true)
 mkdir -p "$OUT"
 STAMP=$(date -u +%Y-%m-%d)
 BASE=$OUT/$STAMP-mtu$MTU
