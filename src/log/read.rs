@@ -310,7 +310,11 @@ mod tests {
             assert_eq!(s.base_offset, i as i64 * 3);
             assert_eq!(r.header(p as u64).unwrap().base_offset, i as i64 * 3);
             if i > 0 {
-                assert_eq!(r.buf.len(), BATCH_HEADER_LEN, "batch {i}: read more than its header");
+                assert_eq!(
+                    r.buf.len(),
+                    BATCH_HEADER_LEN,
+                    "batch {i}: read more than its header"
+                );
             }
         }
     }
