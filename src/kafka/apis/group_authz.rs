@@ -13,7 +13,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::*;
 
-use super::groups::{decode, encode, Answer, GroupError};
+use super::group_codec::{decode, encode, Answer, GroupError};
 use super::Ctx;
 use crate::kafka::stats::inc;
 

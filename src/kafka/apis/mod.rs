@@ -5,6 +5,7 @@ pub mod api_versions;
 pub mod fetch;
 pub mod group_admin;
 pub mod group_authz;
+mod group_codec;
 pub mod group_offsets;
 pub mod groups;
 pub mod list_offsets;
