@@ -2,6 +2,7 @@
 //! (sans-I/O: no sockets here, only the log).
 
 pub mod api_versions;
+pub mod error_response;
 pub mod fetch;
 pub mod group_admin;
 pub mod group_authz;
