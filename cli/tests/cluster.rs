@@ -236,6 +236,15 @@ fn partition_bytes(dir: &Path, p: i32) -> u64 {
         .sum()
 }
 
+/// The record bytes of the partitions broker `n` leads (partition p is led by p % 3), in its
+/// log dir `dir`.
+fn led_bytes(dir: &Path, n: usize) -> u64 {
+    (0..PARTITIONS)
+        .filter(|p| p % 3 == n as i32)
+        .map(|p| partition_bytes(dir, p))
+        .sum()
+}
+
 #[test]
 fn stock_clients_at_one_sidecar_read_every_partition_from_the_sidecar_beside_its_leader() {
     require("command -v kcat", "kcat");
@@ -259,10 +268,7 @@ fn stock_clients_at_one_sidecar_read_every_partition_from_the_sidecar_beside_its
     }
     // After kcat alone: each sidecar sent (at least) its two partitions' bytes, and only those.
     for (n, s) in c.sidecars.iter().enumerate() {
-        let led: u64 = (0..PARTITIONS)
-            .filter(|p| p % 3 == n as i32)
-            .map(|p| partition_bytes(&c.dirs[n], p))
-            .sum();
+        let led = led_bytes(&c.dirs[n], n);
         let sent = sendfile_bytes(s);
         assert!(
             sent >= led && sent <= led + led / 2,
@@ -293,10 +299,7 @@ fn stock_clients_at_one_sidecar_read_every_partition_from_the_sidecar_beside_its
     }
     // Three clients read each partition: three times its bytes, from its leader's sidecar.
     for (n, s) in c.sidecars.iter().enumerate() {
-        let led: u64 = (0..PARTITIONS)
-            .filter(|p| p % 3 == n as i32)
-            .map(|p| partition_bytes(&c.dirs[n], p))
-            .sum();
+        let led = led_bytes(&c.dirs[n], n);
         let sent = sendfile_bytes(s);
         assert!(
             sent >= 3 * led && sent <= 3 * led + led,

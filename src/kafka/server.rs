@@ -107,17 +107,7 @@ impl KafkaListener {
     /// Binds, registers the log-append hook and starts the event loop thread.
     pub fn start(cfg: KafkaConfig, log: Arc<LogDir>) -> Result<KafkaListener> {
         raise_fd_limit();
-        // Cluster mode: the cluster coordinates groups; the embedded coordinator stays off
-        // (group requests are forwarded before they could reach it).
-        let groups = Arc::new(
-            match cfg.state_dir.as_ref().filter(|_| cfg.cluster.is_none()) {
-                Some(dir) => {
-                    super::group::store::check_state_dir(dir, log.path())?;
-                    Groups::open(cfg.groups.clone(), dir)?
-                }
-                None => Groups::in_memory(cfg.groups.clone()),
-            },
-        );
+        let groups = Arc::new(open_groups(&cfg, &log)?);
         let mut listeners = Vec::new();
         for (addr, sec) in
             std::iter::once((cfg.listen, cfg.security.clone())).chain(cfg.extra.clone())
@@ -127,28 +117,7 @@ impl KafkaListener {
             listeners.push((l, local, sec));
         }
         let local_addr = listeners[0].1;
-        let host = match &cfg.advertised_host {
-            Some(h) => h.clone(),
-            None if local_addr.ip().is_unspecified() => {
-                // As a Kafka broker without advertised.listeners: the host name.
-                let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_string())
-                    .ok()
-                    .filter(|h| !h.is_empty())
-                    .with_context(|| {
-                        format!(
-                            "listening on {local_addr} with no host name to advertise: \
-                             give --advertised-host"
-                        )
-                    })?;
-                log::warn!(
-                    "listening on {local_addr}: advertising host name {name:?} to clients \
-                     (set --advertised-host if they cannot resolve it)"
-                );
-                name
-            }
-            None => local_addr.ip().to_string(),
-        };
+        let host = advertised_host(cfg.advertised_host.as_deref(), local_addr)?;
         let extra_addrs: Vec<SocketAddr> = listeners[1..].iter().map(|l| l.1).collect();
         let listeners: Vec<Listening> = listeners
             .into_iter()
@@ -165,18 +134,7 @@ impl KafkaListener {
             .collect();
         let poll = Poll::new().context("creating epoll instance")?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating waker")?);
-        let appended = Arc::new(Mutex::new(HashSet::new()));
-        {
-            let waker = Arc::clone(&waker);
-            let appended = Arc::clone(&appended);
-            log.on_append(Box::new(move |p| {
-                if let Ok(mut set) = appended.lock() {
-                    set.insert((p.topic().to_string(), p.partition()));
-                }
-                // The loop may have ended; a failed wake then has nobody to tell.
-                let _ = waker.wake();
-            }));
-        }
+        let appended = watch_appends(&log, &waker);
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut el = EventLoop {
@@ -270,6 +228,62 @@ impl KafkaListener {
             }
         }
     }
+}
+
+/// The group coordinator. Cluster mode: the cluster coordinates groups; the embedded
+/// coordinator stays off (group requests are forwarded before they could reach it), in memory.
+fn open_groups(cfg: &KafkaConfig, log: &LogDir) -> Result<Groups> {
+    Ok(
+        match cfg.state_dir.as_ref().filter(|_| cfg.cluster.is_none()) {
+            Some(dir) => {
+                super::group::store::check_state_dir(dir, log.path())?;
+                Groups::open(cfg.groups.clone(), dir)?
+            }
+            None => Groups::in_memory(cfg.groups.clone()),
+        },
+    )
+}
+
+/// The host advertised in Metadata: `--advertised-host`, else the listen address, else (on a
+/// wildcard address, as a Kafka broker without advertised.listeners) the host name.
+fn advertised_host(configured: Option<&str>, local_addr: SocketAddr) -> Result<String> {
+    Ok(match configured {
+        Some(h) => h.to_string(),
+        None if local_addr.ip().is_unspecified() => {
+            let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .with_context(|| {
+                    format!(
+                        "listening on {local_addr} with no host name to advertise: \
+                         give --advertised-host"
+                    )
+                })?;
+            log::warn!(
+                "listening on {local_addr}: advertising host name {name:?} to clients \
+                 (set --advertised-host if they cannot resolve it)"
+            );
+            name
+        }
+        None => local_addr.ip().to_string(),
+    })
+}
+
+/// The partitions appended to since the loop last looked; the log's append hook fills it and
+/// wakes the loop.
+fn watch_appends(log: &LogDir, waker: &Arc<Waker>) -> Arc<Mutex<HashSet<(String, i32)>>> {
+    let appended = Arc::new(Mutex::new(HashSet::new()));
+    let waker = Arc::clone(waker);
+    let set = Arc::clone(&appended);
+    log.on_append(Box::new(move |p| {
+        if let Ok(mut set) = set.lock() {
+            set.insert((p.topic().to_string(), p.partition()));
+        }
+        // The loop may have ended; a failed wake then has nobody to tell.
+        let _ = waker.wake();
+    }));
+    appended
 }
 
 impl Drop for KafkaListener {

@@ -228,11 +228,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 records,
                 timeout: Duration::from_secs(timeout_secs),
             };
-            let t = fetch_load::run(&cfg)?;
-            println!(
-                "{}",
-                t.to_json(&format!(",\"consumers\":{}", cfg.consumers))
-            );
+            print_load(fetch_load::run(&cfg)?, cfg.consumers);
         }
         Tool::KafkaLoad {
             bootstrap,
@@ -254,11 +250,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 version: fetch_version,
                 verify: !no_verify,
             };
-            let t = load::run(&cfg)?;
-            println!(
-                "{}",
-                t.to_json(&format!(",\"consumers\":{}", cfg.consumers))
-            );
+            print_load(load::run(&cfg)?, cfg.consumers);
         }
         Tool::TailProduce {
             log_dir,
@@ -286,6 +278,11 @@ fn run(args: Args) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A load run's JSON line.
+fn print_load(t: bench::Throughput, consumers: usize) {
+    println!("{}", t.to_json(&format!(",\"consumers\":{consumers}")));
 }
 
 fn report_delays(d: &mut [u64], wanted: usize) -> Result<()> {
