@@ -116,6 +116,7 @@ pub fn handle(
             }
         }
     }
+    authorized_operations(&mut topics, version, req.include_topic_authorized_operations);
     let brokers: Vec<MetadataResponseBroker> = ctx
         .node
         .brokers()
@@ -147,4 +148,18 @@ pub fn handle(
         version,
         &[],
     )
+}
+
+/// v8+: each served topic's operations the principal may perform (Describe and Read: the
+/// topics listed are the ones it may read; the gateway takes no writes), when asked; else
+/// INT32_MIN, as a broker answers (clients decode the bits only when they asked).
+fn authorized_operations(topics: &mut [MetadataResponseTopic], version: i16, asked: bool) {
+    use crate::kafka::upstream::authz::{DESCRIBE_BIT, READ_BIT};
+    for t in topics.iter_mut().filter(|_| version >= 8) {
+        t.topic_authorized_operations = if asked && t.error_code == 0 {
+            READ_BIT | DESCRIBE_BIT
+        } else {
+            i32::MIN
+        };
+    }
 }

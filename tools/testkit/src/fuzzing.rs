@@ -138,6 +138,7 @@ fn fuzz_security() -> kxgw::kafka::auth::Security {
     Security {
         sasl: Some(Arc::new(SaslConfig::new(users))),
         acl: Some(Arc::new(acl)),
+        relay: None,
     }
 }
 
