@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use kxgw::kafka::auth::scram::ScramHash;
 use kxgw::kafka::auth::{Acl, Mechanism, SaslConfig, Security, Users};
-use kxgw::kafka::upstream::authz::AuthzCache;
 use kxgw::kafka::upstream::login::UpstreamLogin;
+use kxgw::kafka::upstream::relay::RelayConfig;
 
 /// A SASL mechanism of the gateway's own login to the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -114,9 +114,9 @@ impl SecurityArgs {
             );
         }
         let sasl = self.kafka_listen_sasl.map(|addr| {
-            let cache = AuthzCache::new(Duration::from_millis(self.authz_cache_ms));
+            let relay = RelayConfig::new(Duration::from_millis(self.authz_cache_ms));
             let sec = Security {
-                relay: Some(Arc::new(cache)),
+                relay: Some(Arc::new(relay)),
                 ..Security::default()
             };
             (addr, sec)

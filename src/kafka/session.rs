@@ -146,7 +146,7 @@ impl Session {
             self.acl.clone(),
             super::auth::ANONYMOUS.to_string(),
         ));
-        self.relay = sec.relay.clone().map(Relay::new);
+        self.relay = sec.relay.clone().map(|c| Relay::new(c, peer));
     }
 
     /// The connection's principal (`User:ANONYMOUS` until authenticated).

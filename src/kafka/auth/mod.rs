@@ -71,7 +71,7 @@ pub struct Security {
     pub acl: Option<Arc<Acl>>,
     /// Cluster mode's SASL listener: the exchange is relayed to the cluster (no local users)
     /// and topic reads are authorized by the cluster, through this cache.
-    pub relay: Option<Arc<crate::kafka::upstream::authz::AuthzCache>>,
+    pub relay: Option<Arc<crate::kafka::upstream::relay::RelayConfig>>,
 }
 
 impl std::fmt::Debug for Security {

@@ -4,14 +4,17 @@
 //! principal from the exchange (PLAIN's authcid, SCRAM client-first's `n=`), and only once
 //! the cluster answered success; until then only ApiVersions and SASL are allowed (others
 //! close the connection, as a broker does). A failure is passed to the client as the broker
-//! sent it, counted, and the connection closes.
+//! sent it, counted, and the connection closes. Failed logins are rate-limited per client
+//! address here too (before they reach the cluster, where they all come from the gateway's
+//! own address): an address out of tokens is refused without its token being relayed.
 //!
 //! Once authenticated, a request served locally waits until the cluster has said whether the
 //! principal may read its topics ([`super::authz`]), asked on the same upstream connection,
 //! so responses keep the request order and no other connection waits.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::error::ResponseError as E;
@@ -24,6 +27,7 @@ use kafka_protocol::protocol::Decodable;
 use super::authz::{self, AuthzCache};
 use super::forward::Observed;
 use crate::kafka::apis::{sb, Ctx};
+use crate::kafka::auth::limiter::FailLimiter;
 use crate::kafka::auth::scram;
 use crate::kafka::auth::ReadAuthority;
 use crate::kafka::chunk::{encode_response, Chunk};
@@ -31,6 +35,25 @@ use crate::kafka::stats::inc;
 
 /// The mechanisms whose principal the gateway can learn from the exchange.
 pub const MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+/// A relaying listener's settings, shared by its connections.
+#[derive(Debug)]
+pub struct RelayConfig {
+    /// The cluster's answers about topic reads.
+    pub cache: Arc<AuthzCache>,
+    /// Logins the cluster refused, per client address.
+    limiter: Mutex<FailLimiter>,
+}
+
+impl RelayConfig {
+    /// Answers trusted for `ttl`; failed logins limited as on a standalone SASL listener.
+    pub fn new(ttl: Duration) -> Self {
+        RelayConfig {
+            cache: Arc::new(AuthzCache::new(ttl)),
+            limiter: Mutex::new(FailLimiter::new(Default::default())),
+        }
+    }
+}
 
 /// Why the connection must close.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +102,9 @@ enum Expect {
 
 /// One client connection's relay state.
 pub struct Relay {
+    cfg: Arc<RelayConfig>,
     cache: Arc<AuthzCache>,
+    peer: Option<IpAddr>,
     mechanism: Option<&'static str>,
     tokens: u32,
     claimed: Option<String>,
@@ -101,10 +126,12 @@ fn plain_user(token: &[u8]) -> Option<String> {
 }
 
 impl Relay {
-    /// A fresh connection whose reads are authorized through `cache`.
-    pub fn new(cache: Arc<AuthzCache>) -> Self {
+    /// A fresh connection from `peer` (None: not rate-limited, e.g. tests and fuzzing).
+    pub fn new(cfg: Arc<RelayConfig>, peer: Option<IpAddr>) -> Self {
         Relay {
-            cache,
+            cache: Arc::clone(&cfg.cache),
+            cfg,
+            peer,
             mechanism: None,
             tokens: 0,
             claimed: None,
@@ -136,7 +163,7 @@ impl Relay {
             return match ApiKey::try_from(raw_key) {
                 Ok(ApiKey::ApiVersions) => Ok(Intercept::Pass),
                 Ok(ApiKey::SaslHandshake) => self.handshake(ctx, frame, version),
-                Ok(ApiKey::SaslAuthenticate) => self.token(frame, version),
+                Ok(ApiKey::SaslAuthenticate) => self.token(ctx, frame, version, now),
                 Ok(k) => {
                     inc(&ctx.stats.auth.unauthenticated_request);
                     Err(RelayError::Unauthenticated(k))
@@ -206,13 +233,34 @@ impl Relay {
         Ok(Intercept::Forward)
     }
 
-    fn token(&mut self, frame: &Bytes, version: i16) -> Result<Intercept, RelayError> {
+    fn token(
+        &mut self,
+        ctx: &Ctx,
+        frame: &Bytes,
+        version: i16,
+        now: Instant,
+    ) -> Result<Intercept, RelayError> {
         let Some(m) = self.mechanism else {
             // No handshake: the cluster answers ILLEGAL_SASL_STATE.
             return Ok(Intercept::Forward);
         };
         let mut b = Self::body(frame, ApiKey::SaslAuthenticate, version)?;
         let req = SaslAuthenticateRequest::decode(&mut b, version).map_err(bad)?;
+        if self.tokens == 0 && !self.allowed(now) {
+            inc(&ctx.stats.auth.rate_limited);
+            log::info!("kafka: SASL login from {:?} rate-limited, not relayed", self.peer);
+            let cid = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+            let body = SaslAuthenticateResponse::default()
+                .with_error_code(E::SaslAuthenticationFailed.code())
+                .with_error_message(Some(sb(
+                    "Authentication failed: too many failed authentications from this \
+                     address, try later",
+                )));
+            let hv = ApiKey::SaslAuthenticate.response_header_version(version);
+            let chunks =
+                encode_response("SaslAuthenticate", cid, hv, &body, version, &[]).map_err(bad)?;
+            return Ok(Intercept::Refuse(chunks));
+        }
         self.tokens += 1;
         if self.tokens == 1 {
             self.claimed = if m == "PLAIN" {
@@ -223,6 +271,23 @@ impl Relay {
         }
         self.expect = Some(Expect::Token);
         Ok(Intercept::Forward)
+    }
+
+    fn allowed(&self, now: Instant) -> bool {
+        let Some(ip) = self.peer else {
+            return true;
+        };
+        self.cfg
+            .limiter
+            .lock()
+            .map(|l| l.allowed(ip, now))
+            .unwrap_or(true)
+    }
+
+    fn failed(&self, now: Instant) {
+        if let (Some(ip), Ok(mut l)) = (self.peer, self.cfg.limiter.lock()) {
+            l.failed(ip, now);
+        }
     }
 
     /// The cluster's answer to what [`Relay::intercept`] had forwarded or asked.
@@ -253,6 +318,7 @@ impl Relay {
                 let r = SaslAuthenticateResponse::decode(&mut b, seen.version).map_err(bad)?;
                 if r.error_code != 0 {
                     inc(&ctx.stats.auth.failed_upstream);
+                    self.failed(now);
                     log::info!(
                         "kafka: the cluster refused the SASL login of {:?}: error {} {:?}",
                         self.claimed,

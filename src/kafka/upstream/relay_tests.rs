@@ -11,7 +11,8 @@ use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
-use super::authz::{AuthzCache, READ_BIT};
+use super::authz::READ_BIT;
+use super::relay::RelayConfig;
 use super::session_tests::{fetch, harness, upstream_answers};
 use crate::kafka::auth::Security;
 use crate::kafka::session::SessionError;
@@ -22,7 +23,7 @@ const TTL: Duration = Duration::from_millis(500);
 fn relayed() -> (Harness, tempfile::TempDir) {
     let (mut h, _view, dir) = harness();
     let sec = Security {
-        relay: Some(Arc::new(AuthzCache::new(TTL))),
+        relay: Some(Arc::new(RelayConfig::new(TTL))),
         ..Security::default()
     };
     h.session.secure(&sec, None);
@@ -171,4 +172,40 @@ fn a_refused_login_is_passed_on_as_the_cluster_sent_it_and_closes() {
     assert!(h.session.is_closing());
     assert_eq!(h.session.principal(), "User:ANONYMOUS");
     assert_eq!(h.stats.auth.failed_upstream.load(Relaxed), 1);
+}
+
+#[test]
+fn refused_logins_are_rate_limited_per_client_address_before_reaching_the_cluster() {
+    let (mut h, _d) = relayed();
+    let cfg = Arc::new(RelayConfig::new(TTL));
+    let sec = Security {
+        relay: Some(Arc::clone(&cfg)),
+        ..Security::default()
+    };
+    let ip: std::net::IpAddr = "198.18.0.7".parse().unwrap();
+    let now = Instant::now();
+    let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+    let token = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"\0a\0x"));
+    for attempt in 0..11 {
+        h.session = crate::kafka::session::Session::new(1 << 20);
+        h.session.secure(&sec, Some(ip));
+        send(&mut h, ApiKey::SaslHandshake, 1, &hs, now);
+        upstream_answers(&mut h, ApiKey::SaslHandshake, 1, &SaslHandshakeResponse::default());
+        h.step(now).unwrap();
+        h.session.receive(&request(ApiKey::SaslAuthenticate, 2, 7, &token));
+        let out = h.step(now).unwrap();
+        if attempt < 10 {
+            assert!(out.is_empty(), "relayed");
+            let resp = SaslAuthenticateResponse::default().with_error_code(58);
+            upstream_answers(&mut h, ApiKey::SaslAuthenticate, 2, &resp);
+            h.step(now).unwrap();
+        } else {
+            let r: SaslAuthenticateResponse = decode_response(ApiKey::SaslAuthenticate, 2, 7, &out);
+            assert_eq!(r.error_code, 58);
+            assert!(h.session.forwarder().outbound().is_empty(), "not relayed");
+        }
+        assert!(h.session.is_closing());
+    }
+    assert_eq!(h.stats.auth.failed_upstream.load(Relaxed), 10);
+    assert_eq!(h.stats.auth.rate_limited.load(Relaxed), 1);
 }
