@@ -55,7 +55,12 @@ pub struct SecurityArgs {
     #[arg(long, value_name = "FILE", requires = "upstream_sasl_user")]
     pub upstream_sasl_password_file: Option<PathBuf>,
     /// SASL mechanism of --upstream-sasl-user.
-    #[arg(long, value_enum, value_name = "MECHANISM", default_value = "SCRAM-SHA-256")]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MECHANISM",
+        default_value = "SCRAM-SHA-256"
+    )]
     pub upstream_sasl_mechanism: UpstreamMechanism,
 }
 
@@ -91,9 +96,9 @@ impl SecurityArgs {
                 Some((*addr, sec))
             }
             (None, Some(_)) => bail!("--sasl-users needs a SASL listener: --kafka-listen-sasl"),
-            (Some(_), None) => bail!(
-                "--kafka-listen-sasl needs --sasl-users FILE (written by `kxgw users add`)"
-            ),
+            (Some(_), None) => {
+                bail!("--kafka-listen-sasl needs --sasl-users FILE (written by `kxgw users add`)")
+            }
             (None, None) => None,
         };
         Ok((plain, sasl))
@@ -133,7 +138,8 @@ impl SecurityArgs {
 
     /// Cluster mode: the gateway's own login, if given.
     pub fn upstream_login(&self) -> Result<Option<UpstreamLogin>> {
-        let (Some(user), Some(file)) = (&self.upstream_sasl_user, &self.upstream_sasl_password_file)
+        let (Some(user), Some(file)) =
+            (&self.upstream_sasl_user, &self.upstream_sasl_password_file)
         else {
             return Ok(None);
         };

@@ -213,11 +213,23 @@ fn sasl_plaintext_and_acl_with_confluent_kafka_and_kafka_python() {
     // kafka-python's admin client decodes the authorized operations it asks Metadata for.
     let out = net
         .client_command("timeout")
-        .args(["60", "python3", PY_DESCRIBE, &sasl.to_string(), "PLAIN", "alice", ALICE, "t"])
+        .args([
+            "60",
+            "python3",
+            PY_DESCRIBE,
+            &sasl.to_string(),
+            "PLAIN",
+            "alice",
+            ALICE,
+            "t",
+        ])
         .output()
         .expect("running python3");
     assert!(out.status.success(), "describe_topics: {}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "t\t0\tDESCRIBE,READ\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "t\t0\tDESCRIBE,READ\n"
+    );
     // The PLAINTEXT listener still runs, under the same ACL: anonymous reads nothing.
     let out = python(&net, "confluent", gw.addr, "t", ("-", "-", "-"), 15);
     assert!(

@@ -33,7 +33,8 @@ const PY_SASL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/sasl_consum
 /// the sidecars' own user.
 const ALICE: &str = "alice-secret";
 const SECRET: &str = "secret";
-const ACL: &str = "[[allow]]\nprincipal = \"User:alice\"\ntopics = [\"orders\"]\ngroups = [\"*\"]\n\
+const ACL: &str =
+    "[[allow]]\nprincipal = \"User:alice\"\ntopics = [\"orders\"]\ngroups = [\"*\"]\n\
                    [[allow]]\nprincipal = \"User:kxgw\"\ntopics = [\"*\"]\n";
 const REVOKED: &str = "[[allow]]\nprincipal = \"User:kxgw\"\ntopics = [\"*\"]\n";
 /// The sidecars' --authz-cache-ms in the secured cluster.
@@ -157,7 +158,11 @@ impl Cluster {
             ]);
             args.extend(["--group-initial-rebalance-delay-ms".into(), "500".into()]);
             // Secured: the sidecars reach the brokers' SASL listeners, which list each other.
-            let peer_addr = if secured { broker_sasl_addr } else { broker_addr };
+            let peer_addr = if secured {
+                broker_sasl_addr
+            } else {
+                broker_addr
+            };
             for m in (0..3).filter(|&m| m != n) {
                 args.extend(["--peer".into(), format!("{m}={}", peer_addr(m))]);
             }
@@ -180,7 +185,11 @@ impl Cluster {
             let mut args: Vec<String> =
                 vec!["--log-dir".into(), dirs[n as usize].display().to_string()];
             // The local broker first, then the rest of the cluster's bootstrap servers.
-            let upstream_addr = if secured { broker_sasl_addr } else { broker_addr };
+            let upstream_addr = if secured {
+                broker_sasl_addr
+            } else {
+                broker_addr
+            };
             let mut boot = vec![upstream_addr(n)];
             boot.extend((0..3).filter(|&m| m != n).map(upstream_addr));
             args.extend([
@@ -683,10 +692,23 @@ fn fetch_as_alice(net: &TestNet, addr: &str, topic: &'static str, p: i32) -> Res
     })
 }
 
-fn sasl_python(c: &Cluster, topic: &str, p: i32, count: u64, password: &str) -> std::process::Output {
+fn sasl_python(
+    c: &Cluster,
+    topic: &str,
+    p: i32,
+    count: u64,
+    password: &str,
+) -> std::process::Output {
     c.net
         .client_command("timeout")
-        .args(["90", "python3", PY_SASL, "confluent", &sidecar_addr(1), topic])
+        .args([
+            "90",
+            "python3",
+            PY_SASL,
+            "confluent",
+            &sidecar_addr(1),
+            topic,
+        ])
         .args([p.to_string(), count.to_string(), "60".into()])
         .args(["SCRAM-SHA-256", "alice", password])
         .output()
@@ -716,7 +738,12 @@ fn sasl_through_the_sidecars_is_the_clusters_login_and_the_cluster_authorizes_lo
             String::from_utf8_lossy(&out.stderr),
             c.logs()
         );
-        check_lines(&format!("confluent-kafka SCRAM p{p}"), &text, p, expected(p));
+        check_lines(
+            &format!("confluent-kafka SCRAM p{p}"),
+            &text,
+            p,
+            expected(p),
+        );
     }
     for (n, s) in c.sidecars.iter().enumerate() {
         let led: u64 = (0..PARTITIONS)
@@ -730,7 +757,10 @@ fn sasl_through_the_sidecars_is_the_clusters_login_and_the_cluster_authorizes_lo
             c.logs()
         );
         assert!(auth(s, "ok") > 0, "sidecar {n}: logins relayed");
-        assert!(auth(s, "authz_asked") > 0, "sidecar {n}: reads authorized by the cluster");
+        assert!(
+            auth(s, "authz_asked") > 0,
+            "sidecar {n}: reads authorized by the cluster"
+        );
     }
     for (n, b) in c.brokers.iter().enumerate() {
         assert_eq!(sendfile_bytes(b), 0, "broker {n} served records directly");
@@ -766,7 +796,13 @@ fn sasl_through_the_sidecars_is_the_clusters_login_and_the_cluster_authorizes_lo
     c.brokers[0].child.0.kill().unwrap();
     let _ = c.brokers[0].child.0.wait();
     let args = c.broker_args[0].clone();
-    c.brokers[0] = serve(&c.net, c._work.path(), "broker0-revoked", &broker_addr(0), &args);
+    c.brokers[0] = serve(
+        &c.net,
+        c._work.path(),
+        "broker0-revoked",
+        &broker_addr(0),
+        &args,
+    );
     let restarted = Instant::now();
     loop {
         let got = fetch_as_alice(&c.net, &sidecar_addr(0), TOPIC, 0);
@@ -781,5 +817,8 @@ fn sasl_through_the_sidecars_is_the_clusters_login_and_the_cluster_authorizes_lo
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("revocation effective {:?} after the broker restart", restarted.elapsed());
+    eprintln!(
+        "revocation effective {:?} after the broker restart",
+        restarted.elapsed()
+    );
 }

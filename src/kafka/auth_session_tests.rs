@@ -275,7 +275,11 @@ fn metadata_fills_authorized_operations_only_when_asked() {
         assert_eq!(r.topics[1].topic_authorized_operations, i32::MIN);
         let req = MetadataRequest::default().with_topics(topics(&["t"]));
         let r: MetadataResponse = h.call(ApiKey::Metadata, v, &req);
-        assert_eq!(r.topics[0].topic_authorized_operations, i32::MIN, "not asked");
+        assert_eq!(
+            r.topics[0].topic_authorized_operations,
+            i32::MIN,
+            "not asked"
+        );
         if v <= 10 {
             assert_eq!(r.cluster_authorized_operations, i32::MIN, "not asked");
             let req = req.with_include_cluster_authorized_operations(true);

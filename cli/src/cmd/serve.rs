@@ -269,8 +269,7 @@ fn start_kafka(
              would be refused (and their local reads not authorized by the cluster)"
         );
     }
-    if cluster.is_some() && security.relay.is_none() && args.security.upstream_sasl_user.is_some()
-    {
+    if cluster.is_some() && security.relay.is_none() && args.security.upstream_sasl_user.is_some() {
         bail!(
             "--upstream-sasl-user with a PLAINTEXT --kafka-listen: the cluster's listener wants \
              SASL, so clients must log in too: listen with --kafka-listen-sasl instead"

@@ -116,7 +116,11 @@ pub fn handle(
             }
         }
     }
-    authorized_operations(&mut topics, version, req.include_topic_authorized_operations);
+    authorized_operations(
+        &mut topics,
+        version,
+        req.include_topic_authorized_operations,
+    );
     let brokers: Vec<MetadataResponseBroker> = ctx
         .node
         .brokers()

@@ -154,7 +154,8 @@ pub fn requested_topics(ctx: &Ctx, frame: &Bytes) -> Option<Vec<String>> {
     if !matches!(
         key,
         ApiKey::Fetch | ApiKey::ListOffsets | ApiKey::OffsetForLeaderEpoch
-    ) || crate::kafka::apis::served_range(key).is_none_or(|(lo, hi)| version < lo || version > hi)
+    ) || crate::kafka::apis::served_range(key)
+        .is_none_or(|(lo, hi)| version < lo || version > hi)
     {
         return None;
     }

@@ -22,9 +22,9 @@ pub mod authz;
 pub mod forward;
 pub mod login;
 pub mod relay;
-pub mod rewrite;
 #[cfg(test)]
 mod relay_tests;
+pub mod rewrite;
 #[cfg(test)]
 mod session_tests;
 pub mod watch;

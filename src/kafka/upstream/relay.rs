@@ -182,9 +182,14 @@ impl Relay {
             return Ok(Intercept::Pass);
         }
         let req = authz::ask(&stale);
-        let wire =
-            crate::kafka::frame::encode_request(ApiKey::Metadata, authz::ASK_VERSION, 0, "kxgw", &req)
-                .map_err(bad)?;
+        let wire = crate::kafka::frame::encode_request(
+            ApiKey::Metadata,
+            authz::ASK_VERSION,
+            0,
+            "kxgw",
+            &req,
+        )
+        .map_err(bad)?;
         inc(&ctx.stats.auth.authz_asked);
         self.expect = Some(Expect::Ask(stale));
         self.held = Some(frame.clone());
@@ -208,10 +213,7 @@ impl Relay {
         }
         let mut b = Self::body(frame, ApiKey::SaslHandshake, version)?;
         let req = SaslHandshakeRequest::decode(&mut b, version).map_err(bad)?;
-        let Some(m) = MECHANISMS
-            .iter()
-            .find(|m| **m == req.mechanism.as_str())
-        else {
+        let Some(m) = MECHANISMS.iter().find(|m| **m == req.mechanism.as_str()) else {
             inc(&ctx.stats.auth.unsupported_mechanism);
             log::info!(
                 "kafka: SASL mechanism {:?} refused: the gateway relays only {MECHANISMS:?}",
@@ -248,7 +250,10 @@ impl Relay {
         let req = SaslAuthenticateRequest::decode(&mut b, version).map_err(bad)?;
         if self.tokens == 0 && !self.allowed(now) {
             inc(&ctx.stats.auth.rate_limited);
-            log::info!("kafka: SASL login from {:?} rate-limited, not relayed", self.peer);
+            log::info!(
+                "kafka: SASL login from {:?} rate-limited, not relayed",
+                self.peer
+            );
             let cid = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
             let body = SaslAuthenticateResponse::default()
                 .with_error_code(E::SaslAuthenticationFailed.code())

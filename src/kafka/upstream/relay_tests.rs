@@ -67,14 +67,28 @@ fn ops(name: &str, code: i16, ops: i32) -> MetadataResponse {
 }
 
 fn scram_login(h: &mut Harness, now: Instant) {
-    let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("SCRAM-SHA-256"));
+    let hs =
+        SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("SCRAM-SHA-256"));
     send(h, ApiKey::SaslHandshake, 1, &hs, now);
-    upstream_answers(h, ApiKey::SaslHandshake, 1, &SaslHandshakeResponse::default());
-    let _: SaslHandshakeResponse = decode_response(ApiKey::SaslHandshake, 1, 7, &h.step(now).unwrap());
-    for (token, reply) in [(&b"n,,n=alice,r=abc"[..], &b"r=abcdef,s=c2FsdA==,i=4096"[..]), (&b"c=biws,r=abcdef,p=eA=="[..], &b"v=eA=="[..])] {
+    upstream_answers(
+        h,
+        ApiKey::SaslHandshake,
+        1,
+        &SaslHandshakeResponse::default(),
+    );
+    let _: SaslHandshakeResponse =
+        decode_response(ApiKey::SaslHandshake, 1, 7, &h.step(now).unwrap());
+    for (token, reply) in [
+        (&b"n,,n=alice,r=abc"[..], &b"r=abcdef,s=c2FsdA==,i=4096"[..]),
+        (&b"c=biws,r=abcdef,p=eA=="[..], &b"v=eA=="[..]),
+    ] {
         let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(token));
         send(h, ApiKey::SaslAuthenticate, 2, &req, now);
-        assert_eq!(h.session.principal(), "User:ANONYMOUS", "not before the cluster says so");
+        assert_eq!(
+            h.session.principal(),
+            "User:ANONYMOUS",
+            "not before the cluster says so"
+        );
         let resp = SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from_static(reply));
         upstream_answers(h, ApiKey::SaslAuthenticate, 2, &resp);
         let r: SaslAuthenticateResponse =
@@ -95,10 +109,14 @@ fn the_login_is_relayed_and_local_reads_are_asked_then_cached_until_the_ttl() {
     upstream_answers(&mut h, ApiKey::Metadata, 9, &ops("t", 0, READ_BIT));
     let r: FetchResponse = decode_response(ApiKey::Fetch, 12, 7, &h.step(now).unwrap());
     assert_eq!(r.responses[0].partitions[0].error_code, 0);
-    assert!(r.responses[0].partitions[0].records.as_ref().is_some_and(|b| !b.is_empty()));
+    assert!(r.responses[0].partitions[0]
+        .records
+        .as_ref()
+        .is_some_and(|b| !b.is_empty()));
     assert_eq!(h.stats.auth.authz_asked.load(Relaxed), 1);
     // Within the ttl: from the cache, no round trip.
-    h.session.receive(&request(ApiKey::Fetch, 12, 7, &fetch(0, 0)));
+    h.session
+        .receive(&request(ApiKey::Fetch, 12, 7, &fetch(0, 0)));
     let r: FetchResponse = decode_response(ApiKey::Fetch, 12, 7, &h.step(now + TTL).unwrap());
     assert_eq!(r.responses[0].partitions[0].error_code, 0);
     assert!(h.session.forwarder().outbound().is_empty());
@@ -114,26 +132,46 @@ fn the_login_is_relayed_and_local_reads_are_asked_then_cached_until_the_ttl() {
     let lo = ListOffsetsRequest::default().with_topics(vec![
         list_offsets_request::ListOffsetsTopic::default()
             .with_name(TopicName(StrBytes::from_static_str("u")))
-            .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default()
-                .with_timestamp(-1)]),
+            .with_partitions(vec![
+                list_offsets_request::ListOffsetsPartition::default().with_timestamp(-1)
+            ]),
     ]);
     send(&mut h, ApiKey::ListOffsets, 4, &lo, later);
     assert_eq!(asked(&mut h), ["u"]);
     upstream_answers(&mut h, ApiKey::Metadata, 9, &ops("u", 0, 1 << 8));
-    let r: ListOffsetsResponse = decode_response(ApiKey::ListOffsets, 4, 7, &h.step(later).unwrap());
+    let r: ListOffsetsResponse =
+        decode_response(ApiKey::ListOffsets, 4, 7, &h.step(later).unwrap());
     assert_eq!(r.topics[0].partitions[0].error_code, 29);
 }
 
 #[test]
 fn before_the_cluster_accepts_only_api_versions_and_sasl_pass() {
     let (mut h, _d) = relayed();
-    let err = h.feed(&request(ApiKey::Fetch, 12, 7, &fetch(0, 0))).unwrap_err();
-    assert!(matches!(err, SessionError::Unauthenticated(ApiKey::Fetch)), "{err}");
+    let err = h
+        .feed(&request(ApiKey::Fetch, 12, 7, &fetch(0, 0)))
+        .unwrap_err();
+    assert!(
+        matches!(err, SessionError::Unauthenticated(ApiKey::Fetch)),
+        "{err}"
+    );
     assert_eq!(h.stats.auth.unauthenticated_request.load(Relaxed), 1);
     let (mut h, _d) = relayed();
-    let err = h.feed(&request(ApiKey::Metadata, 9, 7, &MetadataRequest::default())).unwrap_err();
-    assert!(matches!(err, SessionError::Unauthenticated(ApiKey::Metadata)));
-    assert!(h.session.forwarder().outbound().is_empty(), "nothing reached the cluster");
+    let err = h
+        .feed(&request(
+            ApiKey::Metadata,
+            9,
+            7,
+            &MetadataRequest::default(),
+        ))
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        SessionError::Unauthenticated(ApiKey::Metadata)
+    ));
+    assert!(
+        h.session.forwarder().outbound().is_empty(),
+        "nothing reached the cluster"
+    );
     // v0 handshakes would be followed by bare tokens: refused.
     let (mut h, _d) = relayed();
     let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
@@ -157,18 +195,29 @@ fn a_refused_login_is_passed_on_as_the_cluster_sent_it_and_closes() {
     let now = Instant::now();
     let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
     send(&mut h, ApiKey::SaslHandshake, 1, &hs, now);
-    upstream_answers(&mut h, ApiKey::SaslHandshake, 1, &SaslHandshakeResponse::default());
+    upstream_answers(
+        &mut h,
+        ApiKey::SaslHandshake,
+        1,
+        &SaslHandshakeResponse::default(),
+    );
     h.step(now).unwrap();
-    let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"\0alice\0nope"));
+    let req =
+        SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"\0alice\0nope"));
     send(&mut h, ApiKey::SaslAuthenticate, 2, &req, now);
     let resp = SaslAuthenticateResponse::default()
         .with_error_code(58)
-        .with_error_message(Some(StrBytes::from_static_str("Authentication failed: Invalid username or password")));
+        .with_error_message(Some(StrBytes::from_static_str(
+            "Authentication failed: Invalid username or password",
+        )));
     upstream_answers(&mut h, ApiKey::SaslAuthenticate, 2, &resp);
     let r: SaslAuthenticateResponse =
         decode_response(ApiKey::SaslAuthenticate, 2, 7, &h.step(now).unwrap());
     assert_eq!(r.error_code, 58);
-    assert_eq!(r.error_message.as_deref(), Some("Authentication failed: Invalid username or password"));
+    assert_eq!(
+        r.error_message.as_deref(),
+        Some("Authentication failed: Invalid username or password")
+    );
     assert!(h.session.is_closing());
     assert_eq!(h.session.principal(), "User:ANONYMOUS");
     assert_eq!(h.stats.auth.failed_upstream.load(Relaxed), 1);
@@ -190,9 +239,15 @@ fn refused_logins_are_rate_limited_per_client_address_before_reaching_the_cluste
         h.session = crate::kafka::session::Session::new(1 << 20);
         h.session.secure(&sec, Some(ip));
         send(&mut h, ApiKey::SaslHandshake, 1, &hs, now);
-        upstream_answers(&mut h, ApiKey::SaslHandshake, 1, &SaslHandshakeResponse::default());
+        upstream_answers(
+            &mut h,
+            ApiKey::SaslHandshake,
+            1,
+            &SaslHandshakeResponse::default(),
+        );
         h.step(now).unwrap();
-        h.session.receive(&request(ApiKey::SaslAuthenticate, 2, 7, &token));
+        h.session
+            .receive(&request(ApiKey::SaslAuthenticate, 2, 7, &token));
         let out = h.step(now).unwrap();
         if attempt < 10 {
             assert!(out.is_empty(), "relayed");
