@@ -780,14 +780,17 @@ fn sasl_through_the_sidecars_is_the_clusters_login_and_the_cluster_authorizes_lo
     let denied = auth(&c.sidecars[0], "denied_topic");
     assert_eq!(fetch_as_alice(&c.net, &sidecar_addr(0), SECRET, 0), Ok(29));
     assert!(auth(&c.sidecars[0], "denied_topic") > denied);
-    // A wrong password: refused by the cluster, as the broker said it, counted.
+    // A wrong password: refused by the cluster, relayed as the broker said it, counted at
+    // the sidecar (librdkafka reports it as an authentication or a transport failure,
+    // depending on when its metadata request gives up).
+    let refused = auth(&c.sidecars[1], "failed_upstream");
     let out = sasl_python(&c, TOPIC, 0, expected(0), "wrong");
     let text = String::from_utf8_lossy(&out.stdout).to_uppercase();
     assert!(
-        !out.status.success() && text.contains("AUTHENTICATION") && !text.contains("\t"),
+        !out.status.success() && text.contains("FAIL") && !text.contains('\t'),
         "wrong password: {text}"
     );
-    assert!(auth(&c.sidecars[1], "failed_upstream") > 0);
+    assert!(auth(&c.sidecars[1], "failed_upstream") > refused);
     // Revoked: broker 0 restarts with an ACL that no longer lets alice read `orders`;
     // sidecar 0 stops serving it locally once its cached answer is older than the ttl.
     assert_eq!(fetch_as_alice(&c.net, &sidecar_addr(0), TOPIC, 0), Ok(0));
