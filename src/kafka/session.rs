@@ -22,6 +22,7 @@ use super::group::{GroupConfig, Groups, WaiterId};
 use super::outq::OutQueue;
 use super::stats::inc;
 use super::upstream::forward::{ForwardError, Forwarder};
+use super::upstream::relay::{self, Relay};
 use super::upstream::rewrite;
 
 /// Stop answering requests while this many response bytes wait for the socket: a slow
@@ -101,6 +102,8 @@ pub struct Session {
     authz: Arc<Authz>,
     /// Close once the queued responses are sent (failed authentication).
     closing: bool,
+    /// Cluster mode on a SASL listener: the login relayed to the cluster, reads asked of it.
+    relay: Option<Relay>,
 }
 
 impl Session {
@@ -125,6 +128,7 @@ impl Session {
             acl: None,
             authz: Arc::new(super::auth::ALLOW_ALL.clone()),
             closing: false,
+            relay: None,
         }
     }
 
@@ -142,6 +146,7 @@ impl Session {
             self.acl.clone(),
             super::auth::ANONYMOUS.to_string(),
         ));
+        self.relay = sec.relay.clone().map(|c| Relay::new(c, peer));
     }
 
     /// The connection's principal (`User:ANONYMOUS` until authenticated).
@@ -206,7 +211,7 @@ impl Session {
     /// or `now` passed its deadline), then queued requests until one waits or the output
     /// backlog is too large. An error means the connection must be closed.
     pub fn advance(&mut self, ctx: &Ctx, now: Instant) -> Result<(), SessionError> {
-        let authz = Arc::clone(&self.authz);
+        let authz = self.authz_at(now);
         let ctx = &Ctx {
             authz: &authz,
             ..*ctx
@@ -218,7 +223,10 @@ impl Session {
             .filter(|_| self.forward.waiting())
         {
             match self.forward.take_response(view)? {
-                Some(chunks) => self.out.push(chunks),
+                Some(chunks) => {
+                    self.out.push(chunks);
+                    self.relayed(ctx, now)?;
+                }
                 None => return Ok(()),
             }
         }
@@ -232,6 +240,13 @@ impl Session {
         }
         if let Some(p) = &self.parked {
             let expired = now >= p.deadline;
+            // A waiting fetch ends under the authorization it was admitted with.
+            let wait = Duration::from_millis(p.req.max_wait_ms.max(0) as u64);
+            let authz = self.authz_at(p.deadline.checked_sub(wait).unwrap_or(now));
+            let ctx = &Ctx {
+                authz: &authz,
+                ..*ctx
+            };
             match fetch::evaluate(ctx, p.correlation_id, p.version, &p.req, expired)? {
                 fetch::Outcome::Wait => return Ok(()),
                 fetch::Outcome::Respond(chunks) => {
@@ -258,11 +273,14 @@ impl Session {
                 continue;
             }
             // A login changes the principal for the requests after it.
-            let authz = Arc::clone(&self.authz);
+            let authz = self.authz_at(now);
             let ctx = &Ctx {
                 authz: &authz,
                 ..*ctx
             };
+            if self.relay_intercepts(ctx, &frame, now)? {
+                continue;
+            }
             self.handle(ctx, frame, now)?;
         }
         Ok(())
@@ -546,6 +564,71 @@ impl Session {
         self.logged_in();
     }
 
+    /// The connection's authorization as it stands at `now` (cluster answers expire).
+    fn authz_at(&self, now: Instant) -> Arc<Authz> {
+        if self.authz.expires() {
+            Arc::new(self.authz.at(now))
+        } else {
+            Arc::clone(&self.authz)
+        }
+    }
+
+    /// Cluster mode on a SASL listener: SASL requests are relayed (and gate the rest), local
+    /// reads wait for the cluster's authorization. True when the frame was taken care of.
+    fn relay_intercepts(
+        &mut self,
+        ctx: &Ctx,
+        frame: &Bytes,
+        now: Instant,
+    ) -> Result<bool, SessionError> {
+        let Some(r) = self.relay.as_mut() else {
+            return Ok(false);
+        };
+        match r.intercept(ctx, frame, now).map_err(relay_error)? {
+            relay::Intercept::Pass => return Ok(false),
+            relay::Intercept::Forward => {
+                if let Some(v) = &ctx.node.cluster {
+                    inc(&v.stats.forwarded);
+                }
+                self.forward.send(frame, rewrite::Rewrite::Observe);
+            }
+            relay::Intercept::Ask(wire) => self.forward.send(&wire, rewrite::Rewrite::Internal),
+            relay::Intercept::Refuse(chunks) => {
+                self.out.push(chunks);
+                self.closing = true;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Cluster mode on a SASL listener: what the cluster's answer to a relayed or asked
+    /// request means for this connection.
+    fn relayed(&mut self, ctx: &Ctx, now: Instant) -> Result<(), SessionError> {
+        let Some(r) = self.relay.as_mut() else {
+            return Ok(());
+        };
+        let Some(seen) = self.forward.take_observed() else {
+            return Ok(());
+        };
+        match r.answer(ctx, seen, now).map_err(relay_error)? {
+            relay::Outcome::Continue | relay::Outcome::Asked(None) => {}
+            relay::Outcome::Failed => self.closing = true,
+            relay::Outcome::LoggedIn(p) => {
+                log::debug!("kafka {}: the cluster authenticated {p}", self.peer);
+                self.authz = Arc::new(Authz::relayed(Arc::clone(r.cache()), p, now));
+            }
+            relay::Outcome::Asked(Some(frame)) => {
+                let authz = self.authz_at(now);
+                let ctx = &Ctx {
+                    authz: &authz,
+                    ..*ctx
+                };
+                self.handle(ctx, frame, now)?;
+            }
+        }
+        Ok(())
+    }
+
     /// After a successful exchange: the requests that follow run as the new principal.
     fn logged_in(&mut self) {
         if let Some(p) = self.gate.as_ref().and_then(|g| g.principal()) {
@@ -554,6 +637,23 @@ impl Session {
                 self.authz = Arc::new(Authz::new(self.acl.clone(), p));
             }
         }
+    }
+}
+
+fn relay_error(e: relay::RelayError) -> SessionError {
+    match e {
+        relay::RelayError::Unauthenticated(k) => SessionError::Unauthenticated(k),
+        relay::RelayError::Version(v) => SessionError::UnsupportedVersion {
+            api: ApiKey::SaslHandshake,
+            version: v,
+            min: 1,
+            max: 1,
+        },
+        relay::RelayError::Bad(reason) => SessionError::BadRequest {
+            api_key: -1,
+            version: -1,
+            reason,
+        },
     }
 }
 

@@ -182,6 +182,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let cluster = match cluster {
         Some(cfg) => {
             let view = Arc::new(ClusterView::new(cfg));
+            if let Some(l) = args.security.upstream_login()? {
+                view.set_login(l);
+            }
             let w = watch::spawn(Arc::clone(&view), Arc::clone(&log))
                 .context("starting the upstream watcher")?;
             Some((view, w))
@@ -250,20 +253,26 @@ fn start_kafka(
     log: &Arc<LogDir>,
     cluster: Option<Arc<ClusterView>>,
 ) -> Result<Option<KafkaListener>> {
-    let (plain, sasl) = args.security.load()?;
+    let (plain, sasl) = args.security.load(cluster.is_some())?;
     // The first listener is the PLAINTEXT one if asked for, else the SASL one.
     let (addr, security, extra) = match (args.kafka_listen, sasl) {
         (Some(a), sasl) => (a, plain, sasl.into_iter().collect()),
         (None, Some((a, s))) => (a, s, Vec::new()),
         (None, None) => return Ok(None),
     };
-    // In cluster mode the cluster authenticates and authorizes; relaying a client's SASL
-    // exchange to it is not built yet, so a local SASL/ACL setup would bypass the cluster.
-    if cluster.is_some() && (!extra.is_empty() || security.sasl.is_some() || security.acl.is_some())
-    {
-        anyhow::bail!(
-            "--kafka-listen-sasl, --sasl-users and --acl cannot be combined with --upstream yet: \
-             in cluster mode the cluster decides who may read, and forwarding SASL to it is not built"
+    // In cluster mode each connection's forwarded requests go to the local broker's one
+    // listener: a SASL one (relayed logins) or a PLAINTEXT one, not both.
+    if cluster.is_some() && !extra.is_empty() {
+        bail!(
+            "--kafka-listen and --kafka-listen-sasl cannot both be given with --upstream: the \
+             gateway relays to the cluster's SASL listener, where PLAINTEXT clients' requests \
+             would be refused (and their local reads not authorized by the cluster)"
+        );
+    }
+    if cluster.is_some() && security.relay.is_none() && args.security.upstream_sasl_user.is_some() {
+        bail!(
+            "--upstream-sasl-user with a PLAINTEXT --kafka-listen: the cluster's listener wants \
+             SASL, so clients must log in too: listen with --kafka-listen-sasl instead"
         );
     }
     let mut cfg = KafkaConfig::new(addr, args.io.into());

@@ -116,6 +116,11 @@ pub fn handle(
             }
         }
     }
+    authorized_operations(
+        &mut topics,
+        version,
+        req.include_topic_authorized_operations,
+    );
     let brokers: Vec<MetadataResponseBroker> = ctx
         .node
         .brokers()
@@ -139,6 +144,14 @@ pub fn handle(
     if version >= 2 {
         body.cluster_id = Some(sb(&ctx.node.cluster_id));
     }
+    if (8..=10).contains(&version) {
+        // Describe (AclOperation 8) when asked: the one cluster operation a gateway grants.
+        body.cluster_authorized_operations = if req.include_cluster_authorized_operations {
+            crate::kafka::upstream::authz::DESCRIBE_BIT
+        } else {
+            i32::MIN
+        };
+    }
     encode_response(
         "Metadata",
         correlation_id,
@@ -147,4 +160,19 @@ pub fn handle(
         version,
         &[],
     )
+}
+
+/// v8+: each topic's operations the principal may perform (Describe and Read: the topics
+/// shown are the ones it may read; the gateway takes no writes), when asked; INT32_MIN when
+/// not asked and for refused topics, as a broker answers.
+fn authorized_operations(topics: &mut [MetadataResponseTopic], version: i16, asked: bool) {
+    use crate::kafka::upstream::authz::{DESCRIBE_BIT, READ_BIT};
+    let refused = ResponseError::TopicAuthorizationFailed.code();
+    for t in topics.iter_mut().filter(|_| version >= 8) {
+        t.topic_authorized_operations = if asked && t.error_code != refused {
+            READ_BIT | DESCRIBE_BIT
+        } else {
+            i32::MIN
+        };
+    }
 }

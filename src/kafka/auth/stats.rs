@@ -23,10 +23,14 @@ pub struct AuthStats {
     pub denied_topic: AtomicU64,
     /// Group requests refused with GROUP_AUTHORIZATION_FAILED.
     pub denied_group: AtomicU64,
+    /// Cluster mode: relayed SASL logins the cluster refused.
+    pub failed_upstream: AtomicU64,
+    /// Cluster mode: topic authorizations asked of the cluster (not answered from the cache).
+    pub authz_asked: AtomicU64,
 }
 
 impl AuthStats {
-    fn rows(&self) -> [(&'static str, &AtomicU64); 8] {
+    fn rows(&self) -> [(&'static str, &AtomicU64); 10] {
         [
             ("ok", &self.ok),
             ("failed_credentials", &self.failed_credentials),
@@ -36,6 +40,8 @@ impl AuthStats {
             ("unauthenticated_request", &self.unauthenticated_request),
             ("denied_topic", &self.denied_topic),
             ("denied_group", &self.denied_group),
+            ("failed_upstream", &self.failed_upstream),
+            ("authz_asked", &self.authz_asked),
         ]
     }
 

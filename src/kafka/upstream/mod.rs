@@ -10,12 +10,20 @@
 //!   FindCoordinator, DescribeCluster): broker addresses become their gateways'.
 //! - [`watch`]: the background thread learning leaders (Metadata) and the live high
 //!   watermarks (a long-poll Fetch to the local broker), feeding them into the log.
+//! - [`relay`], [`authz`]: on a SASL listener, the client's login relayed to the cluster and
+//!   its topic reads authorized by the cluster (asked, cached); [`login`]: the watcher's own
+//!   login where the cluster's listener wants SASL.
 //!
 //! Design choice: only partitions whose leader is the local broker are served; a Fetch or
 //! ListOffsets for any other partition gets NOT_LEADER_OR_FOLLOWER with the current leader,
 //! so what a consumer sees never goes past what the leader would serve.
 
+pub mod authz;
 pub mod forward;
+pub mod login;
+pub mod relay;
+#[cfg(test)]
+mod relay_tests;
 pub mod rewrite;
 #[cfg(test)]
 mod session_tests;
@@ -104,6 +112,8 @@ pub struct ClusterView {
     state: RwLock<ViewState>,
     /// The watcher's fetch session to the local broker is up (live high watermarks).
     live: AtomicBool,
+    /// The gateway's own SASL login to the cluster (`--upstream-sasl-user`), if it needs one.
+    login: std::sync::OnceLock<login::UpstreamLogin>,
     /// Counters.
     pub stats: UpstreamStats,
 }
@@ -115,6 +125,7 @@ impl ClusterView {
             cfg,
             state: RwLock::new(ViewState::default()),
             live: AtomicBool::new(false),
+            login: std::sync::OnceLock::new(),
             stats: UpstreamStats::default(),
         }
     }
@@ -122,6 +133,17 @@ impl ClusterView {
     /// The settings.
     pub fn config(&self) -> &ClusterConfig {
         &self.cfg
+    }
+
+    /// Sets the gateway's own SASL login to the cluster (before the watcher starts; a second
+    /// call changes nothing).
+    pub fn set_login(&self, l: login::UpstreamLogin) {
+        let _ = self.login.set(l);
+    }
+
+    /// The gateway's own SASL login to the cluster, if any.
+    pub fn login(&self) -> Option<&login::UpstreamLogin> {
+        self.login.get()
     }
 
     /// The gateway standing beside broker `id`, if the peer map has one.

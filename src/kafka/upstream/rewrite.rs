@@ -23,6 +23,11 @@ pub enum Rewrite {
     FindCoordinator,
     /// Broker addresses.
     DescribeCluster,
+    /// Passed through; the session sees the answer too (the SASL relay learns the outcome).
+    Observe,
+    /// The gateway's own request (a topic authorization ask): the answer goes to the session
+    /// only, the client never sees it.
+    Internal,
 }
 
 /// APIs the gateway answers itself in cluster mode (never forwarded).
@@ -54,6 +59,8 @@ pub fn route(raw_key: i16) -> Option<Rewrite> {
 fn own_range(key: ApiKey) -> Option<(i16, i16)> {
     match key {
         ApiKey::DescribeCluster => Some((0, 2)),
+        // v0 sends the tokens without Kafka headers: they could not be relayed in order.
+        ApiKey::SaslHandshake => Some((1, 1)),
         ApiKey::FindCoordinator => Some((0, 6)),
         k if LOCAL.contains(&k) || k == ApiKey::Metadata || k == ApiKey::ApiVersions => {
             served_range(k)

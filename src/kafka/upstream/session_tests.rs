@@ -19,7 +19,7 @@ use crate::log::{Isolation, LogDir};
 
 /// A log with `t`-0 and `t`-1 holding 10 one-record batches each, served by node 0 of a
 /// cluster where node 1 leads `t`-1.
-fn harness() -> (Harness, Arc<ClusterView>, tempfile::TempDir) {
+pub(super) fn harness() -> (Harness, Arc<ClusterView>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     for p in 0..2 {
         let mut w = PartitionWriter::open(dir.path(), "t", p, WriterConfig::default()).unwrap();
@@ -55,7 +55,7 @@ fn harness() -> (Harness, Arc<ClusterView>, tempfile::TempDir) {
     (h, view, dir)
 }
 
-fn fetch(p: i32, offset: i64) -> FetchRequest {
+pub(super) fn fetch(p: i32, offset: i64) -> FetchRequest {
     FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_bytes(1 << 20)
@@ -69,7 +69,7 @@ fn fetch(p: i32, offset: i64) -> FetchRequest {
 }
 
 /// Plays the upstream: answers the forwarded request waiting in the session's forwarder.
-fn upstream_answers<M: Encodable>(h: &mut Harness, key: ApiKey, v: i16, body: &M) {
+pub(super) fn upstream_answers<M: Encodable>(h: &mut Harness, key: ApiKey, v: i16, body: &M) {
     let out = std::mem::take(h.session.forwarder().outbound());
     assert!(!out.is_empty(), "a request was forwarded");
     let cid = i32::from_be_bytes([out[8], out[9], out[10], out[11]]);

@@ -96,7 +96,7 @@ fn run(view: &ClusterView, log: &LogDir, stop: &AtomicBool) {
 fn refresh_metadata(view: &ClusterView) -> Result<()> {
     let mut last = None;
     for addr in &view.config().upstream {
-        let r = Connection::connect(addr, "kxgw-upstream").and_then(|mut c| {
+        let r = super::login::connect(view, addr).and_then(|mut c| {
             c.set_timeout(IO_TIMEOUT)?;
             c.call::<_, MetadataResponse>(
                 ApiKey::Metadata,
@@ -137,8 +137,8 @@ fn session(view: &ClusterView, log: &LogDir, stop: &AtomicBool) -> Result<()> {
     let addr = view
         .local_broker()
         .context("the cluster's Metadata does not list this --node-id")?;
-    let mut conn = Connection::connect(&addr, "kxgw-upstream")
-        .with_context(|| format!("local broker {addr}"))?;
+    let mut conn =
+        super::login::connect(view, &addr).with_context(|| format!("local broker {addr}"))?;
     conn.set_timeout(IO_TIMEOUT)?;
     let mut hw =
         list_offsets(&mut conn, &parts).with_context(|| format!("ListOffsets to {addr}"))?;

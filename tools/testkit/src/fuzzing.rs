@@ -41,6 +41,8 @@ fn scratch_root() -> PathBuf {
 struct KafkaFixture {
     log: Arc<LogDir>,
     node: NodeInfo,
+    /// The same gateway in cluster mode (nothing known of the cluster).
+    cluster_node: NodeInfo,
     stats: Stats,
     security: kxgw::kafka::auth::Security,
     _dir: ScratchDir,
@@ -117,6 +119,16 @@ fn kafka_fixture() -> &'static KafkaFixture {
         KafkaFixture {
             log,
             node: NodeInfo::gateway("198.18.0.1", 9092),
+            cluster_node: NodeInfo {
+                cluster: Some(Arc::new(kxgw::kafka::upstream::ClusterView::new(
+                    kxgw::kafka::upstream::ClusterConfig {
+                        upstream: vec!["198.18.0.2:9092".into()],
+                        node_id: 0,
+                        peers: Vec::new(),
+                    },
+                ))),
+                ..NodeInfo::gateway("198.18.0.1", 9092)
+            },
             stats: Stats::default(),
             security: fuzz_security(),
             _dir: dir,
@@ -138,6 +150,7 @@ fn fuzz_security() -> kxgw::kafka::auth::Security {
     Security {
         sasl: Some(Arc::new(SaslConfig::new(users))),
         acl: Some(Arc::new(acl)),
+        relay: None,
     }
 }
 
@@ -146,22 +159,32 @@ fn fuzz_security() -> kxgw::kafka::auth::Security {
 /// materialised, as the listener would send it. Errors are expected (the listener closes the
 /// connection); panics, hangs and huge allocations are the bugs.
 pub fn kafka_request(data: &[u8]) {
-    kafka_session(data, false);
+    let f = kafka_fixture();
+    kafka_session(data, &f.node, None);
     // Again on a SASL listener with an ACL: the exchange, and refusals before and after it.
-    kafka_session(data, true);
+    kafka_session(data, &f.node, Some(&f.security));
+    // And on a cluster-mode SASL listener relaying the exchange (the gate, the relayed
+    // requests' decoding; the upstream never answers).
+    let relay = kxgw::kafka::auth::Security {
+        relay: Some(Arc::new(kxgw::kafka::upstream::relay::RelayConfig::new(
+            Duration::from_secs(5),
+        ))),
+        ..Default::default()
+    };
+    kafka_session(data, &f.cluster_node, Some(&relay));
 }
 
-fn kafka_session(data: &[u8], secure: bool) {
+fn kafka_session(data: &[u8], node: &NodeInfo, security: Option<&kxgw::kafka::auth::Security>) {
     let f = kafka_fixture();
     let ctx = Ctx {
         log: &f.log,
-        node: &f.node,
+        node,
         stats: &f.stats,
         authz: &kxgw::kafka::auth::ALLOW_ALL,
     };
     let mut s = Session::new(FUZZ_MAX_REQUEST);
-    if secure {
-        s.secure(&f.security, None);
+    if let Some(sec) = security {
+        s.secure(sec, None);
     }
     let now = Instant::now();
     // Fed in two pieces so a request split across reads is covered too.
