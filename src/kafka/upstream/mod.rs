@@ -23,7 +23,9 @@ pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::RwLock;
+use std::sync::{OnceLock, RwLock};
+
+use crate::kafka::fetch_advert::{FetchAdvert, HostPort};
 
 /// One broker's advertised endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +106,8 @@ pub struct ClusterView {
     state: RwLock<ViewState>,
     /// The watcher's fetch session to the local broker is up (live high watermarks).
     live: AtomicBool,
+    /// This gateway's fetch endpoint, advertised in the Metadata it rewrites.
+    fetch: OnceLock<HostPort>,
     /// Counters.
     pub stats: UpstreamStats,
 }
@@ -115,6 +119,7 @@ impl ClusterView {
             cfg,
             state: RwLock::new(ViewState::default()),
             live: AtomicBool::new(false),
+            fetch: OnceLock::new(),
             stats: UpstreamStats::default(),
         }
     }
@@ -122,6 +127,19 @@ impl ClusterView {
     /// The settings.
     pub fn config(&self) -> &ClusterConfig {
         &self.cfg
+    }
+
+    /// Sets the fetch endpoint this gateway advertises (once; later calls change nothing).
+    pub fn advertise_fetch(&self, endpoint: HostPort) {
+        let _ = self.fetch.set(endpoint);
+    }
+
+    /// What this gateway advertises in Metadata: its node and fetch endpoint, if it has one.
+    pub fn fetch_advert(&self) -> Option<FetchAdvert> {
+        self.fetch.get().map(|ep| FetchAdvert {
+            node_id: self.cfg.node_id,
+            endpoint: ep.clone(),
+        })
     }
 
     /// The gateway standing beside broker `id`, if the peer map has one.
