@@ -644,10 +644,17 @@ fn kxgw_consume_discover_reads_every_partition_over_udp_from_its_leaders_sidecar
     };
     // Bootstrapped at one sidecar: every partition byte-exact, each from its leader's sidecar
     // (another broker's copy holds a different record count).
-    let out = consume(&["--bootstrap", &sidecar_addr(1), "--format", "%p\t%o\t%k\t%s\n"]);
+    let out = consume(&[
+        "--bootstrap",
+        &sidecar_addr(1),
+        "--format",
+        "%p\t%o\t%k\t%s\n",
+    ]);
     let mut by_part: BTreeMap<i32, String> = BTreeMap::new();
     for line in out.lines() {
-        let (p, rest) = line.split_once('\t').expect("partition\toffset\tkey\tvalue");
+        let (p, rest) = line
+            .split_once('\t')
+            .expect("partition\toffset\tkey\tvalue");
         let text = by_part.entry(p.parse().unwrap()).or_default();
         text.push_str(rest);
         text.push('\n');
@@ -678,7 +685,10 @@ fn kxgw_consume_discover_reads_every_partition_over_udp_from_its_leaders_sidecar
     let total: u64 = (0..PARTITIONS).map(expected).sum();
     let boot = format!("{GW_ADDR}:9199,{}", sidecar_addr(2));
     let out = consume(&["--bootstrap", &boot, "--verify"]);
-    let summary = out.lines().find(|l| l.starts_with("verified ")).unwrap_or_default();
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("verified "))
+        .unwrap_or_default();
     assert!(
         summary.starts_with(&format!("verified {total} records")) && summary.ends_with("errors: 0"),
         "{out}"
@@ -691,10 +701,13 @@ fn kxgw_consume_discover_reads_every_partition_over_udp_from_its_leaders_sidecar
         );
     }
     // --partitions: only those.
-    let out = consume(&["--bootstrap", &sidecar_addr(0), "--partitions", "1,5", "--verify"]);
+    let out = consume(&[
+        "--bootstrap",
+        &sidecar_addr(0),
+        "--partitions",
+        "1,5",
+        "--verify",
+    ]);
     let want = expected(1) + expected(5);
-    assert!(
-        out.contains(&format!("verified {want} records")),
-        "{out}"
-    );
+    assert!(out.contains(&format!("verified {want} records")), "{out}");
 }

@@ -167,7 +167,10 @@ pub fn layout(resp: &MetadataResponse, topic: &str) -> Result<TopicLayout, Strin
         return Ok(out);
     };
     if t.error_code != 0 {
-        return Err(format!("topic {topic:?}: Kafka error code {}", t.error_code));
+        return Err(format!(
+            "topic {topic:?}: Kafka error code {}",
+            t.error_code
+        ));
     }
     for p in &t.partitions {
         let leader = if p.error_code == 0 { p.leader_id.0 } else { -1 };
@@ -220,7 +223,10 @@ mod tests {
         let v6 = HostPort::parse("[::1]:7878").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 7878));
         assert_eq!(v6.addr(), "[::1]:7878");
-        assert_eq!(HostPort::parse("gw.example:9").unwrap().addr(), "gw.example:9");
+        assert_eq!(
+            HostPort::parse("gw.example:9").unwrap().addr(),
+            "gw.example:9"
+        );
         for bad in ["h", ":9", "h:0", "h:x", "h:70000"] {
             assert!(HostPort::parse(bad).is_err(), "{bad}");
         }
@@ -249,7 +255,11 @@ mod tests {
         let (mut h, _d) = Harness::empty();
         let req = MetadataRequest::default().with_topics(Some(vec![]));
         let r: MetadataResponse = h.call(ApiKey::Metadata, 12, &req);
-        assert_eq!(get(&r.unknown_tagged_fields), None, "no fetch endpoint: no tag");
+        assert_eq!(
+            get(&r.unknown_tagged_fields),
+            None,
+            "no fetch endpoint: no tag"
+        );
         h.node.node_id = 2;
         h.node.fetch = Some(HostPort::parse("198.18.0.1:9302").unwrap());
         for v in [9, 12] {
@@ -283,7 +293,11 @@ mod tests {
         put(&mut r.unknown_tagged_fields, Some(&advert()));
         let l = layout(&r, "t").unwrap();
         assert_eq!(l.brokers[&2].addr(), "gw2:9102");
-        assert_eq!(l.leaders, BTreeMap::from([(0, 2), (1, -1)]), "LEADER_NOT_AVAILABLE: none");
+        assert_eq!(
+            l.leaders,
+            BTreeMap::from([(0, 2), (1, -1)]),
+            "LEADER_NOT_AVAILABLE: none"
+        );
         assert_eq!(l.advert, Some(advert()));
         assert!(layout(&r, "other").unwrap().leaders.is_empty());
         r.topics[0].error_code = 3;

@@ -46,7 +46,12 @@ pub struct Args {
     #[arg(long, requires = "bootstrap", conflicts_with_all = ["fetch", "group", "amplification_probe"])]
     pub discover: bool,
     /// With --discover: the partitions to read [default: all of --topic].
-    #[arg(long, value_name = "P[,P...]", value_delimiter = ',', requires = "discover")]
+    #[arg(
+        long,
+        value_name = "P[,P...]",
+        value_delimiter = ',',
+        requires = "discover"
+    )]
     pub partitions: Vec<i32>,
     /// First offset to read.
     #[arg(long, conflicts_with_all = ["from_beginning", "from_end"])]

@@ -8,8 +8,8 @@ use kafka_protocol::messages::{
 };
 
 use super::{Broker, ClusterView};
-use crate::kafka::fetch_advert;
 use crate::kafka::apis::{sb, served_range};
+use crate::kafka::fetch_advert;
 
 /// Which rewrite a forwarded request's response needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +83,10 @@ pub fn api_versions(resp: &mut ApiVersionsResponse) {
 /// Metadata: brokers' addresses replaced by their gateways'; leaders recorded in the view;
 /// the cluster's fetch-endpoint tag (if any) replaced by this gateway's own.
 pub fn metadata(view: &ClusterView, resp: &mut MetadataResponse) {
-    fetch_advert::put(&mut resp.unknown_tagged_fields, view.fetch_advert().as_ref());
+    fetch_advert::put(
+        &mut resp.unknown_tagged_fields,
+        view.fetch_advert().as_ref(),
+    );
     let mut brokers = Vec::new();
     for b in &mut resp.brokers {
         brokers.push(Broker {
@@ -253,7 +256,11 @@ mod tests {
         let v = view();
         let mut r = answer();
         metadata(&v, &mut r);
-        assert_eq!(get(&r.unknown_tagged_fields), None, "no endpoint here: none shown");
+        assert_eq!(
+            get(&r.unknown_tagged_fields),
+            None,
+            "no endpoint here: none shown"
+        );
         v.advertise_fetch(HostPort::parse("gw0:7100").unwrap());
         let mut r = answer();
         metadata(&v, &mut r);

@@ -231,7 +231,9 @@ fn poll_route(r: &mut Route, sink: &mut Sink<'_>, wait: Duration) -> Result<Vec<
             }
             Event::OffsetReset { from, to, sub } => {
                 let p = r.parts.get(sub).copied().unwrap_or(-1);
-                eprintln!("kxgw consume: {topic}-{p}: offset {from} out of range, continuing at {to}");
+                eprintln!(
+                    "kxgw consume: {topic}-{p}: offset {from} out of range, continuing at {to}"
+                );
             }
             Event::Connected | Event::CaughtUp { .. } => {}
         }
