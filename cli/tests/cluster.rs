@@ -5,6 +5,7 @@
 //! gateway (`--upstream`, `--node-id`, `--peer` with the sidecars' addresses) plays the
 //! sidecar. Each broker's copy of a partition it does not lead holds a different number of
 //! records, so a byte-exact read of the right count proves it came from the leader's sidecar.
+//! Every gateway also has a UDP fetch endpoint, advertised in its Metadata.
 
 mod common;
 
@@ -46,6 +47,16 @@ fn broker_addr(n: i32) -> String {
 
 fn sidecar_addr(n: i32) -> String {
     format!("{GW_ADDR}:{}", 9100 + n)
+}
+
+/// UDP fetch endpoints: the sidecars' (what `consume --discover` must find) and the brokers'
+/// (which a sidecar must not pass on as its own).
+fn sidecar_fetch_addr(n: i32) -> String {
+    format!("{GW_ADDR}:{}", 9500 + n)
+}
+
+fn broker_fetch_addr(n: i32) -> String {
+    format!("{GW_ADDR}:{}", 9400 + n)
 }
 
 /// Broker `n`'s SASL_PLAINTEXT listener (secured cluster).
@@ -157,6 +168,7 @@ impl Cluster {
                 work.path().join(format!("state{n}")).display().to_string(),
             ]);
             args.extend(["--group-initial-rebalance-delay-ms".into(), "500".into()]);
+            args.extend(["--fetch-listen".into(), broker_fetch_addr(n)]);
             // Secured: the sidecars reach the brokers' SASL listeners, which list each other.
             let peer_addr = if secured {
                 broker_sasl_addr
@@ -200,6 +212,13 @@ impl Cluster {
             ]);
             for m in 0..3 {
                 args.extend(["--peer".into(), format!("{m}={}", sidecar_addr(m))]);
+            }
+            if n == 2 {
+                // On every address, naming the one clients reach in Metadata.
+                args.extend(["--fetch-listen".into(), "0.0.0.0:9502".into()]);
+                args.extend(["--fetch-advertise".into(), sidecar_fetch_addr(n)]);
+            } else {
+                args.extend(["--fetch-listen".into(), sidecar_fetch_addr(n)]);
             }
             let name = format!("sidecar{n}");
             let Some((_, _, password)) = &files else {
@@ -827,4 +846,114 @@ fn sasl_through_the_sidecars_is_the_clusters_login_and_the_cluster_authorizes_lo
         "revocation effective {:?} after the broker restart",
         restarted.elapsed()
     );
+}
+
+/// The fetch endpoint the gateway at `addr` advertises in Metadata.
+fn advert_via(net: &TestNet, addr: &str) -> Option<(i32, String)> {
+    let addr = addr.to_string();
+    in_client_ns(net, move || {
+        let mut conn = kxgw::kafka::client::Connection::connect(&addr, "test").unwrap();
+        conn.set_timeout(Duration::from_secs(10)).unwrap();
+        let l = kxgw::kafka::fetch_advert::ask_layout(&mut conn, None).unwrap();
+        l.advert.map(|a| (a.node_id, a.endpoint.addr()))
+    })
+}
+
+fn fetch_payload(g: &Gateway) -> u64 {
+    g.metric("kxgw_fetch_payload_bytes_total")
+}
+
+#[test]
+fn kxgw_consume_discover_reads_every_partition_over_udp_from_its_leaders_sidecar() {
+    let c = Cluster::start("cludp");
+    for n in 0..3 {
+        assert_eq!(
+            advert_via(&c.net, &sidecar_addr(n)),
+            Some((n, sidecar_fetch_addr(n))),
+            "sidecar {n} advertises its own fetch endpoint, not its broker's"
+        );
+        assert_eq!(
+            advert_via(&c.net, &broker_addr(n)),
+            Some((n, broker_fetch_addr(n))),
+            "a standalone gateway advertises its fetch endpoint too"
+        );
+    }
+    let consume = |args: &[&str]| {
+        run_client(
+            &c.net,
+            "kxgw consume --discover",
+            c.net
+                .client_command(KXGW)
+                .args(["consume", "--discover", "--topic", TOPIC])
+                .args(args),
+        )
+    };
+    // Bootstrapped at one sidecar: every partition byte-exact, each from its leader's sidecar
+    // (another broker's copy holds a different record count).
+    let out = consume(&[
+        "--bootstrap",
+        &sidecar_addr(1),
+        "--format",
+        "%p\t%o\t%k\t%s\n",
+    ]);
+    let mut by_part: BTreeMap<i32, String> = BTreeMap::new();
+    for line in out.lines() {
+        let (p, rest) = line
+            .split_once('\t')
+            .expect("partition\toffset\tkey\tvalue");
+        let text = by_part.entry(p.parse().unwrap()).or_default();
+        text.push_str(rest);
+        text.push('\n');
+    }
+    for p in 0..PARTITIONS {
+        let text = by_part.get(&p).map_or("", String::as_str);
+        check_lines(&format!("consume --discover p{p}"), text, p, expected(p));
+    }
+    // Each sidecar's fetch endpoint sent its led partitions' bytes (a repair may resend a
+    // little), the brokers' endpoints nothing, and no Kafka fetch was needed.
+    for (n, s) in c.sidecars.iter().enumerate() {
+        let led: u64 = (0..PARTITIONS)
+            .filter(|p| p % 3 == n as i32)
+            .map(|p| partition_bytes(&c.dirs[n], p))
+            .sum();
+        let sent = fetch_payload(s);
+        assert!(
+            sent >= led && sent <= led + led / 2,
+            "sidecar {n}'s fetch endpoint sent {sent} payload bytes, its led partitions hold {led}\n{}",
+            c.logs()
+        );
+        assert_eq!(sendfile_bytes(s), 0, "sidecar {n} served a Kafka fetch");
+    }
+    for (n, b) in c.brokers.iter().enumerate() {
+        assert_eq!(fetch_payload(b), 0, "broker {n}'s fetch endpoint was used");
+    }
+    // --verify (CRC, offsets, demo content) with a bootstrap list whose first entry is down.
+    let total: u64 = (0..PARTITIONS).map(expected).sum();
+    let boot = format!("{GW_ADDR}:9199,{}", sidecar_addr(2));
+    let out = consume(&["--bootstrap", &boot, "--verify"]);
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("verified "))
+        .unwrap_or_default();
+    assert!(
+        summary.starts_with(&format!("verified {total} records")) && summary.ends_with("errors: 0"),
+        "{out}"
+    );
+    for n in 0..3 {
+        let parts = format!("[{}, {}]", n, n + 3);
+        assert!(
+            summary.contains(&format!("node {n} {} {parts}", sidecar_fetch_addr(n))),
+            "partitions {parts} from sidecar {n}: {summary}"
+        );
+    }
+    // --partitions: only those.
+    let out = consume(&[
+        "--bootstrap",
+        &sidecar_addr(0),
+        "--partitions",
+        "1,5",
+        "--verify",
+    ]);
+    let want = expected(1) + expected(5);
+    assert!(out.contains(&format!("verified {want} records")), "{out}");
 }

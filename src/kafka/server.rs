@@ -62,6 +62,9 @@ pub struct KafkaConfig {
     pub peers: Vec<Broker>,
     /// Cluster mode (`--upstream`): requests not served locally are forwarded there.
     pub cluster: Option<Arc<ClusterView>>,
+    /// The fetch endpoint advertised in Metadata, standalone and in cluster mode
+    /// ([`super::fetch_advert`]); None: no advertisement.
+    pub fetch_advertise: Option<super::fetch_advert::HostPort>,
     /// What clients of `listen` must do (default PLAINTEXT: nothing; an ACL still applies
     /// to them as `User:ANONYMOUS`).
     pub security: Security,
@@ -84,6 +87,7 @@ impl KafkaConfig {
             node_id: 0,
             peers: Vec::new(),
             cluster: None,
+            fetch_advertise: None,
             security: Security::default(),
             extra: Vec::new(),
         }
@@ -117,6 +121,9 @@ impl KafkaListener {
             listeners.push((l, local, sec));
         }
         let local_addr = listeners[0].1;
+        if let (Some(view), Some(ep)) = (&cfg.cluster, &cfg.fetch_advertise) {
+            view.advertise_fetch(ep.clone());
+        }
         let host = advertised_host(cfg.advertised_host.as_deref(), local_addr)?;
         let extra_addrs: Vec<SocketAddr> = listeners[1..].iter().map(|l| l.1).collect();
         let listeners: Vec<Listening> = listeners
@@ -127,6 +134,7 @@ impl KafkaListener {
                     node_id: cfg.node_id,
                     peers: cfg.peers.clone(),
                     cluster: cfg.cluster.clone(),
+                    fetch: cfg.fetch_advertise.clone(),
                     ..NodeInfo::gateway(host.clone(), i32::from(local.port()))
                 },
                 security,

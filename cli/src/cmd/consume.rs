@@ -20,6 +20,7 @@ use kxgw_demo_data::{demo_key, demo_value_into};
 
 use crate::flags::IsolationLevel;
 
+mod discover;
 mod group;
 
 #[derive(Debug, clap::Args)]
@@ -27,7 +28,8 @@ pub struct Args {
     /// kxgw fetch endpoint (UDP), e.g. 198.18.0.1:9093.
     #[arg(long, value_name = "ADDR")]
     pub fetch: Option<SocketAddr>,
-    /// Kafka listener (TCP) used when the fetch endpoint does not answer (or none is given).
+    /// Kafka listener (TCP) used when the fetch endpoint does not answer (or none is given);
+    /// with --discover, the gateways to ask Metadata (comma-separated).
     #[arg(long, value_name = "HOST:PORT")]
     pub bootstrap: Option<String>,
     #[arg(long)]
@@ -39,6 +41,18 @@ pub struct Args {
     pub group: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub partition: i32,
+    /// Find the fetch endpoints through Metadata at --bootstrap (a cluster of gateways):
+    /// read each partition over UDP from the fetch endpoint its leader's gateway advertises.
+    #[arg(long, requires = "bootstrap", conflicts_with_all = ["fetch", "group", "amplification_probe"])]
+    pub discover: bool,
+    /// With --discover: the partitions to read [default: all of --topic].
+    #[arg(
+        long,
+        value_name = "P[,P...]",
+        value_delimiter = ',',
+        requires = "discover"
+    )]
+    pub partitions: Vec<i32>,
     /// First offset to read.
     #[arg(long, conflicts_with_all = ["from_beginning", "from_end"])]
     pub offset: Option<i64>,
@@ -345,7 +359,10 @@ fn run_inner(args: Args) -> Result<ExitCode> {
     let mut transport = String::new();
     let mut recovery = String::new();
     let mut answered = false;
-    if let Some(g) = &args.group {
+    if args.discover {
+        (transport, recovery) = discover::run(&args, start, &mut sink, &stop)?;
+        answered = true;
+    } else if let Some(g) = &args.group {
         (transport, recovery) = group::run(&args, g, &mut sink, &stop)?;
         answered = true;
     } else if let Some(addr) = args.fetch {

@@ -283,6 +283,12 @@ fn start_kafka(
     cfg.state_dir = args.groups.state_dir(args.config.as_deref());
     cfg.node_id = args.cluster.node_id.unwrap_or(0);
     cfg.peers = args.cluster.peer.clone();
+    cfg.fetch_advertise = args
+        .fetch
+        .advertised(args.advertised_host.as_deref(), Some(addr));
+    if let Some(ep) = &cfg.fetch_advertise {
+        log::info!("advertising fetch endpoint {ep} in Metadata (v9+)");
+    }
     if let Some(v) = &cluster {
         log::info!(
             "cluster mode: node {} beside the cluster at {}; group, produce and admin \

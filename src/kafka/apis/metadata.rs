@@ -2,6 +2,7 @@
 //! leads every partition it serves; or, playing one broker of a static cluster (`--node-id`,
 //! `--peer`), every broker holds a replica and partition `p` is led by the `p mod n`-th. Topics are the log directory's; unknown names get
 //! UNKNOWN_TOPIC_OR_PARTITION, unknown ids UNKNOWN_TOPIC_ID. Nothing is ever created.
+//! From v9 the response carries the gateway's fetch endpoint ([`fetch_advert`]).
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{
@@ -12,6 +13,7 @@ use uuid::Uuid;
 
 use super::{sb, Ctx};
 use crate::kafka::chunk::{encode_response, Chunk, EncodeError};
+use crate::kafka::fetch_advert::{self, FetchAdvert};
 use crate::kafka::stats::inc;
 
 fn topic_entry(ctx: &Ctx, version: i16, name: &str, partitions: &[i32]) -> MetadataResponseTopic {
@@ -152,6 +154,12 @@ pub fn handle(
             i32::MIN
         };
     }
+    // v9+ (tagged fields): where this gateway serves the fetch protocol.
+    let advert = ctx.node.fetch.as_ref().map(|ep| FetchAdvert {
+        node_id: ctx.node.node_id,
+        endpoint: ep.clone(),
+    });
+    fetch_advert::put(&mut body.unknown_tagged_fields, advert.as_ref());
     encode_response(
         "Metadata",
         correlation_id,

@@ -82,6 +82,8 @@ pub struct NodeInfo {
     pub peers: Vec<Broker>,
     /// Cluster mode (`--upstream`): what the gateway knows of the real cluster.
     pub cluster: Option<Arc<ClusterView>>,
+    /// The fetch endpoint advertised in Metadata ([`crate::kafka::fetch_advert`]).
+    pub fetch: Option<crate::kafka::fetch_advert::HostPort>,
 }
 
 impl NodeInfo {
@@ -120,6 +122,7 @@ impl NodeInfo {
             cluster_id: "kxgw".into(),
             peers: Vec::new(),
             cluster: None,
+            fetch: None,
         }
     }
 }

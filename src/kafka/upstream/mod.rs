@@ -31,7 +31,9 @@ pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::RwLock;
+use std::sync::{OnceLock, RwLock};
+
+use crate::kafka::fetch_advert::{FetchAdvert, HostPort};
 
 /// One broker's advertised endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +116,8 @@ pub struct ClusterView {
     live: AtomicBool,
     /// The gateway's own SASL login to the cluster (`--upstream-sasl-user`), if it needs one.
     login: std::sync::OnceLock<login::UpstreamLogin>,
+    /// This gateway's fetch endpoint, advertised in the Metadata it rewrites.
+    fetch: OnceLock<HostPort>,
     /// Counters.
     pub stats: UpstreamStats,
 }
@@ -126,6 +130,7 @@ impl ClusterView {
             state: RwLock::new(ViewState::default()),
             live: AtomicBool::new(false),
             login: std::sync::OnceLock::new(),
+            fetch: OnceLock::new(),
             stats: UpstreamStats::default(),
         }
     }
@@ -144,6 +149,19 @@ impl ClusterView {
     /// The gateway's own SASL login to the cluster, if any.
     pub fn login(&self) -> Option<&login::UpstreamLogin> {
         self.login.get()
+    }
+
+    /// Sets the fetch endpoint this gateway advertises (once; later calls change nothing).
+    pub fn advertise_fetch(&self, endpoint: HostPort) {
+        let _ = self.fetch.set(endpoint);
+    }
+
+    /// What this gateway advertises in Metadata: its node and fetch endpoint, if it has one.
+    pub fn fetch_advert(&self) -> Option<FetchAdvert> {
+        self.fetch.get().map(|ep| FetchAdvert {
+            node_id: self.cfg.node_id,
+            endpoint: ep.clone(),
+        })
     }
 
     /// The gateway standing beside broker `id`, if the peer map has one.
