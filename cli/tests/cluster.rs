@@ -695,19 +695,32 @@ fn the_clusters_log_start_offset_bounds_the_sidecar_below_what_its_disk_still_ho
         wait_for("broker 0 never read its new log start", &c, 10, || {
             earliest(&c.net, &broker, p) == (0, o)
         });
-        wait_for("the sidecar never learnt the cluster's log start", &c, 10, || {
-            earliest(&c.net, &sidecar, p) == (0, o)
-        });
+        wait_for(
+            "the sidecar never learnt the cluster's log start",
+            &c,
+            10,
+            || earliest(&c.net, &sidecar, p) == (0, o),
+        );
     }
-    assert!(!c.sidecar_dirs[0].join("log-start-offset-checkpoint").exists());
+    assert!(!c.sidecar_dirs[0]
+        .join("log-start-offset-checkpoint")
+        .exists());
     let segs = common::segment_files(&c.sidecar_dirs[0].join(format!("{TOPIC}-0")));
     assert!(
-        segs[0].file_name().unwrap().to_string_lossy().starts_with("00000000000000000000."),
+        segs[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("00000000000000000000."),
         "the sidecar's disk still starts at 0: {segs:?}"
     );
     for (p, o) in starts {
         // Below the cluster's start: OFFSET_OUT_OF_RANGE with the cluster's log start.
-        assert_eq!(fetch_at(&c.net, &sidecar, p, 10), (1, o, None), "p{p} at 10");
+        assert_eq!(
+            fetch_at(&c.net, &sidecar, p, 10),
+            (1, o, None),
+            "p{p} at 10"
+        );
         let (code, start, base) = fetch_at(&c.net, &sidecar, p, o);
         assert_eq!((code, start), (0, o), "p{p} at its start");
         assert!(base.is_some_and(|b| b <= o), "records from {o}: {base:?}");
@@ -721,12 +734,24 @@ fn the_clusters_log_start_offset_bounds_the_sidecar_below_what_its_disk_still_ho
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("offset 10 out of range, continuing at 100"), "{err}");
+    assert!(
+        err.contains("offset 10 out of range, continuing at 100"),
+        "{err}"
+    );
     let out = common::consume_fetch(
         &c.net,
         &fetch_addr(0),
         TOPIC,
-        &["--partition", "0", "--offset", "100", "--count", "1", "--format", "%o\\n"],
+        &[
+            "--partition",
+            "0",
+            "--offset",
+            "100",
+            "--count",
+            "1",
+            "--format",
+            "%o\\n",
+        ],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100");
     assert!(c.sidecars[0].metric("kxgw_upstream_log_start_updates_total") >= updates + 2);
@@ -753,7 +778,7 @@ impl Member {
                 .unwrap(),
         );
         let stdout = child.0.stdout.take().unwrap();
-        let lines = std::sync::Arc::default();
+        let lines: std::sync::Arc<std::sync::Mutex<Vec<(i32, i64)>>> = std::sync::Arc::default();
         let l = std::sync::Arc::clone(&lines);
         let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines() {
@@ -842,7 +867,10 @@ fn check_outage(c: &Cluster, member: &Member, group: &str) -> (BTreeMap<i32, i64
         .map(|p| {
             let s = sidecar.clone();
             let (code, hw) = in_client_ns(&c.net, move || latest(&s, p));
-            assert_eq!(code, 0, "ListOffsets p{p} from the local log during the outage");
+            assert_eq!(
+                code, 0,
+                "ListOffsets p{p} from the local log during the outage"
+            );
             (p, hw)
         })
         .collect();
@@ -872,14 +900,21 @@ fn check_outage(c: &Cluster, member: &Member, group: &str) -> (BTreeMap<i32, i64
         .lines()
         .filter_map(|l| l.split('\t').next()?.parse().ok())
         .collect();
-    assert_eq!(offsets, (0..held[&0]).collect::<Vec<_>>(), "p0 read during the outage");
+    assert_eq!(
+        offsets,
+        (0..held[&0]).collect::<Vec<_>>(),
+        "p0 read during the outage"
+    );
     assert!(c.sidecars[0].metric("kxgw_upstream_rerouted_total") > 0);
     let failures = c.sidecars[0].metric("kxgw_upstream_forward_failures_total");
     assert_eq!(offset_fetch_via(&c.net, &sidecar, group), None);
     assert!(c.sidecars[0].metric("kxgw_upstream_forward_failures_total") > failures);
-    wait_for("the member stopped receiving during the outage", c, 10, || {
-        member.seen()[at_kill..].iter().any(|(p, _)| p % 3 != 0)
-    });
+    wait_for(
+        "the member stopped receiving during the outage",
+        c,
+        10,
+        || member.seen()[at_kill..].iter().any(|(p, _)| p % 3 != 0),
+    );
     (held, at_kill)
 }
 
@@ -943,10 +978,15 @@ fn the_coordinator_killed_and_restarted_under_a_running_group_and_load_loses_not
     let mut producers: Vec<KillOnDrop> = c.dirs.iter().map(|d| follow_producer(d, 60)).collect();
     let group = "gk";
     let member = Member::spawn(&c, &sidecar_addr(2), group);
-    wait_for("the group never committed the initial records", &c, 60, || {
-        let offs = committed(&c.net, &sidecar_addr(1), group);
-        (0..PARTITIONS).all(|p| offs.get(&p).is_some_and(|&o| o >= expected(p) as i64))
-    });
+    wait_for(
+        "the group never committed the initial records",
+        &c,
+        60,
+        || {
+            let offs = committed(&c.net, &sidecar_addr(1), group);
+            (0..PARTITIONS).all(|p| offs.get(&p).is_some_and(|&o| o >= expected(p) as i64))
+        },
+    );
     // The outage point: the member may see records again from here on, never below these.
     let before = committed(&c.net, &sidecar_addr(1), group);
     let killed = Instant::now();
@@ -955,7 +995,13 @@ fn the_coordinator_killed_and_restarted_under_a_running_group_and_load_loses_not
     let (held, at_kill) = check_outage(&c, &member, group);
     let at_restart = member.seen().len();
     let args = c.broker_args[0].clone();
-    c.brokers[0] = serve(&c.net, c._work.path(), "broker0-again", &broker_addr(0), &args);
+    c.brokers[0] = serve(
+        &c.net,
+        c._work.path(),
+        "broker0-again",
+        &broker_addr(0),
+        &args,
+    );
     let outage = killed.elapsed();
     c.wait_live();
     std::thread::sleep(Duration::from_secs(1));
@@ -970,9 +1016,12 @@ fn the_coordinator_killed_and_restarted_under_a_running_group_and_load_loses_not
             (p, end)
         })
         .collect();
-    wait_for("the group never got every record after the restart", &c, 120, || {
-        member.has_all(&ends)
-    });
+    wait_for(
+        "the group never got every record after the restart",
+        &c,
+        120,
+        || member.has_all(&ends),
+    );
     let seen = member.stop();
     let dups = check_deliveries(&seen, &ends, &before, &held, (at_kill, at_restart));
     eprintln!(

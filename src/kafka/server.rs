@@ -705,7 +705,12 @@ impl EventLoop {
     /// sent yet, so nothing is lost by replacing the connection): an idle one the broker
     /// closed is dropped (a dead local broker is noted), one to the wrong broker is replaced
     /// (the local broker is back, or this request needs it), and a new one is opened.
-    fn route_upstream(poll: &Poll, view: &ClusterView, conn: &mut Conn, key: i16) -> io::Result<()> {
+    fn route_upstream(
+        poll: &Poll,
+        view: &ClusterView,
+        conn: &mut Conn,
+        key: i16,
+    ) -> io::Result<()> {
         if let Some(u) = conn.upstream.as_ref() {
             let mut b = [0u8; 1];
             let alive = match u.peek(&mut b) {
@@ -713,7 +718,10 @@ impl EventLoop {
                 Err(e) => not_yet(&e),
             };
             if !alive {
-                log::info!("kafka {}: idle upstream connection closed by the broker", conn.peer);
+                log::info!(
+                    "kafka {}: idle upstream connection closed by the broker",
+                    conn.peer
+                );
                 if !conn.upstream_other {
                     view.note_local_down();
                 }
@@ -734,7 +742,9 @@ impl EventLoop {
         }
         let sa = std::net::ToSocketAddrs::to_socket_addrs(&addr)?
             .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address")))?;
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"))
+            })?;
         let mut s = TcpStream::connect(sa)?;
         let _ = s.set_nodelay(true);
         poll.registry().register(

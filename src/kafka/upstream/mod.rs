@@ -472,14 +472,20 @@ mod tests {
             port: 9092,
         });
         v.learn(&brokers, &[]);
-        let picked: std::collections::BTreeSet<String> =
-            (0..4).filter_map(|_| v.forward_target(md)).map(|t| t.0).collect();
+        let picked: std::collections::BTreeSet<String> = (0..4)
+            .filter_map(|_| v.forward_target(md))
+            .map(|t| t.0)
+            .collect();
         assert_eq!(
             picked.into_iter().collect::<Vec<_>>(),
             ["broker0:9092", "broker2:9092"],
             "rotating over the other brokers"
         );
-        for key in [ApiKey::ApiVersions, ApiKey::FindCoordinator, ApiKey::DescribeCluster] {
+        for key in [
+            ApiKey::ApiVersions,
+            ApiKey::FindCoordinator,
+            ApiKey::DescribeCluster,
+        ] {
             assert!(v.forward_target(key as i16).unwrap().1, "{key:?}");
         }
         for key in [ApiKey::JoinGroup, ApiKey::OffsetCommit, ApiKey::Produce] {

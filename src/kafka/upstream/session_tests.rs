@@ -179,7 +179,10 @@ fn the_clusters_log_start_bounds_fetch_and_list_offsets_below_the_local_disk() {
     assert!(h.log.set_live_start("t", 0, 6));
     let r: FetchResponse = h.call(ApiKey::Fetch, 12, &fetch(0, 2));
     let pd = &r.responses[0].partitions[0];
-    assert_eq!(pd.error_code, 1, "OFFSET_OUT_OF_RANGE below the cluster's log start");
+    assert_eq!(
+        pd.error_code, 1,
+        "OFFSET_OUT_OF_RANGE below the cluster's log start"
+    );
     assert_eq!(pd.log_start_offset, 6);
     let r: FetchResponse = h.call(ApiKey::Fetch, 12, &fetch(0, 6));
     let pd = &r.responses[0].partitions[0];
@@ -194,7 +197,10 @@ fn the_clusters_log_start_bounds_fetch_and_list_offsets_below_the_local_disk() {
                 .with_partition_index(0)
                 .with_timestamp(-2)])]);
     let r: ListOffsetsResponse = h.call(ApiKey::ListOffsets, 4, &req);
-    assert_eq!(r.topics[0].partitions[0].offset, 6, "EARLIEST is the cluster's");
+    assert_eq!(
+        r.topics[0].partitions[0].offset, 6,
+        "EARLIEST is the cluster's"
+    );
     // Never past the local log end; a partition not held here is said so.
     h.log.set_live_start("t", 0, 99);
     let o = h.log.partition("t", 0).unwrap().offsets();
