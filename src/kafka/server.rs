@@ -350,6 +350,8 @@ struct Conn {
     /// Cluster mode: the connection to the local broker its forwarded requests go to,
     /// opened at the first one.
     upstream: Option<TcpStream>,
+    /// That connection goes to another broker (the local one was down).
+    upstream_other: bool,
 }
 
 struct EventLoop {
@@ -522,6 +524,7 @@ impl EventLoop {
                         Conn {
                             token,
                             upstream: None,
+                            upstream_other: false,
                             stream,
                             peer,
                             listener: index,
@@ -679,25 +682,8 @@ impl EventLoop {
         if !conn.session.forwarder().used() {
             return Ok(false);
         }
-        if conn.upstream.is_none() {
-            let addr = view.local_broker().ok_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, "no upstream address known")
-            })?;
-            let sa = std::net::ToSocketAddrs::to_socket_addrs(&addr)?
-                .next()
-                .ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"))
-                })?;
-            let mut s = TcpStream::connect(sa)?;
-            let _ = s.set_nodelay(true);
-            poll.registry().register(
-                &mut s,
-                Token(conn.token.0 | UPSTREAM_BIT),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            inc(&view.stats.forward_connects);
-            log::debug!("kafka {}: upstream connection to {addr}", conn.peer);
-            conn.upstream = Some(s);
+        if let Some(key) = conn.session.forwarder().take_unrouted() {
+            Self::route_upstream(poll, view, conn, key)?;
         }
         let Some(up) = conn.upstream.as_mut() else {
             return Ok(false);
@@ -735,6 +721,70 @@ impl EventLoop {
             }
         }
         Ok(progressed)
+    }
+
+    /// Picks the upstream connection for a request about to be written (nothing of it is
+    /// sent yet, so nothing is lost by replacing the connection): an idle one the broker
+    /// closed is dropped (a dead local broker is noted), one to the wrong broker is replaced
+    /// (the local broker is back, or this request needs it), and a new one is opened.
+    fn route_upstream(
+        poll: &Poll,
+        view: &ClusterView,
+        conn: &mut Conn,
+        key: i16,
+    ) -> io::Result<()> {
+        if let Some(u) = conn.upstream.as_ref() {
+            let mut b = [0u8; 1];
+            let alive = match u.peek(&mut b) {
+                Ok(_) => false, // EOF, or bytes nobody asked for
+                Err(e) => not_yet(&e),
+            };
+            if !alive {
+                log::info!(
+                    "kafka {}: idle upstream connection closed by the broker",
+                    conn.peer
+                );
+                if !conn.upstream_other {
+                    view.note_local_down();
+                }
+                Self::drop_upstream(poll, conn);
+            }
+        }
+        let (addr, other) = view
+            .forward_target(key)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no upstream address known"))?;
+        if other {
+            inc(&view.stats.rerouted);
+        }
+        if conn.upstream.is_some() && conn.upstream_other != other {
+            Self::drop_upstream(poll, conn);
+        }
+        if conn.upstream.is_some() {
+            return Ok(());
+        }
+        let sa = std::net::ToSocketAddrs::to_socket_addrs(&addr)?
+            .next()
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"))
+            })?;
+        let mut s = TcpStream::connect(sa)?;
+        let _ = s.set_nodelay(true);
+        poll.registry().register(
+            &mut s,
+            Token(conn.token.0 | UPSTREAM_BIT),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        inc(&view.stats.forward_connects);
+        log::debug!("kafka {}: upstream connection to {addr}", conn.peer);
+        conn.upstream = Some(s);
+        conn.upstream_other = other;
+        Ok(())
+    }
+
+    fn drop_upstream(poll: &Poll, conn: &mut Conn) {
+        if let Some(mut u) = conn.upstream.take() {
+            let _ = poll.registry().deregister(&mut u);
+        }
     }
 
     /// A consumer that resets its connection (it exited, or stopped mid-response) is
@@ -800,6 +850,9 @@ impl EventLoop {
                     log::warn!("kafka {}: upstream failed, closing: {e}", conn.peer);
                     if let Some(v) = &self.listeners[conn.listener].node.cluster {
                         inc(&v.stats.forward_failures);
+                        if !conn.upstream_other {
+                            v.note_local_down();
+                        }
                     }
                     return Drive::Close;
                 }

@@ -348,6 +348,9 @@ pub struct Partition {
     /// none). They replace the checkpoint's, which only ever lags them.
     live_hw: AtomicI64,
     live_lso: AtomicI64,
+    /// Log start offset learnt from the cluster (cluster mode; -1: none): reads below it
+    /// are out of range even where the local disk still holds older segments.
+    live_start: AtomicI64,
 }
 
 #[derive(Clone, Debug)]
@@ -411,6 +414,7 @@ impl Partition {
             }),
             live_hw: AtomicI64::new(-1),
             live_lso: AtomicI64::new(-1),
+            live_start: AtomicI64::new(-1),
         })
     }
 
@@ -420,6 +424,12 @@ impl Partition {
         let old_hw = self.live_hw.swap(hw, Ordering::SeqCst);
         let old_lso = self.live_lso.swap(lso, Ordering::SeqCst);
         old_hw != hw || old_lso != lso
+    }
+
+    /// Records the log start offset the cluster reported (cluster mode); the next refresh
+    /// applies it. Returns whether it changed.
+    pub(crate) fn set_live_start(&self, start: i64) -> bool {
+        self.live_start.swap(start, Ordering::SeqCst) != start
     }
 
     fn state(&self) -> RwLockReadGuard<'_, PartState> {
@@ -769,6 +779,9 @@ impl Partition {
             .next_back()
             .map_or(0, |s| s.ix().next_offset);
         let ckpt_start = log_start.and_then(|c| c.get(&self.tp)).copied();
+        // The cluster's log start (cluster mode) bounds reads like the checkpoint's.
+        let live_start = Some(self.live_start.load(Ordering::SeqCst)).filter(|&s| s >= 0);
+        let ckpt_start = ckpt_start.max(live_start);
         let log_start = match (first_base, ckpt_start) {
             (Some(b), Some(c)) => b.max(c).min(log_end),
             (Some(b), None) => b,

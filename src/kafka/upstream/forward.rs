@@ -58,6 +58,8 @@ pub struct Forwarder {
     in_flight: Option<InFlight>,
     used: bool,
     observed: Option<Observed>,
+    /// The request in flight has not been routed to an upstream connection yet.
+    unrouted: bool,
 }
 
 impl Forwarder {
@@ -83,6 +85,17 @@ impl Forwarder {
             rewrite,
         });
         self.used = true;
+        self.unrouted = true;
+    }
+
+    /// The api key of the request queued by [`Self::send`], once, before any of it is
+    /// written: the listener picks its upstream connection for it (see
+    /// [`super::ClusterView::forward_target`]).
+    pub fn take_unrouted(&mut self) -> Option<i16> {
+        if !std::mem::take(&mut self.unrouted) {
+            return None;
+        }
+        self.in_flight.as_ref().map(|f| f.key)
     }
 
     /// Whether a forwarded request awaits its response.
