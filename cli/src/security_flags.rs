@@ -1,5 +1,5 @@
 //! `kxgw serve`'s Kafka listener security flags: listeners by security protocol (as a
-//! broker's `listeners`), the SASL users file and the ACL file.
+//! broker's `listeners`), the SASL users file and the ACL file; TLS in [`crate::tls_flags`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,34 +22,49 @@ pub struct SecurityArgs {
     /// (PLAINTEXT clients are User:ANONYMOUS).
     #[arg(long, value_name = "FILE")]
     pub acl: Option<PathBuf>,
+    /// The SSL and SASL_SSL listeners.
+    #[command(flatten)]
+    pub tls: crate::tls_flags::TlsArgs,
 }
 
 impl SecurityArgs {
-    /// The security of the PLAINTEXT listener and of the SASL one (if asked for).
-    pub fn load(&self) -> Result<(Security, Option<(SocketAddr, Security)>)> {
+    /// The security of the PLAINTEXT listener, and the other listeners asked for (SASL,
+    /// SSL, SASL_SSL, in that order) with theirs.
+    pub fn load(&self) -> Result<(Security, Vec<(SocketAddr, Security)>)> {
         let acl = match &self.acl {
             Some(p) => Some(Arc::new(Acl::load(p)?)),
             None => None,
         };
         let plain = Security {
-            sasl: None,
             acl: acl.clone(),
+            ..Security::default()
         };
-        let sasl = match (&self.kafka_listen_sasl, &self.sasl_users) {
-            (Some(addr), Some(file)) => {
+        let sasl_listener =
+            self.kafka_listen_sasl.is_some() || self.tls.kafka_listen_sasl_ssl.is_some();
+        // One SaslConfig for both SASL listeners: failures are rate-limited across them.
+        let sasl = match &self.sasl_users {
+            Some(_) if !sasl_listener => bail!(
+                "--sasl-users needs a SASL listener: --kafka-listen-sasl or --kafka-listen-sasl-ssl"
+            ),
+            Some(file) => {
                 let users = Users::load(file)?;
                 if users.users.is_empty() {
                     log::warn!("{}: no users: every SASL login will fail", file.display());
                 }
-                let sec = Security {
-                    sasl: Some(Arc::new(SaslConfig::new(users))),
-                    acl,
-                };
-                Some((*addr, sec))
+                Some(Arc::new(SaslConfig::new(users)))
             }
-            (None, Some(_)) => bail!("--sasl-users needs a SASL listener: --kafka-listen-sasl"),
-            _ => None,
+            None => None,
         };
-        Ok((plain, sasl))
+        let mut extra = Vec::new();
+        if let Some(addr) = self.kafka_listen_sasl {
+            let sec = Security {
+                sasl: sasl.clone(),
+                acl: acl.clone(),
+                tls: None,
+            };
+            extra.push((addr, sec));
+        }
+        extra.extend(self.tls.listeners(sasl, acl)?);
+        Ok((plain, extra))
     }
 }

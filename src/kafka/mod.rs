@@ -12,6 +12,8 @@
 //! - [`outq`]: writing chunks to a non-blocking socket with sendfile(2) or pread + send.
 //! - [`server`]: the mio event loop that owns the sockets.
 //! - [`upstream`]: cluster mode (`--upstream`): forwarding, rewrites, the live high watermark.
+//! - [`tls`]: TLS on the SSL and SASL_SSL listeners (rustls), a layer between socket and
+//!   session.
 //! - [`stats`]: the counters printed on SIGUSR1 and every `--stats-interval`.
 //! - [`client`]: the one blocking Kafka client (the `kxgw consume` fallback, the benches and
 //!   the tests).
@@ -36,6 +38,7 @@ pub mod session;
 pub mod stats;
 #[cfg(test)]
 mod testkit;
+pub mod tls;
 pub mod upstream;
 
 pub use outq::IoMode;

@@ -66,6 +66,8 @@ pub struct Security {
     pub sasl: Option<Arc<SaslConfig>>,
     /// Authorization (None: every principal reads everything).
     pub acl: Option<Arc<Acl>>,
+    /// TLS first (SSL, SASL_SSL).
+    pub tls: Option<Arc<crate::kafka::tls::TlsServer>>,
 }
 
 impl std::fmt::Debug for Security {
@@ -77,10 +79,11 @@ impl std::fmt::Debug for Security {
 impl Security {
     /// Kafka's name of the listener's security protocol.
     pub fn protocol(&self) -> &'static str {
-        if self.sasl.is_some() {
-            "SASL_PLAINTEXT"
-        } else {
-            "PLAINTEXT"
+        match (self.tls.is_some(), self.sasl.is_some()) {
+            (false, false) => "PLAINTEXT",
+            (false, true) => "SASL_PLAINTEXT",
+            (true, false) => "SSL",
+            (true, true) => "SASL_SSL",
         }
     }
 }

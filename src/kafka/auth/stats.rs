@@ -23,6 +23,8 @@ pub struct AuthStats {
     pub denied_topic: AtomicU64,
     /// Group requests refused with GROUP_AUTHORIZATION_FAILED.
     pub denied_group: AtomicU64,
+    /// TLS handshakes and the causes of connections TLS closed.
+    pub tls: crate::kafka::tls::TlsStats,
 }
 
 impl AuthStats {
@@ -49,6 +51,7 @@ impl AuthStats {
                 c.load(Relaxed),
             );
         }
+        self.tls.write_metrics(w);
     }
 }
 
@@ -58,6 +61,6 @@ impl fmt::Display for AuthStats {
         for (name, c) in self.rows() {
             write!(f, " {name}={}", c.load(Relaxed))?;
         }
-        Ok(())
+        write!(f, " | {}", self.tls)
     }
 }

@@ -138,6 +138,7 @@ fn fuzz_security() -> kxgw::kafka::auth::Security {
     Security {
         sasl: Some(Arc::new(SaslConfig::new(users))),
         acl: Some(Arc::new(acl)),
+        tls: None,
     }
 }
 
@@ -768,5 +769,6 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             seeds.push(("log_segment", "one-segment".into(), join_pieces(&refs[..3])));
         }
     }
+    seeds.extend(crate::fuzzing_tls::seeds());
     seeds
 }
