@@ -18,8 +18,8 @@ use common::{in_client_ns, wait_listening, Gateway, KXGW};
 use kxgw_demo_data::{demo_key, demo_value};
 use kxgw_testkit::testnet::{TestNet, GW_ADDR};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, SanType,
 };
 
 const PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/sasl_consume.py");
@@ -169,8 +169,16 @@ fn confluent(
 ) -> Output {
     let (mech, user, pw) = creds;
     let mut c = net.client_command("timeout");
-    c.args(["90", "python3", PY, "confluent", &addr.to_string(), topic, "0"])
-        .args([&N.to_string(), "30", mech, user, pw]);
+    c.args([
+        "90",
+        "python3",
+        PY,
+        "confluent",
+        &addr.to_string(),
+        topic,
+        "0",
+    ])
+    .args([&N.to_string(), "30", mech, user, pw]);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -255,15 +263,35 @@ fn ssl_and_sasl_ssl_with_kcat_and_confluent_kafka() {
             "the startup line says how {proto} record bytes leave:\n{log}"
         );
     }
-    assert!(log.contains("kTLS"), "the startup line says about kTLS:\n{log}");
+    assert!(
+        log.contains("kTLS"),
+        "the startup line says about kTLS:\n{log}"
+    );
 
     let out = kcat(&net, ssl, "t", 30, &ssl_props(&ca, None));
-    assert!(out.status.success(), "kcat SSL: {}\n{}", text(&out), gw.log());
+    assert!(
+        out.status.success(),
+        "kcat SSL: {}\n{}",
+        text(&out),
+        gw.log()
+    );
     check_lines("kcat SSL", &out);
-    let out = kcat(&net, sasl_ssl, "t", 30, &sasl_ssl_props(&ca, "alice", ALICE));
+    let out = kcat(
+        &net,
+        sasl_ssl,
+        "t",
+        30,
+        &sasl_ssl_props(&ca, "alice", ALICE),
+    );
     assert!(out.status.success(), "kcat SASL_SSL: {}", text(&out));
     check_lines("kcat SASL_SSL", &out);
-    let out = kcat(&net, sasl_ssl, "u", 20, &sasl_ssl_props(&ca, "alice", ALICE));
+    let out = kcat(
+        &net,
+        sasl_ssl,
+        "u",
+        20,
+        &sasl_ssl_props(&ca, "alice", ALICE),
+    );
     let t = text(&out).to_lowercase();
     assert!(
         !out.status.success() && t.contains("authorization failed"),
@@ -277,7 +305,13 @@ fn ssl_and_sasl_ssl_with_kcat_and_confluent_kafka() {
     let out = confluent(&net, sasl_ssl, "t", ("SCRAM-SHA-256", "alice", ALICE), &env);
     assert!(out.status.success(), "confluent SASL_SSL: {}", text(&out));
     check_lines("confluent SASL_SSL", &out);
-    let out = confluent(&net, sasl_ssl, "t", ("SCRAM-SHA-256", "alice", "wrong"), &env);
+    let out = confluent(
+        &net,
+        sasl_ssl,
+        "t",
+        ("SCRAM-SHA-256", "alice", "wrong"),
+        &env,
+    );
     let t = text(&out).to_uppercase();
     assert!(
         !out.status.success() && t.contains("AUTHENTICATION"),
@@ -350,7 +384,12 @@ fn client_certificate_subject_is_the_principal() {
     assert!(wait_listening(&net, ssl));
 
     let out = kcat(&net, ssl, "t", 30, &ssl_props(&ca, Some(&alice)));
-    assert!(out.status.success(), "kcat as alice: {}\n{}", text(&out), gw.log());
+    assert!(
+        out.status.success(),
+        "kcat as alice: {}\n{}",
+        text(&out),
+        gw.log()
+    );
     check_lines("kcat alice", &out);
     let env = [
         ("KXGW_SSL_CA", ca.as_path()),
@@ -389,7 +428,8 @@ fn client_certificate_subject_is_the_principal() {
 
 /// Reads until the server closes (true) or 5 s pass (false); what arrived is returned too.
 fn until_closed(s: &mut TcpStream) -> (bool, Vec<u8>) {
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -473,13 +513,25 @@ fn tls_garbage_is_closed_counted_and_never_stalls_the_gateway() {
     }
     // The stalled handshake holds nobody up.
     let out = kcat(&net, ssl, "t", 30, &ssl_props(&ca, None));
-    assert!(out.status.success(), "kcat SSL: {}\n{}", text(&out), gw.log());
+    assert!(
+        out.status.success(),
+        "kcat SSL: {}\n{}",
+        text(&out),
+        gw.log()
+    );
     check_lines("kcat SSL beside garbage", &out);
     let (closed, _) = until_closed(&mut stalled);
     assert!(closed, "the stalled handshake was not closed");
-    assert!(t0.elapsed() >= Duration::from_millis(1000), "closed by the timeout, not before");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1000),
+        "closed by the timeout, not before"
+    );
     for outcome in ["not_tls", "malformed", "truncated", "timeout", "ok"] {
-        assert!(tls_outcome(&gw, outcome) >= 1, "{outcome}:\n{}", gw.metrics());
+        assert!(
+            tls_outcome(&gw, outcome) >= 1,
+            "{outcome}:\n{}",
+            gw.metrics()
+        );
     }
     // `kxgw stats` prints them too.
     let out = Command::new(KXGW)
@@ -534,7 +586,10 @@ fn bad_certificate_files_are_refused_with_their_name() {
         "{e}"
     );
     let e = serve(&with(&cert, &key, &["--tls-client-ca".into(), s(&key)]));
-    assert!(e.contains("gateway.key") && e.contains("--tls-client-ca"), "{e}");
+    assert!(
+        e.contains("gateway.key") && e.contains("--tls-client-ca"),
+        "{e}"
+    );
     let e = serve(&["--tls-cert".into(), s(&cert)]);
     assert!(e.contains("--tls-key"), "a certificate needs its key: {e}");
     let cfg = w.join("kxgw.toml");
@@ -548,5 +603,8 @@ fn bad_certificate_files_are_refused_with_their_name() {
     )
     .unwrap();
     let e = serve(&["--config".into(), s(&cfg)]);
-    assert!(e.contains("missing.pem"), "config keys tls_cert, tls_key: {e}");
+    assert!(
+        e.contains("missing.pem"),
+        "config keys tls_cert, tls_key: {e}"
+    );
 }

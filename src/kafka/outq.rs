@@ -106,12 +106,9 @@ impl OutQueue {
                 Chunk::File(r) => {
                     let n = match mode {
                         IoMode::Sendfile => send_file(sock, r),
-                        IoMode::Copy => copy_file(
-                            |b, more| send_mem(sock, b, more),
-                            r,
-                            &mut self.staged,
-                            more,
-                        ),
+                        IoMode::Copy => {
+                            copy_file(|b, more| send_mem(sock, b, more), r, &mut self.staged, more)
+                        }
                     };
                     n.inspect(|&n| w.file += n as u64)
                 }

@@ -649,7 +649,10 @@ impl EventLoop {
             }
             if let Some(mut c) = self.conns.remove(&token) {
                 log::debug!("kafka {}: TLS handshake timed out", c.peer);
-                self.stats.auth.tls.count(super::tls::stats::Outcome::Timeout);
+                self.stats
+                    .auth
+                    .tls
+                    .count(super::tls::stats::Outcome::Timeout);
                 self.deregister(&mut c);
                 inc(&self.stats.conns_closed);
             }
@@ -799,7 +802,9 @@ impl EventLoop {
             let mut progressed = false;
             if !conn.read_eof && conn.session.wants_input() {
                 let read = match conn.tls.as_mut() {
-                    Some(t) => t.read_plain(&mut conn.stream, &mut self.scratch, &self.stats.auth.tls),
+                    Some(t) => {
+                        t.read_plain(&mut conn.stream, &mut self.scratch, &self.stats.auth.tls)
+                    }
                     None => conn.stream.read(&mut self.scratch),
                 };
                 if let Some(p) = conn.tls.as_mut().and_then(|t| t.take_principal()) {

@@ -22,8 +22,8 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The certificates of a PEM file (`what` says which flag it came from).
 pub fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path)
-        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    let pem =
+        std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow!("{what} {}: bad PEM: {e:?}", path.display()))?;
@@ -37,8 +37,12 @@ pub fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let pem = std::fs::read(path)
-        .with_context(|| format!("reading the private key file (--tls-key) {}", path.display()))?;
+    let pem = std::fs::read(path).with_context(|| {
+        format!(
+            "reading the private key file (--tls-key) {}",
+            path.display()
+        )
+    })?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         anyhow!(
             "private key file (--tls-key) {}: no PEM private key (PKCS#8, SEC1 or PKCS#1) in it: {e:?}",

@@ -128,7 +128,13 @@ impl TlsConn {
         Ok(())
     }
 
-    fn fail<S: Write>(&mut self, sock: &mut S, o: Outcome, why: &str, stats: &TlsStats) -> io::Error {
+    fn fail<S: Write>(
+        &mut self,
+        sock: &mut S,
+        o: Outcome,
+        why: &str,
+        stats: &TlsStats,
+    ) -> io::Error {
         self.failed = true;
         stats.count(o);
         // Tell the client why with the alert rustls queued (best effort: we close next).

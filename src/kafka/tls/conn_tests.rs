@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
@@ -111,13 +111,14 @@ impl Pki {
 
     fn client(&self, cert: Option<(Vec<u8>, Vec<u8>)>) -> ClientConnection {
         let mut roots = RootCertStore::empty();
-        roots.add(CertificateDer::from(self.ca.der().to_vec())).unwrap();
-        let b = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
+        roots
+            .add(CertificateDer::from(self.ca.der().to_vec()))
+            .unwrap();
+        let b =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots);
         let cfg = match cert {
             Some((c, k)) => b
                 .with_client_auth_cert(
@@ -216,14 +217,25 @@ fn client_certificate_subject_is_the_principal() {
     let server = pki.server(true);
     let alice = pki.issue(
         "alice",
-        &[(DnType::OrganizationName, "kxgw"), (DnType::CommonName, "alice")],
+        &[
+            (DnType::OrganizationName, "kxgw"),
+            (DnType::CommonName, "alice"),
+        ],
         false,
     );
     let stats = TlsStats::default();
     let mut s = TlsConn::new(&server, Instant::now()).unwrap();
     let mut c = pki.client(Some(alice));
     let mut sock = Sock::default();
-    run(&mut c, &mut s, &mut sock, &mut OutQueue::default(), &stats, &mut Vec::new()).unwrap();
+    run(
+        &mut c,
+        &mut s,
+        &mut sock,
+        &mut OutQueue::default(),
+        &stats,
+        &mut Vec::new(),
+    )
+    .unwrap();
     assert!(s.is_established());
     assert_eq!(s.take_principal().as_deref(), Some("User:CN=alice,O=kxgw"));
     assert_eq!(s.take_principal(), None, "handed over once");
@@ -232,10 +244,20 @@ fn client_certificate_subject_is_the_principal() {
     let mut s = TlsConn::new(&server, Instant::now()).unwrap();
     let mut c = pki.client(None);
     let mut sock = Sock::default();
-    let e = run(&mut c, &mut s, &mut sock, &mut OutQueue::default(), &stats, &mut Vec::new());
+    let e = run(
+        &mut c,
+        &mut s,
+        &mut sock,
+        &mut OutQueue::default(),
+        &stats,
+        &mut Vec::new(),
+    );
     assert_eq!(e.unwrap_err().kind(), io::ErrorKind::InvalidData);
     assert!(s.failed() && !s.is_established());
-    assert_eq!(stats.client_cert.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats.client_cert.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[test]
@@ -246,9 +268,10 @@ fn plaintext_kafka_bytes_are_not_tls_and_get_an_alert() {
     let mut s = TlsConn::new(&server, Instant::now()).unwrap();
     let mut sock = Sock::default();
     // An ApiVersions v0 request as a PLAINTEXT client sends it.
-    sock.rx
-        .extend([0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0, 0]);
-    let e = s.read_plain(&mut sock, &mut [0u8; 1024], &stats).unwrap_err();
+    sock.rx.extend([0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0, 0]);
+    let e = s
+        .read_plain(&mut sock, &mut [0u8; 1024], &stats)
+        .unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     assert!(s.failed());
     assert_eq!(s.deadline(), None, "no handshake to wait for any more");
@@ -274,7 +297,10 @@ fn truncated_handshake_is_counted() {
     sock.eof = true;
     assert_eq!(s.read_plain(&mut sock, &mut buf, &stats).unwrap(), 0);
     assert!(s.failed());
-    assert_eq!(stats.truncated.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats.truncated.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     assert_eq!(stats.ok.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
@@ -284,9 +310,8 @@ fn missing_files_and_a_foreign_key_are_named() {
     pki.issue("server", &[(DnType::CommonName, "localhost")], true);
     pki.issue("other", &[(DnType::CommonName, "other")], true);
     let t = Duration::from_secs(1);
-    let err = |cert: &Path, key: &Path| {
-        format!("{:#}", TlsServer::load(cert, key, None, t).unwrap_err())
-    };
+    let err =
+        |cert: &Path, key: &Path| format!("{:#}", TlsServer::load(cert, key, None, t).unwrap_err());
     let missing = pki.path("nope.pem");
     let e = err(&missing, &pki.path("server.key"));
     assert!(e.contains("nope.pem") && e.contains("--tls-cert"), "{e}");
@@ -301,10 +326,18 @@ fn missing_files_and_a_foreign_key_are_named() {
     assert!(e.contains("no certificate"), "{e}");
     let e = format!(
         "{:#}",
-        TlsServer::load(&pki.path("server.pem"), &pki.path("server.key"), Some(&missing), t)
-            .unwrap_err()
+        TlsServer::load(
+            &pki.path("server.pem"),
+            &pki.path("server.key"),
+            Some(&missing),
+            t
+        )
+        .unwrap_err()
     );
-    assert!(e.contains("nope.pem") && e.contains("--tls-client-ca"), "{e}");
+    assert!(
+        e.contains("nope.pem") && e.contains("--tls-client-ca"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! attribute as `OID=#<DER hex>`, special characters escaped with `\`).
 
 use x509_cert::der::asn1::ObjectIdentifier;
-use x509_cert::der::{Decode, Encode, Tag};
+use x509_cert::der::{Decode, Encode, Tag, Tagged};
 use x509_cert::Certificate;
 
 const KEYWORDS: &[(ObjectIdentifier, &str)] = &[

@@ -32,9 +32,7 @@ impl Outcome {
     pub fn of(e: &rustls::Error) -> Outcome {
         use rustls::{Error as E, InvalidMessage as M};
         match e {
-            E::InvalidMessage(M::InvalidContentType | M::UnknownProtocolVersion) => {
-                Outcome::NotTls
-            }
+            E::InvalidMessage(M::InvalidContentType | M::UnknownProtocolVersion) => Outcome::NotTls,
             E::InvalidMessage(_)
             | E::InappropriateMessage { .. }
             | E::InappropriateHandshakeMessage { .. }

@@ -135,7 +135,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             "client-hello-truncated".into(),
             hello[..hello.len() / 2].to_vec(),
         ),
-        ("tls_stream", "plaintext-kafka".into(), api_versions.to_vec()),
+        (
+            "tls_stream",
+            "plaintext-kafka".into(),
+            api_versions.to_vec(),
+        ),
         (
             "tls_stream",
             "http".into(),
@@ -156,6 +160,9 @@ mod tests {
         let s = &super::fixture().stats;
         assert_eq!(s.ok.load(Relaxed), 0);
         assert!(s.not_tls.load(Relaxed) >= 2, "plaintext Kafka and HTTP");
-        assert!(s.truncated.load(Relaxed) >= 2, "the hello alone, and half of it");
+        assert!(
+            s.truncated.load(Relaxed) >= 2,
+            "the hello alone, and half of it"
+        );
     }
 }

@@ -44,7 +44,7 @@ fn consume_one(cfg: &LoadConfig, start: &Barrier) -> Result<(u64, u64)> {
         "kxgw-bench",
         cfg.tls.as_ref(),
     )
-        .and_then(|f| f.set_timeout(Duration::from_secs(30)).map(|()| f));
+    .and_then(|f| f.set_timeout(Duration::from_secs(30)).map(|()| f));
     // Wait even when connecting failed, or the others would wait for us forever.
     start.wait();
     let mut f = conn?;
