@@ -1,6 +1,7 @@
 //! `kxgw serve`'s Kafka listener security flags: listeners by security protocol (as a
 //! broker's `listeners`), the SASL users file and the ACL file (standalone), the gateway's own
-//! login to the cluster and the authorization cache (cluster mode).
+//! login to the cluster and the authorization cache (cluster mode); TLS in
+//! [`crate::tls_flags`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,12 +63,16 @@ pub struct SecurityArgs {
         default_value = "SCRAM-SHA-256"
     )]
     pub upstream_sasl_mechanism: UpstreamMechanism,
+    /// The SSL and SASL_SSL listeners.
+    #[command(flatten)]
+    pub tls: crate::tls_flags::TlsArgs,
 }
 
 impl SecurityArgs {
-    /// The security of the PLAINTEXT listener and of the SASL one (if asked for), for
-    /// standalone mode or cluster mode (`cluster`).
-    pub fn load(&self, cluster: bool) -> Result<(Security, Option<(SocketAddr, Security)>)> {
+    /// The security of the PLAINTEXT listener, and the other listeners asked for (SASL,
+    /// SSL, SASL_SSL, in that order) with theirs, for standalone mode or cluster mode
+    /// (`cluster`).
+    pub fn load(&self, cluster: bool) -> Result<(Security, Vec<(SocketAddr, Security)>)> {
         if cluster {
             return self.load_cluster();
         }
@@ -82,30 +87,47 @@ impl SecurityArgs {
             acl: acl.clone(),
             ..Security::default()
         };
-        let sasl = match (&self.kafka_listen_sasl, &self.sasl_users) {
-            (Some(addr), Some(file)) => {
+        let sasl_listener =
+            self.kafka_listen_sasl.is_some() || self.tls.kafka_listen_sasl_ssl.is_some();
+        // One SaslConfig for both SASL listeners: failures are rate-limited across them.
+        let sasl = match &self.sasl_users {
+            Some(_) if !sasl_listener => bail!(
+                "--sasl-users needs a SASL listener: --kafka-listen-sasl or --kafka-listen-sasl-ssl"
+            ),
+            Some(file) => {
                 let users = Users::load(file)?;
                 if users.users.is_empty() {
                     log::warn!("{}: no users: every SASL login will fail", file.display());
                 }
-                let sec = Security {
-                    sasl: Some(Arc::new(SaslConfig::new(users))),
-                    acl,
-                    relay: None,
-                };
-                Some((*addr, sec))
+                Some(Arc::new(SaslConfig::new(users)))
             }
-            (None, Some(_)) => bail!("--sasl-users needs a SASL listener: --kafka-listen-sasl"),
-            (Some(_), None) => {
-                bail!("--kafka-listen-sasl needs --sasl-users FILE (written by `kxgw users add`)")
-            }
-            (None, None) => None,
+            None if sasl_listener => bail!(
+                "--kafka-listen-sasl/--kafka-listen-sasl-ssl need --sasl-users FILE (written by \
+                 `kxgw users add`)"
+            ),
+            None => None,
         };
-        Ok((plain, sasl))
+        let mut extra = Vec::new();
+        if let Some(addr) = self.kafka_listen_sasl {
+            let sec = Security {
+                sasl: sasl.clone(),
+                acl: acl.clone(),
+                ..Security::default()
+            };
+            extra.push((addr, sec));
+        }
+        extra.extend(self.tls.listeners(sasl, acl)?);
+        Ok((plain, extra))
     }
 
     /// Cluster mode: the cluster authenticates and authorizes; nothing is checked locally.
-    fn load_cluster(&self) -> Result<(Security, Option<(SocketAddr, Security)>)> {
+    fn load_cluster(&self) -> Result<(Security, Vec<(SocketAddr, Security)>)> {
+        if self.tls.kafka_listen_ssl.is_some() || self.tls.kafka_listen_sasl_ssl.is_some() {
+            bail!(
+                "--kafka-listen-ssl/--kafka-listen-sasl-ssl are for standalone mode for now: \
+                 with --upstream, give --kafka-listen or --kafka-listen-sasl"
+            );
+        }
         if self.acl.is_some() {
             bail!(
                 "--acl is for standalone mode: with --upstream the cluster's ACLs decide \
@@ -133,7 +155,7 @@ impl SecurityArgs {
                  --upstream-sasl-user USER --upstream-sasl-password-file FILE"
             );
         }
-        Ok((Security::default(), sasl))
+        Ok((Security::default(), sasl.into_iter().collect()))
     }
 
     /// Cluster mode: the gateway's own login, if given.

@@ -50,6 +50,7 @@ fn fixture(sasl: bool, acl: bool) -> (Harness, tempfile::TempDir) {
         sasl: sasl.then(|| Arc::new(SaslConfig::new(users))),
         acl: acl.then(|| Arc::new(Acl::parse(ACL).unwrap())),
         relay: None,
+        tls: None,
     };
     h.session.secure(&sec, None);
     (h, dir)

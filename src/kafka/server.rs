@@ -23,6 +23,7 @@ use super::group::{GroupConfig, Groups, WaiterId};
 use super::outq::IoMode;
 use super::session::Session;
 use super::stats::{add, inc, Stats};
+use super::tls::{HandshakeDeadlines, TlsConn};
 use super::upstream::{Broker, ClusterView};
 use crate::log::LogDir;
 
@@ -161,16 +162,20 @@ impl KafkaListener {
             appended,
             stop: Arc::clone(&stop),
             scratch: vec![0u8; READ_STEP],
+            handshakes: HandshakeDeadlines::default(),
         };
         for (i, l) in el.listeners.iter_mut().enumerate() {
             el.poll
                 .registry()
                 .register(&mut l.socket, Token(LISTENER - i), Interest::READABLE)?;
+            let io = match &l.security.tls {
+                Some(t) => t.record_path(),
+                None => cfg.io.as_str().to_string(),
+            };
             log::info!(
-                "kafka listener on {} ({}, io {}, advertised {}:{})",
+                "kafka listener on {} ({}, io {io}, advertised {}:{})",
                 l.socket.local_addr()?,
                 l.security.protocol(),
-                cfg.io.as_str(),
                 l.node.host,
                 l.node.port
             );
@@ -352,6 +357,15 @@ struct Conn {
     upstream: Option<TcpStream>,
     /// That connection goes to another broker (the local one was down).
     upstream_other: bool,
+    /// SSL / SASL_SSL listeners: the TLS layer between `stream` and `session`.
+    tls: Option<Box<TlsConn>>,
+}
+
+impl Conn {
+    /// Response bytes not yet on the wire (queued, or encrypted and waiting).
+    fn unsent(&mut self) -> bool {
+        !self.session.out().is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
 }
 
 struct EventLoop {
@@ -374,6 +388,8 @@ struct EventLoop {
     appended: Arc<Mutex<HashSet<(String, i32)>>>,
     stop: Arc<AtomicBool>,
     scratch: Vec<u8>,
+    /// Handshake deadlines of TLS connections.
+    handshakes: HandshakeDeadlines,
 }
 
 /// What one drive of a connection ended with.
@@ -387,13 +403,14 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let mut accept_warned = false;
         loop {
-            let next = match (
+            let next = [
                 self.next_deadline(),
                 self.groups.lock().coord.next_deadline(),
-            ) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+                self.handshakes.next(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = next
                 .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -449,7 +466,7 @@ impl EventLoop {
             let pending: Vec<Token> = self
                 .conns
                 .iter_mut()
-                .filter_map(|(t, c)| (!c.session.out().is_empty()).then_some(*t))
+                .filter_map(|(t, c)| c.unsent().then_some(*t))
                 .collect();
             if pending.is_empty() {
                 return;
@@ -503,6 +520,19 @@ impl EventLoop {
                     let token = Token(self.next_token);
                     self.next_token += 1;
                     let _ = stream.set_nodelay(true);
+                    let tls = match self.listeners[index].security.tls.as_deref() {
+                        Some(t) => match TlsConn::new(t, Instant::now()) {
+                            Ok(c) => Some(Box::new(c)),
+                            Err(e) => {
+                                log::warn!("kafka {peer}: cannot start TLS: {e}");
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    if let Some(d) = tls.as_ref().and_then(|t| t.deadline()) {
+                        self.handshakes.push(d, token.0);
+                    }
                     if let Err(e) = self.poll.registry().register(
                         &mut stream,
                         token,
@@ -530,6 +560,7 @@ impl EventLoop {
                             listener: index,
                             session,
                             read_eof: false,
+                            tls,
                         },
                     );
                 }
@@ -624,6 +655,31 @@ impl EventLoop {
             self.deadlines.pop();
             if self.is_current(d, Token(t)) {
                 self.drive(Token(t));
+            }
+        }
+        self.expire_handshakes(now);
+    }
+
+    /// Closes TLS connections whose handshake is not done by its deadline.
+    fn expire_handshakes(&mut self, now: Instant) {
+        for t in self.handshakes.due(now) {
+            let token = Token(t);
+            let late = self
+                .conns
+                .get(&token)
+                .and_then(|c| c.tls.as_ref()?.deadline())
+                .is_some_and(|d| d <= now);
+            if !late {
+                continue;
+            }
+            if let Some(mut c) = self.conns.remove(&token) {
+                log::debug!("kafka {}: TLS handshake timed out", c.peer);
+                self.stats
+                    .auth
+                    .tls
+                    .count(super::tls::stats::Outcome::Timeout);
+                self.deregister(&mut c);
+                inc(&self.stats.conns_closed);
             }
         }
     }
@@ -790,6 +846,11 @@ impl EventLoop {
     /// A consumer that resets its connection (it exited, or stopped mid-response) is
     /// ordinary; anything else (a short segment file, ...) counts as an I/O error.
     fn io_failed(&self, conn: &Conn, what: &str, e: &io::Error) {
+        if conn.tls.as_ref().is_some_and(|t| t.failed()) {
+            // Counted by cause in the TLS stats.
+            log::debug!("kafka {}: closing: {e}", conn.peer);
+            return;
+        }
         if matches!(
             e.kind(),
             io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
@@ -812,7 +873,17 @@ impl EventLoop {
         loop {
             let mut progressed = false;
             if !conn.read_eof && conn.session.wants_input() {
-                match conn.stream.read(&mut self.scratch) {
+                let read = match conn.tls.as_mut() {
+                    Some(t) => {
+                        t.read_plain(&mut conn.stream, &mut self.scratch, &self.stats.auth.tls)
+                    }
+                    None => conn.stream.read(&mut self.scratch),
+                };
+                if let Some(p) = conn.tls.as_mut().and_then(|t| t.take_principal()) {
+                    log::debug!("kafka {}: TLS client certificate of {p}", conn.peer);
+                    conn.session.set_principal(p);
+                }
+                match read {
                     Ok(0) => conn.read_eof = true,
                     Ok(n) => {
                         conn.session.receive(&self.scratch[..n]);
@@ -857,15 +928,22 @@ impl EventLoop {
                     return Drive::Close;
                 }
             }
+            let tls_pending = conn.tls.as_ref().is_some_and(|t| t.wants_write());
             let out = conn.session.out();
-            if !out.is_empty() {
-                match out.write_to(&conn.stream, self.io) {
+            if !out.is_empty() || tls_pending {
+                let written = match conn.tls.as_mut() {
+                    Some(t) => t.write_out(&mut conn.stream, out),
+                    None => out.write_to(&conn.stream, self.io),
+                };
+                match written {
                     Ok(w) => {
                         add(&self.stats.bytes_mem, w.mem);
+                        // Record bytes over TLS are always copied (see kafka::tls).
                         add(
-                            match self.io {
-                                IoMode::Sendfile => &self.stats.bytes_sendfile,
-                                IoMode::Copy => &self.stats.bytes_copy,
+                            if conn.tls.is_some() || self.io == IoMode::Copy {
+                                &self.stats.bytes_copy
+                            } else {
+                                &self.stats.bytes_sendfile
                             },
                             w.file,
                         );
@@ -881,8 +959,9 @@ impl EventLoop {
                 break;
             }
         }
-        let idle = conn.session.out().is_empty() && !conn.session.is_parked();
-        if conn.session.is_closing() && conn.session.out().is_empty() {
+        let unsent = conn.unsent();
+        let idle = !unsent && !conn.session.is_parked();
+        if conn.session.is_closing() && !unsent {
             // A failed authentication: its answer is sent, the connection ends (as Kafka).
             log::debug!("kafka {}: closed after a failed authentication", conn.peer);
             return Drive::Close;

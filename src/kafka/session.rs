@@ -149,6 +149,12 @@ impl Session {
         self.relay = sec.relay.clone().map(|c| Relay::new(c, peer));
     }
 
+    /// The principal a transport established (a TLS client certificate's subject): the ACL
+    /// applies to it until a SASL login names another.
+    pub fn set_principal(&mut self, principal: String) {
+        self.authz = Arc::new(Authz::new(self.acl.clone(), principal));
+    }
+
     /// The connection's principal (`User:ANONYMOUS` until authenticated).
     pub fn principal(&self) -> &str {
         self.authz.principal()

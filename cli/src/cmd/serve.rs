@@ -66,7 +66,7 @@ pub struct Args {
     /// the follower's file notifications, if it has them).
     #[arg(long, value_name = "MS", default_value_t = 50)]
     pub refresh_ms: u64,
-    /// Kafka listener security (--kafka-listen-sasl, --sasl-users, --acl).
+    /// Kafka listener security (--kafka-listen-sasl, --sasl-users, --acl, the TLS flags).
     #[command(flatten)]
     pub security: crate::security_flags::SecurityArgs,
     /// The group coordinator of the Kafka listener (--state-dir and its options).
@@ -198,8 +198,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     if running.kafka.is_none() && running.fetch.is_none() {
         bail!(
-            "nothing to serve: give --kafka-listen ADDR:PORT (or --kafka-listen-sasl) and/or \
-             --fetch-listen IP:PORT"
+            "nothing to serve: give --kafka-listen ADDR:PORT (or --kafka-listen-sasl, -ssl, \
+             -sasl-ssl) and/or --fetch-listen IP:PORT"
         );
     }
 
@@ -253,12 +253,12 @@ fn start_kafka(
     log: &Arc<LogDir>,
     cluster: Option<Arc<ClusterView>>,
 ) -> Result<Option<KafkaListener>> {
-    let (plain, sasl) = args.security.load(cluster.is_some())?;
-    // The first listener is the PLAINTEXT one if asked for, else the SASL one.
-    let (addr, security, extra) = match (args.kafka_listen, sasl) {
-        (Some(a), sasl) => (a, plain, sasl.into_iter().collect()),
-        (None, Some((a, s))) => (a, s, Vec::new()),
-        (None, None) => return Ok(None),
+    let (plain, mut extra) = args.security.load(cluster.is_some())?;
+    // The first listener is the PLAINTEXT one if asked for, else the first other one.
+    let (addr, security) = match args.kafka_listen {
+        Some(a) => (a, plain),
+        None if extra.is_empty() => return Ok(None),
+        None => extra.remove(0),
     };
     // In cluster mode each connection's forwarded requests go to the local broker's one
     // listener: a SASL one (relayed logins) or a PLAINTEXT one, not both.

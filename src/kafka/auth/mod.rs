@@ -72,6 +72,8 @@ pub struct Security {
     /// Cluster mode's SASL listener: the exchange is relayed to the cluster (no local users)
     /// and topic reads are authorized by the cluster, through this cache.
     pub relay: Option<Arc<crate::kafka::upstream::relay::RelayConfig>>,
+    /// TLS first (SSL, SASL_SSL).
+    pub tls: Option<Arc<crate::kafka::tls::TlsServer>>,
 }
 
 impl std::fmt::Debug for Security {
@@ -83,10 +85,11 @@ impl std::fmt::Debug for Security {
 impl Security {
     /// Kafka's name of the listener's security protocol.
     pub fn protocol(&self) -> &'static str {
-        if self.sasl.is_some() || self.relay.is_some() {
-            "SASL_PLAINTEXT"
-        } else {
-            "PLAINTEXT"
+        match (self.tls.is_some(), self.sasl.is_some() || self.relay.is_some()) {
+            (false, false) => "PLAINTEXT",
+            (false, true) => "SASL_PLAINTEXT",
+            (true, false) => "SSL",
+            (true, true) => "SASL_SSL",
         }
     }
 }

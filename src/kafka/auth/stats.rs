@@ -27,6 +27,8 @@ pub struct AuthStats {
     pub failed_upstream: AtomicU64,
     /// Cluster mode: topic authorizations asked of the cluster (not answered from the cache).
     pub authz_asked: AtomicU64,
+    /// TLS handshakes and the causes of connections TLS closed.
+    pub tls: crate::kafka::tls::TlsStats,
 }
 
 impl AuthStats {
@@ -55,6 +57,7 @@ impl AuthStats {
                 c.load(Relaxed),
             );
         }
+        self.tls.write_metrics(w);
     }
 }
 
@@ -64,6 +67,6 @@ impl fmt::Display for AuthStats {
         for (name, c) in self.rows() {
             write!(f, " {name}={}", c.load(Relaxed))?;
         }
-        Ok(())
+        write!(f, " | {}", self.tls)
     }
 }

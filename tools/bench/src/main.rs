@@ -88,6 +88,9 @@ enum Tool {
         /// Skip the CRC32C check of each batch.
         #[arg(long)]
         no_verify: bool,
+        /// Connect with TLS (an SSL listener), trusting this CA file (PEM).
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
     },
     /// Append stamped records at a fixed rate, one per batch (the tailing probes' producer).
     TailProduce {
@@ -238,7 +241,12 @@ fn run(args: Args) -> Result<ExitCode> {
             max_bytes,
             fetch_version,
             no_verify,
+            tls_ca,
         } => {
+            let tls = match &tls_ca {
+                Some(ca) => Some(kxgw::kafka::tls::ClientTls::load(ca)?),
+                None => None,
+            };
             let cfg = load::LoadConfig {
                 bootstrap,
                 topic: load.topic,
@@ -249,6 +257,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 max_bytes,
                 version: fetch_version,
                 verify: !no_verify,
+                tls,
             };
             print_load(load::run(&cfg)?, cfg.consumers);
         }

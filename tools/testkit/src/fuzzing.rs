@@ -151,6 +151,7 @@ fn fuzz_security() -> kxgw::kafka::auth::Security {
         sasl: Some(Arc::new(SaslConfig::new(users))),
         acl: Some(Arc::new(acl)),
         relay: None,
+        tls: None,
     }
 }
 
@@ -593,6 +594,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     fetch_datagram_seeds(&mut seeds);
     log_batch_seeds(&mut seeds);
     log_segment_seeds(&mut seeds);
+    seeds.extend(crate::fuzzing_tls::seeds());
     seeds
 }
 
