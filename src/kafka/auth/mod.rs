@@ -85,7 +85,10 @@ impl std::fmt::Debug for Security {
 impl Security {
     /// Kafka's name of the listener's security protocol.
     pub fn protocol(&self) -> &'static str {
-        match (self.tls.is_some(), self.sasl.is_some() || self.relay.is_some()) {
+        match (
+            self.tls.is_some(),
+            self.sasl.is_some() || self.relay.is_some(),
+        ) {
             (false, false) => "PLAINTEXT",
             (false, true) => "SASL_PLAINTEXT",
             (true, false) => "SSL",

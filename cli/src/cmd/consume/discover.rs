@@ -199,9 +199,11 @@ fn poll_route(r: &mut Route, sink: &mut Sink<'_>, wait: Duration) -> Result<Vec<
                 sink.batch(b.partition, b.from_offset, &b.data)?;
                 r.udp.recycle(b.data);
             }
-            Event::PartitionError { sub, code, .. }
-                if code == ErrorCode::UnknownTopicOrPartition =>
-            {
+            Event::PartitionError {
+                sub,
+                code: ErrorCode::UnknownTopicOrPartition,
+                ..
+            } => {
                 let p = r.parts.get(sub).copied().unwrap_or(-1);
                 eprintln!(
                     "kxgw consume: {topic}-{p} unknown at {} (node {}): asking Metadata again",
