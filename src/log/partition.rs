@@ -94,6 +94,27 @@ impl SegIndex {
         }
     }
 
+    /// The furthest sparse-index entry after `pos` that a read starting at `start` may reach
+    /// without reading a header: at most `limit` bytes from `start`, its batch starting at or
+    /// below offset `end` (so every batch before it ends below `end`). Returns its position and
+    /// base offset: the bytes before it are whole validated batches, served as they are.
+    fn jump(&self, pos: u64, limit: u64, base: i64, end: i64) -> Option<(u64, i64)> {
+        let after = self
+            .entries
+            .partition_point(|e| u64::from(e.position) <= pos);
+        let by_bytes = self
+            .entries
+            .partition_point(|e| u64::from(e.position) <= limit);
+        let by_offset = self
+            .entries
+            .partition_point(|e| base + i64::from(e.rel_offset) <= end);
+        let k = by_bytes.min(by_offset);
+        (k > after).then(|| {
+            let e = self.entries[k - 1];
+            (u64::from(e.position), base + i64::from(e.rel_offset))
+        })
+    }
+
     fn apply(&mut self, u: SegUpdate, path: &Path) {
         if let ScanEnd::Corrupt { position, reason } = &u.end {
             if self.end != u.end {
@@ -323,6 +344,67 @@ fn find_in(
         pos += b.size as u64;
     }
     Ok(None)
+}
+
+/// What [`walk`] found: `len` bytes of whole batches from the start position.
+struct Walk {
+    len: usize,
+    first_offset: i64,
+    next_offset: i64,
+    /// Whether some bytes were taken from the sparse index without reading their headers.
+    jumped: bool,
+}
+
+/// The batches of `s` from byte `start` (offset `offset`) below offset `end`, at most
+/// `max_bytes` of them (at least the first). With `jump`, whole batches up to an index entry
+/// are taken without reading their headers (one entry per 4 KiB of batches): a fetch then
+/// reads the first header, jumps, and reads the few after the last entry it may reach.
+fn walk(
+    s: &Segment,
+    start: u64,
+    offset: i64,
+    end: i64,
+    max_bytes: usize,
+    jump: bool,
+) -> Result<Walk, LogError> {
+    let mut data = s.headers();
+    let ix = s.ix();
+    let limit = start.saturating_add(max_bytes as u64);
+    let mut pos = start;
+    let mut w = Walk {
+        len: 0,
+        first_offset: offset,
+        next_offset: offset,
+        jumped: false,
+    };
+    while pos < ix.valid_end {
+        if jump && w.len > 0 {
+            if let Some((p, next)) = ix.jump(pos, limit, s.base_offset, end) {
+                w.len = (p - start) as usize;
+                w.next_offset = next;
+                w.jumped = true;
+                pos = p;
+                continue;
+            }
+        }
+        let (base, last, size) = match data.span(pos) {
+            Ok(b) => (b.base_offset, b.last_offset, b.size),
+            // Truncated under us: serve the batches read so far; with none, say why (the
+            // next refresh sees the shorter file and the consumer gets what still exists).
+            Err(e) if w.len == 0 => return Err(LogError::io(s.path.as_path(), e)),
+            Err(_) => break,
+        };
+        if last >= end || (w.len > 0 && w.len + size > max_bytes) {
+            break;
+        }
+        if w.len == 0 {
+            w.first_offset = base;
+        }
+        w.len += size;
+        w.next_offset = last + 1;
+        pos += size as u64;
+    }
+    Ok(w)
 }
 
 struct PartState {
@@ -565,39 +647,25 @@ impl Partition {
         max_bytes: usize,
         offsets: PartitionOffsets,
     ) -> Result<ReadSlice, LogError> {
-        let mut data = s.headers();
-        let valid_end = s.ix().valid_end;
-        let mut pos = start;
-        let mut len = 0usize;
-        let mut first_offset = offset;
-        let mut next_offset = offset;
-        while pos < valid_end {
-            let (base, last, size) = match data.span(pos) {
-                Ok(b) => (b.base_offset, b.last_offset, b.size),
-                // Truncated under us: serve the batches read so far; with none, say why (the
-                // next refresh sees the shorter file and the consumer gets what still exists).
-                Err(e) if len == 0 => return Err(LogError::io(s.path.as_path(), e)),
-                Err(_) => break,
-            };
-            if last >= end || (len > 0 && len + size > max_bytes) {
-                break;
-            }
-            if len == 0 {
-                first_offset = base;
-            }
-            len += size;
-            next_offset = last + 1;
-            pos += size as u64;
+        let mut w = walk(s, start, offset, end, max_bytes, true)?;
+        // Jumped-over bytes were not read: make sure the file still holds them (a segment
+        // truncated in place under the reader), else walk every header as before.
+        if w.jumped
+            && s.file
+                .metadata()
+                .map_or(true, |m| m.len() < start + w.len as u64)
+        {
+            w = walk(s, start, offset, end, max_bytes, false)?;
         }
         Ok(ReadSlice {
             path: s.path.clone(),
             file: s.file.clone(),
             map: s.map.clone(),
             source: s.source.clone(),
-            position: if len == 0 { 0 } else { start },
-            len,
-            first_offset,
-            next_offset,
+            position: if w.len == 0 { 0 } else { start },
+            len: w.len,
+            first_offset: w.first_offset,
+            next_offset: w.next_offset,
             offsets,
         })
     }

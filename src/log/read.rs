@@ -208,7 +208,9 @@ impl<'a> HeaderReader<'a> {
     /// `len` bytes at `pos`, from the window or a new read.
     fn window(&mut self, pos: u64, len: usize) -> io::Result<&[u8]> {
         let have = pos >= self.at && pos + len as u64 <= self.at + self.buf.len() as u64;
-        let large = matches!(self.last, Some(last) if pos >= last + LARGE_STRIDE);
+        // A walk starts with a header-sized read (most lookups read one or two headers, and
+        // batches are often larger than a window); only short strides call for windows.
+        let large = !matches!(self.last, Some(last) if pos < last + LARGE_STRIDE);
         self.last = Some(pos);
         if !have {
             if pos + len as u64 > self.end {

@@ -486,3 +486,39 @@ fn truncated_in_place_under_the_reader() {
         Err(LogError::OffsetOutOfRange { .. })
     ));
 }
+
+/// Reads take whole batches up to a sparse-index entry without reading their headers: the
+/// slice must be exactly what a header-by-header walk gives, for every start and size.
+#[test]
+fn reads_that_jump_the_index_match_a_header_walk() {
+    let d = tempfile::tempdir().unwrap();
+    // Batch sizes from a few records to well over the 4 KiB index stride.
+    let sizes: Vec<usize> = (0..300).map(|i| [1, 3, 40, 2, 120, 7][i % 6]).collect();
+    let batches = write_log(d.path(), &sizes, 1 << 30);
+    let log = LogDir::open(d.path(), None).unwrap();
+    let p = log.partition("t", 0).unwrap();
+    let bytes = std::fs::read(d.path().join("t-0/00000000000000000000.log")).unwrap();
+    let spans: Vec<(usize, usize)> = batch::iter(&bytes)
+        .map(|b| {
+            let (pos, b) = b.unwrap();
+            (pos, b.total_len())
+        })
+        .collect();
+    for start in [0, 1, 5, 77, 150, 299] {
+        for max in [1, 500, 4096, 20_000, 100_000, usize::MAX] {
+            let s = p.read(batches[start].0, max).unwrap();
+            // The walk: the first batch always, then whole batches while they fit.
+            let mut len = spans[start].1;
+            let mut i = start + 1;
+            while i < spans.len() && len + spans[i].1 <= max {
+                len += spans[i].1;
+                i += 1;
+            }
+            assert_eq!(
+                (s.position, s.len, s.first_offset, s.next_offset),
+                (spans[start].0 as u64, len, batches[start].0, batches[i - 1].1),
+                "start batch {start}, max {max}"
+            );
+        }
+    }
+}
