@@ -314,7 +314,12 @@ fn offset_commit_and_fetch_need_the_topic_with_confluent_kafka() {
         .args(["SCRAM-SHA-256", "alice", ALICE, "t:42", "u:42"])
         .output()
         .expect("running python3");
-    assert!(out.status.success(), "sasl_commit: {}\n{}", text(&out), gw.log());
+    assert!(
+        out.status.success(),
+        "sasl_commit: {}\n{}",
+        text(&out),
+        gw.log()
+    );
     let got = String::from_utf8_lossy(&out.stdout);
     let line = |step: &str, topic: &str| {
         got.lines()
@@ -328,9 +333,10 @@ fn offset_commit_and_fetch_need_the_topic_with_confluent_kafka() {
     assert_eq!(line("committed", "u"), "TOPIC_AUTHORIZATION_FAILED");
     let m = gw.metrics();
     assert!(
-        m.lines()
-            .any(|l| l.starts_with("kxgw_kafka_auth_total{outcome=\"denied_topic\"}")
-                && !l.ends_with(" 0")),
+        m.lines().any(
+            |l| l.starts_with("kxgw_kafka_auth_total{outcome=\"denied_topic\"}")
+                && !l.ends_with(" 0")
+        ),
         "refusals counted:\n{m}"
     );
     gw.stop();

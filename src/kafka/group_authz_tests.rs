@@ -163,17 +163,28 @@ fn offset_commit_needs_read_on_each_topic_after_the_group() {
 #[test]
 fn offset_fetch_needs_describe_and_all_committed_leaves_refused_topics_out() {
     let (mut h, _d) = fixture("User:admin");
-    assert_eq!(commit(&mut h, "g", &["t", "u"], 7), [("t".into(), 0), ("u".into(), 0)]);
+    assert_eq!(
+        commit(&mut h, "g", &["t", "u"], 7),
+        [("t".into(), 0), ("u".into(), 0)]
+    );
     assert_eq!(
         fetch_v7(&mut h, "g", None),
         [row("t", 7, 0), row("u", 7, 0)]
     );
     h.session.set_principal("User:alice".into());
     assert_eq!(fetch_v7(&mut h, "g", None), [row("t", 7, 0)]);
-    assert_eq!(h.stats.auth.denied_topic.load(Relaxed), 0, "filtered, not refused");
+    assert_eq!(
+        h.stats.auth.denied_topic.load(Relaxed),
+        0,
+        "filtered, not refused"
+    );
     assert_eq!(
         fetch_v7(&mut h, "g", Some(&["u", "t", "nope"])),
-        [row("u", -1, DENIED_TOPIC), row("t", 7, 0), row("nope", -1, DENIED_TOPIC)]
+        [
+            row("u", -1, DENIED_TOPIC),
+            row("t", 7, 0),
+            row("nope", -1, DENIED_TOPIC)
+        ]
     );
     assert_eq!(h.stats.auth.denied_topic.load(Relaxed), 2);
     // v8+: per group, the group's refusal first.
@@ -216,7 +227,10 @@ fn offset_fetch_needs_describe_and_all_committed_leaves_refused_topics_out() {
 #[test]
 fn offset_delete_needs_read_on_each_topic() {
     let (mut h, _d) = fixture("User:admin");
-    assert_eq!(commit(&mut h, "g", &["t", "u"], 7), [("t".into(), 0), ("u".into(), 0)]);
+    assert_eq!(
+        commit(&mut h, "g", &["t", "u"], 7),
+        [("t".into(), 0), ("u".into(), 0)]
+    );
     h.session.set_principal("User:alice".into());
     let req = OffsetDeleteRequest::default()
         .with_group_id(GroupId(sb("g")))
@@ -232,7 +246,11 @@ fn offset_delete_needs_read_on_each_topic() {
         );
     let r: OffsetDeleteResponse = h.call(ApiKey::OffsetDelete, 0, &req);
     assert_eq!(r.error_code, 0);
-    let codes: Vec<i16> = r.topics.iter().map(|t| t.partitions[0].error_code).collect();
+    let codes: Vec<i16> = r
+        .topics
+        .iter()
+        .map(|t| t.partitions[0].error_code)
+        .collect();
     assert_eq!(codes, [0, DENIED_TOPIC]);
     let inner = h.session.groups().lock();
     let stored = inner.coord.offsets("g").unwrap();

@@ -273,11 +273,13 @@ fn offset_apis_go_to_the_cluster_which_authorizes_their_topics() {
     let req = OffsetCommitRequest::default()
         .with_group_id(GroupId(StrBytes::from_static_str("g")))
         .with_generation_id_or_member_epoch(-1)
-        .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str("t")))
-            .with_partitions(vec![
-                offset_commit_request::OffsetCommitRequestPartition::default(),
-            ])]);
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default(),
+                ]),
+        ]);
     send(&mut h, ApiKey::OffsetCommit, 8, &req, now);
     // Forwarded as sent, on the client's own (authenticated) connection: no local ask.
     let out = h.session.forwarder().outbound().clone();
@@ -297,5 +299,8 @@ fn offset_apis_go_to_the_cluster_which_authorizes_their_topics() {
     upstream_answers(&mut h, ApiKey::OffsetCommit, 8, &refused);
     let r: OffsetCommitResponse =
         decode_response(ApiKey::OffsetCommit, 8, 7, &h.step(now).unwrap());
-    assert_eq!(r.topics[0].partitions[0].error_code, 29, "the cluster's answer");
+    assert_eq!(
+        r.topics[0].partitions[0].error_code, 29,
+        "the cluster's answer"
+    );
 }
