@@ -116,16 +116,23 @@ impl SecurityArgs {
             };
             extra.push((addr, sec));
         }
-        extra.extend(self.tls.listeners(sasl, acl)?);
+        let sasl_ssl = Security {
+            sasl,
+            acl,
+            ..Security::default()
+        };
+        extra.extend(self.tls.listeners(plain.clone(), sasl_ssl)?);
         Ok((plain, extra))
     }
 
     /// Cluster mode: the cluster authenticates and authorizes; nothing is checked locally.
+    /// TLS ends at the gateway: the upstream connections are as the upstream flags say.
     fn load_cluster(&self) -> Result<(Security, Vec<(SocketAddr, Security)>)> {
-        if self.tls.kafka_listen_ssl.is_some() || self.tls.kafka_listen_sasl_ssl.is_some() {
+        if self.tls.tls_client_ca.is_some() {
             bail!(
-                "--kafka-listen-ssl/--kafka-listen-sasl-ssl are for standalone mode for now: \
-                 with --upstream, give --kafka-listen or --kafka-listen-sasl"
+                "--tls-client-ca is for standalone mode: with --upstream the cluster authorizes \
+                 the principal of each client's SASL login, and a certificate's subject cannot \
+                 be passed on to it; use --kafka-listen-sasl-ssl (SASL inside TLS) instead"
             );
         }
         if self.acl.is_some() {
@@ -140,22 +147,26 @@ impl SecurityArgs {
                  credentials (each client's SASL exchange is relayed to it)"
             );
         }
-        let sasl = self.kafka_listen_sasl.map(|addr| {
-            let relay = RelayConfig::new(Duration::from_millis(self.authz_cache_ms));
-            let sec = Security {
-                relay: Some(Arc::new(relay)),
-                ..Security::default()
-            };
-            (addr, sec)
-        });
-        if sasl.is_some() && self.upstream_sasl_user.is_none() {
+        let relayed = Security {
+            relay: Some(Arc::new(RelayConfig::new(Duration::from_millis(
+                self.authz_cache_ms,
+            )))),
+            ..Security::default()
+        };
+        let mut extra: Vec<(SocketAddr, Security)> = self
+            .kafka_listen_sasl
+            .map(|addr| (addr, relayed.clone()))
+            .into_iter()
+            .collect();
+        extra.extend(self.tls.listeners(Security::default(), relayed)?);
+        if extra.iter().any(|(_, s)| s.relay.is_some()) && self.upstream_sasl_user.is_none() {
             bail!(
-                "--kafka-listen-sasl with --upstream relays clients' logins to the cluster's \
-                 SASL listener, where the gateway's own connections must log in too: give \
-                 --upstream-sasl-user USER --upstream-sasl-password-file FILE"
+                "--kafka-listen-sasl/--kafka-listen-sasl-ssl with --upstream relay clients' \
+                 logins to the cluster's SASL listener, where the gateway's own connections must \
+                 log in too: give --upstream-sasl-user USER --upstream-sasl-password-file FILE"
             );
         }
-        Ok((Security::default(), sasl.into_iter().collect()))
+        Ok((Security::default(), extra))
     }
 
     /// Cluster mode: the gateway's own login, if given.

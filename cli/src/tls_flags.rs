@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use kxgw::kafka::auth::{Acl, SaslConfig, Security};
+use kxgw::kafka::auth::Security;
 use kxgw::kafka::tls::TlsServer;
 
 /// Kafka listener TLS.
@@ -17,8 +17,9 @@ pub struct TlsArgs {
     /// clients must present a certificate, whose subject is their principal).
     #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key"])]
     pub kafka_listen_ssl: Option<SocketAddr>,
-    /// A SASL_SSL Kafka listener: SASL as on --kafka-listen-sasl, inside TLS.
-    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key", "sasl_users"])]
+    /// A SASL_SSL Kafka listener: SASL as on --kafka-listen-sasl, inside TLS. In cluster mode
+    /// (--upstream) TLS ends here: the upstream connections are as the --upstream-* flags say.
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key"])]
     pub kafka_listen_sasl_ssl: Option<SocketAddr>,
     /// Certificate chain (PEM, server certificate first) of the SSL and SASL_SSL listeners.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -37,12 +38,12 @@ pub struct TlsArgs {
 }
 
 impl TlsArgs {
-    /// The SSL and SASL_SSL listeners asked for, with `sasl` and `acl` applied as on the
-    /// other listeners.
+    /// The SSL and SASL_SSL listeners asked for: `ssl` and `sasl_ssl` (the security of the
+    /// PLAINTEXT and SASL_PLAINTEXT listeners) with TLS added.
     pub fn listeners(
         &self,
-        sasl: Option<Arc<SaslConfig>>,
-        acl: Option<Arc<Acl>>,
+        ssl: Security,
+        sasl_ssl: Security,
     ) -> Result<Vec<(SocketAddr, Security)>> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(Vec::new());
@@ -55,24 +56,18 @@ impl TlsArgs {
         if let Some(addr) = self.kafka_listen_ssl {
             let tls = TlsServer::load(cert, key, self.tls_client_ca.as_deref(), timeout)?;
             let sec = Security {
-                sasl: None,
-                acl: acl.clone(),
                 tls: Some(Arc::new(tls)),
-                ..Security::default()
+                ..ssl
             };
             out.push((addr, sec));
         }
         if let Some(addr) = self.kafka_listen_sasl_ssl {
             let tls = TlsServer::load(cert, key, None, timeout)?;
-            out.push((
-                addr,
-                Security {
-                    sasl,
-                    acl,
-                    tls: Some(Arc::new(tls)),
-                    ..Security::default()
-                },
-            ));
+            let sec = Security {
+                tls: Some(Arc::new(tls)),
+                ..sasl_ssl
+            };
+            out.push((addr, sec));
         }
         Ok(out)
     }

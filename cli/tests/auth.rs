@@ -2,7 +2,8 @@
 //! Kafka cluster: `kxgw serve --kafka-listen-sasl` (SASL_PLAINTEXT) with a users file written
 //! by `kxgw users add` and an ACL file; confluent-kafka, kafka-python and kcat with PLAIN and
 //! SCRAM-SHA-256/512 read the allowed topic byte-exact, are refused the other one, and
-//! clients without credentials or with a wrong password are refused.
+//! clients without credentials or with a wrong password are refused; committing or fetching
+//! a group offset of the other topic gets TOPIC_AUTHORIZATION_FAILED.
 
 mod common;
 
@@ -16,6 +17,7 @@ use kxgw_testkit::testnet::{TestNet, GW_ADDR};
 
 const PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/sasl_consume.py");
 const PY_DESCRIBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/describe_topics.py");
+const PY_COMMIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/sasl_commit.py");
 const N: u64 = 3000;
 const SIZE: usize = 120;
 
@@ -296,5 +298,46 @@ fn sasl_plaintext_and_acl_with_kcat() {
         common::closed_by_server(&mut s)
     });
     assert!(closed, "unauthenticated Metadata must close the connection");
+    gw.stop();
+}
+
+#[test]
+fn offset_commit_and_fetch_need_the_topic_with_confluent_kafka() {
+    require_tool("python3");
+    let net = TestNet::new("saslc", 1500).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (gw, sasl) = start(&net, work.path());
+    // alice may use group kxgw-test and topic t, not u.
+    let out = net
+        .client_command("timeout")
+        .args(["60", "python3", PY_COMMIT, &sasl.to_string(), "kxgw-test"])
+        .args(["SCRAM-SHA-256", "alice", ALICE, "t:42", "u:42"])
+        .output()
+        .expect("running python3");
+    assert!(
+        out.status.success(),
+        "sasl_commit: {}\n{}",
+        text(&out),
+        gw.log()
+    );
+    let got = String::from_utf8_lossy(&out.stdout);
+    let line = |step: &str, topic: &str| {
+        got.lines()
+            .find_map(|l| l.strip_prefix(&format!("{step} {topic} ")))
+            .unwrap_or_else(|| panic!("no {step} line for {topic}: {}", text(&out)))
+            .to_string()
+    };
+    assert_eq!(line("commit", "t"), "OK");
+    assert_eq!(line("commit", "u"), "TOPIC_AUTHORIZATION_FAILED");
+    assert_eq!(line("committed", "t"), "42");
+    assert_eq!(line("committed", "u"), "TOPIC_AUTHORIZATION_FAILED");
+    let m = gw.metrics();
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("kxgw_kafka_auth_total{outcome=\"denied_topic\"}")
+                && !l.ends_with(" 0")
+        ),
+        "refusals counted:\n{m}"
+    );
     gw.stop();
 }

@@ -4,7 +4,8 @@
 //! byte-exact on SSL and on SASL_SSL (SCRAM-SHA-256); a client that does not trust the CA
 //! fails; with `--tls-client-ca` a client certificate's subject is the principal the ACL
 //! allows and another subject is refused; TLS garbage is closed and counted by cause and never
-//! stalls the gateway; bad certificate files are refused with their name.
+//! stalls the gateway; bad certificate files are refused with their name; in cluster mode a
+//! SASL_SSL sidecar ends TLS and relays the login to its broker, whose ACL decides.
 
 mod common;
 
@@ -607,4 +608,155 @@ fn bad_certificate_files_are_refused_with_their_name() {
         e.contains("missing.pem"),
         "config keys tls_cert, tls_key: {e}"
     );
+}
+
+/// `kxgw_kafka_bytes_sent_total{kind="k"}` (record bytes).
+fn bytes_sent(gw: &Gateway, kind: &str) -> u64 {
+    let m = gw.metrics();
+    m.lines()
+        .find(|l| l.starts_with(&format!("kxgw_kafka_bytes_sent_total{{kind=\"{kind}\"}}")))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+/// Cluster mode: a sidecar whose one listener is SASL_SSL, in front of a broker (a standalone
+/// kxgw with a SASL_PLAINTEXT listener, users and an ACL). TLS ends at the sidecar; the login
+/// is relayed to the broker over the plain upstream connection, the broker's ACL decides, and
+/// the allowed topic is served by the sidecar from the log dir.
+#[test]
+fn sasl_ssl_sidecar_in_cluster_mode_ends_tls_and_relays_the_login_upstream() {
+    require_tool("python3");
+    let net = TestNet::new("tlscl", 1500).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let dir = logs(w);
+    let pki = Pki::new(w, "kxgw-test-ca");
+    let (cert, key) = pki.issue("gateway", &[(DnType::CommonName, "kxgw")], true);
+    let ca = pki.ca_file.clone();
+    let users = users_file(w);
+    let out = Command::new(KXGW)
+        .args(["users", "add", "--file", &s(&users), "kxgw", "kxgw-secret"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kxgw users add: {out:?}");
+    let password = w.join("kxgw.password");
+    std::fs::write(&password, "kxgw-secret\n").unwrap();
+    let acl = w.join("acl.toml");
+    std::fs::write(
+        &acl,
+        "[[allow]]\nprincipal = \"User:alice\"\ntopics = [\"t\"]\ngroups = [\"kxgw-test\"]\n\
+         [[allow]]\nprincipal = \"User:kxgw\"\ntopics = [\"*\"]\n",
+    )
+    .unwrap();
+    let (broker, sidecar) = (addr(9301), addr(9095));
+    let os =
+        |v: Vec<String>| -> Vec<std::ffi::OsString> { v.into_iter().map(Into::into).collect() };
+    let b = Gateway::spawn_listening(
+        &net,
+        w,
+        "broker",
+        "broker",
+        broker,
+        &os(vec![
+            "--log-dir".into(),
+            s(&dir),
+            "--kafka-listen-sasl".into(),
+            broker.to_string(),
+            "--sasl-users".into(),
+            s(&users),
+            "--acl".into(),
+            s(&acl),
+        ]),
+    );
+    let mut sidecar_args = vec![
+        "--log-dir".into(),
+        s(&dir),
+        "--upstream".into(),
+        broker.to_string(),
+        "--node-id".into(),
+        "0".into(),
+        "--peer".into(),
+        format!("0={sidecar}"),
+        "--kafka-listen-sasl-ssl".into(),
+        sidecar.to_string(),
+        "--tls-cert".into(),
+        s(&cert),
+        "--tls-key".into(),
+        s(&key),
+        "--upstream-sasl-user".into(),
+        "kxgw".into(),
+        "--upstream-sasl-password-file".into(),
+        s(&password),
+    ];
+    let gw = Gateway::spawn_listening(
+        &net,
+        w,
+        "sidecar",
+        "sidecar",
+        sidecar,
+        &os(sidecar_args.clone()),
+    );
+    // Until its watcher (logged in as kxgw) reports the broker's high watermarks.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gw.metric("kxgw_upstream_checkpoint_fallback") != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never went live:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        gw.log().contains("(SASL_SSL, io copy through rustls; "),
+        "{}",
+        gw.log()
+    );
+    let creds = ("SCRAM-SHA-256", "alice", ALICE);
+    let out = confluent(&net, sidecar, "t", creds, &[("KXGW_SSL_CA", ca.as_path())]);
+    assert!(
+        out.status.success(),
+        "t: {}\n{}\n{}",
+        text(&out),
+        gw.log(),
+        b.log()
+    );
+    check_lines("confluent-kafka SASL_SSL via the sidecar", &out);
+    let out = confluent(&net, sidecar, "u", creds, &[("KXGW_SSL_CA", ca.as_path())]);
+    let t = text(&out).to_uppercase();
+    assert!(
+        !out.status.success() && t.contains("AUTHORIZATION"),
+        "u via the sidecar: want a topic authorization error: {t}"
+    );
+    assert!(tls_outcome(&gw, "ok") >= 2, "{}", gw.metrics());
+    let auth = gw.metrics();
+    for outcome in ["ok", "authz_asked"] {
+        assert!(
+            auth.lines().any(|l| l
+                .starts_with(&format!("kxgw_kafka_auth_total{{outcome=\"{outcome}\"}}"))
+                && !l.ends_with(" 0")),
+            "sidecar {outcome}:\n{auth}"
+        );
+    }
+    assert!(bytes_sent(&gw, "copy") > 0, "served by the sidecar");
+    assert_eq!(
+        bytes_sent(&b, "sendfile") + bytes_sent(&b, "copy"),
+        0,
+        "not by the broker"
+    );
+    gw.stop();
+    // Client certificates cannot name a principal the cluster would authorize: refused.
+    sidecar_args.extend(["--tls-client-ca".into(), s(&ca)]);
+    sidecar_args[8] = "--kafka-listen-ssl".into();
+    let out = net
+        .gw_command(KXGW)
+        .arg("serve")
+        .args(&sidecar_args)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("--tls-client-ca is for standalone mode"),
+        "{t}"
+    );
+    b.stop();
 }

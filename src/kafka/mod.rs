@@ -31,6 +31,8 @@ pub mod fetch_advert;
 mod fetch_tests;
 pub mod frame;
 pub mod group;
+#[cfg(test)]
+mod group_authz_tests;
 pub mod group_member;
 #[cfg(test)]
 mod group_session_tests;

@@ -261,18 +261,19 @@ fn start_kafka(
         None => extra.remove(0),
     };
     // In cluster mode each connection's forwarded requests go to the local broker's one
-    // listener: a SASL one (relayed logins) or a PLAINTEXT one, not both.
+    // listener (SASL: relayed logins, or not), and --peer names one address per gateway.
     if cluster.is_some() && !extra.is_empty() {
         bail!(
-            "--kafka-listen and --kafka-listen-sasl cannot both be given with --upstream: the \
-             gateway relays to the cluster's SASL listener, where PLAINTEXT clients' requests \
-             would be refused (and their local reads not authorized by the cluster)"
+            "with --upstream the gateway has one Kafka listener: give one of --kafka-listen, \
+             --kafka-listen-sasl, --kafka-listen-ssl, --kafka-listen-sasl-ssl (forwarded requests \
+             go to the local broker's one listener, and --peer names one address per gateway)"
         );
     }
     if cluster.is_some() && security.relay.is_none() && args.security.upstream_sasl_user.is_some() {
         bail!(
-            "--upstream-sasl-user with a PLAINTEXT --kafka-listen: the cluster's listener wants \
-             SASL, so clients must log in too: listen with --kafka-listen-sasl instead"
+            "--upstream-sasl-user with a listener without SASL: the cluster's listener wants \
+             SASL, so clients must log in too: listen with --kafka-listen-sasl or \
+             --kafka-listen-sasl-ssl instead"
         );
     }
     let mut cfg = KafkaConfig::new(addr, args.io.into());

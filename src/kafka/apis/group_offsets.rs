@@ -1,4 +1,10 @@
 //! OffsetCommit, OffsetFetch (single-group v1-v7 and multi-group v8+) and OffsetDelete.
+//!
+//! Authorized as a broker does: the group first ([`super::group_authz`]), then each topic
+//! through [`Ctx::authorized`] (the ACL file; in cluster mode these APIs go to the cluster,
+//! which checks both itself): OffsetCommit and OffsetDelete answer TOPIC_AUTHORIZATION_FAILED
+//! for every partition of a topic the principal may not read, OffsetFetch for every asked-for
+//! partition of a topic it may not describe, and leaves such topics out of "all committed".
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,18 +49,31 @@ pub(super) fn commit(
         member_id: s(&req.member_id),
         instance_id: req.group_instance_id.as_ref().map(s),
     };
+    // As a broker: topic READ per topic (after the group's, see group_authz), whatever the
+    // group's state; a request for refused topics only never reaches the coordinator.
+    let denied: Vec<bool> = req
+        .topics
+        .iter()
+        .map(|t| ctx.authorized(t.name.0.as_str()).is_err())
+        .collect();
     let mut inner = groups.lock();
-    let code = inner.coord.check_commit(&r, now);
+    let code = if denied.iter().all(|&d| d) && !denied.is_empty() {
+        0
+    } else {
+        inner.coord.check_commit(&r, now)
+    };
     let at = now_ms();
     // Per partition: its error, and what to store when there is none.
     let mut results: Vec<(String, Vec<(i32, i16)>)> = Vec::new();
     let mut accepted = Vec::new();
-    for t in &req.topics {
+    for (t, &denied) in req.topics.iter().zip(&denied) {
         let topic = s(&t.name.0);
         let mut parts = Vec::new();
         for p in &t.partitions {
             let meta = p.committed_metadata.as_ref().map(s);
-            let e = if code != 0 {
+            let e = if denied {
+                E::TopicAuthorizationFailed.code()
+            } else if code != 0 {
                 code
             } else if ctx.log.partition(&topic, p.partition_index).is_none() {
                 E::UnknownTopicOrPartition.code()
@@ -86,7 +105,18 @@ pub(super) fn commit(
         }
     }
     drop(inner);
-    let resp = OffsetCommitResponse::default().with_topics(
+    encode(
+        "OffsetCommit",
+        ApiKey::OffsetCommit,
+        c,
+        v,
+        &commit_response(results),
+    )
+}
+
+/// The OffsetCommit answer: per topic, each partition's error.
+fn commit_response(results: Vec<(String, Vec<(i32, i16)>)>) -> OffsetCommitResponse {
+    OffsetCommitResponse::default().with_topics(
         results
             .into_iter()
             .map(|(topic, parts)| {
@@ -104,8 +134,7 @@ pub(super) fn commit(
                     )
             })
             .collect(),
-    );
-    encode("OffsetCommit", ApiKey::OffsetCommit, c, v, &resp)
+    )
 }
 
 /// One partition's answer: (partition, offset, leader epoch, metadata, error).
@@ -113,6 +142,8 @@ type Row = (i32, i64, i32, Option<StrBytes>, i16);
 
 /// The rows of one group: the partitions asked for, or (`None`) every committed one. A
 /// committed partition the log no longer has is reported with UNKNOWN_TOPIC_OR_PARTITION.
+/// As a broker (topic DESCRIBE): asked-for topics the principal may not describe get
+/// TOPIC_AUTHORIZATION_FAILED and no offset; "every committed one" leaves them out.
 fn rows(
     ctx: &Ctx,
     offsets: Option<&GroupOffsets>,
@@ -133,6 +164,10 @@ fn rows(
             None => (p, -1, -1, Some(StrBytes::default()), 0),
         }
     };
+    let denied = |p: i32| -> Row {
+        let e = E::TopicAuthorizationFailed.code();
+        (p, -1, -1, Some(StrBytes::default()), e)
+    };
     let asked = asked.unwrap_or_else(|| {
         let mut all: Vec<(String, Vec<i32>)> = Vec::new();
         for (t, p) in offsets.into_iter().flat_map(|o| o.keys()) {
@@ -141,12 +176,18 @@ fn rows(
                 _ => all.push((t.clone(), vec![*p])),
             }
         }
+        // Left out silently (not counted as refusals), as Metadata's "all topics".
+        all.retain(|(t, _)| ctx.authz.topic(t));
         all
     });
     asked
         .into_iter()
         .map(|(t, ps)| {
-            let r = ps.iter().map(|&p| row(&t, p)).collect();
+            let r = if ctx.authorized(&t).is_ok() {
+                ps.iter().map(|&p| row(&t, p)).collect()
+            } else {
+                ps.iter().map(|&p| denied(p)).collect()
+            };
             (t, r)
         })
         .collect()
@@ -251,6 +292,7 @@ fn subscribed(view: &crate::kafka::group::coordinator::GroupView) -> Vec<String>
 }
 
 pub(super) fn delete(
+    ctx: &Ctx,
     groups: &Groups,
     c: i32,
     v: i16,
@@ -274,11 +316,15 @@ pub(super) fn delete(
             for t in &req.topics {
                 let topic = s(&t.name.0);
                 let busy = subs.contains(&topic);
+                // As a broker: topic READ per topic (the group's is checked before).
+                let denied = ctx.authorized(&topic).is_err();
                 let parts = t
                     .partitions
                     .iter()
                     .map(|p| {
-                        let e = if busy {
+                        let e = if denied {
+                            E::TopicAuthorizationFailed.code()
+                        } else if busy {
                             E::GroupSubscribedToTopic.code()
                         } else {
                             delete.push((topic.clone(), p.partition_index));

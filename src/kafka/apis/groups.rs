@@ -75,7 +75,7 @@ pub fn handle(
         ApiKey::LeaveGroup => leave(groups, c, v, &decode(body, v)?, now),
         ApiKey::OffsetCommit => group_offsets::commit(ctx, groups, c, v, &decode(body, v)?, now),
         ApiKey::OffsetFetch => group_offsets::fetch(ctx, groups, c, v, &decode(body, v)?),
-        ApiKey::OffsetDelete => group_offsets::delete(groups, c, v, &decode(body, v)?),
+        ApiKey::OffsetDelete => group_offsets::delete(ctx, groups, c, v, &decode(body, v)?),
         ApiKey::ListGroups => group_admin::list(ctx, groups, c, v, &decode(body, v)?),
         ApiKey::DescribeGroups => group_admin::describe(ctx, groups, c, v, &decode(body, v)?),
         _ => Err(GroupError::Decode(format!("{key:?} is not a group API"))),

@@ -264,3 +264,43 @@ fn refused_logins_are_rate_limited_per_client_address_before_reaching_the_cluste
     assert_eq!(h.stats.auth.failed_upstream.load(Relaxed), 10);
     assert_eq!(h.stats.auth.rate_limited.load(Relaxed), 1);
 }
+
+#[test]
+fn offset_apis_go_to_the_cluster_which_authorizes_their_topics() {
+    let (mut h, _d) = relayed();
+    let now = Instant::now();
+    scram_login(&mut h, now);
+    let req = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default(),
+                ]),
+        ]);
+    send(&mut h, ApiKey::OffsetCommit, 8, &req, now);
+    // Forwarded as sent, on the client's own (authenticated) connection: no local ask.
+    let out = h.session.forwarder().outbound().clone();
+    assert_eq!(
+        i16::from_be_bytes([out[4], out[5]]),
+        ApiKey::OffsetCommit as i16
+    );
+    assert_eq!(h.stats.auth.authz_asked.load(Relaxed), 0);
+    let refused = OffsetCommitResponse::default().with_topics(vec![
+        offset_commit_response::OffsetCommitResponseTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(vec![
+                offset_commit_response::OffsetCommitResponsePartition::default()
+                    .with_error_code(29),
+            ]),
+    ]);
+    upstream_answers(&mut h, ApiKey::OffsetCommit, 8, &refused);
+    let r: OffsetCommitResponse =
+        decode_response(ApiKey::OffsetCommit, 8, 7, &h.step(now).unwrap());
+    assert_eq!(
+        r.topics[0].partitions[0].error_code, 29,
+        "the cluster's answer"
+    );
+}
