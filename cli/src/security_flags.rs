@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use kxgw::kafka::auth::scram::ScramHash;
 use kxgw::kafka::auth::{Acl, Mechanism, SaslConfig, Security, Users};
+use kxgw::kafka::authority::RelayConfig;
 use kxgw::kafka::upstream::login::UpstreamLogin;
-use kxgw::kafka::upstream::relay::RelayConfig;
 
 /// A SASL mechanism of the gateway's own login to the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -9,10 +9,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{in_client_ns, wait_listening, Gateway, KXGW};
-use kxgw_demo_data::{demo_key, demo_value};
+use common::{
+    allowed_and_refused_topics, in_client_ns, require_tool, text, users, users_file, Gateway,
+};
 use kxgw_testkit::testnet::{TestNet, GW_ADDR};
 
 const PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/sasl_consume.py");
@@ -28,48 +29,9 @@ topics = ["t"]
 groups = ["kxgw-test"]
 "#;
 
-fn require_tool(name: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{name}` is needed by this test (scripts/install-deps.sh installs it)"
-    );
-}
-
-fn users(args: &[&str]) -> String {
-    let out = Command::new(KXGW).arg("users").args(args).output().unwrap();
-    assert!(out.status.success(), "kxgw users {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// "offset\tkey\tvalue" lines against the demo content of partition 0.
+/// "offset\tkey\tvalue" lines of partition 0 (N records of SIZE bytes).
 fn check_lines(who: &str, out: &str) {
-    let lines: Vec<&str> = out.lines().filter(|l| l.contains('\t')).collect();
-    assert_eq!(lines.len(), N as usize, "{who}: record count\n{out}");
-    for (i, line) in lines.iter().enumerate() {
-        let mut f = line.splitn(3, '\t');
-        let offset: i64 = f.next().unwrap().parse().expect("offset");
-        let (key, value) = (f.next().unwrap(), f.next().unwrap_or_default());
-        let want = i as i64;
-        assert_eq!(offset, want, "{who}: offsets in order without gaps");
-        assert_eq!(key.as_bytes(), &demo_key(want)[..], "{who}: key at {want}");
-        assert!(
-            value.as_bytes() == &demo_value(0, want, SIZE)[..],
-            "{who}: value at offset {want} differs"
-        );
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    common::check_lines(who, out, 0, 0, N as usize, SIZE);
 }
 
 fn python(
@@ -112,26 +74,8 @@ fn kcat(net: &TestNet, addr: SocketAddr, topic: &str, sasl: Option<(&str, &str, 
 }
 
 fn setup(work: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let dir = work.join("logs");
-    let size = SIZE.to_string();
-    for topic in ["t", "u"] {
-        common::produce(&dir, topic, N, &["--record-size", &size]);
-    }
-    let users_file = work.join("users.toml");
-    users(&[
-        "add",
-        "--file",
-        users_file.to_str().unwrap(),
-        "alice",
-        "alice-secret",
-    ]);
-    users(&[
-        "add",
-        "--file",
-        users_file.to_str().unwrap(),
-        "bob",
-        "bob-secret",
-    ]);
+    let dir = allowed_and_refused_topics(work, N, SIZE);
+    let users_file = users_file(work, &[("alice", "alice-secret"), ("bob", "bob-secret")]);
     users(&["remove", "--file", users_file.to_str().unwrap(), "bob"]);
     assert_eq!(
         users(&["list", "--file", users_file.to_str().unwrap()]),
@@ -150,7 +94,7 @@ fn setup(work: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::Pat
 fn start(net: &TestNet, work: &Path) -> (Gateway, SocketAddr) {
     let (dir, users_file, acl) = setup(work);
     let sasl: SocketAddr = format!("{GW_ADDR}:9093").parse().unwrap();
-    let gw = Gateway::start_with(
+    let gw = Gateway::start_secured(
         net,
         &dir,
         work,
@@ -162,8 +106,8 @@ fn start(net: &TestNet, work: &Path) -> (Gateway, SocketAddr) {
             "--acl",
             acl.to_str().unwrap(),
         ],
+        &[sasl],
     );
-    assert!(wait_listening(net, sasl), "no SASL listener:\n{}", gw.log());
     (gw, sasl)
 }
 

@@ -15,12 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{call, in_client_ns, Gateway, KXGW};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use common::{call, in_client_ns, list_offsets, Gateway, KXGW};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kxgw_demo_data::{demo_key, demo_value};
 use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const TOPIC: &str = "orders";
@@ -122,16 +120,7 @@ struct Secured {
 
 impl Secured {
     fn write(work: &Path) -> (Secured, PathBuf, PathBuf) {
-        let users = work.join("users.toml");
-        for (u, pw) in [("alice", ALICE), ("kxgw", "kxgw-secret")] {
-            let out = Command::new(KXGW)
-                .args(["users", "add", "--file"])
-                .arg(&users)
-                .args([u, pw])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "kxgw users add: {out:?}");
-        }
+        let users = common::users_file(work, &[("alice", ALICE), ("kxgw", "kxgw-secret")]);
         let password = work.join("kxgw.password");
         std::fs::write(&password, "kxgw-secret\n").unwrap();
         let acl = work.join("acl.toml");
@@ -307,26 +296,9 @@ impl Cluster {
     }
 }
 
-/// Checks "offset\tkey\tvalue" lines against the demo content of `partition`.
+/// "offset\tkey\tvalue" lines of `partition`: `count` records from offset 0 (SIZE bytes).
 fn check_lines(who: &str, out: &str, partition: i32, count: u64) {
-    let lines: Vec<&str> = out.lines().filter(|l| l.contains('\t')).collect();
-    assert_eq!(lines.len() as u64, count, "{who}: record count");
-    for (i, line) in lines.iter().enumerate() {
-        let mut f = line.splitn(3, '\t');
-        let offset: i64 = f.next().unwrap().parse().expect("offset");
-        let key = f.next().unwrap();
-        let value = f.next().unwrap_or_default();
-        assert_eq!(offset, i as i64, "{who}: offsets in order without gaps");
-        assert_eq!(
-            key.as_bytes(),
-            &demo_key(offset)[..],
-            "{who}: key at {offset}"
-        );
-        assert!(
-            value.as_bytes() == &demo_value(partition, offset, SIZE)[..],
-            "{who}: value at offset {offset} differs"
-        );
-    }
+    common::check_lines(who, out, partition, 0, count as usize, SIZE);
 }
 
 fn run_client(net: &TestNet, who: &str, cmd: &mut Command) -> String {
@@ -534,16 +506,7 @@ fn a_confluent_group_through_the_sidecars_commits_and_receives_every_record() {
 fn latest(addr: &str, p: i32) -> (i16, i64) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(vec![ListOffsetsTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-            .with_partitions(vec![ListOffsetsPartition::default()
-                .with_partition_index(p)
-                .with_timestamp(-1)])]);
-    let r: ListOffsetsResponse = call(&mut s, ApiKey::ListOffsets, 4, &req);
-    let pr = &r.topics[0].partitions[0];
-    (pr.error_code, pr.offset)
+    list_offsets(&mut s, TOPIC, p, -1)
 }
 
 #[test]
@@ -725,16 +688,7 @@ fn earliest(net: &TestNet, addr: &str, p: i32) -> (i16, i64) {
     in_client_ns(net, move || {
         let mut s = TcpStream::connect(&addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let req = ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![ListOffsetsTopic::default()
-                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-                .with_partitions(vec![ListOffsetsPartition::default()
-                    .with_partition_index(p)
-                    .with_timestamp(-2)])]);
-        let r: ListOffsetsResponse = call(&mut s, ApiKey::ListOffsets, 4, &req);
-        let pr = &r.topics[0].partitions[0];
-        (pr.error_code, pr.offset)
+        list_offsets(&mut s, TOPIC, p, -2)
     })
 }
 

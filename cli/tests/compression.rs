@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{consume_fetch, verified_summary, wait_listening, KXGW};
 use kxgw::log::batch;
-use kxgw_demo_data::{demo_key, demo_value};
+use kxgw_demo_data::demo_value;
 use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const PY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py");
@@ -44,23 +44,9 @@ fn python_imports(modules: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Checks "offset\tkey\tvalue" lines against the demo content of partition 0.
+/// "offset\tkey\tvalue" lines of partition 0 (RECORDS records of SIZE bytes).
 fn check_lines(who: &str, out: &str) {
-    let lines: Vec<&str> = out.lines().filter(|l| l.contains('\t')).collect();
-    assert_eq!(lines.len(), RECORDS, "{who}: record count");
-    for (i, line) in lines.iter().enumerate() {
-        let mut f = line.splitn(3, '\t');
-        let offset: i64 = f.next().unwrap_or_default().parse().expect("offset");
-        let key = f.next().unwrap_or_default();
-        let value = f.next().unwrap_or_default();
-        let want = i as i64;
-        assert_eq!(offset, want, "{who}: offsets in order without gaps");
-        assert_eq!(key.as_bytes(), &demo_key(want)[..], "{who}: key at {want}");
-        assert!(
-            value.as_bytes() == &demo_value(0, want, SIZE)[..],
-            "{who}: value at offset {want} differs"
-        );
-    }
+    common::check_lines(who, out, 0, 0, RECORDS, SIZE);
 }
 
 /// Every batch on disk carries `codec` in its attributes and is smaller than the records.

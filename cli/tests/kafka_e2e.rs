@@ -11,27 +11,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    call_exact, closed_by_server, connect, fetch_max, frame_corr, in_client_ns, read_response,
-    wait_listening, KXGW,
+    call_exact, check_lines, closed_by_server, connect, fetch_max, frame_corr, in_client_ns,
+    read_response, require_tool, wait_listening, KXGW,
 };
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kxgw_demo_data::{demo_key, demo_value};
 use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const PY_CONSUMER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/kafka_consume.py");
-
-fn require_tool(name: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{name}` is needed by this test (scripts/install-deps.sh installs it)"
-    );
-}
 
 /// `kxgw produce` of `records` records into each of `partitions` partitions of `topic`.
 fn produce(dir: &Path, topic: &str, partitions: i32, records: u64, extra: &[&str]) {
@@ -131,25 +118,6 @@ fn counter(line: &str, name: &str) -> u64 {
         .unwrap()
         .parse()
         .unwrap()
-}
-
-/// Checks "offset\tkey\tvalue" lines against the demo content of `partition`.
-fn check_lines(who: &str, out: &str, partition: i32, first: i64, count: usize, size: usize) {
-    let lines: Vec<&str> = out.lines().filter(|l| l.contains('\t')).collect();
-    assert_eq!(lines.len(), count, "{who}: record count");
-    for (i, line) in lines.iter().enumerate() {
-        let mut f = line.splitn(3, '\t');
-        let offset: i64 = f.next().unwrap().parse().expect("offset");
-        let key = f.next().unwrap();
-        let value = f.next().unwrap_or_default();
-        let want = first + i as i64;
-        assert_eq!(offset, want, "{who}: offsets in order without gaps");
-        assert_eq!(key.as_bytes(), &demo_key(want)[..], "{who}: key at {want}");
-        assert!(
-            value.as_bytes() == &demo_value(partition, want, size)[..],
-            "{who}: value at offset {want} differs"
-        );
-    }
 }
 
 fn kcat(net: &TestNet, addr: SocketAddr, topic: &str, partition: i32) -> String {

@@ -11,115 +11,26 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{in_client_ns, wait_listening, Gateway, KXGW};
-use kxgw_demo_data::{demo_key, demo_value};
-use kxgw_testkit::testnet::{TestNet, GW_ADDR};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, SanType,
+use common::{
+    allowed_and_refused_topics, gateway_pki, in_client_ns, require_tool, text, users_file, Gateway,
+    KXGW,
 };
+use kxgw_test_pki::{DnType, Issued, Pki, Usage};
+use kxgw_testkit::testnet::{TestNet, GW_ADDR};
 
 const PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/sasl_consume.py");
 const N: u64 = 2000;
 const SIZE: usize = 120;
 const ALICE: &str = "alice-secret";
 
-fn require_tool(name: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{name}` is needed by this test (scripts/install-deps.sh installs it)"
-    );
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// "offset\tkey\tvalue" lines against the demo content of partition 0.
+/// "offset\tkey\tvalue" lines of partition 0 (N records of SIZE bytes).
 fn check_lines(who: &str, out: &Output) {
     let out = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = out.lines().filter(|l| l.contains('\t')).collect();
-    assert_eq!(lines.len(), N as usize, "{who}: record count\n{out}");
-    for (i, line) in lines.iter().enumerate() {
-        let mut f = line.splitn(3, '\t');
-        let offset: i64 = f.next().unwrap().parse().expect("offset");
-        let (key, value) = (f.next().unwrap(), f.next().unwrap_or_default());
-        let want = i as i64;
-        assert_eq!(offset, want, "{who}: offsets in order without gaps");
-        assert_eq!(key.as_bytes(), &demo_key(want)[..], "{who}: key at {want}");
-        assert!(
-            value.as_bytes() == &demo_value(0, want, SIZE)[..],
-            "{who}: value at offset {want} differs"
-        );
-    }
-}
-
-/// A test CA, the gateway's certificate (for GW_ADDR) and client certificates, as PEM files.
-struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
-    /// The CA certificate's PEM file.
-    ca_file: PathBuf,
-}
-
-fn params(dn: &[(DnType, &str)]) -> CertificateParams {
-    let mut p = CertificateParams::default();
-    p.distinguished_name = DistinguishedName::new();
-    for (t, v) in dn {
-        p.distinguished_name.push(t.clone(), *v);
-    }
-    p
-}
-
-impl Pki {
-    fn new(dir: &Path, name: &str) -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut p = params(&[(DnType::CommonName, name)]);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = p.self_signed(&ca_key).unwrap();
-        let ca_file = dir.join(format!("{name}.pem"));
-        std::fs::write(&ca_file, ca.pem()).unwrap();
-        Pki {
-            dir: dir.to_path_buf(),
-            ca,
-            ca_key,
-            ca_file,
-        }
-    }
-
-    /// Issues `name`.pem / `name`.key; a server certificate names GW_ADDR.
-    fn issue(&self, name: &str, dn: &[(DnType, &str)], server: bool) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut p = params(dn);
-        if server {
-            p.subject_alt_names = vec![SanType::IpAddress(GW_ADDR.parse().unwrap())];
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        } else {
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        }
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        let (c, k) = (
-            self.dir.join(format!("{name}.pem")),
-            self.dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    }
+    common::check_lines(who, &out, 0, 0, N as usize, SIZE);
 }
 
 fn s(p: &Path) -> String {
@@ -138,14 +49,14 @@ fn kcat(net: &TestNet, addr: SocketAddr, topic: &str, secs: u32, props: &[String
     c.output().expect("running kcat")
 }
 
-fn ssl_props(ca: &Path, cert: Option<&(PathBuf, PathBuf)>) -> Vec<String> {
+fn ssl_props(ca: &Path, cert: Option<&Issued>) -> Vec<String> {
     let mut v = vec![
         "security.protocol=SSL".to_string(),
         format!("ssl.ca.location={}", s(ca)),
     ];
-    if let Some((c, k)) = cert {
-        v.push(format!("ssl.certificate.location={}", s(c)));
-        v.push(format!("ssl.key.location={}", s(k)));
+    if let Some(c) = cert {
+        v.push(format!("ssl.certificate.location={}", s(&c.cert)));
+        v.push(format!("ssl.key.location={}", s(&c.key)));
     }
     v
 }
@@ -186,16 +97,6 @@ fn confluent(
     c.output().expect("running python3")
 }
 
-fn users_file(work: &Path) -> PathBuf {
-    let f = work.join("users.toml");
-    let out = Command::new(KXGW)
-        .args(["users", "add", "--file", &s(&f), "alice", ALICE])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "kxgw users add: {out:?}");
-    f
-}
-
 /// `kxgw_kafka_tls_total{outcome="o"}`.
 fn tls_outcome(gw: &Gateway, o: &str) -> u64 {
     let m = gw.metrics();
@@ -203,14 +104,6 @@ fn tls_outcome(gw: &Gateway, o: &str) -> u64 {
         .find(|l| l.starts_with(&format!("kxgw_kafka_tls_total{{outcome=\"{o}\"}}")))
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no TLS counter {o}:\n{m}"))
-}
-
-fn logs(work: &Path) -> PathBuf {
-    let dir = work.join("logs");
-    for topic in ["t", "u"] {
-        common::produce(&dir, topic, N, &["--record-size", &SIZE.to_string()]);
-    }
-    dir
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -224,11 +117,10 @@ fn ssl_and_sasl_ssl_with_kcat_and_confluent_kafka() {
     let net = TestNet::new("tls", 1500).unwrap();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let dir = logs(w);
-    let pki = Pki::new(w, "kxgw-test-ca");
-    let (cert, key) = pki.issue("gateway", &[(DnType::CommonName, "kxgw")], true);
+    let dir = allowed_and_refused_topics(w, N, SIZE);
+    let (pki, Issued { cert, key, .. }) = gateway_pki(w);
     let ca = pki.ca_file.clone();
-    let users = users_file(w);
+    let users = users_file(w, &[("alice", ALICE)]);
     let acl = w.join("acl.toml");
     std::fs::write(
         &acl,
@@ -237,7 +129,7 @@ fn ssl_and_sasl_ssl_with_kcat_and_confluent_kafka() {
     )
     .unwrap();
     let (ssl, sasl_ssl) = (addr(9094), addr(9095));
-    let gw = Gateway::start_with(
+    let gw = Gateway::start_secured(
         &net,
         &dir,
         w,
@@ -255,8 +147,8 @@ fn ssl_and_sasl_ssl_with_kcat_and_confluent_kafka() {
             "--acl",
             &s(&acl),
         ],
+        &[ssl, sasl_ssl],
     );
-    assert!(wait_listening(&net, ssl) && wait_listening(&net, sasl_ssl));
     let log = gw.log();
     for proto in ["SSL", "SASL_SSL"] {
         assert!(
@@ -340,22 +232,25 @@ fn client_certificate_subject_is_the_principal() {
     let net = TestNet::new("mtls", 1500).unwrap();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let dir = logs(w);
-    let pki = Pki::new(w, "kxgw-test-ca");
-    let (cert, key) = pki.issue("gateway", &[(DnType::CommonName, "kxgw")], true);
+    let dir = allowed_and_refused_topics(w, N, SIZE);
+    let (pki, Issued { cert, key, .. }) = gateway_pki(w);
     let ca = pki.ca_file.clone();
     let org = [(DnType::OrganizationName, "kxgw")];
     let alice = pki.issue(
         "alice",
         &[org[0].clone(), (DnType::CommonName, "alice")],
-        false,
+        Usage::Client,
     );
-    let bob = pki.issue("bob", &[org[0].clone(), (DnType::CommonName, "bob")], false);
+    let bob = pki.issue(
+        "bob",
+        &[org[0].clone(), (DnType::CommonName, "bob")],
+        Usage::Client,
+    );
     let other = Pki::new(w, "other-ca");
     let stranger = other.issue(
         "stranger",
         &[org[0].clone(), (DnType::CommonName, "alice")],
-        false,
+        Usage::Client,
     );
     let acl = w.join("acl.toml");
     // The principal as Kafka's default principal builder names it: RFC 2253, last RDN first.
@@ -365,7 +260,7 @@ fn client_certificate_subject_is_the_principal() {
     )
     .unwrap();
     let ssl = addr(9094);
-    let gw = Gateway::start_with(
+    let gw = Gateway::start_secured(
         &net,
         &dir,
         w,
@@ -381,8 +276,8 @@ fn client_certificate_subject_is_the_principal() {
             "--acl",
             &s(&acl),
         ],
+        &[ssl],
     );
-    assert!(wait_listening(&net, ssl));
 
     let out = kcat(&net, ssl, "t", 30, &ssl_props(&ca, Some(&alice)));
     assert!(
@@ -394,8 +289,8 @@ fn client_certificate_subject_is_the_principal() {
     check_lines("kcat alice", &out);
     let env = [
         ("KXGW_SSL_CA", ca.as_path()),
-        ("KXGW_SSL_CERT", alice.0.as_path()),
-        ("KXGW_SSL_KEY", alice.1.as_path()),
+        ("KXGW_SSL_CERT", alice.cert.as_path()),
+        ("KXGW_SSL_KEY", alice.key.as_path()),
     ];
     let out = confluent(&net, ssl, "t", ("-", "-", "-"), &env);
     assert!(out.status.success(), "confluent as alice: {}", text(&out));
@@ -451,12 +346,11 @@ fn tls_garbage_is_closed_counted_and_never_stalls_the_gateway() {
     let net = TestNet::new("tlsg", 1500).unwrap();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let dir = logs(w);
-    let pki = Pki::new(w, "kxgw-test-ca");
-    let (cert, key) = pki.issue("gateway", &[(DnType::CommonName, "kxgw")], true);
+    let dir = allowed_and_refused_topics(w, N, SIZE);
+    let (pki, Issued { cert, key, .. }) = gateway_pki(w);
     let ca = pki.ca_file.clone();
     let ssl = addr(9094);
-    let gw = Gateway::start_with(
+    let gw = Gateway::start_secured(
         &net,
         &dir,
         w,
@@ -470,8 +364,8 @@ fn tls_garbage_is_closed_counted_and_never_stalls_the_gateway() {
             "--tls-handshake-timeout-ms",
             "1500",
         ],
+        &[ssl],
     );
-    assert!(wait_listening(&net, ssl));
     // A handshake that stops halfway, held open while others are served.
     let mut stalled = in_client_ns(&net, move || {
         let mut s = TcpStream::connect(ssl).unwrap();
@@ -556,9 +450,14 @@ fn bad_certificate_files_are_refused_with_their_name() {
     let w = work.path();
     let dir = w.join("logs");
     common::produce(&dir, "t", 10, &[]);
-    let pki = Pki::new(w, "kxgw-test-ca");
-    let (cert, key) = pki.issue("gateway", &[(DnType::CommonName, "kxgw")], true);
-    let (_, other_key) = pki.issue("other", &[(DnType::CommonName, "other")], true);
+    let (pki, Issued { cert, key, .. }) = gateway_pki(w);
+    let other_key = pki
+        .issue(
+            "other",
+            &[(DnType::CommonName, "other")],
+            Usage::Server(GW_ADDR),
+        )
+        .key;
     let missing = w.join("missing.pem");
     let serve = |args: &[String]| -> String {
         let out = Command::new(KXGW)

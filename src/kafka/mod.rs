@@ -11,6 +11,7 @@
 //! - [`session`]: one connection as a sans-I/O state machine (bytes in, chunks out).
 //! - [`outq`]: writing chunks to a non-blocking socket with sendfile(2) or pread + send.
 //! - [`server`]: the mio event loop that owns the sockets.
+//! - [`authority`]: who decides topic reads (the ACL file, or the cluster's cached answers).
 //! - [`upstream`]: cluster mode (`--upstream`): forwarding, rewrites, the live high watermark.
 //! - [`fetch_advert`]: the fetch endpoint advertised in Metadata (a tagged field).
 //! - [`tls`]: TLS on the SSL and SASL_SSL listeners (rustls), a layer between socket and
@@ -23,6 +24,7 @@ pub mod apis;
 pub mod auth;
 #[cfg(test)]
 mod auth_session_tests;
+pub mod authority;
 pub mod bounds;
 pub mod chunk;
 pub mod client;

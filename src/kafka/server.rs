@@ -398,6 +398,10 @@ enum Drive {
     Close,
 }
 
+/// A step of [`EventLoop::drive_conn`] found the connection must close (already logged and
+/// counted).
+struct Closed;
+
 impl EventLoop {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
@@ -864,99 +868,11 @@ impl EventLoop {
 
     /// Reads, answers and writes until the connection can make no more progress now.
     fn drive_conn(&mut self, conn: &mut Conn) -> Drive {
-        let ctx = Ctx {
-            log: &self.log,
-            node: &self.listeners[conn.listener].node,
-            stats: &self.stats,
-            authz: &super::auth::ALLOW_ALL,
-        };
         loop {
-            let mut progressed = false;
-            if !conn.read_eof && conn.session.wants_input() {
-                let read = match conn.tls.as_mut() {
-                    Some(t) => {
-                        t.read_plain(&mut conn.stream, &mut self.scratch, &self.stats.auth.tls)
-                    }
-                    None => conn.stream.read(&mut self.scratch),
-                };
-                if let Some(p) = conn.tls.as_mut().and_then(|t| t.take_principal()) {
-                    log::debug!("kafka {}: TLS client certificate of {p}", conn.peer);
-                    conn.session.set_principal(p);
-                }
-                match read {
-                    Ok(0) => conn.read_eof = true,
-                    Ok(n) => {
-                        conn.session.receive(&self.scratch[..n]);
-                        progressed = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progressed = true,
-                    Err(e) => {
-                        self.io_failed(conn, "read", &e);
-                        return Drive::Close;
-                    }
-                }
-            }
-            if let Err(e) = conn.session.advance(&ctx, Instant::now()) {
-                log::warn!("kafka {}: closing connection: {e}", conn.peer);
-                match e {
-                    super::session::SessionError::Encode(_) => inc(&self.stats.err_encode),
-                    super::session::SessionError::Upstream(_) => {
-                        if let Some(v) = &self.listeners[conn.listener].node.cluster {
-                            inc(&v.stats.forward_failures);
-                        }
-                    }
-                    _ => inc(&self.stats.err_bad_request),
-                }
-                return Drive::Close;
-            }
-            match Self::pump_upstream(
-                &self.poll,
-                &mut self.scratch,
-                &self.listeners[conn.listener].node,
-                conn,
-            ) {
-                Ok(p) => progressed |= p,
-                Err(e) => {
-                    log::warn!("kafka {}: upstream failed, closing: {e}", conn.peer);
-                    if let Some(v) = &self.listeners[conn.listener].node.cluster {
-                        inc(&v.stats.forward_failures);
-                        if !conn.upstream_other {
-                            v.note_local_down();
-                        }
-                    }
-                    return Drive::Close;
-                }
-            }
-            let tls_pending = conn.tls.as_ref().is_some_and(|t| t.wants_write());
-            let out = conn.session.out();
-            if !out.is_empty() || tls_pending {
-                let written = match conn.tls.as_mut() {
-                    Some(t) => t.write_out(&mut conn.stream, out),
-                    None => out.write_to(&conn.stream, self.io),
-                };
-                match written {
-                    Ok(w) => {
-                        add(&self.stats.bytes_mem, w.mem);
-                        // Record bytes over TLS are always copied (see kafka::tls).
-                        add(
-                            if conn.tls.is_some() || self.io == IoMode::Copy {
-                                &self.stats.bytes_copy
-                            } else {
-                                &self.stats.bytes_sendfile
-                            },
-                            w.file,
-                        );
-                        progressed |= w.mem + w.file > 0;
-                    }
-                    Err(e) => {
-                        self.io_failed(conn, "write", &e);
-                        return Drive::Close;
-                    }
-                }
-            }
-            if !progressed {
-                break;
+            match self.step(conn) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(Closed) => return Drive::Close,
             }
         }
         let unsent = conn.unsent();
@@ -971,5 +887,117 @@ impl EventLoop {
             return Drive::Close;
         }
         Drive::Open
+    }
+
+    /// One round of read, advance, upstream and write; whether anything moved.
+    fn step(&mut self, conn: &mut Conn) -> Result<bool, Closed> {
+        let mut progressed = self.read_in(conn)?;
+        self.advance(conn)?;
+        progressed |= self.pump(conn)?;
+        progressed |= self.write_out(conn)?;
+        Ok(progressed)
+    }
+
+    /// Reads what the client sent (through TLS when the listener has it) into the session.
+    fn read_in(&mut self, conn: &mut Conn) -> Result<bool, Closed> {
+        if conn.read_eof || !conn.session.wants_input() {
+            return Ok(false);
+        }
+        let read = match conn.tls.as_mut() {
+            Some(t) => t.read_plain(&mut conn.stream, &mut self.scratch, &self.stats.auth.tls),
+            None => conn.stream.read(&mut self.scratch),
+        };
+        if let Some(p) = conn.tls.as_mut().and_then(|t| t.take_principal()) {
+            log::debug!("kafka {}: TLS client certificate of {p}", conn.peer);
+            conn.session.set_principal(p);
+        }
+        match read {
+            Ok(0) => conn.read_eof = true,
+            Ok(n) => {
+                conn.session.receive(&self.scratch[..n]);
+                return Ok(true);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            Err(e) => {
+                self.io_failed(conn, "read", &e);
+                return Err(Closed);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Lets the session answer what it has; a session error closes the connection.
+    fn advance(&self, conn: &mut Conn) -> Result<(), Closed> {
+        let ctx = Ctx {
+            log: &self.log,
+            node: &self.listeners[conn.listener].node,
+            stats: &self.stats,
+            authz: &super::auth::ALLOW_ALL,
+        };
+        let Err(e) = conn.session.advance(&ctx, Instant::now()) else {
+            return Ok(());
+        };
+        log::warn!("kafka {}: closing connection: {e}", conn.peer);
+        match e {
+            super::session::SessionError::Encode(_) => inc(&self.stats.err_encode),
+            super::session::SessionError::Upstream(_) => {
+                if let Some(v) = &self.listeners[conn.listener].node.cluster {
+                    inc(&v.stats.forward_failures);
+                }
+            }
+            _ => inc(&self.stats.err_bad_request),
+        }
+        Err(Closed)
+    }
+
+    /// Moves bytes to and from the upstream connection (cluster mode).
+    fn pump(&mut self, conn: &mut Conn) -> Result<bool, Closed> {
+        let node = &self.listeners[conn.listener].node;
+        match Self::pump_upstream(&self.poll, &mut self.scratch, node, conn) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                log::warn!("kafka {}: upstream failed, closing: {e}", conn.peer);
+                if let Some(v) = &node.cluster {
+                    inc(&v.stats.forward_failures);
+                    if !conn.upstream_other {
+                        v.note_local_down();
+                    }
+                }
+                Err(Closed)
+            }
+        }
+    }
+
+    /// Writes the session's output (and pending TLS records), counting bytes by how they went.
+    fn write_out(&self, conn: &mut Conn) -> Result<bool, Closed> {
+        let tls_pending = conn.tls.as_ref().is_some_and(|t| t.wants_write());
+        let out = conn.session.out();
+        if out.is_empty() && !tls_pending {
+            return Ok(false);
+        }
+        let written = match conn.tls.as_mut() {
+            Some(t) => t.write_out(&mut conn.stream, out),
+            None => out.write_to(&conn.stream, self.io),
+        };
+        match written {
+            Ok(w) => {
+                add(&self.stats.bytes_mem, w.mem);
+                // Record bytes over TLS are always copied (see kafka::tls).
+                add(
+                    if conn.tls.is_some() || self.io == IoMode::Copy {
+                        &self.stats.bytes_copy
+                    } else {
+                        &self.stats.bytes_sendfile
+                    },
+                    w.file,
+                );
+                Ok(w.mem + w.file > 0)
+            }
+            Err(e) => {
+                self.io_failed(conn, "write", &e);
+                Err(Closed)
+            }
+        }
     }
 }

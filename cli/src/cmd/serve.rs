@@ -147,17 +147,7 @@ impl Running {
 /// Runs `kxgw serve` until SIGINT or SIGTERM.
 pub fn run(args: Args) -> Result<ExitCode> {
     // Signals first, so a stop request during startup is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1])
-        .context("installing signal handlers")?;
-    let (sig_tx, sig_rx) = crossbeam_channel::unbounded();
-    let sig_handle = signals.handle();
-    let sig_thread = std::thread::spawn(move || {
-        for s in signals.forever() {
-            if sig_tx.send(s).is_err() {
-                break;
-            }
-        }
-    });
+    let signals = SignalThread::spawn()?;
 
     let cluster = args.cluster.config()?;
     // Beside a broker, reads stop at the high watermark the cluster reports, whether or not
@@ -221,31 +211,64 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     let tick = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
-    loop {
-        let sig = match tick {
-            Some(t) => match sig_rx.recv_timeout(t) {
-                Ok(s) => Some(s),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            },
-            None => match sig_rx.recv() {
-                Ok(s) => Some(s),
-                Err(_) => break,
-            },
-        };
-        match sig {
-            None | Some(SIGUSR1) => running.report(),
-            Some(s) => {
-                log::info!("signal {s}: shutting down");
-                break;
+    signals.wait_for_stop(tick, &running);
+    running.report();
+    running.shutdown();
+    signals.close();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT, SIGTERM and SIGUSR1, caught by a thread and passed on a channel.
+struct SignalThread {
+    rx: crossbeam_channel::Receiver<i32>,
+    handle: signal_hook::iterator::Handle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SignalThread {
+    fn spawn() -> Result<Self> {
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1])
+            .context("installing signal handlers")?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let handle = signals.handle();
+        let thread = std::thread::spawn(move || {
+            for s in signals.forever() {
+                if tx.send(s).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(SignalThread { rx, handle, thread })
+    }
+
+    /// Returns at SIGINT or SIGTERM; reports the counters on SIGUSR1 and every `tick`.
+    fn wait_for_stop(&self, tick: Option<Duration>, running: &Running) {
+        loop {
+            let sig = match tick {
+                Some(t) => match self.rx.recv_timeout(t) {
+                    Ok(s) => Some(s),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                },
+                None => match self.rx.recv() {
+                    Ok(s) => Some(s),
+                    Err(_) => break,
+                },
+            };
+            match sig {
+                None | Some(SIGUSR1) => running.report(),
+                Some(s) => {
+                    log::info!("signal {s}: shutting down");
+                    break;
+                }
             }
         }
     }
-    running.report();
-    running.shutdown();
-    sig_handle.close();
-    let _ = sig_thread.join();
-    Ok(ExitCode::SUCCESS)
+
+    fn close(self) {
+        self.handle.close();
+        let _ = self.thread.join();
+    }
 }
 
 fn start_kafka(

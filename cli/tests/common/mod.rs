@@ -14,6 +14,8 @@ use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kxgw_demo_data::{demo_key, demo_value};
+use kxgw_test_pki::{DnType, Issued, Pki, Usage};
 use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 pub const KXGW: &str = env!("CARGO_BIN_EXE_kxgw");
@@ -61,6 +63,88 @@ pub fn in_ns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static
 /// Runs `f` on a thread inside the consumer namespace.
 pub fn in_client_ns<R: Send + 'static>(net: &TestNet, f: impl FnOnce() -> R + Send + 'static) -> R {
     in_ns(&net.client_ns, f)
+}
+
+/// Fails with a clear message when `name` is not on PATH.
+pub fn require_tool(name: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{name}` is needed by this test (scripts/install-deps.sh installs it)"
+    );
+}
+
+/// A finished command's stdout and stderr, for failure messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Checks "offset\tkey\tvalue" lines (kcat `-f '%o\t%k\t%s\n'`, the Python consumers)
+/// against the demo content of `partition`: `count` records from offset `first`, values of
+/// `size` bytes.
+pub fn check_lines(who: &str, out: &str, partition: i32, first: i64, count: usize, size: usize) {
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains('\t')).collect();
+    assert_eq!(lines.len(), count, "{who}: record count");
+    for (i, line) in lines.iter().enumerate() {
+        let mut f = line.splitn(3, '\t');
+        let offset: i64 = f.next().unwrap_or_default().parse().expect("offset");
+        let key = f.next().unwrap_or_default();
+        let value = f.next().unwrap_or_default();
+        let want = first + i as i64;
+        assert_eq!(offset, want, "{who}: offsets in order without gaps");
+        assert_eq!(key.as_bytes(), &demo_key(want)[..], "{who}: key at {want}");
+        assert!(
+            value.as_bytes() == &demo_value(partition, want, size)[..],
+            "{who}: value at offset {want} differs"
+        );
+    }
+}
+
+/// The logs of the secured-listener tests: topics `t` (allowed) and `u` (refused), each
+/// `records` demo records of `size` bytes, in `work/logs`.
+pub fn allowed_and_refused_topics(work: &Path, records: u64, size: usize) -> PathBuf {
+    let dir = work.join("logs");
+    for topic in ["t", "u"] {
+        produce(&dir, topic, records, &["--record-size", &size.to_string()]);
+    }
+    dir
+}
+
+/// A test CA in `work` (`kxgw-test-ca.pem`) and the gateway's certificate for GW_ADDR
+/// (`gateway.pem`, `gateway.key`), for `--tls-cert` / `--tls-key`.
+pub fn gateway_pki(work: &Path) -> (Pki, Issued) {
+    let pki = Pki::new(work, "kxgw-test-ca");
+    let cert = pki.issue(
+        "gateway",
+        &[(DnType::CommonName, "kxgw")],
+        Usage::Server(GW_ADDR),
+    );
+    (pki, cert)
+}
+
+/// `kxgw users ARGS`, which must succeed; its stdout.
+pub fn users(args: &[&str]) -> String {
+    let out = Command::new(KXGW).arg("users").args(args).output().unwrap();
+    assert!(out.status.success(), "kxgw users {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `work/users.toml` with these (user, password) pairs, written by `kxgw users add`.
+pub fn users_file(work: &Path, entries: &[(&str, &str)]) -> PathBuf {
+    let file = work.join("users.toml");
+    let path = file.to_str().unwrap();
+    for (user, password) in entries {
+        users(&["add", "--file", path, user, password]);
+    }
+    file
 }
 
 /// A test network tagged `tag`, a work dir, and the log dir inside it (not yet created).
@@ -119,6 +203,22 @@ impl Gateway {
             addr,
             &args,
         )
+    }
+
+    /// [`Gateway::start_with`], then waits until each of `listeners` (the SASL and TLS
+    /// listeners that `extra` asks for) accepts.
+    pub fn start_secured(
+        net: &TestNet,
+        dir: &Path,
+        work: &Path,
+        extra: &[&str],
+        listeners: &[SocketAddr],
+    ) -> Gateway {
+        let gw = Self::start_with(net, dir, work, extra);
+        for &a in listeners {
+            assert!(wait_listening(net, a), "no listener on {a}:\n{}", gw.log());
+        }
+        gw
     }
 
     /// Starts `kxgw serve --kafka-listen addr` with `args` in the gateway namespace, logging
@@ -278,6 +378,22 @@ fn call_rest<Req: Encodable, Resp: Decodable>(
     let mut b = read_response(s).unwrap();
     let r = kxgw::kafka::frame::decode_response(key, version, 42, &mut b).unwrap();
     (r, b)
+}
+
+/// ListOffsets v4 of partition `partition` of `topic` at `timestamp` (-1 latest, -2
+/// earliest) on `s`: (error code, offset).
+pub fn list_offsets(s: &mut TcpStream, topic: &str, partition: i32, timestamp: i64) -> (i16, i64) {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_timestamp(timestamp)])]);
+    let r: ListOffsetsResponse = call(s, ApiKey::ListOffsets, 4, &req);
+    let pr = &r.topics[0].partitions[0];
+    (pr.error_code, pr.offset)
 }
 
 pub fn fetch(topic: &str, partition: i32, offset: i64) -> FetchRequest {

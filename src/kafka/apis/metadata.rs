@@ -149,7 +149,7 @@ pub fn handle(
     if (8..=10).contains(&version) {
         // Describe (AclOperation 8) when asked: the one cluster operation a gateway grants.
         body.cluster_authorized_operations = if req.include_cluster_authorized_operations {
-            crate::kafka::upstream::authz::DESCRIBE_BIT
+            crate::kafka::authority::DESCRIBE_BIT
         } else {
             i32::MIN
         };
@@ -174,7 +174,7 @@ pub fn handle(
 /// shown are the ones it may read; the gateway takes no writes), when asked; INT32_MIN when
 /// not asked and for refused topics, as a broker answers.
 fn authorized_operations(topics: &mut [MetadataResponseTopic], version: i16, asked: bool) {
-    use crate::kafka::upstream::authz::{DESCRIBE_BIT, READ_BIT};
+    use crate::kafka::authority::{DESCRIBE_BIT, READ_BIT};
     let refused = ResponseError::TopicAuthorizationFailed.code();
     for t in topics.iter_mut().filter(|_| version >= 8) {
         t.topic_authorized_operations = if asked && t.error_code != refused {

@@ -19,6 +19,8 @@ pub mod users;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::kafka::authority::{AuthzCache, ReadAuthority};
+
 pub use acl::Acl;
 pub use exchange::{Exchange, Mechanism};
 pub use users::Users;
@@ -71,7 +73,7 @@ pub struct Security {
     pub acl: Option<Arc<Acl>>,
     /// Cluster mode's SASL listener: the exchange is relayed to the cluster (no local users)
     /// and topic reads are authorized by the cluster, through this cache.
-    pub relay: Option<Arc<crate::kafka::upstream::relay::RelayConfig>>,
+    pub relay: Option<Arc<crate::kafka::authority::RelayConfig>>,
     /// TLS first (SSL, SASL_SSL).
     pub tls: Option<Arc<crate::kafka::tls::TlsServer>>,
 }
@@ -97,16 +99,6 @@ impl Security {
     }
 }
 
-/// Who decides whether a principal may read a topic: the ACL file in standalone mode, the
-/// cluster (asked on the client's authenticated upstream connection, cached) in cluster mode.
-/// Fetch tickets and the Kafka handlers ask the same question through it.
-pub trait ReadAuthority: Send + Sync {
-    /// Whether `principal` (`User:name`) may describe and read `topic` at `now`: Some when
-    /// decided, None when it must first be asked (cluster mode: never asked, or the answer
-    /// is older than the cache time).
-    fn may_read(&self, principal: &str, topic: &str, now: Instant) -> Option<bool>;
-}
-
 impl ReadAuthority for Acl {
     fn may_read(&self, principal: &str, topic: &str, _now: Instant) -> Option<bool> {
         Some(self.topic(principal, topic))
@@ -119,7 +111,7 @@ pub struct Authz {
     acl: Option<Arc<Acl>>,
     principal: String,
     /// Cluster mode on a SASL listener: topic reads as the cluster answered, at `at`.
-    cluster: Option<(Arc<crate::kafka::upstream::authz::AuthzCache>, Instant)>,
+    cluster: Option<(Arc<AuthzCache>, Instant)>,
 }
 
 /// Everything allowed (no ACL file): tests, tools and listeners without `--acl`.
@@ -140,11 +132,7 @@ impl Authz {
     }
 
     /// `principal` authorized by the cluster's answers in `cache`, as they stand at `at`.
-    pub fn relayed(
-        cache: Arc<crate::kafka::upstream::authz::AuthzCache>,
-        principal: String,
-        at: Instant,
-    ) -> Self {
+    pub fn relayed(cache: Arc<AuthzCache>, principal: String, at: Instant) -> Self {
         Authz {
             acl: None,
             principal,
@@ -167,7 +155,7 @@ impl Authz {
     }
 
     /// The cluster's answers, in cluster mode on a SASL listener.
-    pub fn cluster_cache(&self) -> Option<&Arc<crate::kafka::upstream::authz::AuthzCache>> {
+    pub fn cluster_cache(&self) -> Option<&Arc<AuthzCache>> {
         self.cluster.as_ref().map(|(c, _)| c)
     }
 

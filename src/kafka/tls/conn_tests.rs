@@ -8,10 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, SanType,
-};
+use kxgw_test_pki::{DnType, Issued, Usage};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
@@ -50,80 +47,58 @@ impl Write for Sock {
     }
 }
 
+/// The test CA in a directory of its own.
 struct Pki {
-    dir: tempfile::TempDir,
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
-}
-
-fn params(dn: &[(DnType, &str)]) -> CertificateParams {
-    let mut p = CertificateParams::default();
-    p.distinguished_name = DistinguishedName::new();
-    for (t, v) in dn {
-        p.distinguished_name.push(t.clone(), *v);
-    }
-    p
+    pki: kxgw_test_pki::Pki,
+    _dir: tempfile::TempDir,
 }
 
 impl Pki {
     fn new() -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut p = params(&[(DnType::CommonName, "kxgw test CA")]);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = p.self_signed(&ca_key).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Pki { dir, ca, ca_key }
+        let pki = kxgw_test_pki::Pki::new(dir.path(), "kxgw-test-ca");
+        Pki { pki, _dir: dir }
     }
 
     fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
+        self.pki.path(name)
     }
 
-    /// A certificate signed by the CA: (DER, PKCS#8 key DER); also written as NAME.pem and
-    /// NAME.key.
-    fn issue(&self, name: &str, dn: &[(DnType, &str)], server: bool) -> (Vec<u8>, Vec<u8>) {
-        let key = KeyPair::generate().unwrap();
-        let mut p = params(dn);
-        if server {
-            p.subject_alt_names = vec![SanType::DnsName("localhost".try_into().unwrap())];
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    /// A certificate signed by the CA, also written as NAME.pem and NAME.key; a server
+    /// certificate names localhost.
+    fn issue(&self, name: &str, dn: &[(DnType, &str)], server: bool) -> Issued {
+        let usage = if server {
+            Usage::Server("localhost")
         } else {
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        }
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
-        (cert.der().to_vec(), key.serialize_der())
+            Usage::Client
+        };
+        self.pki.issue(name, dn, usage)
     }
 
     fn server(&self, client_ca: bool) -> TlsServer {
-        self.issue("server", &[(DnType::CommonName, "localhost")], true);
-        let ca = self.path("ca.pem");
+        let server = self.issue("server", &[(DnType::CommonName, "localhost")], true);
         TlsServer::load(
-            &self.path("server.pem"),
-            &self.path("server.key"),
-            client_ca.then_some(ca.as_path()),
+            &server.cert,
+            &server.key,
+            client_ca.then_some(self.pki.ca_file.as_path()),
             Duration::from_secs(10),
         )
         .unwrap()
     }
 
-    fn client(&self, cert: Option<(Vec<u8>, Vec<u8>)>) -> ClientConnection {
+    fn client(&self, cert: Option<Issued>) -> ClientConnection {
         let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(self.ca.der().to_vec()))
-            .unwrap();
+        roots.add(CertificateDer::from(self.pki.ca_der())).unwrap();
         let b =
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
                 .unwrap()
                 .with_root_certificates(roots);
         let cfg = match cert {
-            Some((c, k)) => b
+            Some(c) => b
                 .with_client_auth_cert(
-                    vec![CertificateDer::from(c)],
-                    PrivateKeyDer::from(PrivatePkcs8KeyDer::from(k)),
+                    vec![CertificateDer::from(c.cert_der)],
+                    PrivateKeyDer::from(PrivatePkcs8KeyDer::from(c.key_der)),
                 )
                 .unwrap(),
             None => b.with_no_client_auth(),

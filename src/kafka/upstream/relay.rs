@@ -13,8 +13,8 @@
 //! so responses keep the request order and no other connection waits.
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::error::ResponseError as E;
@@ -24,36 +24,16 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::Decodable;
 
-use super::authz::{self, AuthzCache};
+use super::authz;
 use super::forward::Observed;
 use crate::kafka::apis::{sb, Ctx};
-use crate::kafka::auth::limiter::FailLimiter;
 use crate::kafka::auth::scram;
-use crate::kafka::auth::ReadAuthority;
+use crate::kafka::authority::{AuthzCache, ReadAuthority, RelayConfig};
 use crate::kafka::chunk::{encode_response, Chunk};
 use crate::kafka::stats::inc;
 
 /// The mechanisms whose principal the gateway can learn from the exchange.
 pub const MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
-
-/// A relaying listener's settings, shared by its connections.
-#[derive(Debug)]
-pub struct RelayConfig {
-    /// The cluster's answers about topic reads.
-    pub cache: Arc<AuthzCache>,
-    /// Logins the cluster refused, per client address.
-    limiter: Mutex<FailLimiter>,
-}
-
-impl RelayConfig {
-    /// Answers trusted for `ttl`; failed logins limited as on a standalone SASL listener.
-    pub fn new(ttl: Duration) -> Self {
-        RelayConfig {
-            cache: Arc::new(AuthzCache::new(ttl)),
-            limiter: Mutex::new(FailLimiter::new(Default::default())),
-        }
-    }
-}
 
 /// Why the connection must close.
 #[derive(Debug, thiserror::Error)]

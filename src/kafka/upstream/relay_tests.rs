@@ -11,10 +11,9 @@ use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
-use super::authz::READ_BIT;
-use super::relay::RelayConfig;
 use super::session_tests::{fetch, harness, upstream_answers};
 use crate::kafka::auth::Security;
+use crate::kafka::authority::{RelayConfig, READ_BIT};
 use crate::kafka::session::SessionError;
 use crate::kafka::testkit::{decode_response, request, Harness};
 

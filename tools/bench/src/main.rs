@@ -58,40 +58,9 @@ enum Tool {
     },
     /// N concurrent kxgw fetch-protocol consumers of one partition, from offset 0; aggregate
     /// throughput (the fetch paths' counterpart of kafka-load).
-    FetchLoad {
-        #[arg(long)]
-        fetch: std::net::SocketAddr,
-        #[command(flatten)]
-        load: Load,
-        /// Records per consumer.
-        #[arg(long)]
-        records: u64,
-        #[arg(long, default_value_t = 120)]
-        timeout_secs: u64,
-    },
+    FetchLoad(FetchLoadArgs),
     /// N concurrent Kafka Fetch consumers of one partition; aggregate throughput.
-    KafkaLoad {
-        #[arg(long)]
-        bootstrap: String,
-        #[command(flatten)]
-        load: Load,
-        #[arg(long, default_value_t = 0)]
-        start_offset: i64,
-        /// Records per consumer (0 = until the high watermark).
-        #[arg(long, default_value_t = 0)]
-        records: u64,
-        /// partition_max_bytes of each Fetch.
-        #[arg(long, default_value_t = 4 << 20)]
-        max_bytes: i32,
-        #[arg(long, default_value_t = 11)]
-        fetch_version: i16,
-        /// Skip the CRC32C check of each batch.
-        #[arg(long)]
-        no_verify: bool,
-        /// Connect with TLS (an SSL listener), trusting this CA file (PEM).
-        #[arg(long, value_name = "FILE")]
-        tls_ca: Option<PathBuf>,
-    },
+    KafkaLoad(KafkaLoadArgs),
     /// Append stamped records at a fixed rate, one per batch (the tailing probes' producer).
     TailProduce {
         #[arg(long)]
@@ -135,6 +104,78 @@ struct Load {
     partition: i32,
     #[arg(long, default_value_t = 1)]
     consumers: usize,
+}
+
+// The load tools' flags (no doc comment: the variant's is the subcommand's help).
+#[derive(Debug, clap::Args)]
+struct FetchLoadArgs {
+    #[arg(long)]
+    fetch: std::net::SocketAddr,
+    #[command(flatten)]
+    load: Load,
+    /// Records per consumer.
+    #[arg(long)]
+    records: u64,
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+}
+
+impl FetchLoadArgs {
+    fn config(self) -> fetch_load::FetchLoadConfig {
+        fetch_load::FetchLoadConfig {
+            server: self.fetch,
+            topic: self.load.topic,
+            partition: self.load.partition,
+            consumers: self.load.consumers,
+            records: self.records,
+            timeout: Duration::from_secs(self.timeout_secs),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct KafkaLoadArgs {
+    #[arg(long)]
+    bootstrap: String,
+    #[command(flatten)]
+    load: Load,
+    #[arg(long, default_value_t = 0)]
+    start_offset: i64,
+    /// Records per consumer (0 = until the high watermark).
+    #[arg(long, default_value_t = 0)]
+    records: u64,
+    /// partition_max_bytes of each Fetch.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_bytes: i32,
+    #[arg(long, default_value_t = 11)]
+    fetch_version: i16,
+    /// Skip the CRC32C check of each batch.
+    #[arg(long)]
+    no_verify: bool,
+    /// Connect with TLS (an SSL listener), trusting this CA file (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl KafkaLoadArgs {
+    fn config(self) -> Result<load::LoadConfig> {
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(kxgw::kafka::tls::ClientTls::load(ca)?),
+            None => None,
+        };
+        Ok(load::LoadConfig {
+            bootstrap: self.bootstrap,
+            topic: self.load.topic,
+            partition: self.load.partition,
+            consumers: self.load.consumers,
+            start_offset: self.start_offset,
+            records: self.records,
+            max_bytes: self.max_bytes,
+            version: self.fetch_version,
+            verify: !self.no_verify,
+            tls,
+        })
+    }
 }
 
 /// What a tailing probe waits for.
@@ -217,48 +258,12 @@ fn run(args: Args) -> Result<ExitCode> {
                 ))
             );
         }
-        Tool::FetchLoad {
-            fetch,
-            load,
-            records,
-            timeout_secs,
-        } => {
-            let cfg = fetch_load::FetchLoadConfig {
-                server: fetch,
-                topic: load.topic,
-                partition: load.partition,
-                consumers: load.consumers,
-                records,
-                timeout: Duration::from_secs(timeout_secs),
-            };
+        Tool::FetchLoad(a) => {
+            let cfg = a.config();
             print_load(fetch_load::run(&cfg)?, cfg.consumers);
         }
-        Tool::KafkaLoad {
-            bootstrap,
-            load,
-            start_offset,
-            records,
-            max_bytes,
-            fetch_version,
-            no_verify,
-            tls_ca,
-        } => {
-            let tls = match &tls_ca {
-                Some(ca) => Some(kxgw::kafka::tls::ClientTls::load(ca)?),
-                None => None,
-            };
-            let cfg = load::LoadConfig {
-                bootstrap,
-                topic: load.topic,
-                partition: load.partition,
-                consumers: load.consumers,
-                start_offset,
-                records,
-                max_bytes,
-                version: fetch_version,
-                verify: !no_verify,
-                tls,
-            };
+        Tool::KafkaLoad(a) => {
+            let cfg = a.config()?;
             print_load(load::run(&cfg)?, cfg.consumers);
         }
         Tool::TailProduce {

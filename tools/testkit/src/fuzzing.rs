@@ -167,7 +167,7 @@ pub fn kafka_request(data: &[u8]) {
     // And on a cluster-mode SASL listener relaying the exchange (the gate, the relayed
     // requests' decoding; the upstream never answers).
     let relay = kxgw::kafka::auth::Security {
-        relay: Some(Arc::new(kxgw::kafka::upstream::relay::RelayConfig::new(
+        relay: Some(Arc::new(kxgw::kafka::authority::RelayConfig::new(
             Duration::from_secs(5),
         ))),
         ..Default::default()
