@@ -528,11 +528,11 @@ fn sasl_ssl_sidecar_in_cluster_mode_ends_tls_and_relays_the_login_upstream() {
     let net = TestNet::new("tlscl", 1500).unwrap();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let dir = logs(w);
-    let pki = Pki::new(w, "kxgw-test-ca");
-    let (cert, key) = pki.issue("gateway", &[(DnType::CommonName, "kxgw")], true);
+    let dir = allowed_and_refused_topics(w, N, SIZE);
+    let (pki, issued) = gateway_pki(w);
+    let (cert, key) = (issued.cert, issued.key);
     let ca = pki.ca_file.clone();
-    let users = users_file(w);
+    let users = users_file(w, &[("alice", ALICE)]);
     let out = Command::new(KXGW)
         .args(["users", "add", "--file", &s(&users), "kxgw", "kxgw-secret"])
         .output()
