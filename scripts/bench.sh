@@ -365,6 +365,29 @@ print(f'{b*8/s/1e9:.4f}\t{rec/s:.1f}\t{($p1 - $p0)/s:.1f}\t{cpu/(b/2**30):.4f}')
   record "$section" "$path" "$fs" "$n" "$run" ok "$gbps" "$rps" "$pps" "$cpu" "$bytes" "$secs" "$note"
 }
 
+# The gateway's own hops of the tailing replies of one latency run (kxgw_tail_hop_us from its
+# control socket), one latency-hop row per hop: gbps=p50, rps=p99, pps=p99.9 (µs), cpu=samples.
+record_hops() { # path run socket
+  local path=$1 run=$2 ctl=$3 text
+  text=$("$KXGW" stats --raw --socket "$ctl" 2>/dev/null) || text=
+  local hop
+  for hop in detect_validate validate_send; do
+    local q50 q99 q999 n
+    q50=$(hop_metric "$text" "tail_hop_us{hop=\"$hop\",quantile=\"0.5\"}")
+    q99=$(hop_metric "$text" "tail_hop_us{hop=\"$hop\",quantile=\"0.99\"}")
+    q999=$(hop_metric "$text" "tail_hop_us{hop=\"$hop\",quantile=\"0.999\"}")
+    n=$(hop_metric "$text" "tail_hop_samples_total{hop=\"$hop\"}")
+    if [ -z "$q50" ]; then
+      record latency-hop "$path:$hop" tmpfs 1 "$run" "n/a" - - - - - - "no hop samples from this gateway"
+    else
+      record latency-hop "$path:$hop" tmpfs 1 "$run" ok "$q50" "$q99" "$q999" "${n:--}" - - ""
+    fi
+  done
+}
+hop_metric() { # text name-with-labels: the value of kxgw_<name>, empty if absent
+  awk -v k="kxgw_$2" '$1 == k { print $2; exit }' <<<"$1"
+}
+
 # Tailing latency of one path: the stamping producer appends to a live log the gateway follows.
 measure_latency() { # path run
   local path=$1 run=$2 cmd= client=
@@ -403,6 +426,9 @@ measure_latency() { # path run
   fi
   client="$client $spin"
   local logf=$WORK/latency-$path-$run.log clog=$WORK/latency-$path-$run.client.log
+  # The gateway's per-hop histograms are read from its control socket before it stops.
+  local ctl=$WORK/latency-$path-$run.sock
+  has "$SERVE_HELP" --control-socket && cmd="$cmd --control-socket $ctl"
   # shellcheck disable=SC2086
   start_bg "$logf" $cmd
   local ready="wait_udp $FETCH_PORT"; [ ${path%-spin} = kafka-longpoll ] && ready="wait_tcp $KAFKA_PORT"
@@ -421,6 +447,7 @@ measure_latency() { # path run
   out=$(cat "$clog.out")
   local note=
   case $path in xdp-*) note="$(xdp_mode_of "$logf")" ;; esac
+  record_hops "$path" "$run" "$ctl"
   stop_gw
   if [ $rc -ne 0 ] || [ -z "$out" ]; then
     local partial=

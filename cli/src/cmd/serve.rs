@@ -205,6 +205,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     let metrics = Metrics::new();
     running.register_metrics(&metrics);
+    let hops = Arc::clone(&log);
+    metrics.register(move |w| hops.tail_hops().write_metrics(w));
     let socket = args
         .control_socket
         .clone()
