@@ -310,6 +310,9 @@ impl LogDir {
         match p.try_refresh_tail(hw.as_deref(), ls.as_deref()) {
             Some(Ok(true)) => {
                 self.advanced(p, detected);
+                self.tail_hops
+                    .busy_found
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 true
             }
             _ => false,

@@ -131,6 +131,8 @@ pub struct TailHops {
     /// Validated to the first datagram of the parked poll's reply handed to the transport
     /// (hooks, waker, the serving thread's wake-up, the read).
     pub validate_to_send: Histogram,
+    /// Appends a busy-polling worker found and validated itself (not the follower).
+    pub busy_found: AtomicU64,
 }
 
 impl TailHops {
@@ -141,8 +143,15 @@ impl TailHops {
         self.validate_to_send.record(sent.saturating_sub(validated));
     }
 
-    /// `tail_hop_us{hop,quantile}` gauges and `tail_hop_samples_total{hop}` counters.
+    /// `tail_hop_us{hop,quantile}` gauges, `tail_hop_samples_total{hop}` and
+    /// `tail_busy_found_total` counters.
     pub fn write_metrics(&self, w: &mut MetricsWriter) {
+        w.counter(
+            "tail_busy_found_total",
+            "Appends a busy-polling worker found and validated itself, without the follower's wake-up",
+            &[],
+            self.busy_found.load(Ordering::Relaxed),
+        );
         for (hop, h) in [
             ("detect_validate", &self.detect_to_validate),
             ("validate_send", &self.validate_to_send),
