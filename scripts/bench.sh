@@ -402,8 +402,11 @@ measure_latency() { # path run
   "$BENCH" tail-produce --log-dir "$TMPFS_DIR/tail-$path-$run" --topic tail --count 1 --rate 1000 >/dev/null 2>&1 || true
   dir=$TMPFS_DIR/tail-$path-$run
   case ${path%-spin} in
-    kafka-longpoll)
+    kafka-longpoll|kafka-longpoll-busypoll)
       [ $HAVE_KAFKA = 1 ] && cmd="$KXGW serve --log-dir $dir --kafka-listen $GW_ADDR:$KAFKA_PORT --io sendfile"
+      if [ ${path%-spin} = kafka-longpoll-busypoll ]; then
+        if has "$SERVE_HELP" --kafka-busy-poll; then cmd="$cmd --kafka-busy-poll"; else cmd=; fi
+      fi
       client="$BENCH tail-kafka --bootstrap $GW_ADDR:$KAFKA_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
     udp-kernel|udp-kernel-busypoll)
       [ $HAVE_FETCH = 1 ] && [ $HAVE_TAILF = 1 ] && cmd="$KXGW serve --log-dir $dir --fetch-listen $GW_ADDR:$FETCH_PORT"
@@ -431,7 +434,7 @@ measure_latency() { # path run
   has "$SERVE_HELP" --control-socket && cmd="$cmd --control-socket $ctl"
   # shellcheck disable=SC2086
   start_bg "$logf" $cmd
-  local ready="wait_udp $FETCH_PORT"; [ ${path%-spin} = kafka-longpoll ] && ready="wait_tcp $KAFKA_PORT"
+  local ready="wait_udp $FETCH_PORT"; case $path in kafka-*) ready="wait_tcp $KAFKA_PORT" ;; esac
   if ! $ready; then
     record latency "$path" tmpfs 1 "$run" failed - - - - - - "gateway did not come up: $logf"; stop_gw; return 0
   fi
@@ -463,7 +466,7 @@ measure_latency() { # path run
 # ---------------------------------------------------------------- the runs
 PATHS="kafka-copy kafka-sendfile kafka-tls udp-sendmmsg udp-gso xdp-copy xdp-sg"
 FANOUT_PATHS="kafka-sendfile udp-sendmmsg xdp-sg"
-LAT_PATHS="kafka-longpoll udp-kernel udp-kernel-busypoll xdp-busypoll-off xdp-busypoll-on kafka-longpoll-spin udp-kernel-busypoll-spin xdp-busypoll-on-spin"
+LAT_PATHS="kafka-longpoll kafka-longpoll-busypoll udp-kernel udp-kernel-busypoll xdp-busypoll-off xdp-busypoll-on kafka-longpoll-spin kafka-longpoll-busypoll-spin udp-kernel-busypoll-spin xdp-busypoll-on-spin"
 : >"$RAW"
 T_START=$(date +%s)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -29,6 +29,8 @@ PATH_DOC = {
     "xdp-busypoll-off": "fetch protocol, AF_XDP, busy poll off",
     "xdp-busypoll-on": "fetch protocol, AF_XDP, `--busy-poll`",
     "kafka-longpoll-spin": "Kafka TCP long-poll, spinning consumer",
+    "kafka-longpoll-busypoll": "Kafka TCP long-poll, `--kafka-busy-poll`",
+    "kafka-longpoll-busypoll-spin": "Kafka TCP long-poll, `--kafka-busy-poll`, spinning consumer",
     "udp-kernel-busypoll-spin": "fetch protocol, kernel UDP, `--fetch-busy-poll`, spinning consumer",
     "xdp-busypoll-on-spin": "fetch protocol, AF_XDP, `--busy-poll`, spinning consumer",
 }
