@@ -54,8 +54,9 @@ fn growth_is_seen_and_validated_on_the_checking_thread() {
     let (d, log) = setup();
     let p = log.partition("t", 0).unwrap();
     assert_eq!(p.readable_end(), 3);
+    let opened = p.tail_stamps().get();
     assert!(!log.poll_tail(&p), "nothing appended: no refresh");
-    assert!(p.tail_stamps().get().is_none());
+    assert_eq!(p.tail_stamps().get(), opened);
     let woken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let w2 = woken.clone();
     log.on_append(Box::new(move |_| {
@@ -68,6 +69,7 @@ fn growth_is_seen_and_validated_on_the_checking_thread() {
     assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 1, "hooks ran");
     let (detected, validated) = p.tail_stamps().get().unwrap();
     assert!(detected > 0 && detected <= validated);
+    assert!(opened.is_none_or(|(_, v)| v <= detected), "stamped anew");
     let s = p.read(3, 1 << 20).unwrap();
     assert_eq!((s.first_offset, s.next_offset), (3, 4));
     assert!(!p.tail_grew());
@@ -123,7 +125,7 @@ fn a_corrupt_appended_batch_is_never_served() {
 fn a_roll_is_the_followers_then_the_new_segment_is_checked() {
     let d = tempfile::tempdir().unwrap();
     let cfg = WriterConfig {
-        segment_bytes: 300,
+        segment_bytes: 1000,
         ..WriterConfig::default()
     };
     let mut w = PartitionWriter::open(d.path(), "t", 0, cfg).unwrap();
@@ -131,7 +133,7 @@ fn a_roll_is_the_followers_then_the_new_segment_is_checked() {
     w.flush().unwrap();
     let log = LogDir::open(d.path(), None).unwrap();
     let p = log.partition("t", 0).unwrap();
-    let big = [b'x'; 200];
+    let big = [b'x'; 300];
     while w.active_segment_base() == 0 {
         w.append(&[record(&big)]).unwrap();
         w.flush().unwrap();
@@ -146,8 +148,10 @@ fn a_roll_is_the_followers_then_the_new_segment_is_checked() {
     assert_eq!(p.readable_end(), rolled_end);
     assert_eq!(p.segment_bases().len(), 2);
     // ... whose appends the tail check then sees.
+    let active = w.active_segment_base();
     w.append(&[record(b"after the roll")]).unwrap();
     w.flush().unwrap();
+    assert_eq!(w.active_segment_base(), active, "no second roll");
     assert!(log.poll_tail(&p));
     assert_eq!(p.readable_end(), rolled_end + 1);
 }
