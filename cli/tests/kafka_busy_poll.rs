@@ -22,7 +22,14 @@ fn kafka_busy_polling_serves_a_tailing_consumer_promptly() {
         .args(["-c", "1"])
         .arg(kxgw_bench())
         .args(["tail-kafka", "--bootstrap", &gw.addr.to_string()])
-        .args(["--topic", "tail", "--offset", "1", "--count", &n.to_string()])
+        .args([
+            "--topic",
+            "tail",
+            "--offset",
+            "1",
+            "--count",
+            &n.to_string(),
+        ])
         .args(["--timeout-secs", "20"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -326,7 +326,10 @@ fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
             .map(|s| s.value)
             .sum::<f64>()
     };
-    assert!(value("kxgw_tail_busy_found_total", None) > 0.0, "{metrics:?}");
+    assert!(
+        value("kxgw_tail_busy_found_total", None) > 0.0,
+        "{metrics:?}"
+    );
     let replies = value("kxgw_tail_hop_samples_total", Some("validate_send"));
     assert!(replies > 0.0 && replies <= n as f64, "{metrics:?}");
     let detect = value("kxgw_tail_hop_samples_total", Some("detect_validate"));

@@ -35,14 +35,12 @@ fn batch_at(base: i64) -> Vec<u8> {
 }
 
 fn segment(dir: &Path) -> PathBuf {
-    dir.join("t-0").join(format!("{}{LOG_SUFFIX}", file_stem(0)))
+    dir.join("t-0")
+        .join(format!("{}{LOG_SUFFIX}", file_stem(0)))
 }
 
 fn append_raw(path: &Path, bytes: &[u8]) {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
     f.write_all(bytes).unwrap();
 }
 
@@ -118,7 +116,8 @@ impl Bed {
             }
             while let Some(ev) = self.client.poll_event() {
                 if let Event::Batch(b) = ev {
-                    self.got.extend(b.from_offset.max(b.base_offset)..b.next_offset);
+                    self.got
+                        .extend(b.from_offset.max(b.base_offset)..b.next_offset);
                 }
             }
             if !moved {

@@ -421,7 +421,9 @@ impl EventLoop {
             let timeout = if self.busy_poll {
                 Some(Duration::ZERO)
             } else {
-                next.map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(500))
+                next.map(|d| {
+                    d.saturating_duration_since(Instant::now()) + Duration::from_micros(500)
+                })
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -618,7 +620,10 @@ impl EventLoop {
         let mut tails: Vec<Arc<crate::log::Partition>> = Vec::new();
         for c in self.parked.iter().filter_map(|t| self.conns.get(t)) {
             for (topic, p) in c.session.waited() {
-                if tails.iter().any(|x| x.partition() == p && x.topic() == topic) {
+                if tails
+                    .iter()
+                    .any(|x| x.partition() == p && x.topic() == topic)
+                {
                     continue;
                 }
                 tails.extend(self.log.partition(topic, p));

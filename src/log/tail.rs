@@ -15,7 +15,9 @@ pub fn clock_ns() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     // Saturates after ~584 years of uptime; 0 is never a real stamp after the first call.
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(epoch.elapsed().as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// When a partition's last advancing tail refresh detected the growth and validated it

@@ -26,14 +26,12 @@ fn batch_at(base: i64) -> Vec<u8> {
 }
 
 fn segment_path(dir: &Path, base: i64) -> PathBuf {
-    dir.join("t-0").join(format!("{}{LOG_SUFFIX}", file_stem(base)))
+    dir.join("t-0")
+        .join(format!("{}{LOG_SUFFIX}", file_stem(base)))
 }
 
 fn append_raw(path: &Path, bytes: &[u8]) {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
     f.write_all(bytes).unwrap();
 }
 
@@ -66,7 +64,11 @@ fn growth_is_seen_and_validated_on_the_checking_thread() {
     assert!(p.tail_grew());
     assert!(log.poll_tail(&p));
     assert_eq!(p.readable_end(), 4);
-    assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 1, "hooks ran");
+    assert_eq!(
+        woken.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "hooks ran"
+    );
     let (detected, validated) = p.tail_stamps().get().unwrap();
     assert!(detected > 0 && detected <= validated);
     assert!(opened.is_none_or(|(_, v)| v <= detected), "stamped anew");
@@ -114,7 +116,10 @@ fn a_corrupt_appended_batch_is_never_served() {
     append_raw(&segment_path(d.path(), 0), &b);
     assert!(!log.poll_tail(&p));
     assert_eq!(p.readable_end(), 3);
-    assert!(p.read(3, 1 << 20).is_err(), "the reader says why it gets nothing");
+    assert!(
+        p.read(3, 1 << 20).is_err(),
+        "the reader says why it gets nothing"
+    );
     // Valid batches behind it change nothing: the log stops at the damage.
     append_raw(&segment_path(d.path(), 0), &batch_at(4));
     assert!(!log.poll_tail(&p));
