@@ -365,6 +365,29 @@ print(f'{b*8/s/1e9:.4f}\t{rec/s:.1f}\t{($p1 - $p0)/s:.1f}\t{cpu/(b/2**30):.4f}')
   record "$section" "$path" "$fs" "$n" "$run" ok "$gbps" "$rps" "$pps" "$cpu" "$bytes" "$secs" "$note"
 }
 
+# The gateway's own hops of the tailing replies of one latency run (kxgw_tail_hop_us from its
+# control socket), one latency-hop row per hop: gbps=p50, rps=p99, pps=p99.9 (µs), cpu=samples.
+record_hops() { # path run socket
+  local path=$1 run=$2 ctl=$3 text
+  text=$("$KXGW" stats --raw --socket "$ctl" 2>/dev/null) || text=
+  local hop
+  for hop in detect_validate validate_send; do
+    local q50 q99 q999 n
+    q50=$(hop_metric "$text" "tail_hop_us{hop=\"$hop\",quantile=\"0.5\"}")
+    q99=$(hop_metric "$text" "tail_hop_us{hop=\"$hop\",quantile=\"0.99\"}")
+    q999=$(hop_metric "$text" "tail_hop_us{hop=\"$hop\",quantile=\"0.999\"}")
+    n=$(hop_metric "$text" "tail_hop_samples_total{hop=\"$hop\"}")
+    if [ -z "$q50" ]; then
+      record latency-hop "$path:$hop" tmpfs 1 "$run" "n/a" - - - - - - "no hop samples from this gateway"
+    else
+      record latency-hop "$path:$hop" tmpfs 1 "$run" ok "$q50" "$q99" "$q999" "${n:--}" - - ""
+    fi
+  done
+}
+hop_metric() { # text name-with-labels: the value of kxgw_<name>, empty if absent
+  awk -v k="kxgw_$2" '$1 == k { print $2; exit }' <<<"$1"
+}
+
 # Tailing latency of one path: the stamping producer appends to a live log the gateway follows.
 measure_latency() { # path run
   local path=$1 run=$2 cmd= client=
@@ -379,8 +402,11 @@ measure_latency() { # path run
   "$BENCH" tail-produce --log-dir "$TMPFS_DIR/tail-$path-$run" --topic tail --count 1 --rate 1000 >/dev/null 2>&1 || true
   dir=$TMPFS_DIR/tail-$path-$run
   case ${path%-spin} in
-    kafka-longpoll)
+    kafka-longpoll|kafka-longpoll-busypoll)
       [ $HAVE_KAFKA = 1 ] && cmd="$KXGW serve --log-dir $dir --kafka-listen $GW_ADDR:$KAFKA_PORT --io sendfile"
+      if [ ${path%-spin} = kafka-longpoll-busypoll ]; then
+        if has "$SERVE_HELP" --kafka-busy-poll; then cmd="$cmd --kafka-busy-poll"; else cmd=; fi
+      fi
       client="$BENCH tail-kafka --bootstrap $GW_ADDR:$KAFKA_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
     udp-kernel|udp-kernel-busypoll)
       [ $HAVE_FETCH = 1 ] && [ $HAVE_TAILF = 1 ] && cmd="$KXGW serve --log-dir $dir --fetch-listen $GW_ADDR:$FETCH_PORT"
@@ -403,9 +429,12 @@ measure_latency() { # path run
   fi
   client="$client $spin"
   local logf=$WORK/latency-$path-$run.log clog=$WORK/latency-$path-$run.client.log
+  # The gateway's per-hop histograms are read from its control socket before it stops.
+  local ctl=$WORK/latency-$path-$run.sock
+  has "$SERVE_HELP" --control-socket && cmd="$cmd --control-socket $ctl"
   # shellcheck disable=SC2086
   start_bg "$logf" $cmd
-  local ready="wait_udp $FETCH_PORT"; [ ${path%-spin} = kafka-longpoll ] && ready="wait_tcp $KAFKA_PORT"
+  local ready="wait_udp $FETCH_PORT"; case $path in kafka-*) ready="wait_tcp $KAFKA_PORT" ;; esac
   if ! $ready; then
     record latency "$path" tmpfs 1 "$run" failed - - - - - - "gateway did not come up: $logf"; stop_gw; return 0
   fi
@@ -421,6 +450,7 @@ measure_latency() { # path run
   out=$(cat "$clog.out")
   local note=
   case $path in xdp-*) note="$(xdp_mode_of "$logf")" ;; esac
+  record_hops "$path" "$run" "$ctl"
   stop_gw
   if [ $rc -ne 0 ] || [ -z "$out" ]; then
     local partial=
@@ -436,7 +466,7 @@ measure_latency() { # path run
 # ---------------------------------------------------------------- the runs
 PATHS="kafka-copy kafka-sendfile kafka-tls udp-sendmmsg udp-gso xdp-copy xdp-sg"
 FANOUT_PATHS="kafka-sendfile udp-sendmmsg xdp-sg"
-LAT_PATHS="kafka-longpoll udp-kernel udp-kernel-busypoll xdp-busypoll-off xdp-busypoll-on kafka-longpoll-spin udp-kernel-busypoll-spin xdp-busypoll-on-spin"
+LAT_PATHS="kafka-longpoll kafka-longpoll-busypoll udp-kernel udp-kernel-busypoll xdp-busypoll-off xdp-busypoll-on kafka-longpoll-spin kafka-longpoll-busypoll-spin udp-kernel-busypoll-spin xdp-busypoll-on-spin"
 : >"$RAW"
 T_START=$(date +%s)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -2,7 +2,8 @@
 """Turns the raw runs of scripts/bench.sh into the markdown table and the gnuplot PNGs.
 
 Raw rows (tab-separated): section path fs consumers run status gbps rps pps cpu bytes secs note.
-Latency rows reuse gbps/rps/pps for p50/p99/p99.9 in microseconds. Medians over the runs that
+Latency rows reuse gbps/rps/pps for p50/p99/p99.9 in microseconds; latency-hop rows (path:hop)
+too, with the sample count in cpu. Medians over the runs that
 succeeded, with their min-max; a path whose runs all failed or that the build lacks gets no number.
 """
 import argparse
@@ -28,6 +29,8 @@ PATH_DOC = {
     "xdp-busypoll-off": "fetch protocol, AF_XDP, busy poll off",
     "xdp-busypoll-on": "fetch protocol, AF_XDP, `--busy-poll`",
     "kafka-longpoll-spin": "Kafka TCP long-poll, spinning consumer",
+    "kafka-longpoll-busypoll": "Kafka TCP long-poll, `--kafka-busy-poll`",
+    "kafka-longpoll-busypoll-spin": "Kafka TCP long-poll, `--kafka-busy-poll`, spinning consumer",
     "udp-kernel-busypoll-spin": "fetch protocol, kernel UDP, `--fetch-busy-poll`, spinning consumer",
     "xdp-busypoll-on-spin": "fetch protocol, AF_XDP, `--busy-poll`, spinning consumer",
 }
@@ -237,6 +240,31 @@ def main():
             md.append(
                 f"| {label} | {c.span('gbps', f1)} | {c.span('rps', f1)} | {c.span('pps', f1)} | "
                 f"{ratio(c.median('rps'), kafka_p99)} | {c.notes()} |"
+            )
+        md.append("")
+
+    hops = [k for k in order if k[0] == "latency-hop"]
+    if hops:
+        md.append("## Tailing latency inside the gateway, per hop (µs)\n")
+        md.append(
+            "The gateway's own timestamps of each tailing reply (a parked poll answered with new "
+            "data): growth detected (inotify event read, or the busy poller's size check) to its "
+            "bytes validated, and validated to the reply's first datagram handed to the transport. "
+            "The rest of a row's delay above is the append's path to the detection and the "
+            "reply's path to the consumer. Histogram buckets: values within 1/8 above.\n"
+        )
+        md.append("| path | hop | p50 | p99 | p99.9 | samples | notes |")
+        md.append("| --- | --- | --- | --- | --- | --- | --- |")
+        for k in hops:
+            c = cells[k]
+            path, _, hop = k[1].partition(":")
+            label = PATH_DOC.get(path, path)
+            if c.status() != "ok":
+                md.append(f"| {label} | {hop} | {unavailable(c)} | | | | {c.notes()} |")
+                continue
+            md.append(
+                f"| {label} | {hop} | {c.span('gbps', f1)} | {c.span('rps', f1)} | "
+                f"{c.span('pps', f1)} | {c.span('cpu', big)} | {c.notes()} |"
             )
         md.append("")
 

@@ -285,7 +285,16 @@ fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
     let net = TestNet::new("xfbusy", 1500).expect("test network");
     let dir = tempfile::tempdir().unwrap();
     tail_produce(dir.path(), "1");
-    let gw = Gateway::start_on(&net, dir.path(), &net.gw_if, &["--busy-poll"], Some(0));
+    let work = tempfile::tempdir().unwrap();
+    let ctl = work.path().join("gw.sock");
+    let ctl_arg = ctl.to_str().unwrap();
+    let gw = Gateway::start_on(
+        &net,
+        dir.path(),
+        &net.gw_if,
+        &["--busy-poll", "--control-socket", ctl_arg],
+        Some(0),
+    );
     let n = 3000u64;
     // Consumer and producer share the other CPU, as in scripts/bench.sh; n records at
     // 2000/s: 1.5 s of appends.
@@ -297,6 +306,7 @@ fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
         "20",
         Duration::from_secs(25),
     );
+    let metrics = tail_metrics(&ctl);
     let stats = gw.stop();
     assert!(status.success(), "tail-fetch: {status} {text}\n{stats}");
     let field = |k: &str| json_number(&text, k);
@@ -306,6 +316,37 @@ fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
         field("max_us") < 300_000.0,
         "append-to-consume delay too long with --busy-poll: {text}\n{stats}"
     );
+    // The worker found appends itself (no follower wake-up), and every tailing reply's hops
+    // were measured: one per parked poll answered with data, at most one per record.
+    let value = |name: &str, label: Option<&str>| {
+        metrics
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| label.is_none_or(|l| s.labels.iter().any(|(_, v)| v == l)))
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    assert!(
+        value("kxgw_tail_busy_found_total", None) > 0.0,
+        "{metrics:?}"
+    );
+    let replies = value("kxgw_tail_hop_samples_total", Some("validate_send"));
+    assert!(replies > 0.0 && replies <= n as f64, "{metrics:?}");
+    let detect = value("kxgw_tail_hop_samples_total", Some("detect_validate"));
+    assert_eq!(detect, replies, "{metrics:?}");
+    let p50 = value("kxgw_tail_hop_us", Some("0.5"));
+    assert!(p50 > 0.0, "hop quantiles exported: {metrics:?}");
+}
+
+/// The gateway's counters from its control socket, parsed.
+fn tail_metrics(ctl: &Path) -> Vec<kxgw::metrics::Sample> {
+    let out = std::process::Command::new(exe())
+        .args(["stats", "--raw", "--socket"])
+        .arg(ctl)
+        .output()
+        .expect("running kxgw stats");
+    assert!(out.status.success(), "kxgw stats: {out:?}");
+    kxgw::metrics::parse(&String::from_utf8_lossy(&out.stdout))
 }
 
 #[test]

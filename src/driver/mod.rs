@@ -3,7 +3,8 @@
 //! AF_XDP queue in `xdp::queue`).
 //!
 //! One round: reap finished sends, receive (each datagram straight from the socket buffer or
-//! the RX frame into the service), the [`Waker`] (log appends), expired timers, transmit (the
+//! the RX frame into the service), the [`Waker`] (log appends), expired timers, when busy
+//! polling the service's own look at its sources ([`Service::poll_source`]), transmit (the
 //! service's [`Datagram`]s go to the transport as they are: no conversion, payloads stay
 //! references into the log mapping), and the counters every [`PUBLISH_EVERY`] while busy and
 //! whenever the driver goes idle. Idle: spin or
@@ -116,6 +117,11 @@ pub trait Service: Send + 'static {
     fn handle_timeout(&mut self, now: Instant);
     /// The driver's [`Waker`] was triggered (e.g. the log grew).
     fn handle_wake(&mut self, _now: Instant) {}
+    /// Busy polling, every round: look for new input yourself (e.g. the log's tail) instead
+    /// of waiting for another thread's wake-up; true if anything happened.
+    fn poll_source(&mut self, _now: Instant) -> bool {
+        false
+    }
 }
 
 /// What a transport waits for while the driver sleeps.
@@ -242,6 +248,9 @@ impl<S: Service, I: DatagramIo<S>> Driver<S, I> {
         if self.service.poll_timeout().is_some_and(|t| t <= now) {
             self.service.handle_timeout(now);
             progress = true;
+        }
+        if self.busy_poll {
+            progress |= self.service.poll_source(now);
         }
         progress |= self.io.transmit(now, &mut self.service);
         progress

@@ -21,6 +21,8 @@ pub mod wire;
 
 #[cfg(test)]
 mod sim_tests;
+#[cfg(test)]
+mod tail_tests;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -120,5 +122,9 @@ impl Service for Server {
 
     fn handle_wake(&mut self, now: Instant) {
         self.handle_log_append(now);
+    }
+
+    fn poll_source(&mut self, now: Instant) -> bool {
+        self.poll_tails(now)
     }
 }

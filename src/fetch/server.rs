@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::log::batch::BatchHeader;
+use crate::log::tail::clock_ns;
 use crate::log::txn::AbortedTxn;
 use crate::log::{LogDir, LogError, Partition, ReadSlice};
 
@@ -270,6 +271,9 @@ struct Job {
     started: bool,
     finished: bool,
     long_poll: bool,
+    /// A parked poll answered with new data: when the data was detected and validated
+    /// ([`crate::log::tail::TailStamps`]), recorded as hops when its first datagram leaves.
+    tail: Option<(u64, u64)>,
 }
 
 impl Job {
@@ -307,6 +311,7 @@ impl Job {
             started: false,
             finished: false,
             long_poll: false,
+            tail: None,
         }
     }
 
@@ -529,6 +534,8 @@ struct Parked {
     req_id: u32,
     deadline: Instant,
     parts: Vec<ParkedPart>,
+    /// When it was parked ([`clock_ns`]): data validated later is a tailing reply.
+    since: u64,
 }
 
 #[derive(Debug)]
@@ -557,6 +564,8 @@ pub struct Server {
     control: VecDeque<Transmit>,
     stats: ServerStats,
     next_sweep: Option<Instant>,
+    /// Scratch list of the partitions parked polls wait on (busy polling, every round).
+    tails: Vec<Arc<Partition>>,
 }
 
 enum PartOutcome {
@@ -590,6 +599,7 @@ impl Server {
             control: VecDeque::new(),
             stats: ServerStats::default(),
             next_sweep: None,
+            tails: Vec::new(),
         }
     }
 
@@ -850,6 +860,7 @@ impl Server {
                     req_id: req.request_id,
                     deadline: now + wait,
                     parts: parked_parts,
+                    since: clock_ns(),
                 });
             }
         }
@@ -968,7 +979,10 @@ impl Server {
         let burst = self.cfg.burst;
         let mut payload = None;
         if let Some(s) = self.sessions.get_mut(&addr) {
-            if let Some(job) = s.jobs.front() {
+            if let Some(job) = s.jobs.front_mut() {
+                if let Some(stamps) = job.tail.take() {
+                    self.log.tail_hops().record(stamps, clock_ns());
+                }
                 payload = (len > 0).then(|| Payload {
                     slice: job.slice.clone(),
                     offset,
@@ -1072,6 +1086,30 @@ impl Server {
         self.answer_parked(now);
     }
 
+    /// Busy polling: checks the tail of every partition a parked poll waits on (one fstat
+    /// each; only the new bytes validated when one grew, see [`LogDir::poll_tail`]) and
+    /// answers the polls that now have data, on this thread and this round. True if a tail
+    /// advanced.
+    pub fn poll_tails(&mut self, now: Instant) -> bool {
+        let mut tails = std::mem::take(&mut self.tails);
+        for s in self.sessions.values() {
+            for pp in s.parked.iter().flat_map(|p| &p.parts) {
+                if !tails.iter().any(|t| Arc::ptr_eq(t, &pp.partition)) {
+                    tails.push(pp.partition.clone());
+                }
+            }
+        }
+        let mut advanced = false;
+        for p in tails.drain(..) {
+            advanced |= self.log.poll_tail(&p);
+        }
+        self.tails = tails;
+        if advanced {
+            self.answer_parked(now);
+        }
+        advanced
+    }
+
     fn answer_parked(&mut self, now: Instant) {
         let mut answered: Vec<(SocketAddr, Parked)> = Vec::new();
         for (addr, s) in self.sessions.iter_mut() {
@@ -1109,6 +1147,9 @@ impl Server {
                 match read.run(&pp.partition) {
                     PartOutcome::Data(mut j) | PartOutcome::Empty(_, _, _, mut j) => {
                         j.long_poll = true;
+                        if !j.slice.is_empty() {
+                            j.tail = pp.partition.tail_stamps().get().filter(|s| s.1 >= p.since);
+                        }
                         jobs.push(j);
                     }
                     PartOutcome::Error(e) => self.error(addr, e),

@@ -208,6 +208,13 @@ impl Session {
             .is_some_and(|p| p.wanted.iter().any(|(t, q)| *q == partition && t == topic))
     }
 
+    /// The partitions a waiting fetch reads (none without one).
+    pub fn waited(&self) -> impl Iterator<Item = (&str, i32)> {
+        self.parked
+            .iter()
+            .flat_map(|p| p.wanted.iter().map(|(t, q)| (t.as_str(), *q)))
+    }
+
     /// Whether a fetch, JoinGroup, SyncGroup or forwarded request is waiting.
     pub fn is_parked(&self) -> bool {
         self.parked.is_some() || self.group_wait.is_some() || self.forward.waiting()

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::checkpoint::{self, Checkpoint};
 use super::error::LogError;
 use super::follower::{self, FollowerHandle};
+use super::tail::{clock_ns, TailHops};
 use super::topic_id::{self, TopicIdCheck};
 use super::{Isolation, Partition, TopicPartition};
 use uuid::Uuid;
@@ -33,6 +34,8 @@ pub struct LogDir {
     refresh_lock: Mutex<()>,
     /// Topic ids, computed on each full refresh.
     ids: RwLock<TopicIds>,
+    /// Per-hop times of the tailing replies of every server of this dir.
+    tail_hops: TailHops,
 }
 
 #[derive(Default)]
@@ -85,6 +88,7 @@ impl LogDir {
             checkpoints: Mutex::new(Checkpoints::default()),
             refresh_lock: Mutex::new(()),
             ids: RwLock::new(TopicIds::default()),
+            tail_hops: TailHops::default(),
         });
         d.refresh()?;
         Ok(d)
@@ -268,17 +272,56 @@ impl LogDir {
     }
 
     fn refresh_one(&self, p: &Partition, tail_only: bool) {
-        let (hw, ls) = {
-            let c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
-            (c.hw.clone(), c.log_start.clone())
-        };
+        let detected = clock_ns();
+        let (hw, ls) = self.last_checkpoints();
         let advanced = p.refresh(hw.as_deref(), ls.as_deref(), tail_only);
         if let Ok(true) = advanced {
-            let hooks = self.hooks.read().unwrap_or_else(|e| e.into_inner());
-            for h in hooks.iter() {
-                h(p);
-            }
+            self.advanced(p, detected);
         }
+    }
+
+    fn last_checkpoints(&self) -> (Option<Arc<Checkpoint>>, Option<Arc<Checkpoint>>) {
+        let c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        (c.hw.clone(), c.log_start.clone())
+    }
+
+    /// `p`'s readable end advanced by a refresh that started at `detected`: stamp it, call
+    /// the hooks.
+    fn advanced(&self, p: &Partition, detected: u64) {
+        p.tail_stamps().set(detected, clock_ns());
+        let hooks = self.hooks.read().unwrap_or_else(|e| e.into_inner());
+        for h in hooks.iter() {
+            h(p);
+        }
+    }
+
+    /// Busy polling: the caller's own check of `p`'s tail. When the active segment grew
+    /// (one fstat), validates just the new bytes (the follower's tail refresh, run on this
+    /// thread: a torn tail stays invisible, a corrupt batch unserved) and calls the on_append
+    /// hooks. Returns whether the readable end advanced. Skips (false) while another refresh
+    /// of `p` runs: that one's hooks announce what it finds. Rolls, retention and checkpoints
+    /// stay the follower's.
+    pub fn poll_tail(&self, p: &Partition) -> bool {
+        if !p.tail_grew() {
+            return false;
+        }
+        let detected = clock_ns();
+        let (hw, ls) = self.last_checkpoints();
+        match p.try_refresh_tail(hw.as_deref(), ls.as_deref()) {
+            Some(Ok(true)) => {
+                self.advanced(p, detected);
+                self.tail_hops
+                    .busy_found
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Per-hop times of tailing replies, recorded by the servers of this dir.
+    pub fn tail_hops(&self) -> &TailHops {
+        &self.tail_hops
     }
 
     /// Cluster mode: the high watermark and last stable offset the cluster reports for a

@@ -24,6 +24,7 @@ pub mod read;
 pub mod record;
 pub mod segment;
 mod source;
+pub mod tail;
 pub mod topic_id;
 pub mod txn;
 pub mod txn_writer;
@@ -177,5 +178,7 @@ impl ReadSlice {
         self.len == 0
     }
 }
+#[cfg(test)]
+mod tail_tests;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, TryLockError};
 
 use memmap2::{Mmap, MmapOptions};
 
@@ -16,6 +16,7 @@ use super::index;
 use super::leader_epoch::LeaderEpochs;
 use super::read::{self, HeaderReader};
 use super::segment::{self, ScanEnd, INDEX_SUFFIX, TIME_INDEX_SUFFIX};
+use super::tail::TailStamps;
 use super::txn::{self, TxnState};
 use super::{Isolation, PartitionOffsets, ReadSlice, SourceId, TopicPartition};
 
@@ -433,6 +434,8 @@ pub struct Partition {
     /// Log start offset learnt from the cluster (cluster mode; -1: none): reads below it
     /// are out of range even where the local disk still holds older segments.
     live_start: AtomicI64,
+    /// When the last advancing tail refresh detected and validated its growth.
+    tail: TailStamps,
 }
 
 #[derive(Clone, Debug)]
@@ -497,7 +500,26 @@ impl Partition {
             live_hw: AtomicI64::new(-1),
             live_lso: AtomicI64::new(-1),
             live_start: AtomicI64::new(-1),
+            tail: TailStamps::default(),
         })
+    }
+
+    /// Timestamps of the last tail refresh that advanced the readable end.
+    pub fn tail_stamps(&self) -> &TailStamps {
+        &self.tail
+    }
+
+    /// Whether the active segment's file is longer than what was last mapped and scanned:
+    /// one fstat, no lock but the state's read lock (the busy poller's per-turn check). A
+    /// new segment (roll), a replaced or truncated file are the follower's to find.
+    pub fn tail_grew(&self) -> bool {
+        let st = self.state();
+        let Some(seg) = st.segments.values().next_back() else {
+            return false;
+        };
+        seg.file
+            .metadata()
+            .is_ok_and(|md| md.len() > seg.map.len() as u64)
     }
 
     /// Records the high watermark and last stable offset the cluster reported (cluster
@@ -715,7 +737,32 @@ impl Partition {
         log_start: Option<&Checkpoint>,
         tail_only: bool,
     ) -> Result<bool, LogError> {
-        let mut last_err = self.refresh_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.refresh_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh_guarded(guard, hw, log_start, tail_only)
+    }
+
+    /// A tail-only [`Self::refresh`] unless another refresh is running (None): the busy
+    /// poller does not wait for the follower, whose hooks announce what it finds.
+    pub(crate) fn try_refresh_tail(
+        &self,
+        hw: Option<&Checkpoint>,
+        log_start: Option<&Checkpoint>,
+    ) -> Option<Result<bool, LogError>> {
+        let guard = match self.refresh_lock.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(self.refresh_guarded(guard, hw, log_start, true))
+    }
+
+    fn refresh_guarded(
+        &self,
+        mut last_err: MutexGuard<'_, Option<String>>,
+        hw: Option<&Checkpoint>,
+        log_start: Option<&Checkpoint>,
+        tail_only: bool,
+    ) -> Result<bool, LogError> {
         let res = self.refresh_locked(hw, log_start, tail_only);
         match &res {
             Err(e) => {

@@ -1,0 +1,162 @@
+//! The busy poller's tail check ([`LogDir::poll_tail`]) keeps the follower's guarantees:
+//! growth is seen without a follower, a torn append stays invisible until complete, a corrupt
+//! batch is never served, rolls are the follower's and then followed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::segment::{file_stem, LOG_SUFFIX};
+use super::writer::{BatchBuilder, NewRecord, PartitionWriter, WriterConfig};
+use super::LogDir;
+
+fn record(v: &[u8]) -> NewRecord<'_> {
+    NewRecord {
+        timestamp: 1000,
+        value: Some(v),
+        ..Default::default()
+    }
+}
+
+/// A valid one-record batch at `base`, as the writer would append it.
+fn batch_at(base: i64) -> Vec<u8> {
+    let mut b = BatchBuilder::new();
+    b.begin(base);
+    b.push(&record(b"appended behind the writer's back"));
+    b.finish().to_vec()
+}
+
+fn segment_path(dir: &Path, base: i64) -> PathBuf {
+    dir.join("t-0")
+        .join(format!("{}{LOG_SUFFIX}", file_stem(base)))
+}
+
+fn append_raw(path: &Path, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// A log of 3 records in segment 0, opened (no follower: only poll_tail refreshes it).
+fn setup() -> (tempfile::TempDir, std::sync::Arc<LogDir>) {
+    let d = tempfile::tempdir().unwrap();
+    let mut w = PartitionWriter::open(d.path(), "t", 0, WriterConfig::default()).unwrap();
+    for _ in 0..3 {
+        w.append(&[record(b"v")]).unwrap();
+    }
+    w.flush().unwrap();
+    let log = LogDir::open(d.path(), None).unwrap();
+    (d, log)
+}
+
+#[test]
+fn growth_is_seen_and_validated_on_the_checking_thread() {
+    let (d, log) = setup();
+    let p = log.partition("t", 0).unwrap();
+    assert_eq!(p.readable_end(), 3);
+    let opened = p.tail_stamps().get();
+    assert!(!log.poll_tail(&p), "nothing appended: no refresh");
+    assert_eq!(p.tail_stamps().get(), opened);
+    let woken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w2 = woken.clone();
+    log.on_append(Box::new(move |_| {
+        w2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
+    append_raw(&segment_path(d.path(), 0), &batch_at(3));
+    assert!(p.tail_grew());
+    assert!(log.poll_tail(&p));
+    assert_eq!(p.readable_end(), 4);
+    assert_eq!(
+        woken.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "hooks ran"
+    );
+    let (detected, validated) = p.tail_stamps().get().unwrap();
+    assert!(detected > 0 && detected <= validated);
+    assert!(opened.is_none_or(|(_, v)| v <= detected), "stamped anew");
+    let s = p.read(3, 1 << 20).unwrap();
+    assert_eq!((s.first_offset, s.next_offset), (3, 4));
+    assert!(!p.tail_grew());
+    assert!(!log.poll_tail(&p), "seen once");
+}
+
+#[test]
+fn a_torn_append_stays_invisible_until_complete() {
+    let (d, log) = setup();
+    let p = log.partition("t", 0).unwrap();
+    let path = segment_path(d.path(), 0);
+    let b = batch_at(3);
+    for cut in [1, 12, 61, b.len() - 1] {
+        let (d2, log2) = setup();
+        let p2 = log2.partition("t", 0).unwrap();
+        let path2 = segment_path(d2.path(), 0);
+        append_raw(&path2, &b[..cut]);
+        assert!(!log2.poll_tail(&p2), "cut at {cut}: nothing complete");
+        assert_eq!(p2.readable_end(), 3);
+        assert!(p2.read(3, 1 << 20).unwrap().is_empty());
+        assert!(!p2.tail_grew(), "the partial bytes were looked at once");
+        append_raw(&path2, &b[cut..]);
+        assert!(log2.poll_tail(&p2), "cut at {cut}: completed");
+        assert_eq!(p2.readable_end(), 4);
+    }
+    // Two batches whose second is torn: the first is served alone.
+    let mut two = batch_at(3);
+    two.extend_from_slice(&batch_at(4)[..20]);
+    append_raw(&path, &two);
+    assert!(log.poll_tail(&p));
+    assert_eq!(p.readable_end(), 4);
+    assert_eq!(p.read(3, 1 << 20).unwrap().next_offset, 4);
+}
+
+#[test]
+fn a_corrupt_appended_batch_is_never_served() {
+    let (d, log) = setup();
+    let p = log.partition("t", 0).unwrap();
+    let mut b = batch_at(3);
+    let last = b.len() - 1;
+    b[last] ^= 0xFF; // a record byte: the CRC no longer matches
+    append_raw(&segment_path(d.path(), 0), &b);
+    assert!(!log.poll_tail(&p));
+    assert_eq!(p.readable_end(), 3);
+    assert!(
+        p.read(3, 1 << 20).is_err(),
+        "the reader says why it gets nothing"
+    );
+    // Valid batches behind it change nothing: the log stops at the damage.
+    append_raw(&segment_path(d.path(), 0), &batch_at(4));
+    assert!(!log.poll_tail(&p));
+    assert_eq!(p.readable_end(), 3);
+}
+
+#[test]
+fn a_roll_is_the_followers_then_the_new_segment_is_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = WriterConfig {
+        segment_bytes: 1000,
+        ..WriterConfig::default()
+    };
+    let mut w = PartitionWriter::open(d.path(), "t", 0, cfg).unwrap();
+    w.append(&[record(b"v")]).unwrap();
+    w.flush().unwrap();
+    let log = LogDir::open(d.path(), None).unwrap();
+    let p = log.partition("t", 0).unwrap();
+    let big = [b'x'; 300];
+    while w.active_segment_base() == 0 {
+        w.append(&[record(&big)]).unwrap();
+        w.flush().unwrap();
+    }
+    let rolled_end = w.next_offset();
+    // The old segment grew before the roll: its growth is seen, the new segment is not.
+    log.poll_tail(&p);
+    assert!(p.readable_end() < rolled_end);
+    assert_eq!(p.segment_bases(), vec![0]);
+    // The follower's structural refresh finds the new segment ...
+    log.refresh_partition(&p);
+    assert_eq!(p.readable_end(), rolled_end);
+    assert_eq!(p.segment_bases().len(), 2);
+    // ... whose appends the tail check then sees.
+    let active = w.active_segment_base();
+    w.append(&[record(b"after the roll")]).unwrap();
+    w.flush().unwrap();
+    assert_eq!(w.active_segment_base(), active, "no second roll");
+    assert!(log.poll_tail(&p));
+    assert_eq!(p.readable_end(), rolled_end + 1);
+}
