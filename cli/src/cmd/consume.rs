@@ -415,6 +415,7 @@ fn run_inner(args: Args) -> Result<ExitCode> {
                 break;
             }
         }
+        log::debug!("fetch client at exit: {}", c.client().state_summary());
         let st = c.client().stats();
         transport = format!("kxgw UDP fetch {addr}");
         recovery = format!(
