@@ -931,6 +931,21 @@ impl Client {
                 asm.buf.len(),
                 asm.next
             );
+            let (len, next) = (asm.buf.len() as u32, asm.next);
+            if let Some(old) = sub.frags.remove(&h.base_offset) {
+                sub.buffered -= old.covered();
+                spare.put(old.buf);
+            }
+            self.stats.conflicting_fragments += 1;
+            self.wants.push_back(Want {
+                covers_to: next.max(h.end_offset),
+                ..Want::fresh(
+                    sub_i,
+                    h.base_offset,
+                    len.max(h.batch_len).min(max_batch),
+                    Kind::Repair,
+                )
+            });
             return false;
         }
         let added = asm.add(h.frag_pos, payload);
@@ -1303,6 +1318,7 @@ impl Client {
 
     /// Builds the requests the state allows now.
     fn plan(&mut self, now: Instant) {
+        self.resync_blocked();
         let window = self.cfg.window as u64;
         let mut outstanding = self.outstanding_bytes();
         // Re-fetches first: they unblock delivery.
