@@ -47,11 +47,18 @@ wait_carrier() {
   return 1
 }
 
-# Interrupts of interface $1 (its PCI device's MSI/MSI-X vectors) onto CPU mask $2.
-pin_irqs() {
+# The PCI device of interface $1 (in this namespace): where its MSI/MSI-X vectors are listed.
+pci_dev() {
   dev=$(readlink -f "/sys/class/net/$1/device")
   # virtio-net: the vectors belong to the virtio PCI device, the parent of virtioN.
   [ -d "$dev/msi_irqs" ] || dev=$(dirname "$dev")
+  echo "$dev"
+}
+
+# Interrupts of PCI device $1 onto CPU mask $2 (once the interface is up: the driver requests
+# its vectors on open). Prints IRQ:CPU pairs.
+pin_irqs() {
+  dev=$1
   got=
   for irq in $(ls "$dev/msi_irqs" 2>/dev/null); do
     echo "$2" >"/proc/irq/$irq/smp_affinity" 2>/dev/null
@@ -155,7 +162,8 @@ bench_pair() {
   # gateway, the consumer NIC's on vCPU 1 with the consumer.
   /usr/local/bin/ethtool -L "$a" combined 1 2>/dev/null
   /usr/local/bin/ethtool -L "$b" combined 1 2>/dev/null
-  log "== $nic ($drv): $a in netns gw, IRQ:CPU$(pin_irqs "$a" 1); $b in netns cl, IRQ:CPU$(pin_irqs "$b" 2)"
+  da=$(pci_dev "$a")
+  db=$(pci_dev "$b")
   ip netns add gw
   ip netns add cl
   ip link set "$a" netns gw
@@ -166,6 +174,7 @@ bench_pair() {
   ip -n gw link set "$a" up
   ip -n cl link set "$b" up
   wait_carrier gw "$a" && wait_carrier cl "$b" || bad "$nic: no carrier"
+  log "== $nic ($drv): $a in netns gw, IRQ:CPU$(pin_irqs "$da" 1); $b in netns cl, IRQ:CPU$(pin_irqs "$db" 2)"
   n=$(echo $PATHS | wc -w)
   run=1
   while [ $run -le "$RUNS" ]; do

@@ -175,7 +175,12 @@ fn vm_bench_smoke_gives_every_path_a_figure_on_both_nics() {
             .lines()
             .filter(|l| l.starts_with("| ") && !l.starts_with("| path") && !l.starts_with("| ---"))
             .collect();
-        for path in ["AF_XDP zero-copy", "AF_XDP copy mode", "kernel UDP", "Kafka TCP"] {
+        for path in [
+            "AF_XDP zero-copy",
+            "AF_XDP copy mode",
+            "kernel UDP",
+            "Kafka TCP",
+        ] {
             let row = section
                 .iter()
                 .find(|l| l.starts_with(&format!("| {path}")))

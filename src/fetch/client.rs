@@ -1276,7 +1276,11 @@ impl Client {
         }
         // A part can bring offset d only if it reads from d or below.
         let could_fill = |p: &Part| !p.done && p.want.sub == i && p.want.offset <= d;
-        !self.reqs.values().flat_map(|r| r.parts.iter()).any(could_fill)
+        !self
+            .reqs
+            .values()
+            .flat_map(|r| r.parts.iter())
+            .any(could_fill)
     }
 
     /// Fetches again from the delivery position of every blocked subscription, dropping the

@@ -409,7 +409,10 @@ fn damaged_datagrams_then_a_clean_network_deliver_everything() {
         crc_errors += c.client.stats().crc_errors;
         malformed += c.client.stats().malformed;
     }
-    assert!(crc_errors > 0 && malformed > 0, "the damage reached the client");
+    assert!(
+        crc_errors > 0 && malformed > 0,
+        "the damage reached the client"
+    );
 }
 
 #[test]
