@@ -48,7 +48,7 @@ case $MODE in
 esac
 : "${OUT:=$REPO/bench/results}"
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root (namespaces, veth, XDP)" >&2; exit 1; }
-for tool in ip taskset iperf3 gnuplot python3 ss; do
+for tool in ip taskset iperf3 gnuplot python3 ss openssl; do
   command -v $tool >/dev/null || { echo "bench.sh: $tool missing (scripts/install-deps.sh)" >&2; exit 1; }
 done
 
@@ -96,7 +96,7 @@ BENCH=$(readlink -f "$BENCH")
 help_of() { "$KXGW" "$@" --help 2>/dev/null || true; }
 SERVE_HELP=$(help_of serve) PRODUCE_HELP=$(help_of produce)
 has() { grep -q -- "$2" <<<"$1"; }
-HAVE_PRODUCE=0 HAVE_KAFKA=0 HAVE_FETCH=0 HAVE_GSO=0 HAVE_XDP=0 HAVE_BUSY=0 HAVE_CONSUME=0 HAVE_TAILP=0 HAVE_TAILF=0 HAVE_XDPRAW=0
+HAVE_PRODUCE=0 HAVE_KAFKA=0 HAVE_FETCH=0 HAVE_GSO=0 HAVE_XDP=0 HAVE_BUSY=0 HAVE_CONSUME=0 HAVE_TAILP=0 HAVE_TAILF=0 HAVE_XDPRAW=0 HAVE_TLS=0
 has "$PRODUCE_HELP" --record-size && HAVE_PRODUCE=1
 has "$SERVE_HELP" --kafka-listen && has "$SERVE_HELP" -- "--io" && HAVE_KAFKA=1
 has "$SERVE_HELP" --fetch-listen && HAVE_FETCH=1
@@ -111,7 +111,23 @@ BT_HELP_TAIL=$("$BENCH" tail-fetch --help 2>/dev/null || true)
 # The raw AF_XDP ceiling's receiver CRCs every byte, as the fetch client and stream-client do.
 RAW_CRC=; has "$("$BENCH" raw-udp-client --help 2>/dev/null || true)" --crc && RAW_CRC=--crc
 has "$(help_of xdp-raw)" --listen && has "$(help_of xdp-raw-client)" --server && HAVE_XDPRAW=1
+has "$SERVE_HELP" --kafka-listen-ssl && has "$("$BENCH" kafka-load --help 2>/dev/null || true)" --tls-ca && HAVE_TLS=1
 [ $HAVE_PRODUCE = 1 ] || { echo "bench.sh: '$KXGW produce' is missing: no log to serve, nothing to measure" >&2; exit 1; }
+
+# The SSL listener's certificate (kafka-tls): P-256, for the gateway address, signed by a CA
+# made here that the consumers trust.
+TLS_CA=$WORK/tls-ca.pem TLS_CERT=$WORK/tls-cert.pem TLS_KEY=$WORK/tls-key.pem
+if [ $HAVE_TLS = 1 ]; then
+  {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj /CN=kxgw-bench-ca -keyout "$WORK/tls-ca.key" -out "$TLS_CA"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=kxgw-bench \
+      -keyout "$TLS_KEY" -out "$WORK/tls.csr"
+    printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\n' "$GW_ADDR" >"$WORK/tls-ext.cnf"
+    openssl x509 -req -in "$WORK/tls.csr" -CA "$TLS_CA" -CAkey "$WORK/tls-ca.key" -CAcreateserial \
+      -days 2 -extfile "$WORK/tls-ext.cnf" -out "$TLS_CERT"
+  } >"$WORK/openssl.log" 2>&1 || { echo "bench.sh: making the TLS certificate failed: $(cat "$WORK/openssl.log")" >&2; exit 1; }
+fi
 
 # ---------------------------------------------------------------- network and logs
 "$REPO/scripts/netns.sh" up --mtu "$MTU" --name "$NAME" >/dev/null
@@ -194,6 +210,8 @@ gw_cmd() { # path fs
   case $1 in
     kafka-copy|kafka-sendfile)
       [ $HAVE_KAFKA = 1 ] && echo "$KXGW serve --log-dir $dir --kafka-listen $GW_ADDR:$KAFKA_PORT --io ${1#kafka-}" ;;
+    kafka-tls)
+      [ $HAVE_TLS = 1 ] && echo "$KXGW serve --log-dir $dir --kafka-listen-ssl $GW_ADDR:$KAFKA_PORT --tls-cert $TLS_CERT --tls-key $TLS_KEY" ;;
     udp-sendmmsg|udp-gso)
       [ $HAVE_FETCH = 1 ] && [ $HAVE_CONSUME = 1 ] || return 0
       if [ $HAVE_GSO = 1 ]; then
@@ -222,7 +240,7 @@ gw_cmd() { # path fs
 # Bind mode and TX strategy an AF_XDP gateway reported in its log.
 xdp_mode_of() {
   local bind tx
-  bind=$(grep -oE 'bound in [a-z-]+ mode' "$1" | head -1 | awk '{print $3}' || true)
+  bind=$(grep -oE 'bound (zero-copy|copy) (single|multi)-buffer' "$1" | head -1 | sed 's/^bound //' || true)
   tx=$(grep -oE 'TX strategy [a-z]+( \([^)]*\))?' "$1" | head -1 | sed 's/^TX strategy //' || true)
   local pages=
   if [ "$tx" = sg ] && grep -q "fetch endpoint" "$1"; then
@@ -298,8 +316,10 @@ PY
   [ $per -gt $RECORDS ] && per=$RECORDS
   case $path in
     kafka-*)
+      local tls=; [ "$path" = kafka-tls ] && tls="--tls-ca $TLS_CA"
+      # shellcheck disable=SC2086
       out=$(in_cl "$BENCH" kafka-load --bootstrap $GW_ADDR:$KAFKA_PORT --topic $TOPIC \
-        --consumers "$n" --records $per 2>"$clog") || rc=$? ;;
+        --consumers "$n" --records $per $tls 2>"$clog") || rc=$? ;;
     ceil-xdp-raw-*)
       # recvmmsg receiver (kxgw-bench): xdp-raw-client verifies every byte with one recv per
       # datagram and would be the bottleneck of the ceiling it measures. --crc: the same
@@ -414,7 +434,7 @@ measure_latency() { # path run
 }
 
 # ---------------------------------------------------------------- the runs
-PATHS="kafka-copy kafka-sendfile udp-sendmmsg udp-gso xdp-copy xdp-sg"
+PATHS="kafka-copy kafka-sendfile kafka-tls udp-sendmmsg udp-gso xdp-copy xdp-sg"
 FANOUT_PATHS="kafka-sendfile udp-sendmmsg xdp-sg"
 LAT_PATHS="kafka-longpoll udp-kernel udp-kernel-busypoll xdp-busypoll-off xdp-busypoll-on kafka-longpoll-spin udp-kernel-busypoll-spin xdp-busypoll-on-spin"
 : >"$RAW"
@@ -443,8 +463,9 @@ ELAPSED=$(( $(date +%s) - T_START ))
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
-XDP_BIND=$(cat "$WORK"/*xdp*.log 2>/dev/null | grep -oE 'bound in [a-z-]+ mode' | awk '{print $3}' | sort | uniq -c | sort -rn |
-  awk '{printf "%s%s (%s gateway starts)", (NR > 1 ? ", " : ""), $2, $1}' || true)
+XDP_BIND=$(cat "$WORK"/*xdp*.log 2>/dev/null | grep -oE 'bound (zero-copy|copy) (single|multi)-buffer' |
+  sed 's/^bound //' | sort | uniq -c | sort -rn |
+  awk '{n = $1; $1 = ""; sub(/^ /, ""); printf "%s%s (%s gateway starts)", (NR > 1 ? ", " : ""), $0, n}' || true)
 mkdir -p "$OUT"
 STAMP=$(date -u +%Y-%m-%d)
 BASE=$OUT/$STAMP-mtu$MTU

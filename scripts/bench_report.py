@@ -13,6 +13,7 @@ from collections import defaultdict
 PATH_DOC = {
     "kafka-copy": "Kafka TCP, `--io copy` (read+write)",
     "kafka-sendfile": "Kafka TCP, `--io sendfile`",
+    "kafka-tls": "Kafka TCP over TLS (`--kafka-listen-ssl`, rustls; record bytes copied)",
     "udp-sendmmsg": "fetch protocol, kernel UDP sendmmsg",
     "udp-gso": "fetch protocol, kernel UDP GSO",
     "xdp-copy": "fetch protocol, AF_XDP `--tx-strategy copy`",

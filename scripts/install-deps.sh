@@ -6,7 +6,7 @@ set -euo pipefail
 APT_PACKAGES=(
   clang llvm libelf-dev zlib1g-dev pkg-config linux-libc-dev libbpf-dev # BPF build
   iproute2 bpftool nftables ethtool                                     # test network
-  kcat iperf3 gnuplot-nox                                               # clients, ceilings, plots
+  kcat iperf3 gnuplot-nox openssl                                       # clients, ceilings, plots, bench TLS certificate
   python3 python3-pip ruby vagrant systemd                              # kafka-python, confluent-kafka, Vagrantfile check, unit check
   xz-utils zstd binutils                                                # scripts/testvm.sh: guest modules, strip
 )

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use kxgw::kafka::fetch_advert::HostPort;
 use kxgw::xdp::Cidr;
 
 /// Declares a clap value enum mirroring a library enum variant for variant.
@@ -104,6 +105,52 @@ pub struct FetchArgs {
     /// Busy-poll the fetch socket instead of sleeping (lower latency, one core spinning).
     #[arg(long)]
     pub fetch_busy_poll: bool,
+    /// Fetch endpoint advertised to Kafka clients in Metadata (a tagged field, see
+    /// docs/fetch-protocol.md), when it differs from --fetch-listen [default: --fetch-listen,
+    /// its wildcard IP replaced by --advertised-host or the --kafka-listen IP].
+    #[arg(long, value_name = "HOST:PORT", value_parser = host_port, requires = "fetch_listen")]
+    pub fetch_advertise: Option<HostPort>,
+}
+
+fn host_port(s: &str) -> Result<HostPort, String> {
+    HostPort::parse(s)
+}
+
+impl FetchArgs {
+    /// The fetch endpoint to advertise in Metadata, None without one (or when a wildcard
+    /// --fetch-listen leaves no host to name: logged).
+    pub fn advertised(
+        &self,
+        advertised_host: Option<&str>,
+        kafka: Option<SocketAddr>,
+    ) -> Option<HostPort> {
+        if let Some(a) = &self.fetch_advertise {
+            return Some(a.clone());
+        }
+        let listen = self.fetch_listen?;
+        let host = if !listen.ip().is_unspecified() {
+            Some(listen.ip().to_string())
+        } else if let Some(h) = advertised_host {
+            Some(h.to_string())
+        } else {
+            kafka
+                .filter(|k| !k.ip().is_unspecified())
+                .map(|k| k.ip().to_string())
+        };
+        match host {
+            Some(host) if listen.port() != 0 => Some(HostPort {
+                host,
+                port: listen.port(),
+            }),
+            _ => {
+                log::warn!(
+                    "fetch endpoint {listen} is not advertised in Metadata (no host or port to \
+                     name): give --fetch-advertise HOST:PORT"
+                );
+                None
+            }
+        }
+    }
 }
 
 impl From<&FetchArgs> for kxgw::fetch::gateway::FetchArgs {

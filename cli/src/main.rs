@@ -5,6 +5,7 @@ mod flags;
 mod group_flags;
 mod metrics_http;
 mod security_flags;
+mod tls_flags;
 
 use std::process::ExitCode;
 

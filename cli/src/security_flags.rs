@@ -1,55 +1,185 @@
 //! `kxgw serve`'s Kafka listener security flags: listeners by security protocol (as a
-//! broker's `listeners`), the SASL users file and the ACL file.
+//! broker's `listeners`), the SASL users file and the ACL file (standalone), the gateway's own
+//! login to the cluster and the authorization cache (cluster mode); TLS in
+//! [`crate::tls_flags`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{bail, Result};
-use kxgw::kafka::auth::{Acl, SaslConfig, Security, Users};
+use anyhow::{bail, Context, Result};
+use kxgw::kafka::auth::scram::ScramHash;
+use kxgw::kafka::auth::{Acl, Mechanism, SaslConfig, Security, Users};
+use kxgw::kafka::upstream::login::UpstreamLogin;
+use kxgw::kafka::upstream::relay::RelayConfig;
+
+/// A SASL mechanism of the gateway's own login to the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamMechanism {
+    /// PLAIN (the password crosses the network as it is: SASL_SSL upstreams only, or a
+    /// trusted network).
+    #[value(name = "PLAIN")]
+    Plain,
+    /// SCRAM-SHA-256.
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM-SHA-512.
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+}
 
 /// Kafka listener authentication and authorization.
 #[derive(Debug, clap::Args)]
 pub struct SecurityArgs {
-    /// A SASL_PLAINTEXT Kafka listener (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 against
-    /// --sasl-users), beside or instead of the PLAINTEXT --kafka-listen.
-    #[arg(long, value_name = "ADDR:PORT", requires = "sasl_users")]
+    /// A SASL_PLAINTEXT Kafka listener (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), beside or
+    /// instead of the PLAINTEXT --kafka-listen. Standalone: checked against --sasl-users.
+    /// Cluster mode (--upstream): relayed to the cluster, which also authorizes local reads.
+    #[arg(long, value_name = "ADDR:PORT")]
     pub kafka_listen_sasl: Option<SocketAddr>,
-    /// SASL credentials file (written by `kxgw users add`).
+    /// SASL credentials file (written by `kxgw users add`; standalone only).
     #[arg(long, value_name = "FILE")]
     pub sasl_users: Option<PathBuf>,
     /// ACL file: once given, every listener denies the topics and groups it does not allow
-    /// (PLAINTEXT clients are User:ANONYMOUS).
+    /// (PLAINTEXT clients are User:ANONYMOUS; standalone only).
     #[arg(long, value_name = "FILE")]
     pub acl: Option<PathBuf>,
+    /// Cluster mode: how long the cluster's answer "may this principal read this topic" is
+    /// trusted before it is asked again (a revoked ACL stops local reads within this time).
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub authz_cache_ms: u64,
+    /// Cluster mode: the gateway's own SASL user at the cluster (the watcher's login; it needs
+    /// Describe on the cluster and Read on the served topics).
+    #[arg(long, value_name = "USER", requires = "upstream_sasl_password_file")]
+    pub upstream_sasl_user: Option<String>,
+    /// File holding the password of --upstream-sasl-user (first line).
+    #[arg(long, value_name = "FILE", requires = "upstream_sasl_user")]
+    pub upstream_sasl_password_file: Option<PathBuf>,
+    /// SASL mechanism of --upstream-sasl-user.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MECHANISM",
+        default_value = "SCRAM-SHA-256"
+    )]
+    pub upstream_sasl_mechanism: UpstreamMechanism,
+    /// The SSL and SASL_SSL listeners.
+    #[command(flatten)]
+    pub tls: crate::tls_flags::TlsArgs,
 }
 
 impl SecurityArgs {
-    /// The security of the PLAINTEXT listener and of the SASL one (if asked for).
-    pub fn load(&self) -> Result<(Security, Option<(SocketAddr, Security)>)> {
+    /// The security of the PLAINTEXT listener, and the other listeners asked for (SASL,
+    /// SSL, SASL_SSL, in that order) with theirs, for standalone mode or cluster mode
+    /// (`cluster`).
+    pub fn load(&self, cluster: bool) -> Result<(Security, Vec<(SocketAddr, Security)>)> {
+        if cluster {
+            return self.load_cluster();
+        }
+        if self.upstream_sasl_user.is_some() {
+            bail!("--upstream-sasl-user is for cluster mode: give --upstream");
+        }
         let acl = match &self.acl {
             Some(p) => Some(Arc::new(Acl::load(p)?)),
             None => None,
         };
         let plain = Security {
-            sasl: None,
             acl: acl.clone(),
+            ..Security::default()
         };
-        let sasl = match (&self.kafka_listen_sasl, &self.sasl_users) {
-            (Some(addr), Some(file)) => {
+        let sasl_listener =
+            self.kafka_listen_sasl.is_some() || self.tls.kafka_listen_sasl_ssl.is_some();
+        // One SaslConfig for both SASL listeners: failures are rate-limited across them.
+        let sasl = match &self.sasl_users {
+            Some(_) if !sasl_listener => bail!(
+                "--sasl-users needs a SASL listener: --kafka-listen-sasl or --kafka-listen-sasl-ssl"
+            ),
+            Some(file) => {
                 let users = Users::load(file)?;
                 if users.users.is_empty() {
                     log::warn!("{}: no users: every SASL login will fail", file.display());
                 }
-                let sec = Security {
-                    sasl: Some(Arc::new(SaslConfig::new(users))),
-                    acl,
-                };
-                Some((*addr, sec))
+                Some(Arc::new(SaslConfig::new(users)))
             }
-            (None, Some(_)) => bail!("--sasl-users needs a SASL listener: --kafka-listen-sasl"),
-            _ => None,
+            None if sasl_listener => bail!(
+                "--kafka-listen-sasl/--kafka-listen-sasl-ssl need --sasl-users FILE (written by \
+                 `kxgw users add`)"
+            ),
+            None => None,
         };
-        Ok((plain, sasl))
+        let mut extra = Vec::new();
+        if let Some(addr) = self.kafka_listen_sasl {
+            let sec = Security {
+                sasl: sasl.clone(),
+                acl: acl.clone(),
+                ..Security::default()
+            };
+            extra.push((addr, sec));
+        }
+        extra.extend(self.tls.listeners(sasl, acl)?);
+        Ok((plain, extra))
+    }
+
+    /// Cluster mode: the cluster authenticates and authorizes; nothing is checked locally.
+    fn load_cluster(&self) -> Result<(Security, Vec<(SocketAddr, Security)>)> {
+        if self.tls.kafka_listen_ssl.is_some() || self.tls.kafka_listen_sasl_ssl.is_some() {
+            bail!(
+                "--kafka-listen-ssl/--kafka-listen-sasl-ssl are for standalone mode for now: \
+                 with --upstream, give --kafka-listen or --kafka-listen-sasl"
+            );
+        }
+        if self.acl.is_some() {
+            bail!(
+                "--acl is for standalone mode: with --upstream the cluster's ACLs decide \
+                 (asked on each client's authenticated connection; see --kafka-listen-sasl)"
+            );
+        }
+        if self.sasl_users.is_some() {
+            bail!(
+                "--sasl-users is for standalone mode: with --upstream the cluster verifies \
+                 credentials (each client's SASL exchange is relayed to it)"
+            );
+        }
+        let sasl = self.kafka_listen_sasl.map(|addr| {
+            let relay = RelayConfig::new(Duration::from_millis(self.authz_cache_ms));
+            let sec = Security {
+                relay: Some(Arc::new(relay)),
+                ..Security::default()
+            };
+            (addr, sec)
+        });
+        if sasl.is_some() && self.upstream_sasl_user.is_none() {
+            bail!(
+                "--kafka-listen-sasl with --upstream relays clients' logins to the cluster's \
+                 SASL listener, where the gateway's own connections must log in too: give \
+                 --upstream-sasl-user USER --upstream-sasl-password-file FILE"
+            );
+        }
+        Ok((Security::default(), sasl.into_iter().collect()))
+    }
+
+    /// Cluster mode: the gateway's own login, if given.
+    pub fn upstream_login(&self) -> Result<Option<UpstreamLogin>> {
+        let (Some(user), Some(file)) =
+            (&self.upstream_sasl_user, &self.upstream_sasl_password_file)
+        else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the upstream password file {}", file.display()))?;
+        let password = text.lines().next().unwrap_or_default().to_string();
+        if password.is_empty() {
+            bail!("{}: empty password", file.display());
+        }
+        let mechanism = match self.upstream_sasl_mechanism {
+            UpstreamMechanism::Plain => Mechanism::Plain,
+            UpstreamMechanism::ScramSha256 => Mechanism::Scram(ScramHash::Sha256),
+            UpstreamMechanism::ScramSha512 => Mechanism::Scram(ScramHash::Sha512),
+        };
+        Ok(Some(UpstreamLogin {
+            mechanism,
+            user: user.clone(),
+            password,
+        }))
     }
 }

@@ -15,6 +15,7 @@ use kxgw_demo_data::{demo_key, demo_value};
 use kxgw_testkit::testnet::{TestNet, GW_ADDR};
 
 const PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/sasl_consume.py");
+const PY_DESCRIBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/describe_topics.py");
 const N: u64 = 3000;
 const SIZE: usize = 120;
 
@@ -209,6 +210,26 @@ fn sasl_plaintext_and_acl_with_confluent_kafka_and_kafka_python() {
             "no record without credentials"
         );
     }
+    // kafka-python's admin client decodes the authorized operations it asks Metadata for.
+    let out = net
+        .client_command("timeout")
+        .args([
+            "60",
+            "python3",
+            PY_DESCRIBE,
+            &sasl.to_string(),
+            "PLAIN",
+            "alice",
+            ALICE,
+            "t",
+        ])
+        .output()
+        .expect("running python3");
+    assert!(out.status.success(), "describe_topics: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "t\t0\tDESCRIBE,READ\n"
+    );
     // The PLAINTEXT listener still runs, under the same ACL: anonymous reads nothing.
     let out = python(&net, "confluent", gw.addr, "t", ("-", "-", "-"), 15);
     assert!(

@@ -115,6 +115,7 @@ fn bench_smoke_produces_a_table_with_every_available_path() {
             "Kafka TCP, `--io sendfile`",
             serve.contains("--kafka-listen"),
         ),
+        ("Kafka TCP over TLS", serve.contains("--kafka-listen-ssl")),
         ("fetch protocol, kernel UDP sendmmsg", fetch),
         (
             "fetch protocol, AF_XDP `--tx-strategy copy`",

@@ -15,6 +15,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("log_batch", kxgw_testkit::fuzzing::log_batch),
     ("log_segment", kxgw_testkit::fuzzing::log_segment),
     ("fetch_datagrams", kxgw_testkit::fuzzing::fetch_datagrams),
+    ("tls_stream", kxgw_testkit::fuzzing_tls::tls_stream),
 ];
 
 fn fuzz_dir() -> PathBuf {

@@ -9,7 +9,10 @@
 //! least `resends` times within `window`; once one peer has `ranges` of them, it trips and the
 //! transport sends without GSO from then on. It looks only at what is sent (source, position,
 //! length of the payload), so it does not depend on the fetch protocol's request format.
-//! Sans-I/O: the transport feeds it every datagram that went out in a GSO message.
+//! Sans-I/O: the transport feeds it every datagram that went out in a GSO message. It sits on
+//! the send path of every datagram, so it tracks only a sample of the byte ranges, chosen by
+//! position (a resend of a range is sampled exactly when its first send was): most datagrams
+//! cost a multiply and a compare, not a hash-map lookup.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,8 +25,10 @@ pub struct GsoGuardConfig {
     pub window: Duration,
     /// Sends of the same bytes to the same peer (with GSO) that make a range "repeated".
     pub resends: u32,
-    /// Repeated ranges of one peer within a window that trip the guard.
+    /// Repeated (sampled) ranges of one peer within a window that trip the guard.
     pub ranges: u32,
+    /// One range position in `sample` is tracked (1: all of them).
+    pub sample: u32,
     /// At most this many (peer, range) entries are tracked per window (bounded memory).
     pub max_tracked: usize,
 }
@@ -33,8 +38,11 @@ impl Default for GsoGuardConfig {
         GsoGuardConfig {
             window: Duration::from_secs(10),
             resends: 3,
-            ranges: 16,
-            max_tracked: 1 << 16,
+            // 2 sampled ranges of 1 in 4: about 8 repeated ranges. Erring towards tripping:
+            // a false trip costs CPU (no GSO), a missed one a consumer that never finishes.
+            ranges: 2,
+            sample: 4,
+            max_tracked: 1 << 13,
         }
     }
 }
@@ -90,7 +98,7 @@ impl GsoGuard {
         position: u64,
         len: usize,
     ) -> Option<GsoTrip> {
-        if self.tripped || len == 0 {
+        if self.tripped || len == 0 || !sampled(source, position, self.cfg.sample) {
             return None;
         }
         let start = *self.window_start.get_or_insert(now);
@@ -135,6 +143,16 @@ impl GsoGuard {
     }
 }
 
+/// Whether the range at `position` of `source` is one the guard tracks: a fixed choice per
+/// range, spread evenly whatever the datagram size.
+fn sampled(source: usize, position: u64, sample: u32) -> bool {
+    if sample <= 1 {
+        return true;
+    }
+    let mix = (position ^ (source as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mix >> 32) % u64::from(sample) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +166,7 @@ mod tests {
             window: Duration::from_secs(10),
             resends: 3,
             ranges: 4,
+            sample: 1,
             max_tracked: 1000,
         }
     }
@@ -242,5 +261,23 @@ mod tests {
         // The tracked ranges still count.
         assert_eq!(send_response(&mut g, t, peer(1), 0, 100), None);
         assert!(send_response(&mut g, t, peer(1), 0, 100).is_some());
+    }
+
+    #[test]
+    fn sampling_tracks_about_one_range_in_n_and_still_trips() {
+        let cfg = GsoGuardConfig {
+            sample: 8,
+            ranges: 2,
+            ..cfg()
+        };
+        let picked = (0..8000u64).filter(|i| sampled(7, i * 1380, 8)).count();
+        assert!((800..1200).contains(&picked), "{picked} of 8000 sampled");
+        // A peer whose every GSO datagram is damaged asks for all of them again and again.
+        let mut g = GsoGuard::new(cfg);
+        let t = Instant::now();
+        assert_eq!(send_response(&mut g, t, peer(1), 0, 64), None);
+        assert_eq!(send_response(&mut g, t, peer(1), 0, 64), None);
+        assert!(send_response(&mut g, t, peer(1), 0, 64).is_some());
+        assert!(g.sends.len() < 64, "only the sampled ranges are tracked");
     }
 }

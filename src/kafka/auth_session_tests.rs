@@ -49,6 +49,8 @@ fn fixture(sasl: bool, acl: bool) -> (Harness, tempfile::TempDir) {
     let sec = Security {
         sasl: sasl.then(|| Arc::new(SaslConfig::new(users))),
         acl: acl.then(|| Arc::new(Acl::parse(ACL).unwrap())),
+        relay: None,
+        tls: None,
     };
     h.session.secure(&sec, None);
     (h, dir)
@@ -246,4 +248,44 @@ fn plaintext_listener_with_acl_is_anonymous_and_sasl_apis_are_illegal() {
         0,
         "no SASL, no ACL: nothing changes"
     );
+}
+
+#[test]
+fn metadata_fills_authorized_operations_only_when_asked() {
+    let (mut h, _d) = fixture(true, true);
+    assert_eq!(plain_login(&mut h, "pw").error_code, 0);
+    let topics = |names: &[&str]| {
+        Some(
+            names
+                .iter()
+                .map(|t| {
+                    metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(t.to_string()))))
+                })
+                .collect(),
+        )
+    };
+    for v in 8..=12 {
+        let req = MetadataRequest::default()
+            .with_topics(topics(&["t", "u"]))
+            .with_include_topic_authorized_operations(true);
+        let r: MetadataResponse = h.call(ApiKey::Metadata, v, &req);
+        // Kafka's AclOperation READ (3) and DESCRIBE (8), as bits.
+        assert_eq!(r.topics[0].topic_authorized_operations, (1 << 3) | (1 << 8));
+        assert_eq!(r.topics[1].error_code, 29);
+        assert_eq!(r.topics[1].topic_authorized_operations, i32::MIN);
+        let req = MetadataRequest::default().with_topics(topics(&["t"]));
+        let r: MetadataResponse = h.call(ApiKey::Metadata, v, &req);
+        assert_eq!(
+            r.topics[0].topic_authorized_operations,
+            i32::MIN,
+            "not asked"
+        );
+        if v <= 10 {
+            assert_eq!(r.cluster_authorized_operations, i32::MIN, "not asked");
+            let req = req.with_include_cluster_authorized_operations(true);
+            let r: MetadataResponse = h.call(ApiKey::Metadata, v, &req);
+            assert_eq!(r.cluster_authorized_operations, 1 << 8, "Describe");
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! The one blocking Kafka client of the crate and its tools, codecs from the `kafka-protocol`
 //! crate, framing from [`super::frame`]:
 //!
-//! - [`Connection`]: one TCP connection; requests are sent and their responses read as
-//!   separate calls (pipelining), into one reused response buffer, blocking or spinning.
+//! - [`Connection`]: one TCP connection (or TLS over it); requests are sent and their
+//!   responses read as separate calls (pipelining), into one reused response buffer, blocking
+//!   or spinning.
 //! - [`Fetcher`]: Fetch (v4..=11) and ListOffsets v1 of one topic over a connection. It is the
 //!   measuring consumer of the benches, so it does no more work per byte than a real consumer
 //!   must, and lets a consumer have the next Fetch on the wire while it checks the records of
@@ -77,10 +78,59 @@ pub fn read_response(r: &mut impl Read) -> Result<Bytes> {
     read_frame(r, None, &mut BytesMut::new())
 }
 
+/// A client socket: TCP, or TLS over TCP (an SSL listener).
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(t) => t.get_ref(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stream::Tcp(s) => write!(f, "Tcp({s:?})"),
+            Stream::Tls(t) => write!(f, "Tls({:?})", t.get_ref()),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
 /// A blocking connection to a Kafka(-protocol) listener.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     client_id: &'static str,
     correlation: i32,
     /// Correlation ids of the requests sent and not yet answered, oldest first.
@@ -95,8 +145,30 @@ pub struct Connection {
 impl Connection {
     /// Connects to `addr` (HOST:PORT); requests carry `client_id`.
     pub fn connect(addr: &str, client_id: &'static str) -> Result<Connection> {
-        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        Self::connect_with(addr, client_id, None)
+    }
+
+    /// [`Connection::connect`], over TLS when `tls` is given (the handshake is done here, so
+    /// a certificate the client does not trust fails now).
+    pub fn connect_with(
+        addr: &str,
+        client_id: &'static str,
+        tls: Option<&super::tls::ClientTls>,
+    ) -> Result<Connection> {
+        let tcp = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        tcp.set_nodelay(true).context("TCP_NODELAY")?;
+        let stream = match tls {
+            None => Stream::Tcp(tcp),
+            Some(t) => {
+                let mut s = rustls::StreamOwned::new(t.connection(addr)?, tcp);
+                while s.conn.is_handshaking() {
+                    s.conn
+                        .complete_io(&mut s.sock)
+                        .with_context(|| format!("TLS handshake with {addr}"))?;
+                }
+                Stream::Tls(Box::new(s))
+            }
+        };
         Ok(Connection {
             stream,
             client_id,
@@ -109,13 +181,19 @@ impl Connection {
 
     /// Sets a read timeout (long-poll responses may take up to max_wait_ms).
     pub fn set_timeout(&self, t: Duration) -> Result<()> {
-        self.stream.set_read_timeout(Some(t)).context("SO_RCVTIMEO")
+        self.stream
+            .tcp()
+            .set_read_timeout(Some(t))
+            .context("SO_RCVTIMEO")
     }
 
     /// Makes reads spin on the non-blocking socket (yielding the core between tries) for at
     /// most `bound` each: the consumer never sleeps, so its wake-up is not part of a delay.
     pub fn set_spin(&mut self, bound: Duration) -> Result<()> {
-        self.stream.set_nonblocking(true).context("O_NONBLOCK")?;
+        self.stream
+            .tcp()
+            .set_nonblocking(true)
+            .context("O_NONBLOCK")?;
         self.spin = Some(bound);
         Ok(())
     }
@@ -201,11 +279,22 @@ impl Fetcher {
         version: i16,
         client_id: &'static str,
     ) -> Result<Fetcher> {
+        Self::connect_with(addr, topic, version, client_id, None)
+    }
+
+    /// [`Fetcher::connect`], over TLS when `tls` is given.
+    pub fn connect_with(
+        addr: &str,
+        topic: &str,
+        version: i16,
+        client_id: &'static str,
+        tls: Option<&super::tls::ClientTls>,
+    ) -> Result<Fetcher> {
         if !(4..=11).contains(&version) {
             bail!("fetch version {version} not supported by the client (4..=11)");
         }
         Ok(Fetcher {
-            conn: Connection::connect(addr, client_id)?,
+            conn: Connection::connect_with(addr, client_id, tls)?,
             topic: topic.to_owned(),
             version,
             isolation_level: 0,

@@ -12,6 +12,9 @@
 //! - [`outq`]: writing chunks to a non-blocking socket with sendfile(2) or pread + send.
 //! - [`server`]: the mio event loop that owns the sockets.
 //! - [`upstream`]: cluster mode (`--upstream`): forwarding, rewrites, the live high watermark.
+//! - [`fetch_advert`]: the fetch endpoint advertised in Metadata (a tagged field).
+//! - [`tls`]: TLS on the SSL and SASL_SSL listeners (rustls), a layer between socket and
+//!   session.
 //! - [`stats`]: the counters printed on SIGUSR1 and every `--stats-interval`.
 //! - [`client`]: the one blocking Kafka client (the `kxgw consume` fallback, the benches and
 //!   the tests).
@@ -23,6 +26,7 @@ mod auth_session_tests;
 pub mod bounds;
 pub mod chunk;
 pub mod client;
+pub mod fetch_advert;
 #[cfg(test)]
 mod fetch_tests;
 pub mod frame;
@@ -36,6 +40,7 @@ pub mod session;
 pub mod stats;
 #[cfg(test)]
 mod testkit;
+pub mod tls;
 pub mod upstream;
 
 pub use outq::IoMode;

@@ -106,7 +106,9 @@ impl OutQueue {
                 Chunk::File(r) => {
                     let n = match mode {
                         IoMode::Sendfile => send_file(sock, r),
-                        IoMode::Copy => copy_file(sock, r, &mut self.staged, more),
+                        IoMode::Copy => {
+                            copy_file(|b, more| send_mem(sock, b, more), r, &mut self.staged, more)
+                        }
                     };
                     n.inspect(|&n| w.file += n as u64)
                 }
@@ -126,12 +128,51 @@ impl OutQueue {
                 Err(e) => return Err(e),
             }
         }
+        self.release_if_idle();
+        Ok(w)
+    }
+
+    /// Moves about `budget` bytes (or fewer, if `sink` stops taking them) into `sink`, a TLS
+    /// writer: encoded bytes as they are, record bytes read from their file into the staging
+    /// buffer first (the copy path, whatever the listener's I/O mode).
+    pub fn write_into<W: io::Write>(&mut self, sink: &mut W, budget: usize) -> io::Result<Written> {
+        let mut w = Written::default();
+        while w.mem + w.file < budget as u64 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let res = match front {
+                Chunk::Mem(b) => sink.write(b).inspect(|&n| {
+                    w.mem += n as u64;
+                    let _ = b.split_to(n);
+                }),
+                Chunk::File(r) => copy_file(|b, _| sink.write(b), r, &mut self.staged, false)
+                    .inspect(|&n| w.file += n as u64),
+            };
+            let n = match res {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            self.pending -= n;
+            if front.is_empty() && self.staged.is_none() {
+                self.chunks.pop_front();
+            } else if n == 0 {
+                // The sink is full.
+                break;
+            }
+        }
+        self.release_if_idle();
+        Ok(w)
+    }
+
+    fn release_if_idle(&mut self) {
         if self.chunks.is_empty() {
             // Idle connections hold no buffers.
             self.staged = None;
             self.chunks.shrink_to(4);
         }
-        Ok(w)
     }
 }
 
@@ -174,10 +215,11 @@ fn file_ended(r: &FileRange) -> io::Error {
     )
 }
 
-/// Copy mode: pread a piece of the range into the staging buffer, send it; bytes the socket
-/// did not take stay staged for the next call. Returns file bytes handed to the socket.
-fn copy_file<S: AsFd>(
-    sock: &S,
+/// Copy mode: pread a piece of the range into the staging buffer, `send` it (a socket, or a
+/// TLS writer); bytes it did not take stay staged for the next call. Returns file bytes
+/// handed over.
+fn copy_file(
+    mut send: impl FnMut(&[u8], bool) -> io::Result<usize>,
     r: &mut FileRange,
     staged: &mut Option<Staged>,
     more_chunks: bool,
@@ -203,7 +245,7 @@ fn copy_file<S: AsFd>(
         st.end = n;
     }
     let more = more_chunks || r.len > 0;
-    let n = send_mem(sock, &st.buf[st.start..st.end], more)?;
+    let n = send(&st.buf[st.start..st.end], more)?;
     st.start += n;
     if st.start == st.end && r.len == 0 {
         *staged = None;

@@ -23,6 +23,7 @@ use super::group::{GroupConfig, Groups, WaiterId};
 use super::outq::IoMode;
 use super::session::Session;
 use super::stats::{add, inc, Stats};
+use super::tls::{HandshakeDeadlines, TlsConn};
 use super::upstream::{Broker, ClusterView};
 use crate::log::LogDir;
 
@@ -62,6 +63,9 @@ pub struct KafkaConfig {
     pub peers: Vec<Broker>,
     /// Cluster mode (`--upstream`): requests not served locally are forwarded there.
     pub cluster: Option<Arc<ClusterView>>,
+    /// The fetch endpoint advertised in Metadata, standalone and in cluster mode
+    /// ([`super::fetch_advert`]); None: no advertisement.
+    pub fetch_advertise: Option<super::fetch_advert::HostPort>,
     /// What clients of `listen` must do (default PLAINTEXT: nothing; an ACL still applies
     /// to them as `User:ANONYMOUS`).
     pub security: Security,
@@ -84,6 +88,7 @@ impl KafkaConfig {
             node_id: 0,
             peers: Vec::new(),
             cluster: None,
+            fetch_advertise: None,
             security: Security::default(),
             extra: Vec::new(),
         }
@@ -107,17 +112,7 @@ impl KafkaListener {
     /// Binds, registers the log-append hook and starts the event loop thread.
     pub fn start(cfg: KafkaConfig, log: Arc<LogDir>) -> Result<KafkaListener> {
         raise_fd_limit();
-        // Cluster mode: the cluster coordinates groups; the embedded coordinator stays off
-        // (group requests are forwarded before they could reach it).
-        let groups = Arc::new(
-            match cfg.state_dir.as_ref().filter(|_| cfg.cluster.is_none()) {
-                Some(dir) => {
-                    super::group::store::check_state_dir(dir, log.path())?;
-                    Groups::open(cfg.groups.clone(), dir)?
-                }
-                None => Groups::in_memory(cfg.groups.clone()),
-            },
-        );
+        let groups = Arc::new(open_groups(&cfg, &log)?);
         let mut listeners = Vec::new();
         for (addr, sec) in
             std::iter::once((cfg.listen, cfg.security.clone())).chain(cfg.extra.clone())
@@ -127,28 +122,10 @@ impl KafkaListener {
             listeners.push((l, local, sec));
         }
         let local_addr = listeners[0].1;
-        let host = match &cfg.advertised_host {
-            Some(h) => h.clone(),
-            None if local_addr.ip().is_unspecified() => {
-                // As a Kafka broker without advertised.listeners: the host name.
-                let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_string())
-                    .ok()
-                    .filter(|h| !h.is_empty())
-                    .with_context(|| {
-                        format!(
-                            "listening on {local_addr} with no host name to advertise: \
-                             give --advertised-host"
-                        )
-                    })?;
-                log::warn!(
-                    "listening on {local_addr}: advertising host name {name:?} to clients \
-                     (set --advertised-host if they cannot resolve it)"
-                );
-                name
-            }
-            None => local_addr.ip().to_string(),
-        };
+        if let (Some(view), Some(ep)) = (&cfg.cluster, &cfg.fetch_advertise) {
+            view.advertise_fetch(ep.clone());
+        }
+        let host = advertised_host(cfg.advertised_host.as_deref(), local_addr)?;
         let extra_addrs: Vec<SocketAddr> = listeners[1..].iter().map(|l| l.1).collect();
         let listeners: Vec<Listening> = listeners
             .into_iter()
@@ -158,6 +135,7 @@ impl KafkaListener {
                     node_id: cfg.node_id,
                     peers: cfg.peers.clone(),
                     cluster: cfg.cluster.clone(),
+                    fetch: cfg.fetch_advertise.clone(),
                     ..NodeInfo::gateway(host.clone(), i32::from(local.port()))
                 },
                 security,
@@ -165,18 +143,7 @@ impl KafkaListener {
             .collect();
         let poll = Poll::new().context("creating epoll instance")?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating waker")?);
-        let appended = Arc::new(Mutex::new(HashSet::new()));
-        {
-            let waker = Arc::clone(&waker);
-            let appended = Arc::clone(&appended);
-            log.on_append(Box::new(move |p| {
-                if let Ok(mut set) = appended.lock() {
-                    set.insert((p.topic().to_string(), p.partition()));
-                }
-                // The loop may have ended; a failed wake then has nobody to tell.
-                let _ = waker.wake();
-            }));
-        }
+        let appended = watch_appends(&log, &waker);
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut el = EventLoop {
@@ -195,16 +162,20 @@ impl KafkaListener {
             appended,
             stop: Arc::clone(&stop),
             scratch: vec![0u8; READ_STEP],
+            handshakes: HandshakeDeadlines::default(),
         };
         for (i, l) in el.listeners.iter_mut().enumerate() {
             el.poll
                 .registry()
                 .register(&mut l.socket, Token(LISTENER - i), Interest::READABLE)?;
+            let io = match &l.security.tls {
+                Some(t) => t.record_path(),
+                None => cfg.io.as_str().to_string(),
+            };
             log::info!(
-                "kafka listener on {} ({}, io {}, advertised {}:{})",
+                "kafka listener on {} ({}, io {io}, advertised {}:{})",
                 l.socket.local_addr()?,
                 l.security.protocol(),
-                cfg.io.as_str(),
                 l.node.host,
                 l.node.port
             );
@@ -272,6 +243,62 @@ impl KafkaListener {
     }
 }
 
+/// The group coordinator. Cluster mode: the cluster coordinates groups; the embedded
+/// coordinator stays off (group requests are forwarded before they could reach it), in memory.
+fn open_groups(cfg: &KafkaConfig, log: &LogDir) -> Result<Groups> {
+    Ok(
+        match cfg.state_dir.as_ref().filter(|_| cfg.cluster.is_none()) {
+            Some(dir) => {
+                super::group::store::check_state_dir(dir, log.path())?;
+                Groups::open(cfg.groups.clone(), dir)?
+            }
+            None => Groups::in_memory(cfg.groups.clone()),
+        },
+    )
+}
+
+/// The host advertised in Metadata: `--advertised-host`, else the listen address, else (on a
+/// wildcard address, as a Kafka broker without advertised.listeners) the host name.
+fn advertised_host(configured: Option<&str>, local_addr: SocketAddr) -> Result<String> {
+    Ok(match configured {
+        Some(h) => h.to_string(),
+        None if local_addr.ip().is_unspecified() => {
+            let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .with_context(|| {
+                    format!(
+                        "listening on {local_addr} with no host name to advertise: \
+                         give --advertised-host"
+                    )
+                })?;
+            log::warn!(
+                "listening on {local_addr}: advertising host name {name:?} to clients \
+                 (set --advertised-host if they cannot resolve it)"
+            );
+            name
+        }
+        None => local_addr.ip().to_string(),
+    })
+}
+
+/// The partitions appended to since the loop last looked; the log's append hook fills it and
+/// wakes the loop.
+fn watch_appends(log: &LogDir, waker: &Arc<Waker>) -> Arc<Mutex<HashSet<(String, i32)>>> {
+    let appended = Arc::new(Mutex::new(HashSet::new()));
+    let waker = Arc::clone(waker);
+    let set = Arc::clone(&appended);
+    log.on_append(Box::new(move |p| {
+        if let Ok(mut set) = set.lock() {
+            set.insert((p.topic().to_string(), p.partition()));
+        }
+        // The loop may have ended; a failed wake then has nobody to tell.
+        let _ = waker.wake();
+    }));
+    appended
+}
+
 impl Drop for KafkaListener {
     fn drop(&mut self) {
         self.stop_and_join();
@@ -328,6 +355,17 @@ struct Conn {
     /// Cluster mode: the connection to the local broker its forwarded requests go to,
     /// opened at the first one.
     upstream: Option<TcpStream>,
+    /// That connection goes to another broker (the local one was down).
+    upstream_other: bool,
+    /// SSL / SASL_SSL listeners: the TLS layer between `stream` and `session`.
+    tls: Option<Box<TlsConn>>,
+}
+
+impl Conn {
+    /// Response bytes not yet on the wire (queued, or encrypted and waiting).
+    fn unsent(&mut self) -> bool {
+        !self.session.out().is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
 }
 
 struct EventLoop {
@@ -350,6 +388,8 @@ struct EventLoop {
     appended: Arc<Mutex<HashSet<(String, i32)>>>,
     stop: Arc<AtomicBool>,
     scratch: Vec<u8>,
+    /// Handshake deadlines of TLS connections.
+    handshakes: HandshakeDeadlines,
 }
 
 /// What one drive of a connection ended with.
@@ -363,13 +403,14 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let mut accept_warned = false;
         loop {
-            let next = match (
+            let next = [
                 self.next_deadline(),
                 self.groups.lock().coord.next_deadline(),
-            ) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+                self.handshakes.next(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = next
                 .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -425,7 +466,7 @@ impl EventLoop {
             let pending: Vec<Token> = self
                 .conns
                 .iter_mut()
-                .filter_map(|(t, c)| (!c.session.out().is_empty()).then_some(*t))
+                .filter_map(|(t, c)| c.unsent().then_some(*t))
                 .collect();
             if pending.is_empty() {
                 return;
@@ -479,6 +520,19 @@ impl EventLoop {
                     let token = Token(self.next_token);
                     self.next_token += 1;
                     let _ = stream.set_nodelay(true);
+                    let tls = match self.listeners[index].security.tls.as_deref() {
+                        Some(t) => match TlsConn::new(t, Instant::now()) {
+                            Ok(c) => Some(Box::new(c)),
+                            Err(e) => {
+                                log::warn!("kafka {peer}: cannot start TLS: {e}");
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    if let Some(d) = tls.as_ref().and_then(|t| t.deadline()) {
+                        self.handshakes.push(d, token.0);
+                    }
                     if let Err(e) = self.poll.registry().register(
                         &mut stream,
                         token,
@@ -500,11 +554,13 @@ impl EventLoop {
                         Conn {
                             token,
                             upstream: None,
+                            upstream_other: false,
                             stream,
                             peer,
                             listener: index,
                             session,
                             read_eof: false,
+                            tls,
                         },
                     );
                 }
@@ -601,6 +657,31 @@ impl EventLoop {
                 self.drive(Token(t));
             }
         }
+        self.expire_handshakes(now);
+    }
+
+    /// Closes TLS connections whose handshake is not done by its deadline.
+    fn expire_handshakes(&mut self, now: Instant) {
+        for t in self.handshakes.due(now) {
+            let token = Token(t);
+            let late = self
+                .conns
+                .get(&token)
+                .and_then(|c| c.tls.as_ref()?.deadline())
+                .is_some_and(|d| d <= now);
+            if !late {
+                continue;
+            }
+            if let Some(mut c) = self.conns.remove(&token) {
+                log::debug!("kafka {}: TLS handshake timed out", c.peer);
+                self.stats
+                    .auth
+                    .tls
+                    .count(super::tls::stats::Outcome::Timeout);
+                self.deregister(&mut c);
+                inc(&self.stats.conns_closed);
+            }
+        }
     }
 
     fn drive(&mut self, token: Token) {
@@ -657,25 +738,8 @@ impl EventLoop {
         if !conn.session.forwarder().used() {
             return Ok(false);
         }
-        if conn.upstream.is_none() {
-            let addr = view.local_broker().ok_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, "no upstream address known")
-            })?;
-            let sa = std::net::ToSocketAddrs::to_socket_addrs(&addr)?
-                .next()
-                .ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"))
-                })?;
-            let mut s = TcpStream::connect(sa)?;
-            let _ = s.set_nodelay(true);
-            poll.registry().register(
-                &mut s,
-                Token(conn.token.0 | UPSTREAM_BIT),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            inc(&view.stats.forward_connects);
-            log::debug!("kafka {}: upstream connection to {addr}", conn.peer);
-            conn.upstream = Some(s);
+        if let Some(key) = conn.session.forwarder().take_unrouted() {
+            Self::route_upstream(poll, view, conn, key)?;
         }
         let Some(up) = conn.upstream.as_mut() else {
             return Ok(false);
@@ -715,9 +779,78 @@ impl EventLoop {
         Ok(progressed)
     }
 
+    /// Picks the upstream connection for a request about to be written (nothing of it is
+    /// sent yet, so nothing is lost by replacing the connection): an idle one the broker
+    /// closed is dropped (a dead local broker is noted), one to the wrong broker is replaced
+    /// (the local broker is back, or this request needs it), and a new one is opened.
+    fn route_upstream(
+        poll: &Poll,
+        view: &ClusterView,
+        conn: &mut Conn,
+        key: i16,
+    ) -> io::Result<()> {
+        if let Some(u) = conn.upstream.as_ref() {
+            let mut b = [0u8; 1];
+            let alive = match u.peek(&mut b) {
+                Ok(_) => false, // EOF, or bytes nobody asked for
+                Err(e) => not_yet(&e),
+            };
+            if !alive {
+                log::info!(
+                    "kafka {}: idle upstream connection closed by the broker",
+                    conn.peer
+                );
+                if !conn.upstream_other {
+                    view.note_local_down();
+                }
+                Self::drop_upstream(poll, conn);
+            }
+        }
+        let (addr, other) = view
+            .forward_target(key)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no upstream address known"))?;
+        if other {
+            inc(&view.stats.rerouted);
+        }
+        if conn.upstream.is_some() && conn.upstream_other != other {
+            Self::drop_upstream(poll, conn);
+        }
+        if conn.upstream.is_some() {
+            return Ok(());
+        }
+        let sa = std::net::ToSocketAddrs::to_socket_addrs(&addr)?
+            .next()
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"))
+            })?;
+        let mut s = TcpStream::connect(sa)?;
+        let _ = s.set_nodelay(true);
+        poll.registry().register(
+            &mut s,
+            Token(conn.token.0 | UPSTREAM_BIT),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        inc(&view.stats.forward_connects);
+        log::debug!("kafka {}: upstream connection to {addr}", conn.peer);
+        conn.upstream = Some(s);
+        conn.upstream_other = other;
+        Ok(())
+    }
+
+    fn drop_upstream(poll: &Poll, conn: &mut Conn) {
+        if let Some(mut u) = conn.upstream.take() {
+            let _ = poll.registry().deregister(&mut u);
+        }
+    }
+
     /// A consumer that resets its connection (it exited, or stopped mid-response) is
     /// ordinary; anything else (a short segment file, ...) counts as an I/O error.
     fn io_failed(&self, conn: &Conn, what: &str, e: &io::Error) {
+        if conn.tls.as_ref().is_some_and(|t| t.failed()) {
+            // Counted by cause in the TLS stats.
+            log::debug!("kafka {}: closing: {e}", conn.peer);
+            return;
+        }
         if matches!(
             e.kind(),
             io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
@@ -740,7 +873,17 @@ impl EventLoop {
         loop {
             let mut progressed = false;
             if !conn.read_eof && conn.session.wants_input() {
-                match conn.stream.read(&mut self.scratch) {
+                let read = match conn.tls.as_mut() {
+                    Some(t) => {
+                        t.read_plain(&mut conn.stream, &mut self.scratch, &self.stats.auth.tls)
+                    }
+                    None => conn.stream.read(&mut self.scratch),
+                };
+                if let Some(p) = conn.tls.as_mut().and_then(|t| t.take_principal()) {
+                    log::debug!("kafka {}: TLS client certificate of {p}", conn.peer);
+                    conn.session.set_principal(p);
+                }
+                match read {
                     Ok(0) => conn.read_eof = true,
                     Ok(n) => {
                         conn.session.receive(&self.scratch[..n]);
@@ -778,19 +921,29 @@ impl EventLoop {
                     log::warn!("kafka {}: upstream failed, closing: {e}", conn.peer);
                     if let Some(v) = &self.listeners[conn.listener].node.cluster {
                         inc(&v.stats.forward_failures);
+                        if !conn.upstream_other {
+                            v.note_local_down();
+                        }
                     }
                     return Drive::Close;
                 }
             }
+            let tls_pending = conn.tls.as_ref().is_some_and(|t| t.wants_write());
             let out = conn.session.out();
-            if !out.is_empty() {
-                match out.write_to(&conn.stream, self.io) {
+            if !out.is_empty() || tls_pending {
+                let written = match conn.tls.as_mut() {
+                    Some(t) => t.write_out(&mut conn.stream, out),
+                    None => out.write_to(&conn.stream, self.io),
+                };
+                match written {
                     Ok(w) => {
                         add(&self.stats.bytes_mem, w.mem);
+                        // Record bytes over TLS are always copied (see kafka::tls).
                         add(
-                            match self.io {
-                                IoMode::Sendfile => &self.stats.bytes_sendfile,
-                                IoMode::Copy => &self.stats.bytes_copy,
+                            if conn.tls.is_some() || self.io == IoMode::Copy {
+                                &self.stats.bytes_copy
+                            } else {
+                                &self.stats.bytes_sendfile
                             },
                             w.file,
                         );
@@ -806,8 +959,9 @@ impl EventLoop {
                 break;
             }
         }
-        let idle = conn.session.out().is_empty() && !conn.session.is_parked();
-        if conn.session.is_closing() && conn.session.out().is_empty() {
+        let unsent = conn.unsent();
+        let idle = !unsent && !conn.session.is_parked();
+        if conn.session.is_closing() && !unsent {
             // A failed authentication: its answer is sent, the connection ends (as Kafka).
             log::debug!("kafka {}: closed after a failed authentication", conn.peer);
             return Drive::Close;

@@ -22,6 +22,7 @@ use super::group::{GroupConfig, Groups, WaiterId};
 use super::outq::OutQueue;
 use super::stats::inc;
 use super::upstream::forward::{ForwardError, Forwarder};
+use super::upstream::relay::{self, Relay};
 use super::upstream::rewrite;
 
 /// Stop answering requests while this many response bytes wait for the socket: a slow
@@ -101,6 +102,8 @@ pub struct Session {
     authz: Arc<Authz>,
     /// Close once the queued responses are sent (failed authentication).
     closing: bool,
+    /// Cluster mode on a SASL listener: the login relayed to the cluster, reads asked of it.
+    relay: Option<Relay>,
 }
 
 impl Session {
@@ -125,6 +128,7 @@ impl Session {
             acl: None,
             authz: Arc::new(super::auth::ALLOW_ALL.clone()),
             closing: false,
+            relay: None,
         }
     }
 
@@ -142,6 +146,13 @@ impl Session {
             self.acl.clone(),
             super::auth::ANONYMOUS.to_string(),
         ));
+        self.relay = sec.relay.clone().map(|c| Relay::new(c, peer));
+    }
+
+    /// The principal a transport established (a TLS client certificate's subject): the ACL
+    /// applies to it until a SASL login names another.
+    pub fn set_principal(&mut self, principal: String) {
+        self.authz = Arc::new(Authz::new(self.acl.clone(), principal));
     }
 
     /// The connection's principal (`User:ANONYMOUS` until authenticated).
@@ -206,7 +217,7 @@ impl Session {
     /// or `now` passed its deadline), then queued requests until one waits or the output
     /// backlog is too large. An error means the connection must be closed.
     pub fn advance(&mut self, ctx: &Ctx, now: Instant) -> Result<(), SessionError> {
-        let authz = Arc::clone(&self.authz);
+        let authz = self.authz_at(now);
         let ctx = &Ctx {
             authz: &authz,
             ..*ctx
@@ -218,7 +229,10 @@ impl Session {
             .filter(|_| self.forward.waiting())
         {
             match self.forward.take_response(view)? {
-                Some(chunks) => self.out.push(chunks),
+                Some(chunks) => {
+                    self.out.push(chunks);
+                    self.relayed(ctx, now)?;
+                }
                 None => return Ok(()),
             }
         }
@@ -232,6 +246,13 @@ impl Session {
         }
         if let Some(p) = &self.parked {
             let expired = now >= p.deadline;
+            // A waiting fetch ends under the authorization it was admitted with.
+            let wait = Duration::from_millis(p.req.max_wait_ms.max(0) as u64);
+            let authz = self.authz_at(p.deadline.checked_sub(wait).unwrap_or(now));
+            let ctx = &Ctx {
+                authz: &authz,
+                ..*ctx
+            };
             match fetch::evaluate(ctx, p.correlation_id, p.version, &p.req, expired)? {
                 fetch::Outcome::Wait => return Ok(()),
                 fetch::Outcome::Respond(chunks) => {
@@ -258,40 +279,28 @@ impl Session {
                 continue;
             }
             // A login changes the principal for the requests after it.
-            let authz = Arc::clone(&self.authz);
+            let authz = self.authz_at(now);
             let ctx = &Ctx {
                 authz: &authz,
                 ..*ctx
             };
+            if self.relay_intercepts(ctx, &frame, now)? {
+                continue;
+            }
             self.handle(ctx, frame, now)?;
         }
         Ok(())
     }
 
     fn handle(&mut self, ctx: &Ctx, mut frame: Bytes, now: Instant) -> Result<(), SessionError> {
-        // Frames are at least MIN_REQUEST (10) bytes: key, version, correlation id are there.
-        let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
-        let version = i16::from_be_bytes([frame[2], frame[3]]);
-        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let bad = |reason: String| SessionError::BadRequest {
-            api_key: raw_key,
-            version,
-            reason,
-        };
-        if let Some(view) = ctx.node.cluster.as_deref() {
-            // Cluster mode: what the gateway does not serve itself goes to the cluster (a
-            // too-new ApiVersions is still answered here, in v0, so the client retries).
-            let too_new = raw_key == ApiKey::ApiVersions as i16
-                && apis::served_range(ApiKey::ApiVersions).is_some_and(|(_, hi)| version > hi);
-            if let Some(rw) = rewrite::route(raw_key).filter(|_| !too_new) {
-                inc(&view.stats.forwarded);
-                self.forward.send(&frame, rw);
-                return Ok(());
-            }
+        let head = Head::parse(&frame);
+        let (version, correlation_id) = (head.version, head.correlation_id);
+        if self.forward_upstream(ctx, head, &frame) {
+            return Ok(());
         }
-        let Ok(key) = ApiKey::try_from(raw_key) else {
+        let Ok(key) = ApiKey::try_from(head.raw_key) else {
             inc(&ctx.stats.req_unsupported);
-            return Err(bad("unknown API key".into()));
+            return Err(head.bad("unknown API key".into()));
         };
         let before_login = self.gate.as_ref().is_some_and(|g| !g.is_authenticated());
         if before_login
@@ -313,11 +322,11 @@ impl Session {
             return Ok(());
         }
         let header_version = key.request_header_version(version);
-        let header =
-            RequestHeader::decode(&mut frame, header_version).map_err(|e| bad(format!("{e:#}")))?;
+        let header = RequestHeader::decode(&mut frame, header_version)
+            .map_err(|e| head.bad(format!("{e:#}")))?;
         // The codec allocates arrays by their wire count before reading them: refuse counts
         // the body cannot hold before it sees them (see bounds).
-        super::bounds::check(key, version, &frame).map_err(|e| bad(e.to_string()))?;
+        super::bounds::check(key, version, &frame).map_err(|e| head.bad(e.to_string()))?;
         if key == ApiKey::Produce {
             // Advertised for librdkafka's sake (see apis::SERVED), never performed.
             inc(&ctx.stats.req_unsupported);
@@ -347,38 +356,92 @@ impl Session {
         };
         debug_assert!(min <= version && version <= max);
         if group_apis::is_group_api(key) {
-            inc(&ctx.stats.req_group);
-            let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
-            let caller = group_apis::Caller {
-                client_id,
-                host: &self.peer,
-                now,
-            };
-            let groups = Arc::clone(&self.groups);
-            let answer = group_apis::handle(
-                ctx,
-                &groups,
-                &caller,
-                key,
-                version,
-                correlation_id,
-                &mut frame,
-            )
-            .map_err(|e| match e {
-                GroupError::Decode(reason) => bad(reason),
-                GroupError::Encode(e) => SessionError::Encode(e),
-            })?;
-            match answer {
-                group_apis::Answer::Now(chunks) => self.out.push(chunks),
-                group_apis::Answer::Wait(p) => self.group_wait = Some(p),
-            }
-            return Ok(());
+            return self.handle_group(ctx, head, key, &header, &mut frame, now);
         }
+        let Some(chunks) = self.dispatch(ctx, head, key, &mut frame, now)? else {
+            return Ok(());
+        };
+        if frame.has_remaining() {
+            log::debug!(
+                "{key:?} v{version}: {} trailing bytes ignored",
+                frame.remaining()
+            );
+        }
+        self.out.push(chunks);
+        Ok(())
+    }
+
+    /// Cluster mode: what the gateway does not serve itself goes to the cluster (a too-new
+    /// ApiVersions is still answered here, in v0, so the client retries). True if forwarded.
+    fn forward_upstream(&mut self, ctx: &Ctx, head: Head, frame: &Bytes) -> bool {
+        let Some(view) = ctx.node.cluster.as_deref() else {
+            return false;
+        };
+        let too_new = head.raw_key == ApiKey::ApiVersions as i16
+            && apis::served_range(ApiKey::ApiVersions).is_some_and(|(_, hi)| head.version > hi);
+        let Some(rw) = rewrite::route(head.raw_key).filter(|_| !too_new) else {
+            return false;
+        };
+        inc(&view.stats.forwarded);
+        self.forward.send(frame, rw);
+        true
+    }
+
+    /// A served group API: answered now, or parked until the rebalance answers it.
+    fn handle_group(
+        &mut self,
+        ctx: &Ctx,
+        head: Head,
+        key: ApiKey,
+        header: &RequestHeader,
+        frame: &mut Bytes,
+        now: Instant,
+    ) -> Result<(), SessionError> {
+        inc(&ctx.stats.req_group);
+        let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+        let caller = group_apis::Caller {
+            client_id,
+            host: &self.peer,
+            now,
+        };
+        let groups = Arc::clone(&self.groups);
+        let answer = group_apis::handle(
+            ctx,
+            &groups,
+            &caller,
+            key,
+            head.version,
+            head.correlation_id,
+            frame,
+        )
+        .map_err(|e| match e {
+            GroupError::Decode(reason) => head.bad(reason),
+            GroupError::Encode(e) => SessionError::Encode(e),
+        })?;
+        match answer {
+            group_apis::Answer::Now(chunks) => self.out.push(chunks),
+            group_apis::Answer::Wait(p) => self.group_wait = Some(p),
+        }
+        Ok(())
+    }
+
+    /// A served non-group API at a served version: its response, or None if the request
+    /// waits (a parked fetch).
+    fn dispatch(
+        &mut self,
+        ctx: &Ctx,
+        head: Head,
+        key: ApiKey,
+        frame: &mut Bytes,
+        now: Instant,
+    ) -> Result<Option<Vec<Chunk>>, SessionError> {
+        let (version, correlation_id) = (head.version, head.correlation_id);
+        let bad = |reason: String| head.bad(reason);
         let chunks = match key {
             ApiKey::ApiVersions => {
                 inc(&ctx.stats.req_api_versions);
                 // An undecodable body still gets the list, with INVALID_REQUEST (as Kafka).
-                let code = match ApiVersionsRequest::decode(&mut frame, version) {
+                let code = match ApiVersionsRequest::decode(frame, version) {
                     Ok(_) => 0,
                     Err(_) => kafka_protocol::error::ResponseError::InvalidRequest.code(),
                 };
@@ -386,52 +449,38 @@ impl Session {
             }
             ApiKey::Metadata => {
                 inc(&ctx.stats.req_metadata);
-                let req = MetadataRequest::decode(&mut frame, version)
-                    .map_err(|e| bad(format!("{e:#}")))?;
+                let req =
+                    MetadataRequest::decode(frame, version).map_err(|e| bad(format!("{e:#}")))?;
                 metadata::handle(ctx, correlation_id, version, &req)?
             }
             ApiKey::ListOffsets if version == 0 => {
                 inc(&ctx.stats.req_list_offsets);
-                list_offsets::v0::handle(ctx, correlation_id, &mut frame)
+                list_offsets::v0::handle(ctx, correlation_id, frame)
                     .map_err(|e| bad(e.to_string()))?
             }
             ApiKey::ListOffsets => {
                 inc(&ctx.stats.req_list_offsets);
-                let req = ListOffsetsRequest::decode(&mut frame, version)
+                let req = ListOffsetsRequest::decode(frame, version)
                     .map_err(|e| bad(format!("{e:#}")))?;
                 list_offsets::handle(ctx, correlation_id, version, &req)?
             }
             ApiKey::Fetch => {
                 inc(&ctx.stats.req_fetch);
                 let req =
-                    FetchRequest::decode(&mut frame, version).map_err(|e| bad(format!("{e:#}")))?;
-                match fetch::evaluate(ctx, correlation_id, version, &req, false)? {
-                    fetch::Outcome::Respond(chunks) => chunks,
-                    fetch::Outcome::Wait => {
-                        inc(&ctx.stats.fetch_parked);
-                        let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64);
-                        self.parked = Some(Parked {
-                            correlation_id,
-                            version,
-                            wanted: fetch::wanted(ctx, &req, version),
-                            req: Box::new(req),
-                            deadline: now + wait,
-                        });
-                        return Ok(());
-                    }
-                }
+                    FetchRequest::decode(frame, version).map_err(|e| bad(format!("{e:#}")))?;
+                return self.fetch_or_park(ctx, head, req, now);
             }
             ApiKey::SaslHandshake => {
-                let req = sasl::decode_handshake(&mut frame, version)
-                    .map_err(|e| bad(format!("{e:#}")))?;
+                let req =
+                    sasl::decode_handshake(frame, version).map_err(|e| bad(format!("{e:#}")))?;
                 let reply =
                     sasl::handshake(ctx, self.gate.as_mut(), correlation_id, version, &req)?;
                 self.closing |= reply.close;
                 reply.chunks
             }
             ApiKey::SaslAuthenticate => {
-                let req = sasl::decode_authenticate(&mut frame, version)
-                    .map_err(|e| bad(format!("{e:#}")))?;
+                let req =
+                    sasl::decode_authenticate(frame, version).map_err(|e| bad(format!("{e:#}")))?;
                 let reply = sasl::authenticate(
                     ctx,
                     self.gate.as_mut(),
@@ -445,20 +494,67 @@ impl Session {
                 reply.chunks
             }
             ApiKey::OffsetForLeaderEpoch => {
-                let req = OffsetForLeaderEpochRequest::decode(&mut frame, version)
+                let req = OffsetForLeaderEpochRequest::decode(frame, version)
                     .map_err(|e| bad(format!("{e:#}")))?;
                 apis::offset_for_leader_epoch::handle(ctx, correlation_id, version, &req)?
             }
             _ => return Err(bad("served API without a handler".into())),
         };
-        if frame.has_remaining() {
-            log::debug!(
-                "{key:?} v{version}: {} trailing bytes ignored",
-                frame.remaining()
-            );
+        Ok(Some(chunks))
+    }
+
+    /// A Fetch answered now, or parked (None) until data arrives or `max_wait_ms` passes.
+    fn fetch_or_park(
+        &mut self,
+        ctx: &Ctx,
+        head: Head,
+        req: FetchRequest,
+        now: Instant,
+    ) -> Result<Option<Vec<Chunk>>, SessionError> {
+        let (version, correlation_id) = (head.version, head.correlation_id);
+        match fetch::evaluate(ctx, correlation_id, version, &req, false)? {
+            fetch::Outcome::Respond(chunks) => Ok(Some(chunks)),
+            fetch::Outcome::Wait => {
+                inc(&ctx.stats.fetch_parked);
+                let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64);
+                self.parked = Some(Parked {
+                    correlation_id,
+                    version,
+                    wanted: fetch::wanted(ctx, &req, version),
+                    req: Box::new(req),
+                    deadline: now + wait,
+                });
+                Ok(None)
+            }
         }
-        self.out.push(chunks);
-        Ok(())
+    }
+}
+
+/// The fixed start of every request: api key, version, correlation id.
+#[derive(Clone, Copy)]
+struct Head {
+    raw_key: i16,
+    version: i16,
+    correlation_id: i32,
+}
+
+impl Head {
+    /// Frames are at least MIN_REQUEST (10) bytes: key, version, correlation id are there.
+    fn parse(frame: &[u8]) -> Self {
+        Head {
+            raw_key: i16::from_be_bytes([frame[0], frame[1]]),
+            version: i16::from_be_bytes([frame[2], frame[3]]),
+            correlation_id: i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]),
+        }
+    }
+
+    /// The connection-closing error for an undecodable request.
+    fn bad(self, reason: String) -> SessionError {
+        SessionError::BadRequest {
+            api_key: self.raw_key,
+            version: self.version,
+            reason,
+        }
     }
 }
 
@@ -474,6 +570,71 @@ impl Session {
         self.logged_in();
     }
 
+    /// The connection's authorization as it stands at `now` (cluster answers expire).
+    fn authz_at(&self, now: Instant) -> Arc<Authz> {
+        if self.authz.expires() {
+            Arc::new(self.authz.at(now))
+        } else {
+            Arc::clone(&self.authz)
+        }
+    }
+
+    /// Cluster mode on a SASL listener: SASL requests are relayed (and gate the rest), local
+    /// reads wait for the cluster's authorization. True when the frame was taken care of.
+    fn relay_intercepts(
+        &mut self,
+        ctx: &Ctx,
+        frame: &Bytes,
+        now: Instant,
+    ) -> Result<bool, SessionError> {
+        let Some(r) = self.relay.as_mut() else {
+            return Ok(false);
+        };
+        match r.intercept(ctx, frame, now).map_err(relay_error)? {
+            relay::Intercept::Pass => return Ok(false),
+            relay::Intercept::Forward => {
+                if let Some(v) = &ctx.node.cluster {
+                    inc(&v.stats.forwarded);
+                }
+                self.forward.send(frame, rewrite::Rewrite::Observe);
+            }
+            relay::Intercept::Ask(wire) => self.forward.send(&wire, rewrite::Rewrite::Internal),
+            relay::Intercept::Refuse(chunks) => {
+                self.out.push(chunks);
+                self.closing = true;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Cluster mode on a SASL listener: what the cluster's answer to a relayed or asked
+    /// request means for this connection.
+    fn relayed(&mut self, ctx: &Ctx, now: Instant) -> Result<(), SessionError> {
+        let Some(r) = self.relay.as_mut() else {
+            return Ok(());
+        };
+        let Some(seen) = self.forward.take_observed() else {
+            return Ok(());
+        };
+        match r.answer(ctx, seen, now).map_err(relay_error)? {
+            relay::Outcome::Continue | relay::Outcome::Asked(None) => {}
+            relay::Outcome::Failed => self.closing = true,
+            relay::Outcome::LoggedIn(p) => {
+                log::debug!("kafka {}: the cluster authenticated {p}", self.peer);
+                self.authz = Arc::new(Authz::relayed(Arc::clone(r.cache()), p, now));
+            }
+            relay::Outcome::Asked(Some(frame)) => {
+                let authz = self.authz_at(now);
+                let ctx = &Ctx {
+                    authz: &authz,
+                    ..*ctx
+                };
+                self.handle(ctx, frame, now)?;
+            }
+        }
+        Ok(())
+    }
+
     /// After a successful exchange: the requests that follow run as the new principal.
     fn logged_in(&mut self) {
         if let Some(p) = self.gate.as_ref().and_then(|g| g.principal()) {
@@ -482,6 +643,23 @@ impl Session {
                 self.authz = Arc::new(Authz::new(self.acl.clone(), p));
             }
         }
+    }
+}
+
+fn relay_error(e: relay::RelayError) -> SessionError {
+    match e {
+        relay::RelayError::Unauthenticated(k) => SessionError::Unauthenticated(k),
+        relay::RelayError::Version(v) => SessionError::UnsupportedVersion {
+            api: ApiKey::SaslHandshake,
+            version: v,
+            min: 1,
+            max: 1,
+        },
+        relay::RelayError::Bad(reason) => SessionError::BadRequest {
+            api_key: -1,
+            version: -1,
+            reason,
+        },
     }
 }
 

@@ -295,6 +295,20 @@ impl LogDir {
         true
     }
 
+    /// Cluster mode: the log start offset the cluster reports for a partition bounds its
+    /// reads from now on (the larger of it and the local disk's start): a fetch below it is
+    /// out of range, ListOffsets EARLIEST answers it. Returns false for a partition this dir
+    /// does not hold.
+    pub fn set_live_start(&self, topic: &str, partition: i32, start: i64) -> bool {
+        let Some(p) = self.partition(topic, partition) else {
+            return false;
+        };
+        if p.set_live_start(start) {
+            self.refresh_one(&p, true);
+        }
+        true
+    }
+
     /// Background thread calling refresh when files change (inotify) and at least every
     /// `interval`. Stops when the handle is dropped.
     pub fn spawn_follower(self: &Arc<Self>, interval: Duration) -> std::io::Result<FollowerHandle> {

@@ -348,6 +348,9 @@ pub struct Partition {
     /// none). They replace the checkpoint's, which only ever lags them.
     live_hw: AtomicI64,
     live_lso: AtomicI64,
+    /// Log start offset learnt from the cluster (cluster mode; -1: none): reads below it
+    /// are out of range even where the local disk still holds older segments.
+    live_start: AtomicI64,
 }
 
 #[derive(Clone, Debug)]
@@ -411,6 +414,7 @@ impl Partition {
             }),
             live_hw: AtomicI64::new(-1),
             live_lso: AtomicI64::new(-1),
+            live_start: AtomicI64::new(-1),
         })
     }
 
@@ -420,6 +424,12 @@ impl Partition {
         let old_hw = self.live_hw.swap(hw, Ordering::SeqCst);
         let old_lso = self.live_lso.swap(lso, Ordering::SeqCst);
         old_hw != hw || old_lso != lso
+    }
+
+    /// Records the log start offset the cluster reported (cluster mode); the next refresh
+    /// applies it. Returns whether it changed.
+    pub(crate) fn set_live_start(&self, start: i64) -> bool {
+        self.live_start.swap(start, Ordering::SeqCst) != start
     }
 
     fn state(&self) -> RwLockReadGuard<'_, PartState> {
@@ -675,11 +685,6 @@ impl Partition {
         let last = last.map(|(b, _)| b);
         let bases: Vec<i64> = served.iter().map(|(b, _, _)| *b).collect();
         let swaps: Vec<i64> = served.iter().filter(|s| s.2).map(|s| s.0).collect();
-        enum Change {
-            Update(i64, SegUpdate),
-            Replace(i64, Segment),
-            Remove(i64),
-        }
         let mut changes = Vec::new();
         if !tail_only || last.is_none() {
             let st = self.state();
@@ -693,92 +698,90 @@ impl Partition {
         let active = bases.last().copied();
         for (b, path, swap) in served {
             // Scans run without the state lock; only this (serialised) refresh mutates it.
-            // A swap is validated at once: its end says which segments it replaces.
-            let is_active = Some(b) == active;
-            let validate = is_active || swap;
-            let st = self.state();
-            let Some(seg) = st.segments.get(&b).filter(|s| *s.path == path) else {
-                drop(st);
-                match Segment::open_path(path, b, validate)? {
-                    Some(s) => changes.push(Change::Replace(b, s)),
-                    None => changes.push(Change::Remove(b)),
-                }
-                continue;
-            };
-            let md = match std::fs::metadata(seg.path.as_path()) {
-                Ok(md) => md,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    changes.push(Change::Remove(b));
-                    continue;
-                }
-                Err(e) => return Err(LogError::io(seg.path.as_path(), e)),
-            };
-            let len = md.len();
-            if (md.dev(), md.ino()) != seg.dev_ino || len < seg.map.len() as u64 {
-                // Replaced (compaction swap, recovery rewrite) or truncated: start over.
-                let path = PathBuf::clone(&seg.path);
-                drop(st);
-                match Segment::open_path(path, b, validate)? {
-                    Some(s) => changes.push(Change::Replace(b, s)),
-                    None => changes.push(Change::Remove(b)),
-                }
-                continue;
-            }
-            let grown = len > seg.map.len() as u64;
-            if !is_active && seg.ix.get().is_none() && !grown {
-                continue; // not used yet: validated on first read
-            }
-            if !grown && seg.ix().end == ScanEnd::Clean {
-                continue;
-            }
-            let map = if grown {
-                Some(Arc::new(map_file(&seg.path, &seg.file, len)?))
-            } else {
-                None
-            };
-            let u = seg.scan(map);
-            drop(st);
-            changes.push(Change::Update(b, u));
+            changes.extend(self.segment_change(b, path, swap, Some(b) == active)?);
         }
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         let before = st.offsets.readable_end(self.isolation);
         let lso_before = st.offsets.last_stable;
-        for c in changes {
-            match c {
-                Change::Remove(b) => {
-                    st.segments.remove(&b);
-                }
-                Change::Replace(b, s) => {
-                    st.segments.insert(b, s);
-                }
-                Change::Update(b, u) => {
-                    if let Some(s) = st.segments.get_mut(&b) {
-                        s.apply(u);
-                    }
-                }
-            }
+        apply_changes(&mut st.segments, changes, swaps);
+        let (offsets, live) = self.bounds(&st.segments, hw, log_start, lso_before);
+        st.offsets = offsets;
+        let advanced = offsets.readable_end(self.isolation) > before;
+        drop(st);
+        let mut lso = self.update_txns();
+        let live_lso = self.live_lso.load(Ordering::SeqCst);
+        if live_lso >= 0 && live.is_some() {
+            lso = lso.min(live_lso.max(offsets.log_start));
         }
-        // A swap replaces every segment whose base lies within its offsets (LogLoader).
-        for b in swaps {
-            let Some(end) = st.segments.get(&b).map(|s| s.ix().next_offset) else {
-                continue;
-            };
-            let covered: Vec<i64> = st
-                .segments
-                .range((Bound::Excluded(b), Bound::Excluded(end)))
-                .map(|(k, _)| *k)
-                .collect();
-            for k in covered {
-                st.segments.remove(&k);
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        st.offsets.last_stable = lso;
+        Ok(advanced || lso > lso_before)
+    }
+
+    /// What a refresh does with served segment `b` at `path` (None: nothing to do). A swap
+    /// is validated at once: its end says which segments it replaces.
+    fn segment_change(
+        &self,
+        b: i64,
+        path: PathBuf,
+        swap: bool,
+        is_active: bool,
+    ) -> Result<Option<Change>, LogError> {
+        let validate = is_active || swap;
+        let st = self.state();
+        let Some(seg) = st.segments.get(&b).filter(|s| *s.path == path) else {
+            drop(st);
+            return reopen(path, b, validate).map(Some);
+        };
+        let md = match std::fs::metadata(seg.path.as_path()) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Some(Change::Remove(b)));
             }
+            Err(e) => return Err(LogError::io(seg.path.as_path(), e)),
+        };
+        let len = md.len();
+        if (md.dev(), md.ino()) != seg.dev_ino || len < seg.map.len() as u64 {
+            // Replaced (compaction swap, recovery rewrite) or truncated: start over.
+            let path = PathBuf::clone(&seg.path);
+            drop(st);
+            return reopen(path, b, validate).map(Some);
         }
-        let first_base = st.segments.keys().next().copied();
-        let log_end = st
-            .segments
+        let grown = len > seg.map.len() as u64;
+        if !is_active && seg.ix.get().is_none() && !grown {
+            return Ok(None); // not used yet: validated on first read
+        }
+        if !grown && seg.ix().end == ScanEnd::Clean {
+            return Ok(None);
+        }
+        let map = if grown {
+            Some(Arc::new(map_file(&seg.path, &seg.file, len)?))
+        } else {
+            None
+        };
+        let u = seg.scan(map);
+        drop(st);
+        Ok(Some(Change::Update(b, u)))
+    }
+
+    /// The offsets after a refresh of `segments`, and the cluster's live high watermark if
+    /// it has one. `lso_before`: the last stable offset before the refresh.
+    fn bounds(
+        &self,
+        segments: &BTreeMap<i64, Segment>,
+        hw: Option<&Checkpoint>,
+        log_start: Option<&Checkpoint>,
+        lso_before: i64,
+    ) -> (PartitionOffsets, Option<i64>) {
+        let first_base = segments.keys().next().copied();
+        let log_end = segments
             .values()
             .next_back()
             .map_or(0, |s| s.ix().next_offset);
         let ckpt_start = log_start.and_then(|c| c.get(&self.tp)).copied();
+        // The cluster's log start (cluster mode) bounds reads like the checkpoint's.
+        let live_start = Some(self.live_start.load(Ordering::SeqCst)).filter(|&s| s >= 0);
+        let ckpt_start = ckpt_start.max(live_start);
         let log_start = match (first_base, ckpt_start) {
             (Some(b), Some(c)) => b.max(c).min(log_end),
             (Some(b), None) => b,
@@ -806,17 +809,7 @@ impl Partition {
         };
         // Until the transactions are fed below, the old LSO (never past the new end) holds.
         offsets.last_stable = lso_before.clamp(log_start, offsets.readable_end(self.isolation));
-        st.offsets = offsets;
-        let advanced = offsets.readable_end(self.isolation) > before;
-        drop(st);
-        let mut lso = self.update_txns();
-        let live_lso = self.live_lso.load(Ordering::SeqCst);
-        if live_lso >= 0 && live.is_some() {
-            lso = lso.min(live_lso.max(offsets.log_start));
-        }
-        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-        st.offsets.last_stable = lso;
-        Ok(advanced || lso > lso_before)
+        (offsets, live)
     }
 
     /// Brings the transaction state up to the log end (loading it first, or again when the
@@ -917,6 +910,53 @@ impl Partition {
     /// A copy of the transaction state (for `inspect`).
     pub fn txn_state(&self) -> Option<TxnState> {
         self.txn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// One segment's change found by a refresh (applied under the state lock).
+enum Change {
+    Update(i64, SegUpdate),
+    Replace(i64, Segment),
+    Remove(i64),
+}
+
+/// Segment `base` opened again (Remove if it is gone).
+fn reopen(path: PathBuf, base: i64, validate: bool) -> Result<Change, LogError> {
+    Ok(match Segment::open_path(path, base, validate)? {
+        Some(s) => Change::Replace(base, s),
+        None => Change::Remove(base),
+    })
+}
+
+/// Applies a refresh's changes, then drops the segments each swap (in `swaps`) replaces:
+/// every segment whose base lies within its offsets (LogLoader).
+fn apply_changes(segments: &mut BTreeMap<i64, Segment>, changes: Vec<Change>, swaps: Vec<i64>) {
+    for c in changes {
+        match c {
+            Change::Remove(b) => {
+                segments.remove(&b);
+            }
+            Change::Replace(b, s) => {
+                segments.insert(b, s);
+            }
+            Change::Update(b, u) => {
+                if let Some(s) = segments.get_mut(&b) {
+                    s.apply(u);
+                }
+            }
+        }
+    }
+    for b in swaps {
+        let Some(end) = segments.get(&b).map(|s| s.ix().next_offset) else {
+            continue;
+        };
+        let covered: Vec<i64> = segments
+            .range((Bound::Excluded(b), Bound::Excluded(end)))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in covered {
+            segments.remove(&k);
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use kxgw_demo_data::{demo_key, demo_value_into};
 
 use crate::flags::IsolationLevel;
 
+mod discover;
 mod group;
 
 #[derive(Debug, clap::Args)]
@@ -27,7 +28,8 @@ pub struct Args {
     /// kxgw fetch endpoint (UDP), e.g. 198.18.0.1:9093.
     #[arg(long, value_name = "ADDR")]
     pub fetch: Option<SocketAddr>,
-    /// Kafka listener (TCP) used when the fetch endpoint does not answer (or none is given).
+    /// Kafka listener (TCP) used when the fetch endpoint does not answer (or none is given);
+    /// with --discover, the gateways to ask Metadata (comma-separated).
     #[arg(long, value_name = "HOST:PORT")]
     pub bootstrap: Option<String>,
     #[arg(long)]
@@ -39,6 +41,18 @@ pub struct Args {
     pub group: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub partition: i32,
+    /// Find the fetch endpoints through Metadata at --bootstrap (a cluster of gateways):
+    /// read each partition over UDP from the fetch endpoint its leader's gateway advertises.
+    #[arg(long, requires = "bootstrap", conflicts_with_all = ["fetch", "group", "amplification_probe"])]
+    pub discover: bool,
+    /// With --discover: the partitions to read [default: all of --topic].
+    #[arg(
+        long,
+        value_name = "P[,P...]",
+        value_delimiter = ',',
+        requires = "discover"
+    )]
+    pub partitions: Vec<i32>,
     /// First offset to read.
     #[arg(long, conflicts_with_all = ["from_beginning", "from_end"])]
     pub offset: Option<i64>,
@@ -334,7 +348,38 @@ fn run_inner(args: Args) -> Result<ExitCode> {
         (None, true) => StartAt::Latest,
         _ => StartAt::Earliest,
     };
-    let bar = (std::io::stderr().is_terminal() && args.verify).then(|| {
+    let mut sink = Sink {
+        args: &args,
+        out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
+        tally: Tally::default(),
+        bar: progress_bar(&args),
+        scratch: Vec::new(),
+    };
+    let t0 = Instant::now();
+    let mut transport = String::new();
+    let mut recovery = String::new();
+    let mut answered = false;
+    if args.discover {
+        (transport, recovery) = discover::run(&args, start, &mut sink, &stop)?;
+        answered = true;
+    } else if let Some(g) = &args.group {
+        (transport, recovery) = group::run(&args, g, &mut sink, &stop)?;
+        answered = true;
+    } else if let Some(addr) = args.fetch {
+        (transport, recovery, answered) = consume_udp(&args, addr, start, &mut sink, &stop)?;
+    }
+    if !answered && !stop.load(Ordering::Relaxed) {
+        if let Some(b) = &args.bootstrap {
+            transport = consume_kafka(&args, b, start, &mut sink, &stop)?;
+            recovery = String::new();
+        }
+    }
+    finish(&args, sink, t0, &transport, &recovery, &stop)
+}
+
+/// A progress bar on a terminal while verifying.
+fn progress_bar(args: &Args) -> Option<indicatif::ProgressBar> {
+    (std::io::stderr().is_terminal() && args.verify).then(|| {
         let b = match args.count {
             Some(c) => indicatif::ProgressBar::new(c),
             None => indicatif::ProgressBar::new_spinner(),
@@ -346,134 +391,150 @@ fn run_inner(args: Args) -> Result<ExitCode> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
-    });
-    let mut sink = Sink {
-        args: &args,
-        out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
-        tally: Tally::default(),
-        bar,
-        scratch: Vec::new(),
-    };
-    let t0 = Instant::now();
-    let mut transport = String::new();
-    let mut recovery = String::new();
+    })
+}
+
+/// One partition over kxgw UDP fetch: (transport, loss recovery line, whether the endpoint
+/// answered). Not answering is an error unless `--bootstrap` gives a fallback.
+fn consume_udp(
+    args: &Args,
+    addr: SocketAddr,
+    start: StartAt,
+    sink: &mut Sink<'_>,
+    stop: &AtomicBool,
+) -> Result<(String, String, bool)> {
     let mut answered = false;
-    if let Some(g) = &args.group {
-        (transport, recovery) = group::run(&args, g, &mut sink, &stop)?;
-        answered = true;
-    } else if let Some(addr) = args.fetch {
-        let cfg = client_config(&args);
-        let sub = Subscription {
-            topic: args.topic.clone(),
-            partition: args.partition,
-            start,
-        };
-        let mut c = UdpConsumer::connect(addr, cfg, vec![sub])
-            .with_context(|| format!("opening a UDP socket toward {addr}"))?;
-        'outer: while !stop.load(Ordering::Relaxed) && !sink.done() {
-            c.poll(Duration::from_millis(50))
-                .with_context(|| format!("fetching from {addr}"))?;
-            while let Some(ev) = c.next_event() {
-                match ev {
-                    Event::Connected => {
-                        answered = true;
-                        log::debug!("fetch endpoint {addr} answered");
-                    }
-                    Event::Batch(b) => {
-                        sink.batch(b.partition, b.from_offset, &b.data)?;
-                        c.recycle(b.data);
-                    }
-                    Event::CaughtUp { offset, .. } => {
-                        log::debug!("caught up at offset {offset}");
-                    }
-                    Event::OffsetReset { from, to, .. } => {
-                        eprintln!("kxgw consume: offset {from} out of range, continuing at {to}");
-                    }
-                    Event::PartitionError {
-                        code,
-                        log_start,
-                        log_end,
-                        ..
-                    } => {
-                        sink.error(format!(
-                            "{}-{}: {code} (log start {log_start}, end {log_end})",
-                            args.topic, args.partition
-                        ));
-                        break 'outer;
-                    }
-                    Event::Unreachable => break 'outer,
+    let cfg = client_config(args);
+    let sub = Subscription {
+        topic: args.topic.clone(),
+        partition: args.partition,
+        start,
+    };
+    let mut c = UdpConsumer::connect(addr, cfg, vec![sub])
+        .with_context(|| format!("opening a UDP socket toward {addr}"))?;
+    'outer: while !stop.load(Ordering::Relaxed) && !sink.done() {
+        c.poll(Duration::from_millis(50))
+            .with_context(|| format!("fetching from {addr}"))?;
+        while let Some(ev) = c.next_event() {
+            match ev {
+                Event::Connected => {
+                    answered = true;
+                    log::debug!("fetch endpoint {addr} answered");
                 }
-                if sink.done() {
+                Event::Batch(b) => {
+                    sink.batch(b.partition, b.from_offset, &b.data)?;
+                    c.recycle(b.data);
+                }
+                Event::CaughtUp { offset, .. } => {
+                    log::debug!("caught up at offset {offset}");
+                }
+                Event::OffsetReset { from, to, .. } => {
+                    eprintln!("kxgw consume: offset {from} out of range, continuing at {to}");
+                }
+                Event::PartitionError {
+                    code,
+                    log_start,
+                    log_end,
+                    ..
+                } => {
+                    sink.error(format!(
+                        "{}-{}: {code} (log start {log_start}, end {log_end})",
+                        args.topic, args.partition
+                    ));
                     break 'outer;
                 }
+                Event::Unreachable => break 'outer,
             }
-            // A tailing consumer shows records as they come, not when the buffer fills.
-            if args.follow {
-                sink.out.flush()?;
-            }
-            if c.client().is_finished() {
-                break;
+            if sink.done() {
+                break 'outer;
             }
         }
-        log::debug!("fetch client at exit: {}", c.client().state_summary());
-        let st = c.client().stats();
-        transport = format!("kxgw UDP fetch {addr}");
-        recovery = format!(
-            "loss recovered: {} re-fetches ({} bytes asked again), {} gap detections, {} timeouts, {} duplicates, {} CRC errors",
-            st.refetches, st.refetch_bytes, st.gap_detections, st.timeouts, st.duplicate_datagrams, st.crc_errors
-        );
-        if !answered {
-            match &args.bootstrap {
-                Some(b) => eprintln!(
-                    "kxgw consume: the fetch endpoint {addr} did not answer within {} ms; falling back to the Kafka listener {b}",
-                    args.connect_timeout_ms
-                ),
-                None => bail!(
-                    "the fetch endpoint {addr} did not answer within {} ms (give --bootstrap HOST:PORT to fall back to Kafka)",
-                    args.connect_timeout_ms
-                ),
-            }
+        // A tailing consumer shows records as they come, not when the buffer fills.
+        if args.follow {
+            sink.out.flush()?;
+        }
+        if c.client().is_finished() {
+            break;
         }
     }
-    if !answered && !stop.load(Ordering::Relaxed) {
-        if let Some(b) = &args.bootstrap {
-            let committed = args.isolation_level == IsolationLevel::ReadCommitted;
-            let mut k = KafkaFetcher::connect(
-                b,
-                &args.topic,
-                args.partition,
-                start,
-                args.fetch_bytes,
-                committed,
-            )
-            .with_context(|| format!("connecting to the Kafka listener {b}"))?;
-            transport = if args.fetch.is_some() {
-                format!("Kafka TCP {b} (fallback)")
-            } else {
-                format!("Kafka TCP {b}")
-            };
-            recovery = String::new();
-            while !stop.load(Ordering::Relaxed) && !sink.done() {
-                let wait = if args.follow {
-                    args.max_wait_ms as i32
-                } else {
-                    0
-                };
-                match k.fetch(wait)? {
-                    Some(batches) => {
-                        for (from, data) in batches {
-                            sink.batch(args.partition, from, &data)?;
-                        }
-                    }
-                    None if args.follow => {}
-                    None => break,
-                }
-                if args.follow {
-                    sink.out.flush()?;
-                }
-            }
+    log::debug!("fetch client at exit: {}", c.client().state_summary());
+    let st = c.client().stats();
+    let transport = format!("kxgw UDP fetch {addr}");
+    let recovery = format!(
+        "loss recovered: {} re-fetches ({} bytes asked again), {} gap detections, {} timeouts, {} duplicates, {} CRC errors",
+        st.refetches, st.refetch_bytes, st.gap_detections, st.timeouts, st.duplicate_datagrams, st.crc_errors
+    );
+    if !answered {
+        match &args.bootstrap {
+            Some(b) => eprintln!(
+                "kxgw consume: the fetch endpoint {addr} did not answer within {} ms; falling back to the Kafka listener {b}",
+                args.connect_timeout_ms
+            ),
+            None => bail!(
+                "the fetch endpoint {addr} did not answer within {} ms (give --bootstrap HOST:PORT to fall back to Kafka)",
+                args.connect_timeout_ms
+            ),
         }
     }
+    Ok((transport, recovery, answered))
+}
+
+/// One partition over the Kafka listener `b` (alone, or as the UDP fetch's fallback): the
+/// transport name.
+fn consume_kafka(
+    args: &Args,
+    b: &str,
+    start: StartAt,
+    sink: &mut Sink<'_>,
+    stop: &AtomicBool,
+) -> Result<String> {
+    let committed = args.isolation_level == IsolationLevel::ReadCommitted;
+    let mut k = KafkaFetcher::connect(
+        b,
+        &args.topic,
+        args.partition,
+        start,
+        args.fetch_bytes,
+        committed,
+    )
+    .with_context(|| format!("connecting to the Kafka listener {b}"))?;
+    let transport = if args.fetch.is_some() {
+        format!("Kafka TCP {b} (fallback)")
+    } else {
+        format!("Kafka TCP {b}")
+    };
+    while !stop.load(Ordering::Relaxed) && !sink.done() {
+        let wait = if args.follow {
+            args.max_wait_ms as i32
+        } else {
+            0
+        };
+        match k.fetch(wait)? {
+            Some(batches) => {
+                for (from, data) in batches {
+                    sink.batch(args.partition, from, &data)?;
+                }
+            }
+            None if args.follow => {}
+            None => break,
+        }
+        if args.follow {
+            sink.out.flush()?;
+        }
+    }
+    Ok(transport)
+}
+
+/// Flushes, prints the `--verify` summary and decides the exit code (errors, or fewer
+/// records than `--count` without being stopped, fail).
+fn finish(
+    args: &Args,
+    mut sink: Sink<'_>,
+    t0: Instant,
+    transport: &str,
+    recovery: &str,
+    stop: &AtomicBool,
+) -> Result<ExitCode> {
     sink.out.flush()?;
     if let Some(b) = &sink.bar {
         b.finish_and_clear();

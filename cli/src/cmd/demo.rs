@@ -78,64 +78,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     );
 
     // 1. The log.
-    let t0 = Instant::now();
-    let status = Command::new(&exe)
-        .arg("produce")
-        .arg("--log-dir")
-        .arg(&log_dir)
-        .args(["--topic", TOPIC])
-        .args(["--partitions", &args.partitions.to_string()])
-        .args(["--records", &args.records.to_string()])
-        .args(["--record-size", &args.record_size.to_string()])
-        .status()
-        .context("running kxgw produce")?;
-    if !status.success() {
-        bail!("kxgw produce failed ({status})");
-    }
-    println!(
-        "log: topic {TOPIC}, {} partitions x {} records of {} bytes in {} ({:.2} s)",
-        args.partitions,
-        args.records,
-        args.record_size,
-        log_dir.display(),
-        t0.elapsed().as_secs_f64()
-    );
+    write_log(&exe, &log_dir, &args)?;
 
     // 2. The gateway: fetch protocol (AF_XDP, falling back to kernel UDP) + Kafka TCP.
     let gw_log = scratch.path().join("gateway.log");
-    let gw_out = std::fs::File::create(&gw_log).context("creating the gateway log file")?;
-    let mut gateway = KillOnDrop(
-        net.gw_command(&exe)
-            .arg("serve")
-            .arg("--log-dir")
-            .arg(&log_dir)
-            .args(["--kafka-listen", &format!("{GW_ADDR}:{KAFKA_PORT}")])
-            .args(["--fetch-listen", &format!("{GW_ADDR}:{FETCH_PORT}")])
-            .args(["--xdp-iface", &net.gw_if])
-            .arg("--control-socket")
-            .arg(&socket)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(gw_out.try_clone()?)
-            .stderr(gw_out)
-            .spawn()
-            .context("starting kxgw serve in the gateway namespace")?,
-    );
-    wait_for_socket(&socket, &mut gateway, &gw_log)?;
-    let attached = net.gw_has_xdp()?;
-    println!(
-        "gateway: kxgw serve in {} (XDP program on {}: {})",
-        net.gw_ns,
-        net.gw_if,
-        if attached { "attached" } else { "not attached" }
-    );
-    for line in std::fs::read_to_string(&gw_log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("transport") || l.contains("bound") || l.contains("listening"))
-    {
-        println!("  | {}", strip_log_prefix(line));
-    }
+    let mut gateway = start_gateway(&net, &exe, &log_dir, &socket, &gw_log)?;
 
     // 3. Consumers, every partition over every path.
     let mut outcomes = Vec::new();
@@ -148,23 +95,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // 4. What the gateway counted while serving, and which transport served the fetch path.
     let counters = metrics::fetch_unix(&socket).unwrap_or_default();
     let samples = metrics::parse(&counters);
-    let fetch_via = samples
-        .iter()
-        .find(|s| s.name == "kxgw_xdp_bind_info")
-        .map(|s| {
-            let label = |k: &str| {
-                s.labels
-                    .iter()
-                    .find(|(n, _)| n == k)
-                    .map_or("?", |(_, v)| v.as_str())
-            };
-            format!(
-                "AF_XDP, {} mode, TX strategy {}",
-                label("mode"),
-                label("tx_strategy")
-            )
-        })
-        .unwrap_or_else(|| "kernel UDP (XDP did not attach)".to_string());
+    let fetch_via = fetch_transport(&samples);
     for o in outcomes.iter_mut().filter(|o| o.path.contains("fetch")) {
         o.detail = if o.ok {
             fetch_via.clone()
@@ -176,42 +107,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let detached = !net.gw_has_xdp()?;
 
     println!();
-    println!(
-        "{:<34} {:>9} {:>9} {:>8} {:>9}  result",
-        "path", "records", "expected", "seconds", "MB/s*"
-    );
-    let mut all_ok = true;
-    for o in &outcomes {
-        let mb = o.records as f64 * (args.record_size as f64) / 1e6 / o.secs.max(1e-9);
-        println!(
-            "{:<34} {:>9} {:>9} {:>8.2} {:>9.1}  {}{}",
-            o.path,
-            o.records,
-            o.expected,
-            o.secs,
-            mb,
-            if o.ok { "ok" } else { "FAILED" },
-            if o.detail.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", o.detail)
-            }
-        );
-        all_ok &= o.ok;
-    }
-    println!("* record values only, including each consumer's start-up: a demo, not a benchmark");
-    println!("  (scripts/bench.sh measures the paths)");
+    let all_ok = print_outcomes(&outcomes, args.record_size);
     println!();
-    println!("gateway counters (kxgw stats):");
-    for s in samples.into_iter().filter(|s| s.value != 0.0) {
-        let labels = s
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        println!("  {:<44} {:<28} {}", s.name, labels, s.value);
-    }
+    print_counters(samples);
     println!(
         "gateway stopped ({status}); XDP program {}",
         if detached {
@@ -231,6 +129,143 @@ pub fn run(args: Args) -> Result<ExitCode> {
             scratch.keep().join("gateway.log").display()
         );
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Writes the demo log with `kxgw produce`.
+fn write_log(exe: &Path, log_dir: &Path, args: &Args) -> Result<()> {
+    let t0 = Instant::now();
+    let status = Command::new(exe)
+        .arg("produce")
+        .arg("--log-dir")
+        .arg(log_dir)
+        .args(["--topic", TOPIC])
+        .args(["--partitions", &args.partitions.to_string()])
+        .args(["--records", &args.records.to_string()])
+        .args(["--record-size", &args.record_size.to_string()])
+        .status()
+        .context("running kxgw produce")?;
+    if !status.success() {
+        bail!("kxgw produce failed ({status})");
+    }
+    println!(
+        "log: topic {TOPIC}, {} partitions x {} records of {} bytes in {} ({:.2} s)",
+        args.partitions,
+        args.records,
+        args.record_size,
+        log_dir.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Starts `kxgw serve` in the gateway namespace (its output in `gw_log`) and waits for its
+/// control socket.
+fn start_gateway(
+    net: &TestNet,
+    exe: &Path,
+    log_dir: &Path,
+    socket: &Path,
+    gw_log: &Path,
+) -> Result<KillOnDrop> {
+    let gw_out = std::fs::File::create(gw_log).context("creating the gateway log file")?;
+    let mut gateway = KillOnDrop(
+        net.gw_command(exe)
+            .arg("serve")
+            .arg("--log-dir")
+            .arg(log_dir)
+            .args(["--kafka-listen", &format!("{GW_ADDR}:{KAFKA_PORT}")])
+            .args(["--fetch-listen", &format!("{GW_ADDR}:{FETCH_PORT}")])
+            .args(["--xdp-iface", &net.gw_if])
+            .arg("--control-socket")
+            .arg(socket)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(gw_out.try_clone()?)
+            .stderr(gw_out)
+            .spawn()
+            .context("starting kxgw serve in the gateway namespace")?,
+    );
+    wait_for_socket(socket, &mut gateway, gw_log)?;
+    let attached = net.gw_has_xdp()?;
+    println!(
+        "gateway: kxgw serve in {} (XDP program on {}: {})",
+        net.gw_ns,
+        net.gw_if,
+        if attached { "attached" } else { "not attached" }
+    );
+    for line in std::fs::read_to_string(gw_log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("transport") || l.contains("bound") || l.contains("listening"))
+    {
+        println!("  | {}", strip_log_prefix(line));
+    }
+    Ok(gateway)
+}
+
+/// Which transport served the fetch path, from the gateway's counters.
+fn fetch_transport(samples: &[metrics::Sample]) -> String {
+    samples
+        .iter()
+        .find(|s| s.name == "kxgw_xdp_bind_info")
+        .map(|s| {
+            let label = |k: &str| {
+                s.labels
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map_or("?", |(_, v)| v.as_str())
+            };
+            format!(
+                "AF_XDP, {} mode, TX strategy {}",
+                label("mode"),
+                label("tx_strategy")
+            )
+        })
+        .unwrap_or_else(|| "kernel UDP (XDP did not attach)".to_string())
+}
+
+/// The side-by-side table; whether every consumer got every record.
+fn print_outcomes(outcomes: &[Outcome], record_size: usize) -> bool {
+    println!(
+        "{:<34} {:>9} {:>9} {:>8} {:>9}  result",
+        "path", "records", "expected", "seconds", "MB/s*"
+    );
+    let mut all_ok = true;
+    for o in outcomes {
+        let mb = o.records as f64 * (record_size as f64) / 1e6 / o.secs.max(1e-9);
+        println!(
+            "{:<34} {:>9} {:>9} {:>8.2} {:>9.1}  {}{}",
+            o.path,
+            o.records,
+            o.expected,
+            o.secs,
+            mb,
+            if o.ok { "ok" } else { "FAILED" },
+            if o.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", o.detail)
+            }
+        );
+        all_ok &= o.ok;
+    }
+    println!("* record values only, including each consumer's start-up: a demo, not a benchmark");
+    println!("  (scripts/bench.sh measures the paths)");
+    all_ok
+}
+
+/// The gateway's non-zero counters.
+fn print_counters(samples: Vec<metrics::Sample>) {
+    println!("gateway counters (kxgw stats):");
+    for s in samples.into_iter().filter(|s| s.value != 0.0) {
+        let labels = s
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        println!("  {:<44} {:<28} {}", s.name, labels, s.value);
     }
 }
 

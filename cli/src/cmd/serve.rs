@@ -66,7 +66,7 @@ pub struct Args {
     /// the follower's file notifications, if it has them).
     #[arg(long, value_name = "MS", default_value_t = 50)]
     pub refresh_ms: u64,
-    /// Kafka listener security (--kafka-listen-sasl, --sasl-users, --acl).
+    /// Kafka listener security (--kafka-listen-sasl, --sasl-users, --acl, the TLS flags).
     #[command(flatten)]
     pub security: crate::security_flags::SecurityArgs,
     /// The group coordinator of the Kafka listener (--state-dir and its options).
@@ -182,6 +182,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let cluster = match cluster {
         Some(cfg) => {
             let view = Arc::new(ClusterView::new(cfg));
+            if let Some(l) = args.security.upstream_login()? {
+                view.set_login(l);
+            }
             let w = watch::spawn(Arc::clone(&view), Arc::clone(&log))
                 .context("starting the upstream watcher")?;
             Some((view, w))
@@ -195,8 +198,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     if running.kafka.is_none() && running.fetch.is_none() {
         bail!(
-            "nothing to serve: give --kafka-listen ADDR:PORT (or --kafka-listen-sasl) and/or \
-             --fetch-listen IP:PORT"
+            "nothing to serve: give --kafka-listen ADDR:PORT (or --kafka-listen-sasl, -ssl, \
+             -sasl-ssl) and/or --fetch-listen IP:PORT"
         );
     }
 
@@ -250,20 +253,26 @@ fn start_kafka(
     log: &Arc<LogDir>,
     cluster: Option<Arc<ClusterView>>,
 ) -> Result<Option<KafkaListener>> {
-    let (plain, sasl) = args.security.load()?;
-    // The first listener is the PLAINTEXT one if asked for, else the SASL one.
-    let (addr, security, extra) = match (args.kafka_listen, sasl) {
-        (Some(a), sasl) => (a, plain, sasl.into_iter().collect()),
-        (None, Some((a, s))) => (a, s, Vec::new()),
-        (None, None) => return Ok(None),
+    let (plain, mut extra) = args.security.load(cluster.is_some())?;
+    // The first listener is the PLAINTEXT one if asked for, else the first other one.
+    let (addr, security) = match args.kafka_listen {
+        Some(a) => (a, plain),
+        None if extra.is_empty() => return Ok(None),
+        None => extra.remove(0),
     };
-    // In cluster mode the cluster authenticates and authorizes; relaying a client's SASL
-    // exchange to it is not built yet, so a local SASL/ACL setup would bypass the cluster.
-    if cluster.is_some() && (!extra.is_empty() || security.sasl.is_some() || security.acl.is_some())
-    {
-        anyhow::bail!(
-            "--kafka-listen-sasl, --sasl-users and --acl cannot be combined with --upstream yet: \
-             in cluster mode the cluster decides who may read, and forwarding SASL to it is not built"
+    // In cluster mode each connection's forwarded requests go to the local broker's one
+    // listener: a SASL one (relayed logins) or a PLAINTEXT one, not both.
+    if cluster.is_some() && !extra.is_empty() {
+        bail!(
+            "--kafka-listen and --kafka-listen-sasl cannot both be given with --upstream: the \
+             gateway relays to the cluster's SASL listener, where PLAINTEXT clients' requests \
+             would be refused (and their local reads not authorized by the cluster)"
+        );
+    }
+    if cluster.is_some() && security.relay.is_none() && args.security.upstream_sasl_user.is_some() {
+        bail!(
+            "--upstream-sasl-user with a PLAINTEXT --kafka-listen: the cluster's listener wants \
+             SASL, so clients must log in too: listen with --kafka-listen-sasl instead"
         );
     }
     let mut cfg = KafkaConfig::new(addr, args.io.into());
@@ -274,6 +283,12 @@ fn start_kafka(
     cfg.state_dir = args.groups.state_dir(args.config.as_deref());
     cfg.node_id = args.cluster.node_id.unwrap_or(0);
     cfg.peers = args.cluster.peer.clone();
+    cfg.fetch_advertise = args
+        .fetch
+        .advertised(args.advertised_host.as_deref(), Some(addr));
+    if let Some(ep) = &cfg.fetch_advertise {
+        log::info!("advertising fetch endpoint {ep} in Metadata (v9+)");
+    }
     if let Some(v) = &cluster {
         log::info!(
             "cluster mode: node {} beside the cluster at {}; group, produce and admin \

@@ -131,11 +131,26 @@ impl Gateway {
         addr: SocketAddr,
         args: &[std::ffi::OsString],
     ) -> Gateway {
+        let mut all = vec!["--kafka-listen".into(), addr.to_string().into()];
+        all.extend(args.iter().cloned());
+        Self::spawn_listening(net, work, log, ctl, addr, &all)
+    }
+
+    /// [`Gateway::spawn`] with the listener flags in `args` (e.g. only --kafka-listen-sasl);
+    /// waits until `addr` accepts.
+    pub fn spawn_listening(
+        net: &TestNet,
+        work: &Path,
+        log: &str,
+        ctl: &str,
+        addr: SocketAddr,
+        args: &[std::ffi::OsString],
+    ) -> Gateway {
         let stderr = work.join(format!("{log}.log"));
         let ctl = work.join(format!("{ctl}.sock"));
         let child = net
             .gw_command(KXGW)
-            .args(["serve", "--kafka-listen", &addr.to_string()])
+            .arg("serve")
             .arg("--control-socket")
             .arg(&ctl)
             .args(args)

@@ -5,11 +5,19 @@ usage: sasl_consume.py CLIENT BOOTSTRAP TOPIC PARTITION COUNT TIMEOUT_S MECHANIS
 
 CLIENT is "confluent" (confluent-kafka / librdkafka) or "kafka-python". USER "-" connects
 without credentials (security.protocol PLAINTEXT against the SASL port).
+With KXGW_SSL_CA=FILE in the environment the connection is TLS (SSL, or SASL_SSL with
+credentials) verifying the listener's certificate against FILE; KXGW_SSL_CERT and
+KXGW_SSL_KEY add a client certificate.
 Output as confluent_consume.py: "OFFSET<TAB>KEY<TAB>VALUE" per record, then "done COUNT";
 "FAIL reason" and exit 1 when the client reports an error or TIMEOUT_S passes first.
 """
+import os
 import sys
 import time
+
+SSL_CA = os.environ.get("KXGW_SSL_CA")
+SSL_CERT = os.environ.get("KXGW_SSL_CERT")
+SSL_KEY = os.environ.get("KXGW_SSL_KEY")
 
 
 def fail(msg):
@@ -42,6 +50,11 @@ def confluent(bootstrap, topic, partition, count, timeout_s, mech, user, passwor
             "sasl.username": user,
             "sasl.password": password,
         })
+    if SSL_CA:
+        conf["security.protocol"] = "SASL_SSL" if user != "-" else "SSL"
+        conf["ssl.ca.location"] = SSL_CA
+        if SSL_CERT:
+            conf.update({"ssl.certificate.location": SSL_CERT, "ssl.key.location": SSL_KEY})
     consumer = Consumer(conf)
     # librdkafka retries an assigned partition's errors quietly: ask for the topic's metadata
     # first, as an application would, so an authorization error is reported.
@@ -63,7 +76,8 @@ def confluent(bootstrap, topic, partition, count, timeout_s, mech, user, passwor
             got += 1
         for e in errors:
             if e.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
-                            KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+                            KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+                            KafkaError._SSL):
                 fail("client error: %s %s" % (e.name(), e.str()))
     consumer.close()
     return got
@@ -82,6 +96,10 @@ def kafka_python(bootstrap, topic, partition, count, timeout_s, mech, user, pass
     if user != "-":
         conf.update(security_protocol="SASL_PLAINTEXT", sasl_mechanism=mech,
                     sasl_plain_username=user, sasl_plain_password=password)
+    if SSL_CA:
+        conf.update(security_protocol="SASL_SSL" if user != "-" else "SSL", ssl_cafile=SSL_CA)
+        if SSL_CERT:
+            conf.update(ssl_certfile=SSL_CERT, ssl_keyfile=SSL_KEY)
     try:
         check_topic_kafka_python(conf, topic, timeout_s)
         consumer = KafkaConsumer(**conf)
@@ -110,7 +128,8 @@ def check_topic_kafka_python(conf, topic, timeout_s):
     from kafka.errors import TopicAuthorizationFailedError
 
     keys = ("bootstrap_servers", "security_protocol", "sasl_mechanism",
-            "sasl_plain_username", "sasl_plain_password", "request_timeout_ms")
+            "sasl_plain_username", "sasl_plain_password", "request_timeout_ms",
+            "ssl_cafile", "ssl_certfile", "ssl_keyfile")
     client = KafkaClient(**{k: v for k, v in conf.items() if k in keys})
     future = client.add_topic(topic)
     deadline = time.monotonic() + timeout_s

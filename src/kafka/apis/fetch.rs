@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
@@ -17,7 +18,7 @@ use kafka_protocol::messages::{
 };
 
 use super::offset_for_leader_epoch::check_current_epoch;
-use super::{sb, Ctx};
+use super::{sb, Ctx, Leader, Refusal};
 use crate::kafka::chunk::{encode_response, Chunk, EncodeError, FileRange, Hole};
 use crate::kafka::stats::inc;
 use crate::log::{LogError, ReadSlice};
@@ -93,12 +94,14 @@ pub fn evaluate(
         inc(&ctx.stats.err_partition);
         return respond(correlation_id, version, &body, &[]).map(Outcome::Respond);
     }
-    let mut holes = Vec::new();
-    let mut total: usize = 0;
-    let mut any_error = false;
-    let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
-    // READ_COMMITTED: bounded by the last stable offset, with the aborted transactions.
-    let committed = req.isolation_level == 1;
+    let mut acc = Gathered {
+        holes: Vec::new(),
+        total: 0,
+        any_error: false,
+        max_bytes: usize::try_from(req.max_bytes).unwrap_or(0),
+        // READ_COMMITTED: bounded by the last stable offset, with the aborted transactions.
+        committed: req.isolation_level == 1,
+    };
     for t in &req.topics {
         let name = if version >= 13 {
             ctx.topic_by_id(t.topic_id)
@@ -107,122 +110,7 @@ pub fn evaluate(
         };
         let mut parts = Vec::with_capacity(t.partitions.len());
         for fp in &t.partitions {
-            let Some(name) = name.as_deref() else {
-                any_error = true;
-                parts.push(error_partition(
-                    fp.partition,
-                    ResponseError::UnknownTopicId.code(),
-                ));
-                continue;
-            };
-            if let Err(e) = ctx.authorized(name) {
-                any_error = true;
-                parts.push(error_partition(fp.partition, e.code()));
-                continue;
-            }
-            if let Some(e) = ctx.led_elsewhere(name, fp.partition) {
-                // Not ours to serve: the client refreshes its metadata and goes to the leader.
-                any_error = true;
-                let mut pd =
-                    error_partition(fp.partition, ResponseError::NotLeaderOrFollower.code());
-                if version >= 12 {
-                    pd.current_leader = LeaderIdAndEpoch::default()
-                        .with_leader_id(BrokerId(e.leader))
-                        .with_leader_epoch(e.epoch);
-                }
-                if let Some(b) = e.endpoint.filter(|_| version >= 16) {
-                    if !body.node_endpoints.iter().any(|n| n.node_id.0 == b.id) {
-                        body.node_endpoints.push(
-                            NodeEndpoint::default()
-                                .with_node_id(BrokerId(b.id))
-                                .with_host(sb(&b.host))
-                                .with_port(b.port),
-                        );
-                    }
-                }
-                parts.push(pd);
-                continue;
-            }
-            // Authorized above: look the partition up without checking again.
-            let Some(p) = ctx.log.partition(name, fp.partition) else {
-                any_error = true;
-                parts.push(error_partition(
-                    fp.partition,
-                    ResponseError::UnknownTopicOrPartition.code(),
-                ));
-                continue;
-            };
-            let epoch = p.leader_epoch();
-            if let Some(e) = check_current_epoch(fp.current_leader_epoch, epoch) {
-                any_error = true;
-                parts.push(error_partition(fp.partition, e.code()));
-                continue;
-            }
-            let remaining = max_bytes.saturating_sub(total);
-            let limit = usize::try_from(fp.partition_max_bytes)
-                .unwrap_or(0)
-                .min(if total == 0 {
-                    max_bytes.max(1)
-                } else {
-                    remaining
-                });
-            let mut pd = PartitionData::default()
-                .with_partition_index(fp.partition)
-                .with_aborted_transactions(committed.then(Vec::new))
-                .with_records(Some(Bytes::new()));
-            if version >= 12 && epoch >= 0 {
-                pd.current_leader = LeaderIdAndEpoch::default()
-                    .with_leader_id(BrokerId(ctx.node.node_id))
-                    .with_leader_epoch(epoch);
-            }
-            let offs = if limit == 0 {
-                p.offsets()
-            } else {
-                match p.read_isolated(fp.fetch_offset, limit, committed) {
-                    Ok(slice) => {
-                        // Past the first non-empty partition, a batch must fit what is left.
-                        if !slice.is_empty() && (total == 0 || slice.len <= remaining) {
-                            if committed {
-                                pd.aborted_transactions = Some(aborted_list(
-                                    &p.aborted_txns(fp.fetch_offset, slice.next_offset),
-                                ));
-                            }
-                            total += slice.len;
-                            let h = hole(&slice);
-                            pd.records = Some(h.placeholder.clone());
-                            holes.push(h);
-                        }
-                        slice.offsets
-                    }
-                    Err(e) => {
-                        any_error = true;
-                        pd.error_code = match &e {
-                            LogError::OffsetOutOfRange { .. } => {
-                                ResponseError::OffsetOutOfRange.code()
-                            }
-                            LogError::Corrupt { .. } => {
-                                log::warn!("Fetch {name}-{}: {e}", fp.partition);
-                                ResponseError::CorruptMessage.code()
-                            }
-                            // A segment truncated under the reader: retriable, as a broker
-                            // answers a failed log read; the next refresh sees the new end.
-                            LogError::Io { .. } => {
-                                log::warn!("Fetch {name}-{}: {e}", fp.partition);
-                                ResponseError::KafkaStorageError.code()
-                            }
-                            _ => {
-                                log::warn!("Fetch {name}-{}: {e}", fp.partition);
-                                ResponseError::UnknownServerError.code()
-                            }
-                        };
-                        p.offsets()
-                    }
-                }
-            };
-            let end = offs.readable_end(ctx.log.isolation());
-            pd.high_watermark = end;
-            pd.last_stable_offset = offs.last_stable;
-            pd.log_start_offset = offs.log_start;
+            let pd = fetch_partition(ctx, version, name.as_deref(), fp, &mut acc, &mut body);
             parts.push(pd);
         }
         let mut tr = FetchableTopicResponse::default().with_partitions(parts);
@@ -235,11 +123,12 @@ pub fn evaluate(
     }
     let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
     let no_partitions = req.topics.iter().all(|t| t.partitions.is_empty());
-    let ready = expired || any_error || no_partitions || req.max_wait_ms <= 0 || total >= min_bytes;
+    let ready =
+        expired || acc.any_error || no_partitions || req.max_wait_ms <= 0 || acc.total >= min_bytes;
     if !ready {
         return Ok(Outcome::Wait);
     }
-    if any_error {
+    if acc.any_error {
         for tr in &body.responses {
             for pd in &tr.partitions {
                 if pd.error_code != 0 {
@@ -248,7 +137,147 @@ pub fn evaluate(
             }
         }
     }
-    respond(correlation_id, version, &body, &holes).map(Outcome::Respond)
+    respond(correlation_id, version, &body, &acc.holes).map(Outcome::Respond)
+}
+
+/// What a fetch has gathered so far, across its partitions.
+struct Gathered {
+    /// The record ranges, in response order.
+    holes: Vec<Hole>,
+    /// Their total size.
+    total: usize,
+    /// Whether some partition carries an error (then the fetch answers at once).
+    any_error: bool,
+    /// The request's `max_bytes`.
+    max_bytes: usize,
+    /// READ_COMMITTED.
+    committed: bool,
+}
+
+/// One partition of a fetch of topic `name` (None: an unknown topic id).
+fn fetch_partition(
+    ctx: &Ctx,
+    version: i16,
+    name: Option<&str>,
+    fp: &FetchPartition,
+    acc: &mut Gathered,
+    body: &mut FetchResponse,
+) -> PartitionData {
+    let Some(name) = name else {
+        acc.any_error = true;
+        return error_partition(fp.partition, ResponseError::UnknownTopicId.code());
+    };
+    let p = match ctx.servable(name, fp.partition, Leader::Required) {
+        Ok(p) => p,
+        Err(r) => {
+            acc.any_error = true;
+            return refused_partition(version, fp.partition, r, body);
+        }
+    };
+    let epoch = p.leader_epoch();
+    if let Some(e) = check_current_epoch(fp.current_leader_epoch, epoch) {
+        acc.any_error = true;
+        return error_partition(fp.partition, e.code());
+    }
+    let remaining = acc.max_bytes.saturating_sub(acc.total);
+    let limit = usize::try_from(fp.partition_max_bytes)
+        .unwrap_or(0)
+        .min(if acc.total == 0 {
+            acc.max_bytes.max(1)
+        } else {
+            remaining
+        });
+    let mut pd = PartitionData::default()
+        .with_partition_index(fp.partition)
+        .with_aborted_transactions(acc.committed.then(Vec::new))
+        .with_records(Some(Bytes::new()));
+    if version >= 12 && epoch >= 0 {
+        pd.current_leader = LeaderIdAndEpoch::default()
+            .with_leader_id(BrokerId(ctx.node.node_id))
+            .with_leader_epoch(epoch);
+    }
+    let offs = if limit == 0 {
+        p.offsets()
+    } else {
+        match p.read_isolated(fp.fetch_offset, limit, acc.committed) {
+            Ok(slice) => {
+                // Past the first non-empty partition, a batch must fit what is left.
+                if !slice.is_empty() && (acc.total == 0 || slice.len <= remaining) {
+                    if acc.committed {
+                        pd.aborted_transactions = Some(aborted_list(
+                            &p.aborted_txns(fp.fetch_offset, slice.next_offset),
+                        ));
+                    }
+                    acc.total += slice.len;
+                    let h = hole(&slice);
+                    pd.records = Some(h.placeholder.clone());
+                    acc.holes.push(h);
+                }
+                slice.offsets
+            }
+            Err(e) => {
+                acc.any_error = true;
+                pd.error_code = read_error_code(name, fp.partition, &e);
+                p.offsets()
+            }
+        }
+    };
+    let end = offs.readable_end(ctx.log.isolation());
+    pd.high_watermark = end;
+    pd.last_stable_offset = offs.last_stable;
+    pd.log_start_offset = offs.log_start;
+    pd
+}
+
+/// A partition [`Ctx::servable`] refused. Not ours to serve: the client refreshes its
+/// metadata and goes to the leader (v12+ name it, v16+ say where it is).
+fn refused_partition(
+    version: i16,
+    partition: i32,
+    refusal: Refusal,
+    body: &mut FetchResponse,
+) -> PartitionData {
+    let mut pd = error_partition(partition, refusal.code());
+    let Refusal::NotLeader(e) = refusal else {
+        return pd;
+    };
+    if version >= 12 {
+        pd.current_leader = LeaderIdAndEpoch::default()
+            .with_leader_id(BrokerId(e.leader))
+            .with_leader_epoch(e.epoch);
+    }
+    if let Some(b) = e.endpoint.filter(|_| version >= 16) {
+        if !body.node_endpoints.iter().any(|n| n.node_id.0 == b.id) {
+            body.node_endpoints.push(
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(b.id))
+                    .with_host(sb(&b.host))
+                    .with_port(b.port),
+            );
+        }
+    }
+    pd
+}
+
+/// The partition error for a failed log read.
+fn read_error_code(name: &str, partition: i32, e: &LogError) -> i16 {
+    match e {
+        LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
+        LogError::Corrupt { .. } => {
+            log::warn!("Fetch {name}-{partition}: {e}");
+            ResponseError::CorruptMessage.code()
+        }
+        // A segment truncated under the reader: retriable, as a broker answers a failed log
+        // read; the next refresh sees the new end.
+        LogError::Io { .. } => {
+            log::warn!("Fetch {name}-{partition}: {e}");
+            ResponseError::KafkaStorageError.code()
+        }
+        _ => {
+            log::warn!("Fetch {name}-{partition}: {e}");
+            ResponseError::UnknownServerError.code()
+        }
+    }
 }
 
 fn aborted_list(txns: &[(i64, i64)]) -> Vec<AbortedTransaction> {

@@ -6,7 +6,7 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
-use super::groups::{encode, Answer, GroupError};
+use super::group_codec::{encode, Answer, GroupError};
 use super::{sb, Ctx};
 use crate::kafka::group::Groups;
 

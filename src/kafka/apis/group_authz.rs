@@ -5,15 +5,10 @@
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError as E;
-use kafka_protocol::messages::offset_commit_response::{
-    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
-};
-use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
-};
 use kafka_protocol::messages::*;
 
-use super::groups::{decode, encode, Answer, GroupError};
+use super::error_response::{error_response, RefuseError};
+use super::group_codec::{decode, Answer, GroupError};
 use super::Ctx;
 use crate::kafka::stats::inc;
 
@@ -27,116 +22,35 @@ pub fn refuse(
     v: i16,
     body: &Bytes,
 ) -> Result<Option<Answer>, GroupError> {
-    let mut b = body.clone();
-    let b = &mut b;
-    let denied = |g: &str| !ctx.authz.group(g);
-    let answer = match key {
-        ApiKey::JoinGroup => {
-            let r: JoinGroupRequest = decode(b, v)?;
-            if !denied(&r.group_id) {
-                return Ok(None);
-            }
-            let resp = JoinGroupResponse::default()
-                .with_error_code(DENIED)
-                .with_generation_id(-1);
-            encode("JoinGroup", key, c, v, &resp)?
-        }
-        ApiKey::SyncGroup => {
-            let r: SyncGroupRequest = decode(b, v)?;
-            if !denied(&r.group_id) {
-                return Ok(None);
-            }
-            let resp = SyncGroupResponse::default().with_error_code(DENIED);
-            encode("SyncGroup", key, c, v, &resp)?
-        }
-        ApiKey::Heartbeat => {
-            let r: HeartbeatRequest = decode(b, v)?;
-            if !denied(&r.group_id) {
-                return Ok(None);
-            }
-            let resp = HeartbeatResponse::default().with_error_code(DENIED);
-            encode("Heartbeat", key, c, v, &resp)?
-        }
-        ApiKey::LeaveGroup => {
-            let r: LeaveGroupRequest = decode(b, v)?;
-            if !denied(&r.group_id) {
-                return Ok(None);
-            }
-            let resp = LeaveGroupResponse::default().with_error_code(DENIED);
-            encode("LeaveGroup", key, c, v, &resp)?
-        }
-        ApiKey::OffsetDelete => {
-            let r: OffsetDeleteRequest = decode(b, v)?;
-            if !denied(&r.group_id) {
-                return Ok(None);
-            }
-            let resp = OffsetDeleteResponse::default().with_error_code(DENIED);
-            encode("OffsetDelete", key, c, v, &resp)?
-        }
-        ApiKey::OffsetCommit => {
-            let r: OffsetCommitRequest = decode(b, v)?;
-            if !denied(&r.group_id) {
-                return Ok(None);
-            }
-            // OffsetCommit has no top-level error: every partition carries it (as Kafka).
-            let topics = r
-                .topics
-                .iter()
-                .map(|t| {
-                    OffsetCommitResponseTopic::default()
-                        .with_name(t.name.clone())
-                        .with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    OffsetCommitResponsePartition::default()
-                                        .with_partition_index(p.partition_index)
-                                        .with_error_code(DENIED)
-                                })
-                                .collect(),
-                        )
-                })
-                .collect();
-            let resp = OffsetCommitResponse::default().with_topics(topics);
-            encode("OffsetCommit", key, c, v, &resp)?
-        }
-        ApiKey::OffsetFetch if v < 8 => {
-            let r: OffsetFetchRequest = decode(b, v)?;
-            if !denied(&r.group_id) {
-                return Ok(None);
-            }
-            let mut resp = OffsetFetchResponse::default();
-            if v >= 2 {
-                resp.error_code = DENIED;
-            } else {
-                // v1 has only partition errors.
-                resp.topics = r
-                    .topics
-                    .iter()
-                    .flatten()
-                    .map(|t| {
-                        OffsetFetchResponseTopic::default()
-                            .with_name(t.name.clone())
-                            .with_partitions(
-                                t.partition_indexes
-                                    .iter()
-                                    .map(|&p| {
-                                        OffsetFetchResponsePartition::default()
-                                            .with_partition_index(p)
-                                            .with_committed_offset(-1)
-                                            .with_error_code(DENIED)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect();
-            }
-            encode("OffsetFetch", key, c, v, &resp)?
-        }
+    let Some(group) = single_group(key, v, body)? else {
+        return Ok(None);
+    };
+    if ctx.authz.group(&group) {
+        return Ok(None);
+    }
+    let chunks = error_response(key, v, c, DENIED, &mut body.clone()).map_err(|e| match e {
+        RefuseError::Encode(e) => GroupError::Encode(e),
+        e => GroupError::Decode(e.to_string()),
+    })?;
+    inc(&ctx.stats.auth.denied_group);
+    Ok(Some(Answer::Now(chunks)))
+}
+
+/// The group a single-group request names; None for the requests checked per group by their
+/// handlers.
+fn single_group(key: ApiKey, v: i16, body: &Bytes) -> Result<Option<GroupId>, GroupError> {
+    let b = &mut body.clone();
+    let group = match key {
+        ApiKey::JoinGroup => decode::<JoinGroupRequest>(b, v)?.group_id,
+        ApiKey::SyncGroup => decode::<SyncGroupRequest>(b, v)?.group_id,
+        ApiKey::Heartbeat => decode::<HeartbeatRequest>(b, v)?.group_id,
+        ApiKey::LeaveGroup => decode::<LeaveGroupRequest>(b, v)?.group_id,
+        ApiKey::OffsetDelete => decode::<OffsetDeleteRequest>(b, v)?.group_id,
+        ApiKey::OffsetCommit => decode::<OffsetCommitRequest>(b, v)?.group_id,
+        ApiKey::OffsetFetch if v < 8 => decode::<OffsetFetchRequest>(b, v)?.group_id,
         _ => return Ok(None),
     };
-    inc(&ctx.stats.auth.denied_group);
-    Ok(Some(answer))
+    Ok(Some(group))
 }
 
 /// Whether the principal may use `group` (counting a refusal), for per-group checks.

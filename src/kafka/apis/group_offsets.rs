@@ -16,7 +16,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
-use super::groups::{encode, s, Answer, GroupError};
+use super::group_codec::{encode, s, Answer, GroupError};
 use super::{sb, Ctx};
 use crate::kafka::group::coordinator::{GroupOffsets, MAX_METADATA};
 use crate::kafka::group::{Committed, Groups, MemberRef, State};

@@ -12,12 +12,15 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 
+pub use super::group_codec::{Answer, GroupError, Pending};
+
+use super::group_codec::{decode, encode, s};
 use super::{group_admin, group_offsets, sb, Ctx};
-use crate::kafka::chunk::{encode_response, Chunk, EncodeError};
+use crate::kafka::chunk::Chunk;
 use crate::kafka::group::member::{JoinReply, SyncReply};
-use crate::kafka::group::{Groups, JoinParams, MemberRef, Outcome, Reply, WaiterId};
+use crate::kafka::group::{Groups, JoinParams, MemberRef, Outcome, Reply};
 
 /// The APIs answered here (their versions are in [`super::SERVED`]).
 pub const GROUP_APIS: &[ApiKey] = &[
@@ -38,38 +41,6 @@ pub fn is_group_api(key: ApiKey) -> bool {
     GROUP_APIS.contains(&key)
 }
 
-/// A request parked until the coordinator replies.
-#[derive(Clone, Copy, Debug)]
-pub struct Pending {
-    /// The coordinator's waiter id.
-    pub waiter: WaiterId,
-    /// JoinGroup or SyncGroup.
-    pub api: ApiKey,
-    /// Request version.
-    pub version: i16,
-    /// Request correlation id.
-    pub correlation_id: i32,
-}
-
-/// What a group request turned into.
-pub enum Answer {
-    /// The response.
-    Now(Vec<Chunk>),
-    /// No response yet.
-    Wait(Pending),
-}
-
-/// Why a group request got no answer.
-#[derive(Debug, thiserror::Error)]
-pub enum GroupError {
-    /// The body does not decode.
-    #[error("{0}")]
-    Decode(String),
-    /// The response does not encode.
-    #[error(transparent)]
-    Encode(#[from] EncodeError),
-}
-
 /// Who sent a request, and when it is handled.
 pub struct Caller<'a> {
     /// client_id of the request header.
@@ -78,32 +49,6 @@ pub struct Caller<'a> {
     pub host: &'a str,
     /// The time input of the coordinator.
     pub now: Instant,
-}
-
-pub(super) fn decode<R: Decodable>(body: &mut Bytes, version: i16) -> Result<R, GroupError> {
-    R::decode(body, version).map_err(|e| GroupError::Decode(format!("{e:#}")))
-}
-
-pub(super) fn encode<M: Encodable + Message>(
-    what: &'static str,
-    key: ApiKey,
-    correlation_id: i32,
-    version: i16,
-    body: &M,
-) -> Result<Answer, GroupError> {
-    let hv = key.response_header_version(version);
-    Ok(Answer::Now(encode_response(
-        what,
-        correlation_id,
-        hv,
-        body,
-        version,
-        &[],
-    )?))
-}
-
-pub(super) fn s(v: &StrBytes) -> String {
-    v.as_str().to_string()
 }
 
 /// Answers one group API request.

@@ -11,7 +11,7 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ApiKey, ListOffsetsRequest, ListOffsetsResponse};
 
 use super::offset_for_leader_epoch::check_current_epoch;
-use super::Ctx;
+use super::{Ctx, Leader};
 use crate::kafka::chunk::{encode_response, Chunk, EncodeError};
 use crate::kafka::stats::inc;
 use crate::log::Partition;
@@ -22,16 +22,10 @@ const EARLIEST: i64 = -2;
 
 /// `committed`: READ_COMMITTED (isolation level 1, v2+): latest is the last stable offset.
 fn lookup(ctx: &Ctx, topic: &str, partition: i32, ts: i64, committed: bool) -> (i16, i64, i64) {
-    if let Err(e) = ctx.authorized(topic) {
-        return (e.code(), -1, -1);
+    match ctx.servable(topic, partition, Leader::Required) {
+        Ok(p) => lookup_in(&p, ts, committed),
+        Err(r) => (r.code(), -1, -1),
     }
-    if ctx.led_elsewhere(topic, partition).is_some() {
-        return (ResponseError::NotLeaderOrFollower.code(), -1, -1);
-    }
-    let Some(p) = ctx.log.partition(topic, partition) else {
-        return (ResponseError::UnknownTopicOrPartition.code(), -1, -1);
-    };
-    lookup_in(&p, ts, committed)
 }
 
 fn lookup_in(p: &Partition, ts: i64, committed: bool) -> (i16, i64, i64) {
@@ -62,23 +56,14 @@ fn partition_answer(
     committed: bool,
 ) -> ListOffsetsPartitionResponse {
     let r = ListOffsetsPartitionResponse::default().with_partition_index(req.partition_index);
-    if let Err(e) = ctx.authorized(topic) {
-        return r
-            .with_error_code(e.code())
-            .with_timestamp(-1)
-            .with_offset(-1);
-    }
-    if ctx.led_elsewhere(topic, req.partition_index).is_some() {
-        return r
-            .with_error_code(ResponseError::NotLeaderOrFollower.code())
-            .with_timestamp(-1)
-            .with_offset(-1);
-    }
-    let Some(p) = ctx.log.partition(topic, req.partition_index) else {
-        return r
-            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-            .with_timestamp(-1)
-            .with_offset(-1);
+    let p = match ctx.servable(topic, req.partition_index, Leader::Required) {
+        Ok(p) => p,
+        Err(e) => {
+            return r
+                .with_error_code(e.code())
+                .with_timestamp(-1)
+                .with_offset(-1)
+        }
     };
     let epochs = p.leader_epochs();
     if let Some(e) = check_current_epoch(req.current_leader_epoch, epochs.latest()) {

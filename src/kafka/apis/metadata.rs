@@ -2,6 +2,7 @@
 //! leads every partition it serves; or, playing one broker of a static cluster (`--node-id`,
 //! `--peer`), every broker holds a replica and partition `p` is led by the `p mod n`-th. Topics are the log directory's; unknown names get
 //! UNKNOWN_TOPIC_OR_PARTITION, unknown ids UNKNOWN_TOPIC_ID. Nothing is ever created.
+//! From v9 the response carries the gateway's fetch endpoint ([`fetch_advert`]).
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{
@@ -12,6 +13,7 @@ use uuid::Uuid;
 
 use super::{sb, Ctx};
 use crate::kafka::chunk::{encode_response, Chunk, EncodeError};
+use crate::kafka::fetch_advert::{self, FetchAdvert};
 use crate::kafka::stats::inc;
 
 fn topic_entry(ctx: &Ctx, version: i16, name: &str, partitions: &[i32]) -> MetadataResponseTopic {
@@ -116,6 +118,11 @@ pub fn handle(
             }
         }
     }
+    authorized_operations(
+        &mut topics,
+        version,
+        req.include_topic_authorized_operations,
+    );
     let brokers: Vec<MetadataResponseBroker> = ctx
         .node
         .brokers()
@@ -139,6 +146,20 @@ pub fn handle(
     if version >= 2 {
         body.cluster_id = Some(sb(&ctx.node.cluster_id));
     }
+    if (8..=10).contains(&version) {
+        // Describe (AclOperation 8) when asked: the one cluster operation a gateway grants.
+        body.cluster_authorized_operations = if req.include_cluster_authorized_operations {
+            crate::kafka::upstream::authz::DESCRIBE_BIT
+        } else {
+            i32::MIN
+        };
+    }
+    // v9+ (tagged fields): where this gateway serves the fetch protocol.
+    let advert = ctx.node.fetch.as_ref().map(|ep| FetchAdvert {
+        node_id: ctx.node.node_id,
+        endpoint: ep.clone(),
+    });
+    fetch_advert::put(&mut body.unknown_tagged_fields, advert.as_ref());
     encode_response(
         "Metadata",
         correlation_id,
@@ -147,4 +168,19 @@ pub fn handle(
         version,
         &[],
     )
+}
+
+/// v8+: each topic's operations the principal may perform (Describe and Read: the topics
+/// shown are the ones it may read; the gateway takes no writes), when asked; INT32_MIN when
+/// not asked and for refused topics, as a broker answers.
+fn authorized_operations(topics: &mut [MetadataResponseTopic], version: i16, asked: bool) {
+    use crate::kafka::upstream::authz::{DESCRIBE_BIT, READ_BIT};
+    let refused = ResponseError::TopicAuthorizationFailed.code();
+    for t in topics.iter_mut().filter(|_| version >= 8) {
+        t.topic_authorized_operations = if asked && t.error_code != refused {
+            READ_BIT | DESCRIBE_BIT
+        } else {
+            i32::MIN
+        };
+    }
 }

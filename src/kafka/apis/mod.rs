@@ -2,9 +2,11 @@
 //! (sans-I/O: no sockets here, only the log).
 
 pub mod api_versions;
+pub mod error_response;
 pub mod fetch;
 pub mod group_admin;
 pub mod group_authz;
+mod group_codec;
 pub mod group_offsets;
 pub mod groups;
 pub mod list_offsets;
@@ -80,6 +82,8 @@ pub struct NodeInfo {
     pub peers: Vec<Broker>,
     /// Cluster mode (`--upstream`): what the gateway knows of the real cluster.
     pub cluster: Option<Arc<ClusterView>>,
+    /// The fetch endpoint advertised in Metadata ([`crate::kafka::fetch_advert`]).
+    pub fetch: Option<crate::kafka::fetch_advert::HostPort>,
 }
 
 impl NodeInfo {
@@ -118,6 +122,35 @@ impl NodeInfo {
             cluster_id: "kxgw".into(),
             peers: Vec::new(),
             cluster: None,
+            fetch: None,
+        }
+    }
+}
+
+/// Whether [`Ctx::servable`] asks who leads the partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leader {
+    /// Only the leader serves it (Fetch, ListOffsets).
+    Required,
+    /// Any gateway holding it answers (OffsetForLeaderEpoch, from the local checkpoint).
+    NotChecked,
+}
+
+/// Why [`Ctx::servable`] refuses a partition.
+#[derive(Clone, Debug)]
+pub enum Refusal {
+    /// Not authorized, or not served.
+    Error(ResponseError),
+    /// Another broker leads it.
+    NotLeader(Elsewhere),
+}
+
+impl Refusal {
+    /// The partition's error code.
+    pub fn code(&self) -> i16 {
+        match self {
+            Refusal::Error(e) => e.code(),
+            Refusal::NotLeader(_) => ResponseError::NotLeaderOrFollower.code(),
         }
     }
 }
@@ -192,12 +225,24 @@ impl Ctx<'_> {
 
     /// A partition the client asks to read: TOPIC_AUTHORIZATION_FAILED when its principal
     /// may not read the topic (checked first, so a refused client learns nothing of what
-    /// exists), UNKNOWN_TOPIC_OR_PARTITION when it is not served.
-    pub fn readable(&self, topic: &str, partition: i32) -> Result<Arc<Partition>, ResponseError> {
-        self.authorized(topic)?;
+    /// exists), then with [`Leader::Required`] NOT_LEADER_OR_FOLLOWER when another broker
+    /// leads it (see [`Ctx::led_elsewhere`]), then UNKNOWN_TOPIC_OR_PARTITION when it is not
+    /// served. The topic's ACL is checked once.
+    pub fn servable(
+        &self,
+        topic: &str,
+        partition: i32,
+        leader: Leader,
+    ) -> Result<Arc<Partition>, Refusal> {
+        self.authorized(topic).map_err(Refusal::Error)?;
+        if leader == Leader::Required {
+            if let Some(e) = self.led_elsewhere(topic, partition) {
+                return Err(Refusal::NotLeader(e));
+            }
+        }
         self.log
             .partition(topic, partition)
-            .ok_or(ResponseError::UnknownTopicOrPartition)
+            .ok_or(Refusal::Error(ResponseError::UnknownTopicOrPartition))
     }
 
     /// The id of a served topic (`partition.metadata`, else derived from the name).

@@ -10,7 +10,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 };
 use kafka_protocol::messages::{ApiKey, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 
-use super::Ctx;
+use super::{Ctx, Leader};
 use crate::kafka::chunk::{encode_response, Chunk, EncodeError};
 use crate::kafka::stats::inc;
 use crate::log::leader_epoch::UNDEFINED;
@@ -29,7 +29,8 @@ pub fn check_current_epoch(requested: i32, current: i32) -> Option<ResponseError
 
 fn answer(ctx: &Ctx, topic: &str, partition: i32, current: i32, wanted: i32) -> EpochEndOffset {
     let r = EpochEndOffset::default().with_partition(partition);
-    let p = match ctx.readable(topic, partition) {
+    // Answered from the local checkpoint without asking who leads the partition.
+    let p = match ctx.servable(topic, partition, Leader::NotChecked) {
         Ok(p) => p,
         Err(e) => {
             return r

@@ -6,6 +6,8 @@
 //!   sans-I/O.
 //! - [`limiter`]: failed authentications rate-limited per source address.
 //! - [`acl`]: the ACL file (`--acl`) and [`Authz`], what a connection's principal may read.
+//! - [`ReadAuthority`]: "may principal P read topic T", decided by the ACL file (standalone)
+//!   or by the cluster, asked and cached ([`crate::kafka::upstream::authz`], cluster mode).
 
 pub mod acl;
 pub mod exchange;
@@ -15,6 +17,7 @@ pub mod stats;
 pub mod users;
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 pub use acl::Acl;
 pub use exchange::{Exchange, Mechanism};
@@ -66,6 +69,11 @@ pub struct Security {
     pub sasl: Option<Arc<SaslConfig>>,
     /// Authorization (None: every principal reads everything).
     pub acl: Option<Arc<Acl>>,
+    /// Cluster mode's SASL listener: the exchange is relayed to the cluster (no local users)
+    /// and topic reads are authorized by the cluster, through this cache.
+    pub relay: Option<Arc<crate::kafka::upstream::relay::RelayConfig>>,
+    /// TLS first (SSL, SASL_SSL).
+    pub tls: Option<Arc<crate::kafka::tls::TlsServer>>,
 }
 
 impl std::fmt::Debug for Security {
@@ -77,11 +85,31 @@ impl std::fmt::Debug for Security {
 impl Security {
     /// Kafka's name of the listener's security protocol.
     pub fn protocol(&self) -> &'static str {
-        if self.sasl.is_some() {
-            "SASL_PLAINTEXT"
-        } else {
-            "PLAINTEXT"
+        match (
+            self.tls.is_some(),
+            self.sasl.is_some() || self.relay.is_some(),
+        ) {
+            (false, false) => "PLAINTEXT",
+            (false, true) => "SASL_PLAINTEXT",
+            (true, false) => "SSL",
+            (true, true) => "SASL_SSL",
         }
+    }
+}
+
+/// Who decides whether a principal may read a topic: the ACL file in standalone mode, the
+/// cluster (asked on the client's authenticated upstream connection, cached) in cluster mode.
+/// Fetch tickets and the Kafka handlers ask the same question through it.
+pub trait ReadAuthority: Send + Sync {
+    /// Whether `principal` (`User:name`) may describe and read `topic` at `now`: Some when
+    /// decided, None when it must first be asked (cluster mode: never asked, or the answer
+    /// is older than the cache time).
+    fn may_read(&self, principal: &str, topic: &str, now: Instant) -> Option<bool>;
+}
+
+impl ReadAuthority for Acl {
+    fn may_read(&self, principal: &str, topic: &str, _now: Instant) -> Option<bool> {
+        Some(self.topic(principal, topic))
     }
 }
 
@@ -90,18 +118,57 @@ impl Security {
 pub struct Authz {
     acl: Option<Arc<Acl>>,
     principal: String,
+    /// Cluster mode on a SASL listener: topic reads as the cluster answered, at `at`.
+    cluster: Option<(Arc<crate::kafka::upstream::authz::AuthzCache>, Instant)>,
 }
 
 /// Everything allowed (no ACL file): tests, tools and listeners without `--acl`.
 pub static ALLOW_ALL: Authz = Authz {
     acl: None,
     principal: String::new(),
+    cluster: None,
 };
 
 impl Authz {
     /// `principal` under `acl`.
     pub fn new(acl: Option<Arc<Acl>>, principal: String) -> Self {
-        Authz { acl, principal }
+        Authz {
+            acl,
+            principal,
+            cluster: None,
+        }
+    }
+
+    /// `principal` authorized by the cluster's answers in `cache`, as they stand at `at`.
+    pub fn relayed(
+        cache: Arc<crate::kafka::upstream::authz::AuthzCache>,
+        principal: String,
+        at: Instant,
+    ) -> Self {
+        Authz {
+            acl: None,
+            principal,
+            cluster: Some((cache, at)),
+        }
+    }
+
+    /// The same decisions, as they stand at `at` (cluster mode: answers expire).
+    pub fn at(&self, at: Instant) -> Self {
+        let mut a = self.clone();
+        if let Some((_, t)) = a.cluster.as_mut() {
+            *t = at;
+        }
+        a
+    }
+
+    /// Whether the decisions depend on time (cluster mode).
+    pub fn expires(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// The cluster's answers, in cluster mode on a SASL listener.
+    pub fn cluster_cache(&self) -> Option<&Arc<crate::kafka::upstream::authz::AuthzCache>> {
+        self.cluster.as_ref().map(|(c, _)| c)
     }
 
     /// The principal (`User:name`).
@@ -109,14 +176,19 @@ impl Authz {
         &self.principal
     }
 
-    /// Whether the principal may describe and read `topic`.
+    /// Whether the principal may describe and read `topic`. Cluster mode: as the cluster
+    /// answered within the cache time (the session asks first); unasked means no.
     pub fn topic(&self, topic: &str) -> bool {
+        if let Some((cache, at)) = &self.cluster {
+            return cache.may_read(&self.principal, topic, *at) == Some(true);
+        }
         self.acl
             .as_ref()
             .is_none_or(|a| a.topic(&self.principal, topic))
     }
 
-    /// Whether the principal may use consumer group `group`.
+    /// Whether the principal may use consumer group `group` (cluster mode: the cluster
+    /// decides, the group APIs are forwarded).
     pub fn group(&self, group: &str) -> bool {
         self.acl
             .as_ref()

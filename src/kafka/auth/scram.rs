@@ -342,41 +342,74 @@ impl Challenged {
     }
 }
 
+/// The user name a client-first message claims (the SASL relay of cluster mode learns the
+/// principal from it), None when the message is malformed.
+pub fn client_first_user(msg: &[u8]) -> Option<String> {
+    let msg = std::str::from_utf8(msg).ok()?;
+    parse_client_first(msg).ok().map(|f| f.user)
+}
+
+/// The client side of the exchange (RFC 5802 section 3), for the gateway's own logins to a
+/// cluster: client-final-message for `server_first`, and the server-final-message expected.
+/// The server nonce must extend the client's (`client_first_bare`'s `r=`).
+pub fn client_final(
+    hash: ScramHash,
+    password: &str,
+    client_first_bare: &str,
+    server_first: &str,
+) -> Result<(String, Vec<u8>), ScramError> {
+    let (mut salt, mut iters, mut nonce) = (None, 0u32, "");
+    for a in server_first.split(',') {
+        if let Some(s) = a.strip_prefix("s=") {
+            salt = Some(
+                B64.decode(s)
+                    .map_err(|_| ScramError::Malformed("bad salt base64"))?,
+            );
+        } else if let Some(i) = a.strip_prefix("i=") {
+            iters = i
+                .parse()
+                .map_err(|_| ScramError::Malformed("bad iteration count"))?;
+        } else if let Some(r) = a.strip_prefix("r=") {
+            nonce = r;
+        }
+    }
+    let ours = client_first_bare
+        .split(',')
+        .find_map(|a| a.strip_prefix("r="))
+        .unwrap_or_default();
+    if ours.is_empty() || !nonce.starts_with(ours) || nonce.len() == ours.len() {
+        return Err(ScramError::Malformed("server nonce does not extend ours"));
+    }
+    let salt = salt.ok_or(ScramError::Malformed("no salt"))?;
+    if iters == 0 {
+        return Err(ScramError::Malformed("no iteration count"));
+    }
+    let salted = hash.salted_password(password.as_bytes(), &salt, iters);
+    let client_key = hash.hmac(&salted, b"Client Key");
+    let stored = hash.hash(&client_key);
+    let without_proof = format!("c=biws,r={nonce}");
+    let auth = format!("{client_first_bare},{server_first},{without_proof}");
+    let sig = hash.hmac(&stored, auth.as_bytes());
+    let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
+    let server_sig = hash.hmac(&hash.hmac(&salted, b"Server Key"), auth.as_bytes());
+    Ok((
+        format!("{without_proof},p={}", B64.encode(proof)),
+        format!("v={}", B64.encode(server_sig)).into_bytes(),
+    ))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
-    /// A client side of the exchange (RFC 5802 section 3), for tests only.
+    /// The client side, panicking on a bad server-first (tests).
     pub(crate) fn client_final(
         hash: ScramHash,
         password: &str,
         client_first_bare: &str,
         server_first: &str,
     ) -> (String, Vec<u8>) {
-        let mut salt = None;
-        let mut iters = 0;
-        let mut nonce = "";
-        for a in server_first.split(',') {
-            if let Some(s) = a.strip_prefix("s=") {
-                salt = Some(B64.decode(s).unwrap());
-            } else if let Some(i) = a.strip_prefix("i=") {
-                iters = i.parse().unwrap();
-            } else if let Some(r) = a.strip_prefix("r=") {
-                nonce = r;
-            }
-        }
-        let salted = hash.salted_password(password.as_bytes(), &salt.unwrap(), iters);
-        let client_key = hash.hmac(&salted, b"Client Key");
-        let stored = hash.hash(&client_key);
-        let without_proof = format!("c=biws,r={nonce}");
-        let auth = format!("{client_first_bare},{server_first},{without_proof}");
-        let sig = hash.hmac(&stored, auth.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
-        let server_sig = hash.hmac(&hash.hmac(&salted, b"Server Key"), auth.as_bytes());
-        (
-            format!("{without_proof},p={}", B64.encode(proof)),
-            format!("v={}", B64.encode(server_sig)).into_bytes(),
-        )
+        super::client_final(hash, password, client_first_bare, server_first).unwrap()
     }
 
     /// RFC 7677 section 3's SCRAM-SHA-256 example, byte for byte.

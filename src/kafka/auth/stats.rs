@@ -23,10 +23,16 @@ pub struct AuthStats {
     pub denied_topic: AtomicU64,
     /// Group requests refused with GROUP_AUTHORIZATION_FAILED.
     pub denied_group: AtomicU64,
+    /// Cluster mode: relayed SASL logins the cluster refused.
+    pub failed_upstream: AtomicU64,
+    /// Cluster mode: topic authorizations asked of the cluster (not answered from the cache).
+    pub authz_asked: AtomicU64,
+    /// TLS handshakes and the causes of connections TLS closed.
+    pub tls: crate::kafka::tls::TlsStats,
 }
 
 impl AuthStats {
-    fn rows(&self) -> [(&'static str, &AtomicU64); 8] {
+    fn rows(&self) -> [(&'static str, &AtomicU64); 10] {
         [
             ("ok", &self.ok),
             ("failed_credentials", &self.failed_credentials),
@@ -36,6 +42,8 @@ impl AuthStats {
             ("unauthenticated_request", &self.unauthenticated_request),
             ("denied_topic", &self.denied_topic),
             ("denied_group", &self.denied_group),
+            ("failed_upstream", &self.failed_upstream),
+            ("authz_asked", &self.authz_asked),
         ]
     }
 
@@ -49,6 +57,7 @@ impl AuthStats {
                 c.load(Relaxed),
             );
         }
+        self.tls.write_metrics(w);
     }
 }
 
@@ -58,6 +67,6 @@ impl fmt::Display for AuthStats {
         for (name, c) in self.rows() {
             write!(f, " {name}={}", c.load(Relaxed))?;
         }
-        Ok(())
+        write!(f, " | {}", self.tls)
     }
 }

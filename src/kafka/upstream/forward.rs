@@ -38,6 +38,17 @@ struct InFlight {
     rewrite: Rewrite,
 }
 
+/// An upstream answer the session asked to see ([`Rewrite::Observe`], [`Rewrite::Internal`]).
+#[derive(Debug)]
+pub struct Observed {
+    /// The request's api key.
+    pub key: i16,
+    /// The request's version.
+    pub version: i16,
+    /// The response frame (without its size prefix, from the correlation id on).
+    pub frame: Bytes,
+}
+
 /// Forwarding state of one client connection.
 #[derive(Debug, Default)]
 pub struct Forwarder {
@@ -46,6 +57,9 @@ pub struct Forwarder {
     inbuf: BytesMut,
     in_flight: Option<InFlight>,
     used: bool,
+    observed: Option<Observed>,
+    /// The request in flight has not been routed to an upstream connection yet.
+    unrouted: bool,
 }
 
 impl Forwarder {
@@ -71,6 +85,17 @@ impl Forwarder {
             rewrite,
         });
         self.used = true;
+        self.unrouted = true;
+    }
+
+    /// The api key of the request queued by [`Self::send`], once, before any of it is
+    /// written: the listener picks its upstream connection for it (see
+    /// [`super::ClusterView::forward_target`]).
+    pub fn take_unrouted(&mut self) -> Option<i16> {
+        if !std::mem::take(&mut self.unrouted) {
+            return None;
+        }
+        self.in_flight.as_ref().map(|f| f.key)
     }
 
     /// Whether a forwarded request awaits its response.
@@ -81,6 +106,11 @@ impl Forwarder {
     /// Whether this connection ever forwarded (it needs an upstream connection).
     pub fn used(&self) -> bool {
         self.used
+    }
+
+    /// The last answer to an observed or internal request, once.
+    pub fn take_observed(&mut self) -> Option<Observed> {
+        self.observed.take()
     }
 
     /// Bytes to write to the upstream; the caller drains what it wrote.
@@ -133,6 +163,17 @@ impl Forwarder {
         }
         let chunks = match f.rewrite {
             Rewrite::None => None,
+            Rewrite::Observe | Rewrite::Internal => {
+                let frame = frame.clone().freeze();
+                let internal = f.rewrite == Rewrite::Internal;
+                self.observed = Some(Observed {
+                    key: f.key,
+                    version: f.version,
+                    frame,
+                });
+                // The gateway's own question: the client sees nothing of it.
+                internal.then(Vec::new)
+            }
             _ => rewritten(view, f, frame.clone().freeze())?,
         };
         let chunks = chunks.unwrap_or_else(|| {
@@ -175,7 +216,7 @@ fn rewritten(
     }
     let cid = f.client_cid;
     match f.rewrite {
-        Rewrite::None => Ok(None),
+        Rewrite::None | Rewrite::Observe | Rewrite::Internal => Ok(None),
         Rewrite::ApiVersions => {
             let mut r = ApiVersionsResponse::decode(&mut frame, v).map_err(bad)?;
             if r.error_code != 0 {

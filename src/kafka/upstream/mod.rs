@@ -10,20 +10,30 @@
 //!   FindCoordinator, DescribeCluster): broker addresses become their gateways'.
 //! - [`watch`]: the background thread learning leaders (Metadata) and the live high
 //!   watermarks (a long-poll Fetch to the local broker), feeding them into the log.
+//! - [`relay`], [`authz`]: on a SASL listener, the client's login relayed to the cluster and
+//!   its topic reads authorized by the cluster (asked, cached); [`login`]: the watcher's own
+//!   login where the cluster's listener wants SASL.
 //!
 //! Design choice: only partitions whose leader is the local broker are served; a Fetch or
 //! ListOffsets for any other partition gets NOT_LEADER_OR_FOLLOWER with the current leader,
 //! so what a consumer sees never goes past what the leader would serve.
 
+pub mod authz;
 pub mod forward;
+pub mod login;
+pub mod relay;
+#[cfg(test)]
+mod relay_tests;
 pub mod rewrite;
 #[cfg(test)]
 mod session_tests;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{OnceLock, RwLock};
+
+use crate::kafka::fetch_advert::{FetchAdvert, HostPort};
 
 /// One broker's advertised endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +97,15 @@ pub struct UpstreamStats {
     pub hw_updates: AtomicU64,
     /// Watcher errors (cluster unreachable, bad answers); reads fall back meanwhile.
     pub watch_errors: AtomicU64,
+    /// Times the live watermarks stopped (the start of each outage).
+    pub outages: AtomicU64,
+    /// Times the watcher (re)established live watermarks: at start and after each outage.
+    pub live_sessions: AtomicU64,
+    /// Log start offsets learnt from the cluster that changed a local partition's bound.
+    pub log_start_updates: AtomicU64,
+    /// Requests any broker can answer (ApiVersions, Metadata, FindCoordinator,
+    /// DescribeCluster) sent to another broker while the local one is down.
+    pub rerouted: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +123,14 @@ pub struct ClusterView {
     state: RwLock<ViewState>,
     /// The watcher's fetch session to the local broker is up (live high watermarks).
     live: AtomicBool,
+    /// The gateway's own SASL login to the cluster (`--upstream-sasl-user`), if it needs one.
+    login: std::sync::OnceLock<login::UpstreamLogin>,
+    /// This gateway's fetch endpoint, advertised in the Metadata it rewrites.
+    fetch: OnceLock<HostPort>,
+    /// The local broker is known unreachable (the watcher or a forwarded request failed).
+    local_down: AtomicBool,
+    /// Rotates the brokers tried instead of a down local one.
+    next_other: AtomicUsize,
     /// Counters.
     pub stats: UpstreamStats,
 }
@@ -115,6 +142,10 @@ impl ClusterView {
             cfg,
             state: RwLock::new(ViewState::default()),
             live: AtomicBool::new(false),
+            login: std::sync::OnceLock::new(),
+            fetch: OnceLock::new(),
+            local_down: AtomicBool::new(false),
+            next_other: AtomicUsize::new(0),
             stats: UpstreamStats::default(),
         }
     }
@@ -122,6 +153,30 @@ impl ClusterView {
     /// The settings.
     pub fn config(&self) -> &ClusterConfig {
         &self.cfg
+    }
+
+    /// Sets the gateway's own SASL login to the cluster (before the watcher starts; a second
+    /// call changes nothing).
+    pub fn set_login(&self, l: login::UpstreamLogin) {
+        let _ = self.login.set(l);
+    }
+
+    /// The gateway's own SASL login to the cluster, if any.
+    pub fn login(&self) -> Option<&login::UpstreamLogin> {
+        self.login.get()
+    }
+
+    /// Sets the fetch endpoint this gateway advertises (once; later calls change nothing).
+    pub fn advertise_fetch(&self, endpoint: HostPort) {
+        let _ = self.fetch.set(endpoint);
+    }
+
+    /// What this gateway advertises in Metadata: its node and fetch endpoint, if it has one.
+    pub fn fetch_advert(&self) -> Option<FetchAdvert> {
+        self.fetch.get().map(|ep| FetchAdvert {
+            node_id: self.cfg.node_id,
+            endpoint: ep.clone(),
+        })
     }
 
     /// The gateway standing beside broker `id`, if the peer map has one.
@@ -195,9 +250,64 @@ impl ClusterView {
 
     pub(crate) fn set_live(&self, live: bool) {
         self.live.store(live, Relaxed);
+        self.local_down.store(!live, Relaxed);
     }
 
-    fn rows(&self) -> [(&'static str, &'static str, u64); 7] {
+    /// A forwarded request to the local broker failed: requests any broker can answer go
+    /// elsewhere until the watcher reaches it again.
+    pub fn note_local_down(&self) {
+        if !self.local_down.swap(true, Relaxed) {
+            log::warn!(
+                "upstream: broker {} unreachable; Metadata, FindCoordinator, ApiVersions and \
+                 DescribeCluster go to the other brokers until it is back",
+                self.cfg.node_id
+            );
+        }
+    }
+
+    /// Where a forwarded request with api key `raw_key` goes: the local broker, or, while it
+    /// is down and any broker can answer the request, another broker of the cluster (then
+    /// `true`). Everything else waits for the local broker (the coordinator, leader or
+    /// controller a client was sent to): a client whose request cannot reach it sees its
+    /// connection close, as when that broker dies.
+    pub fn forward_target(&self, raw_key: i16) -> Option<(String, bool)> {
+        if self.local_down.load(Relaxed) && any_broker_answers(raw_key) {
+            if let Some(addr) = self.other_broker() {
+                return Some((addr, true));
+            }
+        }
+        self.local_broker().map(|a| (a, false))
+    }
+
+    /// One of the other brokers (as Metadata advertised them, else the other bootstrap
+    /// servers), rotating.
+    fn other_broker(&self) -> Option<String> {
+        let local = self.local_broker();
+        let mut others: Vec<String> = {
+            let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+            st.brokers
+                .iter()
+                .filter(|(id, _)| **id != self.cfg.node_id)
+                .map(|(_, (h, p))| match h.contains(':') {
+                    true => format!("[{h}]:{p}"),
+                    false => format!("{h}:{p}"),
+                })
+                .collect()
+        };
+        if others.is_empty() {
+            others = self
+                .cfg
+                .upstream
+                .iter()
+                .filter(|a| Some(*a) != local.as_ref())
+                .cloned()
+                .collect();
+        }
+        let n = others.len();
+        (n > 0).then(|| others.swap_remove(self.next_other.fetch_add(1, Relaxed) % n))
+    }
+
+    fn rows(&self) -> [(&'static str, &'static str, u64); 11] {
         let g = |c: &AtomicU64| c.load(Relaxed);
         let s = &self.stats;
         [
@@ -232,6 +342,26 @@ impl ClusterView {
                 g(&s.watch_errors),
             ),
             (
+                "upstream_outages_total",
+                "times the live high watermarks stopped (cluster or local broker unreachable)",
+                g(&s.outages),
+            ),
+            (
+                "upstream_live_sessions_total",
+                "times the live high watermarks were (re)established",
+                g(&s.live_sessions),
+            ),
+            (
+                "upstream_log_start_updates_total",
+                "log start offsets learnt from the cluster",
+                g(&s.log_start_updates),
+            ),
+            (
+                "upstream_rerouted_total",
+                "requests sent to another broker while the local one was down",
+                g(&s.rerouted),
+            ),
+            (
                 "upstream_checkpoint_fallback",
                 "1 while high watermarks are not live from the cluster (last known or checkpoint)",
                 u64::from(!self.is_live()),
@@ -259,6 +389,20 @@ impl std::fmt::Display for ClusterView {
         }
         Ok(())
     }
+}
+
+/// Requests every broker answers alike (cluster-wide metadata): while the local broker is
+/// down they are sent to another one instead of failing.
+pub fn any_broker_answers(raw_key: i16) -> bool {
+    use kafka_protocol::messages::ApiKey;
+    [
+        ApiKey::ApiVersions,
+        ApiKey::Metadata,
+        ApiKey::FindCoordinator,
+        ApiKey::DescribeCluster,
+    ]
+    .iter()
+    .any(|k| *k as i16 == raw_key)
 }
 
 /// Standalone mode playing broker `node_id` of a static cluster (`--node-id` and `--peer`
@@ -342,5 +486,53 @@ mod tests {
         assert_eq!(v.leader("t", 1), Some((1, 7)));
         let cands = [("t".to_string(), 0), ("t".to_string(), 1)];
         assert_eq!(v.led_locally(&cands), [("t".to_string(), 1)]);
+    }
+
+    #[test]
+    fn while_the_local_broker_is_down_only_cluster_wide_requests_go_elsewhere() {
+        use kafka_protocol::messages::ApiKey;
+        let v = ClusterView::new(ClusterConfig {
+            upstream: vec!["b1:9092".into(), "b0:9092".into()],
+            node_id: 1,
+            peers: vec![],
+        });
+        let md = ApiKey::Metadata as i16;
+        let hb = ApiKey::Heartbeat as i16;
+        assert_eq!(v.forward_target(md), Some(("b1:9092".into(), false)));
+        v.note_local_down();
+        assert_eq!(
+            v.forward_target(md),
+            Some(("b0:9092".into(), true)),
+            "the other bootstrap server before Metadata named the brokers"
+        );
+        assert_eq!(v.forward_target(hb), Some(("b1:9092".into(), false)));
+        let brokers = [0, 1, 2].map(|id| Broker {
+            id,
+            host: format!("broker{id}"),
+            port: 9092,
+        });
+        v.learn(&brokers, &[]);
+        let picked: std::collections::BTreeSet<String> = (0..4)
+            .filter_map(|_| v.forward_target(md))
+            .map(|t| t.0)
+            .collect();
+        assert_eq!(
+            picked.into_iter().collect::<Vec<_>>(),
+            ["broker0:9092", "broker2:9092"],
+            "rotating over the other brokers"
+        );
+        for key in [
+            ApiKey::ApiVersions,
+            ApiKey::FindCoordinator,
+            ApiKey::DescribeCluster,
+        ] {
+            assert!(v.forward_target(key as i16).unwrap().1, "{key:?}");
+        }
+        for key in [ApiKey::JoinGroup, ApiKey::OffsetCommit, ApiKey::Produce] {
+            assert!(!v.forward_target(key as i16).unwrap().1, "{key:?}");
+        }
+        v.set_live(true);
+        assert_eq!(v.forward_target(md), Some(("broker1:9092".into(), false)));
+        assert_eq!(v.stats.outages.load(Relaxed), 0, "counted by the watcher");
     }
 }

@@ -9,6 +9,7 @@ use kafka_protocol::messages::{
 
 use super::{Broker, ClusterView};
 use crate::kafka::apis::{sb, served_range};
+use crate::kafka::fetch_advert;
 
 /// Which rewrite a forwarded request's response needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +24,11 @@ pub enum Rewrite {
     FindCoordinator,
     /// Broker addresses.
     DescribeCluster,
+    /// Passed through; the session sees the answer too (the SASL relay learns the outcome).
+    Observe,
+    /// The gateway's own request (a topic authorization ask): the answer goes to the session
+    /// only, the client never sees it.
+    Internal,
 }
 
 /// APIs the gateway answers itself in cluster mode (never forwarded).
@@ -54,6 +60,8 @@ pub fn route(raw_key: i16) -> Option<Rewrite> {
 fn own_range(key: ApiKey) -> Option<(i16, i16)> {
     match key {
         ApiKey::DescribeCluster => Some((0, 2)),
+        // v0 sends the tokens without Kafka headers: they could not be relayed in order.
+        ApiKey::SaslHandshake => Some((1, 1)),
         ApiKey::FindCoordinator => Some((0, 6)),
         k if LOCAL.contains(&k) || k == ApiKey::Metadata || k == ApiKey::ApiVersions => {
             served_range(k)
@@ -79,8 +87,13 @@ pub fn api_versions(resp: &mut ApiVersionsResponse) {
     });
 }
 
-/// Metadata: brokers' addresses replaced by their gateways'; leaders recorded in the view.
+/// Metadata: brokers' addresses replaced by their gateways'; leaders recorded in the view;
+/// the cluster's fetch-endpoint tag (if any) replaced by this gateway's own.
 pub fn metadata(view: &ClusterView, resp: &mut MetadataResponse) {
+    fetch_advert::put(
+        &mut resp.unknown_tagged_fields,
+        view.fetch_advert().as_ref(),
+    );
     let mut brokers = Vec::new();
     for b in &mut resp.brokers {
         brokers.push(Broker {
@@ -233,6 +246,33 @@ mod tests {
         assert_eq!(r.topics[0].partitions[0].leader_id.0, 1, "ids stay");
         assert_eq!(v.leader("t", 4), Some((1, 3)));
         assert_eq!(v.local_broker().as_deref(), Some("broker0:9092"));
+    }
+
+    #[test]
+    fn metadata_carries_this_gateways_fetch_endpoint_not_the_clusters() {
+        use crate::kafka::fetch_advert::{get, put, FetchAdvert, HostPort};
+        let upstream_tag = FetchAdvert {
+            node_id: 0,
+            endpoint: HostPort::parse("broker0:7000").unwrap(),
+        };
+        let answer = || {
+            let mut r = MetadataResponse::default();
+            put(&mut r.unknown_tagged_fields, Some(&upstream_tag));
+            r
+        };
+        let v = view();
+        let mut r = answer();
+        metadata(&v, &mut r);
+        assert_eq!(
+            get(&r.unknown_tagged_fields),
+            None,
+            "no endpoint here: none shown"
+        );
+        v.advertise_fetch(HostPort::parse("gw0:7100").unwrap());
+        let mut r = answer();
+        metadata(&v, &mut r);
+        let got = get(&r.unknown_tagged_fields).unwrap().unwrap();
+        assert_eq!((got.node_id, got.endpoint.addr()), (0, "gw0:7100".into()));
     }
 
     #[test]

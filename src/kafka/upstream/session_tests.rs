@@ -19,7 +19,7 @@ use crate::log::{Isolation, LogDir};
 
 /// A log with `t`-0 and `t`-1 holding 10 one-record batches each, served by node 0 of a
 /// cluster where node 1 leads `t`-1.
-fn harness() -> (Harness, Arc<ClusterView>, tempfile::TempDir) {
+pub(super) fn harness() -> (Harness, Arc<ClusterView>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     for p in 0..2 {
         let mut w = PartitionWriter::open(dir.path(), "t", p, WriterConfig::default()).unwrap();
@@ -55,7 +55,7 @@ fn harness() -> (Harness, Arc<ClusterView>, tempfile::TempDir) {
     (h, view, dir)
 }
 
-fn fetch(p: i32, offset: i64) -> FetchRequest {
+pub(super) fn fetch(p: i32, offset: i64) -> FetchRequest {
     FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_bytes(1 << 20)
@@ -69,7 +69,7 @@ fn fetch(p: i32, offset: i64) -> FetchRequest {
 }
 
 /// Plays the upstream: answers the forwarded request waiting in the session's forwarder.
-fn upstream_answers<M: Encodable>(h: &mut Harness, key: ApiKey, v: i16, body: &M) {
+pub(super) fn upstream_answers<M: Encodable>(h: &mut Harness, key: ApiKey, v: i16, body: &M) {
     let out = std::mem::take(h.session.forwarder().outbound());
     assert!(!out.is_empty(), "a request was forwarded");
     let cid = i32::from_be_bytes([out[8], out[9], out[10], out[11]]);
@@ -169,4 +169,41 @@ fn the_live_high_watermark_bounds_reads_and_never_passes_the_disk() {
         10
     );
     assert!(!h.log.set_live_offsets("t", 9, 1, 1), "not held here");
+}
+
+#[test]
+fn the_clusters_log_start_bounds_fetch_and_list_offsets_below_the_local_disk() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    let (mut h, _view, _d) = harness();
+    assert_eq!(h.log.partition("t", 0).unwrap().offsets().log_start, 0);
+    assert!(h.log.set_live_start("t", 0, 6));
+    let r: FetchResponse = h.call(ApiKey::Fetch, 12, &fetch(0, 2));
+    let pd = &r.responses[0].partitions[0];
+    assert_eq!(
+        pd.error_code, 1,
+        "OFFSET_OUT_OF_RANGE below the cluster's log start"
+    );
+    assert_eq!(pd.log_start_offset, 6);
+    let r: FetchResponse = h.call(ApiKey::Fetch, 12, &fetch(0, 6));
+    let pd = &r.responses[0].partitions[0];
+    assert_eq!((pd.error_code, pd.log_start_offset), (0, 6));
+    let recs = pd.records.clone().unwrap();
+    assert_eq!(i64::from_be_bytes(recs[..8].try_into().unwrap()), 6);
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(-2)])]);
+    let r: ListOffsetsResponse = h.call(ApiKey::ListOffsets, 4, &req);
+    assert_eq!(
+        r.topics[0].partitions[0].offset, 6,
+        "EARLIEST is the cluster's"
+    );
+    // Never past the local log end; a partition not held here is said so.
+    h.log.set_live_start("t", 0, 99);
+    let o = h.log.partition("t", 0).unwrap().offsets();
+    assert_eq!((o.log_start, o.log_end), (10, 10));
+    assert!(!h.log.set_live_start("t", 9, 1));
 }

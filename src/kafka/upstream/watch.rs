@@ -1,9 +1,11 @@
 //! The watcher: one background thread per gateway learning from the cluster, over the Kafka
 //! protocol, which partitions the local broker leads (Metadata from the bootstrap servers)
-//! and their live high watermarks and last stable offsets: ListOffsets at start, then one
-//! long-poll Fetch to the local broker at the known high watermark (`min_bytes` 1, short
-//! `max_wait`), which the broker answers as soon as the watermark moves. Each change is fed
-//! into the log ([`LogDir::set_live_offsets`]), which wakes parked readers.
+//! and their live high watermarks, last stable offsets and log start offsets: ListOffsets
+//! (LATEST and EARLIEST) at start, then one long-poll Fetch to the local broker at the known
+//! high watermark (`min_bytes` 1, short `max_wait`), which the broker answers as soon as the
+//! watermark moves; each answer carries the log start offset too. Each change is fed into
+//! the log ([`LogDir::set_live_offsets`], [`LogDir::set_live_start`]), which wakes parked
+//! readers.
 //!
 //! When the cluster cannot be reached the last known watermarks stay in force (the
 //! checkpoint file, never ahead of them, takes over where it is newer); every failure is
@@ -72,8 +74,12 @@ fn run(view: &ClusterView, log: &LogDir, stop: &AtomicBool) {
         match session(view, log, stop) {
             Ok(()) => failing = false,
             Err(e) => {
+                let was_live = view.is_live();
                 view.set_live(false);
                 inc(&view.stats.watch_errors);
+                if was_live {
+                    inc(&view.stats.outages);
+                }
                 if !failing {
                     log::warn!(
                         "upstream: {e:#}; serving up to the last known high watermarks \
@@ -96,7 +102,7 @@ fn run(view: &ClusterView, log: &LogDir, stop: &AtomicBool) {
 fn refresh_metadata(view: &ClusterView) -> Result<()> {
     let mut last = None;
     for addr in &view.config().upstream {
-        let r = Connection::connect(addr, "kxgw-upstream").and_then(|mut c| {
+        let r = super::login::connect(view, addr).and_then(|mut c| {
             c.set_timeout(IO_TIMEOUT)?;
             c.call::<_, MetadataResponse>(
                 ApiKey::Metadata,
@@ -137,13 +143,21 @@ fn session(view: &ClusterView, log: &LogDir, stop: &AtomicBool) -> Result<()> {
     let addr = view
         .local_broker()
         .context("the cluster's Metadata does not list this --node-id")?;
-    let mut conn = Connection::connect(&addr, "kxgw-upstream")
-        .with_context(|| format!("local broker {addr}"))?;
+    let mut conn =
+        super::login::connect(view, &addr).with_context(|| format!("local broker {addr}"))?;
     conn.set_timeout(IO_TIMEOUT)?;
-    let mut hw =
-        list_offsets(&mut conn, &parts).with_context(|| format!("ListOffsets to {addr}"))?;
+    let mut hw = list_offsets(&mut conn, &parts, LATEST)
+        .with_context(|| format!("ListOffsets LATEST to {addr}"))?;
+    let starts = list_offsets(&mut conn, &parts, EARLIEST)
+        .with_context(|| format!("ListOffsets EARLIEST to {addr}"))?;
     for ((t, p), h) in &hw {
         apply(view, log, t, *p, *h, -1);
+    }
+    for ((t, p), s) in &starts {
+        apply_start(view, log, t, *p, *s);
+    }
+    if !view.is_live() {
+        inc(&view.stats.live_sessions);
     }
     view.set_live(true);
     log::info!(
@@ -165,6 +179,9 @@ fn session(view: &ClusterView, log: &LogDir, stop: &AtomicBool) -> Result<()> {
                         key.1,
                         pd.error_code
                     );
+                }
+                if pd.log_start_offset >= 0 {
+                    apply_start(view, log, &key.0, key.1, pd.log_start_offset);
                 }
                 if hw.get(&key) != Some(&pd.high_watermark) {
                     apply(
@@ -189,9 +206,27 @@ fn apply(view: &ClusterView, log: &LogDir, topic: &str, p: i32, hw: i64, lso: i6
     }
 }
 
+/// The cluster's log start offset bounds local reads from below (a broker that deleted or
+/// was asked to delete old records answers OFFSET_OUT_OF_RANGE there, and so does the gateway,
+/// even while the local disk still holds those segments).
+fn apply_start(view: &ClusterView, log: &LogDir, topic: &str, p: i32, start: i64) {
+    let known = log.partition(topic, p).map(|q| q.offsets().log_start);
+    if log.set_live_start(topic, p, start) {
+        inc(&view.stats.log_start_updates);
+        let now = log.partition(topic, p).map(|q| q.offsets().log_start);
+        if now != known {
+            log::info!("upstream: {topic}-{p}: log start offset {start} from the cluster");
+        }
+    }
+}
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+
 fn list_offsets(
     conn: &mut Connection,
     parts: &[(String, i32)],
+    timestamp: i64,
 ) -> Result<HashMap<(String, i32), i64>> {
     let mut by_topic: HashMap<&str, Vec<i32>> = HashMap::new();
     for (t, p) in parts {
@@ -211,7 +246,7 @@ fn list_offsets(
                                     ListOffsetsPartition::default()
                                         .with_partition_index(p)
                                         .with_current_leader_epoch(-1)
-                                        .with_timestamp(-1)
+                                        .with_timestamp(timestamp)
                                 })
                                 .collect(),
                         )

@@ -98,8 +98,7 @@ impl AbortedFilter {
 mod tests {
     use super::*;
     use crate::log::batch::{CONTROL, TRANSACTIONAL};
-    use crate::log::txn_writer::{self, TestValues, TxnPlan, FIRST_PRODUCER_ID};
-    use crate::log::writer::{PartitionWriter, WriterConfig};
+    use crate::log::txn_writer::FIRST_PRODUCER_ID;
     use crate::log::LogDir;
 
     fn header(base: i64, pid: i64, attributes: i16) -> BatchHeader {
@@ -146,15 +145,7 @@ mod tests {
     #[test]
     fn filter_keeps_exactly_the_committed_records() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PartitionWriter::open(dir.path(), "t", 0, WriterConfig::default()).unwrap();
-        let plan = TxnPlan {
-            records: 20,
-            batch_records: 2,
-            abort_every: 3,
-            open_tail: true,
-        };
-        txn_writer::write(&mut w, &mut TestValues::new(0, 10), plan).unwrap();
-        drop(w);
+        crate::log::txn::tests::write_txn_log(dir.path());
         let log = LogDir::open(dir.path(), None).unwrap();
         let p = log.partition("t", 0).unwrap();
         let lso = p.offsets().last_stable;

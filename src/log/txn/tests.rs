@@ -145,7 +145,7 @@ fn marker_records_decode() {
 /// 20 records, 2 per batch, every 3rd transaction aborted, the last left open: offsets
 /// 0-7 committed (txns 1, 2), 8-9 markers, 10-11 + 14-15 aborted (txn 3, marker 18),
 /// 12-13 + 16-17 committed (txn 4), 20-21 committed (txn 5, marker 24), 22-23 open (txn 6).
-fn write_txn_log(dir: &Path) {
+pub(super) fn write_txn_log(dir: &Path) {
     let mut w = PartitionWriter::open(dir, "t", 0, WriterConfig::default()).unwrap();
     let plan = TxnPlan {
         records: 20,

@@ -88,6 +88,9 @@ enum Tool {
         /// Skip the CRC32C check of each batch.
         #[arg(long)]
         no_verify: bool,
+        /// Connect with TLS (an SSL listener), trusting this CA file (PEM).
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
     },
     /// Append stamped records at a fixed rate, one per batch (the tailing probes' producer).
     TailProduce {
@@ -228,11 +231,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 records,
                 timeout: Duration::from_secs(timeout_secs),
             };
-            let t = fetch_load::run(&cfg)?;
-            println!(
-                "{}",
-                t.to_json(&format!(",\"consumers\":{}", cfg.consumers))
-            );
+            print_load(fetch_load::run(&cfg)?, cfg.consumers);
         }
         Tool::KafkaLoad {
             bootstrap,
@@ -242,7 +241,12 @@ fn run(args: Args) -> Result<ExitCode> {
             max_bytes,
             fetch_version,
             no_verify,
+            tls_ca,
         } => {
+            let tls = match &tls_ca {
+                Some(ca) => Some(kxgw::kafka::tls::ClientTls::load(ca)?),
+                None => None,
+            };
             let cfg = load::LoadConfig {
                 bootstrap,
                 topic: load.topic,
@@ -253,12 +257,9 @@ fn run(args: Args) -> Result<ExitCode> {
                 max_bytes,
                 version: fetch_version,
                 verify: !no_verify,
+                tls,
             };
-            let t = load::run(&cfg)?;
-            println!(
-                "{}",
-                t.to_json(&format!(",\"consumers\":{}", cfg.consumers))
-            );
+            print_load(load::run(&cfg)?, cfg.consumers);
         }
         Tool::TailProduce {
             log_dir,
@@ -286,6 +287,11 @@ fn run(args: Args) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A load run's JSON line.
+fn print_load(t: bench::Throughput, consumers: usize) {
+    println!("{}", t.to_json(&format!(",\"consumers\":{consumers}")));
 }
 
 fn report_delays(d: &mut [u64], wanted: usize) -> Result<()> {

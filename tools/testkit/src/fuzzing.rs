@@ -41,6 +41,8 @@ fn scratch_root() -> PathBuf {
 struct KafkaFixture {
     log: Arc<LogDir>,
     node: NodeInfo,
+    /// The same gateway in cluster mode (nothing known of the cluster).
+    cluster_node: NodeInfo,
     stats: Stats,
     security: kxgw::kafka::auth::Security,
     _dir: ScratchDir,
@@ -117,6 +119,16 @@ fn kafka_fixture() -> &'static KafkaFixture {
         KafkaFixture {
             log,
             node: NodeInfo::gateway("198.18.0.1", 9092),
+            cluster_node: NodeInfo {
+                cluster: Some(Arc::new(kxgw::kafka::upstream::ClusterView::new(
+                    kxgw::kafka::upstream::ClusterConfig {
+                        upstream: vec!["198.18.0.2:9092".into()],
+                        node_id: 0,
+                        peers: Vec::new(),
+                    },
+                ))),
+                ..NodeInfo::gateway("198.18.0.1", 9092)
+            },
             stats: Stats::default(),
             security: fuzz_security(),
             _dir: dir,
@@ -138,6 +150,8 @@ fn fuzz_security() -> kxgw::kafka::auth::Security {
     Security {
         sasl: Some(Arc::new(SaslConfig::new(users))),
         acl: Some(Arc::new(acl)),
+        relay: None,
+        tls: None,
     }
 }
 
@@ -146,22 +160,32 @@ fn fuzz_security() -> kxgw::kafka::auth::Security {
 /// materialised, as the listener would send it. Errors are expected (the listener closes the
 /// connection); panics, hangs and huge allocations are the bugs.
 pub fn kafka_request(data: &[u8]) {
-    kafka_session(data, false);
+    let f = kafka_fixture();
+    kafka_session(data, &f.node, None);
     // Again on a SASL listener with an ACL: the exchange, and refusals before and after it.
-    kafka_session(data, true);
+    kafka_session(data, &f.node, Some(&f.security));
+    // And on a cluster-mode SASL listener relaying the exchange (the gate, the relayed
+    // requests' decoding; the upstream never answers).
+    let relay = kxgw::kafka::auth::Security {
+        relay: Some(Arc::new(kxgw::kafka::upstream::relay::RelayConfig::new(
+            Duration::from_secs(5),
+        ))),
+        ..Default::default()
+    };
+    kafka_session(data, &f.cluster_node, Some(&relay));
 }
 
-fn kafka_session(data: &[u8], secure: bool) {
+fn kafka_session(data: &[u8], node: &NodeInfo, security: Option<&kxgw::kafka::auth::Security>) {
     let f = kafka_fixture();
     let ctx = Ctx {
         log: &f.log,
-        node: &f.node,
+        node,
         stats: &f.stats,
         authz: &kxgw::kafka::auth::ALLOW_ALL,
     };
     let mut s = Session::new(FUZZ_MAX_REQUEST);
-    if secure {
-        s.secure(&f.security, None);
+    if let Some(sec) = security {
+        s.secure(sec, None);
     }
     let now = Instant::now();
     // Fed in two pieces so a request split across reads is covered too.
@@ -544,6 +568,38 @@ fn group_seeds() -> Vec<(&'static str, i16, Vec<u8>)> {
 /// Seed inputs for each target, built with the real encoders (the committed corpus starts
 /// from these): `(target, name, bytes)`.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut out = served_api_seeds();
+    out.extend(group_seeds());
+    out.extend(sasl_seeds());
+    let mut seeds: Vec<(&'static str, String, Vec<u8>)> = out
+        .into_iter()
+        .map(|(n, v, b)| ("kafka_request", format!("{n}-v{v}"), b))
+        .collect();
+    // A pipelined connection: ApiVersions, Metadata, ListOffsets, Fetch back to back.
+    let pipeline: Vec<u8> = seeds
+        .iter()
+        .filter(|(_, n, _)| {
+            [
+                "api_versions-v3",
+                "metadata-v9",
+                "list_offsets-v5",
+                "fetch-v11",
+            ]
+            .contains(&n.as_str())
+        })
+        .flat_map(|(_, _, b)| b.clone())
+        .collect();
+    seeds.push(("kafka_request", "pipeline".into(), pipeline));
+
+    fetch_datagram_seeds(&mut seeds);
+    log_batch_seeds(&mut seeds);
+    log_segment_seeds(&mut seeds);
+    seeds.extend(crate::fuzzing_tls::seeds());
+    seeds
+}
+
+/// Requests of the served APIs other than the group and SASL ones, at every served version.
+fn served_api_seeds() -> Vec<(&'static str, i16, Vec<u8>)> {
     use kafka_protocol::messages::*;
     use kafka_protocol::protocol::StrBytes;
     let mut out = Vec::new();
@@ -611,89 +667,71 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out.extend(kafka_frame(ApiKey::Produce, 3, &produce).map(|b| ("produce", 3, b)));
     let fc = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"));
     out.extend(kafka_frame(ApiKey::FindCoordinator, 2, &fc).map(|b| ("find_coordinator", 2, b)));
-    out.extend(group_seeds());
-    out.extend(sasl_seeds());
-    let mut seeds: Vec<(&'static str, String, Vec<u8>)> = out
-        .into_iter()
-        .map(|(n, v, b)| ("kafka_request", format!("{n}-v{v}"), b))
-        .collect();
-    // A pipelined connection: ApiVersions, Metadata, ListOffsets, Fetch back to back.
-    let pipeline: Vec<u8> = seeds
-        .iter()
-        .filter(|(_, n, _)| {
-            [
-                "api_versions-v3",
-                "metadata-v9",
-                "list_offsets-v5",
-                "fetch-v11",
-            ]
-            .contains(&n.as_str())
-        })
-        .flat_map(|(_, _, b)| b.clone())
-        .collect();
-    seeds.push(("kafka_request", "pipeline".into(), pipeline));
+    out
+}
 
-    // Fetch protocol: a real exchange between a consumer core and a gateway core over the
-    // fixture log (handshake FETCH, RETRY, FETCH with token, DATA, acknowledgements).
-    {
-        use kxgw::fetch::{Client, ClientConfig, Server, ServerConfig, StartAt, Subscription};
-        let f = kafka_fixture();
-        let mut server = Server::new(
-            f.log.clone(),
-            ServerConfig {
-                token_secret: Some([7u8; 16]),
-                ..ServerConfig::default()
-            },
-        );
-        let ca: std::net::SocketAddr = ([198, 18, 0, 2], 40000).into();
-        let sa: std::net::SocketAddr = ([198, 18, 0, 1], 9093).into();
-        let sub = |p, start| Subscription {
-            topic: "t".into(),
-            partition: p,
-            start,
-        };
-        let mut client = Client::new(
-            sa,
-            ClientConfig::default(),
-            vec![sub(0, StartAt::Earliest), sub(1, StartAt::Earliest)],
-        );
-        let now = Instant::now();
-        let mut to_server = Vec::new();
-        let mut to_client = Vec::new();
-        for round in 0..6u64 {
-            let t = now + Duration::from_millis(round);
-            while let Some(d) = client.poll_transmit(t) {
-                server.handle_datagram(t, ca, &d);
-                to_server.push(d);
-            }
-            while let Some(tx) = server.poll_transmit(t) {
-                let d = tx.to_vec();
-                client.handle_datagram(t, sa, &d);
-                to_client.push(d);
-            }
-            while client.poll_event().is_some() {}
+/// Fetch protocol: a real exchange between a consumer core and a gateway core over the
+/// fixture log (handshake FETCH, RETRY, FETCH with token, DATA, acknowledgements).
+fn fetch_datagram_seeds(seeds: &mut Vec<(&'static str, String, Vec<u8>)>) {
+    use kxgw::fetch::{Client, ClientConfig, Server, ServerConfig, StartAt, Subscription};
+    let f = kafka_fixture();
+    let mut server = Server::new(
+        f.log.clone(),
+        ServerConfig {
+            token_secret: Some([7u8; 16]),
+            ..ServerConfig::default()
+        },
+    );
+    let ca: std::net::SocketAddr = ([198, 18, 0, 2], 40000).into();
+    let sa: std::net::SocketAddr = ([198, 18, 0, 1], 9093).into();
+    let sub = |p, start| Subscription {
+        topic: "t".into(),
+        partition: p,
+        start,
+    };
+    let mut client = Client::new(
+        sa,
+        ClientConfig::default(),
+        vec![sub(0, StartAt::Earliest), sub(1, StartAt::Earliest)],
+    );
+    let now = Instant::now();
+    let mut to_server = Vec::new();
+    let mut to_client = Vec::new();
+    for round in 0..6u64 {
+        let t = now + Duration::from_millis(round);
+        while let Some(d) = client.poll_transmit(t) {
+            server.handle_datagram(t, ca, &d);
+            to_server.push(d);
         }
-        let refs: Vec<&[u8]> = to_server.iter().map(Vec::as_slice).collect();
-        seeds.push((
-            "fetch_datagrams",
-            "client-to-gateway".into(),
-            join_pieces(&refs),
-        ));
-        let refs: Vec<&[u8]> = to_client.iter().map(Vec::as_slice).collect();
-        seeds.push((
-            "fetch_datagrams",
-            "gateway-to-client".into(),
-            join_pieces(&refs),
-        ));
-        let both: Vec<&[u8]> = to_server
-            .iter()
-            .zip(&to_client)
-            .flat_map(|(a, b)| [a.as_slice(), b.as_slice()])
-            .collect();
-        seeds.push(("fetch_datagrams", "interleaved".into(), join_pieces(&both)));
+        while let Some(tx) = server.poll_transmit(t) {
+            let d = tx.to_vec();
+            client.handle_datagram(t, sa, &d);
+            to_client.push(d);
+        }
+        while client.poll_event().is_some() {}
     }
+    let refs: Vec<&[u8]> = to_server.iter().map(Vec::as_slice).collect();
+    seeds.push((
+        "fetch_datagrams",
+        "client-to-gateway".into(),
+        join_pieces(&refs),
+    ));
+    let refs: Vec<&[u8]> = to_client.iter().map(Vec::as_slice).collect();
+    seeds.push((
+        "fetch_datagrams",
+        "gateway-to-client".into(),
+        join_pieces(&refs),
+    ));
+    let both: Vec<&[u8]> = to_server
+        .iter()
+        .zip(&to_client)
+        .flat_map(|(a, b)| [a.as_slice(), b.as_slice()])
+        .collect();
+    seeds.push(("fetch_datagrams", "interleaved".into(), join_pieces(&both)));
+}
 
-    // Batches: plain, with headers, null key, several back to back; flag byte 0 and 1.
+/// Batches: plain, with headers, null key, several back to back; flag byte 0 and 1.
+fn log_batch_seeds(seeds: &mut Vec<(&'static str, String, Vec<u8>)>) {
     let mut b = kxgw::log::writer::BatchBuilder::new();
     let mut batches = Vec::new();
     for (base, n) in [(0i64, 1usize), (5, 3), (100, 10)] {
@@ -722,8 +760,10 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut all = vec![0u8];
     all.extend(batches.concat());
     seeds.push(("log_batch", "three-batches".into(), all));
+}
 
-    // Segments: the files of a real partition with two segments, and checkpoints.
+/// Segments: the files of a real partition with two segments, and checkpoints.
+fn log_segment_seeds(seeds: &mut Vec<(&'static str, String, Vec<u8>)>) {
     if let Ok(dir) = ScratchDir::new("seed") {
         let cfg = WriterConfig {
             segment_bytes: 400,
@@ -768,5 +808,4 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             seeds.push(("log_segment", "one-segment".into(), join_pieces(&refs[..3])));
         }
     }
-    seeds
 }

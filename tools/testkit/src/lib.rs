@@ -7,5 +7,6 @@
 
 pub mod demo_log;
 pub mod fuzzing;
+pub mod fuzzing_tls;
 pub mod raw_gen;
 pub mod testnet;

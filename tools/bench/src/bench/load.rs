@@ -32,11 +32,19 @@ pub struct LoadConfig {
     pub version: i16,
     /// CRC-check every batch.
     pub verify: bool,
+    /// Over TLS (an SSL listener): the client settings.
+    pub tls: Option<kxgw::kafka::tls::ClientTls>,
 }
 
 fn consume_one(cfg: &LoadConfig, start: &Barrier) -> Result<(u64, u64)> {
-    let conn = Fetcher::connect(&cfg.bootstrap, &cfg.topic, cfg.version, "kxgw-bench")
-        .and_then(|f| f.set_timeout(Duration::from_secs(30)).map(|()| f));
+    let conn = Fetcher::connect_with(
+        &cfg.bootstrap,
+        &cfg.topic,
+        cfg.version,
+        "kxgw-bench",
+        cfg.tls.as_ref(),
+    )
+    .and_then(|f| f.set_timeout(Duration::from_secs(30)).map(|()| f));
     // Wait even when connecting failed, or the others would wait for us forever.
     start.wait();
     let mut f = conn?;
