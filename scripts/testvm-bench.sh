@@ -126,7 +126,8 @@ measure() {
   s0=$(softirq0)
   case $path in
     kafka-*)
-      $IP netns exec cl taskset 2 $B kafka-load --bootstrap $GW:$KAFKA_PORT --topic t \
+      # kafka-load has no time limit of its own.
+      timeout 300 $IP netns exec cl taskset 2 $B kafka-load --bootstrap $GW:$KAFKA_PORT --topic t \
         --records "$RECORDS" >/tmp/cl.out 2>/tmp/cl.err ;;
     *)
       $IP netns exec cl taskset 2 $B fetch-load --fetch $GW:$FETCH_PORT --topic t \

@@ -29,7 +29,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 KERNEL=7.3
 EXPECT=
 NICS="igb virtio"
-TIMEOUT=${KXGW_VM_TIMEOUT:-1500}
+TIMEOUT=${KXGW_VM_TIMEOUT:-}
 CACHE=${KXGW_VM_CACHE:-/var/cache/kxgw-testvm}
 KXGW_BIN=${KXGW_BIN:-}
 RECORDS=${KXGW_VM_RECORDS:-20000}
@@ -109,6 +109,12 @@ else
   UDPCHECK=${UDPCHECK-igb virtio-net}
 fi
 UDPCHECK=${UDPCHECK-}
+# The guest's time limit: the checks take 5-15 min under TCG on a shared host; the bench about
+# a minute per path, run and NIC model at the default size.
+if [ -z "$TIMEOUT" ]; then
+  TIMEOUT=1500
+  [ -n "$BENCH" ] && TIMEOUT=$((600 + ${RUNS:-5} * $(echo "$BENCH_PATHS" | wc -w) * $(echo "$NICS" | wc -w) * 60))
+fi
 LOSSES=${LOSSES:-0 1}
 
 say() { echo "testvm: $*"; }
@@ -239,14 +245,15 @@ select_modules() {
   rm -f "$out/.index"
 }
 
-# --- initramfs: busybox, modules, /init (cached); host tools + libraries (per run) ----------
+# --- initramfs: busybox and modules (cached); /init, host tools + libraries (per run) ---------
+# /init is per run, so that editing scripts/testvm-init.sh (or a fresh checkout) does not make
+# the cached kernel look stale.
 base_initramfs() {
   local dir=$1 root=$RUN/base
   mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,mnt,run,etc,lib/modules}
   cp "$dir/busybox" "$root/bin/busybox"
   cp "$dir/modules/"*.ko "$dir/modules/order" "$root/lib/modules/"
-  cp "$REPO/scripts/testvm-init.sh" "$root/init"
-  chmod +x "$root/init" "$root/bin/busybox"
+  chmod +x "$root/bin/busybox"
   (cd "$root" && find . | "$dir/busybox" cpio -o -H newc 2>/dev/null | gzip -1 >"$dir/base.cpio.gz")
 }
 
@@ -276,6 +283,8 @@ tools_initramfs() {
   # At fixed paths: the guest calls them by path, since busybox sh prefers its own applets.
   mkdir -p "$root/usr/local/bin"
   for t in "$ip" "$nft" "$ethtool"; do mv "$root$t" "$root/usr/local/bin/"; done
+  cp "$REPO/scripts/testvm-init.sh" "$root/init"
+  chmod +x "$root/init"
   (cd "$root" && find . | "$dir/busybox" cpio -o -H newc 2>/dev/null | gzip -1 >"$RUN/tools.cpio.gz")
 }
 
@@ -303,7 +312,6 @@ apt_setup
 KVER=$(kernel_version)
 KDIR=$CACHE/$KVER
 if [ -s "$KDIR/vmlinuz" ] && [ -s "$KDIR/base.cpio.gz" ] && [ -s "$KDIR/modules/order" ] &&
-  [ "$KDIR/base.cpio.gz" -nt "$REPO/scripts/testvm-init.sh" ] &&
   [ "$(cat "$KDIR/modules.list" 2>/dev/null)" = "$MODULES" ]; then
   say "guest kernel $KVER ($SUITE): cached in $KDIR"
 else
@@ -384,7 +392,9 @@ done
 
 # no_timer_check: under TCG on a loaded host the kernel's IO-APIC timer check can miss its
 # ticks and panic ("IO-APIC + timer doesn't work!"); the emulated timer is fine.
-qemu-system-x86_64 -machine q35 -accel tcg,thread=multi -cpu max -smp 2 -m 2048 \
+# setpriv --pdeathsig: QEMU dies with this script even when the script is killed outright
+# (SIGKILL leaves no trap to run), so no guest outlives the run that started it.
+setpriv --pdeathsig KILL qemu-system-x86_64 -machine q35 -accel tcg,thread=multi -cpu max -smp 2 -m 2048 \
   -nodefaults -display none -no-reboot -serial "file:$RUN/console.log" \
   -kernel "$KDIR/vmlinuz" -initrd "$RUN/initrd.gz" \
   -append "console=ttyS0 quiet loglevel=4 panic=-1 net.ifnames=0 no_timer_check" \
