@@ -153,8 +153,8 @@ run_one() {
 
 # Kernel UDP (no --xdp-iface) with UDP GSO on this NIC pair. Where the device damages GSO
 # datagrams (QEMU's igb does) the gateway must notice and fall back to plain sendmmsg, which
-# `kxgw stats` shows (fetch_udp_gso_fallbacks_total, reason damaged); a consumer after that
-# must get every record. The first consumer's report says what the damage did to it.
+# `kxgw stats` shows (fetch_udp_gso_fallbacks_total, reason damaged). The consumer running
+# when that happens must get every record, and so must one started after it.
 udp_check() {
   nic=$1
   rm -f /tmp/serve.out /tmp/serve.err /tmp/kxgw.sock
@@ -173,28 +173,31 @@ udp_check() {
     return
   fi
   # Two consumers, one after the other: the first meets GSO (and on a damaging device, the
-  # fallback); the second must get every record.
+  # fallback while it runs); both must get every record.
+  metric() { echo "$raw" | grep "^kxgw_fetch_udp_gso$1" | awk '{ print $2 }'; }
   for run in first second; do
     t0=$(date +%s)
-    limit=300
-    [ $run = first ] && limit=90
-    timeout $limit $IP netns exec cl $K consume --fetch $EP --topic t --from-beginning --verify \
-      --count "$RECORDS" --connect-timeout-ms 20000 >/tmp/consume.out 2>&1
+    # The client's debug lines say what damaged datagrams did to it.
+    RUST_LOG=info,kxgw::fetch::client=debug timeout 300 $IP netns exec cl $K consume --fetch $EP \
+      --topic t --from-beginning --verify --count "$RECORDS" --connect-timeout-ms 20000 \
+      >/tmp/consume.out 2>&1
     crc=$?
     t1=$(date +%s)
     summary=$(grep -m1 "verified" /tmp/consume.out)
-    log "$nic kernel UDP + GSO, $run consumer: $summary ($((t1 - t0)) s)"
+    raw=$($IP netns exec gw $K stats --socket /tmp/kxgw.sock --raw)
+    log "$nic kernel UDP + GSO, $run consumer: $summary ($((t1 - t0)) s); GSO fallbacks so far: damaged $(metric '_fallbacks_total{.*reason="damaged"')"
     grep -m1 "loss recovered" /tmp/consume.out | sed 's/^/guest:   /'
+    log "  client: $(grep -c 'bad DATA' /tmp/consume.out) bad DATA header(s), $(grep -c 'disagrees with its partial' /tmp/consume.out) fragment(s) disagreeing with their partial batch, $(grep -c 'with nothing in flight to unblock' /tmp/consume.out) resync(s)"
+    grep -m3 'bad DATA\|disagrees with its partial\|nothing in flight to unblock' /tmp/consume.out | cut -c1-300 | sed 's/^/guest:   /'
+    grep -m1 'fetch client at exit' /tmp/consume.out | cut -c1-600 | sed 's/^/guest:   /'
+    [ $crc = 0 ] || bad "$nic kernel UDP, $run consumer: consume exited $crc: $(tail -3 /tmp/consume.out | cut -c1-300)"
+    echo "$summary" | grep -q "verified $RECORDS records" || bad "$nic kernel UDP, $run consumer: not every record verified"
   done
-  raw=$($IP netns exec gw $K stats --socket /tmp/kxgw.sock --raw)
-  metric() { echo "$raw" | grep "^kxgw_fetch_udp_gso$1" | awk '{ print $2 }'; }
   gso="GSO fallbacks: damaged $(metric '_fallbacks_total{.*reason="damaged"'), refused $(metric '_fallbacks_total{.*reason="refused"'); GSO now $(metric '{')"
   kill -TERM $SERVE 2>/dev/null
   wait $SERVE
   log "$nic kernel UDP + GSO: $gso"
   grep "damage GSO" /tmp/serve.err | sed 's/^/guest:   /'
-  [ $crc = 0 ] || bad "$nic kernel UDP: consume exited $crc: $(tail -3 /tmp/consume.out)"
-  echo "$summary" | grep -q "verified $RECORDS records" || bad "$nic kernel UDP: not every record verified"
   echo "$gso" | grep -q 'damaged [0-9]' || bad "$nic kernel UDP: no GSO fallback counter in kxgw stats: $raw"
 }
 

@@ -7,6 +7,12 @@
 #   scripts/testvm.sh                    # Linux 7.3 (trixie-backports): zero-copy expected
 #   scripts/testvm.sh --kernel 6.12      # Linux 6.12 (Debian 13): loads, serves in copy mode
 #   scripts/testvm.sh --kernel 6.1       # Linux 6.1 (Debian 12): the same
+#   scripts/testvm.sh --bench            # the VM bench: serving paths side by side (7.3 guest)
+#
+# --bench runs scripts/testvm-bench.sh in the guest instead of the checks: AF_XDP zero-copy,
+# AF_XDP copy mode, kernel UDP and Kafka TCP sendfile on the same emulated NIC, consumer
+# Gbit/s and gateway CPU per GiB, medians over --runs runs; the table goes to --out (default
+# bench/results/DATE-vm-KERNEL-SHA.md, with the raw runs beside it).
 #
 # The guest: the kernel and modules of linux-image-amd64 from the named suite, fetched with a
 # private apt sources file (`apt-get download` + `dpkg-deb -x`; the machine's own sources and
@@ -23,7 +29,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 KERNEL=7.3
 EXPECT=
 NICS="igb virtio"
-TIMEOUT=${KXGW_VM_TIMEOUT:-1500}
+TIMEOUT=${KXGW_VM_TIMEOUT:-}
 CACHE=${KXGW_VM_CACHE:-/var/cache/kxgw-testvm}
 KXGW_BIN=${KXGW_BIN:-}
 RECORDS=${KXGW_VM_RECORDS:-20000}
@@ -31,12 +37,19 @@ STRATEGIES=
 LOSSES=
 QUICK=
 BIND=
+BENCH=
+RUNS=
+BENCH_RECORDS=
+BENCH_OUT=
+BENCH_PATHS="xdp-zc xdp-copy udp-sendmmsg kafka-sendfile"
 
 usage() {
   cat >&2 <<EOF
 usage: $0 [--kernel 7.3|6.12|6.1] [--nics 'igb virtio'] [--expect zero-copy|copy]
           [--bind zero-copy|copy|auto] [--quick | --full] [--strategies 'sg copy auto']
           [--losses '0 1'] [--udp 'igb virtio-net']
+       $0 --bench [--kernel 7.3] [--nics 'igb virtio'] [--runs N] [--records N]
+          [--paths 'xdp-zc xdp-copy udp-sendmmsg kafka-sendfile'] [--out DIR]
   --kernel   guest kernel: 7.3 (trixie-backports, zero-copy; default), 6.12 (trixie),
              6.1 (bookworm); a Debian suite name works too
   --quick    one strategy (auto), no loss run (the default with 6.12 and 6.1)
@@ -44,6 +57,9 @@ usage: $0 [--kernel 7.3|6.12|6.1] [--nics 'igb virtio'] [--expect zero-copy|copy
   --bind     the --xdp-bind the guest asks for (default: zero-copy where expected, else auto)
   --udp      NICs on which kernel UDP with GSO is checked too (default: igb and virtio-net
              with --full, none with --quick)
+  --bench    the VM bench instead of the checks (scripts/testvm-bench.sh in the guest):
+             --runs runs per path (default 5), a log of --records 1000-B records (default
+             50000), the table written to --out DIR (default bench/results)
 EOF
   exit 2
 }
@@ -58,6 +74,11 @@ while [ $# -gt 0 ]; do
     --full) QUICK=0; shift ;;
     --strategies) STRATEGIES=${2:?}; shift 2 ;;
     --losses) LOSSES=${2:?}; shift 2 ;;
+    --bench) BENCH=1; shift ;;
+    --runs) RUNS=${2:?}; shift 2 ;;
+    --records) BENCH_RECORDS=${2:?}; shift 2 ;;
+    --paths) BENCH_PATHS=${2:?}; shift 2 ;;
+    --out) BENCH_OUT=${2:?}; shift 2 ;;
     -h | --help) usage ;;
     *) usage ;;
   esac
@@ -88,6 +109,12 @@ else
   UDPCHECK=${UDPCHECK-igb virtio-net}
 fi
 UDPCHECK=${UDPCHECK-}
+# The guest's time limit: the checks take 5-15 min under TCG on a shared host; the bench about
+# a minute per path, run and NIC model at the default size.
+if [ -z "$TIMEOUT" ]; then
+  TIMEOUT=1500
+  [ -n "$BENCH" ] && TIMEOUT=$((600 + ${RUNS:-5} * $(echo "$BENCH_PATHS" | wc -w) * $(echo "$NICS" | wc -w) * 60))
+fi
 LOSSES=${LOSSES:-0 1}
 
 say() { echo "testvm: $*"; }
@@ -218,14 +245,15 @@ select_modules() {
   rm -f "$out/.index"
 }
 
-# --- initramfs: busybox, modules, /init (cached); host tools + libraries (per run) ----------
+# --- initramfs: busybox and modules (cached); /init, host tools + libraries (per run) ---------
+# /init is per run, so that editing scripts/testvm-init.sh (or a fresh checkout) does not make
+# the cached kernel look stale.
 base_initramfs() {
   local dir=$1 root=$RUN/base
   mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,mnt,run,etc,lib/modules}
   cp "$dir/busybox" "$root/bin/busybox"
   cp "$dir/modules/"*.ko "$dir/modules/order" "$root/lib/modules/"
-  cp "$REPO/scripts/testvm-init.sh" "$root/init"
-  chmod +x "$root/init" "$root/bin/busybox"
+  chmod +x "$root/bin/busybox"
   (cd "$root" && find . | "$dir/busybox" cpio -o -H newc 2>/dev/null | gzip -1 >"$dir/base.cpio.gz")
 }
 
@@ -255,7 +283,26 @@ tools_initramfs() {
   # At fixed paths: the guest calls them by path, since busybox sh prefers its own applets.
   mkdir -p "$root/usr/local/bin"
   for t in "$ip" "$nft" "$ethtool"; do mv "$root$t" "$root/usr/local/bin/"; done
+  cp "$REPO/scripts/testvm-init.sh" "$root/init"
+  chmod +x "$root/init"
   (cd "$root" && find . | "$dir/busybox" cpio -o -H newc 2>/dev/null | gzip -1 >"$RUN/tools.cpio.gz")
+}
+
+# --- bench report: the guest's raw rows into a markdown table (scripts/testvm_bench_report.py)
+bench_report() {
+  local out=${BENCH_OUT:-$REPO/bench/results} sha profile base qv
+  sha=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  case "$KXGW_BIN" in */release/*) profile=release ;; *) profile="debug (opt-level 1, dependencies 2)" ;; esac
+  qv=$(qemu-system-x86_64 --version | head -1 | grep -oE '[0-9]+\.[0-9.]+' | head -1)
+  mkdir -p "$out"
+  base=$out/$(date -u +%Y-%m-%d)-vm-$KERNEL-$sha
+  cp "$SHARE/bench.tsv" "$base.raw.tsv"
+  python3 "$REPO/scripts/testvm_bench_report.py" --raw "$base.raw.tsv" --out "$base.md" \
+    --machine "guest Linux $KVER ($SUITE) under QEMU $qv TCG, 2 vCPUs, 2 GiB (gateway and its NIC's interrupts on vCPU 0, consumer and its NIC's on vCPU 1); host: $(nproc) CPU(s) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), shared, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; kxgw $sha, $profile build" \
+    --log "$(cat "$SHARE/bench.logbytes" 2>/dev/null || echo '?') bytes ($RECORDS records of 1000 B, 16 per batch, 1 partition, on tmpfs in the guest)" \
+    --runs "$RUNS" || die "writing the bench report failed"
+  say "bench table: $base.md"
+  cat "$base.md"
 }
 
 # --- main ----------------------------------------------------------------------------------
@@ -265,7 +312,6 @@ apt_setup
 KVER=$(kernel_version)
 KDIR=$CACHE/$KVER
 if [ -s "$KDIR/vmlinuz" ] && [ -s "$KDIR/base.cpio.gz" ] && [ -s "$KDIR/modules/order" ] &&
-  [ "$KDIR/base.cpio.gz" -nt "$REPO/scripts/testvm-init.sh" ] &&
   [ "$(cat "$KDIR/modules.list" 2>/dev/null)" = "$MODULES" ]; then
   say "guest kernel $KVER ($SUITE): cached in $KDIR"
 else
@@ -280,14 +326,32 @@ fi
 SHARE=$RUN/share
 mkdir -p "$SHARE"
 if [ -z "$KXGW_BIN" ]; then
-  say "cargo build (kxgw)"
-  (cd "$REPO" && cargo build -q --bin kxgw) || die "cargo build failed"
+  say "cargo build (kxgw${BENCH:+, kxgw-bench})"
+  if [ -n "$BENCH" ]; then
+    (cd "$REPO" && cargo build -q -p kxgw-cli -p kxgw-bench --bins) || die "cargo build failed"
+  else
+    (cd "$REPO" && cargo build -q --bin kxgw) || die "cargo build failed"
+  fi
   KXGW_BIN=$REPO/target/debug/kxgw
 fi
 [ -x "$KXGW_BIN" ] || die "no kxgw binary at $KXGW_BIN"
 # Without debug info: 9p under TCG is slow, and the guest needs only the code.
 strip -o "$SHARE/kxgw" "$KXGW_BIN" 2>/dev/null || cp "$KXGW_BIN" "$SHARE/kxgw"
-cp "$REPO/scripts/testvm-guest.sh" "$SHARE/guest.sh"
+if [ -n "$BENCH" ]; then
+  # The host bench's measuring tools (fetch-load, kafka-load), from the same build.
+  BENCH_BIN=${KXGW_BENCH_BIN:-$(dirname "$KXGW_BIN")/kxgw-bench}
+  if [ ! -x "$BENCH_BIN" ]; then
+    say "cargo build (kxgw-bench)"
+    (cd "$REPO" && cargo build -q -p kxgw-bench) || die "cargo build -p kxgw-bench failed"
+    BENCH_BIN=$REPO/target/debug/kxgw-bench
+  fi
+  strip -o "$SHARE/kxgw-bench" "$BENCH_BIN" 2>/dev/null || cp "$BENCH_BIN" "$SHARE/kxgw-bench"
+  cp "$REPO/scripts/testvm-bench.sh" "$SHARE/guest.sh"
+  RUNS=${RUNS:-5}
+  RECORDS=${BENCH_RECORDS:-50000}
+else
+  cp "$REPO/scripts/testvm-guest.sh" "$SHARE/guest.sh"
+fi
 cat >"$SHARE/params" <<EOF
 NICS="$NICS"
 EXPECT=$EXPECT
@@ -297,6 +361,8 @@ BIND=$BIND
 UDPCHECK="$UDPCHECK"
 LOSSES="$LOSSES"
 KVER=$KVER
+RUNS=${RUNS:-1}
+PATHS="$BENCH_PATHS"
 EOF
 tools_initramfs "$KDIR"
 cat "$KDIR/base.cpio.gz" "$RUN/tools.cpio.gz" >"$RUN/initrd.gz"
@@ -324,10 +390,14 @@ for nic in $NICS; do
   hub=$((hub + 1))
 done
 
-qemu-system-x86_64 -machine q35 -accel tcg,thread=multi -cpu max -smp 2 -m 2048 \
+# no_timer_check: under TCG on a loaded host the kernel's IO-APIC timer check can miss its
+# ticks and panic ("IO-APIC + timer doesn't work!"); the emulated timer is fine.
+# setpriv --pdeathsig: QEMU dies with this script even when the script is killed outright
+# (SIGKILL leaves no trap to run), so no guest outlives the run that started it.
+setpriv --pdeathsig KILL qemu-system-x86_64 -machine q35 -accel tcg,thread=multi -cpu max -smp 2 -m 2048 \
   -nodefaults -display none -no-reboot -serial "file:$RUN/console.log" \
   -kernel "$KDIR/vmlinuz" -initrd "$RUN/initrd.gz" \
-  -append "console=ttyS0 quiet loglevel=4 panic=-1 net.ifnames=0" \
+  -append "console=ttyS0 quiet loglevel=4 panic=-1 net.ifnames=0 no_timer_check" \
   -virtfs "local,path=$SHARE,mount_tag=share,security_model=none,id=share" \
   "${NETDEVS[@]}" &
 QEMU_PID=$!
@@ -347,5 +417,9 @@ cat "$RUN/console.log" 2>/dev/null | grep -v '^\s*$' || true
 [ -f "$SHARE/result" ] || die "the guest did not report a result (it did not reach its test; console above)"
 rc=$(cat "$SHARE/result")
 say "guest ran for $((T2 - T1)) s (total $((T2 - T0)) s; kernel $KVER)"
+if [ -n "$BENCH" ]; then
+  [ -s "$SHARE/bench.tsv" ] || die "the guest wrote no bench rows (exit $rc)"
+  bench_report
+fi
 [ "$rc" = 0 ] || die "guest checks failed (exit $rc); see the guest output above"
 say "PASSED"

@@ -155,6 +155,13 @@ pub struct ClientStats {
     pub skipped_control: u64,
     pub skipped_aborted: u64,
     pub handshakes: u64,
+    /// Partial batches dropped because a fragment disagreed with them (batch length or end):
+    /// one of the two was damaged in transit; the batch is fetched again.
+    pub conflicting_fragments: u64,
+    /// Times delivery was blocked with nothing in flight or queued that could unblock it
+    /// (damaged headers that passed the UDP checksum misled the accounting): fetched again
+    /// from the delivery position.
+    pub resyncs: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -449,6 +456,47 @@ impl Client {
 
     pub fn is_finished(&self) -> bool {
         self.conn == Conn::Unreachable || self.subs.iter().all(|s| s.done)
+    }
+
+    /// One line of what the client waits for (requests, repairs, per-partition positions and
+    /// partial batches): for a debug log when a transfer does not finish.
+    pub fn state_summary(&self) -> String {
+        let mut out = format!(
+            "{} request(s) out (oldest {:?}), {} repair(s) queued, malformed {}, conflicting fragments {}, resyncs {}",
+            self.reqs.len(),
+            self.reqs.keys().next(),
+            self.wants.len(),
+            self.stats.malformed,
+            self.stats.conflicting_fragments,
+            self.stats.resyncs
+        );
+        for (i, s) in self.subs.iter().enumerate() {
+            let frags: Vec<String> = s
+                .frags
+                .iter()
+                .take(4)
+                .map(|(b, a)| format!("{b}..{} {}/{} B", a.next, a.covered(), a.buf.len()))
+                .collect();
+            out += &format!(
+                "; {}-{}: deliver {:?}{}, pipe {:?} (req {:?}), at_end {}, done {}, stored {} (first {:?}), partial batches {} {frags:?}",
+                s.topic,
+                s.partition,
+                s.deliver_next,
+                if self.delivery_blocked(i) {
+                    " (blocked: nothing in flight can unblock it)"
+                } else {
+                    ""
+                },
+                s.pipe_next,
+                s.pipe_req,
+                s.at_end,
+                s.done,
+                s.store.len(),
+                s.store.first_key_value().map(|(k, b)| (b.link, *k)),
+                s.frags.len(),
+            );
+        }
+        out
     }
 
     /// Next offset to deliver per subscription.
@@ -871,6 +919,33 @@ impl Client {
             have: Vec::new(),
         });
         if asm.buf.len() != h.batch_len as usize || asm.next != h.end_offset {
+            // One of the two headers was damaged in transit, and which one cannot be told:
+            // keeping the partial batch would refuse every later fragment of the batch (the
+            // stall of a consumer behind a device that mangles GSO datagrams). Drop it and
+            // fetch the batch again whole; this datagram counts as not received.
+            log::debug!(
+                "fetch client: fragment of batch {} ({} B, to {}) disagrees with its partial batch ({} B, to {}): fetching the batch again",
+                h.base_offset,
+                h.batch_len,
+                h.end_offset,
+                asm.buf.len(),
+                asm.next
+            );
+            let (len, next) = (asm.buf.len() as u32, asm.next);
+            if let Some(old) = sub.frags.remove(&h.base_offset) {
+                sub.buffered -= old.covered();
+                spare.put(old.buf);
+            }
+            self.stats.conflicting_fragments += 1;
+            self.wants.push_back(Want {
+                covers_to: next.max(h.end_offset),
+                ..Want::fresh(
+                    sub_i,
+                    h.base_offset,
+                    len.max(h.batch_len).min(max_batch),
+                    Kind::Repair,
+                )
+            });
             return false;
         }
         let added = asm.add(h.frag_pos, payload);
@@ -1185,8 +1260,69 @@ impl Client {
         );
     }
 
+    /// Whether delivery of subscription `i` waits for bytes that nothing in flight or queued
+    /// will bring: only damaged headers (which passed the UDP checksum) get it there, e.g. a
+    /// wrong position that made a datagram's part look complete, or a wrong next offset.
+    fn delivery_blocked(&self, i: usize) -> bool {
+        let sub = &self.subs[i];
+        let Some(d) = sub.deliver_next else {
+            return false;
+        };
+        let waiting = !sub.store.is_empty()
+            || !sub.frags.is_empty()
+            || (sub.at_end && sub.pipe_next.is_some_and(|e| e > d));
+        if sub.done || !waiting || self.wants.iter().any(|w| w.sub == i) {
+            return false;
+        }
+        // A part can bring offset d only if it reads from d or below.
+        let could_fill = |p: &Part| !p.done && p.want.sub == i && p.want.offset <= d;
+        !self
+            .reqs
+            .values()
+            .flat_map(|r| r.parts.iter())
+            .any(could_fill)
+    }
+
+    /// Fetches again from the delivery position of every blocked subscription, dropping the
+    /// partial batches at or before the first one there (they may be the damaged ones).
+    fn resync_blocked(&mut self) {
+        for i in 0..self.subs.len() {
+            if !self.delivery_blocked(i) {
+                continue;
+            }
+            let sub = &mut self.subs[i];
+            let Some(d) = sub.deliver_next else {
+                continue;
+            };
+            let first = sub.frags.keys().filter(|&&k| k >= d).min().copied();
+            let stale: Vec<i64> = sub
+                .frags
+                .keys()
+                .filter(|&&k| k < d || Some(k) == first)
+                .copied()
+                .collect();
+            for k in stale {
+                if let Some(a) = sub.frags.remove(&k) {
+                    sub.buffered -= a.covered();
+                    self.spare.put(a.buf);
+                }
+            }
+            self.stats.resyncs += 1;
+            log::debug!(
+                "fetch client: delivery of {}-{} blocked at offset {d} with nothing in flight to unblock it: fetching again from there",
+                sub.topic,
+                sub.partition
+            );
+            self.wants.push_back(Want {
+                covers_to: d + 1,
+                ..Want::fresh(i, d, self.cfg.fetch_bytes, Kind::Repair)
+            });
+        }
+    }
+
     /// Builds the requests the state allows now.
     fn plan(&mut self, now: Instant) {
+        self.resync_blocked();
         let window = self.cfg.window as u64;
         let mut outstanding = self.outstanding_bytes();
         // Re-fetches first: they unblock delivery.

@@ -457,6 +457,7 @@ fn consume_udp(
             break;
         }
     }
+    log::debug!("fetch client at exit: {}", c.client().state_summary());
     let st = c.client().stats();
     let transport = format!("kxgw UDP fetch {addr}");
     let recovery = format!(
