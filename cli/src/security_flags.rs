@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
+use std::time::{Duration, Instant};
+
+use kxgw::fetch::ticket::{TicketKeys, DEFAULT_ROTATION};
 use kxgw::kafka::auth::{Acl, SaslConfig, Security, Users};
 
 /// Kafka listener authentication and authorization.
@@ -22,9 +25,29 @@ pub struct SecurityArgs {
     /// (PLAINTEXT clients are User:ANONYMOUS).
     #[arg(long, value_name = "FILE")]
     pub acl: Option<PathBuf>,
+    /// With --acl or --sasl-users every fetch (UDP, AF_XDP) must carry a fetch ticket, asked
+    /// for on the Kafka listener: how long one is valid (keys rotate every hour, or every
+    /// lifetime if longer, the previous key still accepted).
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub fetch_ticket_lifetime: u64,
 }
 
 impl SecurityArgs {
+    /// The gateway's fetch ticket keys: one set for the Kafka listener that issues tickets
+    /// and every fetch server that checks them. None without --acl / --sasl-users (the
+    /// fetch endpoint then requires no ticket).
+    pub fn ticket_keys(&self) -> Option<Arc<TicketKeys>> {
+        if self.acl.is_none() && self.sasl_users.is_none() {
+            return None;
+        }
+        let lifetime = Duration::from_secs(self.fetch_ticket_lifetime.max(1));
+        Some(Arc::new(TicketKeys::new(
+            Instant::now(),
+            lifetime,
+            DEFAULT_ROTATION.max(lifetime),
+        )))
+    }
+
     /// The security of the PLAINTEXT listener and of the SASL one (if asked for).
     pub fn load(&self) -> Result<(Security, Option<(SocketAddr, Security)>)> {
         let acl = match &self.acl {
@@ -34,6 +57,7 @@ impl SecurityArgs {
         let plain = Security {
             sasl: None,
             acl: acl.clone(),
+            tickets: None,
         };
         let sasl = match (&self.kafka_listen_sasl, &self.sasl_users) {
             (Some(addr), Some(file)) => {
@@ -44,6 +68,7 @@ impl SecurityArgs {
                 let sec = Security {
                     sasl: Some(Arc::new(SaslConfig::new(users))),
                     acl,
+                    tickets: None,
                 };
                 Some((*addr, sec))
             }

@@ -49,6 +49,7 @@ fn fixture(sasl: bool, acl: bool) -> (Harness, tempfile::TempDir) {
     let sec = Security {
         sasl: sasl.then(|| Arc::new(SaslConfig::new(users))),
         acl: acl.then(|| Arc::new(Acl::parse(ACL).unwrap())),
+        tickets: None,
     };
     h.session.secure(&sec, None);
     (h, dir)

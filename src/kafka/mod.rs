@@ -34,6 +34,9 @@ pub mod outq;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod ticket_client;
+#[cfg(test)]
+mod ticket_session_tests;
 #[cfg(test)]
 mod testkit;
 pub mod upstream;

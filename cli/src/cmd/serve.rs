@@ -188,10 +188,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         None => None,
     };
+    // One ticket key set: the Kafka listener issues, every fetch transport checks.
+    let tickets = args.security.ticket_keys();
+    let fetch_server = kxgw::fetch::ServerConfig {
+        tickets: tickets.clone(),
+        ..Default::default()
+    };
     let running = Running {
-        kafka: start_kafka(&args, &log, cluster.as_ref().map(|(v, _)| Arc::clone(v)))?,
+        kafka: start_kafka(&args, &log, cluster.as_ref().map(|(v, _)| Arc::clone(v)), tickets)?,
         cluster,
-        fetch: kxgw::xdp::fetch_endpoint::start(&log, &(&args.fetch).into(), &(&args.xdp).into())?,
+        fetch: kxgw::xdp::fetch_endpoint::start_with(
+            &log,
+            &(&args.fetch).into(),
+            &(&args.xdp).into(),
+            fetch_server,
+        )?,
     };
     if running.kafka.is_none() && running.fetch.is_none() {
         bail!(
@@ -249,8 +260,13 @@ fn start_kafka(
     args: &Args,
     log: &Arc<LogDir>,
     cluster: Option<Arc<ClusterView>>,
+    tickets: Option<Arc<kxgw::fetch::ticket::TicketKeys>>,
 ) -> Result<Option<KafkaListener>> {
-    let (plain, sasl) = args.security.load()?;
+    let (mut plain, mut sasl) = args.security.load()?;
+    plain.tickets = tickets.clone();
+    if let Some((_, s)) = &mut sasl {
+        s.tickets = tickets;
+    }
     // The first listener is the PLAINTEXT one if asked for, else the SASL one.
     let (addr, security, extra) = match (args.kafka_listen, sasl) {
         (Some(a), sasl) => (a, plain, sasl.into_iter().collect()),

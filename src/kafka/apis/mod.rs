@@ -3,6 +3,7 @@
 
 pub mod api_versions;
 pub mod fetch;
+pub mod fetch_ticket;
 pub mod group_admin;
 pub mod group_authz;
 pub mod group_offsets;

@@ -6,8 +6,10 @@
 //!   sans-I/O.
 //! - [`limiter`]: failed authentications rate-limited per source address.
 //! - [`acl`]: the ACL file (`--acl`) and [`Authz`], what a connection's principal may read.
+//! - [`client`]: the client side of PLAIN and SCRAM (`kxgw consume` asking for fetch tickets).
 
 pub mod acl;
+pub mod client;
 pub mod exchange;
 pub mod limiter;
 pub mod scram;
@@ -66,6 +68,9 @@ pub struct Security {
     pub sasl: Option<Arc<SaslConfig>>,
     /// Authorization (None: every principal reads everything).
     pub acl: Option<Arc<Acl>>,
+    /// The gateway's fetch ticket keys, when its fetch endpoint requires tickets: the
+    /// listener issues them (extension request, [`crate::kafka::apis::fetch_ticket`]).
+    pub tickets: Option<Arc<crate::fetch::ticket::TicketKeys>>,
 }
 
 impl std::fmt::Debug for Security {
@@ -82,6 +87,20 @@ impl Security {
         } else {
             "PLAINTEXT"
         }
+    }
+}
+
+/// Who may read which topic: the one decision behind every read path (Kafka requests
+/// through [`Authz::topic`], fetch tickets issued for the UDP/AF_XDP path). Standalone: the
+/// ACL file.
+pub trait MayRead: Send + Sync {
+    /// Whether `principal` may describe and read `topic`.
+    fn may_read(&self, principal: &str, topic: &str) -> bool;
+}
+
+impl MayRead for Acl {
+    fn may_read(&self, principal: &str, topic: &str) -> bool {
+        self.topic(principal, topic)
     }
 }
 
@@ -113,7 +132,7 @@ impl Authz {
     pub fn topic(&self, topic: &str) -> bool {
         self.acl
             .as_ref()
-            .is_none_or(|a| a.topic(&self.principal, topic))
+            .is_none_or(|a| a.may_read(&self.principal, topic))
     }
 
     /// Whether the principal may use consumer group `group`.

@@ -23,10 +23,12 @@ pub struct AuthStats {
     pub denied_topic: AtomicU64,
     /// Group requests refused with GROUP_AUTHORIZATION_FAILED.
     pub denied_group: AtomicU64,
+    /// Fetch tickets issued (extension request).
+    pub tickets_issued: AtomicU64,
 }
 
 impl AuthStats {
-    fn rows(&self) -> [(&'static str, &AtomicU64); 8] {
+    fn rows(&self) -> [(&'static str, &AtomicU64); 9] {
         [
             ("ok", &self.ok),
             ("failed_credentials", &self.failed_credentials),
@@ -36,6 +38,7 @@ impl AuthStats {
             ("unauthenticated_request", &self.unauthenticated_request),
             ("denied_topic", &self.denied_topic),
             ("denied_group", &self.denied_group),
+            ("ticket_issued", &self.tickets_issued),
         ]
     }
 
