@@ -9,7 +9,7 @@ mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{consume_fetch, in_client_ns, verified_summary, Gateway, KXGW};
@@ -18,7 +18,7 @@ use kxgw::kafka::auth::client::Credentials;
 use kxgw::kafka::auth::scram::ScramHash;
 use kxgw::kafka::auth::Mechanism;
 use kxgw::kafka::ticket_client::request_ticket;
-use kxgw_testkit::testnet::{TestNet, GW_ADDR};
+use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
 const N: u64 = 3000;
 const FETCH_PORT: u16 = 9093;
@@ -131,7 +131,8 @@ fn raw_cases(net: &TestNet) -> Vec<Case> {
         let t = issued.ticket;
         let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
         sock.connect(endpoint()).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let probe = FetchRequest {
             version: wire::VERSION_3,
             request_id: 0,
@@ -161,7 +162,11 @@ fn raw_cases(net: &TestNet) -> Vec<Case> {
             send(&sock, "missing", fetch(3, 2, &token, &[], "t")),
             send(&sock, "version 2", fetch(2, 3, &token, &[], "t")),
             send(&sock, "forged", fetch(3, 4, &token, &forged, "t")),
-            send(&sock, "truncated", fetch(3, 5, &token, &t[..t.len() - 3], "t")),
+            send(
+                &sock,
+                "truncated",
+                fetch(3, 5, &token, &t[..t.len() - 3], "t"),
+            ),
             send(&sock, "topic u", fetch(3, 6, &token, &t, "u")),
         ];
         std::thread::sleep(Duration::from_secs(LIFETIME_SECS) + Duration::from_millis(300));
@@ -183,7 +188,10 @@ fn wait_rejects(gw: &Gateway, want: &[(&str, u64)]) -> Vec<(String, u64)> {
                 let label = format!("cause=\"{cause}\"");
                 let n = m
                     .lines()
-                    .filter(|l| l.starts_with("kxgw_fetch_ticket_rejected_total") && l.contains(&label))
+                    .filter(|l| {
+                        l.split([' ', '{']).next() == Some("kxgw_fetch_ticket_rejected_total")
+                            && l.contains(&label)
+                    })
                     .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                     .sum::<f64>() as u64;
                 (cause.to_string(), n)
@@ -209,7 +217,13 @@ fn check_raw(cases: &[Case]) {
         }
         assert_eq!(c.got.len(), 1, "{}: exactly one datagram back", c.what);
         let d = &c.got[0];
-        assert!(d.len() <= c.sent, "{}: {} bytes back for {} sent", c.what, d.len(), c.sent);
+        assert!(
+            d.len() <= c.sent,
+            "{}: {} bytes back for {} sent",
+            c.what,
+            d.len(),
+            c.sent
+        );
         let e = ErrorMsg::decode(d).unwrap_or_else(|err| panic!("{}: not an ERROR: {err}", c.what));
         let want = if c.what == "topic u" {
             ErrorCode::TopicAuthorizationFailed
@@ -220,15 +234,95 @@ fn check_raw(cases: &[Case]) {
     }
 }
 
-/// The whole check on one gateway (kernel UDP or AF_XDP, by `extra`).
+/// `kxgw consume` with `creds` reads t verified, renews its ticket on a long tailing run, is
+/// refused u (no ticket for it), and without credentials is refused by the fetch endpoint.
+fn consume_checks(net: &TestNet, dir: &Path, creds: [&str; 8]) {
+    let fetch = endpoint().to_string();
+    let mut args = vec!["--from-beginning", "--verify", "--count", "3000"];
+    args.extend(creds);
+    let out = consume_fetch(net, &fetch, "t", &args);
+    assert!(
+        out.status.success(),
+        "consume t with a ticket:\n{}",
+        text(&out)
+    );
+    let (n, end, _) = verified_summary(&out);
+    assert_eq!((n, end), (N, N as i64));
+    assert!(text(&out).contains("via kxgw UDP fetch"), "{}", text(&out));
+    // A long run: the ticket (3 s) expires under a tailing consumer, which renews it; the
+    // records appended after its first ticket expired still arrive.
+    let follower = net
+        .client_command(KXGW)
+        .args(["consume", "--fetch", fetch.as_str(), "--topic", "t"])
+        .args([
+            "--from-beginning",
+            "--follow",
+            "--verify",
+            "--count",
+            "3200",
+        ])
+        .args(creds)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut follower = KillOnDrop(follower);
+    std::thread::sleep(Duration::from_secs(LIFETIME_SECS) + Duration::from_millis(1500));
+    assert!(
+        follower.0.try_wait().unwrap().is_none(),
+        "the tailing consumer still runs past its first ticket's expiry"
+    );
+    common::produce(dir, "t", 200, &["--record-size", "120"]);
+    let (status, stdout) = follower
+        .wait_output(Duration::from_secs(20))
+        .unwrap()
+        .expect("the tailing consumer did not get the appended records");
+    assert!(status.success(), "tailing consume: {status}\n{stdout}");
+    assert!(stdout.contains("verified 3200 records"), "{stdout}");
+    // Topic u: no ticket for it (the ACL), and nothing read.
+    let mut args = vec!["--from-beginning", "--count", "1"];
+    args.extend(creds);
+    let out = consume_fetch(net, &fetch, "u", &args);
+    assert!(!out.status.success(), "consume u must fail");
+    assert!(
+        text(&out).contains("refused a fetch ticket"),
+        "{}",
+        text(&out)
+    );
+    // Without credentials: refused by the fetch endpoint itself.
+    let out = consume_fetch(net, &fetch, "t", &["--from-beginning", "--count", "1"]);
+    assert!(!out.status.success(), "consume without a ticket must fail");
+    assert!(
+        text(&out).contains("no valid fetch ticket"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// One counter of the gateway summed over its label sets, restricted to `label`.
+fn counter(gw: &Gateway, name: &str, label: &str) -> u64 {
+    gw.metrics()
+        .lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The whole check on one gateway (kernel UDP, or AF_XDP in copy mode with XDP attached).
 fn tickets_required(tag: &str, xdp: bool, mechanism: &str) {
     let (net, work, _) = common::test_setup(tag);
     let (dir, users, acl, pw) = setup(work.path());
-    let users = users.to_str().unwrap().to_string();
-    let acl = acl.to_str().unwrap().to_string();
-    let lifetime = LIFETIME_SECS.to_string();
-    let fetch = endpoint().to_string();
-    let listener = sasl_listener();
+    let (users, acl, pw) = (
+        users.to_str().unwrap().to_string(),
+        acl.to_str().unwrap().to_string(),
+        pw.to_str().unwrap().to_string(),
+    );
+    let (lifetime, fetch, listener) = (
+        LIFETIME_SECS.to_string(),
+        endpoint().to_string(),
+        sasl_listener(),
+    );
     let mut extra: Vec<&str> = vec![
         "--kafka-listen-sasl",
         listener.as_str(),
@@ -243,7 +337,13 @@ fn tickets_required(tag: &str, xdp: bool, mechanism: &str) {
     ];
     let iface = net.gw_if.clone();
     if xdp {
-        extra.extend(["--xdp-iface", iface.as_str(), "--require-xdp", "--arena-mib", "64"]);
+        extra.extend([
+            "--xdp-iface",
+            iface.as_str(),
+            "--require-xdp",
+            "--arena-mib",
+            "64",
+        ]);
     }
     let gw = Gateway::start_with(&net, &dir, work.path(), &extra);
 
@@ -265,9 +365,6 @@ fn tickets_required(tag: &str, xdp: bool, mechanism: &str) {
     let want: Vec<(String, u64)> = want.iter().map(|(c, n)| (c.to_string(), *n)).collect();
     assert_eq!(got, want, "refusals counted per cause\n{}", gw.metrics());
 
-    // kxgw consume with credentials: its ticket from the SASL listener, t read verified
-    // (renewed on the way if the read takes longer than two thirds of the lifetime).
-    let pw = pw.to_str().unwrap().to_string();
     let creds: [&str; 8] = [
         "--ticket-from",
         listener.as_str(),
@@ -278,30 +375,12 @@ fn tickets_required(tag: &str, xdp: bool, mechanism: &str) {
         "--sasl-password-file",
         pw.as_str(),
     ];
-    let mut args = vec!["--from-beginning", "--verify", "--count", "3000"];
-    args.extend(creds);
-    let out = consume_fetch(&net, &fetch, "t", &args);
-    assert!(out.status.success(), "consume t with a ticket:\n{}", text(&out));
-    let (n, end, _) = verified_summary(&out);
-    assert_eq!((n, end), (N, N as i64));
-    assert!(text(&out).contains("via kxgw UDP fetch"), "{}", text(&out));
-    // Topic u: no ticket for it (the ACL), and nothing read.
-    let mut args = vec!["--from-beginning", "--count", "1"];
-    args.extend(creds);
-    let out = consume_fetch(&net, &fetch, "u", &args);
-    assert!(!out.status.success(), "consume u must fail");
-    assert!(text(&out).contains("refused a fetch ticket"), "{}", text(&out));
-    // Without credentials: refused by the fetch endpoint itself.
-    let out = consume_fetch(&net, &fetch, "t", &["--from-beginning", "--count", "1"]);
-    assert!(!out.status.success(), "consume without a ticket must fail");
-    assert!(text(&out).contains("no valid fetch ticket"), "{}", text(&out));
-    let issued: u64 = gw
-        .metrics()
-        .lines()
-        .filter(|l| l.starts_with("kxgw_kafka_auth_total") && l.contains("outcome=\"ticket_issued\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64;
-    assert!(issued >= 2, "tickets issued to the raw test and to consume: {issued}");
+    consume_checks(&net, &dir, creds);
+    let issued = counter(&gw, "kxgw_kafka_auth_total", "outcome=\"ticket_issued\"");
+    assert!(
+        issued >= 3,
+        "tickets issued to the raw test, to consume and renewed: {issued}"
+    );
     let log = gw.stop();
     assert!(!log.contains("panicked"), "{log}");
 }

@@ -765,7 +765,11 @@ impl Server {
     /// whatever the source), else nothing.
     fn refuse_ticket(&mut self, src: SocketAddr, req: &FetchRequest<'_>, r: Reject, len: usize) {
         self.stats.tickets.count(r);
-        log::debug!("fetch: {src}: request {} refused: ticket {}", req.request_id, r.cause());
+        log::debug!(
+            "fetch: {src}: request {} refused: ticket {}",
+            req.request_id,
+            r.cause()
+        );
         // The whole request is refused (nothing of it was read), so the slot is the request's.
         let code = match r {
             Reject::OutOfScope { .. } => ErrorCode::TopicAuthorizationFailed,

@@ -24,8 +24,7 @@ use sha2::Sha256;
 pub const TICKET_FORMAT: u8 = 1;
 /// Bytes of the seal.
 pub const MAC_LEN: usize = 16;
-/// Largest ticket: keeps a FETCH carrying one (plus its partitions) within a 1500-byte MTU.
-pub const MAX_TICKET_LEN: usize = 512;
+pub use super::wire::MAX_TICKET_LEN;
 /// Most topics one ticket names.
 pub const MAX_TOPICS: usize = 64;
 /// Longest principal.
@@ -429,7 +428,12 @@ mod tests {
         assert_eq!(decode(&t).unwrap().key_id, 0);
         let after = t0 + Duration::from_secs(61);
         assert_eq!(k.check(after, a, &t, ["t"]).unwrap().key_id, 0);
-        assert_eq!(decode(&k.issue(after, "User:a", a, &["t"]).unwrap()).unwrap().key_id, 1);
+        assert_eq!(
+            decode(&k.issue(after, "User:a", a, &["t"]).unwrap())
+                .unwrap()
+                .key_id,
+            1
+        );
         // Two keys later it is expired (it could not be valid any more anyway).
         assert_eq!(
             k.check(t0 + Duration::from_secs(125), a, &t, ["t"]),
@@ -438,7 +442,9 @@ mod tests {
         // The rotation is never shorter than the lifetime.
         let short = TicketKeys::new(t0, Duration::from_secs(30), Duration::from_secs(1));
         let t = short.issue(t0, "User:a", a, &["t"]).unwrap();
-        assert!(short.check(t0 + Duration::from_secs(29), a, &t, ["t"]).is_ok());
+        assert!(short
+            .check(t0 + Duration::from_secs(29), a, &t, ["t"])
+            .is_ok());
     }
 
     #[test]
@@ -446,12 +452,21 @@ mod tests {
         let t0 = Instant::now();
         let k = keys(t0);
         let a: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(k.issue(t0, "User:a", a, &[]), Err(IssueError::TopicCount(0)));
+        assert_eq!(
+            k.issue(t0, "User:a", a, &[]),
+            Err(IssueError::TopicCount(0))
+        );
         assert_eq!(k.issue(t0, "", a, &["t"]), Err(IssueError::PrincipalLen(0)));
-        assert!(matches!(k.issue(t0, "User:a", a, &[""]), Err(IssueError::TopicLen(0))));
+        assert!(matches!(
+            k.issue(t0, "User:a", a, &[""]),
+            Err(IssueError::TopicLen(0))
+        ));
         let long = "x".repeat(200);
         let many = [long.as_str(), long.as_str(), long.as_str()];
-        assert!(matches!(k.issue(t0, "User:a", a, &many), Err(IssueError::TooLarge(_))));
+        assert!(matches!(
+            k.issue(t0, "User:a", a, &many),
+            Err(IssueError::TooLarge(_))
+        ));
         let t = k.issue(t0, "User:a", a, &["t"]).unwrap();
         assert!(k.check(t0, a, &t, ["t"]).is_ok());
         assert_eq!(decode(&t).unwrap().addr, a);

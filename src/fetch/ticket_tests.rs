@@ -105,8 +105,16 @@ fn every_bad_ticket_gets_one_small_error_and_is_counted() {
     let tok = token(&mut s, t0, me);
     let good = keys.issue(t0, "User:alice", me.ip(), &["t"]).unwrap();
     // Valid: data.
-    let d = exchange(&mut s, t0, me, &fetch(3, 1, &tok, &good, &["t"]).encode(0).unwrap());
-    assert!(wire::DataHeader::decode(&d[0]).is_ok(), "a valid ticket is served");
+    let d = exchange(
+        &mut s,
+        t0,
+        me,
+        &fetch(3, 1, &tok, &good, &["t"]).encode(0).unwrap(),
+    );
+    assert!(
+        wire::DataHeader::decode(&d[0]).is_ok(),
+        "a valid ticket is served"
+    );
     let mut forged = good.clone();
     forged[20] ^= 0x40;
     let other_addr = keys.issue(t0, "User:alice", "198.18.0.9".parse().unwrap(), &["t"]);
@@ -115,7 +123,14 @@ fn every_bad_ticket_gets_one_small_error_and_is_counted() {
     let cases: Vec<(&str, u8, &[u8], &str, Instant, ErrorCode)> = vec![
         ("missing", 3, &[][..], "t", t0, ErrorCode::Unauthenticated),
         ("v2", 2, &[][..], "t", t0, ErrorCode::Unauthenticated),
-        ("forged", 3, &forged[..], "t", t0, ErrorCode::Unauthenticated),
+        (
+            "forged",
+            3,
+            &forged[..],
+            "t",
+            t0,
+            ErrorCode::Unauthenticated,
+        ),
         (
             "truncated",
             3,
@@ -124,24 +139,56 @@ fn every_bad_ticket_gets_one_small_error_and_is_counted() {
             t0,
             ErrorCode::Unauthenticated,
         ),
-        ("address", 3, &other_addr[..], "t", t0, ErrorCode::Unauthenticated),
-        ("scope", 3, &good[..], "u", t0, ErrorCode::TopicAuthorizationFailed),
+        (
+            "address",
+            3,
+            &other_addr[..],
+            "t",
+            t0,
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "scope",
+            3,
+            &good[..],
+            "u",
+            t0,
+            ErrorCode::TopicAuthorizationFailed,
+        ),
     ];
     for (i, (what, version, ticket, topic, now, code)) in cases.into_iter().enumerate() {
-        let req = fetch(version, 10 + i as u32, &tok, ticket, &[topic]).encode(0).unwrap();
+        let req = fetch(version, 10 + i as u32, &tok, ticket, &[topic])
+            .encode(0)
+            .unwrap();
         let out = exchange(&mut s, now, me, &req);
         assert_eq!(out.len(), 1, "{what}: one datagram");
-        assert!(out[0].len() <= req.len(), "{what}: no larger than the request");
+        assert!(
+            out[0].len() <= req.len(),
+            "{what}: no larger than the request"
+        );
         let e = ErrorMsg::decode(&out[0]).unwrap();
-        assert_eq!((e.code, e.slot, e.request_id), (code, wire::SLOT_REQUEST, 10 + i as u32));
+        assert_eq!(
+            (e.code, e.slot, e.request_id),
+            (code, wire::SLOT_REQUEST, 10 + i as u32)
+        );
     }
     // Expired: a fresh token (the old one is still valid too), a ticket past its lifetime.
     let req = fetch(3, 30, &tok, &good, &["t"]).encode(0).unwrap();
     let out = exchange(&mut s, later, me, &req);
-    assert_eq!(ErrorMsg::decode(&out[0]).unwrap().code, ErrorCode::Unauthenticated);
+    assert_eq!(
+        ErrorMsg::decode(&out[0]).unwrap().code,
+        ErrorCode::Unauthenticated
+    );
     let r = &s.stats().tickets;
     assert_eq!(
-        (r.missing, r.malformed, r.forged, r.expired, r.wrong_address, r.out_of_scope),
+        (
+            r.missing,
+            r.malformed,
+            r.forged,
+            r.expired,
+            r.wrong_address,
+            r.out_of_scope
+        ),
         (2, 1, 1, 1, 1, 1)
     );
     assert_eq!(s.stats().fetches, 1, "nothing refused was read");
@@ -155,7 +202,12 @@ fn without_tickets_configured_versions_1_to_3_are_served_alike() {
     let me: SocketAddr = ME.parse().unwrap();
     let tok = token(&mut s, now, me);
     for (id, v) in [(1, 1), (2, 2), (3, 3)] {
-        let d = exchange(&mut s, now, me, &fetch(v, id, &tok, &[], &["t"]).encode(0).unwrap());
+        let d = exchange(
+            &mut s,
+            now,
+            me,
+            &fetch(v, id, &tok, &[], &["t"]).encode(0).unwrap(),
+        );
         let (h, _) = wire::DataHeader::decode(&d[0]).unwrap();
         assert_eq!(d[0][2], v);
         assert!(h.end_offset > 0);

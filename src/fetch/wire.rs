@@ -67,8 +67,9 @@ pub enum IsolationLevel {
     ReadCommitted = 1,
 }
 
-/// Largest ticket a version 3 FETCH may carry.
-pub const MAX_TICKET_LEN: usize = super::ticket::MAX_TICKET_LEN;
+/// Largest ticket a version 3 FETCH may carry (and [`super::ticket`] issues): keeps a FETCH
+/// carrying one (plus its partitions) within a 1500-byte MTU.
+pub const MAX_TICKET_LEN: usize = 512;
 
 impl IsolationLevel {
     pub fn from_u8(v: u8) -> Option<IsolationLevel> {
@@ -413,18 +414,7 @@ pub fn decode_fetch(datagram: &[u8]) -> Result<FetchRequest<'_>, WireError> {
     } else {
         IsolationLevel::ReadUncommitted
     };
-    let ticket = if version >= VERSION_3 {
-        let n = r.u16()? as usize;
-        if n > MAX_TICKET_LEN {
-            return Err(WireError::BadField {
-                what: "ticket length",
-                detail: n.to_string(),
-            });
-        }
-        r.take(n)?
-    } else {
-        &[][..]
-    };
+    let ticket = ticket_field(&mut r, version)?;
     let n = r.u16()? as usize;
     // Each entry needs at least its fixed part plus one topic byte: reject impossible
     // counts before allocating for them.
@@ -493,6 +483,21 @@ pub fn decode_fetch(datagram: &[u8]) -> Result<FetchRequest<'_>, WireError> {
         ticket,
         parts,
     })
+}
+
+/// Version 3: the ticket after the isolation level (empty before version 3).
+fn ticket_field<'a>(r: &mut Reader<'a>, version: u8) -> Result<&'a [u8], WireError> {
+    if version < VERSION_3 {
+        return Ok(&[]);
+    }
+    let n = r.u16()? as usize;
+    if n > MAX_TICKET_LEN {
+        return Err(WireError::BadField {
+            what: "ticket length",
+            detail: n.to_string(),
+        });
+    }
+    r.take(n)
 }
 
 /// Gateway -> consumer: "repeat request `request_id` with this token".
@@ -1018,10 +1023,7 @@ mod tests {
             ..req.clone()
         };
         assert!(v2.encode(0).is_err());
-        let empty = FetchRequest {
-            ticket: &[],
-            ..req
-        };
+        let empty = FetchRequest { ticket: &[], ..req };
         assert_eq!(empty.encode(0).unwrap().len(), v3.len() - 40);
     }
 

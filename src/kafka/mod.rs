@@ -34,11 +34,11 @@ pub mod outq;
 pub mod server;
 pub mod session;
 pub mod stats;
+#[cfg(test)]
+mod testkit;
 pub mod ticket_client;
 #[cfg(test)]
 mod ticket_session_tests;
-#[cfg(test)]
-mod testkit;
 pub mod upstream;
 
 pub use outq::IoMode;

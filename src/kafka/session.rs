@@ -489,7 +489,9 @@ impl Session {
     fn fetch_ticket(&mut self, ctx: &Ctx, frame: &[u8], now: Instant) -> Result<(), SessionError> {
         let bad = |reason: String| SessionError::BadRequest {
             api_key: apis::fetch_ticket::API_KEY,
-            version: frame.get(2..4).map_or(-1, |v| i16::from_be_bytes([v[0], v[1]])),
+            version: frame
+                .get(2..4)
+                .map_or(-1, |v| i16::from_be_bytes([v[0], v[1]])),
             reason,
         };
         if self.gate.as_ref().is_some_and(|g| !g.is_authenticated()) {

@@ -96,7 +96,13 @@ fn refused_topics(r: &TicketResponse) -> String {
         .collect()
 }
 
-fn call<Req, Resp>(s: &mut TcpStream, key: ApiKey, version: i16, corr: i32, req: &Req) -> Result<Resp>
+fn call<Req, Resp>(
+    s: &mut TcpStream,
+    key: ApiKey,
+    version: i16,
+    corr: i32,
+    req: &Req,
+) -> Result<Resp>
 where
     Req: kafka_protocol::protocol::Encodable,
     Resp: kafka_protocol::protocol::Decodable,
@@ -104,7 +110,8 @@ where
     let frame = encode_request(key, version, corr, CLIENT_ID, req)?;
     s.write_all(&frame)
         .with_context(|| format!("sending {key:?}"))?;
-    let mut resp: Bytes = read_response(s).with_context(|| format!("reading the {key:?} answer"))?;
+    let mut resp: Bytes =
+        read_response(s).with_context(|| format!("reading the {key:?} answer"))?;
     decode_response(key, version, corr, &mut resp)
 }
 

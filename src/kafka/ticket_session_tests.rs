@@ -41,8 +41,8 @@ fn login(h: &mut Harness) {
     let req = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
     let r: SaslHandshakeResponse = h.call(ApiKey::SaslHandshake, 1, &req);
     assert_eq!(r.error_code, 0);
-    let req = SaslAuthenticateRequest::default()
-        .with_auth_bytes(Bytes::from_static(b"\0alice\0pw"));
+    let req =
+        SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"\0alice\0pw"));
     let r: SaslAuthenticateResponse = h.call(ApiKey::SaslAuthenticate, 2, &req);
     assert_eq!(r.error_code, 0);
 }
@@ -76,7 +76,10 @@ fn an_authenticated_principal_gets_a_ticket_for_the_topics_it_may_read() {
     assert_eq!(r.lifetime(), Duration::from_secs(60));
     let peer: IpAddr = PEER.parse().unwrap();
     let t = k.check(Instant::now(), peer, &r.ticket, ["t"]).unwrap();
-    assert_eq!((t.principal.as_str(), &t.topics[..]), ("User:alice", &["t".to_string()][..]));
+    assert_eq!(
+        (t.principal.as_str(), &t.topics[..]),
+        ("User:alice", &["t".to_string()][..])
+    );
     assert_eq!(
         k.check(Instant::now(), peer, &r.ticket, ["u"]),
         Err(Reject::OutOfScope { slot: 0 })
@@ -90,7 +93,10 @@ fn an_authenticated_principal_gets_a_ticket_for_the_topics_it_may_read() {
 #[test]
 fn before_login_the_connection_closes_and_anonymous_gets_nothing_the_acl_denies() {
     let (mut h, _d) = fixture(true, Some(keys()));
-    assert!(matches!(ask(&mut h, &["t"]), Err(SessionError::BadRequest { .. })));
+    assert!(matches!(
+        ask(&mut h, &["t"]),
+        Err(SessionError::BadRequest { .. })
+    ));
     assert_eq!(h.stats.auth.unauthenticated_request.load(Relaxed), 1);
     // PLAINTEXT listener with the ACL: User:ANONYMOUS may read nothing here.
     let (mut h, _d) = fixture(false, Some(keys()));
@@ -104,14 +110,30 @@ fn before_login_the_connection_closes_and_anonymous_gets_nothing_the_acl_denies(
 #[test]
 fn malformed_ticket_requests_close_the_connection() {
     let (mut h, _d) = fixture(false, Some(keys()));
-    let mut f = request_frame(1, "x", &TicketRequest { topics: vec!["t".into()] });
+    let mut f = request_frame(
+        1,
+        "x",
+        &TicketRequest {
+            topics: vec!["t".into()],
+        },
+    );
     // Count says a million topics.
     let at = f.len() - 7;
     f[at..at + 4].copy_from_slice(&1_000_000i32.to_be_bytes());
     assert!(matches!(h.feed(&f), Err(SessionError::BadRequest { .. })));
     let (mut h, _d) = fixture(false, Some(keys()));
-    let mut f = request_frame(1, "x", &TicketRequest { topics: vec!["t".into()] });
+    let mut f = request_frame(
+        1,
+        "x",
+        &TicketRequest {
+            topics: vec!["t".into()],
+        },
+    );
     f[6..8].copy_from_slice(&3i16.to_be_bytes());
     let out = h.feed(&f).unwrap();
-    assert_eq!(response_body(&out[4..]).unwrap().1.error_code, 35, "v0 only");
+    assert_eq!(
+        response_body(&out[4..]).unwrap().1.error_code,
+        35,
+        "v0 only"
+    );
 }

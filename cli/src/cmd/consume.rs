@@ -375,12 +375,23 @@ fn run_inner(args: Args) -> Result<ExitCode> {
         };
         let mut c = UdpConsumer::connect(addr, cfg, vec![sub])
             .with_context(|| format!("opening a UDP socket toward {addr}"))?;
-        let mut tickets = ticket::Ticketing::new(&args.ticket, args.bootstrap.as_deref(), &args.topic)?;
-        if let Some(t) = tickets.as_mut().map(|t| t.get(Instant::now())).transpose()?.flatten() {
+        let mut tickets =
+            ticket::Ticketing::new(&args.ticket, args.bootstrap.as_deref(), &args.topic)?;
+        if let Some(t) = tickets
+            .as_mut()
+            .map(|t| t.get(Instant::now()))
+            .transpose()?
+            .flatten()
+        {
             c.set_ticket(t);
         }
         'outer: while !stop.load(Ordering::Relaxed) && !sink.done() {
-            if let Some(t) = tickets.as_mut().map(|t| t.renew_if_due(Instant::now())).transpose()?.flatten() {
+            if let Some(t) = tickets
+                .as_mut()
+                .map(|t| t.renew_if_due(Instant::now()))
+                .transpose()?
+                .flatten()
+            {
                 c.set_ticket(t);
             }
             c.poll(Duration::from_millis(50))

@@ -190,19 +190,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     // One ticket key set: the Kafka listener issues, every fetch transport checks.
     let tickets = args.security.ticket_keys();
-    let fetch_server = kxgw::fetch::ServerConfig {
-        tickets: tickets.clone(),
-        ..Default::default()
-    };
     let running = Running {
-        kafka: start_kafka(&args, &log, cluster.as_ref().map(|(v, _)| Arc::clone(v)), tickets)?,
-        cluster,
-        fetch: kxgw::xdp::fetch_endpoint::start_with(
+        kafka: start_kafka(
+            &args,
             &log,
-            &(&args.fetch).into(),
-            &(&args.xdp).into(),
-            fetch_server,
+            cluster.as_ref().map(|(v, _)| Arc::clone(v)),
+            tickets.clone(),
         )?,
+        cluster,
+        fetch: start_fetch(&args, &log, tickets)?,
     };
     if running.kafka.is_none() && running.fetch.is_none() {
         bail!(
@@ -254,6 +250,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
     sig_handle.close();
     let _ = sig_thread.join();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The fetch endpoint (kernel UDP or AF_XDP), requiring tickets under `tickets` if given.
+fn start_fetch(
+    args: &Args,
+    log: &Arc<LogDir>,
+    tickets: Option<Arc<kxgw::fetch::ticket::TicketKeys>>,
+) -> Result<Option<FetchEndpoint>> {
+    let server = kxgw::fetch::ServerConfig {
+        tickets,
+        ..Default::default()
+    };
+    kxgw::xdp::fetch_endpoint::start_with(log, &(&args.fetch).into(), &(&args.xdp).into(), server)
 }
 
 fn start_kafka(

@@ -80,13 +80,19 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
     fn i16(&mut self) -> Result<i16, String> {
-        Ok(i16::from_be_bytes(self.take(2)?.try_into().map_err(|_| "i16")?))
+        Ok(i16::from_be_bytes(
+            self.take(2)?.try_into().map_err(|_| "i16")?,
+        ))
     }
     fn i32(&mut self) -> Result<i32, String> {
-        Ok(i32::from_be_bytes(self.take(4)?.try_into().map_err(|_| "i32")?))
+        Ok(i32::from_be_bytes(
+            self.take(4)?.try_into().map_err(|_| "i32")?,
+        ))
     }
     fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_be_bytes(self.take(8)?.try_into().map_err(|_| "i64")?))
+        Ok(i64::from_be_bytes(
+            self.take(8)?.try_into().map_err(|_| "i64")?,
+        ))
     }
     fn nullable_string(&mut self) -> Result<Option<String>, String> {
         let n = self.i16()?;
@@ -246,10 +252,16 @@ fn answer(ctx: &Ctx, asker: &Asker, req: &TicketRequest) -> TicketResponse {
         );
     };
     let Some(peer) = asker.peer else {
-        return refusal(E::InvalidRequest.code(), "no source address to bind a ticket to");
+        return refusal(
+            E::InvalidRequest.code(),
+            "no source address to bind a ticket to",
+        );
     };
     if req.topics.is_empty() {
-        return refusal(E::InvalidRequest.code(), "a ticket names at least one topic");
+        return refusal(
+            E::InvalidRequest.code(),
+            "a ticket names at least one topic",
+        );
     }
     let mut topics = Vec::with_capacity(req.topics.len());
     let mut allowed = Vec::new();
@@ -327,6 +339,9 @@ mod tests {
         }
         let f = request_frame(7, "kxgw", &req);
         assert!(is_request(&f[4..]));
-        assert_eq!(i32::from_be_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
+        assert_eq!(
+            i32::from_be_bytes(f[..4].try_into().unwrap()) as usize,
+            f.len() - 4
+        );
     }
 }

@@ -33,7 +33,9 @@ pub enum Login {
         nonce: String,
     },
     /// SCRAM after the client-final message: the server signature expected.
-    ScramFinal { expected: Vec<u8> },
+    ScramFinal {
+        expected: Vec<u8>,
+    },
     Done,
 }
 
@@ -102,7 +104,9 @@ fn client_final(
         }
     }
     let (Some(salt), Some(full)) = (salt, full) else {
-        return Err(format!("server-first without salt or nonce: {server_first:?}"));
+        return Err(format!(
+            "server-first without salt or nonce: {server_first:?}"
+        ));
     };
     if !full.starts_with(nonce) || iters == 0 || iters > 1_000_000 {
         return Err(format!("bad server-first {server_first:?}"));
@@ -138,7 +142,13 @@ mod tests {
             let (first, mut login) = creds.start();
             let mut s = ScramServer::Start;
             let Step::Continue(sf) = s
-                .step(hash, &first, |u| (u == "al,ice").then(|| cred.clone()), "SRV", |_| vec![])
+                .step(
+                    hash,
+                    &first,
+                    |u| (u == "al,ice").then(|| cred.clone()),
+                    "SRV",
+                    |_| vec![],
+                )
                 .unwrap()
             else {
                 panic!("client-first answered")

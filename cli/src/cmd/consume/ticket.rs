@@ -48,7 +48,12 @@ pub struct TicketArgs {
     pub sasl_mechanism: SaslMechanism,
     /// The user's password (visible to other local users in the process list: prefer
     /// --sasl-password-file).
-    #[arg(long, value_name = "PASSWORD", requires = "sasl_user", conflicts_with = "sasl_password_file")]
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        requires = "sasl_user",
+        conflicts_with = "sasl_password_file"
+    )]
     pub sasl_password: Option<String>,
     /// File whose first line is the user's password.
     #[arg(long, value_name = "FILE", requires = "sasl_user")]
@@ -94,8 +99,13 @@ impl Ticketing {
     /// of its lifetime.
     pub fn get(&mut self, now: Instant) -> Result<Option<Vec<u8>>> {
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        let issued = request_ticket(&self.addr, self.creds.as_ref(), &topics, Duration::from_secs(10))
-            .context("getting a fetch ticket")?;
+        let issued = request_ticket(
+            &self.addr,
+            self.creds.as_ref(),
+            &topics,
+            Duration::from_secs(10),
+        )
+        .context("getting a fetch ticket")?;
         let Some(i) = issued else {
             log::info!("{} requires no fetch ticket", self.addr);
             self.renew_at = None;
