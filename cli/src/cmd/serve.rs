@@ -188,17 +188,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         None => None,
     };
-    // One ticket key set: the Kafka listener issues, every fetch transport checks.
-    let tickets = args.security.ticket_keys();
+    let (kafka, fetch) = start_listeners(&args, &log, &cluster)?;
     let running = Running {
-        kafka: start_kafka(
-            &args,
-            &log,
-            cluster.as_ref().map(|(v, _)| Arc::clone(v)),
-            tickets.clone(),
-        )?,
+        kafka,
         cluster,
-        fetch: start_fetch(&args, &log, tickets)?,
+        fetch,
     };
     if running.kafka.is_none() && running.fetch.is_none() {
         bail!(
@@ -250,6 +244,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
     sig_handle.close();
     let _ = sig_thread.join();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Kafka listener and the fetch endpoint, sharing one fetch ticket key set (the Kafka
+/// listener issues tickets, every fetch transport checks them).
+fn start_listeners(
+    args: &Args,
+    log: &Arc<LogDir>,
+    cluster: &Option<(Arc<ClusterView>, Watcher)>,
+) -> Result<(Option<KafkaListener>, Option<FetchEndpoint>)> {
+    let tickets = args.security.ticket_keys();
+    let view = cluster.as_ref().map(|(v, _)| Arc::clone(v));
+    let kafka = start_kafka(args, log, view, tickets.clone())?;
+    Ok((kafka, start_fetch(args, log, tickets)?))
 }
 
 /// The fetch endpoint (kernel UDP or AF_XDP), requiring tickets under `tickets` if given.
