@@ -146,7 +146,6 @@ fn every_bad_ticket_gets_one_small_error_and_is_counted() {
             3,
             &good[..],
             "u",
-            t0,
             ErrorCode::TopicAuthorizationFailed,
         ),
     ];
