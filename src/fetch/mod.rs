@@ -15,12 +15,15 @@ pub mod consumer;
 pub mod gateway;
 pub mod gso_guard;
 pub mod server;
+pub mod ticket;
 pub mod token;
 pub mod udp;
 pub mod wire;
 
 #[cfg(test)]
 mod sim_tests;
+#[cfg(test)]
+mod ticket_tests;
 
 use std::net::SocketAddr;
 use std::time::Instant;

@@ -589,6 +589,7 @@ fn unvalidated_sources_never_get_more_than_they_sent() {
             let req = wire::FetchRequest {
                 version: wire::VERSION_1,
                 isolation: wire::IsolationLevel::ReadUncommitted,
+                ticket: &[],
                 request_id: 1,
                 ack_floor: 0,
                 window: u32::MAX,
@@ -793,6 +794,7 @@ fn gateway_enforces_the_window_against_a_greedy_client() {
     let probe = wire::FetchRequest {
         version: wire::VERSION_1,
         isolation: wire::IsolationLevel::ReadUncommitted,
+        ticket: &[],
         request_id: 0,
         ack_floor: 0,
         window: 0,
@@ -809,6 +811,7 @@ fn gateway_enforces_the_window_against_a_greedy_client() {
         wire::FetchRequest {
             version: wire::VERSION_1,
             isolation: wire::IsolationLevel::ReadUncommitted,
+            ticket: &[],
             request_id: id,
             ack_floor: floor,
             window,
@@ -1115,6 +1118,7 @@ fn versions_1_and_2_side_by_side() {
     let probe = wire::FetchRequest {
         version: wire::VERSION_1,
         isolation: wire::IsolationLevel::ReadUncommitted,
+        ticket: &[],
         request_id: 0,
         ack_floor: 0,
         window: 1 << 20,
@@ -1145,6 +1149,7 @@ fn versions_1_and_2_side_by_side() {
         let req = wire::FetchRequest {
             version,
             isolation,
+            ticket: &[],
             request_id: id,
             ack_floor: id,
             window: 1 << 20,
@@ -1181,6 +1186,7 @@ fn versions_1_and_2_side_by_side() {
         let req = wire::FetchRequest {
             version: wire::VERSION_2,
             isolation: wire::IsolationLevel::ReadCommitted,
+            ticket: &[],
             request_id: 10 + offset.unsigned_abs() as u32,
             ack_floor: 4,
             window: 1 << 20,
@@ -1198,9 +1204,9 @@ fn versions_1_and_2_side_by_side() {
         assert_eq!((h.link_offset, h.resp_next_offset), (lso, lso));
     }
     // A version the gateway does not speak: UNSUPPORTED_VERSION in version 1.
-    let mut v3 = probe.encode(wire::MIN_INITIAL_LEN).unwrap();
-    v3[2] = 3;
-    server.handle_datagram(now, me, &v3);
+    let mut v4 = probe.encode(wire::MIN_INITIAL_LEN).unwrap();
+    v4[2] = 4;
+    server.handle_datagram(now, me, &v4);
     let d = server.poll_transmit(now).unwrap().to_vec();
     assert_eq!(d[2], 1);
     assert_eq!(

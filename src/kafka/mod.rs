@@ -41,6 +41,9 @@ pub mod stats;
 #[cfg(test)]
 mod testkit;
 pub mod tls;
+pub mod ticket_client;
+#[cfg(test)]
+mod ticket_session_tests;
 pub mod upstream;
 
 pub use outq::IoMode;
