@@ -33,7 +33,7 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<()> {
 }
 
 /// Reads up to `buf.len()` bytes at `pos`, fewer only where the file ends. Returns the count.
-fn read_up_to(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+pub fn read_up_to(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], pos + done as u64) {

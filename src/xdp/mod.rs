@@ -33,6 +33,7 @@ pub mod loader;
 pub mod packet;
 pub mod pagemap;
 mod queue;
+mod read_ahead;
 pub mod resident;
 pub mod skel;
 pub mod sys;

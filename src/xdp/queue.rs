@@ -19,6 +19,7 @@ use super::consts::{
 };
 use super::frames::FrameLedger;
 use super::packet::{self, Route};
+use super::read_ahead::ReadAhead;
 use super::resident::ResidentCache;
 use super::sys::{self, Kick};
 use super::umem::UmemArea;
@@ -97,6 +98,7 @@ pub(crate) struct XdpQueue {
     held: Vec<xdpilone::xdp::XdpDesc>,
     rx_frames: Vec<u64>,
     ledger: FrameLedger,
+    ahead: ReadAhead,
 }
 
 /// Where a queue's frames and arena lie in the UMEM.
@@ -137,6 +139,7 @@ impl XdpQueue {
             held: Vec::new(),
             rx_frames: Vec::with_capacity(RX_BATCH as usize),
             ledger: FrameLedger::new(RX_FRAMES, TX_FRAMES),
+            ahead: ReadAhead::default(),
         };
         q.fill(&layout.rx_frames);
         q
@@ -340,6 +343,7 @@ impl XdpQueue {
             sent = true;
             self.send(d);
         }
+        self.ahead.clear();
         sent
     }
 
@@ -422,9 +426,7 @@ impl XdpQueue {
     fn frame_mut(&mut self, addr: u64) -> &mut [u8] {
         // SAFETY: `addr` is a TX frame from this worker's free list: inside the frame area,
         // owned exclusively by this worker until its completion comes back.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.area.base().add(addr as usize), FRAME as usize)
-        }
+        unsafe { frame_at(&self.area, addr) }
     }
 
     /// Header frame + arena descriptors. False if the arena could not take the payload.
@@ -477,7 +479,7 @@ impl XdpQueue {
             self.release_pieces();
             return false;
         };
-        let Some(csum) = checksummed(d, bytes) else {
+        let Some(csum) = checksummed(d, bytes, &mut self.ahead) else {
             self.stats.source_gone.fetch_add(1, Ordering::Relaxed);
             self.tx_free.push(hf);
             self.release_pieces();
@@ -540,7 +542,7 @@ impl XdpQueue {
             return;
         };
         {
-            let Some(csum) = checksummed(d, payload) else {
+            let Some(csum) = checksummed(d, payload, &mut self.ahead) else {
                 self.stats.source_gone.fetch_add(1, Ordering::Relaxed);
                 self.tx_free.extend(frames);
                 return;
@@ -561,10 +563,17 @@ impl XdpQueue {
                 let at = pos % FRAME as usize;
                 let n = (FRAME as usize - at).min(len - off);
                 let f = frames[fi];
-                let dst = &mut self.frame_mut(f)[at..at + n];
+                // SAFETY: as in `frame_mut`; a free function so the read-ahead can be borrowed
+                // beside it.
+                let frame = unsafe { frame_at(&self.area, f) };
+                let dst = &mut frame[at..at + n];
                 if i == 0 {
                     dst.copy_from_slice(&d.header[off..off + n]);
-                } else if !d.payload.as_ref().is_some_and(|p| p.read_at(off, dst)) {
+                } else if !d
+                    .payload
+                    .as_ref()
+                    .is_some_and(|p| self.ahead.read(p, off, dst))
+                {
                     self.stats.source_gone.fetch_add(1, Ordering::Relaxed);
                     self.tx_free.extend(frames);
                     return;
@@ -616,15 +625,26 @@ impl XdpQueue {
 fn checksummed<'a, P: TxPayload>(
     d: &Datagram<P>,
     mapped: &'a [u8],
+    ahead: &mut ReadAhead,
 ) -> Option<std::borrow::Cow<'a, [u8]>> {
     if !d.dst.is_ipv6() || mapped.is_empty() {
         return Some(std::borrow::Cow::Borrowed(mapped));
     }
     let mut v = vec![0u8; mapped.len()];
-    d.payload
-        .as_ref()?
-        .read_at(0, &mut v)
+    ahead
+        .read(d.payload.as_ref()?, 0, &mut v)
         .then_some(std::borrow::Cow::Owned(v))
+}
+
+/// The TX frame at `addr`.
+///
+/// # Safety
+/// `addr` must be a TX frame owned by the caller's queue (from its free list, not yet on the
+/// ring), and no other reference to that frame may be alive.
+#[allow(clippy::mut_from_ref)] // the frame is memory the queue owns, not part of `area`
+unsafe fn frame_at(area: &UmemArea, addr: u64) -> &mut [u8] {
+    // SAFETY: the caller's contract: inside the frame area and exclusively the caller's.
+    unsafe { std::slice::from_raw_parts_mut(area.base().add(addr as usize), FRAME as usize) }
 }
 
 impl<S: Service> DatagramIo<S> for XdpQueue {
