@@ -40,10 +40,10 @@ pub mod session;
 pub mod stats;
 #[cfg(test)]
 mod testkit;
-pub mod tls;
 pub mod ticket_client;
 #[cfg(test)]
 mod ticket_session_tests;
+pub mod tls;
 pub mod upstream;
 
 pub use outq::IoMode;

@@ -643,6 +643,9 @@ impl Session {
                 self.handle(ctx, frame, now)?;
             }
         }
+        Ok(())
+    }
+
     /// A FetchTicket extension request: answered for the authenticated principal only.
     fn fetch_ticket(&mut self, ctx: &Ctx, frame: &[u8], now: Instant) -> Result<(), SessionError> {
         let bad = |reason: String| SessionError::BadRequest {

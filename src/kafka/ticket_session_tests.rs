@@ -32,6 +32,7 @@ fn fixture(sasl: bool, keys: Option<Arc<TicketKeys>>) -> (Harness, tempfile::Tem
         sasl: sasl.then(|| Arc::new(SaslConfig::new(users))),
         acl: Some(Arc::new(Acl::parse(ACL).unwrap())),
         tickets: keys,
+        ..Security::default()
     };
     h.session.secure(&sec, Some(PEER.parse().unwrap()));
     (h, dir)

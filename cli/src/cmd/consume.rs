@@ -417,8 +417,7 @@ fn consume_udp(
     };
     let mut c = UdpConsumer::connect(addr, cfg, vec![sub])
         .with_context(|| format!("opening a UDP socket toward {addr}"))?;
-    let mut tickets =
-        ticket::Ticketing::new(&args.ticket, args.bootstrap.as_deref(), &args.topic)?;
+    let mut tickets = ticket::Ticketing::new(&args.ticket, args.bootstrap.as_deref(), &args.topic)?;
     if let Some(t) = tickets
         .as_mut()
         .map(|t| t.get(Instant::now()))
