@@ -68,19 +68,21 @@ pub struct SecurityArgs {
     /// The SSL and SASL_SSL listeners.
     #[command(flatten)]
     pub tls: crate::tls_flags::TlsArgs,
-    /// With --acl or --sasl-users every fetch (UDP, AF_XDP) must carry a fetch ticket, asked
-    /// for on the Kafka listener: how long one is valid (keys rotate every hour, or every
-    /// lifetime if longer, the previous key still accepted).
+    /// With --acl or --sasl-users (in cluster mode: --kafka-listen-sasl) every fetch (UDP,
+    /// AF_XDP) must carry a fetch ticket, asked for on the Kafka listener: how long one is
+    /// valid (keys rotate every hour, or every lifetime if longer, the previous key still
+    /// accepted).
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub fetch_ticket_lifetime: u64,
 }
 
 impl SecurityArgs {
     /// The gateway's fetch ticket keys: one set for the Kafka listener that issues tickets
-    /// and every fetch server that checks them. None without --acl / --sasl-users (the
-    /// fetch endpoint then requires no ticket).
+    /// and every fetch server that checks them. None without --acl / --sasl-users / a SASL
+    /// listener (the fetch endpoint then requires no ticket). In cluster mode the SASL
+    /// listener relays logins and the cluster decides the topics a ticket may name.
     pub fn ticket_keys(&self) -> Option<Arc<TicketKeys>> {
-        if self.acl.is_none() && self.sasl_users.is_none() {
+        if self.acl.is_none() && self.sasl_users.is_none() && self.kafka_listen_sasl.is_none() {
             return None;
         }
         let lifetime = Duration::from_secs(self.fetch_ticket_lifetime.max(1));

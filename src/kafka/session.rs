@@ -291,16 +291,21 @@ impl Session {
                 authz: &authz,
                 ..*ctx
             };
-            if apis::fetch_ticket::is_request(&frame) {
-                self.fetch_ticket(ctx, &frame, now)?;
-                continue;
-            }
+            // Relayed first: in cluster mode a FetchTicket waits for the cluster's answer too.
             if self.relay_intercepts(ctx, &frame, now)? {
                 continue;
             }
-            self.handle(ctx, frame, now)?;
+            self.serve(ctx, frame, now)?;
         }
         Ok(())
+    }
+
+    /// One request frame, answered here: the FetchTicket extension or a Kafka request.
+    fn serve(&mut self, ctx: &Ctx, frame: Bytes, now: Instant) -> Result<(), SessionError> {
+        if apis::fetch_ticket::is_request(&frame) {
+            return self.fetch_ticket(ctx, &frame, now);
+        }
+        self.handle(ctx, frame, now)
     }
 
     fn handle(&mut self, ctx: &Ctx, mut frame: Bytes, now: Instant) -> Result<(), SessionError> {
@@ -640,7 +645,7 @@ impl Session {
                     authz: &authz,
                     ..*ctx
                 };
-                self.handle(ctx, frame, now)?;
+                self.serve(ctx, frame, now)?;
             }
         }
         Ok(())

@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Each topic is checked with the decision the Kafka path uses ([`Ctx::authorized`]: the
-//! principal of the connection under the listener's ACL); the ticket names the allowed
+//! principal of the connection under the listener's ACL, or in cluster mode the cluster's
+//! answer, asked first on the client's upstream connection); the ticket names the allowed
 //! ones, for the connection's source address. Error codes: TOPIC_AUTHORIZATION_FAILED (29)
 //! when no topic is allowed, SECURITY_DISABLED (54) when the gateway requires no tickets,
 //! INVALID_REQUEST (42) for a request that cannot get one, UNSUPPORTED_VERSION (35).
@@ -208,6 +209,24 @@ pub fn response_body(frame: &[u8]) -> Result<(i32, TicketResponse), String> {
     Ok((correlation_id, TicketResponse::decode(r.0)?))
 }
 
+/// The well-formed topic names a FetchTicket v0 request frame (size prefix removed) asks
+/// for, deduplicated: what cluster mode asks the cluster about before answering
+/// ([`crate::kafka::upstream::authz::requested_topics`]). None when it does not decode (its
+/// handler refuses it).
+pub fn requested_topics(frame: &[u8]) -> Option<Vec<String>> {
+    let mut r = Reader(frame);
+    let (_key, version, _correlation_id) = (r.i16().ok()?, r.i16().ok()?, r.i32().ok()?);
+    r.nullable_string().ok()?;
+    if version != VERSION {
+        return None;
+    }
+    let mut topics = TicketRequest::decode(r.0).ok()?.topics;
+    topics.retain(|t| !t.is_empty() && t.len() <= crate::fetch::wire::MAX_TOPIC_LEN);
+    topics.sort_unstable();
+    topics.dedup();
+    Some(topics)
+}
+
 /// What the connection asking brings: its principal is in the [`Ctx`].
 pub struct Asker<'a> {
     /// The gateway's keys (None: its fetch endpoint requires no ticket).
@@ -271,7 +290,10 @@ fn answer(ctx: &Ctx, asker: &Asker, req: &TicketRequest) -> TicketResponse {
         } else {
             match ctx.authorized(t) {
                 Ok(()) => {
-                    allowed.push(t.as_str());
+                    // A name asked twice is named once.
+                    if !allowed.contains(&t.as_str()) {
+                        allowed.push(t.as_str());
+                    }
                     0
                 }
                 Err(e) => e.code(),
@@ -339,6 +361,11 @@ mod tests {
         }
         let f = request_frame(7, "kxgw", &req);
         assert!(is_request(&f[4..]));
+        assert_eq!(
+            requested_topics(&f[4..]),
+            Some(vec!["orders".to_string(), "t".to_string()])
+        );
+        assert_eq!(requested_topics(&f[4..f.len() - 1]), None);
         assert_eq!(
             i32::from_be_bytes(f[..4].try_into().unwrap()) as usize,
             f.len() - 4
