@@ -6,9 +6,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use kxgw::fetch::ticket::{TicketKeys, DEFAULT_ROTATION};
 use kxgw::kafka::auth::scram::ScramHash;
 use kxgw::kafka::auth::{Acl, Mechanism, SaslConfig, Security, Users};
 use kxgw::kafka::authority::RelayConfig;
@@ -66,9 +68,31 @@ pub struct SecurityArgs {
     /// The SSL and SASL_SSL listeners.
     #[command(flatten)]
     pub tls: crate::tls_flags::TlsArgs,
+    /// With --acl or --sasl-users (in cluster mode: --kafka-listen-sasl) every fetch (UDP,
+    /// AF_XDP) must carry a fetch ticket, asked for on the Kafka listener: how long one is
+    /// valid (keys rotate every hour, or every lifetime if longer, the previous key still
+    /// accepted).
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub fetch_ticket_lifetime: u64,
 }
 
 impl SecurityArgs {
+    /// The gateway's fetch ticket keys: one set for the Kafka listener that issues tickets
+    /// and every fetch server that checks them. None without --acl / --sasl-users / a SASL
+    /// listener (the fetch endpoint then requires no ticket). In cluster mode the SASL
+    /// listener relays logins and the cluster decides the topics a ticket may name.
+    pub fn ticket_keys(&self) -> Option<Arc<TicketKeys>> {
+        if self.acl.is_none() && self.sasl_users.is_none() && self.kafka_listen_sasl.is_none() {
+            return None;
+        }
+        let lifetime = Duration::from_secs(self.fetch_ticket_lifetime.max(1));
+        Some(Arc::new(TicketKeys::new(
+            Instant::now(),
+            lifetime,
+            DEFAULT_ROTATION.max(lifetime),
+        )))
+    }
+
     /// The security of the PLAINTEXT listener, and the other listeners asked for (SASL,
     /// SSL, SASL_SSL, in that order) with theirs, for standalone mode or cluster mode
     /// (`cluster`).

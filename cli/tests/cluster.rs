@@ -1126,13 +1126,7 @@ fn sasl_through_the_sidecars_is_the_clusters_login_and_the_cluster_authorizes_lo
             ..Layout::default()
         },
     );
-    let auth = |g: &Gateway, outcome: &str| {
-        g.metrics()
-            .lines()
-            .find(|l| l.starts_with(&format!("kxgw_kafka_auth_total{{outcome=\"{outcome}\"}}")))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let auth = auth_count;
     // alice, allowed `orders` by the brokers' ACL, reads every partition through sidecar 1,
     // each from the sidecar beside its leader, served locally.
     for p in 0..PARTITIONS {
@@ -1341,4 +1335,212 @@ fn kxgw_consume_discover_reads_every_partition_over_udp_from_its_leaders_sidecar
     ]);
     let want = expected(1) + expected(5);
     assert!(out.contains(&format!("verified {want} records")), "{out}");
+}
+
+/// A sidecar's `kxgw_kafka_auth_total{outcome=...}`.
+fn auth_count(g: &Gateway, outcome: &str) -> u64 {
+    g.metrics()
+        .lines()
+        .find(|l| l.starts_with(&format!("kxgw_kafka_auth_total{{outcome=\"{outcome}\"}}")))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// alice's fetch ticket for `topic`, asked for at the SASL listener `addr` (a sidecar:
+/// the login is relayed to the cluster). Err: refused, with the reason.
+fn alice_ticket(net: &TestNet, addr: &str, topic: &'static str) -> Result<Vec<u8>, String> {
+    use kxgw::kafka::auth::client::Credentials;
+    use kxgw::kafka::auth::scram::ScramHash;
+    use kxgw::kafka::auth::Mechanism;
+    let addr = addr.to_string();
+    in_client_ns(net, move || {
+        let creds = Credentials {
+            mechanism: Mechanism::Scram(ScramHash::Sha256),
+            user: "alice".into(),
+            password: ALICE.into(),
+        };
+        let issued = kxgw::kafka::ticket_client::request_ticket(
+            &addr,
+            Some(&creds),
+            &[topic],
+            Duration::from_secs(10),
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        Ok(issued.expect("the sidecar requires fetch tickets").ticket)
+    })
+}
+
+/// One raw FETCH (protocol v3, partition 0 of `topic` from offset 0, with `ticket`) per case
+/// at the fetch endpoint `to`, after a probe for the address-validation token: for each, the
+/// request's size and every datagram answered until 300 ms pass without one.
+fn raw_fetches(
+    net: &TestNet,
+    to: String,
+    cases: Vec<(&'static str, Vec<u8>)>,
+) -> Vec<(usize, Vec<Vec<u8>>)> {
+    use kxgw::fetch::wire::{self, IsolationLevel, PartRequest};
+    in_client_ns(net, move || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.connect(&to).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let exchange = |d: Vec<u8>| {
+            sock.send(&d).unwrap();
+            let (mut got, mut buf) = (Vec::new(), vec![0u8; 65536]);
+            while let Ok(n) = sock.recv(&mut buf) {
+                got.push(buf[..n].to_vec());
+            }
+            (d.len(), got)
+        };
+        let req = |id: u32, token: &[u8], ticket: &[u8], topic: &str, pad: usize| {
+            wire::FetchRequest {
+                version: wire::VERSION_3,
+                request_id: id,
+                ack_floor: id,
+                window: 1 << 20,
+                max_wait_ms: 0,
+                token,
+                isolation: IsolationLevel::ReadUncommitted,
+                ticket,
+                parts: if topic.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![PartRequest {
+                        topic,
+                        partition: 0,
+                        offset: 0,
+                        max_bytes: 64 << 10,
+                        range_start: 0,
+                        range_end: 0,
+                    }]
+                },
+            }
+            .encode(pad)
+            .unwrap()
+        };
+        let (_, got) = exchange(req(0, &[], &[], "", wire::MIN_INITIAL_LEN));
+        let token = wire::Retry::decode(got.first().expect("a RETRY to the probe"))
+            .expect("RETRY")
+            .token;
+        cases
+            .iter()
+            .zip(1..)
+            .map(|((topic, ticket), id)| exchange(req(id, &token, ticket, topic, 0)))
+            .collect()
+    })
+}
+
+/// The sidecar's `kxgw_fetch_ticket_rejected_total{cause}` once it reaches `want` (the
+/// counters are published periodically), or what it is after 10 s.
+fn ticket_rejects(g: &Gateway, cause: &str, want: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let label = format!("cause=\"{cause}\"");
+        let n = g
+            .metrics()
+            .lines()
+            .filter(|l| {
+                l.split([' ', '{']).next() == Some("kxgw_fetch_ticket_rejected_total")
+                    && l.contains(&label)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_topic_the_cluster_refuses_gets_no_fetch_ticket_and_its_udp_fetch_only_an_error() {
+    use kxgw::fetch::wire::{DataHeader, ErrorCode, ErrorMsg, SLOT_REQUEST};
+    let c = Cluster::start_with(
+        "cltk",
+        &Layout {
+            secured: true,
+            ..Layout::default()
+        },
+    );
+    let s0 = &c.sidecars[0];
+    // No ticket for `secret`, which the brokers' ACL refuses alice: the sidecar asked the
+    // cluster (on her relayed connection) before answering.
+    let asked = auth_count(s0, "authz_asked");
+    let err = alice_ticket(&c.net, &sidecar_addr(0), SECRET).unwrap_err();
+    assert!(
+        err.contains("refused a fetch ticket") && err.contains("(error 29)"),
+        "{err}\n{}",
+        c.logs()
+    );
+    assert!(
+        auth_count(s0, "authz_asked") > asked,
+        "the cluster was asked"
+    );
+    // Nor over TCP.
+    assert_eq!(fetch_as_alice(&c.net, &sidecar_addr(0), SECRET, 0), Ok(29));
+    // `orders`, which it allows her: a ticket, which serves orders and nothing else.
+    let ticket = alice_ticket(&c.net, &sidecar_addr(0), TOPIC).expect("a ticket for orders");
+    let got = raw_fetches(
+        &c.net,
+        sidecar_fetch_addr(0),
+        vec![
+            (TOPIC, ticket.clone()),
+            (SECRET, Vec::new()),
+            (SECRET, ticket),
+        ],
+    );
+    assert!(
+        got[0].1.iter().any(|d| DataHeader::decode(d).is_ok()),
+        "orders with its ticket is served: {} datagrams",
+        got[0].1.len()
+    );
+    for ((sent, answers), (what, want)) in got[1..].iter().zip([
+        ("secret without a ticket", ErrorCode::Unauthenticated),
+        (
+            "secret with the ticket for orders",
+            ErrorCode::TopicAuthorizationFailed,
+        ),
+    ]) {
+        assert_eq!(answers.len(), 1, "{what}: exactly one datagram back");
+        assert!(
+            answers[0].len() <= *sent,
+            "{what}: no larger than the request"
+        );
+        let e = ErrorMsg::decode(&answers[0]).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!((e.code, e.slot), (want, SLOT_REQUEST), "{what}");
+    }
+    assert_eq!(ticket_rejects(s0, "missing", 1), 1);
+    assert_eq!(ticket_rejects(s0, "out_of_scope", 1), 1);
+    // `kxgw consume` with alice's credentials: orders byte-exact over UDP, secret refused.
+    let pw = c._work.path().join("alice.pw");
+    std::fs::write(&pw, format!("{ALICE}\n")).unwrap();
+    let (fetch, listener) = (sidecar_fetch_addr(0), sidecar_addr(0));
+    let creds = [
+        "--ticket-from",
+        listener.as_str(),
+        "--sasl-user",
+        "alice",
+        "--sasl-password-file",
+        pw.to_str().unwrap(),
+    ];
+    let count = expected(0).to_string();
+    let mut args = vec!["--partition", "0", "--from-beginning", "--verify"];
+    args.extend(["--count", count.as_str()]);
+    args.extend(creds);
+    let out = common::consume_fetch(&c.net, &fetch, TOPIC, &args);
+    assert!(out.status.success(), "consume orders with a ticket");
+    let (n, end, _) = common::verified_summary(&out);
+    assert_eq!((n, end), (expected(0), expected(0) as i64));
+    let mut args = vec!["--from-beginning", "--count", "1"];
+    args.extend(creds);
+    let out = common::consume_fetch(&c.net, &fetch, SECRET, &args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && text.contains("refused a fetch ticket"),
+        "consume secret: {text}"
+    );
 }

@@ -120,6 +120,7 @@ fn fetch_without_token(pad: usize) -> Vec<u8> {
         // Version 1: the gateway still answers it, in version 1 (checked below).
         version: kxgw::fetch::wire::VERSION_1,
         isolation: kxgw::fetch::wire::IsolationLevel::ReadUncommitted,
+        ticket: &[],
         request_id: 1,
         ack_floor: 0,
         window: u32::MAX,

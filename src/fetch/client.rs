@@ -319,6 +319,8 @@ pub struct Client {
     cfg: ClientConfig,
     server: SocketAddr,
     token: Option<[u8; TOKEN_LEN]>,
+    /// Fetch ticket (from the gateway's Kafka listener): sent in every FETCH, version 3.
+    ticket: Option<Vec<u8>>,
     conn: Conn,
     subs: Vec<Sub>,
     reqs: BTreeMap<u32, Req>,
@@ -412,6 +414,7 @@ impl Client {
             cfg,
             server,
             token: None,
+            ticket: None,
             conn: Conn::Handshake {
                 started: None,
                 next_probe: None,
@@ -437,6 +440,21 @@ impl Client {
 
     pub fn server(&self) -> SocketAddr {
         self.server
+    }
+
+    /// Sends `ticket` in every FETCH from now on (protocol version 3); a renewed ticket
+    /// replaces the last one.
+    pub fn set_ticket(&mut self, ticket: Vec<u8>) {
+        self.ticket = Some(ticket);
+    }
+
+    /// The version of the FETCHes sent: 3 with a ticket, else [`wire::VERSION`].
+    fn version(&self) -> u8 {
+        if self.ticket.is_some() {
+            wire::VERSION_3
+        } else {
+            wire::VERSION
+        }
     }
 
     pub fn stats(&self) -> &ClientStats {
@@ -630,7 +648,7 @@ impl Client {
             if e.code == ErrorCode::UnsupportedVersion {
                 log::error!(
                     "fetch client: the gateway does not speak protocol version {}",
-                    wire::VERSION
+                    self.version()
                 );
                 self.conn = Conn::Unreachable;
                 self.events.push_back(Event::Unreachable);
@@ -1209,7 +1227,8 @@ impl Client {
             })
             .collect();
         let req = FetchRequest {
-            version: wire::VERSION,
+            version: self.version(),
+            ticket: self.ticket.as_deref().unwrap_or_default(),
             request_id: id,
             ack_floor: floor,
             window: self.cfg.window,
@@ -1394,7 +1413,8 @@ impl Client {
             if let Some(token) = self.token {
                 let floor = self.ack_floor();
                 let ack = FetchRequest {
-                    version: wire::VERSION,
+                    version: self.version(),
+                    ticket: self.ticket.as_deref().unwrap_or_default(),
                     isolation: self.cfg.isolation,
                     request_id: self.next_id,
                     ack_floor: floor,
@@ -1418,6 +1438,7 @@ impl Client {
             self.stats.datagrams_out += 1;
             return Some(d);
         }
+        let version = self.version();
         match &mut self.conn {
             Conn::Unreachable => return None,
             Conn::Handshake {
@@ -1437,7 +1458,8 @@ impl Client {
                     self.stats.handshakes += 1;
                     // A token-less FETCH padded so the RETRY is never larger than it.
                     let probe = FetchRequest {
-                        version: wire::VERSION,
+                        version,
+                        ticket: &[],
                         isolation: self.cfg.isolation,
                         request_id: 0,
                         ack_floor: 0,

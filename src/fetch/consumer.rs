@@ -75,6 +75,11 @@ impl UdpConsumer {
         &self.client
     }
 
+    /// See [`Client::set_ticket`].
+    pub fn set_ticket(&mut self, ticket: Vec<u8>) {
+        self.client.set_ticket(ticket);
+    }
+
     /// See [`Client::recycle`].
     pub fn recycle(&mut self, buf: Vec<u8>) {
         self.client.recycle(buf);

@@ -15,6 +15,7 @@ pub mod consumer;
 pub mod gateway;
 pub mod gso_guard;
 pub mod server;
+pub mod ticket;
 pub mod token;
 pub mod udp;
 pub mod wire;
@@ -23,6 +24,8 @@ pub mod wire;
 mod sim_tests;
 #[cfg(test)]
 mod tail_tests;
+#[cfg(test)]
+mod ticket_tests;
 
 use std::net::SocketAddr;
 use std::time::Instant;

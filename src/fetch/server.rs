@@ -16,6 +16,7 @@ use crate::log::tail::clock_ns;
 use crate::log::txn::AbortedTxn;
 use crate::log::{LogDir, LogError, Partition, ReadSlice};
 
+use super::ticket::{Reject, TicketKeys};
 use super::token::TokenKeys;
 use super::wire::{
     self, DataHeader, ErrorCode, ErrorMsg, FetchRequest, IsolationLevel, MsgType, Retry, WireError,
@@ -52,6 +53,9 @@ pub struct ServerConfig {
     /// Address-validation secret. Give every server of one gateway (one per transport
     /// worker) the same value so a token from one validates on all; None: random.
     pub token_secret: Option<[u8; 16]>,
+    /// Fetch tickets required (the gateway has `--acl` or `--sasl-users`): the gateway's
+    /// keys, shared with the Kafka listener that issues them. None: no ticket needed.
+    pub tickets: Option<Arc<TicketKeys>>,
 }
 
 impl ServerConfig {
@@ -79,6 +83,7 @@ impl Default for ServerConfig {
             max_requests: 4096,
             burst: 32,
             token_secret: None,
+            tickets: None,
         }
     }
 }
@@ -106,6 +111,44 @@ pub struct ServerStats {
     pub sessions_opened: u64,
     pub sessions_expired: u64,
     pub busy: u64,
+    /// FETCHes refused for their ticket, per cause (see [`TicketRejects`]).
+    pub tickets: TicketRejects,
+}
+
+/// FETCHes refused for their ticket, by [`Reject`] cause.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TicketRejects {
+    pub missing: u64,
+    pub malformed: u64,
+    pub forged: u64,
+    pub expired: u64,
+    pub wrong_address: u64,
+    pub out_of_scope: u64,
+}
+
+impl TicketRejects {
+    fn count(&mut self, r: Reject) {
+        *match r {
+            Reject::Missing => &mut self.missing,
+            Reject::Malformed => &mut self.malformed,
+            Reject::Forged => &mut self.forged,
+            Reject::Expired => &mut self.expired,
+            Reject::WrongAddress => &mut self.wrong_address,
+            Reject::OutOfScope { .. } => &mut self.out_of_scope,
+        } += 1;
+    }
+
+    /// (cause, count), in a fixed order.
+    pub fn rows(&self) -> [(&'static str, u64); 6] {
+        [
+            ("missing", self.missing),
+            ("malformed", self.malformed),
+            ("forged", self.forged),
+            ("expired", self.expired),
+            ("wrong_address", self.wrong_address),
+            ("out_of_scope", self.out_of_scope),
+        ]
+    }
 }
 
 impl ServerStats {
@@ -169,6 +212,16 @@ impl ServerStats {
         ] {
             w.counter(name, help, labels, v);
         }
+        for (cause, v) in self.tickets.rows() {
+            let mut l = labels.to_vec();
+            l.push(("cause", cause));
+            w.counter(
+                "fetch_ticket_rejected_total",
+                "FETCHes refused for their fetch ticket, by cause",
+                &l,
+                v,
+            );
+        }
     }
 }
 
@@ -178,7 +231,9 @@ impl std::fmt::Display for ServerStats {
             f,
             "in {} dgrams/{} B, out {} dgrams/{} B ({} data, {} payload B), fetches {}, acks {}, \
              retries {}, errors {}, long polls {} ({} expired), window stalls {}, sessions {} opened/{} expired, \
-             dropped: malformed {}, wrong type {}, unvalidated-small {}, duplicate {}, busy {}",
+             dropped: malformed {}, wrong type {}, unvalidated-small {}, duplicate {}, busy {}, \
+             tickets refused: missing {}, malformed {}, forged {}, expired {}, wrong address {}, \
+             out of scope {}",
             self.datagrams_in,
             self.bytes_in,
             self.datagrams_out,
@@ -198,7 +253,13 @@ impl std::fmt::Display for ServerStats {
             self.dropped_wrong_type,
             self.dropped_unvalidated_small,
             self.dropped_duplicate,
-            self.busy
+            self.busy,
+            self.tickets.missing,
+            self.tickets.malformed,
+            self.tickets.forged,
+            self.tickets.expired,
+            self.tickets.wrong_address,
+            self.tickets.out_of_scope,
         )
     }
 }
@@ -685,7 +746,49 @@ impl Server {
                 return;
             }
         };
+        if let Err(r) = self.check_ticket(now, src, &req) {
+            self.refuse_ticket(src, &req, r, datagram.len());
+            return;
+        }
         self.handle_fetch(now, src, req);
+    }
+
+    /// With tickets required, every FETCH (acknowledgements too) carries a valid one
+    /// covering its topics; versions 1 and 2 cannot, so they count as missing.
+    fn check_ticket(
+        &self,
+        now: Instant,
+        src: SocketAddr,
+        req: &FetchRequest<'_>,
+    ) -> Result<(), Reject> {
+        let Some(keys) = &self.cfg.tickets else {
+            return Ok(());
+        };
+        if req.version < wire::VERSION_3 {
+            return Err(Reject::Missing);
+        }
+        keys.check(now, src.ip(), req.ticket, req.parts.iter().map(|p| p.topic))
+            .map(|_| ())
+    }
+
+    /// One ERROR, nothing read: no larger than the request (anti-amplification holds
+    /// whatever the source), else nothing.
+    fn refuse_ticket(&mut self, src: SocketAddr, req: &FetchRequest<'_>, r: Reject, len: usize) {
+        self.stats.tickets.count(r);
+        log::debug!(
+            "fetch: {src}: request {} refused: ticket {}",
+            req.request_id,
+            r.cause()
+        );
+        // The whole request is refused (nothing of it was read), so the slot is the request's.
+        let code = match r {
+            Reject::OutOfScope { .. } => ErrorCode::TopicAuthorizationFailed,
+            _ => ErrorCode::Unauthenticated,
+        };
+        let e = request_error(req.version, req.request_id, code);
+        if len >= wire::ERROR_LEN {
+            self.error(src, e);
+        }
     }
 
     /// Unvalidated: the only answer is a RETRY, and only when it is no larger than the

@@ -681,6 +681,7 @@ fn unvalidated_sources_never_get_more_than_they_sent() {
             let req = wire::FetchRequest {
                 version: wire::VERSION_1,
                 isolation: wire::IsolationLevel::ReadUncommitted,
+                ticket: &[],
                 request_id: 1,
                 ack_floor: 0,
                 window: u32::MAX,
@@ -885,6 +886,7 @@ fn gateway_enforces_the_window_against_a_greedy_client() {
     let probe = wire::FetchRequest {
         version: wire::VERSION_1,
         isolation: wire::IsolationLevel::ReadUncommitted,
+        ticket: &[],
         request_id: 0,
         ack_floor: 0,
         window: 0,
@@ -901,6 +903,7 @@ fn gateway_enforces_the_window_against_a_greedy_client() {
         wire::FetchRequest {
             version: wire::VERSION_1,
             isolation: wire::IsolationLevel::ReadUncommitted,
+            ticket: &[],
             request_id: id,
             ack_floor: floor,
             window,
@@ -1207,6 +1210,7 @@ fn versions_1_and_2_side_by_side() {
     let probe = wire::FetchRequest {
         version: wire::VERSION_1,
         isolation: wire::IsolationLevel::ReadUncommitted,
+        ticket: &[],
         request_id: 0,
         ack_floor: 0,
         window: 1 << 20,
@@ -1237,6 +1241,7 @@ fn versions_1_and_2_side_by_side() {
         let req = wire::FetchRequest {
             version,
             isolation,
+            ticket: &[],
             request_id: id,
             ack_floor: id,
             window: 1 << 20,
@@ -1273,6 +1278,7 @@ fn versions_1_and_2_side_by_side() {
         let req = wire::FetchRequest {
             version: wire::VERSION_2,
             isolation: wire::IsolationLevel::ReadCommitted,
+            ticket: &[],
             request_id: 10 + offset.unsigned_abs() as u32,
             ack_floor: 4,
             window: 1 << 20,
@@ -1290,9 +1296,9 @@ fn versions_1_and_2_side_by_side() {
         assert_eq!((h.link_offset, h.resp_next_offset), (lso, lso));
     }
     // A version the gateway does not speak: UNSUPPORTED_VERSION in version 1.
-    let mut v3 = probe.encode(wire::MIN_INITIAL_LEN).unwrap();
-    v3[2] = 3;
-    server.handle_datagram(now, me, &v3);
+    let mut v4 = probe.encode(wire::MIN_INITIAL_LEN).unwrap();
+    v4[2] = 4;
+    server.handle_datagram(now, me, &v4);
     let d = server.poll_transmit(now).unwrap().to_vec();
     assert_eq!(d[2], 1);
     assert_eq!(

@@ -1,7 +1,7 @@
-//! Datagram formats of the kxgw fetch protocol, versions 1 and 2 (docs/fetch-protocol.md).
+//! Datagram formats of the kxgw fetch protocol, versions 1 to 3 (docs/fetch-protocol.md).
 //! Version 2 adds the isolation level to FETCH and the last stable offset and the aborted
-//! transactions to DATA; RETRY and ERROR are the same in both. A gateway answers in the
-//! version of the request.
+//! transactions to DATA; version 3 adds the fetch ticket to FETCH (DATA as in version 2);
+//! RETRY and ERROR are the same in all. A gateway answers in the version of the request.
 //!
 //! Every datagram starts with the 4-byte common header `magic u16 = 0x4B58 ("KX") |
 //! version u8 | type u8`; all integers are big-endian. Decoders never panic: any datagram
@@ -11,12 +11,14 @@ use std::fmt;
 
 /// "KX".
 pub const MAGIC: u16 = 0x4B58;
-/// The newest version (what the client speaks).
+/// What the client speaks without a fetch ticket (with one: [`VERSION_3`]).
 pub const VERSION: u8 = 2;
 /// Version 1: no isolation level (read_uncommitted), still answered by the gateway.
 pub const VERSION_1: u8 = 1;
 /// Version 2: FETCH carries the isolation level, DATA the LSO and aborted transactions.
 pub const VERSION_2: u8 = 2;
+/// Version 3: FETCH also carries a fetch ticket ([`super::ticket`]); DATA as version 2.
+pub const VERSION_3: u8 = 3;
 /// magic + version + type.
 pub const COMMON_LEN: usize = 4;
 /// Length of an address-validation token.
@@ -52,7 +54,7 @@ pub fn data_header_len(version: u8, aborted: usize) -> usize {
 
 /// Whether this code speaks `version`.
 pub fn supported(version: u8) -> bool {
-    version == VERSION_1 || version == VERSION_2
+    (VERSION_1..=VERSION_3).contains(&version)
 }
 
 /// Kafka's isolation levels (FETCH version 2; version 1 is always read_uncommitted).
@@ -64,6 +66,10 @@ pub enum IsolationLevel {
     /// Nothing at or past the last stable offset; DATA names the aborted transactions.
     ReadCommitted = 1,
 }
+
+/// Largest ticket a version 3 FETCH may carry (and [`super::ticket`] issues): keeps a FETCH
+/// carrying one (plus its partitions) within a 1500-byte MTU.
+pub const MAX_TICKET_LEN: usize = 512;
 
 impl IsolationLevel {
     pub fn from_u8(v: u8) -> Option<IsolationLevel> {
@@ -119,6 +125,11 @@ pub enum ErrorCode {
     UnsupportedVersion = 5,
     /// The gateway has no room for this request now (session or long-poll limits).
     Busy = 6,
+    /// The gateway requires a fetch ticket and the request has no valid one (missing,
+    /// malformed, forged, expired, issued for another address, or an older version).
+    Unauthenticated = 7,
+    /// The ticket does not name the topic of a partition entry (`slot`): nothing was read.
+    TopicAuthorizationFailed = 8,
     Unknown = 0xFFFF,
 }
 
@@ -131,6 +142,8 @@ impl ErrorCode {
             4 => ErrorCode::MalformedRequest,
             5 => ErrorCode::UnsupportedVersion,
             6 => ErrorCode::Busy,
+            7 => ErrorCode::Unauthenticated,
+            8 => ErrorCode::TopicAuthorizationFailed,
             _ => ErrorCode::Unknown,
         }
     }
@@ -145,6 +158,8 @@ impl fmt::Display for ErrorCode {
             ErrorCode::MalformedRequest => "malformed request",
             ErrorCode::UnsupportedVersion => "unsupported protocol version",
             ErrorCode::Busy => "gateway busy",
+            ErrorCode::Unauthenticated => "no valid fetch ticket",
+            ErrorCode::TopicAuthorizationFailed => "topic not covered by the fetch ticket",
             ErrorCode::Unknown => "unknown error",
         };
         f.write_str(s)
@@ -292,6 +307,8 @@ pub struct FetchRequest<'a> {
     pub token: &'a [u8],
     /// Version 2 (after the token); version 1 is read_uncommitted.
     pub isolation: IsolationLevel,
+    /// Version 3 (after the isolation level): the fetch ticket; empty in versions 1 and 2.
+    pub ticket: &'a [u8],
     pub parts: Vec<PartRequest<'a>>,
 }
 
@@ -308,6 +325,14 @@ impl FetchRequest<'_> {
             return Err(WireError::BadField {
                 what: "partition count",
                 detail: self.parts.len().to_string(),
+            });
+        }
+        if self.ticket.len() > MAX_TICKET_LEN
+            || (self.version < VERSION_3 && !self.ticket.is_empty())
+        {
+            return Err(WireError::BadField {
+                what: "ticket",
+                detail: format!("{} bytes in version {}", self.ticket.len(), self.version),
             });
         }
         if !supported(self.version)
@@ -328,6 +353,10 @@ impl FetchRequest<'_> {
         out.extend_from_slice(self.token);
         if self.version >= VERSION_2 {
             out.push(self.isolation as u8);
+        }
+        if self.version >= VERSION_3 {
+            out.extend_from_slice(&(self.ticket.len() as u16).to_be_bytes());
+            out.extend_from_slice(self.ticket);
         }
         out.extend_from_slice(&(self.parts.len() as u16).to_be_bytes());
         for p in &self.parts {
@@ -385,6 +414,7 @@ pub fn decode_fetch(datagram: &[u8]) -> Result<FetchRequest<'_>, WireError> {
     } else {
         IsolationLevel::ReadUncommitted
     };
+    let ticket = ticket_field(&mut r, version)?;
     let n = r.u16()? as usize;
     // Each entry needs at least its fixed part plus one topic byte: reject impossible
     // counts before allocating for them.
@@ -450,8 +480,24 @@ pub fn decode_fetch(datagram: &[u8]) -> Result<FetchRequest<'_>, WireError> {
         max_wait_ms,
         token,
         isolation,
+        ticket,
         parts,
     })
+}
+
+/// Version 3: the ticket after the isolation level (empty before version 3).
+fn ticket_field<'a>(r: &mut Reader<'a>, version: u8) -> Result<&'a [u8], WireError> {
+    if version < VERSION_3 {
+        return Ok(&[]);
+    }
+    let n = r.u16()? as usize;
+    if n > MAX_TICKET_LEN {
+        return Err(WireError::BadField {
+            what: "ticket length",
+            detail: n.to_string(),
+        });
+    }
+    r.take(n)
 }
 
 /// Gateway -> consumer: "repeat request `request_id` with this token".
@@ -758,6 +804,7 @@ mod tests {
         let req = FetchRequest {
             version: VERSION_1,
             isolation: IsolationLevel::ReadUncommitted,
+            ticket: &[],
             request_id: 7,
             ack_floor: 3,
             window: 1 << 20,
@@ -798,6 +845,7 @@ mod tests {
         let req = FetchRequest {
             version: VERSION,
             isolation: IsolationLevel::ReadCommitted,
+            ticket: &[],
             request_id: 1,
             ack_floor: 0,
             window: 10,
@@ -882,6 +930,7 @@ mod tests {
             max_wait_ms: 0,
             token: &[5; TOKEN_LEN],
             isolation: IsolationLevel::ReadCommitted,
+            ticket: &[],
             parts: vec![part.clone()],
         };
         let v2 = req.encode(0).unwrap();
@@ -935,6 +984,50 @@ mod tests {
     }
 
     #[test]
+    fn version_3_carries_the_ticket_after_the_isolation_level() {
+        let ticket = [9u8; 40];
+        let req = FetchRequest {
+            version: VERSION_3,
+            request_id: 4,
+            ack_floor: 1,
+            window: 1 << 16,
+            max_wait_ms: 0,
+            token: &[5; TOKEN_LEN],
+            isolation: IsolationLevel::ReadCommitted,
+            ticket: &ticket,
+            parts: vec![PartRequest {
+                topic: "t",
+                partition: 0,
+                offset: 3,
+                max_bytes: 100,
+                range_start: 0,
+                range_end: 0,
+            }],
+        };
+        let v3 = req.encode(0).unwrap();
+        let at = FETCH_FIXED_LEN + TOKEN_LEN + 1;
+        assert_eq!(&v3[at..at + 2], &40u16.to_be_bytes());
+        assert_eq!(&v3[at + 2..at + 42], &ticket);
+        assert_eq!(decode_fetch(&v3).unwrap(), req);
+        assert_eq!(fetch_token(&v3).unwrap(), (4, &[5u8; TOKEN_LEN][..]));
+        for n in 0..v3.len() {
+            assert!(decode_fetch(&v3[..n]).is_err(), "prefix {n}");
+        }
+        // A ticket length past the bound is malformed, not an allocation.
+        let mut bad = v3.clone();
+        bad[at..at + 2].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert!(decode_fetch(&bad).is_err());
+        // Older versions cannot carry one.
+        let v2 = FetchRequest {
+            version: VERSION_2,
+            ..req.clone()
+        };
+        assert!(v2.encode(0).is_err());
+        let empty = FetchRequest { ticket: &[], ..req };
+        assert_eq!(empty.encode(0).unwrap().len(), v3.len() - 40);
+    }
+
+    #[test]
     fn data_header_round_trip() {
         let h = DataHeader {
             request_id: 9,
@@ -978,7 +1071,7 @@ mod tests {
         #[test]
         fn decoders_never_panic(mut d in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), t in 1u8..9) {
             if d.len() >= 4 && t % 2 == 0 {
-                d[..4].copy_from_slice(&[0x4B, 0x58, 1 + (t > 4) as u8, (t - 1) % 4 + 1]);
+                d[..4].copy_from_slice(&[0x4B, 0x58, 1 + t % 3, (t - 1) % 4 + 1]);
             }
             let _ = peek_type(&d);
             let _ = fetch_token(&d);
@@ -1011,8 +1104,8 @@ mod tests {
             Err(WireError::BadMagic(0))
         ));
         assert!(matches!(
-            peek_type(&[0x4B, 0x58, 3, 1]),
-            Err(WireError::UnsupportedVersion(3))
+            peek_type(&[0x4B, 0x58, 4, 1]),
+            Err(WireError::UnsupportedVersion(4))
         ));
         assert!(matches!(
             peek_type(&[0x4B, 0x58, 1, 99]),

@@ -51,6 +51,7 @@ fn fixture(sasl: bool, acl: bool) -> (Harness, tempfile::TempDir) {
         acl: acl.then(|| Arc::new(Acl::parse(ACL).unwrap())),
         relay: None,
         tls: None,
+        tickets: None,
     };
     h.session.secure(&sec, None);
     (h, dir)

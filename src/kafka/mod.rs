@@ -44,6 +44,9 @@ pub mod session;
 pub mod stats;
 #[cfg(test)]
 mod testkit;
+pub mod ticket_client;
+#[cfg(test)]
+mod ticket_session_tests;
 pub mod tls;
 pub mod upstream;
 

@@ -104,6 +104,9 @@ pub struct Session {
     closing: bool,
     /// Cluster mode on a SASL listener: the login relayed to the cluster, reads asked of it.
     relay: Option<Relay>,
+    /// Fetch tickets this listener issues, for `peer_ip` (see [`apis::fetch_ticket`]).
+    tickets: Option<Arc<crate::fetch::ticket::TicketKeys>>,
+    peer_ip: Option<std::net::IpAddr>,
 }
 
 impl Session {
@@ -129,6 +132,8 @@ impl Session {
             authz: Arc::new(super::auth::ALLOW_ALL.clone()),
             closing: false,
             relay: None,
+            tickets: None,
+            peer_ip: None,
         }
     }
 
@@ -142,6 +147,8 @@ impl Session {
     pub fn secure(&mut self, sec: &Security, peer: Option<std::net::IpAddr>) {
         self.gate = sec.sasl.clone().map(|c| Exchange::new(c, peer));
         self.acl = sec.acl.clone();
+        self.tickets = sec.tickets.clone();
+        self.peer_ip = peer;
         self.authz = Arc::new(Authz::new(
             self.acl.clone(),
             super::auth::ANONYMOUS.to_string(),
@@ -291,12 +298,21 @@ impl Session {
                 authz: &authz,
                 ..*ctx
             };
+            // Relayed first: in cluster mode a FetchTicket waits for the cluster's answer too.
             if self.relay_intercepts(ctx, &frame, now)? {
                 continue;
             }
-            self.handle(ctx, frame, now)?;
+            self.serve(ctx, frame, now)?;
         }
         Ok(())
+    }
+
+    /// One request frame, answered here: the FetchTicket extension or a Kafka request.
+    fn serve(&mut self, ctx: &Ctx, frame: Bytes, now: Instant) -> Result<(), SessionError> {
+        if apis::fetch_ticket::is_request(&frame) {
+            return self.fetch_ticket(ctx, &frame, now);
+        }
+        self.handle(ctx, frame, now)
     }
 
     fn handle(&mut self, ctx: &Ctx, mut frame: Bytes, now: Instant) -> Result<(), SessionError> {
@@ -636,9 +652,32 @@ impl Session {
                     authz: &authz,
                     ..*ctx
                 };
-                self.handle(ctx, frame, now)?;
+                self.serve(ctx, frame, now)?;
             }
         }
+        Ok(())
+    }
+
+    /// A FetchTicket extension request: answered for the authenticated principal only.
+    fn fetch_ticket(&mut self, ctx: &Ctx, frame: &[u8], now: Instant) -> Result<(), SessionError> {
+        let bad = |reason: String| SessionError::BadRequest {
+            api_key: apis::fetch_ticket::API_KEY,
+            version: frame
+                .get(2..4)
+                .map_or(-1, |v| i16::from_be_bytes([v[0], v[1]])),
+            reason,
+        };
+        if self.gate.as_ref().is_some_and(|g| !g.is_authenticated()) {
+            inc(&ctx.stats.auth.unauthenticated_request);
+            return Err(bad("FetchTicket before SASL authentication".into()));
+        }
+        let asker = apis::fetch_ticket::Asker {
+            keys: self.tickets.as_deref(),
+            peer: self.peer_ip,
+            now,
+        };
+        let chunks = apis::fetch_ticket::handle(ctx, &asker, frame).map_err(bad)?;
+        self.out.push(chunks);
         Ok(())
     }
 

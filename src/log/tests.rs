@@ -516,7 +516,12 @@ fn reads_that_jump_the_index_match_a_header_walk() {
             }
             assert_eq!(
                 (s.position, s.len, s.first_offset, s.next_offset),
-                (spans[start].0 as u64, len, batches[start].0, batches[i - 1].1),
+                (
+                    spans[start].0 as u64,
+                    len,
+                    batches[start].0,
+                    batches[i - 1].1
+                ),
                 "start batch {start}, max {max}"
             );
         }

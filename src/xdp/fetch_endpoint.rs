@@ -216,6 +216,17 @@ impl FetchEndpoint {
 /// when `--xdp-iface` is given; if that fails, says why and falls back to kernel UDP, unless
 /// `--require-xdp`.
 pub fn start(log: &Arc<LogDir>, fetch: &FetchArgs, xdp: &XdpArgs) -> Result<Option<FetchEndpoint>> {
+    start_with(log, fetch, xdp, ServerConfig::default())
+}
+
+/// [`start`] with the servers' settings (e.g. the fetch ticket keys); every transport and
+/// queue shares them and one token secret.
+pub fn start_with(
+    log: &Arc<LogDir>,
+    fetch: &FetchArgs,
+    xdp: &XdpArgs,
+    server: ServerConfig,
+) -> Result<Option<FetchEndpoint>> {
     let Some(listen) = fetch.fetch_listen else {
         if xdp.iface.is_some() {
             anyhow::bail!("--xdp-iface needs --fetch-listen IP:PORT (the endpoint it serves)");
@@ -223,7 +234,7 @@ pub fn start(log: &Arc<LogDir>, fetch: &FetchArgs, xdp: &XdpArgs) -> Result<Opti
         return Ok(None);
     };
     // One token secret for the gateway, whichever transport and however many queues serve.
-    let server = ServerConfig::default().with_shared_secret();
+    let server = server.with_shared_secret();
     if let Some(iface) = &xdp.iface {
         match XdpFetch::start(log, iface, listen, xdp, &server) {
             Ok(x) => {

@@ -22,6 +22,7 @@ use crate::flags::IsolationLevel;
 
 mod discover;
 mod group;
+mod ticket;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -96,6 +97,9 @@ pub struct Args {
     /// and report how many bytes came back (never more than were sent).
     #[arg(long, requires = "fetch")]
     pub amplification_probe: bool,
+    /// Fetch ticket (--ticket-from, --sasl-user and its options).
+    #[command(flatten)]
+    pub ticket: ticket::TicketArgs,
 }
 
 /// `--amplification-probe`: token-less and forged-token fetches for a lot of data.
@@ -121,6 +125,7 @@ fn amplification_probe(addr: SocketAddr, args: &Args) -> Result<ExitCode> {
             let req = FetchRequest {
                 version: kxgw::fetch::wire::VERSION,
                 isolation: args.isolation_level.into(),
+                ticket: &[],
                 request_id: round + 1,
                 ack_floor: 0,
                 window: u32::MAX,
@@ -412,7 +417,24 @@ fn consume_udp(
     };
     let mut c = UdpConsumer::connect(addr, cfg, vec![sub])
         .with_context(|| format!("opening a UDP socket toward {addr}"))?;
+    let mut tickets = ticket::Ticketing::new(&args.ticket, args.bootstrap.as_deref(), &args.topic)?;
+    if let Some(t) = tickets
+        .as_mut()
+        .map(|t| t.get(Instant::now()))
+        .transpose()?
+        .flatten()
+    {
+        c.set_ticket(t);
+    }
     'outer: while !stop.load(Ordering::Relaxed) && !sink.done() {
+        if let Some(t) = tickets
+            .as_mut()
+            .map(|t| t.renew_if_due(Instant::now()))
+            .transpose()?
+            .flatten()
+        {
+            c.set_ticket(t);
+        }
         c.poll(Duration::from_millis(50))
             .with_context(|| format!("fetching from {addr}"))?;
         while let Some(ev) = c.next_event() {

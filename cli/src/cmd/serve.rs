@@ -185,10 +185,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         None => None,
     };
+    let (kafka, fetch) = start_listeners(&args, &log, &cluster)?;
     let running = Running {
-        kafka: start_kafka(&args, &log, cluster.as_ref().map(|(v, _)| Arc::clone(v)))?,
+        kafka,
         cluster,
-        fetch: kxgw::xdp::fetch_endpoint::start(&log, &(&args.fetch).into(), &(&args.xdp).into())?,
+        fetch,
     };
     if running.kafka.is_none() && running.fetch.is_none() {
         bail!(
@@ -277,12 +278,43 @@ impl SignalThread {
     }
 }
 
+/// The Kafka listener and the fetch endpoint, sharing one fetch ticket key set (the Kafka
+/// listener issues tickets, every fetch transport checks them).
+fn start_listeners(
+    args: &Args,
+    log: &Arc<LogDir>,
+    cluster: &Option<(Arc<ClusterView>, Watcher)>,
+) -> Result<(Option<KafkaListener>, Option<FetchEndpoint>)> {
+    let tickets = args.security.ticket_keys();
+    let view = cluster.as_ref().map(|(v, _)| Arc::clone(v));
+    let kafka = start_kafka(args, log, view, tickets.clone())?;
+    Ok((kafka, start_fetch(args, log, tickets)?))
+}
+
+/// The fetch endpoint (kernel UDP or AF_XDP), requiring tickets under `tickets` if given.
+fn start_fetch(
+    args: &Args,
+    log: &Arc<LogDir>,
+    tickets: Option<Arc<kxgw::fetch::ticket::TicketKeys>>,
+) -> Result<Option<FetchEndpoint>> {
+    let server = kxgw::fetch::ServerConfig {
+        tickets,
+        ..Default::default()
+    };
+    kxgw::xdp::fetch_endpoint::start_with(log, &(&args.fetch).into(), &(&args.xdp).into(), server)
+}
+
 fn start_kafka(
     args: &Args,
     log: &Arc<LogDir>,
     cluster: Option<Arc<ClusterView>>,
+    tickets: Option<Arc<kxgw::fetch::ticket::TicketKeys>>,
 ) -> Result<Option<KafkaListener>> {
-    let (plain, mut extra) = args.security.load(cluster.is_some())?;
+    let (mut plain, mut extra) = args.security.load(cluster.is_some())?;
+    plain.tickets = tickets.clone();
+    for (_, s) in &mut extra {
+        s.tickets = tickets.clone();
+    }
     // The first listener is the PLAINTEXT one if asked for, else the first other one.
     let (addr, security) = match args.kafka_listen {
         Some(a) => (a, plain),

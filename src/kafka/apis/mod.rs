@@ -4,6 +4,7 @@
 pub mod api_versions;
 pub mod error_response;
 pub mod fetch;
+pub mod fetch_ticket;
 pub mod group_admin;
 pub mod group_authz;
 mod group_codec;

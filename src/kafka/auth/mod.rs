@@ -8,8 +8,10 @@
 //! - [`acl`]: the ACL file (`--acl`) and [`Authz`], what a connection's principal may read.
 //! - [`ReadAuthority`]: "may principal P read topic T", decided by the ACL file (standalone)
 //!   or by the cluster, asked and cached ([`crate::kafka::upstream::authz`], cluster mode).
+//! - [`client`]: the client side of PLAIN and SCRAM (`kxgw consume` asking for fetch tickets).
 
 pub mod acl;
+pub mod client;
 pub mod exchange;
 pub mod limiter;
 pub mod scram;
@@ -76,6 +78,9 @@ pub struct Security {
     pub relay: Option<Arc<crate::kafka::authority::RelayConfig>>,
     /// TLS first (SSL, SASL_SSL).
     pub tls: Option<Arc<crate::kafka::tls::TlsServer>>,
+    /// The gateway's fetch ticket keys, when its fetch endpoint requires tickets: the
+    /// listener issues them (extension request, [`crate::kafka::apis::fetch_ticket`]).
+    pub tickets: Option<Arc<crate::fetch::ticket::TicketKeys>>,
 }
 
 impl std::fmt::Debug for Security {

@@ -27,12 +27,14 @@ pub struct AuthStats {
     pub failed_upstream: AtomicU64,
     /// Cluster mode: topic authorizations asked of the cluster (not answered from the cache).
     pub authz_asked: AtomicU64,
+    /// Fetch tickets issued (extension request).
+    pub tickets_issued: AtomicU64,
     /// TLS handshakes and the causes of connections TLS closed.
     pub tls: crate::kafka::tls::TlsStats,
 }
 
 impl AuthStats {
-    fn rows(&self) -> [(&'static str, &AtomicU64); 10] {
+    fn rows(&self) -> [(&'static str, &AtomicU64); 11] {
         [
             ("ok", &self.ok),
             ("failed_credentials", &self.failed_credentials),
@@ -44,6 +46,7 @@ impl AuthStats {
             ("denied_group", &self.denied_group),
             ("failed_upstream", &self.failed_upstream),
             ("authz_asked", &self.authz_asked),
+            ("ticket_issued", &self.tickets_issued),
         ]
     }
 

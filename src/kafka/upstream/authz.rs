@@ -1,7 +1,8 @@
 //! Cluster mode on a SASL listener: before a topic is served locally (Fetch, ListOffsets,
-//! OffsetForLeaderEpoch), the cluster is asked whether the client's principal may read it, on
-//! that client's own authenticated upstream connection: a Metadata request for the topics
-//! with `include_topic_authorized_operations`, the READ bit of each topic's
+//! OffsetForLeaderEpoch) or named in a fetch ticket (FetchTicket), the cluster is asked
+//! whether the client's principal may read it, on that client's own authenticated upstream
+//! connection: a Metadata request for the topics with
+//! `include_topic_authorized_operations`, the READ bit of each topic's
 //! `topic_authorized_operations` (TOPIC_AUTHORIZATION_FAILED: no). Answers are cached per
 //! (principal, topic) for `--authz-cache-ms`, so a revoked ACL stops local serving within
 //! that time, and most requests need no round trip.
@@ -37,12 +38,16 @@ pub fn ask(topics: &[String]) -> MetadataRequest {
 }
 
 /// The topics a locally served request reads (Fetch, ListOffsets v1+,
-/// OffsetForLeaderEpoch), by name (ids resolved through the local log), deduplicated; None
-/// for other requests and for requests that do not decode (their handler refuses them).
+/// OffsetForLeaderEpoch, and the FetchTicket extension, whose ticket opens the UDP/AF_XDP
+/// path to them), by name (ids resolved through the local log), deduplicated; None for other
+/// requests and for requests that do not decode (their handler refuses them).
 pub fn requested_topics(ctx: &Ctx, frame: &Bytes) -> Option<Vec<String>> {
     let mut b = frame.clone();
     if b.remaining() < 4 {
         return None;
+    }
+    if crate::kafka::apis::fetch_ticket::is_request(frame) {
+        return crate::kafka::apis::fetch_ticket::requested_topics(frame);
     }
     let key = ApiKey::try_from(i16::from_be_bytes([b[0], b[1]])).ok()?;
     let version = i16::from_be_bytes([b[2], b[3]]);

@@ -148,6 +148,10 @@ impl Relay {
                     inc(&ctx.stats.auth.unauthenticated_request);
                     Err(RelayError::Unauthenticated(k))
                 }
+                Err(_) if crate::kafka::apis::fetch_ticket::is_request(frame) => {
+                    inc(&ctx.stats.auth.unauthenticated_request);
+                    Err(bad("FetchTicket before SASL authentication"))
+                }
                 Err(_) => Err(bad(format!("unknown API key {raw_key}"))),
             };
         };

@@ -303,3 +303,69 @@ fn offset_apis_go_to_the_cluster_which_authorizes_their_topics() {
         "the cluster's answer"
     );
 }
+
+#[test]
+fn a_fetch_ticket_names_only_the_topics_the_cluster_lets_the_principal_read() {
+    use crate::fetch::ticket::{Reject, TicketKeys};
+    use crate::kafka::apis::fetch_ticket::{request_frame, response_body, TicketRequest};
+    let (mut h, _view, _d) = harness();
+    let now = Instant::now();
+    let keys = Arc::new(TicketKeys::new(
+        now,
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+    ));
+    let sec = Security {
+        relay: Some(Arc::new(RelayConfig::new(TTL))),
+        tickets: Some(Arc::clone(&keys)),
+        ..Security::default()
+    };
+    let peer: std::net::IpAddr = "198.18.0.2".parse().unwrap();
+    h.session.secure(&sec, Some(peer));
+    let ask_ticket = |h: &mut Harness, topics: &[&str]| {
+        let req = TicketRequest {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+        };
+        h.session.receive(&request_frame(5, "test", &req));
+    };
+    // Before the cluster accepted a login: refused and closed, nothing relayed.
+    ask_ticket(&mut h, &["t"]);
+    assert!(h.step(now).is_err());
+    assert_eq!(h.stats.auth.unauthenticated_request.load(Relaxed), 1);
+    assert!(h.session.forwarder().outbound().is_empty());
+
+    let (mut h, _view, _d) = harness();
+    h.session.secure(&sec, Some(peer));
+    scram_login(&mut h, now);
+    // The ticket's topics are asked of the cluster first; it allows t, refuses secret.
+    ask_ticket(&mut h, &["t", "secret", "t"]);
+    assert!(h.step(now).unwrap().is_empty(), "waits for the cluster");
+    assert_eq!(asked(&mut h), ["secret", "t"]);
+    let mut answer = ops("t", 0, READ_BIT);
+    answer.topics.extend(ops("secret", 29, i32::MIN).topics);
+    upstream_answers(&mut h, ApiKey::Metadata, 9, &answer);
+    let out = h.step(now).unwrap();
+    let (corr, r) = response_body(&out[4..]).unwrap();
+    assert_eq!((corr, r.error_code), (5, 0));
+    assert_eq!(
+        r.topics,
+        [("t".into(), 0), ("secret".into(), 29), ("t".into(), 0)]
+    );
+    let t = keys.check(now, peer, &r.ticket, ["t"]).unwrap();
+    assert_eq!(
+        (t.principal.as_str(), t.topics),
+        ("User:alice", vec!["t".into()])
+    );
+    assert_eq!(
+        keys.check(now, peer, &r.ticket, ["secret"]),
+        Err(Reject::OutOfScope { slot: 0 })
+    );
+    // secret alone, within the ttl: refused from the cache, no ticket, no round trip.
+    ask_ticket(&mut h, &["secret"]);
+    let out = h.step(now).unwrap();
+    let (_, r) = response_body(&out[4..]).unwrap();
+    assert_eq!((r.error_code, r.ticket.len()), (29, 0));
+    assert!(h.session.forwarder().outbound().is_empty());
+    assert_eq!(h.stats.auth.authz_asked.load(Relaxed), 1);
+    assert_eq!(h.stats.auth.tickets_issued.load(Relaxed), 1);
+}

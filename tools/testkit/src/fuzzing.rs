@@ -152,6 +152,12 @@ fn fuzz_security() -> kxgw::kafka::auth::Security {
         acl: Some(Arc::new(acl)),
         relay: None,
         tls: None,
+        // FetchTicket requests (extension api key 0x4B58) are answered too.
+        tickets: Some(Arc::new(kxgw::fetch::ticket::TicketKeys::new(
+            Instant::now(),
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        ))),
     }
 }
 
@@ -359,7 +365,9 @@ fn split_pieces(data: &[u8], n: usize) -> Vec<&[u8]> {
 /// decoders, to a fetch gateway core as if from a client, and to a fetch consumer core as if
 /// from the gateway; then drains what both want to send and fires their timers. A FETCH
 /// whose token field is 20 bytes gets a valid token for the client address, so the fuzzer
-/// reaches the request parser and the handlers behind the address validation.
+/// reaches the request parser and the handlers behind the address validation. A second
+/// gateway core requires fetch tickets; a version 3 FETCH whose ticket field is as long as a
+/// valid ticket of the client gets that ticket, so both the refusals and the checked path run.
 pub fn fetch_datagrams(data: &[u8]) {
     use kxgw::fetch::{token::TokenKeys, wire, Client, ClientConfig, Server, ServerConfig};
     use kxgw::fetch::{StartAt, Subscription};
@@ -388,6 +396,7 @@ pub fn fetch_datagrams(data: &[u8]) {
     let mut client = Client::new(server_addr, ClientConfig::default(), subs);
     let now = Instant::now();
     let token = keys.mint(client_addr.ip());
+    let (mut ticketed, ticket) = ticketed_server(&f.log, secret, client_addr, now);
     for (i, d) in split_pieces(data, 32).into_iter().enumerate() {
         let t = now + Duration::from_millis(i as u64 * 5);
         let _ = wire::peek_type(d);
@@ -401,6 +410,20 @@ pub fn fetch_datagrams(data: &[u8]) {
         if d.get(at - 1) == Some(&(wire::TOKEN_LEN as u8)) && d.len() >= at + wire::TOKEN_LEN {
             d[at..at + wire::TOKEN_LEN].copy_from_slice(&token);
         }
+        let _ = kxgw::fetch::ticket::decode(d.get(at + wire::TOKEN_LEN + 3..).unwrap_or_default());
+        let tl = at + wire::TOKEN_LEN + 1;
+        if d.get(2) == Some(&wire::VERSION_3)
+            && d.get(tl..tl + 2) == Some(&(ticket.len() as u16).to_be_bytes()[..])
+            && d.len() >= tl + 2 + ticket.len()
+        {
+            d[tl + 2..tl + 2 + ticket.len()].copy_from_slice(&ticket);
+        }
+        ticketed.handle_datagram(t, client_addr, &d);
+        for _ in 0..10_000 {
+            if ticketed.poll_transmit(t).is_none() {
+                break;
+            }
+        }
         server.handle_datagram(t, client_addr, &d);
         client.handle_datagram(t, server_addr, &d);
         drain_fetch(&mut server, &mut client, t);
@@ -409,6 +432,31 @@ pub fn fetch_datagrams(data: &[u8]) {
     server.handle_timeout(later);
     client.handle_timeout(later);
     drain_fetch(&mut server, &mut client, later);
+}
+
+/// A gateway core requiring fetch tickets, and a valid ticket of `client` for topic t.
+fn ticketed_server(
+    log: &Arc<kxgw::log::LogDir>,
+    secret: [u8; 16],
+    client: std::net::SocketAddr,
+    now: Instant,
+) -> (kxgw::fetch::Server, Vec<u8>) {
+    use kxgw::fetch::ticket::TicketKeys;
+    let keys = Arc::new(TicketKeys::with_secret(
+        [9u8; 32],
+        now,
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+    ));
+    let ticket = keys
+        .issue(now, "User:alice", client.ip(), &["t"])
+        .expect("fuzz fixture: ticket");
+    let cfg = kxgw::fetch::ServerConfig {
+        token_secret: Some(secret),
+        tickets: Some(keys),
+        ..kxgw::fetch::ServerConfig::default()
+    };
+    (kxgw::fetch::Server::new(log.clone(), cfg), ticket)
 }
 
 /// Takes what the gateway and the consumer cores want to send (bounded: a bug that makes
