@@ -5,7 +5,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
 use super::exchange::Mechanism;
-use super::scram::ScramHash;
+use super::scram::{self, ScramHash};
 
 /// Who logs in, and how.
 #[derive(Clone)]
@@ -30,7 +30,6 @@ pub enum Login {
     ScramFirst {
         hash: ScramHash,
         bare: String,
-        nonce: String,
     },
     /// SCRAM after the client-final message: the server signature expected.
     ScramFinal {
@@ -56,7 +55,7 @@ impl Credentials {
                 let nonce = B64.encode(rand::random::<[u8; 18]>());
                 let bare = format!("n={},r={nonce}", escape(&self.user));
                 let first = format!("n,,{bare}").into_bytes();
-                (first, Login::ScramFirst { hash, bare, nonce })
+                (first, Login::ScramFirst { hash, bare })
             }
         }
     }
@@ -67,11 +66,12 @@ impl Login {
     pub fn step(&mut self, creds: &Credentials, reply: &[u8]) -> Result<Option<Vec<u8>>, String> {
         match std::mem::replace(self, Login::Done) {
             Login::Plain | Login::Done => Ok(None),
-            Login::ScramFirst { hash, bare, nonce } => {
+            Login::ScramFirst { hash, bare } => {
                 let server_first =
                     std::str::from_utf8(reply).map_err(|_| "server-first is not UTF-8")?;
                 let (fin, expected) =
-                    client_final(hash, &creds.password, &bare, &nonce, server_first)?;
+                    scram::client_final(hash, &creds.password, &bare, server_first)
+                        .map_err(|e| format!("bad server-first {server_first:?}: {e}"))?;
                 *self = Login::ScramFinal { expected };
                 Ok(Some(fin.into_bytes()))
             }
@@ -83,46 +83,6 @@ impl Login {
             }
         }
     }
-}
-
-/// RFC 5802 section 3: the client-final message and the server-final expected.
-fn client_final(
-    hash: ScramHash,
-    password: &str,
-    bare: &str,
-    nonce: &str,
-    server_first: &str,
-) -> Result<(String, Vec<u8>), String> {
-    let (mut salt, mut iters, mut full) = (None, 0u32, None);
-    for a in server_first.split(',') {
-        if let Some(s) = a.strip_prefix("s=") {
-            salt = Some(B64.decode(s).map_err(|e| format!("salt: {e}"))?);
-        } else if let Some(i) = a.strip_prefix("i=") {
-            iters = i.parse().map_err(|e| format!("iterations: {e}"))?;
-        } else if let Some(r) = a.strip_prefix("r=") {
-            full = Some(r);
-        }
-    }
-    let (Some(salt), Some(full)) = (salt, full) else {
-        return Err(format!(
-            "server-first without salt or nonce: {server_first:?}"
-        ));
-    };
-    if !full.starts_with(nonce) || iters == 0 || iters > 1_000_000 {
-        return Err(format!("bad server-first {server_first:?}"));
-    }
-    let salted = hash.salted_password(password.as_bytes(), &salt, iters);
-    let client_key = hash.hmac(&salted, b"Client Key");
-    let stored = hash.hash(&client_key);
-    let without_proof = format!("c=biws,r={full}");
-    let auth = format!("{bare},{server_first},{without_proof}");
-    let sig = hash.hmac(&stored, auth.as_bytes());
-    let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
-    let server_sig = hash.hmac(&hash.hmac(&salted, b"Server Key"), auth.as_bytes());
-    Ok((
-        format!("{without_proof},p={}", B64.encode(proof)),
-        format!("v={}", B64.encode(server_sig)).into_bytes(),
-    ))
 }
 
 #[cfg(test)]

@@ -381,8 +381,9 @@ pub fn client_final(
         return Err(ScramError::Malformed("server nonce does not extend ours"));
     }
     let salt = salt.ok_or(ScramError::Malformed("no salt"))?;
-    if iters == 0 {
-        return Err(ScramError::Malformed("no iteration count"));
+    // A server asking for millions of iterations would stall the client (Kafka allows 16384).
+    if iters == 0 || iters > 1_000_000 {
+        return Err(ScramError::Malformed("no or an excessive iteration count"));
     }
     let salted = hash.salted_password(password.as_bytes(), &salt, iters);
     let client_key = hash.hmac(&salted, b"Client Key");
