@@ -36,9 +36,9 @@ impl ReadAhead {
         };
         let pos = p.position() + at as u64;
         let end = pos + dst.len() as u64;
-        let held = p.source().id == self.source
-            && pos >= self.start
-            && end <= self.start + self.buf.len() as u64;
+        let source = p.source().id;
+        let held =
+            source == self.source && pos >= self.start && end <= self.start + self.buf.len() as u64;
         if !held {
             // Lengths only: `ahead()` is never dereferenced here.
             let want = p.ahead().len().saturating_sub(at).clamp(dst.len(), WINDOW);
@@ -46,7 +46,7 @@ impl ReadAhead {
             self.reads += 1;
             let got = crate::log::read::read_up_to(file, &mut self.buf, pos).unwrap_or(0);
             self.buf.truncate(got);
-            self.source = p.source().id;
+            self.source = source;
             self.start = pos;
             if got < dst.len() {
                 self.buf.clear();
