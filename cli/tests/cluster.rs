@@ -810,6 +810,8 @@ fn the_clusters_log_start_offset_bounds_the_sidecar_below_what_its_disk_still_ho
 struct Member {
     child: KillOnDrop,
     lines: std::sync::Arc<std::sync::Mutex<Vec<(i32, i64)>>>,
+    /// Where each "assigned" line came, as the number of records printed before it.
+    assigned: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -827,10 +829,15 @@ impl Member {
         );
         let stdout = child.0.stdout.take().unwrap();
         let lines: std::sync::Arc<std::sync::Mutex<Vec<(i32, i64)>>> = std::sync::Arc::default();
+        let assigned: std::sync::Arc<std::sync::Mutex<Vec<usize>>> = std::sync::Arc::default();
         let l = std::sync::Arc::clone(&lines);
+        let a = std::sync::Arc::clone(&assigned);
         let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if line.starts_with("assigned") {
+                    a.lock().unwrap().push(l.lock().unwrap().len());
+                }
                 let Some((p, o)) = line.split_once('\t') else {
                     continue;
                 };
@@ -842,6 +849,7 @@ impl Member {
         Member {
             child,
             lines,
+            assigned,
             reader: Some(reader),
         }
     }
@@ -857,12 +865,13 @@ impl Member {
             .all(|(&p, &end)| (0..end).all(|o| seen.contains(&(p, o))))
     }
 
-    fn stop(mut self) -> Vec<(i32, i64)> {
+    /// The records and, for each assignment, how many records came before it.
+    fn stop(mut self) -> (Vec<(i32, i64)>, Vec<usize>) {
         let _ = self.child.terminate(Duration::from_secs(15));
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
-        self.seen()
+        (self.seen(), self.assigned.lock().unwrap().clone())
     }
 }
 
@@ -949,12 +958,16 @@ fn check_outage(c: &Cluster, member: &Member, group: &str) -> (BTreeMap<i32, i64
     (held, at_kill)
 }
 
-/// At least once: every offset below `ends`. Twice: only after `at_kill`, only offsets from
-/// the committed position at the outage (`before`) up to what was delivered before the
-/// restart (`at_restart` lines): the uncommitted window. Nothing of partitions 0 and 3 past
-/// the `held` watermark before the restart. Returns the duplicates.
+/// At least once: every offset below `ends`. Twice: only after `at_kill`, and only in the
+/// uncommitted window: from the committed position at the outage (`before`) up to what was
+/// delivered before the assignment the repeat follows (`assigned`: records before each
+/// assignment). A member resumes from the committed offset only when it is assigned again,
+/// which happens once the restarted coordinator takes the group back, seconds after the
+/// restart began, while the member has kept reading the live partitions. Nothing of
+/// partitions 0 and 3 past the `held` watermark before the restart (`at_restart` lines).
+/// Returns the duplicates.
 fn check_deliveries(
-    seen: &[(i32, i64)],
+    (seen, assigned): (&[(i32, i64)], &[usize]),
     ends: &BTreeMap<i32, i64>,
     before: &BTreeMap<i32, i64>,
     held: &BTreeMap<i32, i64>,
@@ -974,17 +987,22 @@ fn check_deliveries(
             assert!(count.contains_key(&(p, o)), "record {p}/{o} never arrived");
         }
     }
-    let mut max_before: BTreeMap<i32, i64> = BTreeMap::new();
-    for &(p, o) in &seen[..at_restart] {
-        let m = max_before.entry(p).or_insert(-1);
-        *m = (*m).max(o);
-    }
     for &(i, p, o) in &dups {
         assert!(i >= at_kill, "{p}/{o} delivered twice before the outage");
-        let window = before[&p]..=max_before.get(&p).copied().unwrap_or(-1);
+        let last_assigned = assigned.iter().copied().filter(|&a| a <= i).max();
+        let head = last_assigned.map_or(-1, |a| {
+            seen[..a]
+                .iter()
+                .filter(|&&(q, _)| q == p)
+                .map(|&(_, o)| o)
+                .max()
+                .unwrap_or(-1)
+        });
+        let window = before[&p]..=head;
         assert!(
             window.contains(&o),
-            "{p}/{o} delivered twice: outside the uncommitted window {window:?}"
+            "{p}/{o} (record {i}) delivered twice: outside the uncommitted window {window:?} \
+             (assignments after records {assigned:?}; outage at record {at_kill})"
         );
     }
     for (&p, &hw) in held {
@@ -1053,10 +1071,18 @@ fn the_coordinator_killed_and_restarted_under_a_running_group_and_load_loses_not
         120,
         || member.has_all(&ends),
     );
-    let seen = member.stop();
-    let dups = check_deliveries(&seen, &ends, &before, &held, (at_kill, at_restart));
+    let (seen, assigned) = member.stop();
+    let dups = check_deliveries(
+        (&seen, &assigned),
+        &ends,
+        &before,
+        &held,
+        (at_kill, at_restart),
+    );
     eprintln!(
-        "outage {:.1} s; {} records, {} deliveries, {dups} duplicates; held watermarks {held:?}",
+        "outage {:.1} s; {} records, {} deliveries, {dups} duplicates; held watermarks \
+         {held:?}; assignments after records {assigned:?} (outage at {at_kill}, restart at \
+         {at_restart})",
         outage.as_secs_f64(),
         ends.values().sum::<i64>(),
         seen.len(),
