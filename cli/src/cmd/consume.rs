@@ -427,9 +427,13 @@ fn consume_udp(
         c.set_ticket(t);
     }
     'outer: while !stop.load(Ordering::Relaxed) && !sink.done() {
+        let refused = c.client().ticket_refused();
         if let Some(t) = tickets
             .as_mut()
-            .map(|t| t.renew_if_due(Instant::now()))
+            .map(|t| match refused {
+                true => t.renew_refused(Instant::now()),
+                false => t.renew_if_due(Instant::now()),
+            })
             .transpose()?
             .flatten()
         {
