@@ -650,7 +650,9 @@ impl Client {
             return true;
         }
         let since = *self.ticket_refused.get_or_insert_with(|| {
-            log::debug!("fetch client: the gateway refused the fetch ticket; waiting for a renewal");
+            log::debug!(
+                "fetch client: the gateway refused the fetch ticket; waiting for a renewal"
+            );
             now
         });
         now.saturating_duration_since(since) < self.cfg.connect_timeout

@@ -299,7 +299,10 @@ fn a_client_whose_ticket_expired_waits_for_a_renewal_then_reads_on() {
         "no batch, no error yet: {ev:?}"
     );
     assert!(c.ticket_refused(), "the caller is told to renew");
-    assert!(c.poll_transmit(now).is_none(), "nothing asked under the refused ticket");
+    assert!(
+        c.poll_transmit(now).is_none(),
+        "nothing asked under the refused ticket"
+    );
     // Renewed: the same request asked again, the partition read to its end.
     c.set_ticket(keys.issue(now, "User:alice", me.ip(), &["t"]).unwrap());
     assert!(!c.ticket_refused());
