@@ -430,10 +430,7 @@ fn consume_udp(
         let refused = c.client().ticket_refused();
         if let Some(t) = tickets
             .as_mut()
-            .map(|t| match refused {
-                true => t.renew_refused(Instant::now()),
-                false => t.renew_if_due(Instant::now()),
-            })
+            .map(|t| t.renew(Instant::now(), refused))
             .transpose()?
             .flatten()
         {

@@ -124,8 +124,17 @@ impl Ticketing {
         Ok(Some(i.ticket))
     }
 
+    /// A renewed ticket when due: at once when the gateway `refused` the last one, else at
+    /// two thirds of its lifetime.
+    pub fn renew(&mut self, now: Instant, refused: bool) -> Result<Option<Vec<u8>>> {
+        match refused {
+            true => self.renew_refused(now),
+            false => self.renew_if_due(now),
+        }
+    }
+
     /// A renewed ticket when the last one is two thirds through its lifetime.
-    pub fn renew_if_due(&mut self, now: Instant) -> Result<Option<Vec<u8>>> {
+    fn renew_if_due(&mut self, now: Instant) -> Result<Option<Vec<u8>>> {
         match self.renew_at {
             Some(t) if now >= t => self.get(now),
             _ => Ok(None),
@@ -135,7 +144,7 @@ impl Ticketing {
     /// A renewed ticket now, the gateway having refused the last one (expired: a renewal
     /// came too late, or the gateway's clock ran ahead), unless one was asked for less than
     /// [`MIN_RENEW_GAP`] ago.
-    pub fn renew_refused(&mut self, now: Instant) -> Result<Option<Vec<u8>>> {
+    fn renew_refused(&mut self, now: Instant) -> Result<Option<Vec<u8>>> {
         if self
             .asked_at
             .is_some_and(|t| now.saturating_duration_since(t) < MIN_RENEW_GAP)
