@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use kxgw::fetch::ticket::{TicketKeys, DEFAULT_ROTATION};
+use kxgw::fetch::ticket::{effective_lifetime, TicketKeys, DEFAULT_ROTATION};
 use kxgw::kafka::auth::scram::ScramHash;
 use kxgw::kafka::auth::{Acl, Mechanism, SaslConfig, Security, Users};
 use kxgw::kafka::authority::RelayConfig;
@@ -47,7 +47,8 @@ pub struct SecurityArgs {
     #[arg(long, value_name = "FILE")]
     pub acl: Option<PathBuf>,
     /// Cluster mode: how long the cluster's answer "may this principal read this topic" is
-    /// trusted before it is asked again (a revoked ACL stops local reads within this time).
+    /// trusted before it is asked again (a revoked ACL stops local reads within this time;
+    /// fetch tickets live no longer than this, so UDP/AF_XDP reads stop within twice it).
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub authz_cache_ms: u64,
     /// Cluster mode: the gateway's own SASL user at the cluster (the watcher's login; it needs
@@ -70,8 +71,8 @@ pub struct SecurityArgs {
     pub tls: crate::tls_flags::TlsArgs,
     /// With --acl or --sasl-users (in cluster mode: --kafka-listen-sasl) every fetch (UDP,
     /// AF_XDP) must carry a fetch ticket, asked for on the Kafka listener: how long one is
-    /// valid (keys rotate every hour, or every lifetime if longer, the previous key still
-    /// accepted).
+    /// valid; in cluster mode at most --authz-cache-ms (keys rotate every hour, or every
+    /// lifetime if longer, the previous key still accepted).
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub fetch_ticket_lifetime: u64,
 }
@@ -80,12 +81,26 @@ impl SecurityArgs {
     /// The gateway's fetch ticket keys: one set for the Kafka listener that issues tickets
     /// and every fetch server that checks them. None without --acl / --sasl-users / a SASL
     /// listener (the fetch endpoint then requires no ticket). In cluster mode the SASL
-    /// listener relays logins and the cluster decides the topics a ticket may name.
-    pub fn ticket_keys(&self) -> Option<Arc<TicketKeys>> {
+    /// listener relays logins and the cluster decides the topics a ticket may name, and a
+    /// ticket lives no longer than the cluster's answer is trusted (`cluster`).
+    pub fn ticket_keys(&self, cluster: bool) -> Option<Arc<TicketKeys>> {
         if self.acl.is_none() && self.sasl_users.is_none() && self.kafka_listen_sasl.is_none() {
             return None;
         }
-        let lifetime = Duration::from_secs(self.fetch_ticket_lifetime.max(1));
+        let asked = Duration::from_secs(self.fetch_ticket_lifetime.max(1));
+        let ttl = Duration::from_millis(self.authz_cache_ms);
+        let lifetime = effective_lifetime(asked, cluster.then_some(ttl));
+        if lifetime < asked {
+            log::info!(
+                "fetch tickets valid {lifetime:?}: --fetch-ticket-lifetime {}s capped at \
+                 --authz-cache-ms {} (cluster mode: a ticket never outlives the cluster's \
+                 answer that allowed it; consumers renew at two thirds)",
+                self.fetch_ticket_lifetime,
+                self.authz_cache_ms
+            );
+        } else {
+            log::info!("fetch tickets valid {lifetime:?} (--fetch-ticket-lifetime)");
+        }
         Some(Arc::new(TicketKeys::new(
             Instant::now(),
             lifetime,

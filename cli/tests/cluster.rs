@@ -1218,22 +1218,10 @@ fn sasl_through_the_sidecars_is_the_clusters_login_and_the_cluster_authorizes_lo
         "wrong password: {text}"
     );
     assert!(auth(&c.sidecars[1], "failed_upstream") > refused);
-    // Revoked: broker 0 restarts with an ACL that no longer lets alice read `orders`;
-    // sidecar 0 stops serving it locally once its cached answer is older than the ttl.
+    // Revoked: sidecar 0 stops serving `orders` locally once its cached answer is older
+    // than the ttl.
     assert_eq!(fetch_as_alice(&c.net, &sidecar_addr(0), TOPIC, 0), Ok(0));
-    let acl = c._work.path().join("acl.toml");
-    std::fs::write(&acl, REVOKED).unwrap();
-    c.brokers[0].child.0.kill().unwrap();
-    let _ = c.brokers[0].child.0.wait();
-    let args = c.broker_args[0].clone();
-    c.brokers[0] = serve(
-        &c.net,
-        c._work.path(),
-        "broker0-revoked",
-        &broker_addr(0),
-        &args,
-    );
-    let restarted = Instant::now();
+    let restarted = revoke_alice(&mut c);
     loop {
         let got = fetch_as_alice(&c.net, &sidecar_addr(0), TOPIC, 0);
         if got == Ok(29) {
@@ -1251,6 +1239,24 @@ fn sasl_through_the_sidecars_is_the_clusters_login_and_the_cluster_authorizes_lo
         "revocation effective {:?} after the broker restart",
         restarted.elapsed()
     );
+}
+
+/// Restarts broker 0 (sidecar 0's upstream) with an ACL that no longer lets alice read
+/// `orders`: when it listens again.
+fn revoke_alice(c: &mut Cluster) -> Instant {
+    let acl = c._work.path().join("acl.toml");
+    std::fs::write(&acl, REVOKED).unwrap();
+    c.brokers[0].child.0.kill().unwrap();
+    let _ = c.brokers[0].child.0.wait();
+    let args = c.broker_args[0].clone();
+    c.brokers[0] = serve(
+        &c.net,
+        c._work.path(),
+        "broker0-revoked",
+        &broker_addr(0),
+        &args,
+    );
+    Instant::now()
 }
 
 /// The fetch endpoint the gateway at `addr` advertises in Metadata.
@@ -1568,5 +1574,94 @@ fn a_topic_the_cluster_refuses_gets_no_fetch_ticket_and_its_udp_fetch_only_an_er
     assert!(
         !out.status.success() && text.contains("refused a fetch ticket"),
         "consume secret: {text}"
+    );
+}
+
+#[test]
+fn a_revoked_acl_stops_udp_fetches_within_the_cache_time_and_one_ticket_lifetime() {
+    use kxgw::fetch::wire::{DataHeader, ErrorCode, ErrorMsg, SLOT_REQUEST};
+    let mut c = Cluster::start_with(
+        "clrv",
+        &Layout {
+            secured: true,
+            ..Layout::default()
+        },
+    );
+    let served =
+        |got: &[(usize, Vec<Vec<u8>>)]| got[0].1.iter().any(|d| DataHeader::decode(d).is_ok());
+    // Cluster mode: the ticket lifetime (600 s by default) is capped at --authz-cache-ms.
+    let log = c.sidecars[0].log();
+    assert!(
+        log.contains(&format!("fetch tickets valid {AUTHZ_TTL:?}"))
+            && log.contains("capped at --authz-cache-ms"),
+        "the startup line says which lifetime is in force and why:\n{log}"
+    );
+    let ticket = alice_ticket(&c.net, &sidecar_addr(0), TOPIC).expect("a ticket for orders");
+    let got = raw_fetches(&c.net, sidecar_fetch_addr(0), vec![(TOPIC, ticket.clone())]);
+    assert!(
+        served(&got),
+        "orders with its ticket is served\n{}",
+        c.logs()
+    );
+    let s0 = &c.sidecars[0];
+    let (expired, denied) = (
+        ticket_rejects(s0, "expired", 0),
+        auth_count(s0, "denied_topic"),
+    );
+    let revoked = revoke_alice(&mut c);
+    // Renewing as a consumer does: tickets keep coming while the sidecar trusts the
+    // cluster's earlier answer, then the cluster is asked again and refuses.
+    let mut last = ticket;
+    let refused_after = loop {
+        match alice_ticket(&c.net, &sidecar_addr(0), TOPIC) {
+            Ok(t) => last = t,
+            Err(e) => {
+                assert!(
+                    e.contains("refused a fetch ticket") && e.contains("(error 29)"),
+                    "a renewal after the revocation: {e}"
+                );
+                break revoked.elapsed();
+            }
+        }
+        assert!(
+            revoked.elapsed() < AUTHZ_TTL + Duration::from_secs(3),
+            "still issued {:?} after the revocation\n{}",
+            revoked.elapsed(),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The last ticket issued serves until its lifetime (the cache time) is over, then gets
+    // one ERROR no larger than the request.
+    let s0 = &c.sidecars[0];
+    let stopped_after = loop {
+        let got = raw_fetches(&c.net, sidecar_fetch_addr(0), vec![(TOPIC, last.clone())]);
+        let (sent, answers) = &got[0];
+        if !served(&got) {
+            assert_eq!(answers.len(), 1, "exactly one datagram back");
+            assert!(answers[0].len() <= *sent, "no larger than the request");
+            let e = ErrorMsg::decode(&answers[0]).expect("an ERROR");
+            assert_eq!((e.code, e.slot), (ErrorCode::Unauthenticated, SLOT_REQUEST));
+            break revoked.elapsed();
+        }
+        assert!(
+            revoked.elapsed() < AUTHZ_TTL * 2 + Duration::from_secs(3),
+            "UDP still served {:?} after the revocation\n{}",
+            revoked.elapsed(),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!(
+        "revoked: renewal refused after {refused_after:?}, UDP stopped after {stopped_after:?} \
+         (authz cache and ticket lifetime {AUTHZ_TTL:?})"
+    );
+    assert!(
+        ticket_rejects(s0, "expired", expired + 1) > expired,
+        "expired counted"
+    );
+    assert!(
+        auth_count(s0, "denied_topic") > denied,
+        "the refused renewal counted"
     );
 }

@@ -233,6 +233,8 @@ struct Req {
     parts: Vec<Part>,
     any_rx: bool,
     check_at: Option<Instant>,
+    /// Which ticket it carried ([`Client::set_ticket`] counts them).
+    ticket_gen: u32,
 }
 
 #[derive(Debug)]
@@ -321,6 +323,11 @@ pub struct Client {
     token: Option<[u8; TOKEN_LEN]>,
     /// Fetch ticket (from the gateway's Kafka listener): sent in every FETCH, version 3.
     ticket: Option<Vec<u8>>,
+    /// Tickets set so far, and when the gateway first refused the current one (expired):
+    /// new requests wait for a renewed ticket, and fail if none comes within
+    /// `connect_timeout`.
+    ticket_gen: u32,
+    ticket_refused: Option<Instant>,
     conn: Conn,
     subs: Vec<Sub>,
     reqs: BTreeMap<u32, Req>,
@@ -415,6 +422,8 @@ impl Client {
             server,
             token: None,
             ticket: None,
+            ticket_gen: 0,
+            ticket_refused: None,
             conn: Conn::Handshake {
                 started: None,
                 next_probe: None,
@@ -446,6 +455,14 @@ impl Client {
     /// replaces the last one.
     pub fn set_ticket(&mut self, ticket: Vec<u8>) {
         self.ticket = Some(ticket);
+        self.ticket_gen = self.ticket_gen.wrapping_add(1);
+        self.ticket_refused = None;
+    }
+
+    /// Whether the gateway refused the current ticket (expired, or its key retired): the
+    /// caller renews it at once ([`Client::set_ticket`]); meanwhile nothing new is asked for.
+    pub fn ticket_refused(&self) -> bool {
+        self.ticket_refused.is_some()
     }
 
     /// The version of the FETCHes sent: 3 with a ticket, else [`wire::VERSION`].
@@ -602,7 +619,7 @@ impl Client {
             Ok(MsgType::Error) => match ErrorMsg::decode(datagram) {
                 Ok(e) => {
                     self.last_rx = Some(now);
-                    self.handle_error(e);
+                    self.handle_error(now, e);
                 }
                 Err(_) => self.stats.malformed += 1,
             },
@@ -625,6 +642,22 @@ impl Client {
         }
     }
 
+    /// A request refused for its ticket: true when it is to be asked again (under a renewed
+    /// ticket), false when the current one has been refused for `connect_timeout` already.
+    fn ticket_refusal(&mut self, now: Instant, req: Option<&Req>) -> bool {
+        if req.is_some_and(|r| r.ticket_gen != self.ticket_gen) {
+            // Sent under the ticket already replaced.
+            return true;
+        }
+        let since = *self.ticket_refused.get_or_insert_with(|| {
+            log::debug!(
+                "fetch client: the gateway refused the fetch ticket; waiting for a renewal"
+            );
+            now
+        });
+        now.saturating_duration_since(since) < self.cfg.connect_timeout
+    }
+
     /// Asks again for everything a part asked for.
     fn requeue_whole(&mut self, w: Want) {
         match w.kind {
@@ -643,7 +676,7 @@ impl Client {
         }
     }
 
-    fn handle_error(&mut self, e: ErrorMsg) {
+    fn handle_error(&mut self, now: Instant, e: ErrorMsg) {
         let Some(req) = self.reqs.get_mut(&e.request_id) else {
             if e.code == ErrorCode::UnsupportedVersion {
                 log::error!(
@@ -659,7 +692,12 @@ impl Client {
         };
         if e.slot == SLOT_REQUEST {
             let req = self.reqs.remove(&e.request_id);
-            if e.code == ErrorCode::Busy {
+            let refused = e.code == ErrorCode::Unauthenticated && self.ticket.is_some();
+            if refused && self.ticket_refusal(now, req.as_ref()) {
+                for p in req.into_iter().flat_map(|r| r.parts) {
+                    self.requeue_whole(p.want);
+                }
+            } else if e.code == ErrorCode::Busy {
                 for p in req.into_iter().flat_map(|r| r.parts) {
                     self.requeue_whole(p.want);
                 }
@@ -1261,6 +1299,7 @@ impl Client {
             id,
             Req {
                 sent_at: now,
+                ticket_gen: self.ticket_gen,
                 long_poll: !max_wait.is_zero(),
                 parts: wants
                     .into_iter()
@@ -1477,6 +1516,10 @@ impl Client {
             }
             Conn::Ready => {}
         }
+        if self.ticket_refused.is_some() {
+            // Asking again under the refused ticket would only be refused again.
+            return None;
+        }
         self.plan(now);
         let d = self.tx.pop_front()?;
         self.stats.datagrams_out += 1;
@@ -1504,6 +1547,9 @@ impl Client {
             Conn::Unreachable => return None,
             Conn::Ready => {}
         }
+        if let Some(s) = self.ticket_refused {
+            min(s + self.cfg.connect_timeout);
+        }
         let rto = self.rto();
         for r in self.reqs.values() {
             if let Some(c) = r.check_at {
@@ -1530,6 +1576,17 @@ impl Client {
     pub fn handle_timeout(&mut self, now: Instant) {
         if matches!(self.conn, Conn::Handshake { .. }) {
             // poll_transmit sends the probes and declares the gateway unreachable.
+            return;
+        }
+        if self
+            .ticket_refused
+            .is_some_and(|s| now >= s + self.cfg.connect_timeout)
+        {
+            log::error!("fetch client: the fetch ticket was refused and not renewed");
+            self.ticket_refused = None;
+            for i in 0..self.subs.len() {
+                self.fail_sub(i, ErrorCode::Unauthenticated, -1, -1);
+            }
             return;
         }
         let rto = self.rto();

@@ -36,6 +36,19 @@ pub const DEFAULT_ROTATION: Duration = Duration::from_secs(3600);
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The ticket lifetime in force: `asked` (`--fetch-ticket-lifetime`), or in cluster mode
+/// (`authz_ttl` given: how long the cluster's "may read" answers are trusted) never longer
+/// than that, so a revoked ACL stops UDP/AF_XDP serving within the cache time plus one
+/// lifetime, as it stops Kafka serving within the cache time: every renewal is a new ask
+/// through the cache. Never under a millisecond (the ticket clock's unit).
+pub fn effective_lifetime(asked: Duration, authz_ttl: Option<Duration>) -> Duration {
+    let l = match authz_ttl {
+        Some(ttl) => asked.min(ttl),
+        None => asked,
+    };
+    l.max(Duration::from_millis(1))
+}
+
 /// The decoded contents of a ticket (what was sealed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ticket {
@@ -445,6 +458,24 @@ mod tests {
         assert!(short
             .check(t0 + Duration::from_secs(29), a, &t, ["t"])
             .is_ok());
+    }
+
+    #[test]
+    fn in_cluster_mode_the_lifetime_is_capped_by_the_authz_cache_time_in_ms() {
+        let (s600, ms) = (Duration::from_secs(600), Duration::from_millis);
+        assert_eq!(effective_lifetime(s600, None), s600, "standalone: as asked");
+        assert_eq!(effective_lifetime(s600, Some(ms(5000))), ms(5000));
+        assert_eq!(effective_lifetime(ms(1500), Some(ms(5000))), ms(1500));
+        assert_eq!(effective_lifetime(s600, Some(ms(0))), ms(1), "never zero");
+        // A 1500 ms ticket: valid at 1499 ms, expired at 1500, under the hour's key.
+        let t0 = Instant::now();
+        let life = effective_lifetime(s600, Some(ms(1500)));
+        let k = TicketKeys::with_secret([3; 32], t0, life, DEFAULT_ROTATION.max(life));
+        assert_eq!(k.lifetime(), ms(1500));
+        let a: IpAddr = A.parse().unwrap();
+        let t = k.issue(t0 + ms(100), "User:a", a, &["t"]).unwrap();
+        assert!(k.check(t0 + ms(1599), a, &t, ["t"]).is_ok());
+        assert_eq!(k.check(t0 + ms(1600), a, &t, ["t"]), Err(Reject::Expired));
     }
 
     #[test]

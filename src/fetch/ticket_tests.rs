@@ -272,3 +272,67 @@ fn a_client_with_a_ticket_reads_its_topic_and_is_refused_others() {
         }
     }
 }
+
+#[test]
+fn a_client_whose_ticket_expired_waits_for_a_renewal_then_reads_on() {
+    let (_d, log) = log_with(&["t"]);
+    let t0 = Instant::now();
+    let keys = Arc::new(TicketKeys::new(
+        t0,
+        Duration::from_millis(1000),
+        Duration::from_secs(60),
+    ));
+    let mut s = server(log, &keys);
+    let me: SocketAddr = ME.parse().unwrap();
+    let sub = Subscription {
+        topic: "t".into(),
+        partition: 0,
+        start: StartAt::Earliest,
+    };
+    let mut c = Client::new(GW.parse().unwrap(), ClientConfig::default(), vec![sub]);
+    // Issued long ago: expired by the first FETCH.
+    c.set_ticket(keys.issue(t0, "User:alice", me.ip(), &["t"]).unwrap());
+    let now = t0 + Duration::from_secs(5);
+    let ev = run(&mut c, &mut s, now, me);
+    assert!(
+        ev.iter().all(|e| matches!(e, Event::Connected)),
+        "no batch, no error yet: {ev:?}"
+    );
+    assert!(c.ticket_refused(), "the caller is told to renew");
+    assert!(
+        c.poll_transmit(now).is_none(),
+        "nothing asked under the refused ticket"
+    );
+    // Renewed: the same request asked again, the partition read to its end.
+    c.set_ticket(keys.issue(now, "User:alice", me.ip(), &["t"]).unwrap());
+    assert!(!c.ticket_refused());
+    let ev = run(&mut c, &mut s, now, me);
+    let batches = ev.iter().filter(|e| matches!(e, Event::Batch(_))).count();
+    assert_eq!(batches, 20, "{ev:?}");
+    // Refused again and never renewed: the subscription fails after connect_timeout.
+    let later = now + Duration::from_secs(5);
+    let sub = Subscription {
+        topic: "t".into(),
+        partition: 0,
+        start: StartAt::Earliest,
+    };
+    let me2 = SocketAddr::new(me.ip(), 42009);
+    let mut c = Client::new(GW.parse().unwrap(), ClientConfig::default(), vec![sub]);
+    c.set_ticket(keys.issue(now, "User:alice", me.ip(), &["t"]).unwrap());
+    let ev = run(&mut c, &mut s, later, me2);
+    assert!(ev.iter().all(|e| matches!(e, Event::Connected)), "{ev:?}");
+    assert!(c.ticket_refused());
+    let due = c.poll_timeout().expect("the refusal's deadline");
+    assert!(due <= later + ClientConfig::default().connect_timeout);
+    c.handle_timeout(due);
+    let failed = std::iter::from_fn(|| c.poll_event()).any(|e| {
+        matches!(
+            e,
+            Event::PartitionError {
+                code: ErrorCode::Unauthenticated,
+                ..
+            }
+        )
+    });
+    assert!(failed, "an unrenewed refused ticket fails the subscription");
+}

@@ -427,9 +427,10 @@ fn consume_udp(
         c.set_ticket(t);
     }
     'outer: while !stop.load(Ordering::Relaxed) && !sink.done() {
+        let refused = c.client().ticket_refused();
         if let Some(t) = tickets
             .as_mut()
-            .map(|t| t.renew_if_due(Instant::now()))
+            .map(|t| t.renew(Instant::now(), refused))
             .transpose()?
             .flatten()
         {

@@ -285,7 +285,7 @@ fn start_listeners(
     log: &Arc<LogDir>,
     cluster: &Option<(Arc<ClusterView>, Watcher)>,
 ) -> Result<(Option<KafkaListener>, Option<FetchEndpoint>)> {
-    let tickets = args.security.ticket_keys();
+    let tickets = args.security.ticket_keys(cluster.is_some());
     let view = cluster.as_ref().map(|(v, _)| Arc::clone(v));
     let kafka = start_kafka(args, log, view, tickets.clone())?;
     Ok((kafka, start_fetch(args, log, tickets)?))

@@ -66,7 +66,13 @@ pub struct Ticketing {
     creds: Option<Credentials>,
     topics: Vec<String>,
     renew_at: Option<Instant>,
+    /// When the last ticket was asked for (an immediate renewal waits [`MIN_RENEW_GAP`]).
+    asked_at: Option<Instant>,
 }
+
+/// Least time between two renewals forced by the gateway refusing the ticket: a gateway that
+/// refuses each new ticket at once is not asked in a loop.
+const MIN_RENEW_GAP: Duration = Duration::from_millis(250);
 
 impl Ticketing {
     /// None when no ticket is to be asked for (no --ticket-from, no --sasl-user).
@@ -92,6 +98,7 @@ impl Ticketing {
             creds,
             topics: vec![topic.to_string()],
             renew_at: None,
+            asked_at: None,
         }))
     }
 
@@ -99,6 +106,7 @@ impl Ticketing {
     /// of its lifetime.
     pub fn get(&mut self, now: Instant) -> Result<Option<Vec<u8>>> {
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.asked_at = Some(now);
         let issued = request_ticket(
             &self.addr,
             self.creds.as_ref(),
@@ -116,12 +124,35 @@ impl Ticketing {
         Ok(Some(i.ticket))
     }
 
+    /// A renewed ticket when due: at once when the gateway `refused` the last one, else at
+    /// two thirds of its lifetime.
+    pub fn renew(&mut self, now: Instant, refused: bool) -> Result<Option<Vec<u8>>> {
+        match refused {
+            true => self.renew_refused(now),
+            false => self.renew_if_due(now),
+        }
+    }
+
     /// A renewed ticket when the last one is two thirds through its lifetime.
-    pub fn renew_if_due(&mut self, now: Instant) -> Result<Option<Vec<u8>>> {
+    fn renew_if_due(&mut self, now: Instant) -> Result<Option<Vec<u8>>> {
         match self.renew_at {
             Some(t) if now >= t => self.get(now),
             _ => Ok(None),
         }
+    }
+
+    /// A renewed ticket now, the gateway having refused the last one (expired: a renewal
+    /// came too late, or the gateway's clock ran ahead), unless one was asked for less than
+    /// [`MIN_RENEW_GAP`] ago.
+    fn renew_refused(&mut self, now: Instant) -> Result<Option<Vec<u8>>> {
+        if self
+            .asked_at
+            .is_some_and(|t| now.saturating_duration_since(t) < MIN_RENEW_GAP)
+        {
+            return Ok(None);
+        }
+        log::debug!("the gateway refused the fetch ticket: renewing it now");
+        self.get(now)
     }
 }
 
