@@ -21,21 +21,8 @@ GW=198.18.0.1
 FETCH_PORT=9093
 KAFKA_PORT=9092
 export RUST_LOG=info
-IP=/usr/local/bin/ip
-ip() { $IP "$@"; }
-FAILS=0
-log() { echo "guest: $*"; }
-bad() {
-  echo "guest: FAIL: $*"
-  FAILS=$((FAILS + 1))
-}
-
-ifaces_of() {
-  for d in /sys/class/net/*; do
-    drv=$(readlink "$d/device/driver" 2>/dev/null)
-    [ "${drv##*/}" = "$1" ] && echo "${d##*/}"
-  done
-}
+# IP, ip, FAILS, log, bad, ifaces_of (scripts/lib/testvm-guest-setup.sh).
+. /mnt/guest-setup.sh
 
 wait_carrier() {
   i=0

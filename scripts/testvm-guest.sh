@@ -8,7 +8,6 @@
 K=/mnt/kxgw
 TR=/sys/kernel/tracing
 EP=198.18.0.1:9093
-FAILS=0
 export RUST_LOG=info
 # The bind asked for: zero-copy where it is expected, else auto (which must fall back to copy),
 # unless the host script forced one (--bind).
@@ -17,26 +16,10 @@ if [ -z "$BIND" ]; then
   [ "$EXPECT" = zero-copy ] && BIND=zero-copy
 fi
 
-# By path: busybox sh runs its own (smaller) ip applet for a bare `ip`. Background jobs call
-# $IP itself, so that $! is the process (not a subshell running the function).
-IP=/usr/local/bin/ip
-ip() { $IP "$@"; }
+# IP, ip, FAILS, log, bad, ifaces_of (scripts/lib/testvm-guest-setup.sh).
+. /mnt/guest-setup.sh
 nft() { /usr/local/bin/nft "$@"; }
 ethtool() { /usr/local/bin/ethtool "$@"; }
-
-log() { echo "guest: $*"; }
-bad() {
-  echo "guest: FAIL: $*"
-  FAILS=$((FAILS + 1))
-}
-
-# Interfaces bound to driver $1.
-ifaces_of() {
-  for d in /sys/class/net/*; do
-    drv=$(readlink "$d/device/driver" 2>/dev/null)
-    [ "${drv##*/}" = "$1" ] && echo "${d##*/}"
-  done
-}
 
 # Waits up to 10 s for carrier on $2 in netns $1 (igb resets its link on XDP attach and bind).
 wait_carrier() {

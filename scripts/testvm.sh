@@ -352,6 +352,8 @@ if [ -n "$BENCH" ]; then
 else
   cp "$REPO/scripts/testvm-guest.sh" "$SHARE/guest.sh"
 fi
+# What both guest scripts share; they source it as /mnt/guest-setup.sh.
+cp "$REPO/scripts/lib/testvm-guest-setup.sh" "$SHARE/guest-setup.sh"
 cat >"$SHARE/params" <<EOF
 NICS="$NICS"
 EXPECT=$EXPECT

@@ -1410,7 +1410,7 @@ fn raw_fetches(
     to: String,
     cases: Vec<(&'static str, Vec<u8>)>,
 ) -> Vec<(usize, Vec<Vec<u8>>)> {
-    use kxgw::fetch::wire::{self, IsolationLevel, PartRequest};
+    use kxgw::fetch::wire;
     in_client_ns(net, move || {
         let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
         sock.connect(&to).unwrap();
@@ -1425,30 +1425,7 @@ fn raw_fetches(
             (d.len(), got)
         };
         let req = |id: u32, token: &[u8], ticket: &[u8], topic: &str, pad: usize| {
-            wire::FetchRequest {
-                version: wire::VERSION_3,
-                request_id: id,
-                ack_floor: id,
-                window: 1 << 20,
-                max_wait_ms: 0,
-                token,
-                isolation: IsolationLevel::ReadUncommitted,
-                ticket,
-                parts: if topic.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![PartRequest {
-                        topic,
-                        partition: 0,
-                        offset: 0,
-                        max_bytes: 64 << 10,
-                        range_start: 0,
-                        range_end: 0,
-                    }]
-                },
-            }
-            .encode(pad)
-            .unwrap()
+            common::raw_fetch(wire::VERSION_3, id, token, ticket, topic, pad)
         };
         let (_, got) = exchange(req(0, &[], &[], "", wire::MIN_INITIAL_LEN));
         let token = wire::Retry::decode(got.first().expect("a RETRY to the probe"))

@@ -13,7 +13,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{consume_fetch, in_client_ns, verified_summary, Gateway, KXGW};
-use kxgw::fetch::wire::{self, ErrorCode, ErrorMsg, FetchRequest, IsolationLevel, PartRequest};
+use kxgw::fetch::wire::{self, ErrorCode, ErrorMsg};
 use kxgw::kafka::auth::client::Credentials;
 use kxgw::kafka::auth::scram::ScramHash;
 use kxgw::kafka::auth::Mechanism;
@@ -91,27 +91,9 @@ fn send(sock: &UdpSocket, what: &'static str, d: Vec<u8>) -> Case {
     }
 }
 
-fn fetch<'a>(version: u8, id: u32, token: &'a [u8], ticket: &'a [u8], topic: &'a str) -> Vec<u8> {
-    FetchRequest {
-        version,
-        request_id: id,
-        ack_floor: id,
-        window: 1 << 20,
-        max_wait_ms: 0,
-        token,
-        isolation: IsolationLevel::ReadUncommitted,
-        ticket,
-        parts: vec![PartRequest {
-            topic,
-            partition: 0,
-            offset: 0,
-            max_bytes: 64 << 10,
-            range_start: 0,
-            range_end: 0,
-        }],
-    }
-    .encode(0)
-    .unwrap()
+/// A raw FETCH of partition 0 of `topic` (protocol `version`, request `id`).
+fn fetch(version: u8, id: u32, token: &[u8], ticket: &[u8], topic: &str) -> Vec<u8> {
+    common::raw_fetch(version, id, token, ticket, topic, 0)
 }
 
 /// In the consumer namespace: a ticket for alice and topic t, an address-validation token,
@@ -133,21 +115,14 @@ fn raw_cases(net: &TestNet) -> Vec<Case> {
         sock.connect(endpoint()).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
-        let probe = FetchRequest {
-            version: wire::VERSION_3,
-            request_id: 0,
-            ack_floor: 0,
-            window: 1 << 20,
-            max_wait_ms: 0,
-            token: &[],
-            isolation: IsolationLevel::ReadUncommitted,
-            ticket: &[],
-            parts: Vec::new(),
-        };
         // The Kafka port accepting does not mean the fetch endpoint is up yet: probe again.
         let mut token = None;
         for _ in 0..50 {
-            let retry = send(&sock, "probe", probe.encode(wire::MIN_INITIAL_LEN).unwrap());
+            let retry = send(
+                &sock,
+                "probe",
+                common::raw_fetch(wire::VERSION_3, 0, &[], &[], "", wire::MIN_INITIAL_LEN),
+            );
             if let Some(d) = retry.got.first() {
                 assert_eq!(retry.got.len(), 1, "one RETRY to the probe");
                 token = Some(wire::Retry::decode(d).expect("RETRY").token);

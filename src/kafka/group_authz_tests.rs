@@ -65,9 +65,9 @@ fn fixture(principal: &str) -> (Harness, tempfile::TempDir) {
     (h, dir)
 }
 
-/// A simple (memberless) commit of `offset` on partition 0 of each topic: the codes by topic.
-fn commit(h: &mut Harness, group: &str, topics: &[&str], offset: i64) -> Vec<(String, i16)> {
-    let req = OffsetCommitRequest::default()
+/// A simple (memberless) OffsetCommit of `offset` on partition 0 of each topic.
+fn commit_request(group: &str, topics: &[&str], offset: i64) -> OffsetCommitRequest {
+    OffsetCommitRequest::default()
         .with_group_id(GroupId(sb(group)))
         .with_generation_id_or_member_epoch(-1)
         .with_topics(
@@ -81,7 +81,12 @@ fn commit(h: &mut Harness, group: &str, topics: &[&str], offset: i64) -> Vec<(St
                             .with_committed_offset(offset)])
                 })
                 .collect(),
-        );
+        )
+}
+
+/// [`commit_request`] sent: the codes by topic.
+fn commit(h: &mut Harness, group: &str, topics: &[&str], offset: i64) -> Vec<(String, i16)> {
+    let req = commit_request(group, topics, offset);
     let r: OffsetCommitResponse = h.call(ApiKey::OffsetCommit, 8, &req);
     r.topics
         .iter()
@@ -139,13 +144,9 @@ fn offset_commit_needs_read_on_each_topic_after_the_group() {
     );
     assert!(h.session.groups().lock().coord.group("g2").is_none());
     // A topic refusal wins over the coordinator's own errors (here an unknown member).
-    let req = OffsetCommitRequest::default()
-        .with_group_id(GroupId(sb("g")))
+    let req = commit_request("g", &["u"], 0)
         .with_generation_id_or_member_epoch(3)
-        .with_member_id(sb("nobody"))
-        .with_topics(vec![OffsetCommitRequestTopic::default()
-            .with_name(TopicName(sb("u")))
-            .with_partitions(vec![OffsetCommitRequestPartition::default()])]);
+        .with_member_id(sb("nobody"));
     let r: OffsetCommitResponse = h.call(ApiKey::OffsetCommit, 8, &req);
     assert_eq!(r.topics[0].partitions[0].error_code, DENIED_TOPIC);
     // The group is checked first: a refused group refuses every partition with its error.

@@ -794,3 +794,43 @@ pub fn json_number(text: &str, k: &str) -> f64 {
         .parse()
         .unwrap_or_else(|e| panic!("{k} in {text}: {e}"))
 }
+
+/// A raw fetch-protocol FETCH datagram (protocol `version`, request id and ack floor `id`,
+/// 1 MiB window, no wait, READ_UNCOMMITTED) for partition 0 of `topic` from offset 0, up to
+/// 64 KiB (no partition when `topic` is empty: the address-validation probe), padded to `pad`
+/// bytes. `token` and `ticket` go in as given, so a test can send them missing, forged or
+/// truncated.
+pub fn raw_fetch(
+    version: u8,
+    id: u32,
+    token: &[u8],
+    ticket: &[u8],
+    topic: &str,
+    pad: usize,
+) -> Vec<u8> {
+    use kxgw::fetch::wire::{FetchRequest, IsolationLevel, PartRequest};
+    FetchRequest {
+        version,
+        request_id: id,
+        ack_floor: id,
+        window: 1 << 20,
+        max_wait_ms: 0,
+        token,
+        isolation: IsolationLevel::ReadUncommitted,
+        ticket,
+        parts: if topic.is_empty() {
+            Vec::new()
+        } else {
+            vec![PartRequest {
+                topic,
+                partition: 0,
+                offset: 0,
+                max_bytes: 64 << 10,
+                range_start: 0,
+                range_end: 0,
+            }]
+        },
+    }
+    .encode(pad)
+    .expect("encoding a FETCH")
+}

@@ -4,38 +4,21 @@
 //! watcher's connections authenticate as this principal, which needs Describe on the cluster
 //! and Read on the topics the gateway serves. Client side of PLAIN and SCRAM-SHA-256/512.
 
-use anyhow::{bail, Context, Result};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
+use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use kafka_protocol::messages::{
     ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
     SaslHandshakeResponse,
 };
-use rand::RngCore;
 
 use super::ClusterView;
 use crate::kafka::apis::sb;
-use crate::kafka::auth::scram::{self, ScramHash};
-use crate::kafka::auth::Mechanism;
+use crate::kafka::auth::client::Credentials;
 use crate::kafka::client::Connection;
 
-/// Credentials of the gateway's own login.
-#[derive(Clone)]
-pub struct UpstreamLogin {
-    /// PLAIN or SCRAM-SHA-256/512.
-    pub mechanism: Mechanism,
-    /// User name.
-    pub user: String,
-    /// Password (read from a file, never given on the command line).
-    pub password: String,
-}
-
-impl std::fmt::Debug for UpstreamLogin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} as {}", self.mechanism.name(), self.user)
-    }
-}
+/// Credentials of the gateway's own login: the same type (and client state machine) as
+/// `kxgw consume`'s ticket login, so SCRAM's client side exists once.
+pub type UpstreamLogin = Credentials;
 
 /// Connects to `addr` and logs in if the view has credentials.
 pub fn connect(view: &ClusterView, addr: &str) -> Result<Connection> {
@@ -61,29 +44,19 @@ pub fn login(conn: &mut Connection, l: &UpstreamLogin) -> Result<()> {
             hs.error_code
         );
     }
-    match l.mechanism {
-        Mechanism::Plain => {
-            step(conn, format!("\0{}\0{}", l.user, l.password).into_bytes())?;
+    // PLAIN: one token, no answer to check; SCRAM: client-first, client-final, then the
+    // server's signature is verified.
+    let (mut token, mut state) = l.start();
+    loop {
+        let reply = step(conn, token)?;
+        match state
+            .step(l, &reply)
+            .map_err(|e| anyhow!("SCRAM with the cluster: {e} (not the real cluster?)"))?
+        {
+            Some(next) => token = next,
+            None => return Ok(()),
         }
-        Mechanism::Scram(h) => scram_login(conn, h, &l.user, &l.password)?,
     }
-    Ok(())
-}
-
-fn scram_login(conn: &mut Connection, h: ScramHash, user: &str, password: &str) -> Result<()> {
-    let mut n = [0u8; 18];
-    rand::thread_rng().fill_bytes(&mut n);
-    let name = user.replace('=', "=3D").replace(',', "=2C");
-    let bare = format!("n={name},r={}", B64.encode(n));
-    let server_first = step(conn, format!("n,,{bare}").into_bytes())?;
-    let server_first =
-        String::from_utf8(server_first).context("SCRAM server-first is not UTF-8")?;
-    let (client_final, want) = scram::client_final(h, password, &bare, &server_first)?;
-    let got = step(conn, client_final.into_bytes())?;
-    if got != want {
-        bail!("the cluster's SCRAM server signature does not match (not the real cluster?)");
-    }
-    Ok(())
 }
 
 /// One SaslAuthenticate (v1): the server's bytes, or its error.
