@@ -692,12 +692,9 @@ impl Client {
         };
         if e.slot == SLOT_REQUEST {
             let req = self.reqs.remove(&e.request_id);
+            // Asked again: a busy gateway, or a refused ticket while a renewal may come.
             let refused = e.code == ErrorCode::Unauthenticated && self.ticket.is_some();
-            if refused && self.ticket_refusal(now, req.as_ref()) {
-                for p in req.into_iter().flat_map(|r| r.parts) {
-                    self.requeue_whole(p.want);
-                }
-            } else if e.code == ErrorCode::Busy {
+            if e.code == ErrorCode::Busy || (refused && self.ticket_refusal(now, req.as_ref())) {
                 for p in req.into_iter().flat_map(|r| r.parts) {
                     self.requeue_whole(p.want);
                 }
