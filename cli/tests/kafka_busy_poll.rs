@@ -44,6 +44,14 @@ fn kafka_busy_polling_serves_a_tailing_consumer_promptly() {
         .unwrap()
         .expect("tail-kafka did not finish");
     let found = gw.metric("kxgw_tail_busy_found_total");
+    let metrics = kxgw::metrics::parse(&gw.metrics());
+    let busy = |name: &str| {
+        metrics
+            .iter()
+            .filter(|s| s.name == name && s.labels.iter().any(|(k, v)| k == "cause" && v == "busy"))
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
     let log = gw.log();
     assert!(status.success(), "tail-kafka: {status} {text}\n{log}");
     assert_eq!(json_number(&text, "count") as u64, n, "{text}");
@@ -54,5 +62,9 @@ fn kafka_busy_polling_serves_a_tailing_consumer_promptly() {
     );
     // The loop found appends itself, not only through the follower's hook.
     assert!(found > 0, "no append found by the busy loop\n{log}");
+    // What it found were append batches of its own, and they woke nobody: the loop answers
+    // them in the turn that found them (no self-wake through its waker).
+    assert!(busy("kxgw_tail_append_batches_total") > 0.0, "{metrics:?}");
+    assert_eq!(busy("kxgw_tail_wakes_total"), 0.0, "{metrics:?}");
     gw.stop();
 }

@@ -264,17 +264,34 @@ fn tailing_consumer_gets_appends_over_af_xdp() {
     let net = TestNet::new("xftail", 1500).expect("test network");
     let dir = tempfile::tempdir().unwrap();
     produce_demo_records(dir.path(), TOPIC, 5000, 1 << 30);
-    let gw = Gateway::start(&net, dir.path(), &net.gw_if, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let ctl = work.path().join("gw.sock");
+    let ctl_arg = ctl.to_str().unwrap();
+    let gw = Gateway::start(&net, dir.path(), &net.gw_if, &["--control-socket", ctl_arg]);
     let consumer = start_follower(&net, &endpoint(), TOPIC, 5000, 3000);
     for _ in 0..3 {
         produce_demo_records(dir.path(), TOPIC, 1000, 1 << 30);
         std::thread::sleep(Duration::from_millis(300));
     }
     let (status, text) = follower_output(consumer, 3000);
+    let metrics = tail_metrics(&ctl);
     assert!(status.success(), "{text}");
     assert!(text.contains("verified 3000 records"), "{text}");
     let stats = gw.stop();
     assert!(printed_counter(&stats, "steered") > 0, "{stats}");
+    // The appends reached the parked polls as batches, each waking at most one worker (the
+    // queue the one consumer's polls park on), never one wake-up per partition or queue.
+    let total = |name: &str| {
+        metrics
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    let batches = total("kxgw_tail_append_batches_total");
+    let wakes = total("kxgw_tail_wakes_total");
+    assert!(batches > 0.0 && wakes > 0.0, "{metrics:?}");
+    assert!(wakes <= batches, "{metrics:?}");
 }
 
 /// With `--busy-poll` a tailing consumer gets each record soon after its append, not at the

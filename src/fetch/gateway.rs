@@ -3,7 +3,8 @@
 //! [`UdpIo`] is the driver's kernel-UDP transport: it drains the socket with recvmmsg straight
 //! into the service, and sends what the service has with sendmmsg (UDP GSO when available),
 //! each datagram as the iovec pair [header, mapped log bytes]. [`FetchListener`] runs one
-//! [`Server`] over it, woken by log appends (the log's on_append hook).
+//! [`Server`] over it, woken by the log's append batches that reach a parked poll
+//! ([`crate::log::appends`]).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
@@ -17,6 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::driver::{
     self, Datagram, DatagramIo, Driver, Publish, Service, TxPayload, Wait, Waker, Workers,
 };
+use crate::log::appends::Watch;
 use crate::log::LogDir;
 
 use super::gso_guard::{GsoGuard, GsoGuardConfig, GsoTrip};
@@ -311,7 +313,7 @@ pub struct FetchListener {
 impl FetchListener {
     /// Starts the endpoint if `--fetch-listen` was given, with `server`'s settings (its token
     /// secret is the gateway's). The caller keeps the log followed (LogDir::spawn_follower):
-    /// appends reach the endpoint through the on_append hook.
+    /// appends reach the endpoint through its watch on the log.
     pub fn start(
         log: &Arc<LogDir>,
         args: &FetchArgs,
@@ -336,9 +338,9 @@ impl FetchListener {
         let io_stats = io.stats();
         let waker = Waker::new().context("creating the wake-up eventfd")?;
         let hook = waker.clone();
-        log.on_append(Box::new(move |_| hook.wake()));
         let stats = FetchStats::default();
-        let server = Server::new(log.clone(), cfg.server);
+        let server =
+            Server::new(log.clone(), cfg.server).with_watch(Watch::new(move || hook.wake()));
         let driver = Driver::new(server, io, waker, cfg.busy_poll).on_publish(stats.slot());
         let mut workers = Workers::new();
         workers

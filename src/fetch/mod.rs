@@ -26,6 +26,8 @@ mod sim_tests;
 mod tail_tests;
 #[cfg(test)]
 mod ticket_tests;
+#[cfg(test)]
+mod wake_tests;
 
 use std::net::SocketAddr;
 use std::time::Instant;

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::log::appends::Watch;
 use crate::log::batch::BatchHeader;
 use crate::log::tail::clock_ns;
 use crate::log::txn::AbortedTxn;
@@ -627,6 +628,13 @@ pub struct Server {
     next_sweep: Option<Instant>,
     /// Scratch list of the partitions parked polls wait on (busy polling, every round).
     tails: Vec<Arc<Partition>>,
+    /// This server's registration with the log: the partitions its parked polls wait on, so
+    /// that only appends to those wake its loop (None: woken by hand, as in tests).
+    watch: Option<Arc<Watch>>,
+    /// Tests: runs once when a poll parks, between its empty read and its interest being
+    /// registered (an append landing in that gap).
+    #[cfg(test)]
+    pub(crate) before_watching: Option<Box<dyn FnOnce() + Send>>,
 }
 
 enum PartOutcome {
@@ -661,6 +669,30 @@ impl Server {
             stats: ServerStats::default(),
             next_sweep: None,
             tails: Vec::new(),
+            watch: None,
+            #[cfg(test)]
+            before_watching: None,
+        }
+    }
+
+    /// Registers the server's loop with the log: `watch` (built with the loop's waker) is
+    /// told which partitions parked polls wait on, and the log wakes the loop only for
+    /// appends to those.
+    pub fn with_watch(mut self, watch: Arc<Watch>) -> Server {
+        self.log.watch(&watch);
+        self.watch = Some(watch);
+        self
+    }
+
+    /// A parked poll's partitions are waited on (`true`) or no longer (`false`).
+    fn set_waiting(&self, parts: &[ParkedPart], waiting: bool) {
+        let Some(w) = &self.watch else { return };
+        for pp in parts {
+            if waiting {
+                w.wait_on(pp.partition.topic_partition());
+            } else {
+                w.done_with(pp.partition.topic_partition());
+            }
         }
     }
 
@@ -958,6 +990,16 @@ impl Server {
         }
         if park {
             self.stats.long_polls += 1;
+            #[cfg(test)]
+            if let Some(f) = self.before_watching.take() {
+                f();
+            }
+            self.set_waiting(&parked_parts, true);
+            // An append announced after the read above but before the interest was
+            // registered woke nobody: look again (no lost wake-up).
+            let landed = parked_parts
+                .iter()
+                .any(|pp| pp.mode.end(&pp.partition) > pp.offset);
             if let Some(s) = self.sessions.get_mut(&src) {
                 s.parked.push(Parked {
                     req_id: req.request_id,
@@ -965,6 +1007,9 @@ impl Server {
                     parts: parked_parts,
                     since: clock_ns(),
                 });
+            }
+            if landed {
+                self.answer_parked(now);
             }
         }
         self.enqueue(src, jobs);
@@ -1178,8 +1223,17 @@ impl Server {
             self.next_sweep = Some(now + Duration::from_secs(1));
             let idle = self.cfg.session_idle;
             let before = self.sessions.len();
-            self.sessions
-                .retain(|_, s| now.duration_since(s.last_seen) < idle);
+            let mut gone = Vec::new();
+            self.sessions.retain(|_, s| {
+                let keep = now.duration_since(s.last_seen) < idle;
+                if !keep {
+                    gone.append(&mut s.parked);
+                }
+                keep
+            });
+            for p in &gone {
+                self.set_waiting(&p.parts, false);
+            }
             self.stats.sessions_expired += (before - self.sessions.len()) as u64;
         }
     }
@@ -1202,10 +1256,12 @@ impl Server {
                 }
             }
         }
-        let mut advanced = false;
-        for p in tails.drain(..) {
-            advanced |= self.log.poll_tail(&p);
-        }
+        // One batch for the round; the other loops waiting on these partitions are woken,
+        // this one answers below (no self-wake).
+        let advanced = self
+            .log
+            .poll_tails(&tails, self.watch.as_ref().map(|w| w.id()));
+        tails.clear();
         self.tails = tails;
         if advanced {
             self.answer_parked(now);
@@ -1237,6 +1293,7 @@ impl Server {
             }
         }
         for (addr, p) in answered {
+            self.set_waiting(&p.parts, false);
             let mut jobs = Vec::new();
             for pp in p.parts {
                 let read = JobRead {

@@ -1,7 +1,8 @@
 //! The TCP side: one mio (epoll) event loop thread owning the listening socket and every
 //! connection. Sockets are non-blocking; each connection is a [`Session`] driven by readiness
-//! events, by log appends (the log follower's hook wakes the loop through a `mio::Waker`) and
-//! by the deadline of its waiting fetch. A slow or vanished consumer only ever stalls itself.
+//! events, by log appends (an append batch reaching a partition a waiting fetch reads wakes
+//! the loop through a `mio::Waker`, once per batch) and by the deadline of its waiting fetch.
+//! A slow or vanished consumer only ever stalls itself.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -9,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,8 @@ use super::session::Session;
 use super::stats::{add, inc, Stats};
 use super::tls::{HandshakeDeadlines, TlsConn};
 use super::upstream::{Broker, ClusterView};
-use crate::log::LogDir;
+use crate::log::appends::Watch;
+use crate::log::{LogDir, TopicPartition};
 
 /// Listening sockets are tokens counted down from here (connections count up from 2).
 const LISTENER: usize = usize::MAX;
@@ -147,7 +149,7 @@ impl KafkaListener {
             .collect();
         let poll = Poll::new().context("creating epoll instance")?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating waker")?);
-        let appended = watch_appends(&log, &waker);
+        let watch = watch_appends(&log, &waker);
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut el = EventLoop {
@@ -163,7 +165,7 @@ impl KafkaListener {
             stats: Arc::clone(&stats),
             io: cfg.io,
             max_request: cfg.max_request_bytes,
-            appended,
+            watch,
             stop: Arc::clone(&stop),
             scratch: vec![0u8; READ_STEP],
             handshakes: HandshakeDeadlines::default(),
@@ -288,20 +290,25 @@ fn advertised_host(configured: Option<&str>, local_addr: SocketAddr) -> Result<S
     })
 }
 
-/// The partitions appended to since the loop last looked; the log's append hook fills it and
-/// wakes the loop.
-fn watch_appends(log: &LogDir, waker: &Arc<Waker>) -> Arc<Mutex<HashSet<(String, i32)>>> {
-    let appended = Arc::new(Mutex::new(HashSet::new()));
+/// The loop's watch on the log: it keeps the partitions appended to since the loop last
+/// looked, and wakes the loop (once per append batch) when one of them is read by a waiting
+/// fetch.
+fn watch_appends(log: &LogDir, waker: &Arc<Waker>) -> Arc<Watch> {
     let waker = Arc::clone(waker);
-    let set = Arc::clone(&appended);
-    log.on_append(Box::new(move |p| {
-        if let Ok(mut set) = set.lock() {
-            set.insert((p.topic().to_string(), p.partition()));
-        }
-        // The loop may have ended; a failed wake then has nobody to tell.
+    // The loop may have ended; a failed wake then has nobody to tell.
+    let watch = Watch::recording(move || {
         let _ = waker.wake();
-    }));
-    appended
+    });
+    log.watch(&watch);
+    watch
+}
+
+/// The partitions a connection's waiting fetch reads (none without one).
+fn waited(conn: &Conn) -> Vec<TopicPartition> {
+    conn.session
+        .waited()
+        .map(|(t, p)| TopicPartition::new(t, p))
+        .collect()
 }
 
 impl Drop for KafkaListener {
@@ -390,7 +397,9 @@ struct EventLoop {
     stats: Arc<Stats>,
     io: IoMode,
     max_request: usize,
-    appended: Arc<Mutex<HashSet<(String, i32)>>>,
+    /// The loop's watch on the log: the partitions waiting fetches read (so that only
+    /// appends to those wake it), and those appended to since [`EventLoop::on_appends`].
+    watch: Arc<Watch>,
     stop: Arc<AtomicBool>,
     scratch: Vec<u8>,
     /// Handshake deadlines of TLS connections.
@@ -441,7 +450,8 @@ impl EventLoop {
                     Token(t) if LISTENER - t < self.listeners.len() => {
                         self.accept_all(LISTENER - t, &mut accept_warned)
                     }
-                    WAKER => self.on_appends(),
+                    // An append batch (taken below) or a stop request.
+                    WAKER => {}
                     t if t.0 & UPSTREAM_BIT != 0 => self.drive(Token(t.0 & !UPSTREAM_BIT)),
                     t => {
                         if ev.is_read_closed() || ev.is_error() {
@@ -456,6 +466,9 @@ impl EventLoop {
                 // Idle: let a thread woken on this core (the follower) run at once.
                 let _ = nix::sched::sched_yield();
             }
+            // Every turn, after the events: a fetch that parked in this turn finds the appends
+            // announced before its interest was registered (no lost wake-up).
+            self.on_appends();
             self.groups.lock().tick(Instant::now());
             self.deliver_group_replies();
             if self.stop.load(Ordering::SeqCst) {
@@ -610,6 +623,9 @@ impl EventLoop {
             if let Some(mut c) = self.conns.remove(&token) {
                 log::debug!("kafka {}: hung up during a waiting request", c.peer);
                 self.parked.remove(&token);
+                for tp in waited(&c) {
+                    self.watch.done_with(&tp);
+                }
                 self.forget_group_wait(&c);
                 self.deregister(&mut c);
                 inc(&self.stats.conns_closed);
@@ -633,23 +649,14 @@ impl EventLoop {
                 tails.extend(self.log.partition(topic, p));
             }
         }
-        let mut advanced = false;
-        for p in &tails {
-            advanced |= self.log.poll_tail(p);
-        }
-        if advanced {
-            // The append hook listed the partitions (and woke the loop: the next turn's
-            // on_appends finds the list empty).
-            self.on_appends();
-        }
-        advanced
+        // One batch; this loop is its finder, so it is not woken by it (on_appends, right
+        // after, answers the fetches).
+        self.log.poll_tails(&tails, Some(self.watch.id()))
     }
 
+    /// Drives the waiting fetches that read a partition appended to since the last call.
     fn on_appends(&mut self) {
-        let touched: HashSet<(String, i32)> = match self.appended.lock() {
-            Ok(mut set) => std::mem::take(&mut *set),
-            Err(_) => return,
-        };
+        let touched = self.watch.take_advanced();
         if touched.is_empty() {
             return;
         }
@@ -661,7 +668,7 @@ impl EventLoop {
                 self.conns.get(t).is_some_and(|c| {
                     touched
                         .iter()
-                        .any(|(topic, p)| c.session.waits_for(topic, *p))
+                        .any(|tp| c.session.waits_for(&tp.topic, tp.partition))
                 })
             })
             .collect();
@@ -737,7 +744,23 @@ impl EventLoop {
             return;
         };
         let before = conn.session.deadline();
-        match self.drive_conn(&mut conn) {
+        let waited_before = waited(&conn);
+        let drove = self.drive_conn(&mut conn);
+        // The watch knows what waiting fetches read: what this connection's read before
+        // goes, what it reads now (if it parked again, or still waits) comes.
+        let waited_now = match drove {
+            Drive::Open => waited(&conn),
+            Drive::Close => Vec::new(),
+        };
+        if waited_now != waited_before {
+            for tp in &waited_before {
+                self.watch.done_with(tp);
+            }
+            for tp in &waited_now {
+                self.watch.wait_on(tp);
+            }
+        }
+        match drove {
             Drive::Open => {
                 if let Some(w) = conn.session.group_waiter() {
                     self.group_waits.insert(w, token);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use super::appends::{Announcer, AppendStats, Batch, Cause, LoopId, Watch};
 use super::checkpoint::{self, Checkpoint};
 use super::error::LogError;
 use super::follower::{self, FollowerHandle};
@@ -36,6 +37,8 @@ pub struct LogDir {
     ids: RwLock<TopicIds>,
     /// Per-hop times of the tailing replies of every server of this dir.
     tail_hops: TailHops,
+    /// The serving loops' watches: each append batch is announced to them once.
+    announcer: Announcer,
 }
 
 #[derive(Default)]
@@ -89,6 +92,7 @@ impl LogDir {
             refresh_lock: Mutex::new(()),
             ids: RwLock::new(TopicIds::default()),
             tail_hops: TailHops::default(),
+            announcer: Announcer::default(),
         });
         d.refresh()?;
         Ok(d)
@@ -181,8 +185,8 @@ impl LogDir {
         *ids = next;
     }
 
-    /// Rescans everything: partition dirs, segments, checkpoints. Calls the on_append hooks
-    /// of partitions whose readable end advanced. Errors of single partitions are logged and
+    /// Rescans everything: partition dirs, segments, checkpoints. Announces the partitions
+    /// whose readable end advanced, as one batch. Errors of single partitions are logged and
     /// leave that partition as it was; an unreadable log dir or checkpoint is an error.
     pub fn refresh(&self) -> Result<(), LogError> {
         let _g = self.refresh_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,10 +255,13 @@ impl LogDir {
             }
             map.values().cloned().collect()
         };
-        for p in &parts {
-            self.refresh_one(p, false);
-        }
+        let advanced: Vec<&Partition> = parts
+            .iter()
+            .filter(|p| self.refresh_one(p, false))
+            .map(|p| &**p)
+            .collect();
         self.update_topic_ids(&parts);
+        self.announce(Cause::Refresh, None, &advanced);
         match ckpt_err {
             Some(e) => Err(LogError::Invalid(format!("checkpoint unreadable: {e}"))),
             None => Ok(()),
@@ -263,21 +270,30 @@ impl LogDir {
 
     /// Rescans one partition (segments only) with the checkpoints of the last full refresh.
     pub fn refresh_partition(&self, p: &Partition) {
-        self.refresh_one(p, false);
+        self.refresh_partitions(&[(p, false)]);
     }
 
-    /// Rescans only the active segment of `p` (it grew).
-    pub(crate) fn refresh_partition_tail(&self, p: &Partition) {
-        self.refresh_one(p, true);
+    /// The follower's pass over the partitions its notifications named, `(partition, only
+    /// its active segment grew)` each; what advanced is announced as one batch.
+    pub(crate) fn refresh_partitions(&self, fired: &[(&Partition, bool)]) {
+        let advanced: Vec<&Partition> = fired
+            .iter()
+            .filter(|(p, tail_only)| self.refresh_one(p, *tail_only))
+            .map(|(p, _)| *p)
+            .collect();
+        self.announce(Cause::Follower, None, &advanced);
     }
 
-    fn refresh_one(&self, p: &Partition, tail_only: bool) {
+    /// Rescans `p` (`tail_only`: its active segment); true if its readable end advanced
+    /// (stamped; the caller announces it).
+    fn refresh_one(&self, p: &Partition, tail_only: bool) -> bool {
         let detected = clock_ns();
         let (hw, ls) = self.last_checkpoints();
-        let advanced = p.refresh(hw.as_deref(), ls.as_deref(), tail_only);
-        if let Ok(true) = advanced {
-            self.advanced(p, detected);
+        let advanced = matches!(p.refresh(hw.as_deref(), ls.as_deref(), tail_only), Ok(true));
+        if advanced {
+            p.tail_stamps().set(detected, clock_ns());
         }
+        advanced
     }
 
     fn last_checkpoints(&self) -> (Option<Arc<Checkpoint>>, Option<Arc<Checkpoint>>) {
@@ -285,23 +301,54 @@ impl LogDir {
         (c.hw.clone(), c.log_start.clone())
     }
 
-    /// `p`'s readable end advanced by a refresh that started at `detected`: stamp it, call
-    /// the hooks.
-    fn advanced(&self, p: &Partition, detected: u64) {
-        p.tail_stamps().set(detected, clock_ns());
+    /// One batch of partitions that advanced: to the watches (each woken at most once, see
+    /// [`super::appends`]), then to the per-partition on_append hooks.
+    fn announce(&self, cause: Cause, finder: Option<LoopId>, advanced: &[&Partition]) {
+        if advanced.is_empty() {
+            return;
+        }
+        self.announcer.announce(&Batch {
+            cause,
+            finder,
+            partitions: advanced,
+        });
         let hooks = self.hooks.read().unwrap_or_else(|e| e.into_inner());
-        for h in hooks.iter() {
-            h(p);
+        for p in advanced {
+            for h in hooks.iter() {
+                h(p);
+            }
         }
     }
 
-    /// Busy polling: the caller's own check of `p`'s tail. When the active segment grew
-    /// (one fstat), validates just the new bytes (the follower's tail refresh, run on this
-    /// thread: a torn tail stays invisible, a corrupt batch unserved) and calls the on_append
-    /// hooks. Returns whether the readable end advanced. Skips (false) while another refresh
-    /// of `p` runs: that one's hooks announce what it finds. Rolls, retention and checkpoints
-    /// stay the follower's.
+    /// Busy polling: the caller's own check of `p`'s tail, announced as a batch of its own.
+    /// See [`LogDir::poll_tails`].
     pub fn poll_tail(&self, p: &Partition) -> bool {
+        let found = self.poll_one(p);
+        if found {
+            self.announce(Cause::Busy, None, &[p]);
+        }
+        found
+    }
+
+    /// Busy polling: a serving loop's own check of the tails its parked requests wait on.
+    /// Where an active segment grew (one fstat), validates just the new bytes (the
+    /// follower's tail refresh, run on this thread: a torn tail stays invisible, a corrupt
+    /// batch unserved). What advanced is one batch, announced to every loop but `finder`
+    /// (the caller, which answers it in this turn: no self-wake). Returns whether anything
+    /// advanced. A partition another refresh is working on is skipped: that refresh
+    /// announces what it finds. Rolls, retention and checkpoints stay the follower's.
+    pub fn poll_tails(&self, tails: &[Arc<Partition>], finder: Option<LoopId>) -> bool {
+        let advanced: Vec<&Partition> = tails
+            .iter()
+            .filter(|p| self.poll_one(p))
+            .map(|p| &**p)
+            .collect();
+        self.announce(Cause::Busy, finder, &advanced);
+        !advanced.is_empty()
+    }
+
+    /// One tail check of [`LogDir::poll_tails`]; true if `p` advanced (stamped, counted).
+    fn poll_one(&self, p: &Partition) -> bool {
         if !p.tail_grew() {
             return false;
         }
@@ -309,7 +356,7 @@ impl LogDir {
         let (hw, ls) = self.last_checkpoints();
         match p.try_refresh_tail(hw.as_deref(), ls.as_deref()) {
             Some(Ok(true)) => {
-                self.advanced(p, detected);
+                p.tail_stamps().set(detected, clock_ns());
                 self.tail_hops
                     .busy_found
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -319,37 +366,40 @@ impl LogDir {
         }
     }
 
+    /// Registers a serving loop: it is woken by the append batches that advance a partition
+    /// it waits on ([`super::appends`]). Held weakly: dropping the watch unregisters it.
+    pub fn watch(&self, w: &Arc<Watch>) {
+        self.announcer.add(w);
+    }
+
+    /// Append batches announced and loops woken, per cause.
+    pub fn append_stats(&self) -> &AppendStats {
+        self.announcer.stats()
+    }
+
     /// Per-hop times of tailing replies, recorded by the servers of this dir.
     pub fn tail_hops(&self) -> &TailHops {
         &self.tail_hops
     }
 
-    /// Cluster mode: the high watermark and last stable offset the cluster reports for a
-    /// partition bound its reads from now on (capped by the local disk); parked readers are
-    /// woken through the on_append hooks if that moves the readable end. Returns false for a
-    /// partition this dir does not hold.
+    /// Cluster mode: [`LiveUpdates::set_live_offsets`] as a batch of its own.
     pub fn set_live_offsets(&self, topic: &str, partition: i32, hw: i64, lso: i64) -> bool {
-        let Some(p) = self.partition(topic, partition) else {
-            return false;
-        };
-        if p.set_live(hw, lso) {
-            self.refresh_one(&p, true);
-        }
-        true
+        self.live_updates()
+            .set_live_offsets(topic, partition, hw, lso)
     }
 
-    /// Cluster mode: the log start offset the cluster reports for a partition bounds its
-    /// reads from now on (the larger of it and the local disk's start): a fetch below it is
-    /// out of range, ListOffsets EARLIEST answers it. Returns false for a partition this dir
-    /// does not hold.
+    /// Cluster mode: [`LiveUpdates::set_live_start`] as a batch of its own.
     pub fn set_live_start(&self, topic: &str, partition: i32, start: i64) -> bool {
-        let Some(p) = self.partition(topic, partition) else {
-            return false;
-        };
-        if p.set_live_start(start) {
-            self.refresh_one(&p, true);
+        self.live_updates().set_live_start(topic, partition, start)
+    }
+
+    /// Cluster mode: offsets the cluster reported in one answer, applied together; the
+    /// partitions they advance are announced as one batch when the returned value drops.
+    pub fn live_updates(&self) -> LiveUpdates<'_> {
+        LiveUpdates {
+            dir: self,
+            advanced: Vec::new(),
         }
-        true
     }
 
     /// Background thread calling refresh when files change (inotify) and at least every
@@ -358,12 +408,60 @@ impl LogDir {
         follower::spawn(self.clone(), interval)
     }
 
-    /// Registers a hook called (on the refreshing thread) when a partition's readable end
-    /// advances.
+    /// Registers a hook called (on the refreshing thread) for each partition whose readable
+    /// end advanced, after the batch it is part of went to the watches.
     pub fn on_append(&self, hook: Box<dyn Fn(&Partition) + Send + Sync>) {
         self.hooks
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(hook);
+    }
+}
+
+/// Offsets the cluster reported, applied to the log as one append batch ([`Cause::Cluster`]),
+/// announced when this is dropped (so an early return still announces what was applied).
+pub struct LiveUpdates<'a> {
+    dir: &'a LogDir,
+    advanced: Vec<Arc<Partition>>,
+}
+
+impl LiveUpdates<'_> {
+    /// The high watermark and last stable offset the cluster reports for a partition bound
+    /// its reads from now on (capped by the local disk); parked readers are woken if that
+    /// moves the readable end. Returns false for a partition this dir does not hold.
+    pub fn set_live_offsets(&mut self, topic: &str, partition: i32, hw: i64, lso: i64) -> bool {
+        let Some(p) = self.dir.partition(topic, partition) else {
+            return false;
+        };
+        if p.set_live(hw, lso) {
+            self.refresh(p);
+        }
+        true
+    }
+
+    /// The log start offset the cluster reports for a partition bounds its reads from now
+    /// on (the larger of it and the local disk's start): a fetch below it is out of range,
+    /// ListOffsets EARLIEST answers it. Returns false for a partition this dir does not hold.
+    pub fn set_live_start(&mut self, topic: &str, partition: i32, start: i64) -> bool {
+        let Some(p) = self.dir.partition(topic, partition) else {
+            return false;
+        };
+        if p.set_live_start(start) {
+            self.refresh(p);
+        }
+        true
+    }
+
+    fn refresh(&mut self, p: Arc<Partition>) {
+        if self.dir.refresh_one(&p, true) && !self.advanced.iter().any(|q| Arc::ptr_eq(q, &p)) {
+            self.advanced.push(p);
+        }
+    }
+}
+
+impl Drop for LiveUpdates<'_> {
+    fn drop(&mut self) {
+        let advanced: Vec<&Partition> = self.advanced.iter().map(|p| &**p).collect();
+        self.dir.announce(Cause::Cluster, None, &advanced);
     }
 }

@@ -162,11 +162,18 @@ fn run(
         if let Some(ino) = &inotify {
             ino.drain(&mut fired);
         }
-        let full = Instant::now() >= next_full
-            || fired
-                .keys()
-                .any(|wd| matches!(watches.get(wd), None | Some(None)));
-        if full {
+        // A change in the log dir itself (checkpoints, partitions) or a queue overflow needs
+        // the full rescan, which covers the partitions too.
+        let dir_changed = fired
+            .keys()
+            .any(|wd| matches!(watches.get(wd), None | Some(None)));
+        if !dir_changed {
+            // The partitions inotify named go first, as their own batch: when the timer's
+            // rescan is due in the same turn, their appends must not wait behind every
+            // other partition's rescan.
+            refresh_fired(&dir, &fired, &watches);
+        }
+        if dir_changed || Instant::now() >= next_full {
             match dir.refresh() {
                 Err(e) => {
                     let msg = e.to_string();
@@ -187,18 +194,32 @@ fn run(
             watches.retain(|_, tp| tp.as_ref().is_none_or(|tp| live.contains(tp)));
             add_watches(&mut watches, &mut watched);
             next_full = Instant::now() + interval;
-        } else {
-            for (wd, structural) in &fired {
-                if let Some(Some(tp)) = watches.get(wd) {
-                    if let Some(p) = dir.partition(&tp.topic, tp.partition) {
-                        if *structural {
-                            dir.refresh_partition(&p);
-                        } else {
-                            dir.refresh_partition_tail(&p);
-                        }
-                    }
-                }
-            }
         }
     }
+}
+
+/// One pass over the partitions whose dirs fired (a structural change rescans the partition,
+/// a write only its active segment), announced as one batch of appends.
+fn refresh_fired(
+    dir: &LogDir,
+    fired: &HashMap<WatchDescriptor, bool>,
+    watches: &HashMap<WatchDescriptor, Option<super::TopicPartition>>,
+) {
+    let parts: Vec<(Arc<super::Partition>, bool)> = fired
+        .iter()
+        .filter_map(|(wd, structural)| {
+            let Some(Some(tp)) = watches.get(wd) else {
+                return None;
+            };
+            Some((dir.partition(&tp.topic, tp.partition)?, !*structural))
+        })
+        .collect();
+    if parts.is_empty() {
+        return;
+    }
+    let pass: Vec<(&super::Partition, bool)> = parts
+        .iter()
+        .map(|(p, tail_only)| (&**p, *tail_only))
+        .collect();
+    dir.refresh_partitions(&pass);
 }

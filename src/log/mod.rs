@@ -11,6 +11,7 @@
 //! - [`compression`]: the four codecs of compressed batches.
 //! - [`batch`], [`record`], [`index`], [`checkpoint`], [`segment`]: the formats.
 
+pub mod appends;
 pub mod batch;
 pub mod checkpoint;
 pub mod compression;
@@ -35,7 +36,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use dir::LogDir;
+pub use dir::{LiveUpdates, LogDir};
 pub use error::{BatchError, LogError};
 pub use follower::FollowerHandle;
 pub use partition::Partition;

@@ -1,5 +1,5 @@
 //! The fetch protocol served over AF_XDP: one [`crate::fetch::Server`] per engine worker
-//! (queue), woken by log appends, and the `serve` entry point that falls back to the
+//! (queue), woken by the log's append batches that reach one of its parked polls, and the `serve` entry point that falls back to the
 //! kernel-UDP transport when XDP cannot be set up (unless `--require-xdp`).
 
 use std::net::SocketAddr;
@@ -11,6 +11,7 @@ use super::cli::XdpArgs;
 use super::engine::{Engine, WorkerContext};
 use crate::fetch::gateway::{FetchArgs, FetchListener, FetchStats};
 use crate::fetch::{Server, ServerConfig};
+use crate::log::appends::Watch;
 use crate::log::{segment, LogDir};
 
 /// The settings of one queue's server: the gateway's (its token secret included), sized for
@@ -61,15 +62,13 @@ impl XdpFetch {
         }
         let stats = FetchStats::default();
         let engine = Engine::start_publishing(&cfg, |ctx: WorkerContext| {
-            let server = Server::new(log.clone(), queue_config(server, ctx.max_datagram));
+            // Each queue's own watch: an append batch wakes only the queues with a poll
+            // parked on one of its partitions, each once.
+            let waker = ctx.waker.clone();
+            let server = Server::new(log.clone(), queue_config(server, ctx.max_datagram))
+                .with_watch(Watch::new(move || waker.wake()));
             (server, Some(stats.slot()))
         })?;
-        let wakers = engine.wakers();
-        log.on_append(Box::new(move |_| {
-            for w in &wakers {
-                w.wake();
-            }
-        }));
         Ok(XdpFetch {
             engine,
             endpoint,

@@ -199,6 +199,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     let metrics = Metrics::new();
+    let appends = Arc::clone(&log);
+    metrics.register(move |w| appends.append_stats().write_metrics(w));
     running.register_metrics(&metrics);
     let hops = Arc::clone(&log);
     metrics.register(move |w| hops.tail_hops().write_metrics(w));

@@ -4,8 +4,8 @@
 //! (LATEST and EARLIEST) at start, then one long-poll Fetch to the local broker at the known
 //! high watermark (`min_bytes` 1, short `max_wait`), which the broker answers as soon as the
 //! watermark moves; each answer carries the log start offset too. Each change is fed into
-//! the log ([`LogDir::set_live_offsets`], [`LogDir::set_live_start`]), which wakes parked
-//! readers.
+//! the log, one answer as one batch ([`LogDir::live_updates`]), which wakes parked readers
+//! once per batch.
 //!
 //! When the cluster cannot be reached the last known watermarks stay in force (the
 //! checkpoint file, never ahead of them, takes over where it is newer); every failure is
@@ -29,7 +29,7 @@ use super::{rewrite, ClusterView};
 use crate::kafka::apis::sb;
 use crate::kafka::client::Connection;
 use crate::kafka::stats::inc;
-use crate::log::LogDir;
+use crate::log::{LiveUpdates, LogDir};
 
 /// How long the broker may hold the watcher's fetch (an upper bound on how stale a
 /// watermark can be is the broker's answer latency, not this).
@@ -150,11 +150,14 @@ fn session(view: &ClusterView, log: &LogDir, stop: &AtomicBool) -> Result<()> {
         .with_context(|| format!("ListOffsets LATEST to {addr}"))?;
     let starts = list_offsets(&mut conn, &parts, EARLIEST)
         .with_context(|| format!("ListOffsets EARLIEST to {addr}"))?;
-    for ((t, p), h) in &hw {
-        apply(view, log, t, *p, *h, -1);
-    }
-    for ((t, p), s) in &starts {
-        apply_start(view, log, t, *p, *s);
+    {
+        let mut batch = log.live_updates();
+        for ((t, p), h) in &hw {
+            apply(view, &mut batch, t, *p, *h, -1);
+        }
+        for ((t, p), s) in &starts {
+            apply_start(view, log, &mut batch, t, *p, *s);
+        }
     }
     if !view.is_live() {
         inc(&view.stats.live_sessions);
@@ -169,6 +172,8 @@ fn session(view: &ClusterView, log: &LogDir, stop: &AtomicBool) -> Result<()> {
         let resp: FetchResponse = conn
             .call(ApiKey::Fetch, 11, &fetch_at(&hw))
             .with_context(|| format!("Fetch from {addr}"))?;
+        // One answer, one batch of appends (announced when it drops, errors included).
+        let mut batch = log.live_updates();
         for t in &resp.responses {
             for pd in &t.partitions {
                 let key = (t.topic.0.to_string(), pd.partition_index);
@@ -181,12 +186,12 @@ fn session(view: &ClusterView, log: &LogDir, stop: &AtomicBool) -> Result<()> {
                     );
                 }
                 if pd.log_start_offset >= 0 {
-                    apply_start(view, log, &key.0, key.1, pd.log_start_offset);
+                    apply_start(view, log, &mut batch, &key.0, key.1, pd.log_start_offset);
                 }
                 if hw.get(&key) != Some(&pd.high_watermark) {
                     apply(
                         view,
-                        log,
+                        &mut batch,
                         &key.0,
                         key.1,
                         pd.high_watermark,
@@ -200,8 +205,8 @@ fn session(view: &ClusterView, log: &LogDir, stop: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
-fn apply(view: &ClusterView, log: &LogDir, topic: &str, p: i32, hw: i64, lso: i64) {
-    if log.set_live_offsets(topic, p, hw, lso) {
+fn apply(view: &ClusterView, batch: &mut LiveUpdates<'_>, topic: &str, p: i32, hw: i64, lso: i64) {
+    if batch.set_live_offsets(topic, p, hw, lso) {
         inc(&view.stats.hw_updates);
     }
 }
@@ -209,9 +214,16 @@ fn apply(view: &ClusterView, log: &LogDir, topic: &str, p: i32, hw: i64, lso: i6
 /// The cluster's log start offset bounds local reads from below (a broker that deleted or
 /// was asked to delete old records answers OFFSET_OUT_OF_RANGE there, and so does the gateway,
 /// even while the local disk still holds those segments).
-fn apply_start(view: &ClusterView, log: &LogDir, topic: &str, p: i32, start: i64) {
+fn apply_start(
+    view: &ClusterView,
+    log: &LogDir,
+    batch: &mut LiveUpdates<'_>,
+    topic: &str,
+    p: i32,
+    start: i64,
+) {
     let known = log.partition(topic, p).map(|q| q.offsets().log_start);
-    if log.set_live_start(topic, p, start) {
+    if batch.set_live_start(topic, p, start) {
         inc(&view.stats.log_start_updates);
         let now = log.partition(topic, p).map(|q| q.offsets().log_start);
         if now != known {
