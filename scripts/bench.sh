@@ -215,11 +215,15 @@ wait_tcp() { # port
   done
   return 1
 }
-wait_udp() { # port: bound in the gateway namespace (kernel UDP) or XDP attached (AF_XDP)
+wait_udp() { # port [log]: bound in the gateway namespace (kernel UDP) or XDP attached (AF_XDP)
+  # With the log of a fetch gateway on AF_XDP, an attached program counts only once the log says
+  # the endpoint serves: between the attach and the socket bind (over a second in a debug build)
+  # the program has no socket to steer to, and a probe's first requests are lost and retried.
   for _ in $(seq 100); do
     kill -0 "$GW_PID" 2>/dev/null || return 1
     if [ -n "$(ip netns exec "$GW_NS" ss -Hlun "sport = :$1")" ] ||
-      ip -n "$GW_NS" -d link show dev "$GW_IF" | grep -q 'prog/xdp'; then
+      { ip -n "$GW_NS" -d link show dev "$GW_IF" | grep -q 'prog/xdp' &&
+        { [ -z "${2:-}" ] || grep -q '^kxgw: fetch endpoint .* on AF_XDP' "$2"; }; }; then
       sleep 0.3
       return 0
     fi
@@ -327,7 +331,12 @@ PY
   # shellcheck disable=SC2086
   start_bg "$logf" $cmd
   local ready=wait_udp
-  case $path in kafka-*) ready="wait_tcp $KAFKA_PORT" ;; ceil-sendfile) ready="wait_tcp $RAW_PORT" ;; *) ready="wait_udp $FETCH_PORT" ;; esac
+  case $path in
+    kafka-*) ready="wait_tcp $KAFKA_PORT" ;;
+    ceil-sendfile) ready="wait_tcp $RAW_PORT" ;;
+    xdp-*) ready="wait_udp $FETCH_PORT $logf" ;;
+    *) ready="wait_udp $FETCH_PORT" ;;
+  esac
   if ! $ready; then
     record "$section" "$path" "$fs" "$n" "$run" failed - - - - - - "gateway did not come up: $logf"
     stop_gw; return 0
@@ -460,7 +469,8 @@ measure_latency() { # path run
   has "$SERVE_HELP" --control-socket && cmd="$cmd --control-socket $ctl"
   # shellcheck disable=SC2086
   start_bg "$logf" $cmd
-  local ready="wait_udp $FETCH_PORT"; case $path in kafka-*) ready="wait_tcp $KAFKA_PORT" ;; esac
+  local ready="wait_udp $FETCH_PORT"
+  case $path in kafka-*) ready="wait_tcp $KAFKA_PORT" ;; xdp-*) ready="wait_udp $FETCH_PORT $logf" ;; esac
   if ! $ready; then
     record latency "$path" tmpfs 1 "$run" failed - - - - - - "gateway did not come up: $logf"; stop_gw; return 0
   fi

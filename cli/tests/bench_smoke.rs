@@ -67,7 +67,7 @@ fn bench_smoke_produces_a_table_with_every_available_path() {
         let _ = se.read_to_string(&mut s);
         s
     });
-    // About 90 s on a 2-vCPU machine (debug build; 24 of it tailing runs, 12 paths at 2 MTUs);
+    // 90-130 s on a 2-vCPU machine (debug build; 24 tailing runs: 12 paths at 2 MTUs);
     // the bound only catches a hang (SIGTERM makes the script's trap remove its namespaces).
     let status = loop {
         if let Some(st) = child.try_wait().expect("waiting for bench.sh") {
