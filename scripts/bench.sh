@@ -2,28 +2,34 @@
 # kxgw benchmark: every serving path side by side on one veth pair, with the link's ceilings,
 # fan-out and tailing latency, in one run. Writes a markdown table and PNG plots.
 #
-#   sudo scripts/bench.sh [--quick|--smoke] [--mtu 1500|9000|65535] [--runs N]
-#                         [--log-mib N] [--out DIR] [--kxgw PATH] [--bench PATH]
+#   sudo scripts/bench.sh [--quick|--smoke] [--mtu 1500|9000|65535] [--lat-mtus 'MTU...']
+#                         [--runs N] [--log-mib N] [--out DIR] [--kxgw PATH] [--bench PATH]
 #                         [--disk-dir DIR]
 #                         [--only 'PATH...']
 #
-#   --quick      5 runs, 512 MiB logs, tmpfs-only fan-out: the runs take < 10 min on 2 vCPUs
-#   --smoke      1 run per path, 32 MiB logs, fan-out 1 and 4: checks the harness end to end
+#   --quick      5 runs, 512 MiB logs, tmpfs-only fan-out, 4,000 records per tailing run
+#   --smoke      1 run per path, 32 MiB logs, fan-out 1 and 4, 100 records per tailing run:
+#                checks the harness end to end
+#   --mtu N      the veth MTU of the throughput and fan-out runs (default 1500)
+#   --lat-mtus L the veth MTUs of the tailing-latency runs, each a pass over every tailing path
+#                in the same run (default '1500 9000'); their rows are named PATH@MTU
 #   --kxgw PATH  use this binary instead of building target/release/kxgw
 #   --bench PATH the measuring tools (default: kxgw-bench next to the kxgw binary)
 #   --out DIR    results directory (default bench/results)
 #   --only LIST  measure only these paths (names as in the raw TSV, e.g. 'kafka-sendfile
-#                ceil-sendfile'): for working on one path; the report says it is partial
+#                ceil-sendfile'; a tailing path without @MTU at every MTU): for working on one
+#                path; the report says it is partial
 #
 # Layout: the gateway runs in <name>-gw pinned to CPU 0, every consumer in <name>-cl pinned to
 # CPU 1 (scripts/netns.sh, 198.18.0.1 <-> 198.18.0.2, no default route: nothing leaves them).
 # Runs alternate between paths (run 1 of every path, then run 2, ...), so drift over time hits
-# every path alike. A path the binary does not offer yet is reported "not available", never
+# every path alike; the tailing passes set the veth MTU in between (both ends, no gateway
+# running). A path the binary does not offer yet is reported "not available", never
 # given a number; a run that fails is reported "failed" with its log kept.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-MODE=full MTU=1500 RUNS= LOG_MIB= OUT= KXGW= BENCH= DISK_DIR=/var/tmp ONLY=
+MODE=full MTU=1500 LAT_MTUS='1500 9000' RUNS= LOG_MIB= OUT= KXGW= BENCH= DISK_DIR=/var/tmp ONLY=
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) MODE=quick; shift ;;
@@ -36,15 +42,24 @@ while [ $# -gt 0 ]; do
     --bench) BENCH=$2; shift 2 ;;
     --disk-dir) DISK_DIR=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --lat-mtus) LAT_MTUS=$2; shift 2 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 case $MTU in 1500|9000|65535) ;; *) echo "bench.sh: --mtu must be 1500, 9000 or 65535" >&2; exit 2 ;; esac
+read -r -a lat_mtus <<<"$LAT_MTUS"
+[ ${#lat_mtus[@]} -gt 0 ] || { echo "bench.sh: --lat-mtus needs at least one MTU" >&2; exit 2; }
+for m in "${lat_mtus[@]}"; do
+  case $m in 1500|9000|65535) ;; *) echo "bench.sh: --lat-mtus: $m is not 1500, 9000 or 65535" >&2; exit 2 ;; esac
+done
+[ "$(printf '%s\n' "${lat_mtus[@]}" | sort -u | wc -l)" = ${#lat_mtus[@]} ] ||
+  { echo "bench.sh: --lat-mtus names an MTU twice" >&2; exit 2; }
+LAT_MTUS="${lat_mtus[*]}"
 case $MODE in
   full) : "${RUNS:=5}" "${LOG_MIB:=2048}"; FANOUT_N="1 4 16"; FANOUT_FS="tmpfs disk"; LAT_COUNT=20000 LAT_RATE=2000 LAT_TIMEOUT=60 ;;
   quick) : "${RUNS:=5}" "${LOG_MIB:=512}"; FANOUT_N="1 4 16"; FANOUT_FS="tmpfs"; LAT_COUNT=4000 LAT_RATE=2000 LAT_TIMEOUT=10 ;;
-  smoke) : "${RUNS:=1}" "${LOG_MIB:=32}"; FANOUT_N="1 4"; FANOUT_FS="tmpfs"; LAT_COUNT=200 LAT_RATE=1000 LAT_TIMEOUT=5 ;;
+  smoke) : "${RUNS:=1}" "${LOG_MIB:=32}"; FANOUT_N="1 4"; FANOUT_FS="tmpfs"; LAT_COUNT=100 LAT_RATE=1000 LAT_TIMEOUT=5 ;;
 esac
 : "${OUT:=$REPO/bench/results}"
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root (namespaces, veth, XDP)" >&2; exit 1; }
@@ -131,7 +146,16 @@ fi
 
 # ---------------------------------------------------------------- network and logs
 "$REPO/scripts/netns.sh" up --mtu "$MTU" --name "$NAME" >/dev/null
-say "namespaces $GW_NS / $CL_NS, veth $GW_IF <-> $CL_IF, MTU $MTU"
+LINK_MTU=$MTU
+say "namespaces $GW_NS / $CL_NS, veth $GW_IF <-> $CL_IF, MTU $MTU (tailing: $LAT_MTUS)"
+# Both ends of the veth pair to MTU $1, between runs (no gateway, so no XDP program, attached).
+set_mtu() {
+  [ "$1" = "$LINK_MTU" ] && return 0
+  ip -n "$GW_NS" link set dev "$GW_IF" mtu "$1" && ip -n "$CL_NS" link set dev "$CL_IF" mtu "$1" ||
+    { echo "bench.sh: setting the veth MTU to $1 failed" >&2; exit 1; }
+  LINK_MTU=$1
+  say "veth MTU $1"
+}
 
 LOG_BYTES_WANTED=$((LOG_MIB * 1024 * 1024))
 RECORDS=$((LOG_BYTES_WANTED / (RECORD_SIZE + 40)))
@@ -191,11 +215,15 @@ wait_tcp() { # port
   done
   return 1
 }
-wait_udp() { # port: bound in the gateway namespace (kernel UDP) or XDP attached (AF_XDP)
+wait_udp() { # port [log]: bound in the gateway namespace (kernel UDP) or XDP attached (AF_XDP)
+  # With the log of a fetch gateway on AF_XDP, an attached program counts only once the log says
+  # the endpoint serves: between the attach and the socket bind (over a second in a debug build)
+  # the program has no socket to steer to, and a probe's first requests are lost and retried.
   for _ in $(seq 100); do
     kill -0 "$GW_PID" 2>/dev/null || return 1
     if [ -n "$(ip netns exec "$GW_NS" ss -Hlun "sport = :$1")" ] ||
-      ip -n "$GW_NS" -d link show dev "$GW_IF" | grep -q 'prog/xdp'; then
+      { ip -n "$GW_NS" -d link show dev "$GW_IF" | grep -q 'prog/xdp' &&
+        { [ -z "${2:-}" ] || grep -q '^kxgw: fetch endpoint .* on AF_XDP' "$2"; }; }; then
       sleep 0.3
       return 0
     fi
@@ -303,7 +331,12 @@ PY
   # shellcheck disable=SC2086
   start_bg "$logf" $cmd
   local ready=wait_udp
-  case $path in kafka-*) ready="wait_tcp $KAFKA_PORT" ;; ceil-sendfile) ready="wait_tcp $RAW_PORT" ;; *) ready="wait_udp $FETCH_PORT" ;; esac
+  case $path in
+    kafka-*) ready="wait_tcp $KAFKA_PORT" ;;
+    ceil-sendfile) ready="wait_tcp $RAW_PORT" ;;
+    xdp-*) ready="wait_udp $FETCH_PORT $logf" ;;
+    *) ready="wait_udp $FETCH_PORT" ;;
+  esac
   if ! $ready; then
     record "$section" "$path" "$fs" "$n" "$run" failed - - - - - - "gateway did not come up: $logf"
     stop_gw; return 0
@@ -388,12 +421,14 @@ hop_metric() { # text name-with-labels: the value of kxgw_<name>, empty if absen
   awk -v k="kxgw_$2" '$1 == k { print $2; exit }' <<<"$1"
 }
 
-# Tailing latency of one path: the stamping producer appends to a live log the gateway follows.
+# Tailing latency of one path at the link's current MTU: the stamping producer appends to a
+# live log the gateway follows. Its rows (and logs) are named <path>@<MTU>.
 measure_latency() { # path run
-  local path=$1 run=$2 cmd= client=
-  wanted "$path" || return 0
+  local kind=$1 run=$2 cmd= client=
+  local path=$kind@$LINK_MTU
+  wanted "$kind" || wanted "$path" || return 0
   # <path>-spin: the same gateway, the probe spins on its socket instead of sleeping in it.
-  local spin=; case $path in *-spin) spin=--spin ;; esac
+  local spin=; case $kind in *-spin) spin=--spin ;; esac
   local dir=$WORK/taillog; rm -rf "$dir"
   if [ $HAVE_TAILP = 0 ]; then
     record latency "$path" tmpfs 1 "$run" "n/a" - - - - - - "no stamping producer in this build"; return 0
@@ -401,23 +436,23 @@ measure_latency() { # path run
   # A fresh live log on tmpfs with a few records so the partition exists.
   "$BENCH" tail-produce --log-dir "$TMPFS_DIR/tail-$path-$run" --topic tail --count 1 --rate 1000 >/dev/null 2>&1 || true
   dir=$TMPFS_DIR/tail-$path-$run
-  case ${path%-spin} in
+  case ${kind%-spin} in
     kafka-longpoll|kafka-longpoll-busypoll)
       [ $HAVE_KAFKA = 1 ] && cmd="$KXGW serve --log-dir $dir --kafka-listen $GW_ADDR:$KAFKA_PORT --io sendfile"
-      if [ ${path%-spin} = kafka-longpoll-busypoll ]; then
+      if [ ${kind%-spin} = kafka-longpoll-busypoll ]; then
         if has "$SERVE_HELP" --kafka-busy-poll; then cmd="$cmd --kafka-busy-poll"; else cmd=; fi
       fi
       client="$BENCH tail-kafka --bootstrap $GW_ADDR:$KAFKA_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
     udp-kernel|udp-kernel-busypoll)
       [ $HAVE_FETCH = 1 ] && [ $HAVE_TAILF = 1 ] && cmd="$KXGW serve --log-dir $dir --fetch-listen $GW_ADDR:$FETCH_PORT"
-      if [ ${path%-spin} = udp-kernel-busypoll ]; then
+      if [ ${kind%-spin} = udp-kernel-busypoll ]; then
         if has "$SERVE_HELP" --fetch-busy-poll; then cmd="$cmd --fetch-busy-poll"; else cmd=; fi
       fi
       client="$BENCH tail-fetch --fetch $GW_ADDR:$FETCH_PORT --topic tail --offset 1 --count $LAT_COUNT --timeout-secs $LAT_TIMEOUT" ;;
     xdp-busypoll-off|xdp-busypoll-on)
       if [ $HAVE_XDP = 1 ] && [ $HAVE_TAILF = 1 ]; then
         cmd="$KXGW serve --log-dir $dir --xdp-iface $GW_IF --fetch-listen $GW_ADDR:$FETCH_PORT --tx-strategy auto"
-        if [ ${path%-spin} = xdp-busypoll-on ]; then
+        if [ ${kind%-spin} = xdp-busypoll-on ]; then
           if [ $HAVE_BUSY = 1 ]; then cmd="$cmd --busy-poll"; else cmd=; fi
         fi
       fi
@@ -434,7 +469,8 @@ measure_latency() { # path run
   has "$SERVE_HELP" --control-socket && cmd="$cmd --control-socket $ctl"
   # shellcheck disable=SC2086
   start_bg "$logf" $cmd
-  local ready="wait_udp $FETCH_PORT"; case $path in kafka-*) ready="wait_tcp $KAFKA_PORT" ;; esac
+  local ready="wait_udp $FETCH_PORT"
+  case $path in kafka-*) ready="wait_tcp $KAFKA_PORT" ;; xdp-*) ready="wait_udp $FETCH_PORT $logf" ;; esac
   if ! $ready; then
     record latency "$path" tmpfs 1 "$run" failed - - - - - - "gateway did not come up: $logf"; stop_gw; return 0
   fi
@@ -466,11 +502,17 @@ measure_latency() { # path run
 # ---------------------------------------------------------------- the runs
 PATHS="kafka-copy kafka-sendfile kafka-tls udp-sendmmsg udp-gso xdp-copy xdp-sg"
 FANOUT_PATHS="kafka-sendfile udp-sendmmsg xdp-sg"
-LAT_PATHS="kafka-longpoll kafka-longpoll-busypoll udp-kernel udp-kernel-busypoll xdp-busypoll-off xdp-busypoll-on kafka-longpoll-spin kafka-longpoll-busypoll-spin udp-kernel-busypoll-spin xdp-busypoll-on-spin"
+# Every tailing path (Kafka long-poll, kernel UDP, AF_XDP; each without and with its busy poll)
+# with a blocking consumer and a spinning one (-spin), at every MTU of --lat-mtus.
+LAT_PATHS=
+for p in kafka-longpoll kafka-longpoll-busypoll udp-kernel udp-kernel-busypoll xdp-busypoll-off xdp-busypoll-on; do
+  LAT_PATHS="$LAT_PATHS $p $p-spin"
+done
 : >"$RAW"
 T_START=$(date +%s)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 for run in $(seq "$RUNS"); do
+  set_mtu "$MTU"
   say "run $run/$RUNS: paths and ceilings"
   for fs in tmpfs disk; do
     for p in $PATHS; do measure paths "$p" "$fs" 1 "$run"; done
@@ -486,8 +528,11 @@ for run in $(seq "$RUNS"); do
       for p in $FANOUT_PATHS; do measure fanout "$p" "$fs" "$n" "$run"; done
     done
   done
-  say "run $run/$RUNS: tailing latency"
-  for p in $LAT_PATHS; do measure_latency "$p" "$run"; done
+  for m in $LAT_MTUS; do
+    set_mtu "$m"
+    say "run $run/$RUNS: tailing latency at MTU $m"
+    for p in $LAT_PATHS; do measure_latency "$p" "$run"; done
+  done
 done
 ELAPSED=$(( $(date +%s) - T_START ))
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -503,7 +548,7 @@ BASE=$OUT/$STAMP-mtu$MTU
 # A partial run never replaces a full table.
 [ -n "$ONLY" ] && BASE=$OUT/partial-mtu$MTU
 python3 "$REPO/scripts/bench_report.py" --raw "$RAW" --out "$BASE" \
-  --machine "kernel $(uname -r); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc); MTU $MTU (veth, namespaces $GW_NS/$CL_NS); AF_XDP bind mode: ${XDP_BIND:-n/a (no AF_XDP run)}; TX strategy: per row; gateway pinned to CPU $GW_CPU, consumers to CPU $CL_CPU; disk fs: $DISK_FS; mode $MODE${ONLY:+ (only: $ONLY)}, $RUNS run(s) per path, ${ELAPSED}s; load average before $LOAD0, after $LOAD1; kxgw $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+  --machine "kernel $(uname -r); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc); MTU $MTU (veth, namespaces $GW_NS/$CL_NS; tailing latency at MTU ${LAT_MTUS// /, }); AF_XDP bind mode: ${XDP_BIND:-n/a (no AF_XDP run)}; TX strategy: per row; gateway pinned to CPU $GW_CPU, consumers to CPU $CL_CPU; disk fs: $DISK_FS; mode $MODE${ONLY:+ (only: $ONLY)}, $RUNS run(s) per path, ${ELAPSED}s; load average before $LOAD0, after $LOAD1; kxgw $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')" \
   --log "$LOG_BYTES bytes per log ($RECORDS records of $RECORD_SIZE B, $BATCH_RECORDS records per batch, 1 partition)" \
   --fanout "$FANOUT_N"
 cp "$RAW" "$BASE.raw.tsv"

@@ -3,7 +3,9 @@
 
 Raw rows (tab-separated): section path fs consumers run status gbps rps pps cpu bytes secs note.
 Latency rows reuse gbps/rps/pps for p50/p99/p99.9 in microseconds; latency-hop rows (path:hop)
-too, with the sample count in cpu. Medians over the runs that
+too, with the sample count in cpu. A tailing path is named <path>@<MTU> (a bare <path>, as
+runs before --lat-mtus wrote, is at the throughput MTU); <path>-spin is <path> with a spinning
+consumer. Medians over the runs that
 succeeded, with their min-max; a path whose runs all failed or that the build lacks gets no number.
 """
 import argparse
@@ -28,12 +30,15 @@ PATH_DOC = {
     "udp-kernel-busypoll": "fetch protocol, kernel UDP, `--fetch-busy-poll`",
     "xdp-busypoll-off": "fetch protocol, AF_XDP, busy poll off",
     "xdp-busypoll-on": "fetch protocol, AF_XDP, `--busy-poll`",
-    "kafka-longpoll-spin": "Kafka TCP long-poll, spinning consumer",
     "kafka-longpoll-busypoll": "Kafka TCP long-poll, `--kafka-busy-poll`",
-    "kafka-longpoll-busypoll-spin": "Kafka TCP long-poll, `--kafka-busy-poll`, spinning consumer",
-    "udp-kernel-busypoll-spin": "fetch protocol, kernel UDP, `--fetch-busy-poll`, spinning consumer",
-    "xdp-busypoll-on-spin": "fetch protocol, AF_XDP, `--busy-poll`, spinning consumer",
 }
+
+# The tailing rows the ratios and targets compare (issue 18): Kafka long-poll with a blocking
+# consumer, as stock clients run; Kafka with the listener's busy poll and a spinning consumer,
+# the fair comparison; AF_XDP with busy poll and a spinning consumer, the fast path.
+KAFKA_BLOCKING = "kafka-longpoll"
+KAFKA_BUSY_SPIN = "kafka-longpoll-busypoll-spin"
+FAST_PATH = "xdp-busypoll-on-spin"
 
 
 def num(x):
@@ -116,6 +121,188 @@ def unavailable(cell):
     return "failed (run log kept)"
 
 
+def split_mtu(label, default):
+    """'<path>@<MTU>' -> (path, MTU); a bare label is at the default MTU."""
+    path, sep, mtu = label.rpartition("@")
+    return (path, mtu) if sep else (label, default)
+
+
+def tail_doc(kind):
+    """(label, consumer) of a tailing path: <path>-spin is <path> with a spinning consumer."""
+    spin = kind.endswith("-spin")
+    base = kind[: -len("-spin")] if spin else kind
+    return PATH_DOC.get(base, base), ("spinning" if spin else "blocking")
+
+
+HOP_DOC = (
+    "The gateway's own timestamps of each tailing reply (a parked poll answered with new "
+    "data): growth detected (inotify event read, or the busy poller's size check) to its "
+    "bytes validated, and validated to the reply's first datagram handed to the transport. "
+    "The rest of a row's delay above is the append's path to the detection and the "
+    "reply's path to the consumer. Histogram buckets: values within 1/8 above.\n"
+)
+
+
+class Tailing:
+    """The tailing-latency rows of a run by MTU: the tables, the targets, the hops and their plot."""
+
+    def __init__(self, cells, order, default_mtu):
+        self.lat = {}  # MTU -> [(path, cell)], in run order
+        self.hops = {}  # MTU -> [(path, hop, cell)]
+        for k in order:
+            if k[0] == "latency":
+                kind, mtu = split_mtu(k[1], default_mtu)
+                self.lat.setdefault(mtu, []).append((kind, cells[k]))
+            elif k[0] == "latency-hop":
+                path, _, hop = k[1].partition(":")
+                kind, mtu = split_mtu(path, default_mtu)
+                self.hops.setdefault(mtu, []).append((kind, hop, cells[k]))
+
+    def mtus(self):
+        return list(dict.fromkeys(list(self.lat) + list(self.hops)))
+
+    def med(self, mtu, kind, key):
+        c = next((c for k, c in self.lat.get(mtu, []) if k == kind), None)
+        return c.median(key) if c else None
+
+    def tables(self):
+        md = []
+        for mtu, rows in self.lat.items():
+            md.append(f"## Tailing latency at MTU {mtu}: produce-to-consume delay (µs)\n")
+            md.append(
+                "| path | consumer | p50 | p99 | p99.9 | p99 vs Kafka long-poll | "
+                "p99 vs Kafka busy poll, spinning | notes |"
+            )
+            md.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+            blocking = self.med(mtu, KAFKA_BLOCKING, "rps")
+            fair = self.med(mtu, KAFKA_BUSY_SPIN, "rps")
+            for kind, c in rows:
+                label, consumer = tail_doc(kind)
+                if c.status() != "ok":
+                    md.append(f"| {label} | {consumer} | {unavailable(c)} | | | | | {c.notes()} |")
+                    continue
+                p99 = c.median("rps")
+                md.append(
+                    f"| {label} | {consumer} | {c.span('gbps', f1)} | {c.span('rps', f1)} | "
+                    f"{c.span('pps', f1)} | {ratio(p99, blocking)} | {ratio(p99, fair)} | {c.notes()} |"
+                )
+            md.append("")
+        if self.lat:
+            md.append(
+                "p99 ratios: over Kafka TCP long-poll with a blocking consumer (as stock clients "
+                "run), and over Kafka TCP long-poll with `--kafka-busy-poll` and a spinning consumer, "
+                "at the same MTU in the same run. A spinning consumer polls its non-blocking socket "
+                "instead of sleeping in it.\n"
+            )
+        return md
+
+    def targets(self):
+        """Issue 18's targets against this run's medians, per MTU."""
+        if not self.lat:
+            return []
+        mtus = list(self.lat)
+        fast = "AF_XDP `--busy-poll`, spinning consumer"
+        rows = [
+            (f"{fast}: p99 ≤ 0.2x Kafka long-poll, blocking consumer", lambda m: self.vs(m, KAFKA_BLOCKING, 0.2)),
+            (
+                f"{fast}: p99 ≤ 0.5x Kafka long-poll, `--kafka-busy-poll`, spinning consumer",
+                lambda m: self.vs(m, KAFKA_BUSY_SPIN, 0.5),
+            ),
+            (f"{fast}: p50 ≤ 20 µs", self.p50_within),
+        ]
+        md = ["## Tailing targets (issue 18)\n"]
+        md.append("| target | " + " | ".join(f"MTU {m}" for m in mtus) + " |")
+        md.append("| --- |" + " --- |" * len(mtus))
+        for name, cell in rows:
+            md.append(f"| {name} | " + " | ".join(cell(m) for m in mtus) + " |")
+        md.append("")
+        md.append(
+            "Medians of this run's tailing rows; the issue checks two `--quick` runs on a quiet machine.\n"
+        )
+        return md
+
+    def vs(self, mtu, kafka, limit):
+        a, b = self.med(mtu, FAST_PATH, "rps"), self.med(mtu, kafka, "rps")
+        if a is None or b is None or b == 0:
+            return "not measured"
+        r = a / b
+        return f"{r:.2f}x ({a:.1f} vs {b:.1f} µs): {'met' if r <= limit else 'not met'}"
+
+    def p50_within(self, mtu, limit=20.0):
+        a = self.med(mtu, FAST_PATH, "gbps")
+        if a is None:
+            return "not measured"
+        return f"{a:.1f} µs: {'met' if a <= limit else 'not met'}"
+
+    def hop_table(self):
+        if not self.hops:
+            return []
+        md = ["## Tailing latency per hop (µs)\n", HOP_DOC]
+        md.append("| MTU | path | consumer | hop | p50 | p99 | p99.9 | samples | notes |")
+        md.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for mtu, rows in self.hops.items():
+            for kind, hop, c in rows:
+                label, consumer = tail_doc(kind)
+                if c.status() != "ok":
+                    md.append(f"| {mtu} | {label} | {consumer} | {hop} | {unavailable(c)} | | | | {c.notes()} |")
+                    continue
+                md.append(
+                    f"| {mtu} | {label} | {consumer} | {hop} | {c.span('gbps', f1)} | {c.span('rps', f1)} | "
+                    f"{c.span('pps', f1)} | {c.span('cpu', big) or '–'} | {c.notes()} |"
+                )
+        md.append("")
+        return md
+
+    def plot_hops(self, out):
+        """One PNG per MTU: p50 and p99 (medians of the runs) of every hop of every tailing path."""
+        written = []
+        base = out.rsplit("/", 1)[-1]
+        for mtu, rows in self.hops.items():
+            if not any(c.status() == "ok" for _, _, c in rows):
+                continue
+            hops = list(dict.fromkeys(h for _, h, _ in rows))
+            kinds = list(dict.fromkeys(k for k, _, _ in rows))
+            cell = {(k, h): c for k, h, c in rows}
+
+            def value(kind, hop, key):
+                c = cell.get((kind, hop))
+                v = c.median(key) if c else None
+                # A log axis cannot show 0: such a bar is left out (the table has the value).
+                return "-" if v is None or v <= 0 else f"{v}"
+
+            data = f"{out}-hops-mtu{mtu}.dat"
+            with open(data, "w") as f:
+                for k in kinds:
+                    cols = [value(k, h, "gbps") for h in hops] + [value(k, h, "rps") for h in hops]
+                    f.write(f'"{k}" ' + " ".join(cols) + "\n")
+            png = f"{out}-hops-mtu{mtu}.png"
+
+            def panel(first):
+                return ", ".join(f'"{data}" using {first + i}:xtic(1) title "{h}"' for i, h in enumerate(hops))
+
+            script = f"""
+set terminal pngcairo size 1100,900 noenhanced font ",10"
+set output "{png}"
+set datafile missing "-"
+set style data histogram
+set style histogram clustered gap 1
+set style fill solid 0.7 border -1
+set logscale y
+set grid ytics
+set key top left
+set xtics rotate by 30 right
+set multiplot layout 2,1 title "tailing latency per hop at MTU {mtu} ({base}): medians of the runs"
+set ylabel "p50 (µs)"
+plot {panel(2)}
+set ylabel "p99 (µs)"
+plot {panel(2 + len(hops))}
+unset multiplot
+"""
+            if run_gnuplot(script):
+                written.append((f"tailing latency per hop, MTU {mtu}", png.rsplit("/", 1)[-1]))
+        return written
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--raw", required=True)
@@ -146,8 +333,14 @@ def main():
         c = get(section, path, fs, n)
         return c.median(key) if c else None
 
-    md = []
-    md.append(f"# kxgw benchmark, MTU {a.out.rsplit('mtu', 1)[-1]}\n")
+    mtu = a.out.rsplit("mtu", 1)[-1]
+    tail = Tailing(cells, order, mtu)
+    lat_mtus = tail.mtus()
+    title = f"# kxgw benchmark, MTU {mtu}"
+    if lat_mtus and lat_mtus != [mtu]:
+        named = " and ".join([", ".join(lat_mtus[:-1]), lat_mtus[-1]]) if len(lat_mtus) > 1 else lat_mtus[0]
+        title += f" (tailing latency at MTU {named})"
+    md = [title + "\n"]
     md.append(f"**Machine:** {a.machine}\n")
     md.append(f"**Log:** {a.log}. Consumer-side figures; medians of the runs with (min–max).\n")
     md.append("## Throughput, one consumer\n")
@@ -225,56 +418,15 @@ def main():
                 fan_plot.setdefault(path, []).append((n, g, min(v), max(v)))
         md.append("")
 
-    lat = [k for k in order if k[0] == "latency"]
-    if lat:
-        md.append("## Tailing latency: produce-to-consume delay (µs)\n")
-        md.append("| path | p50 | p99 | p99.9 | p99 vs Kafka long-poll | notes |")
-        md.append("| --- | --- | --- | --- | --- | --- |")
-        kafka_p99 = med("latency", "kafka-longpoll", "tmpfs", "rps")
-        for k in lat:
-            c = cells[k]
-            label = PATH_DOC.get(k[1], k[1])
-            if c.status() != "ok":
-                md.append(f"| {label} | {unavailable(c)} | | | | {c.notes()} |")
-                continue
-            md.append(
-                f"| {label} | {c.span('gbps', f1)} | {c.span('rps', f1)} | {c.span('pps', f1)} | "
-                f"{ratio(c.median('rps'), kafka_p99)} | {c.notes()} |"
-            )
-        md.append("")
+    md.extend(tail.tables())
+    md.extend(tail.targets())
+    md.extend(tail.hop_table())
 
-    hops = [k for k in order if k[0] == "latency-hop"]
-    if hops:
-        md.append("## Tailing latency inside the gateway, per hop (µs)\n")
-        md.append(
-            "The gateway's own timestamps of each tailing reply (a parked poll answered with new "
-            "data): growth detected (inotify event read, or the busy poller's size check) to its "
-            "bytes validated, and validated to the reply's first datagram handed to the transport. "
-            "The rest of a row's delay above is the append's path to the detection and the "
-            "reply's path to the consumer. Histogram buckets: values within 1/8 above.\n"
-        )
-        md.append("| path | hop | p50 | p99 | p99.9 | samples | notes |")
-        md.append("| --- | --- | --- | --- | --- | --- | --- |")
-        for k in hops:
-            c = cells[k]
-            path, _, hop = k[1].partition(":")
-            label = PATH_DOC.get(path, path)
-            if c.status() != "ok":
-                md.append(f"| {label} | {hop} | {unavailable(c)} | | | | {c.notes()} |")
-                continue
-            md.append(
-                f"| {label} | {hop} | {c.span('gbps', f1)} | {c.span('rps', f1)} | "
-                f"{c.span('pps', f1)} | {c.span('cpu', big)} | {c.notes()} |"
-            )
-        md.append("")
-
-    name = a.out.rsplit("/", 1)[-1]
-    pngs = plot(a.out, plot_rows, fan_plot)
+    pngs = plot(a.out, plot_rows, fan_plot) + tail.plot_hops(a.out)
     for title, png in pngs:
         md.append(f"![{title}]({png})\n")
     with open(a.out + ".md", "w") as f:
         f.write("\n".join(md))
-    del name
 
 
 def plot(out, rows, fan):

@@ -1,7 +1,10 @@
 //! The benchmark harness end to end in its tiny configuration (`scripts/bench.sh --smoke`):
-//! namespaces, logs, every path once, the report and the plots. It asserts that the table came
+//! namespaces, logs, every path once, the tailing paths at MTU 1500 and then 9000 (the veth
+//! MTU switched between the passes), the report and the plots. It asserts that the tables came
 //! out with a number for every path this build offers (and "not available" only for the others),
 //! so a path that lands but breaks under the benchmark fails here, not in a release run.
+
+mod common;
 
 use std::io::Read;
 use std::path::Path;
@@ -64,8 +67,8 @@ fn bench_smoke_produces_a_table_with_every_available_path() {
         let _ = se.read_to_string(&mut s);
         s
     });
-    // About 30 s on an idle 2-vCPU machine; the bound only catches a hang (SIGTERM makes the
-    // script's trap remove its namespaces).
+    // 90-130 s on a 2-vCPU machine (debug build; 24 tailing runs: 12 paths at 2 MTUs);
+    // the bound only catches a hang (SIGTERM makes the script's trap remove its namespaces).
     let status = loop {
         if let Some(st) = child.try_wait().expect("waiting for bench.sh") {
             break st;
@@ -141,6 +144,76 @@ fn bench_smoke_produces_a_table_with_every_available_path() {
                 assert!(v > 0.0 && v.is_finite(), "{label}: {v} Gbit/s");
             } else {
                 assert!(gbps.starts_with("not available"), "{label}: {gbps}");
+            }
+        }
+    }
+    check_tailing(&md, &serve, fetch, &stderr);
+    for mtu in ["1500", "9000"] {
+        let png = format!("smoke-mtu1500-hops-mtu{mtu}.png");
+        assert!(
+            out.path().join(&png).exists(),
+            "per-hop plot {png} missing:\n{md}"
+        );
+    }
+}
+
+/// A tailing table per MTU of the smoke's `--lat-mtus`, each with every tailing path once with
+/// a blocking and once with a spinning consumer, and a figure wherever this build has the path.
+fn check_tailing(md: &str, serve: &str, fetch: bool, stderr: &str) {
+    let spin = Command::new(common::kxgw_bench())
+        .args(["tail-fetch", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--spin"))
+        .unwrap_or(false);
+    let kafka = serve.contains("--kafka-listen");
+    let xdp = fetch && serve.contains("--xdp-iface");
+    let paths = [
+        ("Kafka TCP long-poll (`--io sendfile`)", kafka),
+        (
+            "Kafka TCP long-poll, `--kafka-busy-poll`",
+            kafka && serve.contains("--kafka-busy-poll"),
+        ),
+        ("fetch protocol, kernel UDP", fetch),
+        (
+            "fetch protocol, kernel UDP, `--fetch-busy-poll`",
+            fetch && serve.contains("--fetch-busy-poll"),
+        ),
+        ("fetch protocol, AF_XDP, busy poll off", xdp),
+        (
+            "fetch protocol, AF_XDP, `--busy-poll`",
+            xdp && serve.contains("--busy-poll"),
+        ),
+    ];
+    for mtu in ["1500", "9000"] {
+        let body = common::md_table(&common::md_section(
+            md,
+            &format!("## Tailing latency at MTU {mtu}:"),
+        ));
+        assert_eq!(
+            body.len(),
+            2 * paths.len(),
+            "MTU {mtu}: tailing rows:\n{md}"
+        );
+        for (label, available) in paths {
+            for consumer in ["blocking", "spinning"] {
+                let what = format!("{label}, {consumer} consumer, MTU {mtu}");
+                let found: Vec<_> = body
+                    .iter()
+                    .filter(|c| c[0] == label && c[1] == consumer)
+                    .collect();
+                assert_eq!(found.len(), 1, "{what}: rows:\n{md}");
+                let p50 = &found[0][2];
+                assert!(
+                    !p50.starts_with("failed"),
+                    "{what}: run failed:\n{md}\n{stderr}"
+                );
+                if available && (consumer == "blocking" || spin) {
+                    let v =
+                        median(p50).unwrap_or_else(|| panic!("{what}: no figure ({p50}):\n{md}"));
+                    assert!(v > 0.0 && v.is_finite(), "{what}: p50 {v} µs");
+                } else {
+                    assert!(p50.starts_with("not available"), "{what}: {p50}");
+                }
             }
         }
     }

@@ -78,6 +78,29 @@ pub fn require_tool(name: &str) {
     );
 }
 
+/// The lines of a markdown report (scripts/bench_report.py) from the one starting with
+/// `heading` to the next `## ` heading.
+pub fn md_section<'a>(md: &'a str, heading: &str) -> Vec<&'a str> {
+    let mut lines = md.lines().skip_while(|l| !l.starts_with(heading));
+    assert!(lines.next().is_some(), "no section {heading:?} in:\n{md}");
+    lines.take_while(|l| !l.starts_with("## ")).collect()
+}
+
+/// The body rows (header and separator left out) of the markdown table in `lines`, as cells.
+pub fn md_table(lines: &[&str]) -> Vec<Vec<String>> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("| "))
+        .skip(2)
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
 /// A finished command's stdout and stderr, for failure messages.
 pub fn text(out: &Output) -> String {
     format!(
