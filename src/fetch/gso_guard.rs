@@ -75,9 +75,11 @@ pub struct GsoGuard {
 impl GsoGuard {
     pub fn new(cfg: GsoGuardConfig) -> GsoGuard {
         GsoGuard {
+            // All the room it may use, at once: growing the map rehashed it a dozen times per
+            // window on the send path (a window's clear keeps the room).
+            sends: HashMap::with_capacity(cfg.max_tracked),
             cfg,
             window_start: None,
-            sends: HashMap::new(),
             peers: HashMap::new(),
             tripped: false,
         }

@@ -1106,7 +1106,14 @@ impl Server {
                 continue;
             }
             match job.next_datagram(max_datagram) {
-                Ok(Some(d)) => return Some(self.data_transmit(addr, d)),
+                Ok(Some(d)) => {
+                    let t = data_transmit(s, &mut self.ready, &self.log, self.cfg.burst, addr, d);
+                    self.stats.datagrams_out += 1;
+                    self.stats.data_datagrams += 1;
+                    self.stats.bytes_out += t.len() as u64;
+                    self.stats.payload_bytes += t.payload.as_ref().map_or(0, |p| p.len) as u64;
+                    return Some(t);
+                }
                 Ok(None) => {
                     s.jobs.pop_front();
                 }
@@ -1118,55 +1125,6 @@ impl Server {
             }
         }
         None
-    }
-
-    /// Accounts for the DATA datagram the front job of `addr` just cut, and turns it into a
-    /// transmit; moves the session on in the round robin after its burst.
-    fn data_transmit(&mut self, addr: SocketAddr, d: (DataHeader, usize, usize)) -> Transmit {
-        let (h, offset, len) = d;
-        let burst = self.cfg.burst;
-        let mut payload = None;
-        if let Some(s) = self.sessions.get_mut(&addr) {
-            if let Some(job) = s.jobs.front_mut() {
-                if let Some(stamps) = job.tail.take() {
-                    self.log.tail_hops().record(stamps, clock_ns());
-                }
-                payload = (len > 0).then(|| Payload {
-                    slice: job.slice.clone(),
-                    offset,
-                    len,
-                });
-                if job.finished {
-                    s.jobs.pop_front();
-                }
-            }
-            // Bytes of an acknowledged request (a long poll answered after the floor passed
-            // it) are not waited for: inflight = sum of `reqs`.
-            if let Some(b) = s.reqs.get_mut(&h.request_id) {
-                *b += len as u64;
-                s.inflight += len as u64;
-            }
-            s.burst += 1;
-            if s.burst >= burst || s.jobs.is_empty() {
-                s.burst = 0;
-                self.ready.pop_front();
-                if s.jobs.is_empty() {
-                    s.queued = false;
-                } else {
-                    self.ready.push_back(addr);
-                }
-            }
-        }
-        let t = Transmit {
-            dst: addr,
-            header: h.encode(),
-            payload,
-        };
-        self.stats.datagrams_out += 1;
-        self.stats.data_datagrams += 1;
-        self.stats.bytes_out += t.len() as u64;
-        self.stats.payload_bytes += len as u64;
-        t
     }
 
     /// A response that cannot be cut into datagrams (the segment changed under it, or too
@@ -1396,5 +1354,54 @@ impl JobRead {
                 )
             }
         }
+    }
+}
+
+/// Accounts, in session `s` (of `addr`), for the DATA datagram its front job just cut, and
+/// turns it into a transmit; moves the session on in the round robin after its burst. Takes
+/// the session its caller already looked up: one map lookup per datagram, not two.
+fn data_transmit(
+    s: &mut Session,
+    ready: &mut VecDeque<SocketAddr>,
+    log: &LogDir,
+    burst: usize,
+    addr: SocketAddr,
+    d: (DataHeader, usize, usize),
+) -> Transmit {
+    let (h, offset, len) = d;
+    let mut payload = None;
+    if let Some(job) = s.jobs.front_mut() {
+        if let Some(stamps) = job.tail.take() {
+            log.tail_hops().record(stamps, clock_ns());
+        }
+        payload = (len > 0).then(|| Payload {
+            slice: job.slice.clone(),
+            offset,
+            len,
+        });
+        if job.finished {
+            s.jobs.pop_front();
+        }
+    }
+    // Bytes of an acknowledged request (a long poll answered after the floor passed it) are
+    // not waited for: inflight = sum of `reqs`.
+    if let Some(b) = s.reqs.get_mut(&h.request_id) {
+        *b += len as u64;
+        s.inflight += len as u64;
+    }
+    s.burst += 1;
+    if s.burst >= burst || s.jobs.is_empty() {
+        s.burst = 0;
+        ready.pop_front();
+        if s.jobs.is_empty() {
+            s.queued = false;
+        } else {
+            ready.push_back(addr);
+        }
+    }
+    Transmit {
+        dst: addr,
+        header: h.encode(),
+        payload,
     }
 }
