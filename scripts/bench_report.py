@@ -245,13 +245,17 @@ def main():
 
     hops = [k for k in order if k[0] == "latency-hop"]
     if hops:
-        md.append("## Tailing latency inside the gateway, per hop (µs)\n")
+        md.append("## Tailing latency per hop, per record (µs)\n")
         md.append(
-            "The gateway's own timestamps of each tailing reply (a parked poll answered with new "
-            "data): growth detected (inotify event read, or the busy poller's size check) to its "
-            "bytes validated, and validated to the reply's first datagram handed to the transport. "
-            "The rest of a row's delay above is the append's path to the detection and the "
-            "reply's path to the consumer. Histogram buckets: values within 1/8 above.\n"
+            "Each record of a tailing row, split at the gateway's own timestamps (its tail "
+            "trace, `kxgw stats --tail-trace`, joined with the probe's records by "
+            "`kxgw-bench tail-hops`; one clock, CLOCK_MONOTONIC, for producer, gateway and "
+            "probe): append_detect, the producer's stamp just before its write to the refresh "
+            "that found the growth (inotify event read, or the busy poller's size check); "
+            "detect_validate, to the new bytes CRC-checked and readable; validate_send, to the "
+            "first datagram (or the Kafka response) carrying the record handed to the transport; "
+            "send_arrival, to the probe having it. A record's four hops add up to its delay "
+            "above; samples: the records joined.\n"
         )
         md.append("| path | hop | p50 | p99 | p99.9 | samples | notes |")
         md.append("| --- | --- | --- | --- | --- | --- | --- |")

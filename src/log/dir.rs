@@ -9,6 +9,7 @@ use super::checkpoint::{self, Checkpoint};
 use super::error::LogError;
 use super::follower::{self, FollowerHandle};
 use super::tail::{clock_ns, TailHops};
+use super::tail_trace::TailTrace;
 use super::topic_id::{self, TopicIdCheck};
 use super::{Isolation, Partition, TopicPartition};
 use uuid::Uuid;
@@ -36,6 +37,8 @@ pub struct LogDir {
     ids: RwLock<TopicIds>,
     /// Per-hop times of the tailing replies of every server of this dir.
     tail_hops: TailHops,
+    /// When appends became readable and when replies carried them (the bench's hop join).
+    tail_trace: TailTrace,
 }
 
 #[derive(Default)]
@@ -89,6 +92,7 @@ impl LogDir {
             refresh_lock: Mutex::new(()),
             ids: RwLock::new(TopicIds::default()),
             tail_hops: TailHops::default(),
+            tail_trace: TailTrace::default(),
         });
         d.refresh()?;
         Ok(d)
@@ -288,7 +292,13 @@ impl LogDir {
     /// `p`'s readable end advanced by a refresh that started at `detected`: stamp it, call
     /// the hooks.
     fn advanced(&self, p: &Partition, detected: u64) {
-        p.tail_stamps().set(detected, clock_ns());
+        let validated = clock_ns();
+        p.tail_stamps().set(detected, validated);
+        self.tail_trace.refresh(
+            (p.topic(), p.partition()),
+            p.readable_end(),
+            (detected, validated),
+        );
         let hooks = self.hooks.read().unwrap_or_else(|e| e.into_inner());
         for h in hooks.iter() {
             h(p);
@@ -322,6 +332,12 @@ impl LogDir {
     /// Per-hop times of tailing replies, recorded by the servers of this dir.
     pub fn tail_hops(&self) -> &TailHops {
         &self.tail_hops
+    }
+
+    /// The trace of advancing refreshes and replies with data, recorded by the refreshing
+    /// threads and the servers of this dir.
+    pub fn tail_trace(&self) -> &TailTrace {
+        &self.tail_trace
     }
 
     /// Cluster mode: the high watermark and last stable offset the cluster reports for a
