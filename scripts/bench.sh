@@ -123,6 +123,7 @@ has "$BT_HELP" fetch-load && HAVE_CONSUME=1
 has "$BT_HELP" tail-produce && HAVE_TAILP=1
 has "$BT_HELP" tail-fetch && HAVE_TAILF=1
 BT_HELP_TAIL=$("$BENCH" tail-fetch --help 2>/dev/null || true)
+STATS_HELP=$(help_of stats)
 # The raw AF_XDP ceiling's receiver CRCs every byte, as the fetch client and stream-client do.
 RAW_CRC=; has "$("$BENCH" raw-udp-client --help 2>/dev/null || true)" --crc && RAW_CRC=--crc
 has "$(help_of xdp-raw)" --listen && has "$(help_of xdp-raw-client)" --server && HAVE_XDPRAW=1
@@ -398,29 +399,42 @@ print(f'{b*8/s/1e9:.4f}\t{rec/s:.1f}\t{($p1 - $p0)/s:.1f}\t{cpu/(b/2**30):.4f}')
   record "$section" "$path" "$fs" "$n" "$run" ok "$gbps" "$rps" "$pps" "$cpu" "$bytes" "$secs" "$note"
 }
 
-# The gateway's own hops of the tailing replies of one latency run (kxgw_tail_hop_us from its
-# control socket), one latency-hop row per hop: gbps=p50, rps=p99, pps=p99.9 (µs), cpu=samples.
-record_hops() { # path run socket
-  local path=$1 run=$2 ctl=$3 text
-  text=$("$KXGW" stats --raw --socket "$ctl" 2>/dev/null) || text=
-  local hop
-  for hop in detect_validate validate_send; do
-    local q50 q99 q999 n
-    q50=$(hop_metric "$text" "tail_hop_us{hop=\"$hop\",quantile=\"0.5\"}")
-    q99=$(hop_metric "$text" "tail_hop_us{hop=\"$hop\",quantile=\"0.99\"}")
-    q999=$(hop_metric "$text" "tail_hop_us{hop=\"$hop\",quantile=\"0.999\"}")
-    n=$(hop_metric "$text" "tail_hop_samples_total{hop=\"$hop\"}")
-    if [ -z "$q50" ]; then
-      record latency-hop "$path:$hop" tmpfs 1 "$run" "n/a" - - - - - - "no hop samples from this gateway"
+# Per-record hops of one latency run: the gateway's tail trace (kxgw stats --tail-trace, read
+# before it stops) joined with the probe's records (kxgw-bench tail-hops), one latency-hop row
+# per hop: gbps=p50, rps=p99, pps=p99.9 (µs), cpu=samples (records joined).
+record_hops() { # path run socket records-file
+  local path=$1 run=$2 ctl=$3 recs=$4 via=fetch hop
+  case $path in kafka-*) via=kafka ;; esac
+  local trace=${recs%.records}.trace hopsf=${recs%.records}.hops
+  if ! has "$STATS_HELP" --tail-trace || ! has "$BT_HELP" tail-hops || ! has "$BT_HELP_TAIL" --records-out; then
+    for hop in $HOPS; do
+      record latency-hop "$path:$hop" tmpfs 1 "$run" "n/a" - - - - - - "no per-record trace in this build"
+    done
+    return 0
+  fi
+  local why=
+  [ -s "$recs" ] || why="the probe wrote no records"
+  [ -z "$why" ] && { "$KXGW" stats --tail-trace --socket "$ctl" >"$trace" 2>"$hopsf.err" || why="kxgw stats --tail-trace failed: $(basename "$hopsf.err")"; }
+  [ -z "$why" ] && { "$BENCH" tail-hops --trace "$trace" --records "$recs" --topic tail --via $via \
+    >"$hopsf" 2>>"$hopsf.err" || why="tail-hops failed: $(basename "$hopsf.err")"; }
+  if [ -n "$why" ]; then
+    for hop in $HOPS; do record latency-hop "$path:$hop" tmpfs 1 "$run" failed - - - - - - "$why"; done
+    return 0
+  fi
+  local kind name n q50 q99 q999 max records joined parked clamped note
+  read -r kind records joined parked clamped < <(grep '^summary' "$hopsf" | tr '\t' ' ') || true
+  note="$joined of $records records traced, $parked by parked polls"
+  [ "${clamped:-0}" = 0 ] || note="$note, $clamped samples below 0 counted as 0"
+  while IFS=$'\t' read -r kind name n q50 q99 q999 max; do
+    [ "$kind" = hop ] || continue
+    if [ "$n" = 0 ]; then
+      record latency-hop "$path:$name" tmpfs 1 "$run" "n/a" - - - - - - "no traced record"
     else
-      record latency-hop "$path:$hop" tmpfs 1 "$run" ok "$q50" "$q99" "$q999" "${n:--}" - - ""
+      record latency-hop "$path:$name" tmpfs 1 "$run" ok "$q50" "$q99" "$q999" "$n" - - "$note"
     fi
-  done
+  done <"$hopsf"
 }
-hop_metric() { # text name-with-labels: the value of kxgw_<name>, empty if absent
-  awk -v k="kxgw_$2" '$1 == k { print $2; exit }' <<<"$1"
-}
-
+HOPS="append_detect detect_validate validate_send send_arrival"
 # Tailing latency of one path at the link's current MTU: the stamping producer appends to a
 # live log the gateway follows. Its rows (and logs) are named <path>@<MTU>.
 measure_latency() { # path run
@@ -463,8 +477,10 @@ measure_latency() { # path run
     record latency "$path" tmpfs 1 "$run" "n/a" - - - - - - "not in this build"; return 0
   fi
   client="$client $spin"
+  local recs=$WORK/latency-$path-$run.records
+  has "$BT_HELP_TAIL" --records-out && client="$client --records-out $recs"
   local logf=$WORK/latency-$path-$run.log clog=$WORK/latency-$path-$run.client.log
-  # The gateway's per-hop histograms are read from its control socket before it stops.
+  # The gateway's tail trace is read from its control socket before it stops.
   local ctl=$WORK/latency-$path-$run.sock
   has "$SERVE_HELP" --control-socket && cmd="$cmd --control-socket $ctl"
   # shellcheck disable=SC2086
@@ -486,7 +502,7 @@ measure_latency() { # path run
   out=$(cat "$clog.out")
   local note=
   case $path in xdp-*) note="$(xdp_mode_of "$logf")" ;; esac
-  record_hops "$path" "$run" "$ctl"
+  record_hops "$path" "$run" "$ctl" "$recs"
   stop_gw
   if [ $rc -ne 0 ] || [ -z "$out" ]; then
     local partial=

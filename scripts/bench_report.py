@@ -135,11 +135,15 @@ def tail_doc(kind):
 
 
 HOP_DOC = (
-    "The gateway's own timestamps of each tailing reply (a parked poll answered with new "
-    "data): growth detected (inotify event read, or the busy poller's size check) to its "
-    "bytes validated, and validated to the reply's first datagram handed to the transport. "
-    "The rest of a row's delay above is the append's path to the detection and the "
-    "reply's path to the consumer. Histogram buckets: values within 1/8 above.\n"
+    "Each record of a tailing row, split at the gateway's own timestamps (its tail "
+    "trace, `kxgw stats --tail-trace`, joined with the probe's records by "
+    "`kxgw-bench tail-hops`; one clock, CLOCK_MONOTONIC, for producer, gateway and "
+    "probe): append_detect, the producer's stamp just before its write to the refresh "
+    "that found the growth (inotify event read, or the busy poller's size check); "
+    "detect_validate, to the new bytes CRC-checked and readable; validate_send, to the "
+    "first datagram (or the Kafka response) carrying the record handed to the transport; "
+    "send_arrival, to the probe having it. A record's four hops add up to its delay "
+    "above; samples: the records joined.\n"
 )
 
 
@@ -237,7 +241,7 @@ class Tailing:
     def hop_table(self):
         if not self.hops:
             return []
-        md = ["## Tailing latency per hop (µs)\n", HOP_DOC]
+        md = ["## Tailing latency per hop, per record (µs)\n", HOP_DOC]
         md.append("| MTU | path | consumer | hop | p50 | p99 | p99.9 | samples | notes |")
         md.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for mtu, rows in self.hops.items():

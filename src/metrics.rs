@@ -5,6 +5,9 @@
 //! scrape always sees live values. Two read-only endpoints serve the same text: a Unix socket
 //! (default `/run/kxgw/kxgw-<pid>.sock`; reachable from any network namespace, which is what
 //! `kxgw stats` uses) and, with `--metrics-listen`, HTTP `GET /metrics`.
+//!
+//! The control socket also answers named requests (one line, e.g. `tail-trace`) with the
+//! text of a registered dump; a client that sends nothing gets the counters.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -19,11 +22,24 @@ use anyhow::{Context, Result};
 pub const CONTROL_DIR: &str = "/run/kxgw";
 
 type Provider = Box<dyn Fn(&mut MetricsWriter) + Send + Sync>;
+type Dump = Box<dyn Fn() -> String + Send + Sync>;
+
+/// The request that asks the control socket for the counters (also what no request means).
+pub const METRICS_REQUEST: &str = "metrics";
+/// The request for the log's tail trace ([`crate::log::tail_trace`], `kxgw stats --tail-trace`).
+pub const TAIL_TRACE_REQUEST: &str = "tail-trace";
+/// How long the control socket waits for a request line before it sends the counters (a
+/// client that connects and only reads).
+const REQUEST_WAIT: Duration = Duration::from_millis(200);
+/// Longest request line read.
+const MAX_REQUEST: usize = 128;
 
 /// The set of providers of one gateway process.
 #[derive(Default)]
 pub struct Metrics {
     providers: Mutex<Vec<Provider>>,
+    /// Named dumps the control socket serves on request.
+    dumps: Mutex<Vec<(String, Dump)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -43,6 +59,33 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Box::new(provider));
+    }
+
+    /// Adds a dump the control socket answers the request `name` with.
+    pub fn register_dump(&self, name: &str, dump: impl Fn() -> String + Send + Sync + 'static) {
+        self.dumps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name.to_string(), Box::new(dump)));
+    }
+
+    /// The control socket's answer to `request`: the counters for [`METRICS_REQUEST`] or no
+    /// request, a registered dump by name, else an error line naming the known requests.
+    pub fn answer(&self, request: &str) -> String {
+        let request = request.trim();
+        if request.is_empty() || request == METRICS_REQUEST {
+            return self.render();
+        }
+        let dumps = self.dumps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, d)) = dumps.iter().find(|(n, _)| n == request) {
+            return d();
+        }
+        let mut known = vec![METRICS_REQUEST.to_string()];
+        known.extend(dumps.iter().map(|(n, _)| n.clone()));
+        format!(
+            "error: unknown control request {request:?} (known: {})\n",
+            known.join(", ")
+        )
     }
 
     /// The current counters of every provider, Prometheus text format 0.0.4.
@@ -103,8 +146,9 @@ impl MetricsWriter {
     }
 }
 
-/// Serves the counters on a Unix socket: each connection gets the current text, then EOF.
-/// Removes a stale socket file first; the returned guard removes the file on drop.
+/// Serves the counters on a Unix socket: each connection gets the answer to its request line
+/// (the current counters without one), then EOF. Removes a stale socket file first; the
+/// returned guard removes the file on drop.
 pub fn serve_unix(path: &Path, metrics: Arc<Metrics>) -> Result<SocketGuard> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -125,8 +169,9 @@ pub fn serve_unix(path: &Path, metrics: Arc<Metrics>) -> Result<SocketGuard> {
             for conn in listener.incoming() {
                 match conn {
                     Ok(mut s) => {
+                        let request = read_request(&mut s);
                         let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-                        let _ = s.write_all(metrics.render().as_bytes());
+                        let _ = s.write_all(metrics.answer(&request).as_bytes());
                     }
                     Err(e) => log::warn!("control socket: accept failed: {e}"),
                 }
@@ -134,6 +179,22 @@ pub fn serve_unix(path: &Path, metrics: Arc<Metrics>) -> Result<SocketGuard> {
         })
         .context("starting the control socket thread")?;
     Ok(SocketGuard(path.to_path_buf()))
+}
+
+/// The first line a control-socket client sent: up to a newline, EOF, [`MAX_REQUEST`] bytes
+/// or [`REQUEST_WAIT`] of silence (then empty: the counters).
+fn read_request(s: &mut std::os::unix::net::UnixStream) -> String {
+    let _ = s.set_read_timeout(Some(REQUEST_WAIT));
+    let mut got = Vec::new();
+    let mut buf = [0u8; MAX_REQUEST];
+    while got.len() < MAX_REQUEST && !got.contains(&b'\n') {
+        match s.read(&mut buf[..MAX_REQUEST - got.len()]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = got.split(|&b| b == b'\n').next().unwrap_or_default();
+    String::from_utf8_lossy(line).into_owned()
 }
 
 /// Removes the control socket file when the gateway stops.
@@ -148,6 +209,11 @@ impl Drop for SocketGuard {
 
 /// Reads a running gateway's counters from its control socket.
 pub fn fetch_unix(path: &Path) -> Result<String> {
+    request_unix(path, METRICS_REQUEST)
+}
+
+/// Sends `request` to a running gateway's control socket and reads the answer.
+pub fn request_unix(path: &Path, request: &str) -> Result<String> {
     let mut s = std::os::unix::net::UnixStream::connect(path).with_context(|| {
         format!(
             "connecting to the gateway's control socket {} (is `kxgw serve` running? \
@@ -156,9 +222,14 @@ pub fn fetch_unix(path: &Path) -> Result<String> {
         )
     })?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("{request}\n").as_bytes())
+        .with_context(|| format!("sending {request:?} to {}", path.display()))?;
     let mut text = String::new();
     s.read_to_string(&mut text)
-        .with_context(|| format!("reading counters from {}", path.display()))?;
+        .with_context(|| format!("reading the answer to {request:?} from {}", path.display()))?;
+    if let Some(e) = text.strip_prefix("error: ") {
+        anyhow::bail!("{}: {}", path.display(), e.trim_end());
+    }
     Ok(text)
 }
 
@@ -256,7 +327,24 @@ mod tests {
         assert!(fetch_unix(&path).unwrap().contains("kxgw_x_total 1"));
         n.store(5, Ordering::Relaxed);
         assert!(fetch_unix(&path).unwrap().contains("kxgw_x_total 5"));
+        // Named requests: a registered dump, an unknown name refused, silence = counters.
+        let m2 = Metrics::new();
+        m2.register(|w| w.counter("y_total", "Y.", &[], 2));
+        m2.register_dump("trace", || "line 1\nline 2\n".to_string());
+        let path2 = dir.path().join("ctl2.sock");
+        let guard2 = serve_unix(&path2, m2).unwrap();
+        assert_eq!(request_unix(&path2, "trace").unwrap(), "line 1\nline 2\n");
+        let e = request_unix(&path2, "nope").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown control request") && e.contains("trace"),
+            "{e}"
+        );
+        let mut silent = std::os::unix::net::UnixStream::connect(&path2).unwrap();
+        let mut text = String::new();
+        silent.read_to_string(&mut text).unwrap();
+        assert!(text.contains("kxgw_y_total 2"), "{text}");
         drop(guard);
+        drop(guard2);
         assert!(!path.exists());
     }
 

@@ -10,8 +10,8 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    consume_fetch, follower_output, json_number, produce_demo_records, segment_count,
-    start_follower, tail_probe, tail_produce, verified_summary,
+    assert_all_records_traced, consume_fetch, follower_output, json_number, produce_demo_records,
+    segment_count, start_follower, tail_hops, tail_probe_with, tail_produce, verified_summary,
 };
 use kxgw::log::writer::WriterConfig;
 use kxgw_testkit::demo_log::{produce, ProduceConfig};
@@ -334,29 +334,36 @@ fn falls_back_to_the_kafka_listener_when_udp_does_not_answer() {
 /// A tailing consumer keeps up with one-record batches appended at a steady 2000/s, each
 /// within 300 ms of its append (regression: the consumer stalled after a few hundred records
 /// when a long poll that found data at once was dropped by the acknowledgement after it).
-/// Pinned as in scripts/bench.sh: gateway on CPU 0, consumer and producer on CPU 1.
+/// Pinned as in scripts/bench.sh: gateway on CPU 0, consumer and producer on CPU 1. Every
+/// record is in the gateway's tail trace, as the bench's per-hop join needs.
 #[test]
 fn tailing_consumer_keeps_up_with_steady_appends() {
     let net = TestNet::new("tailr", 1500).expect("test network");
     let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let ctl = work.path().join("gw.sock");
+    let records = work.path().join("probe.records");
     tail_produce(dir.path(), "1");
     let mut cmd = net.gw_command("taskset");
     cmd.args(["-c", "0", exe(), "serve", "--log-dir"])
         .arg(dir.path())
         .args(["--fetch-listen", &gw_endpoint()])
+        .arg("--control-socket")
+        .arg(&ctl)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     let mut gw = KillOnDrop(cmd.spawn().expect("spawning kxgw serve"));
     std::thread::sleep(Duration::from_millis(300));
     let n = 3000u64;
-    let (status, text) = tail_probe(
+    let (status, text) = tail_probe_with(
         &net,
         dir.path(),
         &gw_endpoint(),
         n,
-        "10",
-        Duration::from_secs(20),
+        ("10", Duration::from_secs(20)),
+        &["--records-out".as_ref(), records.as_os_str()],
     );
+    let hops = tail_hops(&ctl, &records, "fetch", work.path());
     gw.terminate(Duration::from_secs(5)).unwrap();
     assert!(status.success(), "tail-fetch: {status} {text}");
     let field = |k: &str| json_number(&text, k);
@@ -365,4 +372,5 @@ fn tailing_consumer_keeps_up_with_steady_appends() {
         field("max_us") < 300_000.0,
         "append-to-consume delay: {text}"
     );
+    assert_all_records_traced(&hops, n);
 }

@@ -1,14 +1,18 @@
 //! `--kafka-busy-poll`: the Kafka listener's loop spins and checks the tails of the partitions
 //! its waiting fetches read itself, so a tailing consumer's records are found without the
 //! follower's wake-up. Run as the benchmark runs it: the stamping producer and the tailing
-//! probe (kxgw-bench) pinned to CPU 1.
+//! probe (kxgw-bench) pinned to CPU 1. Every record is in the gateway's tail trace, as the
+//! bench's per-hop join needs.
 
 mod common;
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{json_number, kxgw_bench, tail_produce, test_setup, Gateway};
+use common::{
+    assert_all_records_traced, json_number, kxgw_bench, tail_hops, tail_produce, test_setup,
+    Gateway,
+};
 use kxgw_testkit::testnet::KillOnDrop;
 
 #[test]
@@ -31,6 +35,8 @@ fn kafka_busy_polling_serves_a_tailing_consumer_promptly() {
             &n.to_string(),
         ])
         .args(["--timeout-secs", "20"])
+        .arg("--records-out")
+        .arg(work.path().join("probe.records"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -52,6 +58,12 @@ fn kafka_busy_polling_serves_a_tailing_consumer_promptly() {
             .map(|s| s.value)
             .sum::<f64>()
     };
+    let hops = tail_hops(
+        &gw.ctl,
+        &work.path().join("probe.records"),
+        "kafka",
+        work.path(),
+    );
     let log = gw.log();
     assert!(status.success(), "tail-kafka: {status} {text}\n{log}");
     assert_eq!(json_number(&text, "count") as u64, n, "{text}");
@@ -66,5 +78,6 @@ fn kafka_busy_polling_serves_a_tailing_consumer_promptly() {
     // them in the turn that found them (no self-wake through its waker).
     assert!(busy("kxgw_tail_append_batches_total") > 0.0, "{metrics:?}");
     assert_eq!(busy("kxgw_tail_wakes_total"), 0.0, "{metrics:?}");
+    assert_all_records_traced(&hops, n);
     gw.stop();
 }

@@ -10,9 +10,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    consume_fetch, follower_output, forward_lines, json_number, printed_counter,
-    produce_demo_records, segment_count, start_follower, tail_probe, tail_produce,
-    verified_summary, PipedGateway,
+    assert_all_records_traced, consume_fetch, follower_output, forward_lines, json_number,
+    printed_counter, produce_demo_records, segment_count, start_follower, tail_hops,
+    tail_probe_with, tail_produce, verified_summary, PipedGateway,
 };
 use kxgw_testkit::testnet::{KillOnDrop, TestNet, GW_ADDR};
 
@@ -315,15 +315,17 @@ fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
     let n = 3000u64;
     // Consumer and producer share the other CPU, as in scripts/bench.sh; n records at
     // 2000/s: 1.5 s of appends.
-    let (status, text) = tail_probe(
+    let records = work.path().join("probe.records");
+    let (status, text) = tail_probe_with(
         &net,
         dir.path(),
         &endpoint(),
         n,
-        "20",
-        Duration::from_secs(25),
+        ("20", Duration::from_secs(25)),
+        &["--records-out".as_ref(), records.as_os_str()],
     );
     let metrics = tail_metrics(&ctl);
+    let hops = tail_hops(&ctl, &records, "fetch", work.path());
     let stats = gw.stop();
     assert!(status.success(), "tail-fetch: {status} {text}\n{stats}");
     let field = |k: &str| json_number(&text, k);
@@ -353,6 +355,8 @@ fn busy_polling_gateway_serves_a_tailing_consumer_promptly() {
     assert_eq!(detect, replies, "{metrics:?}");
     let p50 = value("kxgw_tail_hop_us", Some("0.5"));
     assert!(p50 > 0.0, "hop quantiles exported: {metrics:?}");
+    // Every record is in the tail trace, as the bench's per-hop join needs.
+    assert_all_records_traced(&hops, n);
 }
 
 /// The gateway's counters from its control socket, parsed.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::log::appends::Watch;
 use crate::log::batch::BatchHeader;
 use crate::log::tail::clock_ns;
+use crate::log::tail_trace::Via;
 use crate::log::txn::AbortedTxn;
 use crate::log::{LogDir, LogError, Partition, ReadSlice};
 
@@ -336,6 +337,9 @@ struct Job {
     /// A parked poll answered with new data: when the data was detected and validated
     /// ([`crate::log::tail::TailStamps`]), recorded as hops when its first datagram leaves.
     tail: Option<(u64, u64)>,
+    /// A whole (not ranged) response with data: its partition and first offset, traced
+    /// ([`crate::log::tail_trace`]) when its first datagram leaves.
+    trace: Option<(Arc<Partition>, i64)>,
 }
 
 impl Job {
@@ -374,6 +378,7 @@ impl Job {
             finished: false,
             long_poll: false,
             tail: None,
+            trace: None,
         }
     }
 
@@ -1329,9 +1334,14 @@ impl JobRead {
             })
         };
         match partition.read_isolated(offset, self.max_bytes, self.mode.committed) {
-            Ok(slice) => PartOutcome::Data(Job::new(
-                req_id, slot, partition, offset, slice, self.range, self.mode,
-            )),
+            Ok(slice) => {
+                let traced = !slice.is_empty() && self.range == (0, 0);
+                let mut j = Job::new(
+                    req_id, slot, partition, offset, slice, self.range, self.mode,
+                );
+                j.trace = traced.then(|| (Arc::clone(partition), offset));
+                PartOutcome::Data(j)
+            }
             Err(LogError::OffsetOutOfRange {
                 log_start, log_end, ..
             }) => error(
@@ -1371,8 +1381,14 @@ fn data_transmit(
     let (h, offset, len) = d;
     let mut payload = None;
     if let Some(job) = s.jobs.front_mut() {
-        if let Some(stamps) = job.tail.take() {
-            log.tail_hops().record(stamps, clock_ns());
+        let sent = (job.tail.is_some() || job.trace.is_some()).then(clock_ns);
+        if let (Some(stamps), Some(sent)) = (job.tail.take(), sent) {
+            log.tail_hops().record(stamps, sent);
+        }
+        if let (Some((p, from)), Some(sent)) = (job.trace.take(), sent) {
+            let span = (from, job.slice.next_offset);
+            log.tail_trace()
+                .reply((p.topic(), p.partition()), Via::Fetch, span, sent, job.long_poll);
         }
         payload = (len > 0).then(|| Payload {
             slice: job.slice.clone(),

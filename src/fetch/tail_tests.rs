@@ -155,6 +155,44 @@ fn growth_under_a_parked_poll_is_answered_on_the_next_turn() {
     assert_eq!(bed.log.tail_hops().validate_to_send.count(), 2);
 }
 
+/// The catch-up reply and the tailing one go into the tail trace with their offsets, the
+/// tailing one after the busy poller's refresh that made its record readable.
+#[test]
+fn replies_with_data_and_their_refreshes_are_traced() {
+    let mut bed = Bed::parked();
+    append_raw(&segment(bed.dir.path()), &batch_at(3));
+    assert!(bed.server.poll_tails(bed.now));
+    bed.pump();
+    assert_eq!(bed.got, vec![0, 1, 2, 3]);
+    let dump = bed.log.tail_trace().dump();
+    let rows = |kind: &str| -> Vec<Vec<String>> {
+        dump.lines()
+            .filter(|l| l.starts_with(kind))
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect()
+    };
+    let replies = rows("reply\t");
+    let spans: Vec<(&str, &str, &str, &str)> = replies
+        .iter()
+        .map(|r| (r[1].as_str(), r[4].as_str(), r[5].as_str(), r[7].as_str()))
+        .collect();
+    assert_eq!(
+        spans,
+        [("fetch", "0", "3", "0"), ("fetch", "3", "4", "1")],
+        "{dump}"
+    );
+    // Opening the log made 0..3 readable, the busy poller's refresh offset 3.
+    let refreshes = rows("refresh\tt\t0\t");
+    let ends: Vec<&str> = refreshes.iter().map(|r| r[3].as_str()).collect();
+    assert_eq!(ends, ["3", "4"], "{dump}");
+    let (detected, validated): (u64, u64) = (
+        refreshes[1][4].parse().unwrap(),
+        refreshes[1][5].parse().unwrap(),
+    );
+    let sent: u64 = replies[1][6].parse().unwrap();
+    assert!(detected <= validated && validated <= sent, "{dump}");
+}
+
 #[test]
 fn a_torn_append_is_not_served_until_complete() {
     let mut bed = Bed::parked();

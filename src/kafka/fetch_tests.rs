@@ -282,6 +282,73 @@ fn waiting_fetch_answers_when_data_arrives_or_time_is_up() {
     assert_eq!(r.responses[0].partitions[0].high_watermark, 60);
 }
 
+/// A waiting fetch answered by an append, and an immediate one, go into the tail trace with
+/// their offsets, after the refresh that made the records readable.
+#[test]
+fn answered_fetches_with_records_are_traced() {
+    let (mut h, d) = fixture();
+    let start = Instant::now();
+    let req = fetch_req(
+        vec![topic(11, "t", vec![part(1, 50, 1 << 20)])],
+        1 << 20,
+        1,
+        5_000,
+    );
+    assert!(h
+        .feed(&request(ApiKey::Fetch, 11, 5, &req))
+        .unwrap()
+        .is_empty());
+    append(d.path(), "t", 1, 1, 10);
+    h.log.refresh().unwrap();
+    assert!(!h
+        .step(start + Duration::from_millis(20))
+        .unwrap()
+        .is_empty());
+    let now = h.feed(&request(
+        ApiKey::Fetch,
+        11,
+        6,
+        &fetch_req(
+            vec![topic(11, "t", vec![part(0, 95, 1 << 20)])],
+            1 << 20,
+            1,
+            0,
+        ),
+    ));
+    assert!(!now.unwrap().is_empty());
+    let dump = h.log.tail_trace().dump();
+    let rows = |kind: &str| -> Vec<Vec<String>> {
+        dump.lines()
+            .filter(|l| l.starts_with(kind))
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect()
+    };
+    let replies = rows("reply\t");
+    let cols: Vec<Vec<&str>> = replies
+        .iter()
+        .map(|r| {
+            r[1..6]
+                .iter()
+                .map(String::as_str)
+                .chain([r[7].as_str()])
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        cols,
+        [
+            ["kafka", "t", "1", "50", "60", "1"],
+            ["kafka", "t", "0", "95", "100", "0"],
+        ],
+        "{dump}"
+    );
+    let refresh = rows("refresh\tt\t1\t60\t");
+    assert_eq!(refresh.len(), 1, "{dump}");
+    let validated: u64 = refresh[0][5].parse().unwrap();
+    let sent: u64 = replies[0][6].parse().unwrap();
+    assert!(validated <= sent, "{dump}");
+}
+
 #[test]
 fn list_offsets_earliest_latest_and_by_timestamp() {
     let (mut h, _d) = fixture();

@@ -267,7 +267,12 @@ impl Session {
                 authz: &authz,
                 ..*ctx
             };
-            match fetch::evaluate(ctx, p.correlation_id, p.version, &p.req, expired)? {
+            let waited = if expired {
+                fetch::Waited::Expired
+            } else {
+                fetch::Waited::Parked
+            };
+            match fetch::evaluate(ctx, p.correlation_id, p.version, &p.req, waited)? {
                 fetch::Outcome::Wait => return Ok(()),
                 fetch::Outcome::Respond(chunks) => {
                     inc(if expired {
@@ -535,7 +540,7 @@ impl Session {
         now: Instant,
     ) -> Result<Option<Vec<Chunk>>, SessionError> {
         let (version, correlation_id) = (head.version, head.correlation_id);
-        match fetch::evaluate(ctx, correlation_id, version, &req, false)? {
+        match fetch::evaluate(ctx, correlation_id, version, &req, fetch::Waited::No)? {
             fetch::Outcome::Respond(chunks) => Ok(Some(chunks)),
             fetch::Outcome::Wait => {
                 inc(&ctx.stats.fetch_parked);

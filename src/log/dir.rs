@@ -10,6 +10,7 @@ use super::checkpoint::{self, Checkpoint};
 use super::error::LogError;
 use super::follower::{self, FollowerHandle};
 use super::tail::{clock_ns, TailHops};
+use super::tail_trace::TailTrace;
 use super::topic_id::{self, TopicIdCheck};
 use super::{Isolation, Partition, TopicPartition};
 use uuid::Uuid;
@@ -39,6 +40,8 @@ pub struct LogDir {
     tail_hops: TailHops,
     /// The serving loops' watches: each append batch is announced to them once.
     announcer: Announcer,
+    /// When appends became readable and when replies carried them (the bench's hop join).
+    tail_trace: TailTrace,
 }
 
 #[derive(Default)]
@@ -93,6 +96,7 @@ impl LogDir {
             ids: RwLock::new(TopicIds::default()),
             tail_hops: TailHops::default(),
             announcer: Announcer::default(),
+            tail_trace: TailTrace::default(),
         });
         d.refresh()?;
         Ok(d)
@@ -291,7 +295,7 @@ impl LogDir {
         let (hw, ls) = self.last_checkpoints();
         let advanced = matches!(p.refresh(hw.as_deref(), ls.as_deref(), tail_only), Ok(true));
         if advanced {
-            p.tail_stamps().set(detected, clock_ns());
+            self.stamp(p, detected);
         }
         advanced
     }
@@ -299,6 +303,18 @@ impl LogDir {
     fn last_checkpoints(&self) -> (Option<Arc<Checkpoint>>, Option<Arc<Checkpoint>>) {
         let c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
         (c.hw.clone(), c.log_start.clone())
+    }
+
+    /// `p`'s readable end advanced by a refresh that started at `detected`: stamp it (the
+    /// reply's hop times) and trace it (the bench's per-record join).
+    fn stamp(&self, p: &Partition, detected: u64) {
+        let validated = clock_ns();
+        p.tail_stamps().set(detected, validated);
+        self.tail_trace.refresh(
+            (p.topic(), p.partition()),
+            p.readable_end(),
+            (detected, validated),
+        );
     }
 
     /// One batch of partitions that advanced: to the watches (each woken at most once, see
@@ -356,7 +372,7 @@ impl LogDir {
         let (hw, ls) = self.last_checkpoints();
         match p.try_refresh_tail(hw.as_deref(), ls.as_deref()) {
             Some(Ok(true)) => {
-                p.tail_stamps().set(detected, clock_ns());
+                self.stamp(p, detected);
                 self.tail_hops
                     .busy_found
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -380,6 +396,12 @@ impl LogDir {
     /// Per-hop times of tailing replies, recorded by the servers of this dir.
     pub fn tail_hops(&self) -> &TailHops {
         &self.tail_hops
+    }
+
+    /// The trace of advancing refreshes and replies with data, recorded by the refreshing
+    /// threads and the servers of this dir.
+    pub fn tail_trace(&self) -> &TailTrace {
+        &self.tail_trace
     }
 
     /// Cluster mode: [`LiveUpdates::set_live_offsets`] as a batch of its own.

@@ -26,6 +26,7 @@ pub mod record;
 pub mod segment;
 mod source;
 pub mod tail;
+pub mod tail_trace;
 pub mod topic_id;
 pub mod txn;
 pub mod txn_writer;

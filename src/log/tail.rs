@@ -5,18 +5,24 @@
 //! is two clock reads per advancing refresh and two histogram increments per tailing reply.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::Instant;
 
 use crate::metrics::MetricsWriter;
 
-/// Nanoseconds on a process-wide monotonic clock (its origin: the first call).
+/// Nanoseconds on CLOCK_MONOTONIC: one clock for every process of the host, in every network
+/// namespace (none of ours has a time namespace), never stepped. The bench's stamping producer
+/// and tailing probes read it too, so the gateway's stamps compare with theirs
+/// ([`super::tail_trace`]).
 pub fn clock_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    // Saturates after ~584 years of uptime; 0 is never a real stamp after the first call.
-    u64::try_from(epoch.elapsed().as_nanos())
-        .unwrap_or(u64::MAX)
+    use nix::time::{clock_gettime, ClockId};
+    // CLOCK_MONOTONIC cannot fail on Linux; 0 is never a real stamp (see TailStamps).
+    clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .ok()
+        .and_then(|t| {
+            let s = u64::try_from(t.tv_sec()).ok()?;
+            let ns = u64::try_from(t.tv_nsec()).ok()?;
+            s.checked_mul(1_000_000_000)?.checked_add(ns)
+        })
+        .unwrap_or(0)
         .max(1)
 }
 

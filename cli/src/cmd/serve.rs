@@ -204,6 +204,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     running.register_metrics(&metrics);
     let hops = Arc::clone(&log);
     metrics.register(move |w| hops.tail_hops().write_metrics(w));
+    let trace = Arc::clone(&log);
+    metrics.register_dump(metrics::TAIL_TRACE_REQUEST, move || {
+        trace.tail_trace().dump()
+    });
     let socket = args
         .control_socket
         .clone()

@@ -16,6 +16,11 @@ pub struct Args {
     /// Print the Prometheus text as served instead of the summary.
     #[arg(long)]
     pub raw: bool,
+    /// Print the tail trace instead (tab-separated, CLOCK_MONOTONIC ns): the recent refreshes
+    /// that made appended offsets readable and the replies that carried them (the bench joins
+    /// it with its probe's records, `kxgw-bench tail-hops`).
+    #[arg(long, conflicts_with = "raw")]
+    pub tail_trace: bool,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -23,6 +28,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(s) => s,
         None => find_socket(Path::new(metrics::CONTROL_DIR))?,
     };
+    if args.tail_trace {
+        print!(
+            "{}",
+            metrics::request_unix(&socket, metrics::TAIL_TRACE_REQUEST)?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let text = metrics::fetch_unix(&socket)?;
     if args.raw {
         print!("{text}");

@@ -777,6 +777,18 @@ pub fn tail_probe(
     timeout_secs: &str,
     wait: Duration,
 ) -> (std::process::ExitStatus, String) {
+    tail_probe_with(net, dir, endpoint, count, (timeout_secs, wait), &[])
+}
+
+/// [`tail_probe`] with more probe flags (`extra`, e.g. `--records-out FILE`).
+pub fn tail_probe_with(
+    net: &TestNet,
+    dir: &Path,
+    endpoint: &str,
+    count: u64,
+    (timeout_secs, wait): (&str, Duration),
+    extra: &[&std::ffi::OsStr],
+) -> (std::process::ExitStatus, String) {
     let child = net
         .client_command("taskset")
         .args(["-c", "1"])
@@ -791,6 +803,7 @@ pub fn tail_probe(
             &count.to_string(),
         ])
         .args(["--timeout-secs", timeout_secs])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -803,6 +816,81 @@ pub fn tail_probe(
         .wait_output(wait)
         .unwrap()
         .expect("tail-fetch did not finish")
+}
+
+/// What `kxgw-bench tail-hops` made of a tailing run: the gateway's tail trace (read from its
+/// control socket `ctl` with `kxgw stats --tail-trace`, kept in `work`) joined with the
+/// probe's record file `records` (topic `tail`, listener `via`).
+#[derive(Debug)]
+pub struct TailHops {
+    pub records: u64,
+    pub joined: u64,
+    pub parked: u64,
+    /// (hop, samples, p50 µs) in path order.
+    pub hops: Vec<(String, u64, f64)>,
+    pub text: String,
+}
+
+pub fn tail_hops(ctl: &Path, records: &Path, via: &str, work: &Path) -> TailHops {
+    let out = Command::new(KXGW)
+        .args(["stats", "--tail-trace", "--socket"])
+        .arg(ctl)
+        .output()
+        .expect("running kxgw stats --tail-trace");
+    assert!(out.status.success(), "kxgw stats --tail-trace: {out:?}");
+    let trace = work.join(format!("{via}.trace"));
+    std::fs::write(&trace, &out.stdout).unwrap();
+    let out = Command::new(kxgw_bench())
+        .args(["tail-hops", "--topic", "tail", "--via", via, "--trace"])
+        .arg(&trace)
+        .arg("--records")
+        .arg(records)
+        .output()
+        .expect("running kxgw-bench tail-hops");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "kxgw-bench tail-hops: {out:?}");
+    let mut h = TailHops {
+        records: 0,
+        joined: 0,
+        parked: 0,
+        hops: Vec::new(),
+        text: text.clone(),
+    };
+    for line in text.lines() {
+        let c: Vec<&str> = line.split('\t').collect();
+        let num = |i: usize| {
+            c[i].parse::<f64>()
+                .unwrap_or_else(|e| panic!("{line}: {e}"))
+        };
+        match c[0] {
+            "hop" => h.hops.push((c[1].to_string(), num(2) as u64, num(3))),
+            "summary" => {
+                (h.records, h.joined, h.parked) = (num(1) as u64, num(2) as u64, num(3) as u64)
+            }
+            _ => panic!("unexpected tail-hops line {line:?}"),
+        }
+    }
+    h
+}
+
+/// Asserts that every one of `n` records a probe got is in the gateway's trace (its refresh
+/// and the reply that carried it), with all four hops, and some by parked polls.
+pub fn assert_all_records_traced(h: &TailHops, n: u64) {
+    assert_eq!((h.records, h.joined), (n, n), "{}", h.text);
+    assert!(h.parked > 0, "no record came by a parked poll: {}", h.text);
+    let names: Vec<&str> = h.hops.iter().map(|(name, _, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "append_detect",
+            "detect_validate",
+            "validate_send",
+            "send_arrival"
+        ],
+        "{}",
+        h.text
+    );
+    assert!(h.hops.iter().all(|(_, count, _)| *count == n), "{}", h.text);
 }
 
 /// The number in field `"k":` of a JSON summary line (tail-fetch's).

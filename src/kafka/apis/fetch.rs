@@ -21,7 +21,8 @@ use super::offset_for_leader_epoch::check_current_epoch;
 use super::{sb, Ctx, Leader, Refusal};
 use crate::kafka::chunk::{encode_response, Chunk, EncodeError, FileRange, Hole};
 use crate::kafka::stats::inc;
-use crate::log::{LogError, ReadSlice};
+use crate::log::tail_trace::Via;
+use crate::log::{LogError, Partition, ReadSlice};
 
 /// Result of evaluating a fetch against the log as it is now.
 pub enum Outcome {
@@ -77,17 +78,30 @@ fn error_partition(index: i32, code: i16) -> PartitionData {
         .with_records(Some(Bytes::new()))
 }
 
+/// How long a fetch has waited so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waited {
+    /// It just arrived.
+    No,
+    /// It was parked and is evaluated again (the log grew, or a busy loop's turn).
+    Parked,
+    /// Its `max_wait_ms` elapsed: it is answered whatever it finds.
+    Expired,
+}
+
 /// Reads every requested partition and answers if `min_bytes` is met, an error must be
-/// reported, or `expired` (max_wait_ms elapsed). Kafka's size rules: `partition_max_bytes`
-/// per partition, `max_bytes` overall, but the first batch of the first non-empty partition
-/// is returned whole even if larger, so a consumer can always make progress.
+/// reported, or the fetch's wait expired. Kafka's size rules: `partition_max_bytes` per
+/// partition, `max_bytes` overall, but the first batch of the first non-empty partition is
+/// returned whole even if larger, so a consumer can always make progress. An answer with
+/// records goes into the log dir's tail trace ([`crate::log::tail_trace`]).
 pub fn evaluate(
     ctx: &Ctx,
     correlation_id: i32,
     version: i16,
     req: &FetchRequest,
-    expired: bool,
+    waited: Waited,
 ) -> Result<Outcome, EncodeError> {
+    let expired = waited == Waited::Expired;
     let mut body = FetchResponse::default();
     if req.session_id != 0 {
         body.error_code = ResponseError::FetchSessionIdNotFound.code();
@@ -96,6 +110,7 @@ pub fn evaluate(
     }
     let mut acc = Gathered {
         holes: Vec::new(),
+        served: Vec::new(),
         total: 0,
         any_error: false,
         max_bytes: usize::try_from(req.max_bytes).unwrap_or(0),
@@ -137,13 +152,25 @@ pub fn evaluate(
             }
         }
     }
-    respond(correlation_id, version, &body, &acc.holes).map(Outcome::Respond)
+    let chunks = respond(correlation_id, version, &body, &acc.holes)?;
+    // Queued now and written in the same loop turn: the time the reply leaves.
+    let sent = crate::log::tail::clock_ns();
+    let parked = waited != Waited::No;
+    for (p, from, to) in &acc.served {
+        let tp = (p.topic(), p.partition());
+        ctx.log
+            .tail_trace()
+            .reply(tp, Via::Kafka, (*from, *to), sent, parked);
+    }
+    Ok(Outcome::Respond(chunks))
 }
 
 /// What a fetch has gathered so far, across its partitions.
 struct Gathered {
     /// The record ranges, in response order.
     holes: Vec<Hole>,
+    /// Per partition with records: its first offset asked for and the end of what it got.
+    served: Vec<(Arc<Partition>, i64, i64)>,
     /// Their total size.
     total: usize,
     /// Whether some partition carries an error (then the fetch answers at once).
@@ -209,6 +236,8 @@ fn fetch_partition(
                         ));
                     }
                     acc.total += slice.len;
+                    acc.served
+                        .push((Arc::clone(&p), fp.fetch_offset, slice.next_offset));
                     let h = hole(&slice);
                     pd.records = Some(h.placeholder.clone());
                     acc.holes.push(h);

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::bench::{fetch_load, latency, load, raw_udp, sendfile_loop};
+use crate::bench::{fetch_load, hops, latency, load, raw_udp, sendfile_loop};
 
 /// Measuring instruments of scripts/bench.sh (not a product binary).
 #[derive(Debug, Parser)]
@@ -92,6 +92,20 @@ enum Tool {
         fetch: std::net::SocketAddr,
         #[command(flatten)]
         tail: TailArgs,
+    },
+    /// Join a tailing probe's records (--records-out) with the gateway's tail trace (`kxgw
+    /// stats --tail-trace`): p50/p99/p99.9 of each record's hops (append to detection, to
+    /// validation, to the send, to the arrival), one tab-separated line per hop.
+    TailHops {
+        #[arg(long)]
+        trace: PathBuf,
+        #[arg(long)]
+        records: PathBuf,
+        #[arg(long)]
+        topic: String,
+        /// The listener the probe read from: fetch (UDP, AF_XDP) or kafka.
+        #[arg(long, value_parser = ["fetch", "kafka"])]
+        via: String,
     },
 }
 
@@ -196,6 +210,10 @@ struct TailArgs {
     /// Spin on the socket instead of sleeping in the kernel until a response arrives.
     #[arg(long)]
     spin: bool,
+    /// Write every record received (partition, offset, stamp, arrival; CLOCK_MONOTONIC ns)
+    /// to FILE, for `tail-hops`.
+    #[arg(long, value_name = "FILE")]
+    records_out: Option<PathBuf>,
 }
 
 impl TailArgs {
@@ -283,12 +301,34 @@ fn run(args: Args) -> Result<ExitCode> {
             max_wait_ms,
             tail,
         } => {
-            let mut d = latency::tail_kafka(&bootstrap, &tail.topic, max_wait_ms, tail.tail())?;
-            report_delays(&mut d, tail.count)?;
+            let got = latency::tail_kafka(&bootstrap, &tail.topic, max_wait_ms, tail.tail())?;
+            report_arrivals(&got, &tail)?;
         }
         Tool::TailFetch { fetch, tail } => {
-            let mut d = latency::tail_fetch(fetch, &tail.topic, tail.tail())?;
-            report_delays(&mut d, tail.count)?;
+            let got = latency::tail_fetch(fetch, &tail.topic, tail.tail())?;
+            report_arrivals(&got, &tail)?;
+        }
+        Tool::TailHops {
+            trace,
+            records,
+            topic,
+            via,
+        } => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            let t = hops::Trace::parse(&read(&trace)?)
+                .with_context(|| format!("parsing {}", trace.display()))?;
+            let a = hops::parse_arrivals(&read(&records)?)
+                .with_context(|| format!("parsing {}", records.display()))?;
+            let j = hops::join(&t, &topic, &via, &a);
+            print!("{}", j.to_tsv());
+            if j.joined == 0 {
+                bail!(
+                    "none of the {} records is in the trace (topic {topic}, via {via})",
+                    j.records
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -297,6 +337,15 @@ fn run(args: Args) -> Result<ExitCode> {
 /// A load run's JSON line.
 fn print_load(t: bench::Throughput, consumers: usize) {
     println!("{}", t.to_json(&format!(",\"consumers\":{consumers}")));
+}
+
+/// A probe's summary line (and its record file, if asked for).
+fn report_arrivals(got: &[latency::Arrival], tail: &TailArgs) -> Result<()> {
+    if let Some(path) = &tail.records_out {
+        latency::write_arrivals(path, got)?;
+    }
+    let mut d: Vec<u64> = got.iter().map(latency::Arrival::delay).collect();
+    report_delays(&mut d, tail.count)
 }
 
 fn report_delays(d: &mut [u64], wanted: usize) -> Result<()> {

@@ -1,8 +1,12 @@
-//! Produce-to-consume delay. The stamping producer writes the wall-clock time (ns) into the
-//! first bytes of each record value just before appending it; a tailing consumer on the same
-//! machine (same clock) reads the stamp when the record arrives. The delay covers the append,
-//! the gateway noticing it, the response, and the consumer's receive path.
+//! Produce-to-consume delay. The stamping producer writes the time (CLOCK_MONOTONIC ns, the
+//! gateway's tail-trace clock) into the first bytes of each record value just before
+//! appending it; a tailing consumer on the same machine (same clock, in any network
+//! namespace) reads the stamp when the record arrives. The delay covers the append, the
+//! gateway noticing it, the response, and the consumer's receive path; the probes can write
+//! each record's (offset, stamp, arrival) for the per-hop join with the gateway's trace
+//! ([`super::hops`]).
 
+use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,17 +17,61 @@ use super::batches;
 use kxgw::kafka::client::{FetchParams, Fetcher};
 use kxgw::log::writer::{NewRecord, PartitionWriter, WriterConfig};
 
-/// Prefix of a stamped value: `kxts` + 20 decimal digits of ns since the epoch.
+/// Prefix of a stamped value: `kxts` + 20 decimal digits of [`now_ns`].
 pub const STAMP_PREFIX: &[u8] = b"kxts";
 /// Length of the stamp at the start of a value.
 pub const STAMP_LEN: usize = 24;
 
-/// Wall-clock time in ns since the Unix epoch.
+/// CLOCK_MONOTONIC in ns: the clock of the gateway's tail trace, shared by every process of
+/// the host.
 pub fn now_ns() -> u64 {
+    kxgw::log::tail::clock_ns()
+}
+
+/// Wall-clock ms since the Unix epoch (the records' Kafka timestamps).
+fn wall_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// One stamped record as a probe received it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    pub partition: i32,
+    pub offset: i64,
+    /// The producer's stamp, just before the append ([`now_ns`]).
+    pub append_ns: u64,
+    /// When the probe had it ([`now_ns`]).
+    pub arrival_ns: u64,
+}
+
+impl Arrival {
+    /// Produce-to-consume delay, ns.
+    pub fn delay(&self) -> u64 {
+        self.arrival_ns.saturating_sub(self.append_ns)
+    }
+}
+
+/// Header of the probe's record file ([`write_arrivals`]).
+pub const ARRIVALS_HEADER: &str = "# partition offset append_ns arrival_ns";
+
+/// Writes one tab-separated line per record after [`ARRIVALS_HEADER`].
+pub fn write_arrivals(path: &Path, arrivals: &[Arrival]) -> Result<()> {
+    let mut out = String::with_capacity(64 * arrivals.len() + 64);
+    out.push_str(ARRIVALS_HEADER);
+    out.push('\n');
+    for a in arrivals {
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\n",
+            a.partition, a.offset, a.append_ns, a.arrival_ns
+        ));
+    }
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(out.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A value of `size` bytes (at least the stamp) that starts with the stamp `ns`, printable.
@@ -89,13 +137,14 @@ impl Percentiles {
     }
 }
 
-/// Delay of every stamped record in a section of whole batches, measured against `arrival_ns`.
-/// Records below `from_offset` (the start of a batch that straddles it) are skipped.
-pub fn delays_in(
+/// Every stamped record of `partition` in a section of whole batches, arrived at
+/// `arrival_ns`. Records below `from_offset` (the start of a batch that straddles it) are
+/// skipped.
+pub fn arrivals_in(
     records: &Bytes,
-    from_offset: i64,
+    (partition, from_offset): (i32, i64),
     arrival_ns: u64,
-    out: &mut Vec<u64>,
+    out: &mut Vec<Arrival>,
 ) -> Result<()> {
     let mut rest = records.clone();
     while rest.len() >= 12 {
@@ -109,7 +158,12 @@ pub fn delays_in(
         for r in set.records.iter().filter(|r| r.offset >= from_offset) {
             let stamp = r.value.as_deref().and_then(parse_stamp);
             match stamp {
-                Some(ns) => out.push(arrival_ns.saturating_sub(ns)),
+                Some(ns) => out.push(Arrival {
+                    partition,
+                    offset: r.offset,
+                    append_ns: ns,
+                    arrival_ns,
+                }),
                 None => bail!("record {} carries no kxts stamp", r.offset),
             }
         }
@@ -143,8 +197,8 @@ pub struct Tail {
 }
 
 /// Tails a partition over the Kafka protocol with long-poll fetches from `t.offset` until
-/// `t.count` stamped records arrived (or `t.deadline` passed) and returns their delays (ns).
-pub fn tail_kafka(bootstrap: &str, topic: &str, max_wait_ms: i32, t: Tail) -> Result<Vec<u64>> {
+/// `t.count` stamped records arrived (or `t.deadline` passed) and returns them.
+pub fn tail_kafka(bootstrap: &str, topic: &str, max_wait_ms: i32, t: Tail) -> Result<Vec<Arrival>> {
     let Tail {
         partition,
         mut offset,
@@ -159,8 +213,8 @@ pub fn tail_kafka(bootstrap: &str, topic: &str, max_wait_ms: i32, t: Tail) -> Re
         f.set_spin(bound)?;
     }
     let t0 = std::time::Instant::now();
-    let mut delays = Vec::with_capacity(count);
-    while delays.len() < count && t0.elapsed() < deadline {
+    let mut got = Vec::with_capacity(count);
+    while got.len() < count && t0.elapsed() < deadline {
         let ans = f.fetch(FetchParams {
             partition,
             offset,
@@ -178,16 +232,16 @@ pub fn tail_kafka(bootstrap: &str, topic: &str, max_wait_ms: i32, t: Tail) -> Re
             continue;
         }
         let whole = ans.records.slice(..c.bytes);
-        delays_in(&whole, offset, arrival, &mut delays)?;
+        arrivals_in(&whole, (partition, offset), arrival, &mut got)?;
         offset = c.next_offset;
     }
-    Ok(delays)
+    Ok(got)
 }
 
 /// Tails a partition over the kxgw fetch protocol (kernel-UDP consumer, blocking in poll(2)
 /// like the Kafka probe blocks in read, or spinning) from `t.offset` until `t.count` stamped
-/// records arrived (or `t.deadline` passed) and returns their delays (ns).
-pub fn tail_fetch(server: std::net::SocketAddr, topic: &str, t: Tail) -> Result<Vec<u64>> {
+/// records arrived (or `t.deadline` passed) and returns them.
+pub fn tail_fetch(server: std::net::SocketAddr, topic: &str, t: Tail) -> Result<Vec<Arrival>> {
     let Tail {
         partition,
         offset,
@@ -209,8 +263,8 @@ pub fn tail_fetch(server: std::net::SocketAddr, topic: &str, t: Tail) -> Result<
     let mut c = UdpConsumer::connect(server, cfg, vec![sub])
         .with_context(|| format!("connecting to {server}"))?;
     let t0 = std::time::Instant::now();
-    let mut delays = Vec::with_capacity(count);
-    while delays.len() < count && t0.elapsed() < deadline {
+    let mut got = Vec::with_capacity(count);
+    while got.len() < count && t0.elapsed() < deadline {
         match wait {
             Wait::Block => c.poll(Duration::from_millis(100)),
             Wait::Spin => c.poll(Duration::ZERO).inspect(|_| {
@@ -223,7 +277,8 @@ pub fn tail_fetch(server: std::net::SocketAddr, topic: &str, t: Tail) -> Result<
                 Event::Batch(b) => {
                     let arrival = now_ns();
                     let data = Bytes::from(b.data);
-                    delays_in(&data, b.from_offset.max(offset), arrival, &mut delays)?;
+                    let from = (partition, b.from_offset.max(offset));
+                    arrivals_in(&data, from, arrival, &mut got)?;
                 }
                 Event::Unreachable => bail!("{server} did not answer the handshake"),
                 Event::PartitionError {
@@ -238,7 +293,7 @@ pub fn tail_fetch(server: std::net::SocketAddr, topic: &str, t: Tail) -> Result<
             }
         }
     }
-    Ok(delays)
+    Ok(got)
 }
 
 /// Appends `count` stamped records to `<log_dir>/<topic>-<partition>` at `rate` records/s, one
@@ -268,7 +323,7 @@ pub fn produce_stamped(
         let ns = now_ns();
         let value = stamped_value(ns, value_size);
         let rec = NewRecord {
-            timestamp: (ns / 1_000_000) as i64,
+            timestamp: wall_ms(),
             key: None,
             value: Some(&value),
             headers: Vec::new(),

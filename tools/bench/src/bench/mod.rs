@@ -9,10 +9,12 @@
 //! - [`sendfile_loop`]: a protocol-free sendfile(2) server and stream reader, the ceiling of the
 //!   sendfile path on the same link;
 //! - [`raw_udp`]: a recvmmsg receiver for the raw AF_XDP generator (the fast path's ceiling);
-//! - [`latency`]: a stamping producer and tailing probes (produce-to-consume delay).
+//! - [`latency`]: a stamping producer and tailing probes (produce-to-consume delay);
+//! - [`hops`]: a tailing run's records joined with the gateway's tail trace (per-record hops).
 
 pub mod batches;
 pub mod fetch_load;
+pub mod hops;
 pub mod latency;
 pub mod load;
 pub mod raw_udp;
