@@ -1387,8 +1387,13 @@ fn data_transmit(
         }
         if let (Some((p, from)), Some(sent)) = (job.trace.take(), sent) {
             let span = (from, job.slice.next_offset);
-            log.tail_trace()
-                .reply((p.topic(), p.partition()), Via::Fetch, span, sent, job.long_poll);
+            log.tail_trace().reply(
+                (p.topic(), p.partition()),
+                Via::Fetch,
+                span,
+                sent,
+                job.long_poll,
+            );
         }
         payload = (len > 0).then(|| Payload {
             slice: job.slice.clone(),
