@@ -210,3 +210,81 @@ fn concurrent_readers_while_appending() {
     }
     assert!(log.partition("c", 0).unwrap().segment_bases().len() > 5);
 }
+
+/// A follower for busy-polling readers (`spawn_structure_follower`): an append wakes nobody
+/// (the readers' own tail check, `poll_tail`, finds it), but a roll (a new segment file) is
+/// followed at once, long before the timer.
+#[test]
+fn a_structure_follower_leaves_appends_to_the_readers_and_follows_rolls() {
+    use kxgw::log::writer::{NewRecord, PartitionWriter, WriterConfig};
+
+    let d = tempfile::tempdir().unwrap();
+    let cfg = WriterConfig {
+        segment_bytes: 16 * 1024,
+        ..Default::default()
+    };
+    let mut w = PartitionWriter::open(d.path(), "s", 0, cfg).unwrap();
+    let value = vec![7u8; 200];
+    let rec = NewRecord {
+        value: Some(&value),
+        ..Default::default()
+    };
+    w.append(std::slice::from_ref(&rec)).unwrap();
+    w.flush().unwrap();
+    let log = LogDir::open(d.path(), None).unwrap();
+    // A timer far beyond the test: only inotify (or the reader) can move the end.
+    let _follower = log
+        .spawn_structure_follower(Duration::from_secs(600))
+        .unwrap();
+    let p = log.partition("s", 0).unwrap();
+    assert_eq!(p.readable_end(), 1);
+    // The follower thread adds its watches as it starts.
+    std::thread::sleep(Duration::from_millis(300));
+
+    w.append(std::slice::from_ref(&rec)).unwrap();
+    w.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(p.readable_end(), 1, "the follower was woken by an append");
+    assert!(
+        log.poll_tail(&p),
+        "the reader's own check did not find the append"
+    );
+    assert_eq!(p.readable_end(), 2);
+
+    // Append until the writer rolls to a new segment: the follower takes the roll.
+    let bases = p.segment_bases().len();
+    let mut appended = 2i64;
+    while std::fs::read_dir(d.path().join("s-0"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
+        .count()
+        == bases
+    {
+        w.append(std::slice::from_ref(&rec)).unwrap();
+        w.flush().unwrap();
+        appended += 1;
+        assert!(appended < 1000, "the writer never rolled");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.segment_bases().len() == bases {
+        assert!(Instant::now() < deadline, "the roll was not followed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // What went into the new segment after the roll was seen is the readers' to find again.
+    while p.readable_end() < appended {
+        assert!(
+            Instant::now() < deadline,
+            "stuck at {} of {appended}",
+            p.readable_end()
+        );
+        log.poll_tail(&p);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(p.readable_end(), appended);
+}

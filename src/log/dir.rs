@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::appends::{Announcer, AppendStats, Batch, Cause, LoopId, Watch};
 use super::checkpoint::{self, Checkpoint};
 use super::error::LogError;
-use super::follower::{self, FollowerHandle};
+use super::follower::{self, Follow, FollowerHandle};
 use super::tail::{clock_ns, TailHops};
 use super::tail_trace::TailTrace;
 use super::topic_id::{self, TopicIdCheck};
@@ -427,7 +427,17 @@ impl LogDir {
     /// Background thread calling refresh when files change (inotify) and at least every
     /// `interval`. Stops when the handle is dropped.
     pub fn spawn_follower(self: &Arc<Self>, interval: Duration) -> std::io::Result<FollowerHandle> {
-        follower::spawn(self.clone(), interval)
+        follower::spawn(self.clone(), interval, Follow::Everything)
+    }
+
+    /// [`Self::spawn_follower`] for a dir whose every reader busy-polls (their tail checks,
+    /// [`Self::poll_tails`], find appends): the follower is woken only for rolls, deletions and
+    /// renames, and by its timer.
+    pub fn spawn_structure_follower(
+        self: &Arc<Self>,
+        interval: Duration,
+    ) -> std::io::Result<FollowerHandle> {
+        follower::spawn(self.clone(), interval, Follow::Structure)
     }
 
     /// Registers a hook called (on the refreshing thread) for each partition whose readable

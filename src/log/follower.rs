@@ -41,12 +41,26 @@ struct Inotify {
     ino: nix::sys::inotify::Inotify,
 }
 
-const DIR_MASK: AddWatchFlags = AddWatchFlags::IN_MODIFY
-    .union(AddWatchFlags::IN_CREATE)
+/// Files created, deleted or renamed in a watched dir: rolls, retention, compaction swaps,
+/// checkpoints.
+const STRUCTURE_MASK: AddWatchFlags = AddWatchFlags::IN_CREATE
     .union(AddWatchFlags::IN_DELETE)
     .union(AddWatchFlags::IN_MOVED_FROM)
-    .union(AddWatchFlags::IN_MOVED_TO)
-    .union(AddWatchFlags::IN_CLOSE_WRITE);
+    .union(AddWatchFlags::IN_MOVED_TO);
+
+/// Writes to a file in a watched dir: appends.
+const WRITE_MASK: AddWatchFlags = AddWatchFlags::IN_MODIFY.union(AddWatchFlags::IN_CLOSE_WRITE);
+
+/// What the follower is woken for, besides its timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Follow {
+    /// Appends and structural changes: the default.
+    Everything,
+    /// Structural changes only, for a dir whose every reader busy-polls: their own tail
+    /// checks find the appends, and a follower woken for each append would only take the
+    /// busy poller's core away from it while it validates the same bytes.
+    Structure,
+}
 
 impl Inotify {
     fn new() -> io::Result<Self> {
@@ -54,15 +68,19 @@ impl Inotify {
         Ok(Inotify { ino })
     }
 
-    fn watch(&self, path: &Path) -> io::Result<WatchDescriptor> {
-        Ok(self.ino.add_watch(path, DIR_MASK)?)
+    fn watch(&self, path: &Path, follow: Follow) -> io::Result<WatchDescriptor> {
+        let mask = match follow {
+            Follow::Everything => STRUCTURE_MASK | WRITE_MASK,
+            Follow::Structure => STRUCTURE_MASK,
+        };
+        Ok(self.ino.add_watch(path, mask)?)
     }
 
     /// Reads all pending events: the watches that fired (a queue overflow names no watch we
     /// know), each with whether anything but a write happened (files created, deleted,
     /// renamed).
     fn drain(&self, out: &mut HashMap<WatchDescriptor, bool>) {
-        let writes = AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE;
+        let writes = WRITE_MASK;
         // EAGAIN: drained.
         while let Ok(events) = self.ino.read_events() {
             if events.is_empty() {
@@ -76,7 +94,11 @@ impl Inotify {
     }
 }
 
-pub(crate) fn spawn(dir: Arc<LogDir>, interval: Duration) -> io::Result<FollowerHandle> {
+pub(crate) fn spawn(
+    dir: Arc<LogDir>,
+    interval: Duration,
+    follow: Follow,
+) -> io::Result<FollowerHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), STOP)?);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -100,7 +122,7 @@ pub(crate) fn spawn(dir: Arc<LogDir>, interval: Duration) -> io::Result<Follower
     let stop2 = stop.clone();
     let thread = std::thread::Builder::new()
         .name("kxgw-log-follow".into())
-        .spawn(move || run(dir, interval, poll, inotify, stop2))?;
+        .spawn(move || run(dir, interval, follow, poll, inotify, stop2))?;
     Ok(FollowerHandle {
         waker,
         stop,
@@ -111,6 +133,7 @@ pub(crate) fn spawn(dir: Arc<LogDir>, interval: Duration) -> io::Result<Follower
 fn run(
     dir: Arc<LogDir>,
     interval: Duration,
+    follow: Follow,
     mut poll: Poll,
     inotify: Option<Inotify>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -123,7 +146,7 @@ fn run(
     let add_watches = |watches: &mut HashMap<_, _>, watched: &mut HashSet<_>| {
         let Some(ino) = &inotify else { return };
         if watches.is_empty() {
-            match ino.watch(dir.path()) {
+            match ino.watch(dir.path(), follow) {
                 Ok(wd) => {
                     watches.insert(wd, None);
                 }
@@ -135,7 +158,7 @@ fn run(
             if watched.contains(&tp) {
                 continue;
             }
-            match ino.watch(p.dir()) {
+            match ino.watch(p.dir(), follow) {
                 Ok(wd) => {
                     watches.insert(wd, Some(tp.clone()));
                     watched.insert(tp);

@@ -39,6 +39,25 @@ impl From<IsolationArg> for Isolation {
     }
 }
 
+impl Args {
+    /// Whether every loop that serves this log busy-polls (and there is one): each checks
+    /// the tails its parked reads wait on itself, so appends need no follower wake-up.
+    fn every_reader_busy_polls(&self) -> bool {
+        let tls = &self.security.tls;
+        let kafka = self.kafka_listen.is_some()
+            || self.security.kafka_listen_sasl.is_some()
+            || tls.kafka_listen_ssl.is_some()
+            || tls.kafka_listen_sasl_ssl.is_some();
+        let fetch = self.fetch.fetch_listen.is_some();
+        let fetch_busy = if self.xdp.iface.is_some() {
+            self.xdp.busy_poll
+        } else {
+            self.fetch.fetch_busy_poll
+        };
+        (kafka || fetch) && (!kafka || self.kafka_busy_poll) && (!fetch || fetch_busy)
+    }
+}
+
 /// Serve partition logs to consumers.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -169,9 +188,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         args.log_dir.display(),
         log.isolation()
     );
-    let _follower = log
-        .spawn_follower(Duration::from_millis(args.refresh_ms.max(1)))
-        .context("starting the log follower")?;
+    let refresh = Duration::from_millis(args.refresh_ms.max(1));
+    let _follower = if args.every_reader_busy_polls() {
+        log::info!("every serving loop busy-polls: the log follower watches rolls and deletions only (the loops find appends)");
+        log.spawn_structure_follower(refresh)
+    } else {
+        log.spawn_follower(refresh)
+    }
+    .context("starting the log follower")?;
 
     let cluster = match cluster {
         Some(cfg) => {
