@@ -18,7 +18,7 @@ use super::server::{Server, ServerConfig};
 const GW: &str = "198.18.0.1:9093";
 const CLIENT: &str = "198.18.0.2:40000";
 
-fn record(v: &[u8]) -> NewRecord<'_> {
+pub(super) fn record(v: &[u8]) -> NewRecord<'_> {
     NewRecord {
         timestamp: 1000,
         value: Some(v),
@@ -27,19 +27,20 @@ fn record(v: &[u8]) -> NewRecord<'_> {
 }
 
 /// A valid one-record batch at `base`.
-fn batch_at(base: i64) -> Vec<u8> {
+pub(super) fn batch_at(base: i64) -> Vec<u8> {
     let mut b = BatchBuilder::new();
     b.begin(base);
     b.push(&record(b"tailed"));
     b.finish().to_vec()
 }
 
-fn segment(dir: &Path) -> PathBuf {
-    dir.join("t-0")
+/// The first segment of partition `t-<partition>`.
+pub(super) fn segment(dir: &Path, partition: i32) -> PathBuf {
+    dir.join(format!("t-{partition}"))
         .join(format!("{}{LOG_SUFFIX}", file_stem(0)))
 }
 
-fn append_raw(path: &Path, bytes: &[u8]) {
+pub(super) fn append_raw(path: &Path, bytes: &[u8]) {
     let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
     f.write_all(bytes).unwrap();
 }
@@ -135,7 +136,7 @@ impl Bed {
 fn growth_under_a_parked_poll_is_answered_on_the_next_turn() {
     let mut bed = Bed::parked();
     assert!(!bed.server.poll_tails(bed.now), "nothing new");
-    append_raw(&segment(bed.dir.path()), &batch_at(3));
+    append_raw(&segment(bed.dir.path(), 0), &batch_at(3));
     // No follower, no wake-up: without the tail check the poll stays parked.
     bed.pump();
     assert_eq!(bed.got.len(), 3);
@@ -148,7 +149,7 @@ fn growth_under_a_parked_poll_is_answered_on_the_next_turn() {
     assert_eq!(hops.detect_to_validate.count(), 1);
     assert_eq!(hops.validate_to_send.count(), 1);
     // The client parked again; the next append is found the same way.
-    append_raw(&segment(bed.dir.path()), &batch_at(4));
+    append_raw(&segment(bed.dir.path(), 0), &batch_at(4));
     assert!(bed.server.poll_tails(bed.now));
     bed.pump();
     assert_eq!(bed.got, vec![0, 1, 2, 3, 4]);
@@ -160,17 +161,12 @@ fn growth_under_a_parked_poll_is_answered_on_the_next_turn() {
 #[test]
 fn replies_with_data_and_their_refreshes_are_traced() {
     let mut bed = Bed::parked();
-    append_raw(&segment(bed.dir.path()), &batch_at(3));
+    append_raw(&segment(bed.dir.path(), 0), &batch_at(3));
     assert!(bed.server.poll_tails(bed.now));
     bed.pump();
     assert_eq!(bed.got, vec![0, 1, 2, 3]);
     let dump = bed.log.tail_trace().dump();
-    let rows = |kind: &str| -> Vec<Vec<String>> {
-        dump.lines()
-            .filter(|l| l.starts_with(kind))
-            .map(|l| l.split('\t').map(str::to_string).collect())
-            .collect()
-    };
+    let rows = |kind: &str| crate::log::tail_trace::dump_rows(&dump, kind);
     let replies = rows("reply\t");
     let spans: Vec<(&str, &str, &str, &str)> = replies
         .iter()
@@ -198,12 +194,12 @@ fn a_torn_append_is_not_served_until_complete() {
     let mut bed = Bed::parked();
     let b = batch_at(3);
     let before = bed.payload_bytes();
-    append_raw(&segment(bed.dir.path()), &b[..b.len() / 2]);
+    append_raw(&segment(bed.dir.path(), 0), &b[..b.len() / 2]);
     assert!(!bed.server.poll_tails(bed.now));
     bed.pump();
     assert_eq!(bed.payload_bytes(), before, "no bytes of a torn batch sent");
     assert_eq!(bed.got.len(), 3);
-    append_raw(&segment(bed.dir.path()), &b[b.len() / 2..]);
+    append_raw(&segment(bed.dir.path(), 0), &b[b.len() / 2..]);
     assert!(bed.server.poll_tails(bed.now));
     bed.pump();
     assert_eq!(bed.got, vec![0, 1, 2, 3]);
@@ -216,9 +212,9 @@ fn a_corrupt_appended_batch_is_never_served() {
     let mid = b.len() - 3;
     b[mid] ^= 0x55;
     let before = bed.payload_bytes();
-    append_raw(&segment(bed.dir.path()), &b);
+    append_raw(&segment(bed.dir.path(), 0), &b);
     assert!(!bed.server.poll_tails(bed.now));
-    append_raw(&segment(bed.dir.path()), &batch_at(4));
+    append_raw(&segment(bed.dir.path(), 0), &batch_at(4));
     assert!(!bed.server.poll_tails(bed.now));
     bed.pump();
     assert_eq!(bed.payload_bytes(), before, "nothing past the damage sent");

@@ -4,48 +4,20 @@
 //! left parked when its append lands while it parks. In memory: server and client cores, no
 //! sockets, no follower thread (the test makes the follower's pass itself).
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::log::appends::{Cause, Watch};
-use crate::log::segment::{file_stem, LOG_SUFFIX};
-use crate::log::writer::{BatchBuilder, NewRecord, PartitionWriter, WriterConfig};
+use crate::log::writer::{PartitionWriter, WriterConfig};
 use crate::log::{LogDir, Partition};
 
 use super::client::{Client, ClientConfig, Event, StartAt, Subscription};
 use super::server::{Server, ServerConfig};
+use super::tail_tests::{append_raw, batch_at, record, segment};
 
 const GW: &str = "198.18.0.1:9093";
-
-fn record(v: &[u8]) -> NewRecord<'_> {
-    NewRecord {
-        timestamp: 1000,
-        value: Some(v),
-        ..Default::default()
-    }
-}
-
-/// A valid one-record batch at `base`.
-fn batch_at(base: i64) -> Vec<u8> {
-    let mut b = BatchBuilder::new();
-    b.begin(base);
-    b.push(&record(b"tailed"));
-    b.finish().to_vec()
-}
-
-fn segment(dir: &Path, partition: i32) -> PathBuf {
-    dir.join(format!("t-{partition}"))
-        .join(format!("{}{LOG_SUFFIX}", file_stem(0)))
-}
-
-fn append_raw(path: &Path, bytes: &[u8]) {
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-    f.write_all(bytes).unwrap();
-}
 
 /// A log of `partitions` partitions `t-<p>` of one record each (offset 0).
 fn log_of(partitions: i32) -> (tempfile::TempDir, Arc<LogDir>) {

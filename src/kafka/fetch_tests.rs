@@ -317,12 +317,7 @@ fn answered_fetches_with_records_are_traced() {
     ));
     assert!(!now.unwrap().is_empty());
     let dump = h.log.tail_trace().dump();
-    let rows = |kind: &str| -> Vec<Vec<String>> {
-        dump.lines()
-            .filter(|l| l.starts_with(kind))
-            .map(|l| l.split('\t').map(str::to_string).collect())
-            .collect()
-    };
+    let rows = |kind: &str| crate::log::tail_trace::dump_rows(&dump, kind);
     let replies = rows("reply\t");
     let cols: Vec<Vec<&str>> = replies
         .iter()

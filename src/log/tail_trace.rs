@@ -241,6 +241,16 @@ impl TailTrace {
     }
 }
 
+/// Tests: the rows of a [`TailTrace::dump`] whose first field is `kind` (e.g. `"reply\t"`),
+/// split into fields.
+#[cfg(test)]
+pub(crate) fn dump_rows(dump: &str, kind: &str) -> Vec<Vec<String>> {
+    dump.lines()
+        .filter(|l| l.starts_with(kind))
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
