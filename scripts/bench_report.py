@@ -9,6 +9,7 @@ consumer. Medians over the runs that
 succeeded, with their min-max; a path whose runs all failed or that the build lacks gets no number.
 """
 import argparse
+import re
 import statistics
 import subprocess
 from collections import defaultdict
@@ -87,6 +88,32 @@ class Cell:
             first = failed[0]["note"]
             ok_notes.append(f"{len(failed)}/{len(self.rows)} runs failed (run {failed[0]['run']}: {first})")
         return "; ".join(ok_notes)
+
+    def trace_notes(self):
+        """The per-run trace notes of a latency-hop row ("J of R records traced, P by parked
+        polls[, C samples below 0 counted as 0]"), summed over the runs: one line, not one
+        per run. Notes of another shape are kept as they are."""
+        total = [0, 0, 0, 0]
+        other = set()
+        pat = re.compile(r"^(\d+) of (\d+) records traced, (\d+) by parked polls(?:, (\d+) samples below 0 counted as 0)?$")
+        for r in self.ok():
+            m = pat.match(r["note"])
+            if m:
+                for i, g in enumerate(m.groups()):
+                    total[i] += int(g or 0)
+            elif r["note"] not in ("", "-"):
+                other.add(r["note"])
+        runs = len(self.ok())
+        out = sorted(other)
+        if total[1]:
+            s = f"{runs} runs: {total[0]} of {total[1]} records traced, {total[2]} by parked polls"
+            if total[3]:
+                s += f", {total[3]} samples below 0 counted as 0"
+            out.insert(0, s)
+        failed = [r for r in self.rows if r["status"] == "failed"]
+        if failed:
+            out.append(f"{len(failed)}/{len(self.rows)} runs failed (run {failed[0]['run']}: {failed[0]['note']})")
+        return "; ".join(out)
 
 
 def f2(x):
@@ -252,7 +279,7 @@ class Tailing:
                     continue
                 md.append(
                     f"| {mtu} | {label} | {consumer} | {hop} | {c.span('gbps', f1)} | {c.span('rps', f1)} | "
-                    f"{c.span('pps', f1)} | {c.span('cpu', big) or '–'} | {c.notes()} |"
+                    f"{c.span('pps', f1)} | {c.span('cpu', big) or '–'} | {c.trace_notes()} |"
                 )
         md.append("")
         return md

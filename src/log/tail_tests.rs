@@ -160,3 +160,22 @@ fn a_roll_is_the_followers_then_the_new_segment_is_checked() {
     assert!(log.poll_tail(&p));
     assert_eq!(p.readable_end(), rolled_end + 1);
 }
+
+#[test]
+fn appends_to_the_active_segment_reuse_its_mapping() {
+    let (d, log) = setup();
+    let p = log.partition("t", 0).unwrap();
+    let before = p.read(0, 1 << 20).unwrap();
+    for base in 3..6 {
+        append_raw(&segment_path(d.path(), 0), &batch_at(base));
+        assert!(log.poll_tail(&p));
+    }
+    let after = p.read(0, 1 << 20).unwrap();
+    assert_eq!((after.first_offset, after.next_offset), (0, 6));
+    assert!(
+        std::sync::Arc::ptr_eq(&before.map, &after.map),
+        "an append within the mapped step must not map the segment again"
+    );
+    // The mapping shows the appended bytes (what the kernel sends from) as pread does.
+    assert_eq!(after.bytes(), after.to_vec().unwrap().as_slice());
+}
