@@ -349,7 +349,7 @@ impl LogDir {
     /// Busy polling: a serving loop's own check of the tails its parked requests wait on.
     /// Where an active segment grew (one fstat), validates just the new bytes (the
     /// follower's tail refresh, run on this thread: a torn tail stays invisible, a corrupt
-    /// batch unserved). What advanced is one batch, announced to every loop but `finder`
+    /// batch unserved); where it was truncated in place, takes the end back at once. What advanced is one batch, announced to every loop but `finder`
     /// (the caller, which answers it in this turn: no self-wake). Returns whether anything
     /// advanced. A partition another refresh is working on is skipped: that refresh
     /// announces what it finds. Rolls, retention and checkpoints stay the follower's.
@@ -365,7 +365,7 @@ impl LogDir {
 
     /// One tail check of [`LogDir::poll_tails`]; true if `p` advanced (stamped, counted).
     fn poll_one(&self, p: &Partition) -> bool {
-        if !p.tail_grew() {
+        if !p.tail_changed() {
             return false;
         }
         let detected = clock_ns();

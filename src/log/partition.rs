@@ -531,15 +531,17 @@ impl Partition {
         &self.tail
     }
 
-    /// Whether the active segment's file is longer than what was last mapped and scanned:
-    /// one fstat, no lock but the state's read lock (the busy poller's per-turn check). A
-    /// new segment (roll), a replaced or truncated file are the follower's to find.
-    pub fn tail_grew(&self) -> bool {
+    /// Whether the active segment's file is longer (an append) or shorter (truncated in
+    /// place) than what was last scanned: one fstat, no lock but the state's read lock (the
+    /// busy poller's per-turn check; a follower without write notifications would see a
+    /// truncation only at its next timed rescan). A new segment (roll) or a replaced file
+    /// are the follower's to find.
+    pub fn tail_changed(&self) -> bool {
         let st = self.state();
         let Some(seg) = st.segments.values().next_back() else {
             return false;
         };
-        seg.file.metadata().is_ok_and(|md| md.len() > seg.len)
+        seg.file.metadata().is_ok_and(|md| md.len() != seg.len)
     }
 
     /// Records the high watermark and last stable offset the cluster reported (cluster

@@ -61,7 +61,7 @@ fn growth_is_seen_and_validated_on_the_checking_thread() {
         w2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }));
     append_raw(&segment_path(d.path(), 0), &batch_at(3));
-    assert!(p.tail_grew());
+    assert!(p.tail_changed());
     assert!(log.poll_tail(&p));
     assert_eq!(p.readable_end(), 4);
     assert_eq!(
@@ -74,7 +74,7 @@ fn growth_is_seen_and_validated_on_the_checking_thread() {
     assert!(opened.is_none_or(|(_, v)| v <= detected), "stamped anew");
     let s = p.read(3, 1 << 20).unwrap();
     assert_eq!((s.first_offset, s.next_offset), (3, 4));
-    assert!(!p.tail_grew());
+    assert!(!p.tail_changed());
     assert!(!log.poll_tail(&p), "seen once");
 }
 
@@ -92,7 +92,7 @@ fn a_torn_append_stays_invisible_until_complete() {
         assert!(!log2.poll_tail(&p2), "cut at {cut}: nothing complete");
         assert_eq!(p2.readable_end(), 3);
         assert!(p2.read(3, 1 << 20).unwrap().is_empty());
-        assert!(!p2.tail_grew(), "the partial bytes were looked at once");
+        assert!(!p2.tail_changed(), "the partial bytes were looked at once");
         append_raw(&path2, &b[cut..]);
         assert!(log2.poll_tail(&p2), "cut at {cut}: completed");
         assert_eq!(p2.readable_end(), 4);
@@ -178,4 +178,36 @@ fn appends_to_the_active_segment_reuse_its_mapping() {
     );
     // The mapping shows the appended bytes (what the kernel sends from) as pread does.
     assert_eq!(after.bytes(), after.to_vec().unwrap().as_slice());
+}
+
+#[test]
+fn a_truncation_in_place_is_seen_by_the_tail_check() {
+    let (d, log) = setup();
+    let p = log.partition("t", 0).unwrap();
+    let path = segment_path(d.path(), 0);
+    let kept = std::fs::metadata(&path).unwrap().len();
+    append_raw(&path, &batch_at(3));
+    append_raw(&path, &batch_at(4));
+    assert!(log.poll_tail(&p));
+    assert_eq!(p.readable_end(), 5);
+    // A broker truncating its log to the leader's end (same file, shorter).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(kept)
+        .unwrap();
+    assert!(p.tail_changed(), "a shorter file is a change of the tail");
+    assert!(!log.poll_tail(&p), "the end went back: nothing to announce");
+    assert_eq!(
+        p.readable_end(),
+        3,
+        "without waiting for the follower's rescan"
+    );
+    assert!(p.read(4, 1 << 20).is_err(), "offset 4 is gone");
+    assert!(!p.tail_changed());
+    // Appends after the truncation are found again.
+    append_raw(&path, &batch_at(3));
+    assert!(log.poll_tail(&p));
+    assert_eq!(p.readable_end(), 4);
 }
