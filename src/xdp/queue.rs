@@ -321,6 +321,7 @@ impl XdpQueue {
 
     fn transmit<S: Service>(&mut self, now: Instant, service: &mut S) -> bool {
         let mut sent = false;
+        self.resident.new_round();
         if !self.held.is_empty() {
             std::mem::swap(&mut self.descs, &mut self.held);
             if !self.push_descs() {

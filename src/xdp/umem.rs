@@ -336,10 +336,18 @@ mod tests {
         assert!(cache.pieces(r, &source(1), &reader, tail, 100, &mut past));
         assert_eq!(read(&area, &past), &data[tail as usize..]);
 
-        // Truncated: the pinned pages no longer are the file's; a new source (the reader
-        // reopens a truncated segment) is refused, and the window stays dead.
+        // Truncated: the pinned pages no longer are the file's. The cached source is checked
+        // again in the next transmit round (not within one: one fstat per source per round).
         let f = File::options().write(true).open(&path).unwrap();
         f.set_len(100).unwrap();
+        let mut refused = Vec::new();
+        assert!(cache.pieces(r, &source(1), &reader, 0, 50, &mut refused));
+        cache.new_round();
+        refused.clear();
+        assert!(!cache.pieces(r, &source(1), &reader, 0, 50, &mut refused));
+        assert!(refused.is_empty());
+        // A new source (the reader reopens a truncated segment) is refused, and the window
+        // stays dead.
         let reopened = File::open(&path).unwrap();
         let mut none = Vec::new();
         assert!(!cache.pieces(r, &source(2), &reopened, 0, 50, &mut none));
