@@ -8,9 +8,9 @@
 //! file's length at registration and anything past it goes through the arena. A truncated file
 //! is detached from the pinned pages (its later bytes are new pages), so a window whose file is
 //! now shorter than the window is never used again. The length is checked with one `fstat` per
-//! source per transmit round, not once per source: a broker may truncate a segment in place at
-//! any time, and tmpfs zeroes the tail of the pinned page at the new end. (One per datagram
-//! cost a tenth of the sending core at 1500-byte datagrams.)
+//! source per transmit round, not only when a source is first seen: a broker may truncate a
+//! segment in place at any time, and tmpfs zeroes the tail of the pinned page at the new end.
+//! (One per datagram cost a tenth of the sending core at 1500-byte datagrams.)
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -258,14 +258,16 @@ impl ResidentCache {
         let win = match self.map.get_mut(&source.id) {
             // A cached window is checked again once per round: a broker may truncate the
             // file in place at any time (a truncation landing between this check and the NIC
-            // reading the pages is the remaining window). Once shorter, a window stays dead.
-            Some((_, w, checked)) if *checked != round => {
-                *checked = round;
-                *w = w.and_then(|i| {
-                    let md = nix::sys::stat::fstat(file.as_raw_fd()).ok()?;
-                    resident.attached(i, md.st_size)
-                });
-                *w
+            // reading the pages is the remaining window). A window found shorter is marked
+            // dead, which the check below sees for the rest of the round; an fstat that fails
+            // is tried again on the next datagram.
+            Some((_, Some(i), checked)) if *checked != round => {
+                let i = *i;
+                let md = nix::sys::stat::fstat(file.as_raw_fd()).ok();
+                if md.is_some() {
+                    *checked = round;
+                }
+                md.and_then(|md| resident.attached(i, md.st_size))
             }
             Some((_, w, _)) => *w,
             None => {
