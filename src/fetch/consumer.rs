@@ -94,7 +94,9 @@ impl UdpConsumer {
     }
 
     /// One round: send what is due, wait up to `max_wait` (less when a timer is due) for
-    /// datagrams, take them in, run timers.
+    /// datagrams, take them in, run timers. When batches are ready it returns with them at
+    /// once, and what they let the consumer send (acks, the next request) goes at the start
+    /// of the next round: call `poll` again after taking the events.
     pub fn poll(&mut self, max_wait: Duration) -> io::Result<()> {
         let now = Instant::now();
         self.flush(now)?;
@@ -116,6 +118,9 @@ impl UdpConsumer {
         let now = Instant::now();
         if self.client.poll_timeout().is_some_and(|t| now >= t) {
             self.client.handle_timeout(now);
+        }
+        if self.client.has_events() {
+            return Ok(()); // the caller first; the next poll sends (see `receive`)
         }
         self.flush(now)
     }
@@ -158,14 +163,18 @@ impl UdpConsumer {
                         .handle_datagram(now, src.unwrap_or(server), data);
                 }
             }
-            // Requests (and acks) go out as soon as the data that allows them is in.
-            self.flush(now)?;
             // Batches are ready: hand them over now rather than after draining the socket,
             // which at full speed could take many windows (late delivery, and every batch
-            // buffer freshly allocated because none came back for reuse meanwhile).
+            // buffer freshly allocated because none came back for reuse meanwhile). The
+            // requests and acks they allow go out when the caller comes back for more (the
+            // next poll starts with them): a tailing record reaches the application without
+            // waiting for the consumer's own send, which on a veth runs the receiving side's
+            // path too.
             if self.client.has_events() {
                 break;
             }
+            // Requests (and acks) go out as soon as the data that allows them is in.
+            self.flush(now)?;
         }
         Ok(any)
     }

@@ -365,12 +365,12 @@ impl LogDir {
 
     /// One tail check of [`LogDir::poll_tails`]; true if `p` advanced (stamped, counted).
     fn poll_one(&self, p: &Partition) -> bool {
-        if !p.tail_changed() {
+        let Some(len) = p.tail_length_change() else {
             return false;
-        }
+        };
         let detected = clock_ns();
         let (hw, ls) = self.last_checkpoints();
-        match p.try_refresh_tail(hw.as_deref(), ls.as_deref()) {
+        match p.try_refresh_tail(hw.as_deref(), ls.as_deref(), len) {
             Some(Ok(true)) => {
                 self.stamp(p, detected);
                 self.tail_hops

@@ -138,6 +138,10 @@ pub struct ReadSlice {
     pub offsets: PartitionOffsets,
     /// Identity of the segment's bytes (one per opened segment file).
     pub source: SourceId,
+    /// The first batch's header when the read had it at hand (the segment's newest batch,
+    /// from its validation scan: a tailing reply's), so [`ReadSlice::header_at`] need not
+    /// read it again.
+    pub first_header: Option<batch::BatchHeader>,
 }
 
 impl ReadSlice {
@@ -170,6 +174,9 @@ impl ReadSlice {
 
     /// The header of the batch starting at byte `at` of the slice, read with `pread`.
     pub fn header_at(&self, at: usize) -> std::io::Result<batch::BatchHeader> {
+        if let Some(h) = self.first_header.filter(|_| at == 0) {
+            return Ok(h);
+        }
         let mut b = [0u8; batch::BATCH_HEADER_LEN];
         self.read_at(at, &mut b)?;
         batch::BatchHeader::parse(&b)

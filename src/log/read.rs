@@ -159,6 +159,9 @@ pub struct HeaderReader<'a> {
     at: u64,
     /// Position of the previous lookup: the distance to the next one is the batch size.
     last: Option<u64>,
+    /// A batch whose header the caller already has (the newest one its validation scan
+    /// parsed): looked up without a read, as tailing lookups mostly are.
+    known: Option<(u64, BatchHeader)>,
 }
 
 /// Bytes of a batch header the walk reads: base offset, length, ..., last offset delta.
@@ -172,12 +175,33 @@ impl<'a> HeaderReader<'a> {
             buf: Vec::new(),
             at: 0,
             last: None,
+            known: None,
         }
+    }
+
+    /// Answers lookups of the batch at `known.0` with its header `known.1` (validated bytes
+    /// below `end`) instead of reading it.
+    pub fn knowing(mut self, known: Option<(u64, BatchHeader)>) -> Self {
+        self.known = known.filter(|(pos, h)| pos + h.total_len() as u64 <= self.end);
+        self
+    }
+
+    fn known_at(&mut self, pos: u64) -> Option<BatchHeader> {
+        let (at, h) = self.known.filter(|(at, _)| *at == pos)?;
+        self.last = Some(at);
+        Some(h)
     }
 
     /// The batch at `pos` (a batch start below `end`). An error means the file no longer holds
     /// it (truncated) or could not be read.
     pub fn span(&mut self, pos: u64) -> io::Result<BatchSpan> {
+        if let Some(h) = self.known_at(pos) {
+            return Ok(BatchSpan {
+                base_offset: h.base_offset,
+                last_offset: h.last_offset(),
+                size: h.total_len(),
+            });
+        }
         let b = self.window(pos, SPAN_LEN)?;
         let base_offset = i64::from_be_bytes(b[0..8].try_into().unwrap_or_default());
         let len = i32::from_be_bytes(b[8..12].try_into().unwrap_or_default());
@@ -201,6 +225,9 @@ impl<'a> HeaderReader<'a> {
 
     /// The full batch header at `pos`.
     pub fn header(&mut self, pos: u64) -> io::Result<BatchHeader> {
+        if let Some(h) = self.known_at(pos) {
+            return Ok(h);
+        }
         let b = self.window(pos, BATCH_HEADER_LEN)?;
         BatchHeader::parse(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
@@ -319,6 +346,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_known_header_answers_its_position_without_a_read() {
+        let (bytes, starts) = log(4, 1000);
+        let f = file_with(&bytes);
+        let end = bytes.len() as u64;
+        let last = starts[3] as u64;
+        let h = HeaderReader::new(&f, end).header(last).unwrap();
+        let mut r = HeaderReader::new(&f, end).knowing(Some((last, h)));
+        assert_eq!(r.header(last).unwrap(), h);
+        let s = r.span(last).unwrap();
+        assert_eq!(
+            (s.base_offset, s.last_offset, s.size),
+            (9, 11, h.total_len())
+        );
+        assert!(r.buf.is_empty(), "the known batch was read");
+        // Any other position is read from the file.
+        assert_eq!(r.span(starts[1] as u64).unwrap().base_offset, 3);
+        assert!(!r.buf.is_empty());
+        // A known batch past the reader's end is not taken (the end bounds every answer).
+        let mut short = HeaderReader::new(&f, last + 10).knowing(Some((last, h)));
+        assert!(short.header(last).is_err());
     }
 
     #[test]

@@ -211,3 +211,50 @@ fn a_truncation_in_place_is_seen_by_the_tail_check() {
     assert!(log.poll_tail(&p));
     assert_eq!(p.readable_end(), 4);
 }
+
+#[test]
+fn a_tail_check_behind_another_refresh_is_not_a_truncation() {
+    let (d, log) = setup();
+    let p = log.partition("t", 0).unwrap();
+    let path = segment_path(d.path(), 0);
+    let seen = p.tail_length_change();
+    assert_eq!(seen, None, "nothing appended yet");
+    append_raw(&path, &batch_at(3));
+    let stale = p.tail_length_change().unwrap();
+    append_raw(&path, &batch_at(4));
+    // The follower took both appends in after the busy poller's fstat saw only the first.
+    log.refresh().unwrap();
+    assert_eq!(p.readable_end(), 5);
+    let source = p.read(3, 1 << 20).unwrap().source.id;
+    assert!(matches!(
+        p.try_refresh_tail(None, None, stale),
+        Some(Ok(false))
+    ));
+    assert_eq!(p.readable_end(), 5, "the segment was not taken back");
+    assert_eq!(
+        p.read(3, 1 << 20).unwrap().source.id,
+        source,
+        "nor reopened"
+    );
+}
+
+#[test]
+fn a_tailing_read_carries_the_header_its_validation_parsed() {
+    let (d, log) = setup();
+    let p = log.partition("t", 0).unwrap();
+    let path = segment_path(d.path(), 0);
+    append_raw(&path, &batch_at(3));
+    assert!(log.poll_tail(&p));
+    let s = p.read(3, 1 << 20).unwrap();
+    let known = s.first_header.expect("the newest batch's header");
+    let mut read = s.clone();
+    read.first_header = None;
+    assert_eq!(
+        read.header_at(0).unwrap(),
+        known,
+        "the header as read from the file"
+    );
+    assert_eq!(known.base_offset, 3);
+    // An older batch is read from the file, as before.
+    assert_eq!(p.read(0, 1 << 20).unwrap().first_header, None);
+}
